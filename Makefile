@@ -1,0 +1,49 @@
+# cairn — see README.md. `make run` and `make test` work on a fresh machine.
+GO      ?= go
+BIN     := bin
+CONFIG  ?= configs/single.toml
+# Debian packages the integration tests drive (real clients, real peers).
+TEST_PKGS  := libnbd-bin qemu-utils qemu-block-extra fio
+TEST_TOOLS := nbdinfo nbdcopy qemu-io qemu-img fio
+STATICCHECK_VERSION ?= v0.8.2
+FUZZTIME ?= 10s
+
+.PHONY: all build run test test-tools check fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+run: build
+	./$(BIN)/cairnd --config $(CONFIG)
+
+# test-tools installs the real clients the integration tests use when they are
+# missing (as root, with apt-get), and fails with a clear message otherwise.
+test-tools:
+	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "make test: missing$$missing; install: apt-get install $(TEST_PKGS) (or run make test as root)" >&2; exit 1; fi; \
+	  echo "make test: installing $(TEST_PKGS) (missing:$$missing)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PKGS) >/dev/null || { echo "make test: apt-get install $(TEST_PKGS) failed" >&2; exit 1; }; \
+	fi
+
+test: test-tools build
+	CAIRN_REQUIRE_TOOLS=1 $(GO) test -race -tags invariants -timeout 20m ./...
+
+check:
+	@out=$$(gofmt -l $$(git ls-files '*.go') 2>&1); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	@cp go.mod /tmp/cairn-go.mod.bak; cp go.sum /tmp/cairn-go.sum.bak; $(GO) mod tidy; \
+	  if ! git diff --quiet -- go.mod go.sum; then git diff -- go.mod go.sum; cp /tmp/cairn-go.mod.bak go.mod; cp /tmp/cairn-go.sum.bak go.sum; echo "go mod tidy changes go.mod/go.sum"; exit 1; fi
+
+# fuzz runs every fuzz target for FUZZTIME each.
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; done
+
+clean:
+	rm -rf $(BIN)

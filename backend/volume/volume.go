@@ -1,0 +1,565 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+
+	"cairn/backend/store"
+	"cairn/target"
+)
+
+// BlockSize is the volume's native block size in bytes.
+const BlockSize = store.BlockSize
+
+const (
+	blockShift = 12 // log2(BlockSize)
+
+	// seqCounterBits is the width of the per-attachment write counter in a
+	// seq; the attachment generation fills the bits above it.
+	seqCounterBits = 40
+	seqCounterMax  = 1<<seqCounterBits - 1
+	generationMax  = 1<<(64-seqCounterBits) - 1
+
+	// stripes is the number of block lock stripes per volume; a power of two.
+	stripes     = 4096
+	stripeWords = stripes / 64
+)
+
+// Errors of this package; each also matches the target error a front end
+// maps it to.
+var (
+	ErrClosed       = fmt.Errorf("volume: closed: %w", target.ErrClosed)
+	ErrSeqExhausted = fmt.Errorf("volume: write counter exhausted, reattach: %w", target.ErrIO)
+)
+
+// Node is a storage node holding replicas of some of the volume's chunks:
+// the local store, or (later) a client of a remote one. Methods are safe for
+// concurrent use and must not retain the byte slices they are given.
+type Node interface {
+	Write(vol, block uint64, data []byte, st store.Stamp, sync bool) error
+	Read(vol, block uint64, p []byte, epoch uint64) error
+	Zero(vol, block, n uint64, st store.Stamp, sync bool) error
+	Extents(vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) error
+	Sync() error
+}
+
+// Placement names the replicas of each chunk.
+type Placement interface {
+	// Replicas returns the nodes holding chunk c, first the one to read from.
+	// The slice is owned by the Placement and must not be modified.
+	Replicas(chunk uint64) []Node
+	// Nodes returns every node holding any chunk of the volume.
+	Nodes() []Node
+}
+
+// Local is the placement of a single-node volume: every chunk on one node.
+type Local struct{ nodes []Node }
+
+// NewLocal returns a placement of every chunk on n.
+func NewLocal(n Node) *Local { return &Local{nodes: []Node{n}} }
+
+// Replicas implements Placement.
+func (l *Local) Replicas(uint64) []Node { return l.nodes }
+
+// Nodes implements Placement.
+func (l *Local) Nodes() []Node { return l.nodes }
+
+// Options describe a volume to open. Zero values of optional fields work.
+type Options struct {
+	ID         uint64
+	Size       int64  // bytes, a multiple of BlockSize
+	ChunkSize  int64  // bytes, a multiple of BlockSize; 0 = 1 MiB
+	Generation uint64 // attachment generation from the catalog, ≥ 1
+	Epoch      uint64 // current write epoch, ≥ 1
+	ReadOnly   bool
+	Placement  Placement
+}
+
+// Stats are cumulative counters of a volume.
+type Stats struct {
+	Reads, Writes, Zeros, Flushes    uint64
+	ReadBytes, WriteBytes, ZeroBytes uint64
+	Errors                           uint64
+}
+
+// Volume is a logical volume. Create it with Open.
+type Volume struct {
+	id          uint64
+	chunkBlocks uint64
+	readOnly    bool
+	placement   Placement
+
+	size       atomic.Int64
+	epoch      atomic.Uint64
+	seq        atomic.Uint64 // last seq handed out
+	generation uint64
+	closed     atomic.Bool
+
+	locks [stripes]sync.RWMutex
+
+	stats struct {
+		reads, writes, zeros, flushes    atomic.Uint64
+		readBytes, writeBytes, zeroBytes atomic.Uint64
+		errors                           atomic.Uint64
+	}
+}
+
+var _ target.Device = (*Volume)(nil)
+var _ target.Mapper = (*Volume)(nil)
+
+// Open returns a volume over opts.Placement.
+func Open(opts Options) (*Volume, error) {
+	if opts.ChunkSize == 0 {
+		opts.ChunkSize = 1 << 20
+	}
+	switch {
+	case opts.Placement == nil:
+		return nil, errors.New("volume: no placement")
+	case opts.Size < 0 || opts.Size%BlockSize != 0:
+		return nil, fmt.Errorf("volume %d: size %d is not a multiple of %d", opts.ID, opts.Size, BlockSize)
+	case opts.ChunkSize <= 0 || opts.ChunkSize%BlockSize != 0:
+		return nil, fmt.Errorf("volume %d: chunk size %d is not a multiple of %d", opts.ID, opts.ChunkSize, BlockSize)
+	case opts.Generation == 0 || opts.Generation > generationMax:
+		return nil, fmt.Errorf("volume %d: generation %d out of range [1, %d]", opts.ID, opts.Generation, uint64(generationMax))
+	case opts.Epoch == 0:
+		return nil, fmt.Errorf("volume %d: epoch 0", opts.ID)
+	}
+	v := &Volume{
+		id:          opts.ID,
+		chunkBlocks: uint64(opts.ChunkSize / BlockSize),
+		readOnly:    opts.ReadOnly,
+		placement:   opts.Placement,
+		generation:  opts.Generation,
+	}
+	v.size.Store(opts.Size)
+	v.epoch.Store(opts.Epoch)
+	v.seq.Store(opts.Generation << seqCounterBits)
+	return v, nil
+}
+
+// ID returns the catalog id of the volume.
+func (v *Volume) ID() uint64 { return v.id }
+
+// SetSize changes the size the volume reports (a grow from the catalog).
+func (v *Volume) SetSize(size int64) { v.size.Store(size) }
+
+// SetEpoch changes the epoch new writes are stamped with.
+func (v *Volume) SetEpoch(e uint64) { v.epoch.Store(e) }
+
+// Close makes every later request fail with ErrClosed. Requests already
+// inside the volume complete.
+func (v *Volume) Close() error {
+	v.closed.Store(true)
+	return nil
+}
+
+// Stats returns the volume's counters.
+func (v *Volume) Stats() Stats {
+	return Stats{
+		Reads: v.stats.reads.Load(), Writes: v.stats.writes.Load(),
+		Zeros: v.stats.zeros.Load(), Flushes: v.stats.flushes.Load(),
+		ReadBytes: v.stats.readBytes.Load(), WriteBytes: v.stats.writeBytes.Load(),
+		ZeroBytes: v.stats.zeroBytes.Load(), Errors: v.stats.errors.Load(),
+	}
+}
+
+// Info implements target.Device.
+func (v *Volume) Info() target.Info {
+	return target.Info{
+		Size:         v.size.Load(),
+		BlockSize:    BlockSize,
+		ReadOnly:     v.readOnly,
+		CanMultiConn: true, // one store per node: a flush syncs every write the node has
+	}
+}
+
+// nextSeq hands out the next write stamp.
+func (v *Volume) nextSeq() (store.Stamp, error) {
+	s := v.seq.Add(1)
+	if s&seqCounterMax == 0 || s>>seqCounterBits != v.generation {
+		return store.Stamp{}, ErrSeqExhausted
+	}
+	return store.Stamp{Epoch: v.epoch.Load(), Seq: s}, nil
+}
+
+func (v *Volume) check(off, n int64, write bool) error {
+	if v.closed.Load() {
+		return ErrClosed
+	}
+	if write && v.readOnly {
+		return fmt.Errorf("volume %d: %w", v.id, target.ErrReadOnly)
+	}
+	if err := target.CheckRange(off, n, v.size.Load()); err != nil {
+		return fmt.Errorf("volume %d: [%d, +%d) of %d bytes: %w", v.id, off, n, v.size.Load(), err)
+	}
+	return nil
+}
+
+func (v *Volume) fail(err error) error {
+	if err != nil {
+		v.stats.errors.Add(1)
+	}
+	return err
+}
+
+// ReadAt implements target.Device.
+func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := v.check(off, int64(len(p)), false); err != nil {
+		return v.fail(err)
+	}
+	v.stats.reads.Add(1)
+	v.stats.readBytes.Add(uint64(len(p)))
+	if len(p) == 0 {
+		return nil
+	}
+	epoch := v.epoch.Load()
+	if off%BlockSize == 0 && len(p)%BlockSize == 0 {
+		return v.fail(v.readBlocks(uint64(off>>blockShift), p, epoch))
+	}
+	first := uint64(off >> blockShift)
+	last := uint64((off + int64(len(p)) - 1) >> blockShift)
+	buf := getBuf(int((last - first + 1) << blockShift))
+	defer putBuf(buf)
+	if err := v.readBlocks(first, buf.b, epoch); err != nil {
+		return v.fail(err)
+	}
+	copy(p, buf.b[off-int64(first<<blockShift):])
+	return nil
+}
+
+// readBlocks reads whole blocks, chunk by chunk, from each chunk's first
+// replica.
+func (v *Volume) readBlocks(block uint64, p []byte, epoch uint64) error {
+	return v.eachChunk(block, uint64(len(p))>>blockShift, func(b, n uint64, nodes []Node) error {
+		q := p[(b-block)<<blockShift : (b-block+n)<<blockShift]
+		if err := nodes[0].Read(v.id, b, q, epoch); err != nil {
+			return fmt.Errorf("volume %d: read blocks [%d, +%d): %w", v.id, b, n, classify(err))
+		}
+		return nil
+	})
+}
+
+// eachChunk calls fn for each run of consecutive blocks in [block, block+n)
+// whose chunks share one replica set.
+func (v *Volume) eachChunk(block, n uint64, fn func(b, n uint64, nodes []Node) error) error {
+	end := block + n
+	for b := block; b < end; {
+		c := b / v.chunkBlocks
+		nodes := v.placement.Replicas(c)
+		e := min((c+1)*v.chunkBlocks, end)
+		for e < end && sameNodes(v.placement.Replicas(e/v.chunkBlocks), nodes) {
+			e = min(e+v.chunkBlocks, end)
+		}
+		if err := fn(b, e-b, nodes); err != nil {
+			return err
+		}
+		b = e
+	}
+	return nil
+}
+
+func sameNodes(a, b []Node) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// WriteAt implements target.Device.
+func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, flags target.WriteFlags) error {
+	if err := v.check(off, int64(len(p)), true); err != nil {
+		return v.fail(err)
+	}
+	v.stats.writes.Add(1)
+	v.stats.writeBytes.Add(uint64(len(p)))
+	if len(p) == 0 {
+		if flags&target.FUA != 0 {
+			return v.fail(v.Flush(ctx))
+		}
+		return nil
+	}
+	sync := flags&target.FUA != 0
+	first := uint64(off >> blockShift)
+	last := uint64((off + int64(len(p)) - 1) >> blockShift)
+	headPartial := off%BlockSize != 0
+	tailPartial := (off+int64(len(p)))%BlockSize != 0
+
+	var ls lockSet
+	ls.add(first, last, false)
+	if headPartial {
+		ls.add(first, first, true)
+	}
+	if tailPartial {
+		ls.add(last, last, true)
+	}
+	v.lock(&ls)
+	defer v.unlock(&ls)
+
+	if !headPartial && !tailPartial {
+		return v.fail(v.writeBlocks(first, p, sync))
+	}
+	// Read-modify-write of the partial edge blocks; the exclusive stripe
+	// locks keep any other write of these blocks out until we are done.
+	buf := getBuf(int((last - first + 1) << blockShift))
+	defer putBuf(buf)
+	epoch := v.epoch.Load()
+	if headPartial {
+		if err := v.readBlocks(first, buf.b[:BlockSize], epoch); err != nil {
+			return v.fail(err)
+		}
+	}
+	if tailPartial && (last != first || !headPartial) {
+		if err := v.readBlocks(last, buf.b[len(buf.b)-BlockSize:], epoch); err != nil {
+			return v.fail(err)
+		}
+	}
+	copy(buf.b[off-int64(first<<blockShift):], p)
+	return v.fail(v.writeBlocks(first, buf.b, sync))
+}
+
+// writeBlocks stamps whole blocks and writes them to every replica of their
+// chunks. The caller holds the blocks' stripe locks.
+func (v *Volume) writeBlocks(block uint64, p []byte, sync bool) error {
+	st, err := v.nextSeq()
+	if err != nil {
+		return err
+	}
+	return v.eachChunk(block, uint64(len(p))>>blockShift, func(b, n uint64, nodes []Node) error {
+		q := p[(b-block)<<blockShift : (b-block+n)<<blockShift]
+		if len(nodes) == 1 { // no closure on the single-replica hot path
+			return v.writeNode(nodes[0], b, q, st, sync)
+		}
+		return fanOut(nodes, func(nd Node) error { return v.writeNode(nd, b, q, st, sync) })
+	})
+}
+
+func (v *Volume) writeNode(nd Node, b uint64, q []byte, st store.Stamp, sync bool) error {
+	if err := nd.Write(v.id, b, q, st, sync); err != nil {
+		return fmt.Errorf("volume %d: write blocks [%d, +%d): %w", v.id, b, len(q)>>blockShift, classify(err))
+	}
+	return nil
+}
+
+// fanOut runs fn on every node in parallel and returns their errors joined.
+func fanOut(nodes []Node, fn func(Node) error) error {
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, nd := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn(nd)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Zero implements target.Device. Whole blocks in the range become a zero
+// range record (no key per block); partial edge blocks are rewritten.
+func (v *Volume) Zero(ctx context.Context, off, n int64, flags target.ZeroFlags) error {
+	if err := v.check(off, n, true); err != nil {
+		return v.fail(err)
+	}
+	v.stats.zeros.Add(1)
+	v.stats.zeroBytes.Add(uint64(n))
+	if n == 0 {
+		return nil
+	}
+	sync := flags&target.ZeroFUA != 0
+	first := uint64(off >> blockShift)
+	last := uint64((off + n - 1) >> blockShift)
+
+	var ls lockSet
+	ls.add(first, last, true)
+	v.lock(&ls)
+	defer v.unlock(&ls)
+
+	end := off + n
+	// Whole blocks inside [off, end).
+	wFirst := uint64((off + BlockSize - 1) >> blockShift)
+	wEnd := uint64(end >> blockShift)
+	epoch := v.epoch.Load()
+	if off%BlockSize != 0 {
+		if err := v.zeroPartial(first, off%BlockSize, min(end-int64(first<<blockShift), BlockSize), epoch, sync); err != nil {
+			return v.fail(err)
+		}
+	}
+	if end%BlockSize != 0 && (last != first || off%BlockSize == 0) {
+		if err := v.zeroPartial(last, 0, end%BlockSize, epoch, sync); err != nil {
+			return v.fail(err)
+		}
+	}
+	if wEnd <= wFirst {
+		return nil
+	}
+	st, err := v.nextSeq()
+	if err != nil {
+		return v.fail(err)
+	}
+	return v.fail(v.eachChunk(wFirst, wEnd-wFirst, func(b, cnt uint64, nodes []Node) error {
+		return fanOut(nodes, func(nd Node) error {
+			if err := nd.Zero(v.id, b, cnt, st, sync); err != nil {
+				return fmt.Errorf("volume %d: zero blocks [%d, +%d): %w", v.id, b, cnt, classify(err))
+			}
+			return nil
+		})
+	}))
+}
+
+// zeroPartial zeroes bytes [from, to) of one block by read-modify-write.
+// The caller holds the block's stripe lock exclusively.
+func (v *Volume) zeroPartial(block uint64, from, to int64, epoch uint64, sync bool) error {
+	buf := getBuf(BlockSize)
+	defer putBuf(buf)
+	if err := v.readBlocks(block, buf.b, epoch); err != nil {
+		return err
+	}
+	clear(buf.b[from:to])
+	return v.writeBlocks(block, buf.b, sync)
+}
+
+// Flush implements target.Device.
+func (v *Volume) Flush(ctx context.Context) error {
+	if v.closed.Load() {
+		return v.fail(ErrClosed)
+	}
+	v.stats.flushes.Add(1)
+	return v.fail(fanOut(v.placement.Nodes(), func(nd Node) error {
+		if err := nd.Sync(); err != nil {
+			return fmt.Errorf("volume %d: flush: %w", v.id, classify(err))
+		}
+		return nil
+	}))
+}
+
+// Extents implements target.Mapper from the first replica of each chunk.
+func (v *Volume) Extents(ctx context.Context, off, n int64, fn func(target.Extent) bool) error {
+	if err := v.check(off, n, false); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
+	epoch := v.epoch.Load()
+	end := off + n
+	first := uint64(off >> blockShift)
+	last := uint64((end - 1) >> blockShift)
+	pos := off // next byte to report
+	var pending target.Extent
+	stop := false
+	emit := func(e target.Extent) {
+		if pending.Length > 0 && pending.Hole == e.Hole {
+			pending.Length += e.Length
+			return
+		}
+		if pending.Length > 0 && !fn(pending) {
+			stop = true
+		}
+		pending = e
+	}
+	err := v.eachChunk(first, last-first+1, func(b, cnt uint64, nodes []Node) error {
+		if stop {
+			return nil
+		}
+		err := nodes[0].Extents(v.id, b, cnt, epoch, func(s, c uint64, allocated bool) bool {
+			e := min(int64((s+c)<<blockShift), end)
+			if e > pos {
+				emit(target.Extent{Length: e - pos, Hole: !allocated, Zero: !allocated})
+				pos = e
+			}
+			return !stop
+		})
+		if err != nil {
+			return fmt.Errorf("volume %d: extents [%d, +%d): %w", v.id, b, cnt, classify(err))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if !stop && pending.Length > 0 {
+		fn(pending)
+	}
+	return nil
+}
+
+// classify wraps a node error so that it matches a target error.
+func classify(err error) error {
+	switch {
+	case errors.Is(err, target.ErrIO), errors.Is(err, target.ErrNoSpace),
+		errors.Is(err, target.ErrClosed), errors.Is(err, target.ErrInvalid):
+		return err
+	case errors.Is(err, store.ErrClosed):
+		return fmt.Errorf("%w: %w", target.ErrClosed, err)
+	default:
+		return fmt.Errorf("%w: %w", target.ErrIO, err)
+	}
+}
+
+// lockSet is the set of stripes a request locks, and in which mode, as
+// bitmaps so that building it allocates nothing.
+type lockSet struct {
+	shared, excl [stripeWords]uint64
+}
+
+// add marks the stripes of blocks [first, last].
+func (ls *lockSet) add(first, last uint64, exclusive bool) {
+	m := &ls.shared
+	if exclusive {
+		m = &ls.excl
+	}
+	if last-first+1 >= stripes {
+		for i := range m {
+			m[i] = ^uint64(0)
+		}
+		return
+	}
+	for b := first; b <= last; b++ {
+		s := b & (stripes - 1)
+		m[s/64] |= 1 << (s % 64)
+	}
+}
+
+// lock takes the marked stripes in ascending order (so two requests never
+// deadlock), exclusively where any part of the request needs it.
+func (v *Volume) lock(ls *lockSet) {
+	for w := range stripeWords {
+		all := ls.shared[w] | ls.excl[w]
+		for all != 0 {
+			i := bits.TrailingZeros64(all)
+			all &^= 1 << i
+			s := w*64 + i
+			if ls.excl[w]&(1<<i) != 0 {
+				v.locks[s].Lock()
+			} else {
+				v.locks[s].RLock()
+			}
+		}
+	}
+}
+
+func (v *Volume) unlock(ls *lockSet) {
+	for w := range stripeWords {
+		all := ls.shared[w] | ls.excl[w]
+		for all != 0 {
+			i := bits.TrailingZeros64(all)
+			all &^= 1 << i
+			s := w*64 + i
+			if ls.excl[w]&(1<<i) != 0 {
+				v.locks[s].Unlock()
+			} else {
+				v.locks[s].RUnlock()
+			}
+		}
+	}
+}

@@ -1,0 +1,285 @@
+package volume
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"cairn/backend/store"
+	"cairn/target"
+)
+
+var ctx = context.Background()
+
+func openStore(t testing.TB) *store.Store {
+	t.Helper()
+	s, err := store.Open("db", store.Options{FS: vfs.NewMem()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func openVolume(t testing.TB, s *store.Store, size int64) *Volume {
+	t.Helper()
+	v, err := Open(Options{ID: 7, Size: size, Generation: 1, Epoch: 1, Placement: NewLocal(s)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// model is a plain byte slice the volume must agree with.
+type model []byte
+
+func TestAgainstModel(t *testing.T) {
+	seed := rand.Uint64()
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 0))
+	const size = 8 << 20 // 8 chunks
+	v := openVolume(t, openStore(t), size)
+	m := make(model, size)
+	for i := range 2000 {
+		off := rng.Int64N(size)
+		n := min(rng.Int64N(300<<10)+1, size-off)
+		if rng.IntN(3) == 0 { // aligned
+			off &^= 4095
+			n = max(n&^4095, 4096)
+			n = min(n, size-off)
+		}
+		switch rng.IntN(10) {
+		case 0, 1:
+			flags := target.ZeroDiscard
+			if rng.IntN(2) == 0 {
+				flags = target.ZeroNoHole
+			}
+			if err := v.Zero(ctx, off, n, flags); err != nil {
+				t.Fatalf("op %d: zero %d+%d: %v", i, off, n, err)
+			}
+			clear(m[off : off+n])
+		case 2:
+			if err := v.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			p := make([]byte, n)
+			for j := range p {
+				p[j] = byte(rng.Uint32())
+			}
+			if err := v.WriteAt(ctx, p, off, target.WriteFlags(rng.IntN(2))); err != nil {
+				t.Fatalf("op %d: write %d+%d: %v", i, off, n, err)
+			}
+			copy(m[off:], p)
+		}
+		roff := rng.Int64N(size)
+		rn := min(rng.Int64N(200<<10)+1, size-roff)
+		got := make([]byte, rn)
+		if err := v.ReadAt(ctx, got, roff); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, m[roff:roff+rn]) {
+			t.Fatalf("op %d: read %d+%d differs from the model (seed %d)", i, roff, rn, seed)
+		}
+	}
+	got := make([]byte, size)
+	if err := v.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, m) {
+		t.Fatalf("final image differs from the model (seed %d)", seed)
+	}
+	// The allocation map agrees with the model: every non-zero byte is in
+	// an allocated extent, and the extents cover the whole volume.
+	var pos int64
+	err := v.Extents(ctx, 0, size, func(e target.Extent) bool {
+		if e.Hole && bytes.ContainsFunc(m[pos:pos+e.Length], func(r rune) bool { return r != 0 }) {
+			t.Errorf("hole [%d, +%d) holds data", pos, e.Length)
+		}
+		pos += e.Length
+		return true
+	})
+	if err != nil || pos != size {
+		t.Fatalf("extents covered %d of %d: %v", pos, size, err)
+	}
+}
+
+// TestConcurrentSectors writes the eight 512-byte sectors of one block
+// concurrently, many times: every one survives.
+func TestConcurrentSectors(t *testing.T) {
+	v := openVolume(t, openStore(t), 1<<20)
+	for round := range 200 {
+		base := int64(round%16) * 4096
+		var wg sync.WaitGroup
+		for s := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p := bytes.Repeat([]byte{byte(round + s + 1)}, 512)
+				if err := v.WriteAt(ctx, p, base+int64(s)*512, 0); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		// A whole-block write to the neighbour block at the same time.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			v.WriteAt(ctx, bytes.Repeat([]byte{0xee}, 4096), base+4096*16, 0)
+		}()
+		wg.Wait()
+		got := make([]byte, 4096)
+		if err := v.ReadAt(ctx, got, base); err != nil {
+			t.Fatal(err)
+		}
+		for s := range 8 {
+			if got[s*512] != byte(round+s+1) || !bytes.Equal(got[s*512:s*512+512], bytes.Repeat([]byte{got[s*512]}, 512)) {
+				t.Fatalf("round %d: sector %d lost: %x", round, s, got[s*512:s*512+8])
+			}
+		}
+	}
+}
+
+func TestErrors(t *testing.T) {
+	s := openStore(t)
+	v := openVolume(t, s, 1<<20)
+	for _, c := range []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"read past end", v.ReadAt(ctx, make([]byte, 8192), 1<<20-4096), target.ErrOutOfRange},
+		{"write past end", v.WriteAt(ctx, make([]byte, 1), 1<<20, 0), target.ErrOutOfRange},
+		{"zero past end", v.Zero(ctx, 0, 1<<20+1, 0), target.ErrOutOfRange},
+		{"negative offset", v.ReadAt(ctx, make([]byte, 1), -1), target.ErrInvalid},
+	} {
+		if !errors.Is(c.err, c.want) {
+			t.Errorf("%s: %v, want %v", c.name, c.err, c.want)
+		}
+	}
+	ro, err := Open(Options{ID: 8, Size: 1 << 20, Generation: 1, Epoch: 1, ReadOnly: true, Placement: NewLocal(s)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ro.WriteAt(ctx, make([]byte, 4096), 0, 0); !errors.Is(err, target.ErrReadOnly) {
+		t.Errorf("write to read-only: %v", err)
+	}
+	v.Close()
+	if err := v.ReadAt(ctx, make([]byte, 4096), 0); !errors.Is(err, target.ErrClosed) {
+		t.Errorf("read after close: %v", err)
+	}
+	for _, o := range []Options{
+		{Size: 4096, Generation: 1, Epoch: 1},
+		{Size: 4095, Generation: 1, Epoch: 1, Placement: NewLocal(s)},
+		{Size: 4096, Generation: 0, Epoch: 1, Placement: NewLocal(s)},
+		{Size: 4096, Generation: 1, Epoch: 0, Placement: NewLocal(s)},
+		{Size: 4096, ChunkSize: 1000, Generation: 1, Epoch: 1, Placement: NewLocal(s)},
+	} {
+		if _, err := Open(o); err == nil {
+			t.Errorf("Open(%+v) succeeded", o)
+		}
+	}
+}
+
+// TestGenerationOrdersSeq: a later attachment's writes win over an earlier
+// one's, whatever order they reach the store in.
+func TestGenerationOrdersSeq(t *testing.T) {
+	s := openStore(t)
+	v1, _ := Open(Options{ID: 9, Size: 1 << 20, Generation: 1, Epoch: 1, Placement: NewLocal(s)})
+	v2, _ := Open(Options{ID: 9, Size: 1 << 20, Generation: 2, Epoch: 1, Placement: NewLocal(s)})
+	v2.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 0, 0)
+	for range 10 {
+		v1.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, 0) // stale attachment, arrives later
+	}
+	got := make([]byte, 4096)
+	v2.ReadAt(ctx, got, 0)
+	if got[0] != 2 {
+		t.Fatalf("stale generation's write won: %d", got[0])
+	}
+}
+
+func TestZeroWholeTiB(t *testing.T) {
+	s := openStore(t)
+	const size = 1 << 40
+	v := openVolume(t, s, size)
+	for _, off := range []int64{0, 1 << 30, size - 4096} {
+		v.WriteAt(ctx, bytes.Repeat([]byte{9}, 4096), off, 0)
+	}
+	if err := v.Zero(ctx, 0, size, target.ZeroDiscard); err != nil {
+		t.Fatal(err)
+	}
+	n, err := s.Allocated(7, 1)
+	if err != nil || n != 0 {
+		t.Fatalf("allocated after whole zero: %d %v", n, err)
+	}
+	got := make([]byte, 4096)
+	v.ReadAt(ctx, got, 1<<30)
+	if !bytes.Equal(got, make([]byte, 4096)) {
+		t.Fatal("data survived a whole-volume zero")
+	}
+}
+
+// nopNode is a node that stores nothing, to measure the volume layer alone.
+type nopNode struct{}
+
+func (nopNode) Write(vol, block uint64, data []byte, st store.Stamp, sync bool) error { return nil }
+func (nopNode) Read(vol, block uint64, p []byte, epoch uint64) error                  { return nil }
+func (nopNode) Zero(vol, block, n uint64, st store.Stamp, sync bool) error            { return nil }
+func (nopNode) Sync() error                                                           { return nil }
+func (nopNode) Extents(vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) error {
+	return nil
+}
+
+// TestAllocsHotPath pins the volume layer's own cost of aligned I/O at zero
+// allocations; what a node costs is the node's budget.
+func TestAllocsHotPath(t *testing.T) {
+	v, err := Open(Options{ID: 1, Size: 1 << 30, Generation: 1, Epoch: 1, Placement: NewLocal(nopNode{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 128<<10)
+	for _, c := range []struct {
+		name string
+		fn   func()
+	}{
+		{"read 4k", func() { v.ReadAt(ctx, p[:4096], 0) }},
+		{"write 4k", func() { v.WriteAt(ctx, p[:4096], 4096, 0) }},
+		{"write 128k across a chunk", func() { v.WriteAt(ctx, p, 1<<20-64<<10, target.FUA) }},
+		{"read 512 unaligned", func() { v.ReadAt(ctx, p[:512], 1024) }},
+		{"write 512 unaligned", func() { v.WriteAt(ctx, p[:512], 1024, 0) }},
+	} {
+		if n := testing.AllocsPerRun(200, c.fn); n != 0 {
+			t.Errorf("%s: %.1f allocs/op, want 0", c.name, n)
+		}
+	}
+}
+
+func BenchmarkWrite4K(b *testing.B) {
+	v := openVolume(b, openStore(b), 1<<30)
+	p := make([]byte, 4096)
+	b.SetBytes(4096)
+	var i int64
+	for b.Loop() {
+		v.WriteAt(ctx, p, (i%(1<<18))*4096, 0)
+		i++
+	}
+}
+
+func BenchmarkRead4K(b *testing.B) {
+	v := openVolume(b, openStore(b), 1<<30)
+	p := make([]byte, 4096)
+	for i := range int64(1024) {
+		v.WriteAt(ctx, p, i*4096, 0)
+	}
+	b.SetBytes(4096)
+	var i int64
+	for b.Loop() {
+		v.ReadAt(ctx, p, (i%1024)*4096)
+		i++
+	}
+}

@@ -1,0 +1,122 @@
+package cluster
+
+import (
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// fsm is the raft.FSM over state. raft calls Apply, Snapshot and Restore
+// from its single FSM goroutine; the read methods may be called from any
+// goroutine.
+type fsm struct {
+	mu struct {
+		sync.RWMutex
+		st state
+		// changed is closed, and replaced, after each change of st.
+		changed chan struct{}
+	}
+}
+
+var _ raft.FSM = (*fsm)(nil)
+
+func newFSM() *fsm {
+	f := &fsm{}
+	f.mu.st = newState()
+	f.mu.changed = make(chan struct{})
+	return f
+}
+
+// result is what Apply returns through raft's ApplyFuture.Response.
+type result struct {
+	vol Volume
+	err error
+}
+
+// Apply decodes and executes one committed command. A malformed or refused
+// command changes nothing and yields an error result: it must not panic, as
+// every replica would panic on the same entry at every restart.
+func (f *fsm) Apply(l *raft.Log) any {
+	cmd, err := decodeCommand(l.Data)
+	if err != nil {
+		return result{err: err}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, err := f.mu.st.apply(cmd)
+	if invariants {
+		if cerr := f.mu.st.check(); cerr != nil {
+			panic(fmt.Sprintf("cluster: log index %d: state invariant broken after %T: %v", l.Index, cmd, cerr))
+		}
+	}
+	if err == nil {
+		f.notifyLocked()
+	}
+	return result{vol: v, err: err}
+}
+
+// Snapshot encodes the state at once (it is small: volumesMax records), so
+// that Persist runs on an immutable byte slice while Apply goes on.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	data, err := encodeState(&f.mu.st)
+	if err != nil {
+		return nil, err
+	}
+	return snapshot(data), nil
+}
+
+// Restore replaces the state with a snapshot's, after checking it; a bad
+// snapshot leaves the state as it was.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	st, err := decodeState(rc)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mu.st = st
+	f.notifyLocked()
+	return nil
+}
+
+func (f *fsm) notifyLocked() {
+	close(f.mu.changed)
+	f.mu.changed = make(chan struct{})
+}
+
+func (f *fsm) changes() <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.mu.changed
+}
+
+func (f *fsm) volume(name string) (Volume, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	v, ok := f.mu.st.Volumes[name]
+	return v, ok
+}
+
+func (f *fsm) volumes() []Volume {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.mu.st.sorted()
+}
+
+// snapshot is an encoded state.
+type snapshot []byte
+
+func (s snapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := sink.Write(s); err != nil {
+		_ = sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s snapshot) Release() {}

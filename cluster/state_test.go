@@ -1,0 +1,339 @@
+package cluster
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+var t0 = time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)
+
+func mustEncode(t testing.TB, o op, args any) []byte {
+	t.Helper()
+	b, err := encodeCommand(o, args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// applyTo feeds one command to f as raft would and checks the invariants.
+func applyTo(t testing.TB, f *fsm, data []byte) (Volume, error) {
+	t.Helper()
+	r := f.Apply(&raft.Log{Type: raft.LogCommand, Data: data}).(result)
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if err := f.mu.st.check(); err != nil {
+		t.Fatalf("invariant broken after %q: %v", data, err)
+	}
+	return r.vol, r.err
+}
+
+func TestFSMApply(t *testing.T) {
+	f := newFSM()
+	type step struct {
+		o    op
+		args any
+		err  error
+		want Volume // when err == nil
+	}
+	vol := func(id uint64, name string, size int64, r int, gen uint64, node string) Volume {
+		return Volume{ID: id, Name: name, Size: size, BlockSize: 4096, ChunkSize: 1 << 20, Replicas: r, Epoch: 1, Generation: gen, AttachedTo: node, Created: t0}
+	}
+	for i, s := range []step{
+		{opCreateVolume, createVolumeArgs{"a", 1 << 30, 1, t0}, nil, vol(1, "a", 1<<30, 1, 0, "")},
+		{opCreateVolume, createVolumeArgs{"b", 8192, 3, t0}, nil, vol(2, "b", 8192, 3, 0, "")},
+		{opCreateVolume, createVolumeArgs{"a", 4096, 1, t0}, ErrExists, Volume{}},
+		{opCreateVolume, createVolumeArgs{"A", 4096, 1, t0}, ErrInvalid, Volume{}},
+		{opCreateVolume, createVolumeArgs{"c", 4095, 1, t0}, ErrInvalid, Volume{}},
+		{opCreateVolume, createVolumeArgs{"c", 0, 1, t0}, ErrInvalid, Volume{}},
+		{opCreateVolume, createVolumeArgs{"c", 65 << 40, 1, t0}, ErrInvalid, Volume{}},
+		{opCreateVolume, createVolumeArgs{"c", 4096, 0, t0}, ErrInvalid, Volume{}},
+		{opCreateVolume, createVolumeArgs{"c", 4096, 6, t0}, ErrInvalid, Volume{}},
+		{opResizeVolume, resizeVolumeArgs{"a", 2 << 30}, nil, vol(1, "a", 2<<30, 1, 0, "")},
+		{opResizeVolume, resizeVolumeArgs{"a", 2 << 30}, nil, vol(1, "a", 2<<30, 1, 0, "")},
+		{opResizeVolume, resizeVolumeArgs{"a", 1 << 30}, ErrShrink, Volume{}},
+		{opResizeVolume, resizeVolumeArgs{"a", 3<<30 + 1}, ErrInvalid, Volume{}},
+		{opResizeVolume, resizeVolumeArgs{"zz", 8192}, ErrNotFound, Volume{}},
+		{opAttach, attachArgs{"a", "node1"}, nil, vol(1, "a", 2<<30, 1, 1, "node1")},
+		{opAttach, attachArgs{"a", "node2"}, nil, vol(1, "a", 2<<30, 1, 2, "node2")},
+		{opAttach, attachArgs{"a", ""}, ErrInvalid, Volume{}},
+		{opAttach, attachArgs{"zz", "node1"}, ErrNotFound, Volume{}},
+		{opDeleteVolume, deleteVolumeArgs{"b"}, nil, vol(2, "b", 8192, 3, 0, "")},
+		{opDeleteVolume, deleteVolumeArgs{"b"}, ErrNotFound, Volume{}},
+		// IDs are not reused after a delete.
+		{opCreateVolume, createVolumeArgs{"b", 4096, 1, t0}, nil, vol(3, "b", 4096, 1, 0, "")},
+	} {
+		got, err := applyTo(t, f, mustEncode(t, s.o, s.args))
+		if !errors.Is(err, s.err) || (s.err != nil) != (err != nil) {
+			t.Fatalf("step %d %s %+v: err %v, want %v", i, s.o, s.args, err, s.err)
+		}
+		if err == nil && !reflect.DeepEqual(got, s.want) {
+			t.Fatalf("step %d %s: got %+v, want %+v", i, s.o, got, s.want)
+		}
+	}
+	names := []string{}
+	for _, v := range f.volumes() {
+		names = append(names, v.Name)
+	}
+	if want := []string{"a", "b"}; !reflect.DeepEqual(names, want) {
+		t.Fatalf("volumes %q, want %q", names, want)
+	}
+}
+
+func TestFSMFull(t *testing.T) {
+	f := newFSM()
+	f.mu.st.NextID = volumesMax + 1
+	for i := range volumesMax {
+		name := "v" + strconv.Itoa(i)
+		f.mu.st.Volumes[name] = Volume{ID: uint64(i + 1), Name: name, Size: 4096, BlockSize: 4096, ChunkSize: 1 << 20, Replicas: 1, Epoch: 1}
+	}
+	if _, err := applyTo(t, f, mustEncode(t, opCreateVolume, createVolumeArgs{"one-more", 4096, 1, t0})); !errors.Is(err, ErrFull) {
+		t.Fatalf("err %v, want ErrFull", err)
+	}
+}
+
+func TestFSMGarbage(t *testing.T) {
+	f := newFSM()
+	good := mustEncode(t, opCreateVolume, createVolumeArgs{"a", 4096, 1, t0})
+	for _, data := range []string{
+		"",
+		"null",
+		"{}",
+		"[]",
+		"\x00\xff",
+		`{"op":"volume.create"}`,
+		`{"op":"volume.create","args":null}`,
+		`{"op":"volume.create","args":{}}`,
+		`{"op":"volume.create","args":[]}`,
+		`{"op":"volume.create","args":{"name":"a","size":"4096","replicas":1}}`,
+		`{"op":"volume.create","args":{"name":"a","size":4096,"replicas":1,"extra":1}}`,
+		`{"op":"volume.create","args":{"name":"a","size":4096.5,"replicas":1}}`,
+		`{"op":"volume.create","args":{"name":"a","size":99999999999999999999,"replicas":1}}`,
+		`{"op":"volume.create","args":{"name":"a","size":4096,"replicas":1,"created":"yesterday"}}`,
+		`{"op":"volume.drop","args":{"name":"a"}}`,
+		`{"op":"volume.delete","args":{"name":"a"},"v":2}`,
+		`{"op":"volume.delete","args":{"name":"a"}} {}`,
+		`{"op":"volume.resize","args":{"name":"a","size":-4096}}`,
+		string(good[:len(good)-1]),
+		string(good) + "x",
+		`{"op":"volume.delete","args":{"name":"` + strings.Repeat("a", commandBytesMax) + `"}}`,
+	} {
+		r := f.Apply(&raft.Log{Data: []byte(data)})
+		res, ok := r.(result)
+		if !ok || res.err == nil {
+			t.Errorf("Apply(%.60q) = %+v, want an error result", data, r)
+		}
+	}
+	if n := len(f.volumes()); n != 0 {
+		t.Fatalf("garbage created %d volumes", n)
+	}
+}
+
+// memSink is a raft.SnapshotSink in memory.
+type memSink struct {
+	bytes.Buffer
+	closed, cancelled bool
+}
+
+func (s *memSink) ID() string    { return "mem" }
+func (s *memSink) Cancel() error { s.cancelled = true; return nil }
+func (s *memSink) Close() error  { s.closed = true; return nil }
+
+func snapshotBytes(t testing.TB, f *fsm) []byte {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Release()
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil || !sink.closed {
+		t.Fatalf("Persist: %v (closed %v)", err, sink.closed)
+	}
+	return sink.Bytes()
+}
+
+// populate applies a fixed sequence of commands.
+func populate(t testing.TB, f *fsm) {
+	t.Helper()
+	for _, c := range []struct {
+		o    op
+		args any
+	}{
+		{opCreateVolume, createVolumeArgs{"a", 1 << 30, 1, t0}},
+		{opCreateVolume, createVolumeArgs{"b", 8192, 3, t0.Add(time.Second)}},
+		{opCreateVolume, createVolumeArgs{"c", 4096, 2, t0}},
+		{opAttach, attachArgs{"b", "node2"}},
+		{opResizeVolume, resizeVolumeArgs{"a", 4 << 30}},
+		{opDeleteVolume, deleteVolumeArgs{"c"}},
+	} {
+		if _, err := applyTo(t, f, mustEncode(t, c.o, c.args)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestFSMSnapshotRestore(t *testing.T) {
+	a := newFSM()
+	populate(t, a)
+	data := snapshotBytes(t, a)
+
+	b := newFSM()
+	ch := b.changes()
+	if err := b.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+	default:
+		t.Fatal("Restore did not signal a change")
+	}
+	if !reflect.DeepEqual(a.volumes(), b.volumes()) {
+		t.Fatalf("restored %+v, want %+v", b.volumes(), a.volumes())
+	}
+	if !bytes.Equal(snapshotBytes(t, b), data) {
+		t.Fatal("snapshot of the restored state differs")
+	}
+	// Both allocate the same next ID.
+	cmd := mustEncode(t, opCreateVolume, createVolumeArgs{"d", 4096, 1, t0})
+	va, _ := applyTo(t, a, cmd)
+	vb, _ := applyTo(t, b, cmd)
+	if va.ID != 4 || vb.ID != va.ID {
+		t.Fatalf("next IDs %d and %d, want 4", va.ID, vb.ID)
+	}
+}
+
+func TestFSMDeterministic(t *testing.T) {
+	a, b := newFSM(), newFSM()
+	populate(t, a)
+	populate(t, b)
+	if !bytes.Equal(snapshotBytes(t, a), snapshotBytes(t, b)) {
+		t.Fatal("same commands, different snapshots")
+	}
+}
+
+func TestFSMRestoreRejects(t *testing.T) {
+	good := newFSM()
+	populate(t, good)
+	data := snapshotBytes(t, good)
+	edit := func(fn func(*snapshotFile)) string {
+		var f snapshotFile
+		if err := json.Unmarshal(data, &f); err != nil {
+			t.Fatal(err)
+		}
+		fn(&f)
+		b, err := json.Marshal(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	for name, in := range map[string]string{
+		"empty":      "",
+		"garbage":    "\x00garbage",
+		"truncated":  string(data[:len(data)/2]),
+		"trailing":   string(data) + "{}",
+		"version":    edit(func(f *snapshotFile) { f.Version = 2 }),
+		"no volumes": edit(func(f *snapshotFile) { f.State.Volumes = nil }),
+		"next id":    edit(func(f *snapshotFile) { f.State.NextID = 1 }),
+		"misfiled":   edit(func(f *snapshotFile) { v := f.State.Volumes["a"]; v.Name = "z"; f.State.Volumes["a"] = v }),
+		"bad size":   edit(func(f *snapshotFile) { v := f.State.Volumes["a"]; v.Size = 1; f.State.Volumes["a"] = v }),
+		"shared id": edit(func(f *snapshotFile) {
+			v := f.State.Volumes["a"]
+			v.ID = f.State.Volumes["b"].ID
+			f.State.Volumes["a"] = v
+		}),
+		"epoch 0":      edit(func(f *snapshotFile) { v := f.State.Volumes["a"]; v.Epoch = 0; f.State.Volumes["a"] = v }),
+		"geometry":     edit(func(f *snapshotFile) { v := f.State.Volumes["a"]; v.BlockSize = 512; f.State.Volumes["a"] = v }),
+		"attached gen": edit(func(f *snapshotFile) { v := f.State.Volumes["a"]; v.AttachedTo = "n"; f.State.Volumes["a"] = v }),
+		"unknown key":  strings.Replace(string(data), `"next_id"`, `"groups":{},"next_id"`, 1),
+	} {
+		f := newFSM()
+		populate(t, f)
+		before := snapshotBytes(t, f)
+		if err := f.Restore(io.NopCloser(strings.NewReader(in))); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Restore = %v, want ErrInvalid", name, err)
+		}
+		if !bytes.Equal(snapshotBytes(t, f), before) {
+			t.Errorf("%s: failed Restore changed the state", name)
+		}
+	}
+}
+
+func TestChangesCoalesce(t *testing.T) {
+	f := newFSM()
+	ch1 := f.changes()
+	ch2 := f.changes()
+	if ch1 != ch2 {
+		t.Fatal("two watchers of one generation got different channels")
+	}
+	if _, err := applyTo(t, f, mustEncode(t, opDeleteVolume, deleteVolumeArgs{"nope"})); err == nil {
+		t.Fatal("delete of a missing volume succeeded")
+	}
+	select {
+	case <-ch1:
+		t.Fatal("a refused command signalled a change")
+	default:
+	}
+	populate(t, f) // several changes
+	<-ch1
+	<-ch2
+	ch3 := f.changes()
+	select {
+	case <-ch3:
+		t.Fatal("new generation's channel already closed")
+	default:
+	}
+}
+
+func FuzzFSMApply(f *testing.F) {
+	for _, c := range []struct {
+		o    op
+		args any
+	}{
+		{opCreateVolume, createVolumeArgs{"a", 1 << 30, 1, t0}},
+		{opDeleteVolume, deleteVolumeArgs{"a"}},
+		{opResizeVolume, resizeVolumeArgs{"a", 2 << 30}},
+		{opAttach, attachArgs{"a", "node1"}},
+	} {
+		f.Add(mustEncode(f, c.o, c.args))
+	}
+	f.Add([]byte(`{"op":"volume.create","args":{"name":"a","size":4096,"replicas":1,"created":"2026-01-01T00:00:00Z"}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m := newFSM()
+		populate(t, m)
+		before := snapshotBytes(t, m)
+		r := m.Apply(&raft.Log{Type: raft.LogCommand, Data: data})
+		res, ok := r.(result)
+		if !ok {
+			t.Fatalf("Apply returned %T", r)
+		}
+		m.mu.RLock()
+		err := m.mu.st.check()
+		m.mu.RUnlock()
+		if err != nil {
+			t.Fatalf("invariant broken: %v", err)
+		}
+		if res.err != nil && !bytes.Equal(snapshotBytes(t, m), before) {
+			t.Fatalf("failed command %q changed the state", data)
+		}
+		// A decodable command re-encodes and applies identically elsewhere.
+		if res.err == nil {
+			other := newFSM()
+			populate(t, other)
+			other.Apply(&raft.Log{Data: data})
+			if !bytes.Equal(snapshotBytes(t, m), snapshotBytes(t, other)) {
+				t.Fatal("same command, different states")
+			}
+		}
+	})
+}

@@ -1,0 +1,256 @@
+// Command cairn is the admin CLI of cairn. It speaks to a cairnd's admin
+// HTTP/JSON API (--addr, or $CAIRN_ADDR, default 127.0.0.1:7900).
+//
+//	cairn [--addr HOST:PORT] [--json] status
+//	cairn volume create NAME --size 10GiB [--replicas N]
+//	cairn volume list
+//	cairn volume show NAME
+//	cairn volume resize NAME --size 20GiB
+//	cairn volume delete NAME [--force]
+//
+// Errors are one line on stderr and exit status 1 (2 for usage errors).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"cairn/cluster/admin"
+	"cairn/configs"
+)
+
+const usage = `usage: cairn [--addr HOST:PORT] [--json] COMMAND
+
+commands:
+  status                                   show the daemon's state
+  volume create NAME --size SIZE [--replicas N]
+  volume list
+  volume show NAME
+  volume resize NAME --size SIZE           grow; NBD clients see it on reconnect
+  volume delete NAME [--force]             --force disconnects attached clients
+
+SIZE is bytes or a number with K/M/G/T or KiB/MiB/GiB/TiB (powers of 1024).
+The address defaults to $CAIRN_ADDR or 127.0.0.1:7900.
+`
+
+// errUsage marks errors that exit with status 2.
+var errUsage = errors.New("usage")
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is main without the process: it returns the exit status.
+func run(args []string, stdout, stderr io.Writer) int {
+	err := dispatch(args, stdout)
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "cairn: %v\n%s", err, usage)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "cairn: %v\n", err)
+		return 1
+	}
+}
+
+// cli holds the global options.
+type cli struct {
+	client *admin.Client
+	json   bool
+	out    io.Writer
+}
+
+// parse parses flags interspersed with positional arguments and returns the
+// positional ones.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func dispatch(args []string, out io.Writer) error {
+	addr := os.Getenv("CAIRN_ADDR")
+	if addr == "" {
+		addr = "127.0.0.1:7900"
+	}
+	c := &cli{out: out}
+	fs := flag.NewFlagSet("cairn", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&addr, "addr", addr, "admin address")
+	fs.BoolVar(&c.json, "json", false, "JSON output")
+	size := fs.String("size", "", "volume size")
+	replicas := fs.Int("replicas", 0, "replication factor")
+	force := fs.Bool("force", false, "disconnect attached clients")
+	help := fs.Bool("help", false, "")
+	fs.BoolVar(help, "h", false, "")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if *help {
+		fmt.Fprint(out, usage)
+		return nil
+	}
+	c.client = &admin.Client{Addr: addr}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+
+	if len(pos) == 0 {
+		return fmt.Errorf("%w: no command", errUsage)
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	allow := func(names ...string) error {
+		for n := range set {
+			if n == "addr" || n == "json" {
+				continue
+			}
+			ok := false
+			for _, a := range names {
+				ok = ok || a == n
+			}
+			if !ok {
+				return fmt.Errorf("%w: --%s does not apply to %q", errUsage, n, strings.Join(pos, " "))
+			}
+		}
+		return nil
+	}
+	nargs := func(n int) error {
+		if len(pos) != n {
+			return fmt.Errorf("%w: %q takes %d argument(s)", errUsage, strings.Join(pos[:min(len(pos), 2)], " "), n-min(n, 2))
+		}
+		return nil
+	}
+	switch pos[0] {
+	case "status":
+		if err := errors.Join(nargs(1), allow()); err != nil {
+			return err
+		}
+		st, err := c.client.Status(ctx)
+		if err != nil {
+			return err
+		}
+		return c.print(st, func(w io.Writer) {
+			fmt.Fprintf(w, "node\t%s\nroles\t%s\nversion\t%s\nuptime\t%s\n", st.Node, strings.Join(st.Roles, ","), st.Version, (time.Duration(st.UptimeSeconds) * time.Second).String())
+			fmt.Fprintf(w, "raft\t%s (leader %s, term %d, index %d)\n", st.Raft.State, st.Raft.Leader, st.Raft.Term, st.Raft.LastIndex)
+			fmt.Fprintf(w, "nbd\t%s\nadmin\t%s\nvolumes\t%d\nconnections\t%d\n", st.NBD, st.Admin, st.Volumes, st.Connections)
+		})
+	case "volume", "volumes":
+		if len(pos) < 2 {
+			return fmt.Errorf("%w: volume needs a subcommand", errUsage)
+		}
+		switch pos[1] {
+		case "create":
+			if err := errors.Join(nargs(3), allow("size", "replicas")); err != nil {
+				return err
+			}
+			if *size == "" {
+				return fmt.Errorf("%w: volume create needs --size", errUsage)
+			}
+			n, err := configs.ParseSize(*size)
+			if err != nil {
+				return fmt.Errorf("--size: %w", err)
+			}
+			v, err := c.client.CreateVolume(ctx, admin.CreateRequest{Name: pos[2], Size: n, Replicas: *replicas})
+			if err != nil {
+				return err
+			}
+			return c.printVolume(v)
+		case "list", "ls":
+			if err := errors.Join(nargs(2), allow()); err != nil {
+				return err
+			}
+			vs, err := c.client.Volumes(ctx)
+			if err != nil {
+				return err
+			}
+			return c.print(vs, func(w io.Writer) {
+				fmt.Fprintln(w, "NAME\tID\tSIZE\tREPLICAS\tEPOCH\tCONNECTIONS\tNBD")
+				for _, v := range vs {
+					fmt.Fprintf(w, "%s\t%d\t%s\t%d\t%d\t%d\t%s\n", v.Name, v.ID, configs.FormatSize(v.Size), v.Replicas, v.Epoch, v.Connections, v.NBD)
+				}
+			})
+		case "show":
+			if err := errors.Join(nargs(3), allow()); err != nil {
+				return err
+			}
+			v, err := c.client.Volume(ctx, pos[2])
+			if err != nil {
+				return err
+			}
+			return c.printVolume(v)
+		case "resize":
+			if err := errors.Join(nargs(3), allow("size")); err != nil {
+				return err
+			}
+			if *size == "" {
+				return fmt.Errorf("%w: volume resize needs --size", errUsage)
+			}
+			n, err := configs.ParseSize(*size)
+			if err != nil {
+				return fmt.Errorf("--size: %w", err)
+			}
+			v, err := c.client.ResizeVolume(ctx, pos[2], n)
+			if err != nil {
+				return err
+			}
+			return c.printVolume(v)
+		case "delete", "rm":
+			if err := errors.Join(nargs(3), allow("force")); err != nil {
+				return err
+			}
+			if err := c.client.DeleteVolume(ctx, pos[2], *force); err != nil {
+				return err
+			}
+			return c.print(map[string]string{"deleted": pos[2]}, func(w io.Writer) {
+				fmt.Fprintf(w, "deleted %s\n", pos[2])
+			})
+		default:
+			return fmt.Errorf("%w: unknown volume subcommand %q", errUsage, pos[1])
+		}
+	default:
+		return fmt.Errorf("%w: unknown command %q", errUsage, pos[0])
+	}
+}
+
+func (c *cli) printVolume(v admin.Volume) error {
+	return c.print(v, func(w io.Writer) {
+		fmt.Fprintf(w, "name\t%s\nid\t%d\nsize\t%s (%d bytes)\n", v.Name, v.ID, configs.FormatSize(v.Size), v.Size)
+		fmt.Fprintf(w, "block size\t%d\nchunk size\t%s\nreplicas\t%d\n", v.BlockSize, configs.FormatSize(v.ChunkSize), v.Replicas)
+		if v.AllocatedBytes >= 0 {
+			fmt.Fprintf(w, "allocated\t%s (%d bytes)\n", configs.FormatSize(v.AllocatedBytes), v.AllocatedBytes)
+		}
+		fmt.Fprintf(w, "epoch\t%d\ngeneration\t%d\ncreated\t%s\nconnections\t%d\nnbd\t%s\n", v.Epoch, v.Generation, v.Created.Format(time.RFC3339), v.Connections, v.NBD)
+	})
+}
+
+// print writes v as JSON with --json, else as the text human renders.
+func (c *cli) print(v any, human func(io.Writer)) error {
+	if c.json {
+		enc := json.NewEncoder(c.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
+	human(tw)
+	return tw.Flush()
+}

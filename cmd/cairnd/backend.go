@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"cairn/cluster"
+	"cairn/cluster/admin"
+	"cairn/configs"
+)
+
+// backend implements admin.Backend over the daemon.
+type backend struct{ d *daemon }
+
+var _ admin.Backend = backend{}
+
+// apiError maps catalog errors to the admin API's sentinels.
+func apiError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, cluster.ErrNotFound):
+		return fmt.Errorf("%w: %w", admin.ErrNotFound, err)
+	case errors.Is(err, cluster.ErrExists):
+		return fmt.Errorf("%w: %w", admin.ErrExists, err)
+	case errors.Is(err, cluster.ErrInvalid), errors.Is(err, cluster.ErrShrink):
+		return fmt.Errorf("%w: %w", admin.ErrInvalid, err)
+	case errors.Is(err, cluster.ErrNotLeader):
+		return fmt.Errorf("%w: %w", admin.ErrUnavailable, err)
+	}
+	return err
+}
+
+func (b backend) Status(ctx context.Context) (admin.Status, error) {
+	d := b.d
+	rs := d.catalog.Status()
+	st := admin.Status{
+		Node: d.cfg.NodeName, Roles: d.cfg.Roles, Version: version,
+		UptimeSeconds: time.Since(d.start).Seconds(),
+		NBD:           d.nbdAddr, Admin: d.adminAddr,
+		Volumes: len(d.catalog.Volumes()),
+		Raft:    admin.Raft{State: rs.State, Leader: rs.LeaderID, Term: rs.Term, LastIndex: rs.LastIndex},
+	}
+	for _, v := range d.catalog.Volumes() {
+		st.Connections += d.nbd.Connections(v.Name)
+	}
+	return st, nil
+}
+
+func (b backend) view(cv cluster.Volume, allocated bool) admin.Volume {
+	d := b.d
+	v := admin.Volume{
+		ID: cv.ID, Name: cv.Name, Size: cv.Size, BlockSize: cv.BlockSize, ChunkSize: cv.ChunkSize,
+		Replicas: cv.Replicas, Epoch: cv.Epoch, Generation: cv.Generation, Created: cv.Created,
+		Connections:    d.nbd.Connections(cv.Name),
+		AllocatedBytes: -1,
+		NBD:            "nbd://" + d.nbdAddr + "/" + cv.Name,
+	}
+	if allocated {
+		if n, err := d.store.Allocated(cv.ID, cv.Epoch); err == nil {
+			v.AllocatedBytes = int64(n) * int64(cv.BlockSize)
+		}
+	}
+	return v
+}
+
+func (b backend) Volumes(ctx context.Context) ([]admin.Volume, error) {
+	var out []admin.Volume
+	for _, cv := range b.d.catalog.Volumes() {
+		out = append(out, b.view(cv, false))
+	}
+	return out, nil
+}
+
+func (b backend) Volume(ctx context.Context, name string) (admin.Volume, error) {
+	cv, err := b.d.catalog.Volume(name)
+	if err != nil {
+		return admin.Volume{}, apiError(err)
+	}
+	return b.view(cv, true), nil
+}
+
+func (b backend) CreateVolume(ctx context.Context, req admin.CreateRequest) (admin.Volume, error) {
+	if req.Replicas == 0 {
+		req.Replicas = 1
+	}
+	if err := configs.ValidVolumeName(req.Name); err != nil {
+		return admin.Volume{}, fmt.Errorf("%w: %w", admin.ErrInvalid, err)
+	}
+	cv, err := b.d.catalog.CreateVolume(ctx, req.Name, req.Size, req.Replicas)
+	if err != nil {
+		return admin.Volume{}, apiError(err)
+	}
+	if err := b.d.reconcile(ctx); err != nil {
+		return admin.Volume{}, err
+	}
+	b.d.log.Info("volume created", "volume", cv.Name, "id", cv.ID, "size", cv.Size)
+	return b.view(cv, false), nil
+}
+
+func (b backend) ResizeVolume(ctx context.Context, name string, size int64) (admin.Volume, error) {
+	cv, err := b.d.catalog.ResizeVolume(ctx, name, size)
+	if err != nil {
+		return admin.Volume{}, apiError(err)
+	}
+	if err := b.d.reconcile(ctx); err != nil {
+		return admin.Volume{}, err
+	}
+	b.d.log.Info("volume resized", "volume", cv.Name, "size", cv.Size)
+	return b.view(cv, false), nil
+}
+
+func (b backend) DeleteVolume(ctx context.Context, name string, force bool) error {
+	d := b.d
+	if _, err := d.catalog.Volume(name); err != nil {
+		return apiError(err)
+	}
+	if n := d.nbd.Connections(name); n > 0 {
+		if !force {
+			return fmt.Errorf("%w: volume %q is attached (%d NBD connection(s)); detach the clients or use --force to disconnect them", admin.ErrConflict, name, n)
+		}
+		d.log.Warn("force delete: disconnecting clients", "volume", name, "connections", n)
+		d.nbd.Disconnect(name)
+	}
+	if err := d.catalog.DeleteVolume(ctx, name); err != nil {
+		return apiError(err)
+	}
+	d.log.Info("volume deleted", "volume", name)
+	return d.reconcile(ctx)
+}

@@ -1,0 +1,269 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"cairn/backend/store"
+	"cairn/backend/volume"
+	"cairn/cluster"
+	"cairn/cluster/admin"
+	"cairn/configs"
+	"cairn/target"
+	"cairn/target/nbd"
+)
+
+const (
+	catalogWait     = 30 * time.Second // for the catalog to elect a leader at start
+	shutdownTimeout = 10 * time.Second
+)
+
+// daemon wires one node's roles together. It owns every goroutine it starts:
+// Close stops them and waits.
+type daemon struct {
+	cfg   *configs.Config
+	log   *slog.Logger
+	start time.Time
+
+	store   *store.Store
+	catalog *cluster.Catalog
+	nbd     *nbd.Server
+	admin   *http.Server
+
+	nbdAddr, adminAddr string
+
+	mu struct {
+		sync.Mutex
+		vols map[string]*volume.Volume
+	}
+
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// start opens the store and catalog, creates declared volumes, and starts
+// serving. On error everything started so far is stopped.
+func start(ctx context.Context, cfg *configs.Config, log *slog.Logger) (_ *daemon, err error) {
+	d := &daemon{cfg: cfg, log: log, start: time.Now()}
+	d.mu.vols = map[string]*volume.Volume{}
+	ctx, d.cancel = context.WithCancel(ctx)
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	if d.store, err = store.Open(filepath.Join(cfg.DataDir, "blocks"), store.Options{Logger: log}); err != nil {
+		return nil, fmt.Errorf("open block store: %w", err)
+	}
+	if d.catalog, err = cluster.Open(cluster.Options{
+		NodeID:          cfg.NodeName,
+		Dir:             filepath.Join(cfg.DataDir, "catalog"),
+		Bind:            cfg.Raft.Bind,
+		BootstrapExpect: cfg.Raft.BootstrapExpect,
+		Logger:          log,
+	}); err != nil {
+		return nil, fmt.Errorf("open catalog: %w", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, catalogWait)
+	err = d.catalog.WaitLeader(wctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("catalog: no leader within %s: %w", catalogWait, err)
+	}
+	for _, vs := range cfg.Volumes {
+		if _, err := d.catalog.Volume(vs.Name); err == nil {
+			continue
+		}
+		v, err := d.catalog.CreateVolume(ctx, vs.Name, vs.Size, vs.Replicas)
+		if err != nil && !errors.Is(err, cluster.ErrExists) {
+			return nil, fmt.Errorf("create declared volume %q: %w", vs.Name, err)
+		}
+		log.Info("created declared volume", "volume", v.Name, "id", v.ID, "size", v.Size)
+	}
+	if err := d.reconcile(ctx); err != nil {
+		return nil, err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &volumeCollector{d: d})
+
+	d.nbd = nbd.NewServer(nbd.Options{Exports: exports{d}, Logger: log})
+	nl, err := net.Listen("tcp", cfg.NBD.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("[nbd] listen: %w", err)
+	}
+	d.nbdAddr = nl.Addr().String()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.nbd.Serve(nl); err != nil {
+			log.Error("nbd server stopped", "err", err)
+		}
+	}()
+
+	al, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("[admin] listen: %w", err)
+	}
+	d.adminAddr = al.Addr().String()
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", admin.Handler(backend{d}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	d.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.admin.Serve(al); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin server stopped", "err", err)
+		}
+	}()
+
+	d.wg.Add(1)
+	go d.watchCatalog(ctx)
+
+	log.Info("cairnd serving", "node", cfg.NodeName, "nbd", d.nbdAddr, "admin", d.adminAddr,
+		"data_dir", cfg.DataDir, "volumes", len(d.catalog.Volumes()))
+	return d, nil
+}
+
+// watchCatalog opens, resizes and closes volumes as the catalog changes.
+func (d *daemon) watchCatalog(ctx context.Context) {
+	defer d.wg.Done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.catalog.Changes():
+			if err := d.reconcile(ctx); err != nil {
+				d.log.Error("reconcile volumes with catalog", "err", err)
+			}
+		}
+	}
+}
+
+// reconcile makes the open volumes match the catalog: it attaches and opens
+// new ones, applies resizes, and closes and drops the data of deleted ones.
+func (d *daemon) reconcile(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	want := map[string]cluster.Volume{}
+	for _, cv := range d.catalog.Volumes() {
+		want[cv.Name] = cv
+	}
+	var errs []error
+	for name, v := range d.mu.vols {
+		cv, ok := want[name]
+		if ok && cv.ID == v.ID() {
+			v.SetSize(cv.Size)
+			continue
+		}
+		if d.nbd != nil {
+			d.nbd.Disconnect(name)
+		}
+		v.Close()
+		delete(d.mu.vols, name)
+		if err := d.store.DropVolume(v.ID()); err != nil {
+			errs = append(errs, fmt.Errorf("drop data of volume %q: %w", name, err))
+		}
+		d.log.Info("volume removed", "volume", name, "id", v.ID())
+	}
+	for name := range want {
+		if _, ok := d.mu.vols[name]; ok {
+			continue
+		}
+		// Attaching bumps the fencing generation, so this attachment's
+		// writes carry higher seqs than any earlier one's.
+		av, err := d.catalog.Attach(ctx, name, d.cfg.NodeName)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("attach volume %q: %w", name, err))
+			continue
+		}
+		v, err := volume.Open(volume.Options{
+			ID: av.ID, Size: av.Size, ChunkSize: av.ChunkSize,
+			Generation: av.Generation, Epoch: av.Epoch,
+			Placement: volume.NewLocal(d.store),
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("open volume %q: %w", name, err))
+			continue
+		}
+		d.mu.vols[name] = v
+		d.log.Info("volume attached", "volume", name, "id", av.ID, "size", av.Size, "generation", av.Generation)
+	}
+	return errors.Join(errs...)
+}
+
+func (d *daemon) volume(name string) (*volume.Volume, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v, ok := d.mu.vols[name]
+	return v, ok
+}
+
+// Close stops serving, makes every acknowledged write durable and closes the
+// store and catalog. It is idempotent.
+func (d *daemon) Close() error {
+	d.closeOnce.Do(func() {
+		var errs []error
+		if d.cancel != nil {
+			d.cancel()
+		}
+		if d.admin != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+			errs = append(errs, d.admin.Shutdown(ctx))
+			cancel()
+		}
+		if d.nbd != nil {
+			errs = append(errs, d.nbd.Close())
+		}
+		d.wg.Wait()
+		if d.store != nil {
+			errs = append(errs, d.store.Sync(), d.store.Close())
+		}
+		if d.catalog != nil {
+			errs = append(errs, d.catalog.Close())
+		}
+		d.closeErr = errors.Join(errs...)
+	})
+	return d.closeErr
+}
+
+// exports serves the open volumes to the front ends.
+type exports struct{ d *daemon }
+
+func (e exports) Lookup(name string) (target.Device, bool) {
+	v, ok := e.d.volume(name)
+	if !ok {
+		return nil, false
+	}
+	return v, true
+}
+
+func (e exports) List() []string {
+	e.d.mu.Lock()
+	defer e.d.mu.Unlock()
+	names := make([]string, 0, len(e.d.mu.vols))
+	for n := range e.d.mu.vols {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}

@@ -1,0 +1,419 @@
+package configs
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Roles a process can run. A process runs every role its Config lists.
+const (
+	RoleTarget  = "target"  // serves NBD and iSCSI
+	RoleStorage = "storage" // stores blocks
+	RoleManager = "manager" // member of the catalog's Raft group
+)
+
+// Bounds on what a configuration may hold.
+const (
+	fileBytesMax       = 1 << 20 // Load refuses larger files
+	volumesMax         = 1024    // [[volume]] tables per file
+	joinMax            = 64      // gossip.join entries
+	ReplicasMax        = 5       // replication factor upper bound
+	BootstrapExpectMax = 7       // voters a catalog may be bootstrapped with
+	nameBytesMax       = 63      // node and volume names
+	iqnPrefixBytesMax  = 223 - 1 - nameBytesMax
+)
+
+// Config is the whole of cairnd's configuration. Field comments give the TOML
+// key; Default holds every default value.
+type Config struct {
+	// NodeName (node_name) names this process in gossip and Raft; unique in
+	// a cluster. Same alphabet as volume names, case-insensitive letters.
+	NodeName string `toml:"node_name"`
+	// DataDir (data_dir) holds all local state: the catalog's Raft log and
+	// snapshots, the block store.
+	DataDir string `toml:"data_dir"`
+	// Roles (roles) lists the roles this process runs: RoleTarget,
+	// RoleStorage, RoleManager.
+	Roles []string `toml:"roles"`
+
+	Admin   Admin   `toml:"admin"`
+	NBD     NBD     `toml:"nbd"`
+	ISCSI   ISCSI   `toml:"iscsi"`
+	Gossip  Gossip  `toml:"gossip"`
+	Raft    Raft    `toml:"raft"`
+	Storage Storage `toml:"storage"`
+
+	// Volumes ([[volume]]) are created at start if the catalog lacks them;
+	// an existing volume of the same name is left as it is.
+	Volumes []VolumeSpec `toml:"-"`
+}
+
+// Admin is the [admin] table: the HTTP/JSON admin API and /metrics.
+type Admin struct {
+	Listen string `toml:"listen"` // host:port
+}
+
+// NBD is the [nbd] table.
+type NBD struct {
+	Listen string `toml:"listen"` // host:port
+}
+
+// ISCSI is the [iscsi] table.
+type ISCSI struct {
+	Listen string `toml:"listen"` // host:port
+	// IQNPrefix (iqn_prefix) names targets: IQNPrefix + ":" + volume name.
+	IQNPrefix string `toml:"iqn_prefix"`
+}
+
+// Gossip is the [gossip] table.
+type Gossip struct {
+	Bind string   `toml:"bind"` // host:port
+	Join []string `toml:"join"` // host:port of existing members
+}
+
+// Raft is the [raft] table, used by the manager role.
+type Raft struct {
+	// Bind (bind) is the Raft TCP address; it is also the address other
+	// managers dial, so its host must be a concrete IP or name, not 0.0.0.0.
+	Bind string `toml:"bind"`
+	// BootstrapExpect (bootstrap_expect) is the number of managers that
+	// form the first configuration: 1 bootstraps alone at first start; more
+	// waits for that many managers in gossip; 0 never bootstraps (the node
+	// joins an existing catalog).
+	BootstrapExpect int `toml:"bootstrap_expect"`
+}
+
+// Storage is the [storage] table: the data RPC listener of a storage node.
+type Storage struct {
+	Listen string `toml:"listen"` // host:port
+}
+
+// VolumeSpec is one [[volume]] table.
+type VolumeSpec struct {
+	Name     string // name
+	Size     int64  // size, in bytes; the file says "1GiB" or 1073741824
+	Replicas int    // replicas, default 1
+}
+
+// Default returns a configuration with every default: all roles in one
+// process on the loopback interface, data in ./data, no volumes.
+func Default() *Config {
+	return &Config{
+		NodeName: "node1",
+		DataDir:  "data",
+		Roles:    []string{RoleTarget, RoleStorage, RoleManager},
+		Admin:    Admin{Listen: "127.0.0.1:7900"},
+		NBD:      NBD{Listen: "127.0.0.1:10809"},
+		ISCSI:    ISCSI{Listen: "127.0.0.1:3260", IQNPrefix: "iqn.2026-11.dev.cairn"},
+		Gossip:   Gossip{Bind: "127.0.0.1:7946", Join: []string{}},
+		Raft:     Raft{Bind: "127.0.0.1:7947", BootstrapExpect: 1},
+		Storage:  Storage{Listen: "127.0.0.1:7950"},
+	}
+}
+
+// replicasDefault is the replication factor of a [[volume]] without replicas.
+const replicasDefault = 1
+
+// Test returns the preset for tests: defaults, state in dir, every listener on
+// 127.0.0.1 with port 0 (the kernel picks a free port; callers read the bound
+// address back from the listener).
+func Test(dir string) *Config {
+	c := Default()
+	c.NodeName = "test"
+	c.DataDir = dir
+	c.Admin.Listen = "127.0.0.1:0"
+	c.NBD.Listen = "127.0.0.1:0"
+	c.ISCSI.Listen = "127.0.0.1:0"
+	c.Gossip.Bind = "127.0.0.1:0"
+	c.Raft.Bind = "127.0.0.1:0"
+	c.Storage.Listen = "127.0.0.1:0"
+	return c
+}
+
+//go:embed single.toml
+var single []byte
+
+// Single returns a copy of the embedded single-node configuration
+// (configs/single.toml). Its data_dir is "../data", relative to the dir given
+// to Parse: pass the directory that stands for configs/ (Load of the file does
+// this by itself).
+func Single() []byte { return slices.Clone(single) }
+
+// Has reports whether the configuration runs role.
+func (c *Config) Has(role string) bool { return slices.Contains(c.Roles, role) }
+
+// Load reads, decodes and validates the file at path. Relative paths in it are
+// made absolute against the file's directory.
+func Load(path string) (*Config, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("configs: %s: %w", path, err)
+	}
+	f, err := os.Open(abs)
+	if err != nil {
+		return nil, fmt.Errorf("configs: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, fileBytesMax+1))
+	if err != nil {
+		return nil, fmt.Errorf("configs: %s: %w", path, err)
+	}
+	if len(data) > fileBytesMax {
+		return nil, fmt.Errorf("configs: %s: larger than %d bytes: %w", path, fileBytesMax, ErrInvalid)
+	}
+	c, err := Parse(data, filepath.Dir(abs))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// document is the decoding shape of a file: Config plus the [[volume]]
+// tables in their text form.
+type document struct {
+	Config
+	Volume []volumeDoc `toml:"volume"`
+}
+
+type volumeDoc struct {
+	Name string `toml:"name"`
+	// Size is decoded in a second pass (into sizeText) so that a bad size
+	// is told apart from a syntax error and still gets its line.
+	Size     *toml.Primitive `toml:"size"`     // nil: not in the file
+	Replicas *int            `toml:"replicas"` // nil: not in the file
+}
+
+// sizeText decodes a string or integer size through ParseSize.
+type sizeText int64
+
+func (s *sizeText) UnmarshalText(b []byte) error {
+	n, err := ParseSize(string(b))
+	*s = sizeText(n)
+	return err
+}
+
+// Parse decodes and validates a configuration. Keys absent from data keep
+// their Default value. A relative data_dir is joined to dir; with dir ""
+// it stays relative to the working directory.
+func Parse(data []byte, dir string) (*Config, error) {
+	doc := document{Config: *Default()}
+	md, err := toml.NewDecoder(strings.NewReader(string(data))).Decode(&doc)
+	if err != nil {
+		return nil, decodeError(err)
+	}
+	var p problems
+	c := &doc.Config
+	for i, v := range doc.Volume {
+		spec := VolumeSpec{Name: v.Name, Replicas: replicasDefault}
+		if v.Replicas != nil {
+			spec.Replicas = *v.Replicas
+		}
+		key := fmt.Sprintf("volume[%d].size", i)
+		if v.Size == nil {
+			p.add(key, ErrInvalid, "missing: every [[volume]] needs a size")
+		} else {
+			var s sizeText
+			if err := md.PrimitiveDecode(*v.Size, &s); err != nil {
+				ke := &KeyError{Key: key, Kind: ErrInvalid, Msg: `want a string such as "1GiB" or an integer number of bytes`}
+				var pe toml.ParseError
+				if errors.As(err, &pe) {
+					ke.Msg = pe.Message
+					// The decoder keeps one position per dotted key, the
+					// last one seen: trust it only with a single volume.
+					if len(doc.Volume) == 1 {
+						ke.Line = pe.Position.Line
+					}
+				}
+				p = append(p, ke)
+			}
+			spec.Size = int64(s)
+		}
+		c.Volumes = append(c.Volumes, spec)
+	}
+	for _, k := range md.Undecoded() {
+		p.add(k.String(), ErrUnknownKey, "unknown key")
+	}
+	if err := p.err(); err != nil {
+		return nil, err
+	}
+	if c.DataDir != "" && dir != "" && !filepath.IsAbs(c.DataDir) {
+		c.DataDir = filepath.Join(dir, c.DataDir)
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// decodeError turns a decoder error into a *KeyError.
+func decodeError(err error) error {
+	var pe toml.ParseError
+	if errors.As(err, &pe) {
+		return &KeyError{Key: pe.LastKey, Line: pe.Position.Line, Kind: ErrSyntax, Msg: pe.Message}
+	}
+	return &KeyError{Kind: ErrSyntax, Msg: strings.TrimPrefix(err.Error(), "toml: ")}
+}
+
+var (
+	nameRE      = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+	iqnPrefixRE = regexp.MustCompile(`^iqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
+)
+
+// ValidVolumeName reports whether name is usable as a volume name: 1 to 63
+// bytes of [a-z0-9._-], starting with a letter or digit. Such a name is safe
+// in a file name, an NBD export name and an iSCSI IQN.
+func ValidVolumeName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("volume name %q: want 1-63 characters of [a-z0-9._-] starting with a letter or digit", name)
+	}
+	return nil
+}
+
+// ValidNodeName reports whether name is usable as a node name: the volume
+// name alphabet, with upper-case letters allowed (host names).
+func ValidNodeName(name string) error {
+	if !nameRE.MatchString(strings.ToLower(name)) {
+		return fmt.Errorf("node name %q: want 1-63 characters of [A-Za-z0-9._-] starting with a letter or digit", name)
+	}
+	return nil
+}
+
+// Validate checks every field and returns all problems found, joined, each a
+// *KeyError naming its key; nil if the configuration is usable.
+func (c *Config) Validate() error {
+	var p problems
+	if err := ValidNodeName(c.NodeName); err != nil {
+		p.add("node_name", ErrInvalid, "%v", err)
+	}
+	if c.DataDir == "" {
+		p.add("data_dir", ErrInvalid, "must not be empty")
+	}
+	c.validateRoles(&p)
+
+	listeners := []struct{ key, addr string }{
+		{"admin.listen", c.Admin.Listen},
+		{"nbd.listen", c.NBD.Listen},
+		{"iscsi.listen", c.ISCSI.Listen},
+		{"gossip.bind", c.Gossip.Bind},
+		{"raft.bind", c.Raft.Bind},
+		{"storage.listen", c.Storage.Listen},
+	}
+	seen := map[string]string{}
+	for _, l := range listeners {
+		host, port, err := splitAddr(l.addr)
+		if err != nil {
+			p.add(l.key, ErrInvalid, "%v", err)
+			continue
+		}
+		if port == 0 {
+			continue // kernel-chosen: never collides
+		}
+		hp := net.JoinHostPort(host, strconv.Itoa(port))
+		if other, ok := seen[hp]; ok {
+			p.add(l.key, ErrInvalid, "address %q is already used by %s", l.addr, other)
+		}
+		seen[hp] = l.key
+	}
+	if host, _, err := splitAddr(c.Raft.Bind); err == nil && unspecified(host) {
+		p.add("raft.bind", ErrInvalid, "address %q: host must be a concrete IP or name: other managers dial it", c.Raft.Bind)
+	}
+	if len(c.ISCSI.IQNPrefix) > iqnPrefixBytesMax || !iqnPrefixRE.MatchString(c.ISCSI.IQNPrefix) {
+		p.add("iscsi.iqn_prefix", ErrInvalid, "%q: want iqn.yyyy-mm.reversed.domain (lower case, at most %d bytes)", c.ISCSI.IQNPrefix, iqnPrefixBytesMax)
+	}
+	if len(c.Gossip.Join) > joinMax {
+		p.add("gossip.join", ErrInvalid, "%d entries: at most %d", len(c.Gossip.Join), joinMax)
+	} else {
+		for i, a := range c.Gossip.Join {
+			host, port, err := splitAddr(a)
+			if err == nil && (unspecified(host) || port == 0) {
+				err = fmt.Errorf("address %q: want the host:port of a running member", a)
+			}
+			if err != nil {
+				p.add(fmt.Sprintf("gossip.join[%d]", i), ErrInvalid, "%v", err)
+			}
+		}
+	}
+	if c.Raft.BootstrapExpect < 0 || c.Raft.BootstrapExpect > BootstrapExpectMax {
+		p.add("raft.bootstrap_expect", ErrInvalid, "%d: want 0 (never bootstrap) to %d", c.Raft.BootstrapExpect, BootstrapExpectMax)
+	}
+	c.validateVolumes(&p)
+	return p.err()
+}
+
+func (c *Config) validateRoles(p *problems) {
+	if len(c.Roles) == 0 {
+		p.add("roles", ErrInvalid, "must name at least one of %q, %q, %q", RoleTarget, RoleStorage, RoleManager)
+	}
+	for i, r := range c.Roles {
+		switch r {
+		case RoleTarget, RoleStorage, RoleManager:
+			if slices.Index(c.Roles, r) < i {
+				p.add(fmt.Sprintf("roles[%d]", i), ErrInvalid, "role %q listed twice", r)
+			}
+		default:
+			p.add(fmt.Sprintf("roles[%d]", i), ErrInvalid, "unknown role %q (want %q, %q or %q)", r, RoleTarget, RoleStorage, RoleManager)
+		}
+	}
+}
+
+func (c *Config) validateVolumes(p *problems) {
+	if len(c.Volumes) > volumesMax {
+		p.add("volume", ErrInvalid, "%d volumes: at most %d", len(c.Volumes), volumesMax)
+		return
+	}
+	first := map[string]int{}
+	for i, v := range c.Volumes {
+		key := fmt.Sprintf("volume[%d]", i)
+		if err := ValidVolumeName(v.Name); err != nil {
+			p.add(key+".name", ErrInvalid, "%v", err)
+		} else if j, ok := first[v.Name]; ok {
+			p.add(key+".name", ErrInvalid, "volume %q already declared as volume[%d]", v.Name, j)
+		} else {
+			first[v.Name] = i
+		}
+		if err := ValidVolumeSize(v.Size); err != nil {
+			p.add(key+".size", ErrInvalid, "%v", err)
+		}
+		if v.Replicas < 1 || v.Replicas > ReplicasMax {
+			p.add(key+".replicas", ErrInvalid, "%d: want 1 to %d", v.Replicas, ReplicasMax)
+		}
+	}
+}
+
+// splitAddr checks a host:port listen address; the host may be empty (all
+// interfaces), the port must be a number (0 lets the kernel choose).
+func splitAddr(addr string) (host string, port int, err error) {
+	host, ps, err := net.SplitHostPort(addr)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return "", 0, fmt.Errorf("address %q: %s", addr, ae.Err)
+		}
+		return "", 0, fmt.Errorf("address %q: %v", addr, err)
+	}
+	n, err := strconv.ParseUint(ps, 10, 16)
+	if err != nil {
+		return "", 0, fmt.Errorf("address %q: port %q is not a number from 0 to 65535", addr, ps)
+	}
+	return host, int(n), nil
+}
+
+// unspecified reports whether host means "every interface".
+func unspecified(host string) bool {
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
+}

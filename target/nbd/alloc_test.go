@@ -1,0 +1,64 @@
+package nbd
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+
+	"cairn/target"
+)
+
+// nopDevice does nothing and allocates nothing.
+type nopDevice struct{}
+
+func (nopDevice) Info() target.Info                                               { return target.Info{Size: 1 << 30, BlockSize: 4096} }
+func (nopDevice) ReadAt(context.Context, []byte, int64) error                     { return nil }
+func (nopDevice) WriteAt(context.Context, []byte, int64, target.WriteFlags) error { return nil }
+func (nopDevice) Zero(context.Context, int64, int64, target.ZeroFlags) error      { return nil }
+func (nopDevice) Flush(context.Context) error                                     { return nil }
+
+// TestHotPathAllocs pins the server's per-request allocations: a WRITE and a
+// READ round trip through reader, worker and writer allocate nothing in
+// steady state.
+func TestHotPathAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes sync.Pool drop items")
+	}
+	for _, structured := range []bool{false, true} {
+		s := newServer(t, mapExports{"nop": nopDevice{}}, Options{})
+		c := pipe(t, s)
+		c.open("nop", structured)
+		const n = 4096
+		wr := make([]byte, RequestSize+n)
+		(&Request{Type: CmdWrite, Cookie: 1, Length: n}).Put(wr)
+		rd := make([]byte, RequestSize)
+		(&Request{Type: CmdRead, Cookie: 2, Length: n}).Put(rd)
+		wantRead := SimpleReplySize + n
+		if structured {
+			wantRead = StructuredReplySize + 8 + n
+		}
+		reply := make([]byte, wantRead)
+		var nc net.Conn = c.nc
+		roundTrip := func() {
+			if _, err := nc.Write(wr); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c.br, reply[:SimpleReplySize]); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := nc.Write(rd); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c.br, reply); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 100 { // warm pools and workers
+			roundTrip()
+		}
+		if allocs := testing.AllocsPerRun(1000, roundTrip); allocs > 0 {
+			t.Errorf("structured=%v: %v allocations per write+read", structured, allocs)
+		}
+	}
+}

@@ -1,0 +1,465 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"cairn/target"
+)
+
+// Bounds of transmission.
+const (
+	extentsMax       = 1 << 14                            // block descriptors in one BLOCK_STATUS reply
+	blockStatusBytes = 4 + BlockDescriptorSize*extentsMax // largest BLOCK_STATUS reply payload
+	errorMessageMax  = 512                                // bytes of error text in a structured error chunk
+)
+
+// conn is one client connection. The goroutine that runs serve owns it and
+// reads requests; workers execute them; one writer sends replies.
+type conn struct {
+	s      *Server
+	nc     net.Conn
+	br     *bufio.Reader // reader goroutine only
+	bw     *bufio.Writer // writer goroutine only
+	ctx    context.Context
+	cancel context.CancelFunc
+	start  time.Time
+	forced atomic.Bool // Disconnect was called
+
+	// Set by attach under s.mu before transmission, read-only afterwards.
+	attached   bool
+	export     string
+	dev        target.Device
+	mapper     target.Mapper // nil if dev has no allocation map
+	structured bool
+	allocation bool
+
+	requests uint64 // requests read; reader goroutine only
+
+	work     chan *request // reader → workers
+	workers  int           // workers started; reader goroutine only
+	workerWG sync.WaitGroup
+	replies  chan *request // reader, workers → writer
+	writerWG sync.WaitGroup
+	inflight budget
+	broken   atomic.Bool // the writer failed; replies are dropped
+}
+
+// request is one request from header to reply. It passes from the reader to
+// a worker to the writer; whoever holds it owns it.
+type request struct {
+	Request
+	buf      *[]byte // pooled payload buffer, or nil
+	data     []byte  // READ, WRITE: the payload; BLOCK_STATUS: the reply payload
+	budget   int     // payload bytes charged to the in-flight budget
+	err      error   // why the request failed
+	atOffset bool    // err came from the device at r.Offset
+	hdr      [StructuredReplySize + 16]byte
+}
+
+// transmit serves requests until the client disconnects or the connection
+// breaks; in-flight requests are answered before it returns.
+func (c *conn) transmit() (reason string) {
+	c.work = make(chan *request)
+	c.replies = make(chan *request, c.s.opts.InFlightMax)
+	c.inflight.init(c.s.opts.InFlightMax, c.s.opts.InFlightBytesMax)
+	c.writerWG.Add(1)
+	go c.writer()
+
+	reason = c.read()
+
+	c.inflight.wait()
+	close(c.work)
+	c.workerWG.Wait()
+	close(c.replies)
+	c.writerWG.Wait()
+	return reason
+}
+
+// read is the reader loop.
+func (c *conn) read() (reason string) {
+	var b [RequestSize]byte
+	for {
+		if _, err := io.ReadFull(c.br, b[:]); err != nil {
+			return c.ioReason("read request", err)
+		}
+		req, err := ParseRequest(b[:])
+		if err != nil {
+			return err.Error() // cannot resynchronise
+		}
+		c.requests++
+		if req.Type == CmdDisc {
+			return "client disconnected"
+		}
+		if reason := c.dispatch(req); reason != "" {
+			return reason
+		}
+	}
+}
+
+// dispatch checks a request, reads its payload and hands it to a worker, or
+// answers it with an error. It returns why the connection must end, or "".
+func (c *conn) dispatch(req Request) string {
+	err := c.check(req)
+	if req.Type == CmdWrite && err != nil {
+		if req.Length > writeDiscardBytesMax {
+			return fmt.Sprintf("write of %d bytes", req.Length)
+		}
+		if _, err := c.br.Discard(int(req.Length)); err != nil {
+			return c.ioReason("skip write payload", err)
+		}
+	}
+	n := 0
+	switch {
+	case err != nil:
+	case req.Type == CmdRead, req.Type == CmdWrite:
+		n = int(req.Length)
+	case req.Type == CmdBlockStatus:
+		n = blockStatusBytes
+	}
+	c.inflight.acquire(n)
+	r := getRequest()
+	r.Request, r.err, r.budget = req, err, n
+	if n > 0 {
+		r.buf = getBuffer(n)
+		r.data = (*r.buf)[:n]
+	}
+	if err != nil {
+		c.replies <- r
+		return ""
+	}
+	if req.Type == CmdWrite {
+		if _, err := io.ReadFull(c.br, r.data); err != nil {
+			c.release(r)
+			return c.ioReason("read write payload", err)
+		}
+	}
+	select {
+	case c.work <- r:
+	default:
+		if c.workers < c.s.opts.InFlightMax {
+			c.workers++
+			c.workerWG.Add(1)
+			go c.worker()
+		}
+		c.work <- r
+	}
+	return ""
+}
+
+// Flags each command accepts. CmdFlagFUA is valid on every command.
+var cmdFlags = [...]uint16{
+	CmdRead:        CmdFlagFUA | CmdFlagDF,
+	CmdWrite:       CmdFlagFUA,
+	CmdFlush:       CmdFlagFUA,
+	CmdTrim:        CmdFlagFUA,
+	CmdCache:       CmdFlagFUA,
+	CmdWriteZeroes: CmdFlagFUA | CmdFlagNoHole | CmdFlagFastZero,
+	CmdBlockStatus: CmdFlagFUA | CmdFlagReqOne,
+}
+
+// check validates a request without touching the device.
+func (c *conn) check(r Request) error {
+	if int(r.Type) >= len(cmdFlags) || r.Type == CmdDisc {
+		return fmt.Errorf("unknown command %d: %w", r.Type, target.ErrInvalid)
+	}
+	allowed := cmdFlags[r.Type]
+	if !c.structured {
+		allowed &^= CmdFlagDF
+	}
+	if r.Flags&^allowed != 0 {
+		return fmt.Errorf("flags %#x not valid for command %d: %w", r.Flags&^allowed, r.Type, target.ErrInvalid)
+	}
+	info := c.dev.Info()
+	switch r.Type {
+	case CmdFlush:
+		if r.Offset != 0 || r.Length != 0 {
+			return fmt.Errorf("flush with offset %d length %d: %w", r.Offset, r.Length, target.ErrInvalid)
+		}
+		return nil
+	case CmdWrite, CmdTrim, CmdWriteZeroes:
+		if info.ReadOnly {
+			return fmt.Errorf("export is read-only: %w", target.ErrReadOnly)
+		}
+	case CmdBlockStatus:
+		if !c.allocation {
+			return fmt.Errorf("block status without base:allocation selected: %w", target.ErrInvalid)
+		}
+		if r.Length == 0 {
+			return fmt.Errorf("block status of 0 bytes: %w", target.ErrInvalid)
+		}
+	}
+	if r.Offset > math.MaxInt64 {
+		return fmt.Errorf("offset %d: %w", r.Offset, target.ErrOutOfRange)
+	}
+	if err := target.CheckRange(int64(r.Offset), int64(r.Length), info.Size); err != nil {
+		return fmt.Errorf("%d bytes at %d of %d: %w", r.Length, r.Offset, info.Size, err)
+	}
+	if int(r.Length) > c.s.opts.RequestBytesMax {
+		switch r.Type {
+		case CmdRead:
+			return fmt.Errorf("read of %d bytes, at most %d: %w", r.Length, c.s.opts.RequestBytesMax, errOverflow)
+		case CmdWrite:
+			return fmt.Errorf("write of %d bytes, at most %d: %w", r.Length, c.s.opts.RequestBytesMax, target.ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// worker executes requests until c.work is closed.
+func (c *conn) worker() {
+	defer c.workerWG.Done()
+	for r := range c.work {
+		c.execute(r)
+		c.replies <- r
+	}
+}
+
+// execute runs a checked request against the device.
+func (c *conn) execute(r *request) {
+	off, n := int64(r.Offset), int64(r.Length)
+	var err error
+	switch r.Type {
+	case CmdRead:
+		if n > 0 {
+			err = c.dev.ReadAt(c.ctx, r.data, off)
+		}
+	case CmdWrite:
+		if n > 0 {
+			var f target.WriteFlags
+			if r.Flags&CmdFlagFUA != 0 {
+				f |= target.FUA
+			}
+			err = c.dev.WriteAt(c.ctx, r.data, off, f)
+		}
+	case CmdFlush:
+		err = c.dev.Flush(c.ctx)
+	case CmdTrim, CmdWriteZeroes:
+		if n > 0 {
+			// Zero is always fast, so CmdFlagFastZero is honoured by
+			// doing it.
+			f := target.ZeroDiscard
+			if r.Type == CmdWriteZeroes && r.Flags&CmdFlagNoHole != 0 {
+				f = target.ZeroNoHole
+			}
+			if r.Flags&CmdFlagFUA != 0 {
+				f |= target.ZeroFUA
+			}
+			err = c.dev.Zero(c.ctx, off, n, f)
+		}
+	case CmdCache:
+		// Checked; nothing to prefetch.
+	case CmdBlockStatus:
+		err = c.blockStatus(r)
+	}
+	if err != nil {
+		r.err, r.atOffset = err, n > 0
+	}
+}
+
+// blockStatus fills r.data with the base:allocation reply payload.
+func (c *conn) blockStatus(r *request) error {
+	off, end := int64(r.Offset), int64(r.Offset)+int64(r.Length)
+	be.PutUint32(r.data, metaContextID)
+	d := r.data[4:]
+	count := 0
+	var last uint32
+	if c.mapper != nil {
+		pos := off
+		reqOne := r.Flags&CmdFlagReqOne != 0
+		err := c.mapper.Extents(c.ctx, off, end-off, func(e target.Extent) bool {
+			if e.Length <= 0 || pos >= end {
+				return false
+			}
+			l := min(e.Length, end-pos)
+			var st uint32
+			if e.Hole {
+				st |= StateHole | StateZero
+			}
+			if e.Zero {
+				st |= StateZero
+			}
+			if count > 0 && st == last {
+				be.PutUint32(d[(count-1)*BlockDescriptorSize:], be.Uint32(d[(count-1)*BlockDescriptorSize:])+uint32(l))
+			} else {
+				if count == extentsMax || (reqOne && count == 1) {
+					return false
+				}
+				PutBlockDescriptor(d[count*BlockDescriptorSize:], uint32(l), st)
+				count++
+				last = st
+			}
+			pos += l
+			return pos < end
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if count == 0 {
+		// No map: status 0 (allocated, contents unknown) is always true.
+		PutBlockDescriptor(d, r.Length, 0)
+		count = 1
+	}
+	r.data = r.data[:4+count*BlockDescriptorSize]
+	return nil
+}
+
+// writer sends replies in completion order until c.replies is closed,
+// flushing whenever no further reply is ready.
+func (c *conn) writer() {
+	defer c.writerWG.Done()
+	// Every batch of replies has at least writeTimeout/2 to drain; the
+	// deadline moves only when it comes closer than that, which keeps the
+	// per-batch cost at one clock read.
+	var deadline time.Time
+	for r := range c.replies {
+		if !c.broken.Load() {
+			if now := time.Now(); deadline.Sub(now) < writeTimeout/2 {
+				deadline = now.Add(writeTimeout)
+				c.nc.SetWriteDeadline(deadline)
+			}
+			err := c.writeReply(r)
+			if err == nil && len(c.replies) == 0 {
+				err = c.bw.Flush()
+			}
+			if err != nil {
+				// The reader notices the closed connection; requests
+				// still in flight are dropped as they complete.
+				c.broken.Store(true)
+				c.cancel()
+				c.nc.Close()
+			}
+		}
+		c.release(r)
+	}
+	if !c.broken.Load() {
+		c.bw.Flush()
+	}
+}
+
+// release returns r's resources.
+func (c *conn) release(r *request) {
+	if r.buf != nil {
+		putBuffer(r.buf)
+	}
+	c.inflight.release(r.budget)
+	putRequest(r)
+}
+
+// writeReply encodes and writes r's reply to the buffered writer.
+func (c *conn) writeReply(r *request) error {
+	h := r.hdr[:]
+	if r.err != nil {
+		errno := Errno(r.err, r.Type)
+		if !c.structured {
+			PutSimpleReply(h, errno, r.Cookie)
+			_, err := c.bw.Write(h[:SimpleReplySize])
+			return err
+		}
+		msg := r.err.Error()
+		if len(msg) > errorMessageMax {
+			msg = msg[:errorMessageMax]
+		}
+		typ, n := ReplyError, ErrorPayloadSize(len(msg))
+		if r.atOffset {
+			typ, n = ReplyErrorOffset, n+8
+		}
+		sr := StructuredReply{Flags: ReplyFlagDone, Type: typ, Cookie: r.Cookie, Length: uint32(n)}
+		sr.Put(h)
+		PutErrorHead(h[StructuredReplySize:], errno, len(msg))
+		c.bw.Write(h[:StructuredReplySize+6])
+		c.bw.WriteString(msg)
+		if r.atOffset {
+			be.PutUint64(h, r.Offset)
+			c.bw.Write(h[:8])
+		}
+		return nil // a failed write shows again at Flush
+	}
+	switch {
+	case r.Type == CmdRead && c.structured:
+		if len(r.data) == 0 {
+			sr := StructuredReply{Flags: ReplyFlagDone, Type: ReplyNone, Cookie: r.Cookie}
+			sr.Put(h)
+			_, err := c.bw.Write(h[:StructuredReplySize])
+			return err
+		}
+		sr := StructuredReply{Flags: ReplyFlagDone, Type: ReplyOffsetData, Cookie: r.Cookie, Length: uint32(8 + len(r.data))}
+		sr.Put(h)
+		be.PutUint64(h[StructuredReplySize:], r.Offset)
+		c.bw.Write(h[:StructuredReplySize+8])
+		_, err := c.bw.Write(r.data)
+		return err
+	case r.Type == CmdBlockStatus:
+		sr := StructuredReply{Flags: ReplyFlagDone, Type: ReplyBlockStatus, Cookie: r.Cookie, Length: uint32(len(r.data))}
+		sr.Put(h)
+		c.bw.Write(h[:StructuredReplySize])
+		_, err := c.bw.Write(r.data)
+		return err
+	}
+	PutSimpleReply(h, 0, r.Cookie)
+	c.bw.Write(h[:SimpleReplySize])
+	if r.Type == CmdRead {
+		_, err := c.bw.Write(r.data)
+		return err
+	}
+	return nil
+}
+
+// budget bounds a connection's in-flight requests by count and payload
+// bytes. The reader acquires, the writer releases.
+type budget struct {
+	mu       sync.Mutex
+	cond     sync.Cond
+	count    int
+	bytes    int
+	countMax int
+	bytesMax int
+}
+
+func (b *budget) init(countMax, bytesMax int) {
+	b.cond.L = &b.mu
+	b.countMax, b.bytesMax = countMax, bytesMax
+}
+
+// acquire waits until one more request of n bytes fits. A request of n ≤
+// bytesMax always fits into an empty budget.
+func (b *budget) acquire(n int) {
+	if n > b.bytesMax {
+		panic(fmt.Sprintf("nbd: request of %d bytes exceeds the in-flight budget of %d", n, b.bytesMax))
+	}
+	b.mu.Lock()
+	for b.count >= b.countMax || b.bytes+n > b.bytesMax {
+		b.cond.Wait()
+	}
+	b.count++
+	b.bytes += n
+	b.mu.Unlock()
+}
+
+func (b *budget) release(n int) {
+	b.mu.Lock()
+	b.count--
+	b.bytes -= n
+	if b.count < 0 || b.bytes < 0 {
+		panic(fmt.Sprintf("nbd: in-flight budget below zero: %d requests, %d bytes", b.count, b.bytes))
+	}
+	b.mu.Unlock()
+	b.cond.Broadcast()
+}
+
+// wait waits until nothing is in flight.
+func (b *budget) wait() {
+	b.mu.Lock()
+	for b.count > 0 {
+		b.cond.Wait()
+	}
+	b.mu.Unlock()
+}

@@ -1,0 +1,49 @@
+// Package nbd serves target.Devices over the Network Block Device protocol
+// (NetworkBlockDevice/nbd doc/proto.md), fixed newstyle only, without TLS.
+//
+// It owns two layers:
+//
+//   - The codec (proto.go, codec.go): constants and pure functions that
+//     encode and decode greetings, options, option replies, requests and
+//     simple/structured replies on byte slices. No I/O; fuzzed.
+//   - The server (server.go, negotiation.go, conn.go): option haggling as a
+//     pure state machine (negotiation), then transmission on three kinds of
+//     goroutine per connection.
+//
+// Negotiation supports EXPORT_NAME, INFO, GO (NBD_INFO_EXPORT, _NAME,
+// _BLOCK_SIZE: 512 / device block size / RequestBytesMax), LIST, ABORT,
+// STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT with
+// base:allocation; anything else gets NBD_REP_ERR_UNSUP. Option data is
+// bounded (64 KiB parsed; up to 1 MiB skipped and refused with
+// NBD_REP_ERR_TOO_BIG; beyond, or past 4096 options, the client is hung up
+// on) and the whole handshake must finish within 30 s.
+//
+// Transmission: the connection's own goroutine reads requests, checks them
+// (flags, read-only, range, size) and reads WRITE payloads into pooled
+// buffers; workers (started on demand, at most InFlightMax) execute them on
+// the device concurrently; one writer goroutine sends replies in completion
+// order, flushing when no further reply is ready. A failed request is an
+// error reply and the connection stays up; only a bad request magic, a WRITE
+// too large to skip, or a socket error end it. NBD_CMD_DISC, a server
+// Close and a broken socket all stop the reader first and answer (or drop)
+// every in-flight request before the socket is closed.
+//
+// Invariants:
+//   - At most InFlightMax requests and InFlightBytesMax payload bytes per
+//     connection are between being read and their reply being written;
+//     past either bound the reader stops reading.
+//   - Every request gets exactly one reply (none for DISC), whose chunks are
+//     never interleaved with another reply's.
+//   - Errors map to protocol error values in one function, Errno.
+//   - The steady-state hot path (read request, execute, write reply)
+//     allocates nothing: fixed headers live in the pooled request, payloads
+//     in size-class pools (TestHotPathAllocs, TestCodecAllocs).
+//
+// Goroutines and ownership: Serve runs on the caller's goroutine and starts
+// one goroutine per connection; ServeConn serves on the caller's. Each
+// connection goroutine owns its workers and writer and waits for them before
+// it returns; Close waits for every connection goroutine. Server methods are
+// safe for concurrent use. Device methods are called from worker
+// goroutines, many at once, with a context cancelled when the connection is
+// force-closed (Disconnect, Close past its grace period, broken socket).
+package nbd

@@ -1,0 +1,411 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"cairn/target"
+)
+
+// Exports names the devices a server serves. Lookup and List are called from
+// connection goroutines, concurrently.
+type Exports interface {
+	// Lookup returns the device exported as name.
+	Lookup(name string) (target.Device, bool)
+	// List returns the names of all exports (OPT_LIST).
+	List() []string
+}
+
+// Defaults of Options.
+const (
+	InFlightMaxDefault      = 128      // requests per connection
+	RequestBytesMaxDefault  = 32 << 20 // READ/WRITE payload; the document's interoperable maximum
+	InFlightBytesMaxDefault = 128 << 20
+
+	requestBytesMin = 64 << 10 // unfragmented reads up to 64 KiB must work
+)
+
+// Timeouts.
+const (
+	handshakeTimeout     = 30 * time.Second // from accept to transmission
+	writeTimeout         = 60 * time.Second // a batch of replies must drain within this
+	closeGrace           = 10 * time.Second // Close waits this long for in-flight requests before cancelling them
+	writeDiscardBytesMax = 128 << 20        // an oversized WRITE up to this is skipped and failed; past it the client is hung up on
+)
+
+// Options configure a Server. The zero value works except for Exports.
+type Options struct {
+	Exports Exports
+	// Logger receives one line per connection attach and close; nil logs
+	// nothing.
+	Logger *slog.Logger
+	// InFlightMax bounds the requests of one connection being executed or
+	// waiting for their reply; past it the server stops reading from the
+	// connection until one completes. 0 means InFlightMaxDefault.
+	InFlightMax int
+	// RequestBytesMax bounds the payload of one READ or WRITE, and is
+	// advertised as the maximum payload size. 0 means
+	// RequestBytesMaxDefault; at least 64 KiB, at most 32 MiB.
+	RequestBytesMax int
+	// InFlightBytesMax bounds the payload bytes of one connection's
+	// in-flight requests (a BLOCK_STATUS counts its largest reply, 128 KiB).
+	// 0 means InFlightBytesMaxDefault; raised to fit the largest request
+	// if smaller.
+	InFlightBytesMax int
+	// Default is the export a client gets when it asks for the empty name;
+	// "" means none.
+	Default string
+}
+
+func (o Options) withDefaults() Options {
+	if o.Exports == nil {
+		panic("nbd: Options.Exports is nil")
+	}
+	if o.InFlightMax < 0 || o.RequestBytesMax < 0 || o.InFlightBytesMax < 0 {
+		panic(fmt.Sprintf("nbd: negative bound in %+v", o))
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.InFlightMax == 0 {
+		o.InFlightMax = InFlightMaxDefault
+	}
+	if o.RequestBytesMax == 0 {
+		o.RequestBytesMax = RequestBytesMaxDefault
+	}
+	if o.RequestBytesMax < requestBytesMin || o.RequestBytesMax > 1<<bufferClassMax {
+		panic(fmt.Sprintf("nbd: RequestBytesMax %d outside [%d, %d]", o.RequestBytesMax, requestBytesMin, 1<<bufferClassMax))
+	}
+	if o.InFlightBytesMax == 0 {
+		o.InFlightBytesMax = InFlightBytesMaxDefault
+	}
+	o.InFlightBytesMax = max(o.InFlightBytesMax, o.RequestBytesMax, blockStatusBytes)
+	return o
+}
+
+// Server serves NBD on any number of listeners and connections.
+type Server struct {
+	opts Options
+	log  *slog.Logger
+	// handshakeTimeout bounds the handshake; a field so tests can shorten it.
+	handshakeTimeout time.Duration
+	ctx              context.Context // cancelled when Close gives up waiting
+	cancel           context.CancelFunc
+	wg               sync.WaitGroup // connection goroutines
+
+	mu struct {
+		sync.Mutex
+		closed    bool
+		listeners map[net.Listener]struct{}
+		conns     map[*conn]struct{}
+	}
+}
+
+// NewServer returns a server; it serves once Serve or ServeConn is called.
+func NewServer(opts Options) *Server {
+	s := &Server{opts: opts.withDefaults(), handshakeTimeout: handshakeTimeout}
+	s.log = s.opts.Logger
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.mu.listeners = make(map[net.Listener]struct{})
+	s.mu.conns = make(map[*conn]struct{})
+	return s
+}
+
+// ErrServerClosed is returned by Serve and ServeConn called after Close.
+var ErrServerClosed = errors.New("nbd: server closed")
+
+// Serve accepts connections on l and serves each on its own goroutine. It
+// returns nil when Close is called, or the listener's error (for instance
+// when l is closed by someone else). Serve closes l.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.mu.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.mu.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.closed() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("nbd: accept: %w", err)
+		}
+		backoff = 0
+		c := s.newConn(nc)
+		if !s.track(c) {
+			nc.Close()
+			return nil
+		}
+		go func() {
+			defer s.untrack(c)
+			c.serve()
+		}()
+	}
+}
+
+// ServeConn serves one connection on the calling goroutine and returns when
+// it is closed. It closes nc.
+func (s *Server) ServeConn(nc net.Conn) error {
+	c := s.newConn(nc)
+	if !s.track(c) {
+		nc.Close()
+		return ErrServerClosed
+	}
+	defer s.untrack(c)
+	c.serve()
+	return nil
+}
+
+func (s *Server) closed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.closed
+}
+
+// track registers c; false after Close.
+func (s *Server) track(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return false
+	}
+	s.mu.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.mu.conns, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Close stops the listeners, stops reading requests, waits for in-flight
+// requests to be answered (cancelling them after a grace period), closes
+// every connection and waits for every goroutine of the server. It is
+// idempotent and safe to call from any goroutine.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if !s.mu.closed {
+		s.mu.closed = true
+		for l := range s.mu.listeners {
+			l.Close()
+		}
+		for c := range s.mu.conns {
+			c.stopLocked()
+		}
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	timer := time.NewTimer(closeGrace)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		s.cancel()
+		s.mu.Lock()
+		for c := range s.mu.conns {
+			c.nc.Close()
+		}
+		s.mu.Unlock()
+		<-done
+	}
+	s.cancel()
+	return nil
+}
+
+// Connections returns the number of connections in transmission on export.
+func (s *Server) Connections(export string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for c := range s.mu.conns {
+		if c.attached && c.export == export {
+			n++
+		}
+	}
+	return n
+}
+
+// Disconnect hard-disconnects every connection in transmission on export:
+// in-flight requests are cancelled and the sockets closed. It does not wait
+// for the connections' goroutines.
+func (s *Server) Disconnect(export string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.mu.conns {
+		if c.attached && c.export == export {
+			c.forced.Store(true)
+			c.cancel()
+			c.nc.Close()
+		}
+	}
+}
+
+// Bufio sizes of a connection.
+const (
+	readBufferBytes  = 128 << 10
+	writeBufferBytes = 64 << 10
+)
+
+func (s *Server) newConn(nc net.Conn) *conn {
+	c := &conn{s: s, nc: nc, start: time.Now()}
+	c.ctx, c.cancel = context.WithCancel(s.ctx)
+	return c
+}
+
+// serve runs the handshake and, if it succeeds, transmission.
+func (c *conn) serve() {
+	defer c.cancel()
+	defer c.nc.Close()
+	c.br = bufio.NewReaderSize(c.nc, readBufferBytes)
+	c.bw = bufio.NewWriterSize(c.nc, writeBufferBytes)
+
+	reason := c.handshake()
+	if reason == "" {
+		reason = c.transmit()
+	}
+	args := []any{"remote", c.nc.RemoteAddr().String(), "export", c.export, "reason", reason,
+		"duration", time.Since(c.start).Round(time.Millisecond)}
+	if c.attached {
+		args = append(args, "requests", c.requests)
+	}
+	c.s.log.Info("nbd: connection closed", args...)
+}
+
+// handshake negotiates an export. It returns "" when transmission may
+// begin, or why the connection ends.
+func (c *conn) handshake() (reason string) {
+	c.nc.SetDeadline(time.Now().Add(c.s.handshakeTimeout))
+	var greeting [GreetingSize]byte
+	PutGreeting(&greeting, FlagFixedNewstyle|FlagNoZeroes)
+	if _, err := c.nc.Write(greeting[:]); err != nil {
+		return c.ioReason("handshake: write greeting", err)
+	}
+	var b [OptionHeaderSize]byte
+	if _, err := io.ReadFull(c.br, b[:ClientFlagsSize]); err != nil {
+		return c.ioReason("handshake: read client flags", err)
+	}
+	flags := be.Uint32(b[:])
+	if flags&^(ClientFlagFixedNewstyle|ClientFlagNoZeroes) != 0 {
+		return fmt.Sprintf("handshake: unknown client flags %#x", flags)
+	}
+	if flags&ClientFlagFixedNewstyle == 0 {
+		return "handshake: client does not speak fixed newstyle"
+	}
+	n := negotiation{
+		exports:         c.s.opts.Exports,
+		defaultName:     c.s.opts.Default,
+		requestBytesMax: c.s.opts.RequestBytesMax,
+		noZeroes:        flags&ClientFlagNoZeroes != 0,
+	}
+	for {
+		if _, err := io.ReadFull(c.br, b[:]); err != nil {
+			return c.ioReason("handshake: read option", err)
+		}
+		h, err := ParseOptionHeader(b[:])
+		if err != nil {
+			return "handshake: " + err.Error()
+		}
+		var st step
+		if h.Length > optionBytesMax {
+			var drain bool
+			st, drain = n.tooBig(h)
+			if drain {
+				if _, err := io.CopyN(io.Discard, c.br, int64(h.Length)); err != nil {
+					return c.ioReason("handshake: skip option data", err)
+				}
+			}
+		} else {
+			data := make([]byte, h.Length)
+			if _, err := io.ReadFull(c.br, data); err != nil {
+				return c.ioReason("handshake: read option data", err)
+			}
+			st = n.option(h.Code, data)
+		}
+		if len(st.reply) > 0 {
+			if _, err := c.nc.Write(st.reply); err != nil {
+				return c.ioReason("handshake: write reply", err)
+			}
+		}
+		switch st.next {
+		case nextHangUp:
+			return "handshake: " + st.reason
+		case nextTransmit:
+			return c.attach(n.chosen)
+		}
+	}
+}
+
+// attach moves the connection into transmission with export e.
+func (c *conn) attach(e export) string {
+	c.s.mu.Lock()
+	if c.s.mu.closed {
+		c.s.mu.Unlock()
+		return "server closing"
+	}
+	c.nc.SetDeadline(time.Time{})
+	c.export, c.dev, c.structured, c.allocation = e.name, e.dev, e.structured, e.allocation
+	c.mapper, _ = e.dev.(target.Mapper)
+	c.attached = true
+	c.s.mu.Unlock()
+	c.s.log.Info("nbd: connection attached", "remote", c.nc.RemoteAddr().String(), "export", e.name,
+		"structured", e.structured, "base_allocation", e.allocation, "flags", fmt.Sprintf("%#x", e.flags))
+	return ""
+}
+
+// stopLocked asks the connection to stop: one in handshake is closed, one in
+// transmission stops reading and finishes its in-flight requests. s.mu held.
+func (c *conn) stopLocked() {
+	if c.attached {
+		c.nc.SetReadDeadline(time.Now())
+		return
+	}
+	c.nc.Close()
+}
+
+// ioReason describes why an I/O error ended the connection.
+func (c *conn) ioReason(what string, err error) string {
+	switch {
+	case c.forced.Load():
+		return "disconnected by the server's owner"
+	case c.s.closed():
+		return "server closing"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return what + ": client hung up"
+	case errors.Is(err, net.ErrClosed):
+		return what + ": connection closed"
+	}
+	return what + ": " + err.Error()
+}
