@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/bits"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,11 @@ const (
 	seqCounterBits = 40
 	seqCounterMax  = 1<<seqCounterBits - 1
 	generationMax  = 1<<(64-seqCounterBits) - 1
+
+	// runBlocksMax bounds the blocks of one node call: chunks that share a
+	// replica set are coalesced up to this (4 MiB), well inside the store's
+	// request bound.
+	runBlocksMax = 1024
 
 	// stripes is the number of block lock stripes per volume; a power of two.
 	stripes     = 4096
@@ -234,7 +240,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 // readBlocks reads whole blocks, chunk by chunk, from each chunk's first
 // replica.
 func (v *Volume) readBlocks(block uint64, p []byte, epoch uint64) error {
-	return v.eachChunk(block, uint64(len(p))>>blockShift, func(b, n uint64, nodes []Node) error {
+	return v.eachChunk(block, uint64(len(p))>>blockShift, runBlocksMax, func(b, n uint64, nodes []Node) error {
 		q := p[(b-block)<<blockShift : (b-block+n)<<blockShift]
 		if err := nodes[0].Read(v.id, b, q, epoch); err != nil {
 			return fmt.Errorf("volume %d: read blocks [%d, +%d): %w", v.id, b, n, classify(err))
@@ -244,15 +250,18 @@ func (v *Volume) readBlocks(block uint64, p []byte, epoch uint64) error {
 }
 
 // eachChunk calls fn for each run of consecutive blocks in [block, block+n)
-// whose chunks share one replica set.
-func (v *Volume) eachChunk(block, n uint64, fn func(b, n uint64, nodes []Node) error) error {
+// whose chunks share one replica set, of at most runMax blocks.
+func (v *Volume) eachChunk(block, n, runMax uint64, fn func(b, n uint64, nodes []Node) error) error {
 	end := block + n
 	for b := block; b < end; {
 		c := b / v.chunkBlocks
 		nodes := v.placement.Replicas(c)
 		e := min((c+1)*v.chunkBlocks, end)
-		for e < end && sameNodes(v.placement.Replicas(e/v.chunkBlocks), nodes) {
+		for e < end && e-b < runMax && sameNodes(v.placement.Replicas(e/v.chunkBlocks), nodes) {
 			e = min(e+v.chunkBlocks, end)
+		}
+		if e-b > runMax {
+			e = b + runMax
 		}
 		if err := fn(b, e-b, nodes); err != nil {
 			return err
@@ -333,7 +342,7 @@ func (v *Volume) writeBlocks(block uint64, p []byte, sync bool) error {
 	if err != nil {
 		return err
 	}
-	return v.eachChunk(block, uint64(len(p))>>blockShift, func(b, n uint64, nodes []Node) error {
+	return v.eachChunk(block, uint64(len(p))>>blockShift, runBlocksMax, func(b, n uint64, nodes []Node) error {
 		q := p[(b-block)<<blockShift : (b-block+n)<<blockShift]
 		if len(nodes) == 1 { // no closure on the single-replica hot path
 			return v.writeNode(nodes[0], b, q, st, sync)
@@ -406,7 +415,7 @@ func (v *Volume) Zero(ctx context.Context, off, n int64, flags target.ZeroFlags)
 	if err != nil {
 		return v.fail(err)
 	}
-	return v.fail(v.eachChunk(wFirst, wEnd-wFirst, func(b, cnt uint64, nodes []Node) error {
+	return v.fail(v.eachChunk(wFirst, wEnd-wFirst, math.MaxUint64, func(b, cnt uint64, nodes []Node) error {
 		return fanOut(nodes, func(nd Node) error {
 			if err := nd.Zero(v.id, b, cnt, st, sync); err != nil {
 				return fmt.Errorf("volume %d: zero blocks [%d, +%d): %w", v.id, b, cnt, classify(err))
@@ -467,7 +476,7 @@ func (v *Volume) Extents(ctx context.Context, off, n int64, fn func(target.Exten
 		}
 		pending = e
 	}
-	err := v.eachChunk(first, last-first+1, func(b, cnt uint64, nodes []Node) error {
+	err := v.eachChunk(first, last-first+1, math.MaxUint64, func(b, cnt uint64, nodes []Node) error {
 		if stop {
 			return nil
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -18,7 +19,7 @@ var ctx = context.Background()
 
 func openStore(t testing.TB) *store.Store {
 	t.Helper()
-	s, err := store.Open("db", store.Options{FS: vfs.NewMem()})
+	s, err := store.Open("db", store.Options{FS: vfs.NewMem(), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,5 +282,27 @@ func BenchmarkRead4K(b *testing.B) {
 	for b.Loop() {
 		v.ReadAt(ctx, p, (i%1024)*4096)
 		i++
+	}
+}
+
+// TestLargeRequests: 32 MiB requests (the NBD maximum) work across chunks.
+func TestLargeRequests(t *testing.T) {
+	v := openVolume(t, openStore(t), 128<<20)
+	p := bytes.Repeat([]byte("cairn-32MiB-request!"), (32<<20)/20+1)[:32<<20]
+	if err := v.WriteAt(ctx, p, 3<<20+512, target.FUA); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(p))
+	if err := v.ReadAt(ctx, got, 3<<20+512); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, p) {
+		t.Fatal("32 MiB request did not read back")
+	}
+	if err := v.Zero(ctx, 3<<20+512, 32<<20, target.ZeroNoHole); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.ReadAt(ctx, got, 3<<20+512); err != nil || !bytes.Equal(got, make([]byte, len(got))) {
+		t.Fatalf("32 MiB zero did not read back as zeros: %v", err)
 	}
 }
