@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"slices"
@@ -127,6 +128,10 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger) (_ *daemo
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", admin.Handler(backend{d}))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	// Profiles for operators, on the admin listener (loopback by default).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	d.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
 	d.wg.Add(1)
 	go func() {
@@ -148,13 +153,16 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger) (_ *daemo
 func (d *daemon) watchCatalog(ctx context.Context) {
 	defer d.wg.Done()
 	for {
+		// Take the channel before reconciling, so that a change applied
+		// while we reconcile wakes us again.
+		changed := d.catalog.Changes()
+		if err := d.reconcile(ctx); err != nil {
+			d.log.Error("reconcile volumes with catalog", "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-d.catalog.Changes():
-			if err := d.reconcile(ctx); err != nil {
-				d.log.Error("reconcile volumes with catalog", "err", err)
-			}
+		case <-changed:
 		}
 	}
 }

@@ -57,7 +57,9 @@ func run(args []string, stderr io.Writer) int {
 	var cfg *configs.Config
 	var err error
 	if *configPath == "" {
-		cfg, err = configs.Parse(configs.Single(), ".")
+		// The embedded file says data_dir = "../data" relative to configs/:
+		// state goes to ./data, as with make run.
+		cfg, err = configs.Parse(configs.Single(), "configs")
 	} else {
 		cfg, err = configs.Load(*configPath)
 	}
