@@ -93,11 +93,15 @@ type Options struct {
 	// SnapshotThreshold is the number of log entries between snapshots
 	// (zero: raft's default, 8192).
 	SnapshotThreshold uint64
+	// UnsafeNoSync skips the fsync of each Raft log write: a crash of the
+	// machine may lose committed changes. For tests only, where fsync
+	// latency on a loaded machine would stretch elections.
+	UnsafeNoSync bool
 }
 
 // TestOptions is the preset for tests: a single self-bootstrapping voter in
 // dir on a free loopback port, with Raft timeouts lowered so that an
-// election takes tens of milliseconds, and logs discarded.
+// election takes tens of milliseconds, no fsync, and logs discarded.
 func TestOptions(dir string) Options {
 	return Options{
 		NodeID:             "test",
@@ -110,6 +114,7 @@ func TestOptions(dir string) Options {
 		ElectionTimeout:    50 * time.Millisecond,
 		LeaderLeaseTimeout: 50 * time.Millisecond,
 		CommitTimeout:      5 * time.Millisecond,
+		UnsafeNoSync:       true,
 	}
 }
 
@@ -185,6 +190,7 @@ func Open(opts Options) (c *Catalog, err error) {
 	store, err := raftboltdb.New(raftboltdb.Options{
 		Path:        filepath.Join(opts.Dir, "raft.db"),
 		BoltOptions: &bbolt.Options{Timeout: dirLockTimeout},
+		NoSync:      opts.UnsafeNoSync,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cluster: open %s: raft log: %w", opts.Dir, err)

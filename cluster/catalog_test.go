@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"go.etcd.io/bbolt"
 )
 
 // testLogger discards unless CAIRN_TEST_LOG is set (then Raft logs go to
@@ -147,6 +149,7 @@ func TestCatalogErrors(t *testing.T) {
 func TestCatalogRestart(t *testing.T) {
 	dir := t.TempDir()
 	opts := TestOptions(dir)
+	opts.UnsafeNoSync = false  // the production path
 	opts.SnapshotThreshold = 4 // some state from a snapshot, some from the log
 	c := openLeader(t, opts)
 	ctx := ctx(t)
@@ -226,9 +229,11 @@ func TestOpenErrors(t *testing.T) {
 	// The directory is locked by the first catalog; the second fails fast
 	// and releases what it took.
 	c := open(t, good)
-	if c2, err := Open(good); err == nil {
-		c2.Close()
-		t.Fatal("second Open on a locked dir: no error")
+	if c2, err := Open(good); !errors.Is(err, bbolt.ErrTimeout) {
+		if c2 != nil {
+			c2.Close()
+		}
+		t.Fatalf("second Open on a locked dir: %v, want a lock timeout", err)
 	}
 	c.Close()
 	c3 := openLeader(t, good)
@@ -244,7 +249,9 @@ func TestCatalogThreeNodes(t *testing.T) {
 		o := TestOptions(t.TempDir())
 		o.NodeID = fmt.Sprintf("m%d", i)
 		o.BootstrapExpect = 3
-		o.HeartbeatTimeout, o.ElectionTimeout, o.LeaderLeaseTimeout = 100*time.Millisecond, 100*time.Millisecond, 100*time.Millisecond
+		// Slower than the preset: three nodes under -race on a loaded
+		// machine must not keep electing.
+		o.HeartbeatTimeout, o.ElectionTimeout, o.LeaderLeaseTimeout = 200*time.Millisecond, 200*time.Millisecond, 200*time.Millisecond
 		c := open(t, o)
 		cats = append(cats, c)
 		servers = append(servers, Server{ID: o.NodeID, Address: c.Status().Address})
@@ -257,7 +264,8 @@ func TestCatalogThreeNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ctx := ctx(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	for _, c := range cats {
 		if err := c.WaitLeader(ctx); err != nil {
 			t.Fatal(err)
@@ -276,7 +284,11 @@ func TestCatalogThreeNodes(t *testing.T) {
 			}
 			select {
 			case <-ctx.Done():
-				t.Fatal("no leader")
+				var st []Status
+				for _, c := range alive {
+					st = append(st, c.Status())
+				}
+				t.Fatalf("no leader: %+v", st)
 			case <-time.After(10 * time.Millisecond):
 			}
 		}

@@ -1,0 +1,55 @@
+// Package iscsi serves target.Devices over iSCSI (RFC 7143) as SCSI block
+// devices (SPC-4, SBC-3): each target IQN is one device, exported as LUN 0.
+//
+// It owns three layers:
+//
+//   - The codec (pdu.go, text.go): PDU framing (48-byte BHS, AHS, padded
+//     data segment, CRC32C header and data digests) and key=value text, as
+//     pure functions on byte slices. No I/O; fuzzed (FuzzParsePDU,
+//     FuzzParseText).
+//   - Login (login.go, params.go): a pure state machine from Login Request
+//     to Login Response PDUs — security stage with CHAP (MD5, one-way and
+//     mutual, per-target secrets from Options.CHAP), operational
+//     negotiation of every RFC 7143 §13 key (digests None/CRC32C,
+//     MaxRecvDataSegmentLength both ways, bursts, R2T, ERL 0, one
+//     connection per session). Transcripts in testdata/login.
+//   - Sessions (server.go, session.go) and the SCSI device server (scsi.go,
+//     inquiry.go, sense.go, rangelock.go).
+//
+// Goroutines: Serve starts one goroutine per connection. It logs in, then
+// reads PDUs (the reader); it starts one writer goroutine, the only one
+// that writes to the socket afterwards and the one that stamps StatSN,
+// ExpCmdSN and MaxCmdSN on every PDU as it sends it; one worker goroutine
+// per SCSI command; and helper goroutines for task management and logout
+// waits. The connection goroutine waits for all of them before it returns;
+// Close closes every connection and waits for every connection goroutine.
+// Server methods are safe for concurrent use. Device methods are called
+// from workers, many at once, with a context cancelled when the command is
+// aborted or its connection ends.
+//
+// Invariants:
+//   - The command window is CommandsInFlightMax wide: MaxCmdSN = ExpCmdSN
+//   - 1 + CommandsInFlightMax - (non-immediate commands not yet
+//     answered). Commands outside the window are dropped silently; every
+//     accepted command (SCSI, NOP-Out, Text, Logout, task management) is
+//     answered exactly once, unless a task management function or the end
+//     of the connection aborted it — then it is never answered.
+//   - Data-Out lands directly in the command's buffer at its offset, in
+//     order (DataPDUInOrder, DataSequenceInOrder = Yes), checked against
+//     DataSN and the R2T it answers; a bad one ends the command with
+//     CHECK CONDITION, never the connection. At ERL 0 a header digest error
+//     or a socket error ends the connection; its commands are aborted and
+//     nothing not done is acknowledged.
+//   - Buffers are bounded: TransferBytesMax per command, InFlightBytesMax
+//     per session (TASK SET FULL past it), MaxRecvDataSegmentLength per PDU
+//     received, 64 KiB of text per request.
+//   - Errors map to sense data in one function, senseFor.
+//   - COMPARE AND WRITE holds its blocks exclusive in a per-LUN range lock
+//     that every write holds shared, so no write lands between its compare
+//     and its write.
+//
+// Not implemented: persistent reservations (PERSISTENT RESERVE IN/OUT get
+// INVALID COMMAND OPERATION CODE), more than one connection per session,
+// ERL 1 and 2 (SNACK is rejected), task attributes other than SIMPLE
+// (ORDERED and HEAD OF QUEUE run as SIMPLE), protection information.
+package iscsi

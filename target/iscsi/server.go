@@ -1,0 +1,349 @@
+package iscsi
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"cairn/target"
+)
+
+// Targets names the devices a server exports: each target IQN is one
+// device, served as LUN 0. Lookup and List are called from connection
+// goroutines, concurrently.
+type Targets interface {
+	// Lookup returns the device of target iqn.
+	Lookup(iqn string) (target.Device, bool)
+	// List returns every target IQN (SendTargets discovery).
+	List() []string
+}
+
+// Defaults of Options.
+const (
+	CommandsInFlightMaxDefault = 128       // per session: the command window
+	TransferBytesMaxDefault    = 32 << 20  // one READ or WRITE
+	InFlightBytesMaxDefault    = 256 << 20 // per session
+	RecvDataSegmentMaxDefault  = 256 << 10 // our MaxRecvDataSegmentLength
+	NopInIntervalDefault       = 15 * time.Second
+	NopInTimeoutDefault        = 30 * time.Second
+	LoginTimeoutDefault        = 30 * time.Second
+
+	immediateMax   = 16               // immediate commands in flight beyond the window
+	pduTimeout     = 60 * time.Second // to read the rest of a PDU once it started
+	writeTimeout   = 60 * time.Second // a batch of PDUs must drain within this
+	reinstateWait  = 10 * time.Second // for an old session to end on reinstatement
+	outQueuePDUs   = 256              // PDUs queued for the writer
+	loginDataMax   = 64 << 10
+	portalGroupTag = "1"
+)
+
+// Options configure a Server. The zero value works except for Targets.
+type Options struct {
+	Targets Targets
+	// Logger receives one line per session login, logout and failure; nil
+	// logs nothing.
+	Logger *slog.Logger
+	// CHAP returns the credentials a target requires; ok false means the
+	// target requires none. It is called with "" for discovery sessions.
+	// nil means no target requires authentication.
+	CHAP func(iqn string) (c Credentials, ok bool)
+	// BlockSize returns the logical block size of a target: 512 (the
+	// default, 4096 physical) or 4096. nil means 512 for every target.
+	BlockSize func(iqn string) int
+	// CommandsInFlightMax bounds the commands of one session between being
+	// received and answered; it is the command window (MaxCmdSN - ExpCmdSN
+	// + 1) opened to the initiator. 0 means CommandsInFlightMaxDefault.
+	CommandsInFlightMax int
+	// TransferBytesMax bounds the data of one command (Block Limits VPD
+	// MAXIMUM TRANSFER LENGTH). 0 means TransferBytesMaxDefault; at most
+	// 32 MiB.
+	TransferBytesMax int
+	// InFlightBytesMax bounds the data buffers of one session's commands in
+	// flight; a command past it gets TASK SET FULL. 0 means
+	// InFlightBytesMaxDefault; raised to TransferBytesMax if smaller.
+	InFlightBytesMax int
+	// RecvDataSegmentMax is our MaxRecvDataSegmentLength. 0 means
+	// RecvDataSegmentMaxDefault.
+	RecvDataSegmentMax int
+	// NopInInterval is how long a connection may be idle before the target
+	// pings it with a NOP-In; NopInTimeout how long the answer may take
+	// before the connection is dropped. 0 means the defaults; a negative
+	// interval disables pings.
+	NopInInterval, NopInTimeout time.Duration
+	// LoginTimeout bounds a login from accept to full feature phase.
+	LoginTimeout time.Duration
+}
+
+func (o Options) withDefaults() Options {
+	if o.Targets == nil {
+		panic("iscsi: Options.Targets is nil")
+	}
+	if o.CommandsInFlightMax < 0 || o.TransferBytesMax < 0 || o.InFlightBytesMax < 0 || o.RecvDataSegmentMax < 0 {
+		panic(fmt.Sprintf("iscsi: negative bound in %+v", o))
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.CommandsInFlightMax == 0 {
+		o.CommandsInFlightMax = CommandsInFlightMaxDefault
+	}
+	if o.TransferBytesMax == 0 {
+		o.TransferBytesMax = TransferBytesMaxDefault
+	}
+	if o.TransferBytesMax < 64<<10 || o.TransferBytesMax > 1<<bufferClassMax {
+		panic(fmt.Sprintf("iscsi: TransferBytesMax %d outside [64 KiB, 32 MiB]", o.TransferBytesMax))
+	}
+	if o.InFlightBytesMax == 0 {
+		o.InFlightBytesMax = InFlightBytesMaxDefault
+	}
+	o.InFlightBytesMax = max(o.InFlightBytesMax, o.TransferBytesMax)
+	if o.RecvDataSegmentMax == 0 {
+		o.RecvDataSegmentMax = RecvDataSegmentMaxDefault
+	}
+	if o.RecvDataSegmentMax < 512 || o.RecvDataSegmentMax > dataSegmentBytesMax {
+		panic(fmt.Sprintf("iscsi: RecvDataSegmentMax %d outside [512, 2^24-1]", o.RecvDataSegmentMax))
+	}
+	if o.NopInInterval == 0 {
+		o.NopInInterval = NopInIntervalDefault
+	}
+	if o.NopInTimeout <= 0 {
+		o.NopInTimeout = NopInTimeoutDefault
+	}
+	if o.LoginTimeout <= 0 {
+		o.LoginTimeout = LoginTimeoutDefault
+	}
+	return o
+}
+
+// Server serves iSCSI on any number of listeners.
+type Server struct {
+	opts Options
+	log  *slog.Logger
+	wg   sync.WaitGroup // connection goroutines
+
+	mu struct {
+		sync.Mutex
+		closed    bool
+		listeners map[net.Listener]struct{}
+		conns     map[*session]struct{} // every connection, logging in or logged in
+		sessions  map[uint16]*session   // by TSIH, once logged in
+		luns      map[string]*lun
+		nextTSIH  uint16
+	}
+}
+
+// ErrServerClosed is returned by Serve after Close.
+var ErrServerClosed = errors.New("iscsi: server closed")
+
+// NewServer returns a server; it serves once Serve is called.
+func NewServer(opts Options) *Server {
+	s := &Server{opts: opts.withDefaults()}
+	s.log = s.opts.Logger
+	s.mu.listeners = make(map[net.Listener]struct{})
+	s.mu.conns = make(map[*session]struct{})
+	s.mu.sessions = make(map[uint16]*session)
+	s.mu.luns = make(map[string]*lun)
+	return s
+}
+
+// Serve accepts connections on l and serves each on its own goroutine. It
+// returns nil after Close, or the listener's error. Serve closes l.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.mu.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.mu.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.closed() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("iscsi: accept: %w", err)
+		}
+		backoff = 0
+		c := newSession(s, nc)
+		if !s.track(c) {
+			nc.Close()
+			return nil
+		}
+		go func() {
+			defer s.wg.Done()
+			c.serve()
+		}()
+	}
+}
+
+func (s *Server) closed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.closed
+}
+
+func (s *Server) track(c *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return false
+	}
+	s.mu.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+// untrack forgets a connection at the end of its teardown.
+func (s *Server) untrack(c *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.mu.conns, c)
+	if c.tsih != 0 && s.mu.sessions[c.tsih] == c {
+		delete(s.mu.sessions, c.tsih)
+	}
+}
+
+// Close stops every listener and connection and waits for their
+// goroutines. Commands in flight are aborted. It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.mu.closed = true
+	for l := range s.mu.listeners {
+		l.Close()
+	}
+	for c := range s.mu.conns {
+		c.nc.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// Sessions returns the number of logged-in sessions of target iqn.
+func (s *Server) Sessions(iqn string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range s.mu.sessions {
+		if c.targetName == iqn {
+			n++
+		}
+	}
+	return n
+}
+
+// Disconnect drops every session of target iqn, aborting its commands (as
+// a connection loss would). It returns without waiting for them to end.
+func (s *Server) Disconnect(iqn string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.mu.sessions {
+		if c.targetName == iqn {
+			c.nc.Close()
+		}
+	}
+}
+
+// loginConfig returns the login state machine's view of the server.
+func (s *Server) loginConfig() loginConfig {
+	return loginConfig{
+		targetExists: func(name string) bool {
+			_, ok := s.opts.Targets.Lookup(name)
+			return ok
+		},
+		credentials:        s.opts.CHAP,
+		sessionExists:      s.sessionExists,
+		random:             rand.Reader,
+		recvDataSegmentMax: s.opts.RecvDataSegmentMax,
+		cmdWindow:          uint32(s.opts.CommandsInFlightMax),
+	}
+}
+
+func (s *Server) sessionExists(tsih uint16) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.mu.sessions[tsih]
+	return ok
+}
+
+// lunFor returns the shared logical unit of target iqn over dev.
+func (s *Server) lunFor(iqn string, dev target.Device) *lun {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if u, ok := s.mu.luns[iqn]; ok && u.dev == dev {
+		return u
+	}
+	bs := 512
+	if s.opts.BlockSize != nil {
+		bs = s.opts.BlockSize(iqn)
+	}
+	if bs != 512 && bs != 4096 {
+		bs = 512
+	}
+	u := newLUN(iqn, dev, bs, s.opts.TransferBytesMax)
+	s.mu.luns[iqn] = u
+	return u
+}
+
+// register admits a logged-in session: an older session of the same
+// initiator, ISID and target is reinstated (dropped, its tasks aborted,
+// and waited for), then a TSIH is assigned.
+func (s *Server) register(c *session) error {
+	var old []*session
+	s.mu.Lock()
+	for _, o := range s.mu.sessions {
+		if o.initiatorName == c.initiatorName && o.isid == c.isid && o.targetName == c.targetName {
+			old = append(old, o)
+		}
+	}
+	s.mu.Unlock()
+	for _, o := range old {
+		s.log.Info("iscsi: session reinstatement", "initiator", o.initiatorName, "target", o.targetName, "tsih", o.tsih)
+		o.nc.Close()
+		select {
+		case <-o.finished:
+		case <-time.After(reinstateWait):
+			return fmt.Errorf("iscsi: reinstated session %#x did not end within %v", o.tsih, reinstateWait)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return ErrServerClosed
+	}
+	if len(s.mu.sessions) >= 0xfffe {
+		return fmt.Errorf("iscsi: too many sessions")
+	}
+	for {
+		s.mu.nextTSIH++
+		if _, used := s.mu.sessions[s.mu.nextTSIH]; s.mu.nextTSIH != 0 && !used {
+			break
+		}
+	}
+	c.tsih = s.mu.nextTSIH
+	s.mu.sessions[c.tsih] = c
+	return nil
+}
+
+// ctxBackground is the parent of every session's context.
+var ctxBackground = context.Background()
