@@ -74,6 +74,17 @@ type ISCSI struct {
 	Listen string `toml:"listen"` // host:port
 	// IQNPrefix (iqn_prefix) names targets: IQNPrefix + ":" + volume name.
 	IQNPrefix string `toml:"iqn_prefix"`
+	// CHAP credentials every target requires of initiators (chap_user,
+	// chap_secret; both or neither), and those the target answers with when
+	// the initiator asks for mutual CHAP (mutual_user, mutual_secret). A
+	// [[volume]]'s own chap_user/chap_secret override them for its target.
+	ChapUser     string `toml:"chap_user"`
+	ChapSecret   string `toml:"chap_secret"`
+	MutualUser   string `toml:"mutual_user"`
+	MutualSecret string `toml:"mutual_secret"`
+	// DiscoveryAuth (discovery_auth) also requires chap_user/chap_secret
+	// for SendTargets discovery sessions.
+	DiscoveryAuth bool `toml:"discovery_auth"`
 }
 
 // Gossip is the [gossip] table.
@@ -104,6 +115,9 @@ type VolumeSpec struct {
 	Name     string // name
 	Size     int64  // size, in bytes; the file says "1GiB" or 1073741824
 	Replicas int    // replicas, default 1
+	// ChapUser, ChapSecret (chap_user, chap_secret): the iSCSI CHAP
+	// credentials of this volume's target, overriding [iscsi]'s.
+	ChapUser, ChapSecret string
 }
 
 // Default returns a configuration with every default: all roles in one
@@ -190,8 +204,10 @@ type volumeDoc struct {
 	Name string `toml:"name"`
 	// Size is decoded in a second pass (into sizeText) so that a bad size
 	// is told apart from a syntax error and still gets its line.
-	Size     *toml.Primitive `toml:"size"`     // nil: not in the file
-	Replicas *int            `toml:"replicas"` // nil: not in the file
+	Size       *toml.Primitive `toml:"size"`     // nil: not in the file
+	Replicas   *int            `toml:"replicas"` // nil: not in the file
+	ChapUser   string          `toml:"chap_user"`
+	ChapSecret string          `toml:"chap_secret"`
 }
 
 // sizeText decodes a string or integer size through ParseSize.
@@ -215,7 +231,7 @@ func Parse(data []byte, dir string) (*Config, error) {
 	var p problems
 	c := &doc.Config
 	for i, v := range doc.Volume {
-		spec := VolumeSpec{Name: v.Name, Replicas: replicasDefault}
+		spec := VolumeSpec{Name: v.Name, Replicas: replicasDefault, ChapUser: v.ChapUser, ChapSecret: v.ChapSecret}
 		if v.Replicas != nil {
 			spec.Replicas = *v.Replicas
 		}
@@ -328,6 +344,17 @@ func (c *Config) Validate() error {
 	if host, _, err := splitAddr(c.Raft.Bind); err == nil && unspecified(host) {
 		p.add("raft.bind", ErrInvalid, "address %q: host must be a concrete IP or name: other managers dial it", c.Raft.Bind)
 	}
+	checkCHAP(&p, "iscsi.chap", c.ISCSI.ChapUser, c.ISCSI.ChapSecret)
+	checkCHAP(&p, "iscsi.mutual", c.ISCSI.MutualUser, c.ISCSI.MutualSecret)
+	if c.ISCSI.MutualUser != "" && c.ISCSI.ChapUser == "" && !slices.ContainsFunc(c.Volumes, func(v VolumeSpec) bool { return v.ChapUser != "" }) {
+		p.add("iscsi.mutual_user", ErrInvalid, "mutual CHAP needs chap_user/chap_secret too")
+	}
+	if c.ISCSI.DiscoveryAuth && c.ISCSI.ChapUser == "" {
+		p.add("iscsi.discovery_auth", ErrInvalid, "needs iscsi.chap_user and iscsi.chap_secret")
+	}
+	for i, v := range c.Volumes {
+		checkCHAP(&p, fmt.Sprintf("volume[%d].chap", i), v.ChapUser, v.ChapSecret)
+	}
 	if len(c.ISCSI.IQNPrefix) > iqnPrefixBytesMax || !iqnPrefixRE.MatchString(c.ISCSI.IQNPrefix) {
 		p.add("iscsi.iqn_prefix", ErrInvalid, "%q: want iqn.yyyy-mm.reversed.domain (lower case, at most %d bytes)", c.ISCSI.IQNPrefix, iqnPrefixBytesMax)
 	}
@@ -416,4 +443,24 @@ func unspecified(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsUnspecified()
+}
+
+// CHAP secret bounds: RFC 7143 §12.1.3 asks for at least 96 bits of secret;
+// 255 bytes is the most initiators accept.
+const (
+	chapSecretBytesMin = 12
+	chapSecretBytesMax = 255
+)
+
+// checkCHAP validates a user/secret pair named prefix_user/prefix_secret.
+func checkCHAP(p *problems, prefix, user, secret string) {
+	switch {
+	case user == "" && secret == "":
+	case user == "" || secret == "":
+		p.add(prefix+"_user", ErrInvalid, "%s_user and %s_secret go together", prefix, prefix)
+	case len(user) > chapSecretBytesMax || strings.ContainsAny(user, "\x00\n"):
+		p.add(prefix+"_user", ErrInvalid, "at most %d bytes, no NUL or newline", chapSecretBytesMax)
+	case len(secret) < chapSecretBytesMin || len(secret) > chapSecretBytesMax:
+		p.add(prefix+"_secret", ErrInvalid, "%d bytes; want %d to %d (RFC 7143 §12.1.3: at least 96 bits)", len(secret), chapSecretBytesMin, chapSecretBytesMax)
+	}
 }

@@ -102,7 +102,7 @@ replicas = 3
 	want.Admin.Listen = ":7900"
 	want.Gossip = Gossip{Bind: "0.0.0.0:7946", Join: []string{"10.0.0.2:7946", "node3.example:7946"}}
 	want.Raft = Raft{Bind: "10.0.0.1:7947", BootstrapExpect: 3}
-	want.Volumes = []VolumeSpec{{"a", 8192, 1}, {"b.c_d-e", 3 << 40, 3}}
+	want.Volumes = []VolumeSpec{{Name: "a", Size: 8192, Replicas: 1}, {Name: "b.c_d-e", Size: 3 << 40, Replicas: 3}}
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("got  %+v\nwant %+v", c, want)
 	}

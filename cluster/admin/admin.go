@@ -42,6 +42,8 @@ type Volume struct {
 	Connections    int       `json:"connections"`               // live front-end sessions on this node
 	AllocatedBytes int64     `json:"allocated_bytes,omitempty"` // -1 when unknown
 	NBD            string    `json:"nbd,omitempty"`             // URI of the NBD export
+	IQN            string    `json:"iqn,omitempty"`             // iSCSI target name (LUN 0)
+	ISCSI          string    `json:"iscsi,omitempty"`           // libiscsi URI of LUN 0
 }
 
 // Status is a daemon's state.
@@ -51,6 +53,7 @@ type Status struct {
 	Version       string   `json:"version"`
 	UptimeSeconds float64  `json:"uptime_seconds"`
 	NBD           string   `json:"nbd_listen,omitempty"`
+	ISCSI         string   `json:"iscsi_listen,omitempty"`
 	Admin         string   `json:"admin_listen,omitempty"`
 	Volumes       int      `json:"volumes"`
 	Connections   int      `json:"connections"`

@@ -152,7 +152,7 @@ func dispatch(args []string, out io.Writer) error {
 		return c.print(st, func(w io.Writer) {
 			fmt.Fprintf(w, "node\t%s\nroles\t%s\nversion\t%s\nuptime\t%s\n", st.Node, strings.Join(st.Roles, ","), st.Version, (time.Duration(st.UptimeSeconds) * time.Second).String())
 			fmt.Fprintf(w, "raft\t%s (leader %s, term %d, index %d)\n", st.Raft.State, st.Raft.Leader, st.Raft.Term, st.Raft.LastIndex)
-			fmt.Fprintf(w, "nbd\t%s\nadmin\t%s\nvolumes\t%d\nconnections\t%d\n", st.NBD, st.Admin, st.Volumes, st.Connections)
+			fmt.Fprintf(w, "nbd\t%s\niscsi\t%s\nadmin\t%s\nvolumes\t%d\nconnections\t%d\n", st.NBD, st.ISCSI, st.Admin, st.Volumes, st.Connections)
 		})
 	case "volume", "volumes":
 		if len(pos) < 2 {
@@ -239,7 +239,7 @@ func (c *cli) printVolume(v admin.Volume) error {
 		if v.AllocatedBytes >= 0 {
 			fmt.Fprintf(w, "allocated\t%s (%d bytes)\n", configs.FormatSize(v.AllocatedBytes), v.AllocatedBytes)
 		}
-		fmt.Fprintf(w, "epoch\t%d\ngeneration\t%d\ncreated\t%s\nconnections\t%d\nnbd\t%s\n", v.Epoch, v.Generation, v.Created.Format(time.RFC3339), v.Connections, v.NBD)
+		fmt.Fprintf(w, "epoch\t%d\ngeneration\t%d\ncreated\t%s\nconnections\t%d\nnbd\t%s\niscsi\t%s\n", v.Epoch, v.Generation, v.Created.Format(time.RFC3339), v.Connections, v.NBD, v.ISCSI)
 	})
 }
 

@@ -43,8 +43,10 @@ func (b backend) Status(ctx context.Context) (admin.Status, error) {
 		Volumes: len(d.catalog.Volumes()),
 		Raft:    admin.Raft{State: rs.State, Leader: rs.LeaderID, Term: rs.Term, LastIndex: rs.LastIndex},
 	}
+	st.ISCSI = d.iscsiAddr
 	for _, v := range d.catalog.Volumes() {
-		st.Connections += d.nbd.Connections(v.Name)
+		n, i := d.sessions(v.Name)
+		st.Connections += n + i
 	}
 	return st, nil
 }
@@ -54,10 +56,13 @@ func (b backend) view(cv cluster.Volume, allocated bool) admin.Volume {
 	v := admin.Volume{
 		ID: cv.ID, Name: cv.Name, Size: cv.Size, BlockSize: cv.BlockSize, ChunkSize: cv.ChunkSize,
 		Replicas: cv.Replicas, Epoch: cv.Epoch, Generation: cv.Generation, Created: cv.Created,
-		Connections:    d.nbd.Connections(cv.Name),
 		AllocatedBytes: -1,
 		NBD:            "nbd://" + d.nbdAddr + "/" + cv.Name,
+		IQN:            d.iqn(cv.Name),
+		ISCSI:          "iscsi://" + d.iscsiAddr + "/" + d.iqn(cv.Name) + "/0",
 	}
+	n, i := d.sessions(cv.Name)
+	v.Connections = n + i
 	if allocated {
 		if n, err := d.store.Allocated(cv.ID, cv.Epoch); err == nil {
 			v.AllocatedBytes = int64(n) * int64(cv.BlockSize)
@@ -117,12 +122,12 @@ func (b backend) DeleteVolume(ctx context.Context, name string, force bool) erro
 	if _, err := d.catalog.Volume(name); err != nil {
 		return apiError(err)
 	}
-	if n := d.nbd.Connections(name); n > 0 {
+	if n, i := d.sessions(name); n+i > 0 {
 		if !force {
-			return fmt.Errorf("%w: volume %q is attached (%d NBD connection(s)); detach the clients or use --force to disconnect them", admin.ErrConflict, name, n)
+			return fmt.Errorf("%w: volume %q is attached (%d NBD connection(s), %d iSCSI session(s)); detach the clients or use --force to disconnect them", admin.ErrConflict, name, n, i)
 		}
-		d.log.Warn("force delete: disconnecting clients", "volume", name, "connections", n)
-		d.nbd.Disconnect(name)
+		d.log.Warn("force delete: disconnecting clients", "volume", name, "nbd_connections", n, "iscsi_sessions", i)
+		d.disconnect(name)
 	}
 	if err := d.catalog.DeleteVolume(ctx, name); err != nil {
 		return apiError(err)

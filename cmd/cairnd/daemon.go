@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"cairn/cluster/admin"
 	"cairn/configs"
 	"cairn/target"
+	"cairn/target/iscsi"
 	"cairn/target/nbd"
 )
 
@@ -42,9 +44,10 @@ type daemon struct {
 	store   *store.Store
 	catalog *cluster.Catalog
 	nbd     *nbd.Server
+	iscsi   *iscsi.Server
 	admin   *http.Server
 
-	nbdAddr, adminAddr string
+	nbdAddr, iscsiAddr, adminAddr string
 
 	mu struct {
 		sync.Mutex
@@ -120,6 +123,20 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger) (_ *daemo
 		}
 	}()
 
+	d.iscsi = iscsi.NewServer(iscsi.Options{Targets: iscsiTargets{d}, Logger: log, CHAP: d.chap})
+	il, err := net.Listen("tcp", cfg.ISCSI.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("[iscsi] listen: %w", err)
+	}
+	d.iscsiAddr = il.Addr().String()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := d.iscsi.Serve(il); err != nil {
+			log.Error("iscsi server stopped", "err", err)
+		}
+	}()
+
 	al, err := net.Listen("tcp", cfg.Admin.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("[admin] listen: %w", err)
@@ -144,7 +161,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger) (_ *daemo
 	d.wg.Add(1)
 	go d.watchCatalog(ctx)
 
-	log.Info("cairnd serving", "node", cfg.NodeName, "nbd", d.nbdAddr, "admin", d.adminAddr,
+	log.Info("cairnd serving", "node", cfg.NodeName, "nbd", d.nbdAddr, "iscsi", d.iscsiAddr, "admin", d.adminAddr,
 		"data_dir", cfg.DataDir, "volumes", len(d.catalog.Volumes()))
 	return d, nil
 }
@@ -183,9 +200,7 @@ func (d *daemon) reconcile(ctx context.Context) error {
 			v.SetSize(cv.Size)
 			continue
 		}
-		if d.nbd != nil {
-			d.nbd.Disconnect(name)
-		}
+		d.disconnect(name)
 		v.Close()
 		delete(d.mu.vols, name)
 		if err := d.store.DropVolume(v.ID()); err != nil {
@@ -242,6 +257,9 @@ func (d *daemon) Close() error {
 		if d.nbd != nil {
 			errs = append(errs, d.nbd.Close())
 		}
+		if d.iscsi != nil {
+			errs = append(errs, d.iscsi.Close())
+		}
 		d.wg.Wait()
 		if d.store != nil {
 			errs = append(errs, d.store.Sync(), d.store.Close())
@@ -273,5 +291,64 @@ func (e exports) List() []string {
 		names = append(names, n)
 	}
 	slices.Sort(names)
+	return names
+}
+
+// iqn is the iSCSI target name of a volume.
+func (d *daemon) iqn(volume string) string { return d.cfg.ISCSI.IQNPrefix + ":" + volume }
+
+// sessions counts the front-end connections attached to a volume.
+func (d *daemon) sessions(volume string) (nbdConns, iscsiSessions int) {
+	if d.nbd != nil {
+		nbdConns = d.nbd.Connections(volume)
+	}
+	if d.iscsi != nil {
+		iscsiSessions = d.iscsi.Sessions(d.iqn(volume))
+	}
+	return nbdConns, iscsiSessions
+}
+
+// disconnect drops every front-end connection of a volume.
+func (d *daemon) disconnect(volume string) {
+	if d.nbd != nil {
+		d.nbd.Disconnect(volume)
+	}
+	if d.iscsi != nil {
+		d.iscsi.Disconnect(d.iqn(volume))
+	}
+}
+
+// chap returns the CHAP credentials of a target ("" is discovery): a
+// declared volume's own, else the [iscsi] ones.
+func (d *daemon) chap(iqn string) (iscsi.Credentials, bool) {
+	c := d.cfg.ISCSI
+	global := iscsi.Credentials{User: c.ChapUser, Secret: c.ChapSecret, MutualUser: c.MutualUser, MutualSecret: c.MutualSecret}
+	if iqn == "" {
+		return global, c.DiscoveryAuth
+	}
+	for _, v := range d.cfg.Volumes {
+		if v.ChapUser != "" && d.iqn(v.Name) == iqn {
+			return iscsi.Credentials{User: v.ChapUser, Secret: v.ChapSecret, MutualUser: c.MutualUser, MutualSecret: c.MutualSecret}, true
+		}
+	}
+	return global, c.ChapUser != ""
+}
+
+// iscsiTargets serves the open volumes as iSCSI targets <iqn_prefix>:<name>.
+type iscsiTargets struct{ d *daemon }
+
+func (t iscsiTargets) Lookup(iqn string) (target.Device, bool) {
+	name, ok := strings.CutPrefix(iqn, t.d.cfg.ISCSI.IQNPrefix+":")
+	if !ok {
+		return nil, false
+	}
+	return exports(t).Lookup(name)
+}
+
+func (t iscsiTargets) List() []string {
+	names := exports(t).List()
+	for i, n := range names {
+		names[i] = t.d.iqn(n)
+	}
 	return names
 }

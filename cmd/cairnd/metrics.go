@@ -13,10 +13,11 @@ var (
 	volErrorsDesc = prometheus.NewDesc("cairn_volume_errors_total", "Requests a volume failed.", []string{"volume"}, nil)
 	volSizeDesc   = prometheus.NewDesc("cairn_volume_size_bytes", "Size of a volume.", []string{"volume"}, nil)
 	nbdConnsDesc  = prometheus.NewDesc("cairn_nbd_connections", "Live NBD connections per export.", []string{"volume"}, nil)
+	iscsiSessDesc = prometheus.NewDesc("cairn_iscsi_sessions", "Live iSCSI sessions per target.", []string{"volume"}, nil)
 )
 
 func (c *volumeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{volOpsDesc, volBytesDesc, volErrorsDesc, volSizeDesc, nbdConnsDesc} {
+	for _, d := range []*prometheus.Desc{volOpsDesc, volBytesDesc, volErrorsDesc, volSizeDesc, nbdConnsDesc, iscsiSessDesc} {
 		ch <- d
 	}
 }
@@ -37,8 +38,8 @@ func (c *volumeCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(volErrorsDesc, prometheus.CounterValue, float64(s.Errors), name)
 		ch <- prometheus.MustNewConstMetric(volSizeDesc, prometheus.GaugeValue, float64(v.Info().Size), name)
-		if c.d.nbd != nil {
-			ch <- prometheus.MustNewConstMetric(nbdConnsDesc, prometheus.GaugeValue, float64(c.d.nbd.Connections(name)), name)
-		}
+		n, i := c.d.sessions(name)
+		ch <- prometheus.MustNewConstMetric(nbdConnsDesc, prometheus.GaugeValue, float64(n), name)
+		ch <- prometheus.MustNewConstMetric(iscsiSessDesc, prometheus.GaugeValue, float64(i), name)
 	}
 }
