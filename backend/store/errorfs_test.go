@@ -114,8 +114,11 @@ func TestWALFailureFailsStore(t *testing.T) {
 					t.Fatalf("%s on failed store: %v", name, err)
 				}
 			}
+			if err := s.Close(); !errors.Is(err, ErrFailed) {
+				t.Fatalf("close of failed store: %v, want ErrFailed", err)
+			}
 			if err := s.Close(); err != nil {
-				t.Fatalf("close of failed store: %v", err)
+				t.Fatalf("second close: %v", err)
 			}
 		})
 	}

@@ -96,7 +96,7 @@ func (s *Store) Write(vol, block uint64, data []byte, st Stamp, sync bool) (err 
 	defer s.life.RUnlock()
 	v := s.volume(vol)
 	v.raiseSeq(st.Seq)
-	b := s.db.NewBatch()
+	b := s.db.NewBatchWithSize(batchBytes(n), pebble.WithMaxRetainedSizeBytes(batchRetainedBytesMax))
 	for i := range n {
 		op := b.MergeDeferred(keyLen, dataValueLen)
 		putPointKey(op.Key, vol, block+i, st.Epoch)
@@ -111,6 +111,17 @@ func (s *Store) Write(vol, block uint64, data []byte, st Stamp, sync bool) (err 
 		return fmt.Errorf("store: write vol %d blocks [%d, +%d): %w", vol, block, n, err)
 	}
 	return nil
+}
+
+// batchRetainedBytesMax: pooled pebble batches keep buffers up to this size,
+// enough for a 1 MiB write (a chunk), so that chunk writes do not allocate.
+const batchRetainedBytesMax = 2 << 20
+
+// batchBytes is the size of a batch of n data merges: a 12-byte header,
+// then per entry a kind byte, two varint lengths (pebble reserves 5 bytes
+// each), key and value.
+func batchBytes(n uint64) int {
+	return 12 + int(n)*(1+2*5+keyLen+dataValueLen)
 }
 
 // raiseSeq records that a point version with seq was written.
@@ -266,7 +277,7 @@ func (s *Store) Sync() (err error) {
 // epoch, calling fn for consecutive runs in order until the range is
 // covered or fn returns false. A block is allocated when its visible
 // version holds data; zeroed and unwritten blocks are not. The cost is
-// O(versions stored in the range).
+// O(versions stored in the range). fn must not call Close.
 func (s *Store) Extents(vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) (err error) {
 	if err := checkBlocks(block, n); err != nil {
 		return fmt.Errorf("store: extents vol %d: %w", vol, err)

@@ -36,6 +36,11 @@ const (
 	retainedEpochsMax = 4096
 	// cacheBytesDefault is the block cache size when Options.CacheBytes is 0.
 	cacheBytesDefault = 256 << 20
+	// sstBlockBytes is the sstable data block size. Point values are 4 KiB;
+	// a read of a merged key also steps to the next key (pebble looks for
+	// older merge operands), which with pebble's 4 KiB default lies in the
+	// next block: 16 KiB blocks hold a few versions each.
+	sstBlockBytes = 16 << 10
 	// memTableBytes is pebble's memtable size.
 	memTableBytes = 64 << 20
 )
@@ -107,6 +112,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.FS == nil {
 		opts.FS = vfs.Default
 	}
+	if opts.CacheBytes < 0 {
+		return nil, fmt.Errorf("store: open %s: %w: CacheBytes %d", dir, ErrInvalid, opts.CacheBytes)
+	}
 	if opts.CacheBytes == 0 {
 		opts.CacheBytes = cacheBytesDefault
 	}
@@ -124,6 +132,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		Logger:             pebbleLogger{s.log},
 		MemTableSize:       memTableBytes,
 		FormatMajorVersion: pebble.FormatNewest,
+	}
+	for i := range po.Levels {
+		po.Levels[i].BlockSize = sstBlockBytes
 	}
 	db, err := openDB(dir, po)
 	if err != nil {
@@ -213,8 +224,9 @@ func (s *Store) load() error {
 }
 
 // Close closes the store. It waits for calls in progress; later calls
-// return ErrClosed. Close is idempotent. A failed store is closed without
-// closing pebble (whose commit pipeline may be stuck); the process should
+// return ErrClosed. Close is idempotent (later calls return nil). A failed
+// store is closed without closing pebble, whose commit pipeline may be
+// stuck, and Close returns an error wrapping ErrFailed; the process should
 // exit soon after.
 func (s *Store) Close() error {
 	s.life.Lock()
@@ -223,9 +235,9 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.life.closed = true
-	if s.failed.Load() != nil {
+	if f := s.failed.Load(); f != nil {
 		s.log.Error("store closed after a fatal error; pebble left open")
-		return nil
+		return fmt.Errorf("store: close: %w: %w: %w", ErrIO, ErrFailed, *f)
 	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: close: %w: %w", ErrIO, err)

@@ -57,6 +57,12 @@ func (o op) String() string {
 
 func apply(t testing.TB, s *Store, vol uint64, o op) {
 	t.Helper()
+	if err := applyErr(s, vol, o); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func applyErr(s *Store, vol uint64, o op) error {
 	var err error
 	if o.zero {
 		err = s.Zero(vol, o.block, o.n, o.st, o.sync)
@@ -68,8 +74,9 @@ func apply(t testing.TB, s *Store, vol uint64, o op) {
 		err = s.Write(vol, o.block, data, o.st, o.sync)
 	}
 	if err != nil {
-		t.Fatalf("%v: %v", o, err)
+		return fmt.Errorf("%v: %w", o, err)
 	}
+	return nil
 }
 
 // expect returns the id of the write visible in block at epoch, 0 for zeros:
@@ -578,6 +585,9 @@ func TestInvalidAndClosed(t *testing.T) {
 			t.Errorf("%s: %v, want ErrInvalid", name, err)
 		}
 	}
+	if _, err := Open("x", Options{FS: vfs.NewMem(), CacheBytes: -1}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("open with negative cache: %v, want ErrInvalid", err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -725,7 +735,10 @@ func TestConcurrent(t *testing.T) {
 			for i, o := range ops {
 				o.block += base
 				ops[i] = o
-				apply(t, s, vol, o)
+				if err := applyErr(s, vol, o); err != nil {
+					errc <- err
+					return
+				}
 				if i%10 == 0 {
 					b := base + rng.Uint64N(span)
 					got := make([]byte, BlockSize)
