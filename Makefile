@@ -3,12 +3,12 @@ GO      ?= go
 BIN     := bin
 CONFIG  ?= configs/single.toml
 # Debian packages the integration tests drive (real clients, real peers).
-TEST_PKGS  := libnbd-bin qemu-utils qemu-block-extra fio libiscsi-bin nbdkit
+TEST_PKGS  := libnbd-bin qemu-utils qemu-block-extra fio libiscsi-bin nbdkit nbd-server
 TEST_TOOLS := nbdinfo nbdcopy qemu-io qemu-img fio iscsi-ls iscsi-inq iscsi-readcapacity16 iscsi-test-cu iscsi-perf nbdkit
 STATICCHECK_VERSION ?= v0.8.2
 FUZZTIME ?= 10s
 
-.PHONY: all build run test test-tools check fuzz clean
+.PHONY: all build run test test-tools check fuzz clean bench bench-smoke
 
 all: build
 
@@ -44,6 +44,16 @@ fuzz:
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; done
+
+# bench: the full side-by-side comparison (minutes; not CI) into
+# bench/results/<date>-<host>/. BENCH_FLAGS passes harness flags.
+BENCH_FLAGS ?=
+bench: build
+	./$(BIN)/cairn bench --cairnd ./$(BIN)/cairnd $(BENCH_FLAGS)
+
+# bench-smoke: seconds long; make test runs the same as TestSmoke in ./bench.
+bench-smoke: build
+	./$(BIN)/cairn bench --smoke --cairnd ./$(BIN)/cairnd
 
 clean:
 	rm -rf $(BIN)

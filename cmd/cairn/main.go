@@ -23,6 +23,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"cairn/bench"
 	"cairn/cluster/admin"
 	"cairn/configs"
 )
@@ -36,10 +37,17 @@ commands:
   volume show NAME
   volume resize NAME --size SIZE           grow; NBD clients see it on reconnect
   volume delete NAME [--force]             --force disconnects attached clients
+  bench [--smoke] [--systems ...] [...]    side-by-side benchmark (cairn bench --help)
 
 SIZE is bytes or a number with K/M/G/T or KiB/MiB/GiB/TiB (powers of 1024).
 The address defaults to $CAIRN_ADDR or 127.0.0.1:7900.
 `
+
+// exitError carries the exit status of a subcommand that reported its own
+// errors.
+type exitError struct{ code int }
+
+func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 // errUsage marks errors that exit with status 2.
 var errUsage = errors.New("usage")
@@ -51,9 +59,12 @@ func main() {
 // run is main without the process: it returns the exit status.
 func run(args []string, stdout, stderr io.Writer) int {
 	err := dispatch(args, stdout)
+	var ee *exitError
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, &ee):
+		return ee.code
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "cairn: %v\n%s", err, usage)
 		return 2
@@ -88,6 +99,13 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 }
 
 func dispatch(args []string, out io.Writer) error {
+	if len(args) > 0 && args[0] == "bench" {
+		// The harness has its own flags; see `cairn bench --help`.
+		if code := bench.Main(args[1:], out, os.Stderr); code != 0 {
+			return &exitError{code: code}
+		}
+		return nil
+	}
 	addr := os.Getenv("CAIRN_ADDR")
 	if addr == "" {
 		addr = "127.0.0.1:7900"

@@ -1,0 +1,160 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+)
+
+// buildTimeout bounds `go build` of cairnd.
+const buildTimeout = 10 * time.Minute
+
+// Binary is cairnd's executable: the given Path, or built once from the
+// module the working directory is in. Get is safe for concurrent use.
+type Binary struct {
+	// Path is a prebuilt binary; "" builds cairn/cmd/cairnd.
+	Path string
+
+	once sync.Once
+	path string
+	err  error
+}
+
+// Get returns the binary's path, building it into dir the first time.
+func (b *Binary) Get(ctx context.Context, dir string) (string, error) {
+	b.once.Do(func() {
+		if b.Path != "" {
+			b.path, b.err = exec.LookPath(b.Path)
+			if b.err != nil {
+				b.err = fmt.Errorf("%w: cairnd %s: %v", ErrUnavailable, b.Path, b.err)
+			}
+			return
+		}
+		b.path, b.err = buildCairnd(ctx, dir)
+	})
+	return b.path, b.err
+}
+
+// buildCairnd runs `go build -o dir/ cairn/cmd/cairnd` in the module root
+// of the working directory.
+func buildCairnd(ctx context.Context, dir string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, buildTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	gomod := strings.TrimSpace(string(out))
+	if err != nil || gomod == "" || gomod == os.DevNull {
+		return "", fmt.Errorf("%w: cairnd: not inside the cairn module (run from the repository or pass --cairnd)", ErrUnavailable)
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+string(filepath.Separator), "cairn/cmd/cairnd")
+	cmd.Dir = filepath.Dir(gomod)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("%w: go build cairn/cmd/cairnd: %v: %s", ErrUnavailable, err, tail(out))
+	}
+	return filepath.Join(dir, "cairnd"), nil
+}
+
+// Cairnd is cairnd on loopback, all roles in one process, one declared
+// volume of the bench size.
+type Cairnd struct {
+	Bin *Binary
+	// Nodes is the number of cairnd processes; 0 means 1. Only one node is
+	// supported until the cluster lands; a multi-node scenario sets Nodes
+	// and Replicas.
+	Nodes int
+	// Replicas is the volume's replication factor; 0 is cairnd's default.
+	Replicas int
+}
+
+func (c Cairnd) Describe(ctx context.Context) string {
+	d := "cairnd"
+	if c.Bin != nil && c.Bin.path != "" {
+		if v := toolVersion(ctx, c.Bin.path, "--version"); v != "" {
+			d = v
+		}
+	}
+	return fmt.Sprintf("%s, %d node(s), all roles, pebble store", d, max(c.Nodes, 1))
+}
+
+// servingRE matches the line cairnd logs once it serves.
+var servingRE = regexp.MustCompile(`msg="cairnd serving".* nbd=(\S+)`)
+
+func (c Cairnd) Start(ctx context.Context, o StartOptions) (Instance, error) {
+	switch {
+	case max(c.Nodes, 1) > 1:
+		return nil, fmt.Errorf("%w: multi-node cairnd", ErrUnavailable)
+	case o.FrontEnd != NBD:
+		return nil, fmt.Errorf("%w: cairnd over %s in the harness", ErrUnavailable, o.FrontEnd)
+	case o.Latency != 0:
+		return nil, fmt.Errorf("%w: cairnd has no latency injection knob yet", ErrUnavailable)
+	}
+	if c.Bin == nil {
+		panic("bench: Cairnd without a Binary")
+	}
+	bin, err := c.Bin.Get(ctx, filepath.Dir(o.Dir))
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := c.config(o)
+	if err != nil {
+		return nil, err
+	}
+	path := filepath.Join(o.Dir, o.Name+".toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return nil, fmt.Errorf("cairnd config: %w", err)
+	}
+	serving := make(chan string, 1)
+	p, err := startProc(ctx, o.Dir, o.Name, func(line string) {
+		if m := servingRE.FindStringSubmatch(line); m != nil {
+			select {
+			case serving <- m[1]:
+			default:
+			}
+		}
+	}, bin, "--config", path)
+	if err != nil {
+		return nil, err
+	}
+	var addr string
+	select {
+	case addr = <-serving:
+	case <-p.exited:
+		err = fmt.Errorf("cairnd exited before serving: %v: %s", p.waitErr, p.logTail())
+	case <-time.After(readyTimeout):
+		err = fmt.Errorf("cairnd: no %q line after %s: %s", "cairnd serving", readyTimeout, p.logTail())
+	case <-ctx.Done():
+		err = context.Cause(ctx)
+	}
+	if err != nil {
+		p.stop()
+		return nil, err
+	}
+	return &procInstance{p: p, target: Target{FrontEnd: NBD, URI: nbdURI(addr, o.Export), SizeBytes: o.SizeBytes}}, nil
+}
+
+// config returns cairnd's TOML configuration: state in o.Dir, every
+// listener on a free loopback port.
+func (c Cairnd) config(o StartOptions) (string, error) {
+	var addrs [6]string
+	for i := range addrs {
+		a, err := freeAddr()
+		if err != nil {
+			return "", err
+		}
+		addrs[i] = a
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "node_name = %q\ndata_dir = %q\nroles = [\"target\", \"storage\", \"manager\"]\n", o.Name, "data")
+	fmt.Fprintf(&b, "[admin]\nlisten = %q\n[nbd]\nlisten = %q\n[iscsi]\nlisten = %q\n", addrs[0], addrs[1], addrs[2])
+	fmt.Fprintf(&b, "[gossip]\nbind = %q\njoin = []\n[raft]\nbind = %q\nbootstrap_expect = 1\n[storage]\nlisten = %q\n", addrs[3], addrs[4], addrs[5])
+	fmt.Fprintf(&b, "[[volume]]\nname = %q\nsize = \"%d\"\n", o.Export, o.SizeBytes)
+	if c.Replicas > 0 {
+		fmt.Fprintf(&b, "replicas = %d\n", c.Replicas)
+	}
+	return b.String(), nil
+}

@@ -1,0 +1,112 @@
+package bench
+
+import (
+	"context"
+	"time"
+)
+
+// FrontEnd is the protocol a scenario's system is reached by.
+type FrontEnd string
+
+const (
+	NBD   FrontEnd = "nbd"
+	ISCSI FrontEnd = "iscsi"
+)
+
+// Target is a running system as a driver sees it.
+type Target struct {
+	FrontEnd FrontEnd
+	// URI names the export: nbd://127.0.0.1:10809/vol0 or
+	// iscsi://127.0.0.1:3260/iqn.../0.
+	URI string
+	// SizeBytes is the export size.
+	SizeBytes int64
+}
+
+// RunOptions bound one driver run.
+type RunOptions struct {
+	// Runtime is the measured time; Ramp runs before it, unmeasured.
+	// Both are ignored by Once workloads.
+	Runtime, Ramp time.Duration
+	// Dir is a scratch directory the driver may write files in.
+	Dir string
+}
+
+// Driver generates a workload against a target and measures it: fio with
+// its nbd engine today; iscsi-perf and qemu-img bench for iSCSI, and an
+// in-process driver on the device interface, fit the same shape.
+//
+// Run is called from one goroutine at a time per driver; it must stop, and
+// kill whatever it started, when ctx is done.
+type Driver interface {
+	Name() string
+	// Supports reports whether the driver can run w over front end fe.
+	Supports(fe FrontEnd, w Workload) bool
+	// Run runs w against t once. A run that completes but measures no I/O
+	// is an error (ErrNoNumbers).
+	Run(ctx context.Context, t Target, w Workload, o RunOptions) (Measurement, error)
+}
+
+// Measurement is what one run measured.
+type Measurement struct {
+	// IOPS and BytesPerSec are over reads and writes together.
+	IOPS        float64 `json:"iops"`
+	BytesPerSec float64 `json:"bytes_per_sec"`
+	Read        *Side   `json:"read,omitempty"`
+	Write       *Side   `json:"write,omitempty"`
+	// DriverCPUPct is the load generator's own CPU use (user+system, % of
+	// one core), so a saturated client is visible.
+	DriverCPUPct float64       `json:"driver_cpu_pct"`
+	Elapsed      time.Duration `json:"elapsed_ns"`
+}
+
+// Side is one direction of a measurement.
+type Side struct {
+	IOPS        float64 `json:"iops"`
+	BytesPerSec float64 `json:"bytes_per_sec"`
+	IOs         int64   `json:"ios"`
+	// LatMeanNs and Percentiles are total latency, from before the
+	// request is submitted to its completion (fio's lat).
+	LatMeanNs   float64      `json:"lat_mean_ns"`
+	Percentiles []Percentile `json:"percentiles"`
+	// ClatMeanNs is fio's completion latency (clat), which leaves out
+	// the submission.
+	ClatMeanNs float64 `json:"clat_mean_ns"`
+}
+
+// Percentile is one point of a latency distribution.
+type Percentile struct {
+	P  float64 `json:"p"` // 0..100
+	Ns float64 `json:"ns"`
+}
+
+// At returns the latency at percentile p, or 0 if it was not measured.
+func (s *Side) At(p float64) float64 {
+	if s == nil {
+		return 0
+	}
+	for _, q := range s.Percentiles {
+		if q.P == p {
+			return q.Ns
+		}
+	}
+	return 0
+}
+
+// Value returns the measurement's headline number for metric m: IOPS, or
+// MiB/s.
+func (m Measurement) Value(metric Metric) float64 {
+	if metric == Throughput {
+		return m.BytesPerSec / (1 << 20)
+	}
+	return m.IOPS
+}
+
+// latencySide returns the side whose latency a workload reports: the read
+// side of a read or mixed workload, else the write side.
+func (m Measurement) latencySide() *Side {
+	if m.Read != nil && m.Read.IOs > 0 {
+		return m.Read
+	}
+	return m.Write
+}

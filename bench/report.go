@@ -1,0 +1,227 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// WriteJSON writes the whole report, every run included.
+func (rep *Report) WriteJSON(w io.Writer) error {
+	e := json.NewEncoder(w)
+	e.SetIndent("", "  ")
+	return e.Encode(rep)
+}
+
+// ReadReport decodes a report written by WriteJSON.
+func ReadReport(r io.Reader) (*Report, error) {
+	var rep Report
+	if err := json.NewDecoder(r).Decode(&rep); err != nil {
+		return nil, fmt.Errorf("bench report: %w", err)
+	}
+	return &rep, nil
+}
+
+// WriteMarkdown writes the summary tables.
+func (rep *Report) WriteMarkdown(w io.Writer) error {
+	var b strings.Builder
+	ran := rep.ranSystems()
+	subjects, peers := rep.roles()
+	m := rep.Machine
+	fmt.Fprintf(&b, "# cairn bench — %s on %s\n\n", rep.Started.Format("2006-01-02 15:04 MST"), m.Hostname)
+	if rep.Settings.Smoke {
+		b.WriteString("**Smoke run**: tiny sizes and sub-second runs; the numbers show the harness works, not how fast anything is.\n\n")
+	}
+	fmt.Fprintf(&b, "- Machine: %s, %d cores, %.1f GiB RAM, Linux %s, %s; load average %s at start, %s at end.\n",
+		orDash(m.CPUModel), m.Cores, float64(m.MemBytes)/(1<<30), orDash(m.Kernel), m.GoVersion, fmtLoad(m.Load), fmtLoad(m.LoadEnd))
+	fmt.Fprintf(&b, "- Settings: %d repetition(s) of %s (after %s ramp) per workload and system, interleaved across systems; exports of %s filled before measuring; driver %s; took %s.\n",
+		rep.Settings.Repeat, rep.Settings.Runtime, rep.Settings.Ramp, fmtBytes(rep.Settings.SizeBytes), rep.Settings.Driver, rep.Duration.Round(time.Second))
+	b.WriteString("- Systems:\n")
+	for _, s := range rep.Systems {
+		role := ""
+		if s.Subject {
+			role = " (subject)"
+		}
+		extra := ""
+		if s.LatencyNs != 0 {
+			extra = fmt.Sprintf(", %s injected per storage operation", s.LatencyNs)
+		}
+		if s.Skipped != "" {
+			fmt.Fprintf(&b, "  - ~~%s~~: skipped — %s\n", s.Name, s.Skipped)
+			continue
+		}
+		fmt.Fprintf(&b, "  - **%s**%s: %s over %s%s\n", s.Name, role, s.Describe, s.FrontEnd, extra)
+	}
+
+	b.WriteString("\n## Results\n\nMedian [min–max] over the repetitions; IOPS or MiB/s, higher is better. † marks a cell with a run taken while the host was busy.\n\n")
+	b.WriteString("| workload | unit |")
+	for _, s := range ran {
+		fmt.Fprintf(&b, " %s |", s)
+	}
+	b.WriteString("\n|---|---|" + strings.Repeat("---:|", len(ran)) + "\n")
+	for _, wl := range rep.Work {
+		fmt.Fprintf(&b, "| %s | %s |", wl.Name, wl.Metric)
+		for _, s := range ran {
+			c := rep.cell(s, wl.Name)
+			if c == nil {
+				b.WriteString(" — |")
+				continue
+			}
+			dag := ""
+			if c.Busy > 0 {
+				dag = " †"
+			}
+			if c.N == 1 {
+				fmt.Fprintf(&b, " %s%s |", fmtNum(c.Median), dag)
+			} else {
+				fmt.Fprintf(&b, " %s [%s–%s]%s |", fmtNum(c.Median), fmtNum(c.Min), fmtNum(c.Max), dag)
+			}
+		}
+		b.WriteString("\n")
+	}
+
+	for _, sub := range subjects {
+		if len(peers) == 0 {
+			break
+		}
+		fmt.Fprintf(&b, "\n## Ratios %s / peer\n\nRatio of medians (low–high over the spreads); above 1.00× %s is faster.\n\n| workload |", sub, sub)
+		for _, p := range peers {
+			fmt.Fprintf(&b, " vs %s |", p)
+		}
+		b.WriteString("\n|---|" + strings.Repeat("---:|", len(peers)) + "\n")
+		for _, wl := range rep.Work {
+			fmt.Fprintf(&b, "| %s |", wl.Name)
+			for _, p := range peers {
+				r := rep.ratio(sub, p, wl.Name)
+				switch {
+				case r == nil:
+					b.WriteString(" — |")
+				case rep.Settings.Repeat == 1:
+					fmt.Fprintf(&b, " %.2f× |", r.Median)
+				default:
+					fmt.Fprintf(&b, " %.2f× (%.2f–%.2f) |", r.Median, r.Low, r.High)
+				}
+			}
+			b.WriteString("\n")
+		}
+	}
+
+	b.WriteString("\n## Latency at queue depth 1\n\nLatency in µs from submission to completion (fio's lat; its clat leaves out the submission, in which libnbd sends the request), medians over the repetitions.\n\n| workload | system | mean | p50 | p99 | p99.9 |\n|---|---|---:|---:|---:|---:|\n")
+	for _, wl := range rep.Work {
+		if !wl.Latency {
+			continue
+		}
+		for _, s := range ran {
+			if c := rep.cell(s, wl.Name); c != nil {
+				fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", wl.Name, s, us(c.LatMeanNs), us(c.P50Ns), us(c.P99Ns), us(c.P999Ns))
+			}
+		}
+	}
+
+	busy, failed := 0, 0
+	for _, r := range rep.Runs {
+		if r.Host.Busy {
+			busy++
+		}
+		if r.Error != "" {
+			failed++
+		}
+	}
+	fmt.Fprintf(&b, "\n## Runs\n\n%d runs, %d failed, %d taken while the host was busy (processes other than the systems under test used more than %.0f%% of the CPUs just before the run, or more than %.0f%% was stolen during it).\n",
+		len(rep.Runs), failed, busy, busyBeforePctMax, stealPctMax)
+	if busy+failed > 0 {
+		b.WriteString("\n| # | system | workload | rep | host CPU before | of which servers | steal | note |\n|---:|---|---|---:|---:|---:|---:|---|\n")
+		for _, r := range rep.Runs {
+			if !r.Host.Busy && r.Error == "" {
+				continue
+			}
+			note := r.Host.Reason
+			if r.Error != "" {
+				note = "FAILED: " + strings.ReplaceAll(oneLine(r.Error), "|", "\\|")
+			}
+			fmt.Fprintf(&b, "| %d | %s | %s | %d | %.0f%% | %.0f%% | %.1f%% | %s |\n", r.Seq, r.System, r.Workload, r.Rep, r.Host.BusyBeforePct, r.Host.ServersBeforePct, r.Host.StealPct, note)
+		}
+	}
+	if len(rep.Notes) > 0 {
+		b.WriteString("\n## Notes\n\n")
+		for _, n := range rep.Notes {
+			fmt.Fprintf(&b, "- %s\n", oneLine(n))
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func (rep *Report) ranSystems() []string {
+	var out []string
+	for _, s := range rep.Systems {
+		if s.Skipped == "" {
+			out = append(out, s.Name)
+		}
+	}
+	return out
+}
+
+func (rep *Report) ratio(sub, peer, workload string) *Ratio {
+	for i := range rep.Ratios {
+		r := &rep.Ratios[i]
+		if r.Subject == sub && r.Peer == peer && r.Workload == workload {
+			return r
+		}
+	}
+	return nil
+}
+
+func fmtNum(v float64) string {
+	switch {
+	case v >= 100_000:
+		return fmt.Sprintf("%.0fk", v/1000)
+	case v >= 10_000:
+		return fmt.Sprintf("%.1fk", v/1000)
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	default:
+		return fmt.Sprintf("%.1f", v)
+	}
+}
+
+func us(ns float64) string {
+	if ns == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.1f", ns/1000)
+}
+
+func fmtLoad(l []float64) string {
+	if len(l) < 3 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f/%.2f/%.2f", l[0], l[1], l[2])
+}
+
+func fmtBytes(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "—"
+	}
+	return s
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
+}

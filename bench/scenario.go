@@ -1,0 +1,103 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Scenario is one system set up one way: what runs, which front end
+// reaches it, what is injected below it, and which workloads it gets. A
+// run compares every subject scenario (cairn) with every peer.
+type Scenario struct {
+	Name   string
+	System System
+	// FrontEnd is the protocol the drivers use; "" means NBD.
+	FrontEnd FrontEnd
+	// Latency is injected per storage operation below the front end.
+	Latency time.Duration
+	// Workloads limits the scenario to these workload names; nil runs every
+	// selected workload a driver supports on the front end.
+	Workloads []string
+	// Subject marks the system being judged: ratios are subject/peer.
+	Subject bool
+	// Optional scenarios run only when --systems names them.
+	Optional bool
+	// During, when set, runs beside every measured run until its context
+	// ends (a snapshot storm, a node kill); an error from it fails the run.
+	During func(ctx context.Context, t Target) error
+}
+
+func (s Scenario) frontEnd() FrontEnd {
+	if s.FrontEnd == "" {
+		return NBD
+	}
+	return s.FrontEnd
+}
+
+func (s Scenario) wants(w Workload) bool {
+	if s.Workloads == nil {
+		return true
+	}
+	for _, n := range s.Workloads {
+		if n == w.Name {
+			return true
+		}
+	}
+	return false
+}
+
+// Scenarios returns the standard scenarios, cairn first; cairn scenarios
+// share bin.
+//
+// A new scenario is one more entry, for example
+//
+//	{Name: "cairn-3node-r3", System: Cairnd{Bin: bin, Nodes: 3, Replicas: 3}, Subject: true, Optional: true},
+//	{Name: "cairn-snapstorm", System: Cairnd{Bin: bin}, Subject: true, Optional: true,
+//		During: snapshotEvery(time.Second)},
+//	{Name: "tgtd", System: TGTD{}, FrontEnd: ISCSI},
+func Scenarios(bin *Binary) []Scenario {
+	return []Scenario{
+		{Name: "cairn", System: Cairnd{Bin: bin}, Subject: true},
+		// Shows how well the front end pipelines: at qd32 and 1 ms per
+		// storage operation the limit is 32k IOPS.
+		{Name: "cairn-lat1ms", System: Cairnd{Bin: bin}, Latency: time.Millisecond, Subject: true, Optional: true},
+		{Name: "nbdkit-memory", System: NBDKit{Plugin: "memory"}},
+		{Name: "nbdkit-file", System: NBDKit{Plugin: "file"}},
+		{Name: "qemu-nbd", System: QemuNBD{}},
+		{Name: "nbd-server", System: NBDServer{}},
+	}
+}
+
+// selectScenarios returns the scenarios named in list (comma-separated), in
+// list order, or every non-optional one for "".
+func selectScenarios(all []Scenario, list string) (sel []Scenario, named bool, err error) {
+	if strings.TrimSpace(list) == "" {
+		for _, s := range all {
+			if !s.Optional {
+				sel = append(sel, s)
+			}
+		}
+		return sel, false, nil
+	}
+	seen := map[string]bool{}
+	for _, n := range strings.Split(list, ",") {
+		n = strings.TrimSpace(n)
+		if n == "" || seen[n] {
+			continue
+		}
+		seen[n] = true
+		found := false
+		for _, s := range all {
+			if s.Name == n {
+				sel, found = append(sel, s), true
+				break
+			}
+		}
+		if !found {
+			return nil, true, fmt.Errorf("%w: system %q (have %s)", ErrUsage, n, names(all, func(s Scenario) string { return s.Name }))
+		}
+	}
+	return sel, true, nil
+}
