@@ -108,7 +108,30 @@ type Raft struct {
 // Storage is the [storage] table: the data RPC listener of a storage node.
 type Storage struct {
 	Listen string `toml:"listen"` // host:port
+	// CacheSize (cache_size) bounds the block store's read cache, e.g.
+	// "1GiB". Memory is taken as blocks are read, up to this.
+	CacheSize Size `toml:"cache_size"`
 }
+
+// Bounds of storage.cache_size.
+const (
+	cacheSizeMin = 8 << 20
+	cacheSizeMax = 1 << 40
+)
+
+// Size is a byte count that decodes from "1GiB" (see ParseSize) or an
+// integer.
+type Size int64
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (s *Size) UnmarshalText(b []byte) error {
+	n, err := ParseSize(string(b))
+	*s = Size(n)
+	return err
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (s Size) MarshalText() ([]byte, error) { return []byte(FormatSize(int64(s))), nil }
 
 // VolumeSpec is one [[volume]] table.
 type VolumeSpec struct {
@@ -132,7 +155,7 @@ func Default() *Config {
 		ISCSI:    ISCSI{Listen: "127.0.0.1:3260", IQNPrefix: "iqn.2026-11.dev.cairn"},
 		Gossip:   Gossip{Bind: "127.0.0.1:7946", Join: []string{}},
 		Raft:     Raft{Bind: "127.0.0.1:7947", BootstrapExpect: 1},
-		Storage:  Storage{Listen: "127.0.0.1:7950"},
+		Storage:  Storage{Listen: "127.0.0.1:7950", CacheSize: 1 << 30},
 	}
 }
 
@@ -152,6 +175,7 @@ func Test(dir string) *Config {
 	c.Gossip.Bind = "127.0.0.1:0"
 	c.Raft.Bind = "127.0.0.1:0"
 	c.Storage.Listen = "127.0.0.1:0"
+	c.Storage.CacheSize = 64 << 20
 	return c
 }
 
@@ -311,6 +335,9 @@ func (c *Config) Validate() error {
 	var p problems
 	if err := ValidNodeName(c.NodeName); err != nil {
 		p.add("node_name", ErrInvalid, "%v", err)
+	}
+	if c.Storage.CacheSize < cacheSizeMin || c.Storage.CacheSize > cacheSizeMax {
+		p.add("storage.cache_size", ErrInvalid, "%s: want %s to %s", FormatSize(int64(c.Storage.CacheSize)), FormatSize(cacheSizeMin), FormatSize(cacheSizeMax))
 	}
 	if c.DataDir == "" {
 		p.add("data_dir", ErrInvalid, "must not be empty")

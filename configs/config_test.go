@@ -304,3 +304,18 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestCacheSize(t *testing.T) {
+	c, err := Parse([]byte("[storage]\ncache_size = \"2GiB\"\n"), "")
+	if err != nil || c.Storage.CacheSize != 2<<30 {
+		t.Fatalf("cache_size 2GiB: %v %v", c, err)
+	}
+	if c, _ := Parse(nil, ""); c.Storage.CacheSize != 1<<30 {
+		t.Fatalf("default cache_size %d, want 1GiB", c.Storage.CacheSize)
+	}
+	for _, bad := range []string{"\"1MiB\"", "\"lots\"", "\"2PiB\""} {
+		if _, err := Parse([]byte("[storage]\ncache_size = "+bad+"\n"), ""); err == nil || !strings.Contains(err.Error(), "cache_size") {
+			t.Errorf("cache_size = %s: %v, want an error naming storage.cache_size", bad, err)
+		}
+	}
+}

@@ -74,7 +74,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger) (_ *daemo
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
-	if d.store, err = store.Open(filepath.Join(cfg.DataDir, "blocks"), store.Options{Logger: log}); err != nil {
+	if d.store, err = store.Open(filepath.Join(cfg.DataDir, "blocks"), store.Options{Logger: log, CacheBytes: int64(cfg.Storage.CacheSize)}); err != nil {
 		return nil, fmt.Errorf("open block store: %w", err)
 	}
 	if d.catalog, err = cluster.Open(cluster.Options{
