@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 
@@ -305,4 +307,63 @@ func TestLargeRequests(t *testing.T) {
 	if err := v.ReadAt(ctx, got, 3<<20+512); err != nil || !bytes.Equal(got, make([]byte, len(got))) {
 		t.Fatalf("32 MiB zero did not read back as zeros: %v", err)
 	}
+}
+
+// TestLatencyPipelines: with 1 ms per node operation, 32 concurrent reads
+// overlap instead of queueing (the volume holds no lock across a node call
+// that would serialize them). Counted in node calls in flight, not time.
+func TestLatencyPipelines(t *testing.T) {
+	var peak, cur atomic.Int64
+	n := countingNode{Node: nopNode{}, cur: &cur, peak: &peak}
+	v, err := Open(Options{ID: 1, Size: 1 << 30, Generation: 1, Epoch: 1, Placement: NewLocal(Latency{Node: n, D: time.Millisecond})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := make([]byte, 4096)
+			for j := range 20 {
+				if j%2 == 0 {
+					v.ReadAt(ctx, p, int64(i*4096*64+j*4096))
+				} else {
+					v.WriteAt(ctx, p, int64(i*4096*64+j*4096), 0)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if peak.Load() < 8 {
+		t.Fatalf("at most %d node calls overlapped with 32 clients; the volume serializes them", peak.Load())
+	}
+}
+
+// countingNode tracks how many calls are inside the node at once.
+type countingNode struct {
+	Node
+	cur, peak *atomic.Int64
+}
+
+func (c countingNode) enter() func() {
+	n := c.cur.Add(1)
+	for {
+		p := c.peak.Load()
+		if n <= p || c.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	time.Sleep(time.Millisecond)
+	return func() { c.cur.Add(-1) }
+}
+
+func (c countingNode) Read(vol, block uint64, p []byte, epoch uint64) error {
+	defer c.enter()()
+	return c.Node.Read(vol, block, p, epoch)
+}
+
+func (c countingNode) Write(vol, block uint64, data []byte, st store.Stamp, sync bool) error {
+	defer c.enter()()
+	return c.Node.Write(vol, block, data, st, sync)
 }

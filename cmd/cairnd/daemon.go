@@ -48,6 +48,7 @@ type daemon struct {
 	admin   *http.Server
 
 	nbdAddr, iscsiAddr, adminAddr string
+	latency                       time.Duration // injected below the volumes (benchmarks)
 
 	mu struct {
 		sync.Mutex
@@ -62,8 +63,8 @@ type daemon struct {
 
 // start opens the store and catalog, creates declared volumes, and starts
 // serving. On error everything started so far is stopped.
-func start(ctx context.Context, cfg *configs.Config, log *slog.Logger) (_ *daemon, err error) {
-	d := &daemon{cfg: cfg, log: log, start: time.Now()}
+func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency time.Duration) (_ *daemon, err error) {
+	d := &daemon{cfg: cfg, log: log, start: time.Now(), latency: latency}
 	d.mu.vols = map[string]*volume.Volume{}
 	ctx, d.cancel = context.WithCancel(ctx)
 	defer func() {
@@ -222,7 +223,7 @@ func (d *daemon) reconcile(ctx context.Context) error {
 		v, err := volume.Open(volume.Options{
 			ID: av.ID, Size: av.Size, ChunkSize: av.ChunkSize,
 			Generation: av.Generation, Epoch: av.Epoch,
-			Placement: volume.NewLocal(d.store),
+			Placement: volume.NewLocal(d.node()),
 		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("open volume %q: %w", name, err))
@@ -351,4 +352,12 @@ func (t iscsiTargets) List() []string {
 		names[i] = t.d.iqn(n)
 	}
 	return names
+}
+
+// node is the local storage node the volumes use.
+func (d *daemon) node() volume.Node {
+	if d.latency > 0 {
+		return volume.Latency{Node: d.store, D: d.latency}
+	}
+	return d.store
 }

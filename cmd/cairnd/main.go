@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"cairn/configs"
 )
@@ -35,6 +36,7 @@ func run(args []string, stderr io.Writer) int {
 	adminListen := fs.String("admin-listen", "", "override [admin] listen")
 	raftBind := fs.String("raft-bind", "", "override [raft] bind")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	injectLatency := fs.Duration("inject-latency", 0, "benchmarks only: delay every storage operation below the front ends by this much")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -79,6 +81,10 @@ func run(args []string, stderr io.Writer) int {
 	if *raftBind != "" {
 		cfg.Raft.Bind = *raftBind
 	}
+	if *injectLatency < 0 || *injectLatency > time.Second {
+		fmt.Fprintf(stderr, "cairnd: --inject-latency %s: want 0 to 1s\n", *injectLatency)
+		return 2
+	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "cairnd: %v\n", err)
 		return 1
@@ -86,7 +92,10 @@ func run(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	d, err := start(ctx, cfg, log)
+	if *injectLatency > 0 {
+		log.Warn("injecting latency into every storage operation (benchmarks only)", "latency", *injectLatency)
+	}
+	d, err := start(ctx, cfg, log, *injectLatency)
 	if err != nil {
 		fmt.Fprintf(stderr, "cairnd: %v\n", err)
 		return 1
