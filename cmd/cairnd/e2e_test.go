@@ -593,3 +593,19 @@ func TestISCSI(t *testing.T) {
 	// The daemon still serves after the refusals.
 	sh(t, "iscsi-inq", "-i", initiator, p.iscsiURI("vol0"))
 }
+
+// TestISCSIIdle keeps an iSCSI session idle past the target's NOP-In
+// keepalive interval (15 s) twice over, then does I/O on it.
+func TestISCSIIdle(t *testing.T) {
+	need(t, "qemu-io")
+	if testing.Short() {
+		t.Skip("idles 35 s")
+	}
+	t.Parallel()
+	p := startDaemon(t)
+	out := sh(t, "qemu-io", "-f", "raw", "-c", "write -P 0x61 0 64k", "-c", "sleep 35000",
+		"-c", "read -P 0x61 0 64k", "-c", "write -P 0x62 64k 64k", "-c", "read -P 0x62 64k 64k", p.iscsiURI("vol0"))
+	if strings.Contains(out, "Pattern verification failed") || strings.Count(out, "bytes at offset") != 4 {
+		t.Fatalf("I/O after 35 s idle:\n%s", out)
+	}
+}
