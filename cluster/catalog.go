@@ -368,6 +368,30 @@ func (c *Catalog) Attach(ctx context.Context, name, node string) (Volume, error)
 	return c.apply(ctx, opAttach, &attachArgs{Name: name, Node: node})
 }
 
+// SetReservations replaces the opaque SCSI reservation state of a volume
+// (at most ReservationBytesMax bytes; empty removes it) through the Raft
+// log: once it returns nil the state is committed and survives restarts
+// and snapshots. Deleting the volume deletes it. Like every change it must
+// run on the leader (ErrNotLeader elsewhere).
+func (c *Catalog) SetReservations(ctx context.Context, name string, state []byte) error {
+	if err := validReservations(state); err != nil {
+		return fmt.Errorf("cluster: set reservations: %w", err)
+	}
+	_, err := c.apply(ctx, opSetReservations, &setReservationsArgs{Name: name, State: state})
+	return err
+}
+
+// Reservations returns a copy of the local replica's reservation state of a
+// volume: nil if none was set, ErrNotFound if there is no such volume. On
+// a follower it may lag the leader.
+func (c *Catalog) Reservations(name string) ([]byte, error) {
+	r, ok := c.fsm.reservations(name)
+	if !ok {
+		return nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	return r, nil
+}
+
 // Volume returns the local replica's record of a volume, or ErrNotFound.
 // On a follower it may lag the leader by the entries not yet applied.
 func (c *Catalog) Volume(name string) (Volume, error) {

@@ -164,10 +164,17 @@ func TestCatalogRestart(t *testing.T) {
 	if err := c.DeleteVolume(ctx, "v5"); err != nil {
 		t.Fatal(err)
 	}
+	// Reservations: one in the snapshot, one in the log after it.
+	if err := c.SetReservations(ctx, "v1", []byte("in the snapshot")); err != nil {
+		t.Fatal(err)
+	}
 	if err := c.raft.Snapshot().Error(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.ResizeVolume(ctx, "v0", 1<<30); err != nil { // after the snapshot
+		t.Fatal(err)
+	}
+	if err := c.SetReservations(ctx, "v2", []byte("in the log")); err != nil {
 		t.Fatal(err)
 	}
 	want := c.Volumes()
@@ -189,6 +196,11 @@ func TestCatalogRestart(t *testing.T) {
 	c2 := openLeader(t, opts)
 	if got := c2.Volumes(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("after restart:\n%+v\nwant\n%+v", got, want)
+	}
+	for name, want := range map[string]string{"v1": "in the snapshot", "v2": "in the log", "v0": ""} {
+		if got, err := c2.Reservations(name); err != nil || string(got) != want {
+			t.Fatalf("reservations of %s after restart: %q, %v; want %q", name, got, err, want)
+		}
 	}
 	v, err := c2.CreateVolume(ctx, "new", 4096, 1)
 	if err != nil {

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"sync"
@@ -100,6 +101,17 @@ func (f *fsm) volume(name string) (Volume, bool) {
 	defer f.mu.RUnlock()
 	v, ok := f.mu.st.Volumes[name]
 	return v, ok
+}
+
+// reservations returns a copy of a volume's reservation state (nil if
+// none) and whether the volume exists.
+func (f *fsm) reservations(name string) ([]byte, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if _, ok := f.mu.st.Volumes[name]; !ok {
+		return nil, false
+	}
+	return bytes.Clone(f.mu.st.Reservations[name]), true
 }
 
 func (f *fsm) volumes() []Volume {

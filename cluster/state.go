@@ -20,10 +20,12 @@ const (
 
 // Bounds on the catalog's contents.
 const (
-	volumesMax        = 1 << 16  // volumes in the catalog
-	commandBytesMax   = 64 << 10 // one encoded command
-	snapshotBytesMax  = 1 << 30  // one encoded snapshot
-	snapshotVersionV1 = 1
+	volumesMax      = 1 << 16   // volumes in the catalog
+	commandBytesMax = 128 << 10 // one encoded command: a reservation blob, base64
+	// ReservationBytesMax bounds the opaque reservation state of a volume.
+	ReservationBytesMax = 64 << 10
+	snapshotBytesMax    = 1 << 30 // one encoded snapshot
+	snapshotVersionV1   = 1
 )
 
 // Volume is the catalog's record of one logical volume. Values are copies:
@@ -57,6 +59,9 @@ type Volume struct {
 type state struct {
 	Volumes map[string]Volume `json:"volumes"` // by name
 	NextID  uint64            `json:"next_id"` // ID of the next created volume; >= 1
+	// Reservations holds the opaque SCSI reservation state of volumes, by
+	// name: only volumes that have one, never empty. nil means none.
+	Reservations map[string][]byte `json:"reservations,omitempty"`
 }
 
 func newState() state { return state{Volumes: map[string]Volume{}, NextID: 1} }
@@ -70,6 +75,8 @@ const (
 	opDeleteVolume op = "volume.delete"
 	opResizeVolume op = "volume.resize"
 	opAttach       op = "volume.attach"
+	// opSetReservations replaces a volume's reservation state.
+	opSetReservations op = "volume.reservations.set"
 )
 
 // command is the envelope of every log entry the catalog writes.
@@ -92,6 +99,12 @@ type deleteVolumeArgs struct {
 type resizeVolumeArgs struct {
 	Name string `json:"name"`
 	Size int64  `json:"size"`
+}
+
+type setReservationsArgs struct {
+	Name string `json:"name"`
+	// State is opaque, at most ReservationBytesMax bytes; empty removes it.
+	State []byte `json:"state"`
 }
 
 type attachArgs struct {
@@ -137,6 +150,8 @@ func decodeCommand(data []byte) (any, error) {
 		args = &resizeVolumeArgs{}
 	case opAttach:
 		args = &attachArgs{}
+	case opSetReservations:
+		args = &setReservationsArgs{}
 	default:
 		return nil, fmt.Errorf("%w: unknown command %.40q", ErrInvalid, c.Op)
 	}
@@ -193,6 +208,7 @@ func (s *state) apply(cmd any) (Volume, error) {
 			return Volume{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
 		}
 		delete(s.Volumes, a.Name)
+		delete(s.Reservations, a.Name)
 		return v, nil
 	case *resizeVolumeArgs:
 		v, ok := s.Volumes[a.Name]
@@ -220,6 +236,23 @@ func (s *state) apply(cmd any) (Volume, error) {
 		v.AttachedTo = a.Node
 		s.Volumes[a.Name] = v
 		return v, nil
+	case *setReservationsArgs:
+		v, ok := s.Volumes[a.Name]
+		if !ok {
+			return Volume{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
+		}
+		if err := validReservations(a.State); err != nil {
+			return Volume{}, fmt.Errorf("volume %q: %w", a.Name, err)
+		}
+		if len(a.State) == 0 {
+			delete(s.Reservations, a.Name)
+			return v, nil
+		}
+		if s.Reservations == nil {
+			s.Reservations = map[string][]byte{}
+		}
+		s.Reservations[a.Name] = bytes.Clone(a.State)
+		return v, nil
 	}
 	panic(fmt.Sprintf("cluster: state.apply: no case for %T", cmd)) // decodeCommand and apply disagree
 }
@@ -245,6 +278,17 @@ func (s *state) check() error {
 	}
 	if len(s.Volumes) > volumesMax {
 		return fmt.Errorf("%d volumes: more than %d", len(s.Volumes), volumesMax)
+	}
+	for name, r := range s.Reservations {
+		if _, ok := s.Volumes[name]; !ok {
+			return fmt.Errorf("reservations of volume %q, which does not exist", name)
+		}
+		if len(r) == 0 {
+			return fmt.Errorf("volume %q: empty reservations filed", name)
+		}
+		if err := validReservations(r); err != nil {
+			return fmt.Errorf("volume %q: %v", name, err)
+		}
 	}
 	ids := make(map[uint64]string, len(s.Volumes))
 	for name, v := range s.Volumes {
@@ -329,6 +373,13 @@ func validVolume(name string, size int64, replicas int) error {
 func validSize(size int64) error {
 	if err := configs.ValidVolumeSize(size); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return nil
+}
+
+func validReservations(state []byte) error {
+	if len(state) > ReservationBytesMax {
+		return fmt.Errorf("%w: reservation state of %d bytes exceeds %d", ErrInvalid, len(state), ReservationBytesMax)
 	}
 	return nil
 }

@@ -337,3 +337,69 @@ func FuzzFSMApply(f *testing.F) {
 		}
 	})
 }
+
+func TestFSMReservations(t *testing.T) {
+	f := newFSM()
+	populate(t, f)
+	big := bytes.Repeat([]byte{0xab}, ReservationBytesMax)
+	for i, s := range []struct {
+		name  string
+		state []byte
+		err   error
+		want  string // of name afterwards, when err == nil
+	}{
+		{"nosuch", []byte("x"), ErrNotFound, ""},
+		{"a", []byte("one"), nil, "one"},
+		{"a", []byte("two"), nil, "two"},
+		{"a", append(big, 0), ErrInvalid, ""},
+		{"b", big, nil, string(big)},
+		{"a", nil, nil, ""},
+		{"a", []byte{}, nil, ""},
+		{"a", []byte("three"), nil, "three"},
+	} {
+		_, err := applyTo(t, f, mustEncode(t, opSetReservations, setReservationsArgs{s.name, s.state}))
+		if !errors.Is(err, s.err) || (err == nil) != (s.err == nil) {
+			t.Fatalf("step %d: %v, want %v", i, err, s.err)
+		}
+		if err != nil {
+			continue
+		}
+		if got, ok := f.reservations(s.name); !ok || string(got) != s.want {
+			t.Fatalf("step %d: reservations %.20q (%v), want %.20q", i, got, ok, s.want)
+		}
+	}
+	// A copy: changing it changes nothing.
+	got, _ := f.reservations("a")
+	got[0] = 'X'
+	if again, _ := f.reservations("a"); string(again) != "three" {
+		t.Fatalf("reservations aliased: %q", again)
+	}
+	// Snapshot and restore keep them; a volume's deletion drops them.
+	data := snapshotBytes(t, f)
+	g := newFSM()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := g.reservations("b"); !bytes.Equal(r, big) {
+		t.Fatal("reservations lost in snapshot and restore")
+	}
+	if _, err := applyTo(t, g, mustEncode(t, opDeleteVolume, deleteVolumeArgs{"a"})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := applyTo(t, g, mustEncode(t, opCreateVolume, createVolumeArgs{"a", 4096, 1, t0})); err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := g.reservations("a"); !ok || r != nil {
+		t.Fatalf("recreated volume inherits reservations %q", r)
+	}
+	// A snapshot with reservations of a missing volume is refused.
+	var sf snapshotFile
+	if err := json.Unmarshal(data, &sf); err != nil {
+		t.Fatal(err)
+	}
+	sf.State.Reservations["ghost"] = []byte("x")
+	bad, _ := json.Marshal(sf)
+	if err := newFSM().Restore(io.NopCloser(bytes.NewReader(bad))); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("restore of reservations without volume: %v", err)
+	}
+}

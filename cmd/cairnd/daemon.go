@@ -124,7 +124,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		}
 	}()
 
-	d.iscsi = iscsi.NewServer(iscsi.Options{Targets: iscsiTargets{d}, Logger: log, CHAP: d.chap})
+	d.iscsi = iscsi.NewServer(iscsi.Options{Targets: iscsiTargets{d}, Logger: log, CHAP: d.chap, Reservations: reservations{d}})
 	il, err := net.Listen("tcp", cfg.ISCSI.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("[iscsi] listen: %w", err)
@@ -360,4 +360,32 @@ func (d *daemon) node() volume.Node {
 		return volume.Latency{Node: d.store, D: d.latency}
 	}
 	return d.store
+}
+
+// reservations keeps iSCSI persistent reservations in the catalog, so they
+// survive a restart of the daemon.
+type reservations struct{ d *daemon }
+
+func (r reservations) volume(iqn string) (string, error) {
+	v, ok := strings.CutPrefix(iqn, r.d.cfg.ISCSI.IQNPrefix+":")
+	if !ok {
+		return "", fmt.Errorf("iqn %q is outside the prefix %q", iqn, r.d.cfg.ISCSI.IQNPrefix)
+	}
+	return v, nil
+}
+
+func (r reservations) LoadReservations(ctx context.Context, iqn string) ([]byte, error) {
+	v, err := r.volume(iqn)
+	if err != nil {
+		return nil, err
+	}
+	return r.d.catalog.Reservations(v)
+}
+
+func (r reservations) SaveReservations(ctx context.Context, iqn string, state []byte) error {
+	v, err := r.volume(iqn)
+	if err != nil {
+		return err
+	}
+	return r.d.catalog.SetReservations(ctx, v, state)
 }

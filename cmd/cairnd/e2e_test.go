@@ -609,3 +609,23 @@ func TestISCSIIdle(t *testing.T) {
 		t.Fatalf("I/O after 35 s idle:\n%s", out)
 	}
 }
+
+// TestISCSIReservations runs libiscsi's persistent reservation suites
+// against the daemon, whose reservations live in the Raft catalog.
+func TestISCSIReservations(t *testing.T) {
+	need(t, "iscsi-test-cu")
+	t.Parallel()
+	p := startDaemon(t)
+	for _, suite := range []string{"SCSI.PrinReadKeys", "SCSI.PrinReportCapabilities", "SCSI.ProutRegister", "SCSI.ProutReserve", "SCSI.ProutClear", "SCSI.ProutPreempt", "SCSI.Reserve6"} {
+		out, err := shErr("iscsi-test-cu", "-d", "--test="+suite, "-i", "iqn.2026-11.test:pr1", "-I", "iqn.2026-11.test:pr2", p.iscsiURI("vol0"))
+		if err != nil || !strings.Contains(out, "Run Summary") || regexp.MustCompile(`asserts\s+\d+\s+\d+\s+\d+\s+[1-9]`).MatchString(out) {
+			t.Errorf("iscsi-test-cu --test=%s: %v\n%s", suite, err, out)
+		}
+		if strings.Contains(out, "not implemented") {
+			t.Errorf("iscsi-test-cu --test=%s skipped as not implemented:\n%s", suite, out)
+		}
+	}
+	if st := p.logs(); strings.Contains(st, "level=ERROR") {
+		t.Errorf("daemon logged errors:\n%s", st)
+	}
+}

@@ -15,6 +15,16 @@
 //     connection per session). Transcripts in testdata/login.
 //   - Sessions (server.go, session.go) and the SCSI device server (scsi.go,
 //     inquiry.go, sense.go, rangelock.go).
+//   - Reservations: persistent reservations (SPC-4 §5.9) as a pure state
+//     machine (pr.go: PERSISTENT RESERVE OUT from I_T nexus, CDB and
+//     parameter list to a new immutable state, unit attentions and aborts;
+//     PERSISTENT RESERVE IN; the conflict table; a versioned, bounded
+//     encoding), fuzzed (FuzzPROut, FuzzDecodePRState); and reservation.go,
+//     which loads a target's state from Options.Reservations at its first
+//     command, saves every change there before acknowledging it, publishes
+//     it for lock-free conflict checks on every command, and keeps SPC-2
+//     RESERVE/RELEASE (not persistent; released by I_T nexus loss, LUN
+//     reset and target reset).
 //
 // Goroutines: Serve starts one goroutine per connection. It logs in, then
 // reads PDUs (the reader); it starts one writer goroutine, the only one
@@ -44,12 +54,24 @@
 //     per session (TASK SET FULL past it), MaxRecvDataSegmentLength per PDU
 //     received, 64 KiB of text per request.
 //   - Errors map to sense data in one function, senseFor.
+//   - An I_T nexus is (lower-cased initiator name, ISID); the target port
+//     is implicit (one target per unit, one portal group), so ALL_TG_PT is
+//     accepted and changes nothing. Registrations are bounded by
+//     RegistrationsMax, encoded state by ReservationStateBytesMax. A PR OUT
+//     is acknowledged only after ReservationStore.SaveReservations
+//     returned nil (else HARDWARE ERROR / INTERNAL TARGET FAILURE, and the
+//     state is reloaded from the store at the next command). State is
+//     always saved, whatever APTPL says (a cairnd restart is an I_T nexus
+//     loss, not a power loss of the volume); APTPL is refused without a
+//     store. Conflict checks come after unit attentions.
 //   - COMPARE AND WRITE holds its blocks exclusive in a per-LUN range lock
 //     that every write holds shared, so no write lands between its compare
 //     and its write.
 //
-// Not implemented: persistent reservations (PERSISTENT RESERVE IN/OUT get
-// INVALID COMMAND OPERATION CODE), more than one connection per session,
+// Not implemented: REGISTER AND MOVE and SPEC_I_PT (declined: INVALID
+// FIELD IN CDB / PARAMETER LIST), compatible reservation handling (CRH 0:
+// RESERVE/RELEASE conflict while any registration exists), more than one
+// connection per session,
 // ERL 1 and 2 (SNACK is rejected), task attributes other than SIMPLE
 // (ORDERED and HEAD OF QUEUE run as SIMPLE), protection information.
 package iscsi

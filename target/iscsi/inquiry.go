@@ -349,6 +349,21 @@ var supportedOpcodes = []opcode{
 	{usage: []byte{scsiWrite12, 0xf8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
 	{usage: []byte{scsiWriteVerify12, 0xf2, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
 	{usage: []byte{scsiVerify12, 0xf6, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x3f, 0}},
+	{usage: []byte{scsiReserve6, 0, 0, 0, 0, 0}},
+	{usage: []byte{scsiRelease6, 0, 0, 0, 0, 0}},
+	{usage: []byte{scsiReserve10, 0, 0, 0, 0, 0, 0, 0, 0, 0}},
+	{usage: []byte{scsiRelease10, 0, 0, 0, 0, 0, 0, 0, 0, 0}},
+	{sa: prReadKeys, hasSA: true, usage: []byte{scsiPRIn, prReadKeys, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
+	{sa: prReadReservation, hasSA: true, usage: []byte{scsiPRIn, prReadReservation, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
+	{sa: prReportCapabilities, hasSA: true, usage: []byte{scsiPRIn, prReportCapabilities, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
+	{sa: prReadFullStatus, hasSA: true, usage: []byte{scsiPRIn, prReadFullStatus, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
+	{sa: prRegister, hasSA: true, usage: []byte{scsiPROut, prRegister, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{sa: prReserve, hasSA: true, usage: []byte{scsiPROut, prReserve, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{sa: prRelease, hasSA: true, usage: []byte{scsiPROut, prRelease, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{sa: prClear, hasSA: true, usage: []byte{scsiPROut, prClear, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{sa: prPreempt, hasSA: true, usage: []byte{scsiPROut, prPreempt, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{sa: prPreemptAbort, hasSA: true, usage: []byte{scsiPROut, prPreemptAbort, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{sa: prRegisterIgnore, hasSA: true, usage: []byte{scsiPROut, prRegisterIgnore, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
 }
 
 // timeoutsDescriptor is the command timeouts descriptor (no timeouts known).

@@ -237,6 +237,13 @@ func TestInteropTestCU(t *testing.T) {
 	if len(perSuite) == 0 {
 		t.Fatalf("no suites ran:\n%s", out)
 	}
+	// Reservations are implemented: their suites must run, not skip.
+	for _, skip := range []string{"PERSISTENT RESERVE IN is not implemented", "PERSISTENT RESERVE OUT is not implemented",
+		"PROUT Not Supported", "[SKIPPED] RESERVE6 is not"} {
+		if strings.Contains(out, skip) {
+			t.Errorf("iscsi-test-cu skipped reservation tests: %q", skip)
+		}
+	}
 	expected := readCUExpectations(t)
 	for name, cond := range failed {
 		if _, ok := expected[name]; !ok {

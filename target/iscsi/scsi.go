@@ -85,6 +85,7 @@ type lun struct {
 	// SYNCHRONIZE CACHE or FUA. When cleared by MODE SELECT, every write is
 	// sent with FUA.
 	wce atomic.Bool
+	res reservations
 
 	mu struct {
 		sync.Mutex
@@ -92,12 +93,13 @@ type lun struct {
 	}
 }
 
-func newLUN(name string, dev target.Device, blockSize, xferMax int) *lun {
+func newLUN(name string, dev target.Device, blockSize, xferMax int, store ReservationStore) *lun {
 	if blockSize != 512 && blockSize != 4096 {
 		panic("iscsi: logical block size must be 512 or 4096")
 	}
 	u := &lun{name: name, dev: dev, blockSize: blockSize, xferMax: xferMax, locks: newRangeLock()}
 	u.mapper, _ = dev.(target.Mapper)
+	u.res.store = store
 	if phys := dev.Info().BlockSize; phys > blockSize && phys%blockSize == 0 {
 		u.physExp = byte(bits.Len(uint(phys/blockSize)) - 1)
 	}
@@ -178,8 +180,7 @@ func (u *lun) exec(ctx context.Context, s *session, c *scsiCmd, r *scsiResult) {
 	err := u.dispatch(ctx, s, c, r)
 	if err != nil {
 		r.release()
-		r.status = statusCheckCondition
-		r.sense = senseFor(err, isWrite(c.cdb[0]))
+		r.status, r.sense = statusFor(err, isWrite(c.cdb[0]))
 	}
 }
 
@@ -224,8 +225,19 @@ func (u *lun) dispatch(ctx context.Context, s *session, c *scsiCmd, r *scsiResul
 	if ua, ok := s.takeUA(u); ok {
 		return ua
 	}
+	if err := u.checkReservations(ctx, s.nexus, cdb); err != nil {
+		return err
+	}
 	info := u.dev.Info()
 	switch op {
+	case scsiPRIn:
+		return u.persistentReserveIn(ctx, cdb, r)
+	case scsiPROut:
+		return u.persistentReserveOut(ctx, s, c, r)
+	case scsiReserve6, scsiReserve10:
+		return u.reserve(ctx, s.nexus, cdb)
+	case scsiRelease6, scsiRelease10:
+		return u.release(ctx, s.nexus)
 	case scsiTestUnitReady, scsiStartStopUnit:
 		return nil
 	case scsiReadCapacity10:

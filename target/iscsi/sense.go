@@ -13,6 +13,7 @@ const (
 	statusGood           = 0x00
 	statusCheckCondition = 0x02
 	statusBusy           = 0x08
+	statusResConflict    = 0x18
 	statusTaskSetFull    = 0x28
 )
 
@@ -65,12 +66,20 @@ var (
 	senseTaskAborted        = sense{key: keyAbortedCommand, asc: 0x00, ascq: 0x00}
 	senseNoSense            = sense{key: keyNoSense}
 
+	senseInvalidRelease           = sense{key: keyIllegalRequest, asc: 0x26, ascq: 0x04} // INVALID RELEASE OF PERSISTENT RESERVATION
+	senseInsufficientRegistration = sense{key: keyIllegalRequest, asc: 0x55, ascq: 0x04}
+	senseInternalTargetFailure    = sense{key: keyHardwareError, asc: 0x44}
+
 	// Unit attentions.
 	uaPowerOnReset     = sense{key: keyUnitAttention, asc: 0x29}
 	uaBusReset         = sense{key: keyUnitAttention, asc: 0x29, ascq: 0x02}
 	uaLUNReset         = sense{key: keyUnitAttention, asc: 0x29, ascq: 0x03}
 	uaCapacityChanged  = sense{key: keyUnitAttention, asc: 0x2a, ascq: 0x09}
 	uaModeParamChanged = sense{key: keyUnitAttention, asc: 0x2a, ascq: 0x01}
+
+	uaReservationsPreempted  = sense{key: keyUnitAttention, asc: 0x2a, ascq: 0x03}
+	uaReservationsReleased   = sense{key: keyUnitAttention, asc: 0x2a, ascq: 0x04}
+	uaRegistrationsPreempted = sense{key: keyUnitAttention, asc: 0x2a, ascq: 0x05}
 )
 
 // senseFor is the one mapping from errors to SCSI sense data. A sense error
@@ -83,6 +92,8 @@ func senseFor(err error, write bool) sense {
 	switch {
 	case errors.As(err, &s):
 		return s
+	case errors.Is(err, ErrReservationStore):
+		return senseInternalTargetFailure
 	case errors.Is(err, target.ErrOutOfRange):
 		return senseLBAOutOfRange
 	case errors.Is(err, target.ErrInvalid):
@@ -99,6 +110,16 @@ func senseFor(err error, write bool) sense {
 		return senseWriteError
 	}
 	return senseReadError
+}
+
+// statusFor maps a command handler's error to its status and sense:
+// RESERVATION CONFLICT has no sense data, everything else is CHECK
+// CONDITION with the sense senseFor gives.
+func statusFor(err error, write bool) (byte, sense) {
+	if errors.Is(err, errReservationConflict) {
+		return statusResConflict, sense{}
+	}
+	return statusCheckCondition, senseFor(err, write)
 }
 
 // fixedSenseBytes is the length of fixed-format sense data we send.

@@ -77,6 +77,11 @@ type Options struct {
 	NopInInterval, NopInTimeout time.Duration
 	// LoginTimeout bounds a login from accept to full feature phase.
 	LoginTimeout time.Duration
+	// Reservations keeps persistent reservations across restarts: a
+	// PERSISTENT RESERVE OUT is acknowledged once saved there, and a
+	// target's state is loaded at its first command. nil keeps them in
+	// memory only (and APTPL is refused).
+	Reservations ReservationStore
 }
 
 func (o Options) withDefaults() Options {
@@ -300,7 +305,7 @@ func (s *Server) lunFor(iqn string, dev target.Device) *lun {
 	if bs != 512 && bs != 4096 {
 		bs = 512
 	}
-	u := newLUN(iqn, dev, bs, s.opts.TransferBytesMax)
+	u := newLUN(iqn, dev, bs, s.opts.TransferBytesMax, s.opts.Reservations)
 	s.mu.luns[iqn] = u
 	return u
 }

@@ -102,6 +102,7 @@ type session struct {
 	lun                       *lun // nil for discovery sessions
 	targetName, initiatorName string
 	isid                      [6]byte
+	nexus                     nexus // of initiatorName and isid
 	tsih                      uint16
 	discovery                 bool
 	window                    int
@@ -203,6 +204,7 @@ func (s *session) login() error {
 		if step.done {
 			s.p, s.d = l.params, l.params.digests()
 			s.initiatorName, s.isid = l.initiatorName, l.isid
+			s.nexus = nexusOf(l.initiatorName, l.isid)
 			s.discovery = l.sessionType == sessionDiscovery
 			if !s.discovery {
 				dev, ok := s.srv.opts.Targets.Lookup(l.targetName)
@@ -289,6 +291,9 @@ func (s *session) teardown(err error) {
 		s.lun.mu.Lock()
 		delete(s.lun.mu.sessions, s)
 		s.lun.mu.Unlock()
+		if s.tsih != 0 {
+			s.lun.releaseSPC2(s.nexus, false) // I_T nexus loss
+		}
 	}
 }
 
@@ -1047,6 +1052,7 @@ func (s *session) taskMgmt(h *header) error {
 			o.addUA(ua)
 		}
 		s.lun.wce.Store(true)
+		s.lun.releaseSPC2(nexus{}, true)
 	case tmfClearACA, tmfTargetColdReset:
 		resp = tmfRespNotSupported
 	case tmfTaskReassign:

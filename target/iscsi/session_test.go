@@ -14,6 +14,7 @@ type rawInitiator struct {
 	nc     net.Conn
 	br     *bufio.Reader
 	d      digests
+	name   string // InitiatorName; "" means iqn.2026-01.test:raw
 	cmdSN  uint32
 	statSN uint32
 }
@@ -75,7 +76,11 @@ func (r *rawInitiator) login(iqn string, tsih uint16, keys ...string) PDU {
 	copy(p.hdr[8:14], []byte{0x40, 0, 0, 1, 2, 3})
 	p.hdr.setU16(14, tsih)
 	p.hdr.setU32(24, r.cmdSN)
-	pairs := []pair{{"InitiatorName", "iqn.2026-01.test:raw"}, {"TargetName", iqn}}
+	name := r.name
+	if name == "" {
+		name = "iqn.2026-01.test:raw"
+	}
+	pairs := []pair{{"InitiatorName", name}, {"TargetName", iqn}}
 	for _, k := range keys {
 		kk, v, _ := bytes.Cut([]byte(k), []byte("="))
 		pairs = append(pairs, pair{string(kk), string(v)})

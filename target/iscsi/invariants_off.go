@@ -1,0 +1,6 @@
+//go:build !invariants
+
+package iscsi
+
+// invariants turns on expensive self-checks (go test -tags invariants).
+const invariants = false
