@@ -228,12 +228,13 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 	first := uint64(off >> blockShift)
 	last := uint64((off + int64(len(p)) - 1) >> blockShift)
-	buf := getBuf(int((last - first + 1) << blockShift))
-	defer putBuf(buf)
-	if err := v.readBlocks(first, buf.b, epoch); err != nil {
+	bp := target.GetBuffer(int((last - first + 1) << blockShift))
+	defer target.PutBuffer(bp)
+	buf := (*bp)[:(last-first+1)<<blockShift]
+	if err := v.readBlocks(first, buf, epoch); err != nil {
 		return v.fail(err)
 	}
-	copy(p, buf.b[off-int64(first<<blockShift):])
+	copy(p, buf[off-int64(first<<blockShift):])
 	return nil
 }
 
@@ -318,21 +319,22 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, flags target.
 	}
 	// Read-modify-write of the partial edge blocks; the exclusive stripe
 	// locks keep any other write of these blocks out until we are done.
-	buf := getBuf(int((last - first + 1) << blockShift))
-	defer putBuf(buf)
+	bp := target.GetBuffer(int((last - first + 1) << blockShift))
+	defer target.PutBuffer(bp)
+	buf := (*bp)[:(last-first+1)<<blockShift]
 	epoch := v.epoch.Load()
 	if headPartial {
-		if err := v.readBlocks(first, buf.b[:BlockSize], epoch); err != nil {
+		if err := v.readBlocks(first, buf[:BlockSize], epoch); err != nil {
 			return v.fail(err)
 		}
 	}
 	if tailPartial && (last != first || !headPartial) {
-		if err := v.readBlocks(last, buf.b[len(buf.b)-BlockSize:], epoch); err != nil {
+		if err := v.readBlocks(last, buf[len(buf)-BlockSize:], epoch); err != nil {
 			return v.fail(err)
 		}
 	}
-	copy(buf.b[off-int64(first<<blockShift):], p)
-	return v.fail(v.writeBlocks(first, buf.b, sync))
+	copy(buf[off-int64(first<<blockShift):], p)
+	return v.fail(v.writeBlocks(first, buf, sync))
 }
 
 // writeBlocks stamps whole blocks and writes them to every replica of their
@@ -428,13 +430,14 @@ func (v *Volume) Zero(ctx context.Context, off, n int64, flags target.ZeroFlags)
 // zeroPartial zeroes bytes [from, to) of one block by read-modify-write.
 // The caller holds the block's stripe lock exclusively.
 func (v *Volume) zeroPartial(block uint64, from, to int64, epoch uint64, sync bool) error {
-	buf := getBuf(BlockSize)
-	defer putBuf(buf)
-	if err := v.readBlocks(block, buf.b, epoch); err != nil {
+	bp := target.GetBuffer(BlockSize)
+	defer target.PutBuffer(bp)
+	buf := (*bp)[:BlockSize]
+	if err := v.readBlocks(block, buf, epoch); err != nil {
 		return err
 	}
-	clear(buf.b[from:to])
-	return v.writeBlocks(block, buf.b, sync)
+	clear(buf[from:to])
+	return v.writeBlocks(block, buf, sync)
 }
 
 // Flush implements target.Device.

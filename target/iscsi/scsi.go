@@ -134,7 +134,7 @@ type scsiResult struct {
 
 // dataBuf returns a pooled Data-In buffer of n bytes.
 func (r *scsiResult) dataBuf(n int) []byte {
-	r.buf = getBuffer(n)
+	r.buf = target.GetBuffer(n)
 	b := (*r.buf)[:n]
 	return b
 }
@@ -149,7 +149,7 @@ func (r *scsiResult) reply(p []byte, alloc int) {
 
 func (r *scsiResult) release() {
 	if r.buf != nil {
-		putBuffer(r.buf)
+		target.PutBuffer(r.buf)
 		r.buf = nil
 	}
 	r.dataIn = nil
@@ -425,8 +425,8 @@ func (u *lun) verify(ctx context.Context, info target.Info, flags byte, lba uint
 	if n == 0 {
 		return nil
 	}
-	buf := getBuffer(total)
-	defer putBuffer(buf)
+	buf := target.GetBuffer(total)
+	defer target.PutBuffer(buf)
 	have := (*buf)[:total]
 	if err := u.dev.ReadAt(ctx, have, int64(lba)*int64(u.blockSize)); err != nil {
 		return err
@@ -505,8 +505,8 @@ func (u *lun) writeSame(ctx context.Context, info target.Info, flags byte, lba u
 		return u.dev.Zero(ctx, off, length, zf)
 	}
 	chunk := int(min(length, writeSameChunkBytes))
-	buf := getBuffer(chunk)
-	defer putBuffer(buf)
+	buf := target.GetBuffer(chunk)
+	defer target.PutBuffer(buf)
 	p := (*buf)[:chunk]
 	for i := 0; i < chunk; i += u.blockSize {
 		copy(p[i:], pattern)
@@ -624,8 +624,8 @@ func (u *lun) compareAndWrite(ctx context.Context, info target.Info, cdb []byte,
 		return senseInvalidFieldIU
 	}
 	want, next := c.data[:total], c.data[total:2*total]
-	buf := getBuffer(total)
-	defer putBuffer(buf)
+	buf := target.GetBuffer(total)
+	defer target.PutBuffer(buf)
 	have := (*buf)[:total]
 	id := u.lockID.Add(1)
 	u.locks.lock(lba, lba+uint64(n), true, id)

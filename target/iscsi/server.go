@@ -100,7 +100,7 @@ func (o Options) withDefaults() Options {
 	if o.TransferBytesMax == 0 {
 		o.TransferBytesMax = TransferBytesMaxDefault
 	}
-	if o.TransferBytesMax < 64<<10 || o.TransferBytesMax > 1<<bufferClassMax {
+	if o.TransferBytesMax < 64<<10 || o.TransferBytesMax > 32<<20 {
 		panic(fmt.Sprintf("iscsi: TransferBytesMax %d outside [64 KiB, 32 MiB]", o.TransferBytesMax))
 	}
 	if o.InFlightBytesMax == 0 {

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"cairn/target"
 )
 
 // Task states. A task is collecting while its Data-Out arrives (owned by
@@ -281,7 +283,7 @@ func (s *session) teardown(err error) {
 	s.mu.Lock()
 	for itt, t := range s.mu.tasks {
 		if t.state.Load() == taskCollecting && t.buf != nil {
-			putBuffer(t.buf)
+			target.PutBuffer(t.buf)
 			t.buf = nil
 		}
 		delete(s.mu.tasks, itt)
@@ -321,7 +323,7 @@ func (s *session) writeLoop() {
 		}
 		err := s.writePDU(&p)
 		if p.release != nil {
-			putBuffer(p.release)
+			target.PutBuffer(p.release)
 		}
 		if err == nil && (len(s.out) == 0 || p.closeAfter) {
 			s.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
@@ -779,7 +781,7 @@ func (s *session) scsiCommand(h *header, ahs []byte) error {
 	t.done = make(chan struct{})
 
 	if t.write && t.edtl > 0 {
-		t.buf = getBuffer(t.edtl)
+		t.buf = target.GetBuffer(t.edtl)
 		t.data = (*t.buf)[:t.edtl]
 		if err := s.readData(t.data[:n]); err != nil {
 			return err
@@ -896,7 +898,7 @@ func (s *session) failCollecting(t *task, sn sense) {
 	}
 	s.forget(t)
 	if t.buf != nil {
-		putBuffer(t.buf)
+		target.PutBuffer(t.buf)
 		t.buf, t.data = nil, nil
 	}
 	t.cancel()
@@ -922,7 +924,7 @@ func (s *session) run(t *task) {
 	c := scsiCmd{cdb: t.cdb[:cdbLen(t.cdb[0])], lun: t.lunField, data: t.data, edtl: t.edtl}
 	s.lun.exec(t.ctx, s, &c, &r)
 	if t.buf != nil {
-		putBuffer(t.buf)
+		target.PutBuffer(t.buf)
 		t.buf, t.data = nil, nil
 	}
 	if !t.state.CompareAndSwap(taskRunning, taskResponding) {
@@ -1094,7 +1096,7 @@ func (s *session) abort(t *task, owner bool) ([]*task, bool) {
 		t.cancel()
 		close(t.done)
 		if owner && t.buf != nil {
-			putBuffer(t.buf)
+			target.PutBuffer(t.buf)
 			t.buf, t.data = nil, nil
 		}
 		return nil, true

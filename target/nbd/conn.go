@@ -128,7 +128,7 @@ func (c *conn) dispatch(req Request) string {
 	r := getRequest()
 	r.Request, r.err, r.budget = req, err, n
 	if n > 0 {
-		r.buf = getBuffer(n)
+		r.buf = target.GetBuffer(n)
 		r.data = (*r.buf)[:n]
 	}
 	if err != nil {
@@ -348,7 +348,7 @@ func (c *conn) writer() {
 // release returns r's resources.
 func (c *conn) release(r *request) {
 	if r.buf != nil {
-		putBuffer(r.buf)
+		target.PutBuffer(r.buf)
 	}
 	c.inflight.release(r.budget)
 	putRequest(r)

@@ -29,7 +29,8 @@ const (
 	RequestBytesMaxDefault  = 32 << 20 // READ/WRITE payload; the document's interoperable maximum
 	InFlightBytesMaxDefault = 128 << 20
 
-	requestBytesMin = 64 << 10 // unfragmented reads up to 64 KiB must work
+	requestBytesMin   = 64 << 10 // unfragmented reads up to 64 KiB must work
+	requestBytesLimit = 32 << 20 // the NBD block size maximum we advertise
 )
 
 // Timeouts.
@@ -80,8 +81,8 @@ func (o Options) withDefaults() Options {
 	if o.RequestBytesMax == 0 {
 		o.RequestBytesMax = RequestBytesMaxDefault
 	}
-	if o.RequestBytesMax < requestBytesMin || o.RequestBytesMax > 1<<bufferClassMax {
-		panic(fmt.Sprintf("nbd: RequestBytesMax %d outside [%d, %d]", o.RequestBytesMax, requestBytesMin, 1<<bufferClassMax))
+	if o.RequestBytesMax < requestBytesMin || o.RequestBytesMax > requestBytesLimit {
+		panic(fmt.Sprintf("nbd: RequestBytesMax %d outside [%d, %d]", o.RequestBytesMax, requestBytesMin, requestBytesLimit))
 	}
 	if o.InFlightBytesMax == 0 {
 		o.InFlightBytesMax = InFlightBytesMaxDefault
