@@ -3,8 +3,8 @@ GO      ?= go
 BIN     := bin
 CONFIG  ?= configs/single.toml
 # Debian packages the integration tests drive (real clients, real peers).
-TEST_PKGS  := libnbd-bin qemu-utils qemu-block-extra fio libiscsi-bin nbdkit nbd-server
-TEST_TOOLS := nbdinfo nbdcopy qemu-io qemu-img fio iscsi-ls iscsi-inq iscsi-readcapacity16 iscsi-test-cu iscsi-perf nbdkit
+TEST_PKGS  := libnbd-bin qemu-utils qemu-block-extra fio libiscsi-bin nbdkit nbd-server tgt
+TEST_TOOLS := nbdinfo nbdcopy qemu-io qemu-img fio iscsi-ls iscsi-inq iscsi-readcapacity16 iscsi-test-cu iscsi-perf nbdkit tgtd tgtadm
 STATICCHECK_VERSION ?= v0.8.2
 FUZZTIME ?= 10s
 

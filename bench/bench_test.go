@@ -269,37 +269,13 @@ func checkPNG(t *testing.T, path string) {
 // and fails if a run measures nothing or a process outlives the run. With
 // -short it leaves cairnd out.
 func TestSmoke(t *testing.T) {
-	for _, tool := range []string{"fio", "nbdkit"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CAIRN_REQUIRE_TOOLS") != "" {
-				t.Fatalf("%s not installed and CAIRN_REQUIRE_TOOLS is set", tool)
-			}
-			t.Skipf("%s not installed", tool)
-		}
-	}
-	out, work := t.TempDir(), t.TempDir()
-	args := []string{"--smoke", "--out", out, "--workdir", work}
+	requireTools(t, "fio", "nbdkit")
+	t.Parallel()
+	var extra []string
 	if testing.Short() {
-		args = append(args, "--systems", "nbdkit-memory,nbdkit-file")
+		extra = []string{"--systems", "nbdkit-memory,nbdkit-file"}
 	}
-	var stdout, stderr bytes.Buffer
-	code := Main(args, &stdout, &stderr)
-	t.Logf("cairn bench %s:\n%s\n%s", strings.Join(args, " "), stderr.String(), stdout.String())
-	if code != 0 {
-		t.Fatalf("exit %d", code)
-	}
-	if left := processesUnder(work); len(left) > 0 {
-		t.Errorf("processes left running: %v", left)
-	}
-	f, err := os.Open(filepath.Join(out, "results.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	rep, err := ReadReport(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep, out := smoke(t, extra...)
 	ran := rep.ranSystems()
 	if len(ran) < 2 {
 		t.Fatalf("systems that ran: %v", ran)
@@ -324,6 +300,47 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
+}
+
+// requireTools skips the test when a tool is missing, or fails it when
+// CAIRN_REQUIRE_TOOLS is set.
+func requireTools(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CAIRN_REQUIRE_TOOLS") != "" {
+				t.Fatalf("%s not installed and CAIRN_REQUIRE_TOOLS is set", tool)
+			}
+			t.Skipf("%s not installed", tool)
+		}
+	}
+}
+
+// smoke runs `cairn bench --smoke` with extra flags, checks it exits 0 and
+// leaves no process behind, and returns its report and output directory.
+func smoke(t *testing.T, extra ...string) (*Report, string) {
+	t.Helper()
+	out, work := t.TempDir(), t.TempDir()
+	args := append([]string{"--smoke", "--out", out, "--workdir", work}, extra...)
+	var stdout, stderr bytes.Buffer
+	code := Main(args, &stdout, &stderr)
+	t.Logf("cairn bench %s:\n%s\n%s", strings.Join(args, " "), stderr.String(), stdout.String())
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if left := processesUnder(work); len(left) > 0 {
+		t.Errorf("processes left running: %v", left)
+	}
+	f, err := os.Open(filepath.Join(out, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rep, err := ReadReport(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep, out
 }
 
 // processesUnder lists live processes whose working directory or command
@@ -363,7 +380,10 @@ func TestCairndConfig(t *testing.T) {
 	if cfg.DataDir != filepath.Join(dir, "data") {
 		t.Fatalf("data_dir %q", cfg.DataDir)
 	}
-	for _, a := range []string{cfg.NBD.Listen, cfg.Admin.Listen, cfg.Raft.Bind} {
+	if cfg.ISCSI.IQNPrefix != cairnIQNPrefix {
+		t.Fatalf("iqn_prefix %q", cfg.ISCSI.IQNPrefix)
+	}
+	for _, a := range []string{cfg.NBD.Listen, cfg.ISCSI.Listen, cfg.Admin.Listen, cfg.Raft.Bind} {
 		if !strings.HasPrefix(a, "127.0.0.1:") || strings.HasSuffix(a, ":0") {
 			t.Errorf("listener %q is not a free loopback port", a)
 		}
@@ -371,10 +391,17 @@ func TestCairndConfig(t *testing.T) {
 }
 
 func TestServingLine(t *testing.T) {
-	line := `time=2026-11-22T22:56:01.123Z level=INFO msg="cairnd serving" node=cairn nbd=127.0.0.1:41234 admin=127.0.0.1:41235 volumes=1`
+	line := `time=2026-11-22T22:56:01.123Z level=INFO msg="cairnd serving" node=cairn nbd=127.0.0.1:41234 iscsi=127.0.0.1:41236 admin=127.0.0.1:41235 data_dir=/d volumes=1`
 	m := servingRE.FindStringSubmatch(line)
-	if m == nil || m[1] != "127.0.0.1:41234" {
+	if m == nil || m[1] != "127.0.0.1:41234" || m[2] != "127.0.0.1:41236" {
 		t.Fatalf("match %q", m)
+	}
+	o := StartOptions{Export: "vol0", SizeBytes: 1 << 20}
+	if tg := cairnTarget(ISCSI, m[1], m[2], o); tg.URI != "iscsi://127.0.0.1:41236/iqn.2026-11.dev.cairn:vol0/0" || tg.LogicalBlockBytes != 512 {
+		t.Fatalf("iSCSI target %+v", tg)
+	}
+	if tg := cairnTarget(NBD, m[1], m[2], o); tg.URI != "nbd://127.0.0.1:41234/vol0" {
+		t.Fatalf("NBD target %+v", tg)
 	}
 	if servingRE.MatchString(`level=INFO msg="created declared volume" nbd=x`) {
 		t.Fatal("matched another line")

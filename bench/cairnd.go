@@ -81,17 +81,31 @@ func (c Cairnd) Describe(ctx context.Context) string {
 	return fmt.Sprintf("%s, %d node(s), all roles, pebble store", d, max(c.Nodes, 1))
 }
 
-// servingRE matches the line cairnd logs once it serves.
-var servingRE = regexp.MustCompile(`msg="cairnd serving".* nbd=(\S+)`)
+// servingRE matches the line cairnd logs once it serves: its NBD and
+// iSCSI addresses.
+var servingRE = regexp.MustCompile(`msg="cairnd serving".* nbd=(\S+) iscsi=(\S+)`)
+
+// cairnIQNPrefix names the harness's cairnd targets: prefix:volume, LUN 0.
+const cairnIQNPrefix = "iqn.2026-11.dev.cairn"
+
+// cairnTarget returns the target a cairnd serving on nbdAddr and iscsiAddr
+// offers to drivers of fe.
+func cairnTarget(fe FrontEnd, nbdAddr, iscsiAddr string, o StartOptions) Target {
+	if fe == ISCSI {
+		return Target{FrontEnd: ISCSI, URI: iscsiURI(iscsiAddr, cairnIQNPrefix+":"+o.Export, 0),
+			SizeBytes: o.SizeBytes, LogicalBlockBytes: 512}
+	}
+	return Target{FrontEnd: NBD, URI: nbdURI(nbdAddr, o.Export), SizeBytes: o.SizeBytes}
+}
 
 func (c Cairnd) Start(ctx context.Context, o StartOptions) (Instance, error) {
 	switch {
 	case max(c.Nodes, 1) > 1:
 		return nil, fmt.Errorf("%w: multi-node cairnd", ErrUnavailable)
-	case o.FrontEnd != NBD:
-		return nil, fmt.Errorf("%w: cairnd over %s in the harness", ErrUnavailable, o.FrontEnd)
-	case o.Latency != 0:
-		return nil, fmt.Errorf("%w: cairnd has no latency injection knob yet", ErrUnavailable)
+	case o.FrontEnd != NBD && o.FrontEnd != ISCSI:
+		return nil, fmt.Errorf("%w: cairnd over %s", ErrUnavailable, o.FrontEnd)
+	case o.Latency < 0 || o.Latency > time.Second:
+		return nil, fmt.Errorf("%w: injected latency %s (cairnd takes 0 to 1s)", ErrUsage, o.Latency)
 	}
 	if c.Bin == nil {
 		panic("bench: Cairnd without a Binary")
@@ -108,21 +122,25 @@ func (c Cairnd) Start(ctx context.Context, o StartOptions) (Instance, error) {
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, fmt.Errorf("cairnd config: %w", err)
 	}
-	serving := make(chan string, 1)
+	serving := make(chan [2]string, 1)
+	argv := []string{bin, "--config", path}
+	if o.Latency > 0 {
+		argv = append(argv, "--inject-latency", o.Latency.String())
+	}
 	p, err := startProc(ctx, o.Dir, o.Name, func(line string) {
 		if m := servingRE.FindStringSubmatch(line); m != nil {
 			select {
-			case serving <- m[1]:
+			case serving <- [2]string{m[1], m[2]}:
 			default:
 			}
 		}
-	}, bin, "--config", path)
+	}, argv...)
 	if err != nil {
 		return nil, err
 	}
-	var addr string
+	var addrs [2]string
 	select {
-	case addr = <-serving:
+	case addrs = <-serving:
 	case <-p.exited:
 		err = fmt.Errorf("cairnd exited before serving: %v: %s", p.waitErr, p.logTail())
 	case <-time.After(readyTimeout):
@@ -134,7 +152,7 @@ func (c Cairnd) Start(ctx context.Context, o StartOptions) (Instance, error) {
 		p.stop()
 		return nil, err
 	}
-	return &procInstance{p: p, target: Target{FrontEnd: NBD, URI: nbdURI(addr, o.Export), SizeBytes: o.SizeBytes}}, nil
+	return &procInstance{p: p, target: cairnTarget(o.FrontEnd, addrs[0], addrs[1], o)}, nil
 }
 
 // config returns cairnd's TOML configuration: state in o.Dir, every
@@ -150,7 +168,7 @@ func (c Cairnd) config(o StartOptions) (string, error) {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "node_name = %q\ndata_dir = %q\nroles = [\"target\", \"storage\", \"manager\"]\n", o.Name, "data")
-	fmt.Fprintf(&b, "[admin]\nlisten = %q\n[nbd]\nlisten = %q\n[iscsi]\nlisten = %q\n", addrs[0], addrs[1], addrs[2])
+	fmt.Fprintf(&b, "[admin]\nlisten = %q\n[nbd]\nlisten = %q\n[iscsi]\nlisten = %q\niqn_prefix = %q\n", addrs[0], addrs[1], addrs[2], cairnIQNPrefix)
 	fmt.Fprintf(&b, "[gossip]\nbind = %q\njoin = []\n[raft]\nbind = %q\nbootstrap_expect = 1\n[storage]\nlisten = %q\n", addrs[3], addrs[4], addrs[5])
 	fmt.Fprintf(&b, "[[volume]]\nname = %q\nsize = \"%d\"\n", o.Export, o.SizeBytes)
 	if c.Replicas > 0 {

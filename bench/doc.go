@@ -1,15 +1,21 @@
 // Package bench is cairn's side-by-side benchmark harness, run as
 // `cairn bench` (Main) and, in its smoke form, by `go test ./bench/`.
 //
-// It owns the comparison: it starts cairnd and peer NBD servers (nbdkit
-// memory and file, qemu-nbd, nbd-server) on loopback with exports of one
-// size on one filesystem, fills every export, drives the standard
-// workloads (Workloads) against each with a Driver (fio's nbd engine
-// today), interleaving systems run by run and rotating the order each
-// repetition, and reports medians, min–max spreads and subject/peer ratios
-// as Markdown, JSON and charts (gonum/plot). Each run carries the host's
-// state around it (load, CPU busy before it, steal during it) and is
-// flagged when the host was busy.
+// It owns the comparison: it starts cairnd and peer servers on loopback
+// with exports of one size on one filesystem — over NBD nbdkit memory and
+// file, qemu-nbd and nbd-server; over iSCSI tgtd with a file LUN — plus
+// cairn's own volume and store in process (Embedded), which shows what the
+// storage costs without a front end. It fills every export, drives the
+// standard workloads (Workloads) against each with a Driver (fio's nbd
+// engine; iscsi-perf for iSCSI reads and qemu-img bench for iSCSI writes;
+// a Go load generator on the device interface in process), interleaving
+// systems run by run and rotating the order each repetition, and reports
+// medians, min–max spreads and subject/peer ratios as Markdown, JSON and
+// charts (gonum/plot). Ratios only compare systems on one front end at one
+// injected latency; front ends are set against cairn in process, and
+// injected-latency runs against their pipelining limit (in flight /
+// latency). Each run carries the host's state around it (load, CPU busy
+// before it, steal during it) and is flagged when the host was busy.
 //
 // What is compared is declared, not coded: a Scenario names a System (how
 // to start it), its front end, injected latency, workload subset and an
@@ -20,7 +26,9 @@
 //   - Every process the harness starts is in its own process group, is
 //     killed with its group when Run returns (also on error or when ctx is
 //     cancelled) and, on Linux, when the harness dies; nbd-server, which
-//     must daemonize, is tracked by its pid file and killed the same way.
+//     must daemonize, is tracked by its pid file and killed the same way;
+//     tgtd runs on a control socket of its own (never a system tgtd's) and
+//     is stopped with tgtadm before its group is killed.
 //   - A run that measures nothing is an error (ErrNoNumbers), never a zero
 //     in the table.
 //   - Ratios are subject/peer of medians of the headline metric (IOPS or
@@ -29,5 +37,8 @@
 // Concurrency: Run and Main are called from one goroutine and run one
 // measurement at a time; a Scenario's During function runs on its own
 // goroutine beside each measurement and must return when its context ends.
-// Linux only in practice (/proc, NBD tools); it builds elsewhere.
+// The in-process system runs in the harness's process, so its storage
+// goroutines run beside every other measurement (idle then).
+// Linux only in practice (/proc, NBD and iSCSI tools; tgtd needs root); it
+// builds elsewhere.
 package bench

@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"time"
+
+	"cairn/target"
 )
 
 // FrontEnd is the protocol a scenario's system is reached by.
@@ -11,6 +13,10 @@ type FrontEnd string
 const (
 	NBD   FrontEnd = "nbd"
 	ISCSI FrontEnd = "iscsi"
+	// InProc is no front end: the driver calls the device interface
+	// (target.Device) in the harness's own process, which shows what the
+	// storage costs without any protocol.
+	InProc FrontEnd = "inproc"
 )
 
 // Target is a running system as a driver sees it.
@@ -21,6 +27,11 @@ type Target struct {
 	URI string
 	// SizeBytes is the export size.
 	SizeBytes int64
+	// LogicalBlockBytes is the SCSI logical block size of an iSCSI LUN
+	// (512 for cairnd and tgtd); 0 for other front ends.
+	LogicalBlockBytes int
+	// Device is the device itself for InProc; nil otherwise.
+	Device target.Device
 }
 
 // RunOptions bound one driver run.
@@ -33,8 +44,9 @@ type RunOptions struct {
 }
 
 // Driver generates a workload against a target and measures it: fio with
-// its nbd engine today; iscsi-perf and qemu-img bench for iSCSI, and an
-// in-process driver on the device interface, fit the same shape.
+// its nbd engine (FIO), iscsi-perf (ISCSIPerf) and qemu-img bench
+// (QemuImgBench) over iSCSI, and a Go load generator on the device
+// interface in process (Loadgen).
 //
 // Run is called from one goroutine at a time per driver; it must stop, and
 // kill whatever it started, when ctx is done.
@@ -72,6 +84,10 @@ type Side struct {
 	// ClatMeanNs is fio's completion latency (clat), which leaves out
 	// the submission.
 	ClatMeanNs float64 `json:"clat_mean_ns"`
+	// MeanOnly marks a side whose driver measures no distribution: its
+	// LatMeanNs is derived by Little's law (requests in flight / IOPS)
+	// and Percentiles is empty (iscsi-perf, qemu-img bench).
+	MeanOnly bool `json:"mean_only,omitempty"`
 }
 
 // Percentile is one point of a latency distribution.

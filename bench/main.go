@@ -28,7 +28,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("cairn bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: cairn bench [flags]\n\nRuns cairnd and peer NBD servers side by side on loopback with fio and reports\nmedians, spreads and cairn/peer ratios (results.md, results.json, bars.png, latency.png).\n\nflags:\n")
+		fmt.Fprintf(stderr, "usage: cairn bench [flags]\n\nRuns cairnd and peer servers side by side on loopback — NBD (fio) against nbdkit,\nqemu-nbd and nbd-server; iSCSI (iscsi-perf, qemu-img bench) against tgtd; cairn's\nstorage in process (Go load generator); and the same with latency injected below\nthe front ends — and reports medians, spreads and cairn/peer ratios (results.md,\nresults.json, bars.png, latency.png).\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	d := DefaultOptions()
@@ -203,7 +203,10 @@ func printList(w io.Writer, all []Scenario) {
 		if s.Latency != 0 {
 			tags = append(tags, "latency "+s.Latency.String())
 		}
-		fmt.Fprintf(w, "  %-16s %-5s %s\n", s.Name, s.frontEnd(), strings.Join(tags, ", "))
+		if s.Workloads != nil {
+			tags = append(tags, "only "+strings.Join(s.Workloads, ","))
+		}
+		fmt.Fprintf(w, "  %-20s %-6s %s\n", s.Name, s.frontEnd(), strings.Join(tags, ", "))
 	}
 	fmt.Fprintln(w, "workloads:")
 	for _, wl := range Workloads() {

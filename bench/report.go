@@ -28,7 +28,7 @@ func ReadReport(r io.Reader) (*Report, error) {
 func (rep *Report) WriteMarkdown(w io.Writer) error {
 	var b strings.Builder
 	ran := rep.ranSystems()
-	subjects, peers := rep.roles()
+	subjects, allPeers := rep.roles()
 	m := rep.Machine
 	fmt.Fprintf(&b, "# cairn bench — %s on %s\n\n", rep.Started.Format("2006-01-02 15:04 MST"), m.Hostname)
 	if rep.Settings.Smoke {
@@ -38,6 +38,9 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		orDash(m.CPUModel), m.Cores, float64(m.MemBytes)/(1<<30), orDash(m.Kernel), m.GoVersion, fmtLoad(m.Load), fmtLoad(m.LoadEnd))
 	fmt.Fprintf(&b, "- Settings: %d repetition(s) of %s (after %s ramp) per workload and system, interleaved across systems; exports of %s filled before measuring; driver %s; took %s.\n",
 		rep.Settings.Repeat, rep.Settings.Runtime, rep.Settings.Ramp, fmtBytes(rep.Settings.SizeBytes), rep.Settings.Driver, rep.Duration.Round(time.Second))
+	if d := rep.driverSummary(); d != "" {
+		b.WriteString("- Drivers: " + d + ".\n")
+	}
 	b.WriteString("- Systems:\n")
 	for _, s := range rep.Systems {
 		role := ""
@@ -83,10 +86,16 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	}
 
 	for _, sub := range subjects {
-		if len(peers) == 0 {
-			break
+		var peers []string
+		for _, p := range allPeers {
+			if comparable(rep.system(sub), rep.system(p)) {
+				peers = append(peers, p)
+			}
 		}
-		fmt.Fprintf(&b, "\n## Ratios %s / peer\n\nRatio of medians (low–high over the spreads); above 1.00× %s is faster.\n\n| workload |", sub, sub)
+		if len(peers) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "\n## Ratios %s / peer\n\nRatio of medians (low–high over the spreads); above 1.00× %s is faster. Peers on the same front end (so the same drivers) only.\n\n| workload |", sub, sub)
 		for _, p := range peers {
 			fmt.Fprintf(&b, " vs %s |", p)
 		}
@@ -108,14 +117,37 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		}
 	}
 
-	b.WriteString("\n## Latency at queue depth 1\n\nLatency in µs from submission to completion (fio's lat; its clat leaves out the submission, in which libnbd sends the request), medians over the repetitions.\n\n| workload | system | mean | p50 | p99 | p99.9 |\n|---|---|---:|---:|---:|---:|\n")
-	for _, wl := range rep.Work {
-		if !wl.Latency {
-			continue
+	if len(rep.FrontEnds) > 0 {
+		b.WriteString("\n## What the front end costs\n\ncairn over a front end as a share of cairn in process (same storage, same injected latency, no protocol): median over median.\n\n| system | vs | workload | share |\n|---|---|---|---:|\n")
+		for _, r := range rep.FrontEnds {
+			fmt.Fprintf(&b, "| %s | %s | %s | %.2f× |\n", r.Subject, r.Peer, r.Workload, r.Median)
 		}
-		for _, s := range ran {
-			if c := rep.cell(s, wl.Name); c != nil {
-				fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", wl.Name, s, us(c.LatMeanNs), us(c.P50Ns), us(c.P99Ns), us(c.P999Ns))
+	}
+	if len(rep.Pipelining) > 0 {
+		b.WriteString("\n## Pipelining under injected latency\n\nWith N requests in flight and L per storage operation at most N/L complete per second; the share of that limit reached shows how well the path pipelines.\n\n| system | workload | latency | in flight | limit IOPS | IOPS | of limit |\n|---|---|---:|---:|---:|---:|---:|\n")
+		for _, p := range rep.Pipelining {
+			fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %s | %.0f%% |\n", p.System, p.Workload, p.LatencyNs, p.InFlight, fmtNum(p.LimitIOPS), fmtNum(p.IOPS), 100*p.Fraction)
+		}
+	}
+
+	anyLatency := false
+	for _, wl := range rep.Work {
+		anyLatency = anyLatency || wl.Latency
+	}
+	if anyLatency {
+		b.WriteString("\n## Latency at queue depth 1\n\nLatency in µs from submission to completion (fio's lat; its clat leaves out the submission, in which libnbd sends the request; the load generator's call of the device), medians over the repetitions. iscsi-perf and qemu-img bench measure only a rate: their mean (marked *) is requests in flight / IOPS by Little's law, with no percentiles.\n\n| workload | system | mean | p50 | p99 | p99.9 |\n|---|---|---:|---:|---:|---:|\n")
+		for _, wl := range rep.Work {
+			if !wl.Latency {
+				continue
+			}
+			for _, s := range ran {
+				if c := rep.cell(s, wl.Name); c != nil {
+					mean := us(c.LatMeanNs)
+					if c.MeanOnly {
+						mean += "*"
+					}
+					fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", wl.Name, s, mean, us(c.P50Ns), us(c.P99Ns), us(c.P999Ns))
+				}
 			}
 		}
 	}
@@ -152,6 +184,42 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// driverSummary says which driver ran which workloads on each front end.
+func (rep *Report) driverSummary() string {
+	type key struct {
+		fe     FrontEnd
+		driver string
+	}
+	var order []key
+	work := map[key][]string{}
+	for _, r := range rep.Runs {
+		if r.Driver == "" {
+			continue
+		}
+		k := key{rep.system(r.System).FrontEnd, r.Driver}
+		if _, ok := work[k]; !ok {
+			order = append(order, k)
+		}
+		if !contains(work[k], r.Workload) {
+			work[k] = append(work[k], r.Workload)
+		}
+	}
+	var parts []string
+	for _, k := range order {
+		parts = append(parts, fmt.Sprintf("%s over %s (%s)", k.driver, k.fe, strings.Join(work[k], ", ")))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
 }
 
 func (rep *Report) ranSystems() []string {

@@ -48,7 +48,8 @@ type Options struct {
 	// WorkDir holds backing files and logs; "" makes (and removes) a
 	// temporary directory.
 	WorkDir string
-	// Drivers are tried in order for each workload; nil means fio.
+	// Drivers are tried in order for each workload; nil means
+	// DefaultDrivers.
 	Drivers []Driver
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
@@ -76,7 +77,7 @@ func SmokeOptions() Options {
 		SizeBytes:  16 << 20,
 		Settle:     0,
 		IdleWindow: 100 * time.Millisecond,
-		Systems:    "cairn,nbdkit-file",
+		Systems:    "cairn-nbd,nbdkit-file",
 		Smoke:      true,
 	}
 }
@@ -102,12 +103,19 @@ func (o Options) withDefaults() Options {
 		o.IdleWindow = d.IdleWindow
 	}
 	if o.Drivers == nil {
-		o.Drivers = []Driver{FIO{}}
+		o.Drivers = DefaultDrivers()
 	}
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
 	return o
+}
+
+// DefaultDrivers returns the drivers in order of preference: fio over
+// NBD; over iSCSI iscsi-perf for reads (truly random offsets) and qemu-img
+// bench for writes and the fill; the load generator in process.
+func DefaultDrivers() []Driver {
+	return []Driver{FIO{}, ISCSIPerf{}, QemuImgBench{}, Loadgen{}}
 }
 
 // sizeBytesMin keeps every connection of a multi-connection workload on at
@@ -116,17 +124,22 @@ const sizeBytesMin = 4 << 20
 
 // Report is one comparison: every run, and their summary.
 type Report struct {
-	Started  time.Time     `json:"started"`
-	Finished time.Time     `json:"finished"`
-	Machine  Machine       `json:"machine"`
-	Settings Settings      `json:"settings"`
-	Systems  []SystemInfo  `json:"systems"`
-	Work     []Workload    `json:"workloads"`
-	Runs     []RunRecord   `json:"runs"`
-	Cells    []Cell        `json:"cells"`
-	Ratios   []Ratio       `json:"ratios"`
-	Notes    []string      `json:"notes,omitempty"`
-	Duration time.Duration `json:"duration_ns"`
+	Started  time.Time    `json:"started"`
+	Finished time.Time    `json:"finished"`
+	Machine  Machine      `json:"machine"`
+	Settings Settings     `json:"settings"`
+	Systems  []SystemInfo `json:"systems"`
+	Work     []Workload   `json:"workloads"`
+	Runs     []RunRecord  `json:"runs"`
+	Cells    []Cell       `json:"cells"`
+	Ratios   []Ratio      `json:"ratios"`
+	// FrontEnds compare cairn over a front end with cairn in process at
+	// the same injected latency (Subject over, Peer in process).
+	FrontEnds []Ratio `json:"front_ends,omitempty"`
+	// Pipelining is how close each injected-latency run came to its limit.
+	Pipelining []Pipelining  `json:"pipelining,omitempty"`
+	Notes      []string      `json:"notes,omitempty"`
+	Duration   time.Duration `json:"duration_ns"`
 }
 
 // Settings are the options a report was made with.
@@ -153,6 +166,7 @@ type SystemInfo struct {
 type RunRecord struct {
 	System   string       `json:"system"`
 	Workload string       `json:"workload"`
+	Driver   string       `json:"driver"`
 	Rep      int          `json:"rep"`
 	Seq      int          `json:"seq"` // position in the whole run
 	Start    time.Time    `json:"start"`
@@ -267,6 +281,9 @@ func Run(ctx context.Context, all []Scenario, o Options) (rep *Report, err error
 				}
 				d := pickDriver(o.Drivers, r.sc.frontEnd(), w)
 				if d == nil {
+					if k == 0 {
+						rep.Notes = append(rep.Notes, fmt.Sprintf("%s: no driver runs %s over %s", r.sc.Name, w.Name, r.sc.frontEnd()))
+					}
 					continue
 				}
 				if err := ctx.Err(); err != nil {
@@ -277,13 +294,13 @@ func Run(ctx context.Context, all []Scenario, o Options) (rep *Report, err error
 				rec.Rep, rec.Seq = k+1, seq
 				if rec.Error != "" {
 					failed++
-					logf("%s %s rep %d: FAILED: %s", r.sc.Name, w.Name, k+1, rec.Error)
+					logf("%s %s rep %d (%s): FAILED: %s", r.sc.Name, w.Name, k+1, d.Name(), rec.Error)
 				} else {
 					busy := ""
 					if rec.Host.Busy {
 						busy = "  [busy: " + rec.Host.Reason + "]"
 					}
-					logf("%-14s %-20s rep %d: %10.1f %s%s", r.sc.Name, w.Name, k+1, rec.Result.Value(w.Metric), w.Metric, busy)
+					logf("%-19s %-20s rep %d: %10.1f %-5s (%s)%s", r.sc.Name, w.Name, k+1, rec.Result.Value(w.Metric), w.Metric, d.Name(), busy)
 				}
 				rep.Runs = append(rep.Runs, rec)
 			}
@@ -305,7 +322,7 @@ func Run(ctx context.Context, all []Scenario, o Options) (rep *Report, err error
 // runOne measures one run, with the scenario's During activity beside it.
 // The CPU use of every live system counts as theirs, not the host's.
 func runOne(ctx context.Context, d Driver, r running, w Workload, o Options, dir string, live []running) RunRecord {
-	rec := RunRecord{System: r.sc.Name, Workload: w.Name}
+	rec := RunRecord{System: r.sc.Name, Workload: w.Name, Driver: d.Name()}
 	var pids []int
 	for _, l := range live {
 		pids = append(pids, l.inst.PIDs()...)

@@ -48,25 +48,36 @@ func (s Scenario) wants(w Workload) bool {
 	return false
 }
 
-// Scenarios returns the standard scenarios, cairn first; cairn scenarios
-// share bin.
+// latencyWorkloads are what the injected-latency scenarios run: at queue
+// depth 32 and latency L per storage operation the limit is 32/L IOPS.
+var latencyWorkloads = []string{"randread-4k-qd32", "randwrite-4k-qd32"}
+
+// Scenarios returns the standard scenarios, subjects first; cairnd
+// scenarios share bin. Ratios compare a subject with the peers on its
+// front end at the same injected latency; the in-process scenarios are the
+// yardstick for what each front end costs.
 //
 // A new scenario is one more entry, for example
 //
 //	{Name: "cairn-3node-r3", System: Cairnd{Bin: bin, Nodes: 3, Replicas: 3}, Subject: true, Optional: true},
 //	{Name: "cairn-snapstorm", System: Cairnd{Bin: bin}, Subject: true, Optional: true,
 //		During: snapshotEvery(time.Second)},
-//	{Name: "tgtd", System: TGTD{}, FrontEnd: ISCSI},
 func Scenarios(bin *Binary) []Scenario {
+	const lat = time.Millisecond
 	return []Scenario{
-		{Name: "cairn", System: Cairnd{Bin: bin}, Subject: true},
-		// Shows how well the front end pipelines: at qd32 and 1 ms per
+		{Name: "cairn-nbd", System: Cairnd{Bin: bin}, Subject: true},
+		{Name: "cairn-iscsi", System: Cairnd{Bin: bin}, FrontEnd: ISCSI, Subject: true},
+		{Name: "cairn-inproc", System: Embedded{}, FrontEnd: InProc, Subject: true},
+		// Show how well each front end pipelines: at qd32 and 1 ms per
 		// storage operation the limit is 32k IOPS.
-		{Name: "cairn-lat1ms", System: Cairnd{Bin: bin}, Latency: time.Millisecond, Subject: true, Optional: true},
+		{Name: "cairn-lat1ms", System: Cairnd{Bin: bin}, Latency: lat, Workloads: latencyWorkloads, Subject: true},
+		{Name: "cairn-iscsi-lat1ms", System: Cairnd{Bin: bin}, FrontEnd: ISCSI, Latency: lat, Workloads: latencyWorkloads, Subject: true},
+		{Name: "cairn-inproc-lat1ms", System: Embedded{}, FrontEnd: InProc, Latency: lat, Workloads: latencyWorkloads, Subject: true},
 		{Name: "nbdkit-memory", System: NBDKit{Plugin: "memory"}},
 		{Name: "nbdkit-file", System: NBDKit{Plugin: "file"}},
 		{Name: "qemu-nbd", System: QemuNBD{}},
 		{Name: "nbd-server", System: NBDServer{}},
+		{Name: "tgtd", System: TGTD{}, FrontEnd: ISCSI},
 	}
 }
 

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"sort"
+	"time"
 )
 
 // Cell summarises one (system, workload) pair over its repetitions.
@@ -24,6 +25,24 @@ type Cell struct {
 	// CDF is the median latency at each percentile fio reported.
 	CDF          []Percentile `json:"cdf"`
 	DriverCPUPct float64      `json:"driver_cpu_pct"`
+	// Driver generated the load; MeanOnly marks latencies that are a mean
+	// by Little's law with no distribution.
+	Driver   string `json:"driver"`
+	MeanOnly bool   `json:"mean_only,omitempty"`
+}
+
+// Pipelining is one injected-latency cell against its limit: with
+// InFlight requests in flight and LatencyNs per storage operation, at most
+// InFlight/latency requests complete per second.
+type Pipelining struct {
+	System    string        `json:"system"`
+	Workload  string        `json:"workload"`
+	LatencyNs time.Duration `json:"latency_ns"`
+	InFlight  int           `json:"in_flight"`
+	LimitIOPS float64       `json:"limit_iops"`
+	IOPS      float64       `json:"iops"`
+	// Fraction is IOPS/LimitIOPS.
+	Fraction float64 `json:"fraction"`
 }
 
 // Ratio compares a subject with a peer on one workload; above 1 the
@@ -80,12 +99,14 @@ func summarize(rep *Report) {
 					continue
 				}
 				c.N++
+				c.Driver = r.Driver
 				if r.Host.Busy {
 					c.Busy++
 				}
 				vals = append(vals, r.Result.Value(w.Metric))
 				cpu = append(cpu, r.Result.DriverCPUPct)
 				if side := r.Result.latencySide(); side != nil {
+					c.MeanOnly = c.MeanOnly || side.MeanOnly
 					mean = append(mean, side.LatMeanNs)
 					p50, p99, p999 = append(p50, side.At(50)), append(p99, side.At(99)), append(p999, side.At(99.9))
 					for _, q := range side.Percentiles {
@@ -107,19 +128,72 @@ func summarize(rep *Report) {
 			rep.Cells = append(rep.Cells, c)
 		}
 	}
+	rep.FrontEnds, rep.Pipelining = nil, nil
 	subjects, peers := rep.roles()
 	for _, sub := range subjects {
 		for _, peer := range peers {
-			for _, w := range rep.Work {
-				a, b := rep.cell(sub, w.Name), rep.cell(peer, w.Name)
-				if a == nil || b == nil || b.Median == 0 || b.Min == 0 || b.Max == 0 {
-					continue
-				}
-				rep.Ratios = append(rep.Ratios, Ratio{Subject: sub, Peer: peer, Workload: w.Name,
-					Median: a.Median / b.Median, Low: a.Min / b.Max, High: a.Max / b.Min})
+			if comparable(rep.system(sub), rep.system(peer)) {
+				rep.Ratios = append(rep.Ratios, rep.ratios(sub, peer)...)
 			}
 		}
 	}
+	// What the front end costs: cairn over it against cairn in process.
+	for _, sub := range subjects {
+		s := rep.system(sub)
+		if s.FrontEnd == InProc {
+			continue
+		}
+		for _, in := range subjects {
+			if i := rep.system(in); i.FrontEnd == InProc && i.LatencyNs == s.LatencyNs {
+				rep.FrontEnds = append(rep.FrontEnds, rep.ratios(sub, in)...)
+			}
+		}
+	}
+	for _, s := range rep.Systems {
+		if s.LatencyNs <= 0 || s.Skipped != "" {
+			continue
+		}
+		for _, w := range rep.Work {
+			c := rep.cell(s.Name, w.Name)
+			if c == nil || w.Metric != IOPS {
+				continue
+			}
+			inFlight := w.QueueDepth * w.Connections()
+			limit := float64(inFlight) / s.LatencyNs.Seconds()
+			rep.Pipelining = append(rep.Pipelining, Pipelining{System: s.Name, Workload: w.Name, LatencyNs: s.LatencyNs,
+				InFlight: inFlight, LimitIOPS: limit, IOPS: c.Median, Fraction: c.Median / limit})
+		}
+	}
+}
+
+// comparable reports whether a ratio of a and b means something: the same
+// front end (and so the same drivers) at the same injected latency.
+func comparable(a, b SystemInfo) bool {
+	return a.FrontEnd == b.FrontEnd && a.LatencyNs == b.LatencyNs
+}
+
+// ratios returns a/b for every workload both have numbers for.
+func (rep *Report) ratios(a, b string) []Ratio {
+	var out []Ratio
+	for _, w := range rep.Work {
+		x, y := rep.cell(a, w.Name), rep.cell(b, w.Name)
+		if x == nil || y == nil || y.Median == 0 || y.Min == 0 || y.Max == 0 {
+			continue
+		}
+		out = append(out, Ratio{Subject: a, Peer: b, Workload: w.Name,
+			Median: x.Median / y.Median, Low: x.Min / y.Max, High: x.Max / y.Min})
+	}
+	return out
+}
+
+// system returns the named system's description (zero if unknown).
+func (rep *Report) system(name string) SystemInfo {
+	for _, s := range rep.Systems {
+		if s.Name == name {
+			return s
+		}
+	}
+	return SystemInfo{}
 }
 
 // roles returns the systems that ran, split into subjects and peers. With

@@ -1,0 +1,54 @@
+package bench
+
+import (
+	"testing"
+	"time"
+)
+
+// TestSummarizeFrontEnds checks that ratios stay within a front end and a
+// latency, that each front end is set against cairn in process at its
+// latency, and the pipelining limit.
+func TestSummarizeFrontEnds(t *testing.T) {
+	w := Workloads()[3] // randwrite-4k-qd32
+	rep := &Report{Work: []Workload{w}, Systems: []SystemInfo{
+		{Name: "cairn-nbd", FrontEnd: NBD, Subject: true},
+		{Name: "cairn-iscsi", FrontEnd: ISCSI, Subject: true},
+		{Name: "cairn-inproc", FrontEnd: InProc, Subject: true},
+		{Name: "cairn-lat1ms", FrontEnd: NBD, LatencyNs: time.Millisecond, Subject: true},
+		{Name: "cairn-inproc-lat1ms", FrontEnd: InProc, LatencyNs: time.Millisecond, Subject: true},
+		{Name: "nbdkit", FrontEnd: NBD},
+		{Name: "tgtd", FrontEnd: ISCSI},
+	}}
+	iops := map[string]float64{"cairn-nbd": 50e3, "cairn-iscsi": 40e3, "cairn-inproc": 100e3,
+		"cairn-lat1ms": 16e3, "cairn-inproc-lat1ms": 24e3, "nbdkit": 25e3, "tgtd": 80e3}
+	for s, v := range iops {
+		rep.Runs = append(rep.Runs, RunRecord{System: s, Workload: w.Name, Driver: "d", Result: &Measurement{IOPS: v, BytesPerSec: v * 4096}})
+	}
+	summarize(rep)
+	want := map[[2]string]float64{{"cairn-nbd", "nbdkit"}: 2, {"cairn-iscsi", "tgtd"}: 0.5}
+	if len(rep.Ratios) != len(want) {
+		t.Fatalf("ratios %+v", rep.Ratios)
+	}
+	for _, r := range rep.Ratios {
+		if want[[2]string{r.Subject, r.Peer}] != r.Median {
+			t.Errorf("ratio %+v", r)
+		}
+	}
+	fe := map[[2]string]float64{{"cairn-nbd", "cairn-inproc"}: 0.5, {"cairn-iscsi", "cairn-inproc"}: 0.4, {"cairn-lat1ms", "cairn-inproc-lat1ms"}: 16.0 / 24}
+	if len(rep.FrontEnds) != len(fe) {
+		t.Fatalf("front ends %+v", rep.FrontEnds)
+	}
+	for _, r := range rep.FrontEnds {
+		if fe[[2]string{r.Subject, r.Peer}] != r.Median {
+			t.Errorf("front end %+v", r)
+		}
+	}
+	if len(rep.Pipelining) != 2 {
+		t.Fatalf("pipelining %+v", rep.Pipelining)
+	}
+	for _, p := range rep.Pipelining {
+		if p.LimitIOPS != 32_000 || p.Fraction != iops[p.System]/32_000 {
+			t.Errorf("pipelining %+v", p)
+		}
+	}
+}
