@@ -55,6 +55,16 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cairn bench: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
+	if *cairnd != "" {
+		// Systems run in their own directories: a relative path would not
+		// resolve there.
+		abs, err := filepath.Abs(*cairnd)
+		if err != nil {
+			fmt.Fprintf(stderr, "cairn bench: --cairnd: %v\n", err)
+			return 2
+		}
+		*cairnd = abs
+	}
 	bin := &Binary{Path: *cairnd}
 	all := Scenarios(bin)
 	if *list {

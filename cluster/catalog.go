@@ -328,15 +328,30 @@ func (c *Catalog) WaitLeader(ctx context.Context) error {
 	}
 }
 
-// CreateVolume adds a volume of size bytes (a multiple of 4096, at most
-// configs.VolumeSizeMax) with the given replication factor (1 to
+// CreateVolume adds a volume of spec.Size bytes (a multiple of 4096, at
+// most configs.VolumeSizeMax) with spec.Replicas replicas (1 to
 // configs.ReplicasMax) and returns its record.
-func (c *Catalog) CreateVolume(ctx context.Context, name string, size int64, replicas int) (Volume, error) {
-	if err := validVolume(name, size, replicas); err != nil {
+func (c *Catalog) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, error) {
+	if spec.Replicas == 0 {
+		spec.Replicas = 1
+	}
+	if err := validVolume(spec.Name, spec.Size, spec.Replicas); err != nil {
 		return Volume{}, fmt.Errorf("cluster: create volume: %w", err)
 	}
-	args := createVolumeArgs{Name: name, Size: size, Replicas: replicas, Created: time.Now().UTC()}
+	if err := validLogicalBlockSize(spec.LogicalBlockSize); err != nil {
+		return Volume{}, fmt.Errorf("cluster: create volume %q: %w", spec.Name, err)
+	}
+	args := createVolumeArgs{Name: spec.Name, Size: spec.Size, Replicas: spec.Replicas, Created: time.Now().UTC(), LogicalBlockSize: spec.LogicalBlockSize}
 	return c.apply(ctx, opCreateVolume, &args)
+}
+
+// VolumeSpec describes a volume to create. Zero Replicas is 1; zero
+// LogicalBlockSize is 512.
+type VolumeSpec struct {
+	Name             string
+	Size             int64 // bytes, a multiple of 4096
+	Replicas         int
+	LogicalBlockSize int // 512 or 4096: the block size iSCSI presents
 }
 
 // DeleteVolume removes a volume from the catalog and returns nil, or

@@ -59,7 +59,7 @@ func TestCatalogVolumes(t *testing.T) {
 	}
 	ch := c.Changes()
 	before := time.Now()
-	v, err := c.CreateVolume(ctx, "vol0", 1<<30, 1)
+	v, err := c.CreateVolume(ctx, VolumeSpec{Name: "vol0", Size: 1 << 30, Replicas: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func TestCatalogVolumes(t *testing.T) {
 	if got, err := c.Volume("vol0"); err != nil || !reflect.DeepEqual(got, v) {
 		t.Fatalf("Volume = %+v, %v; want %+v", got, err, v)
 	}
-	w, err := c.CreateVolume(ctx, "a", 8192, 2)
+	w, err := c.CreateVolume(ctx, VolumeSpec{Name: "a", Size: 8192, Replicas: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestCatalogVolumes(t *testing.T) {
 func TestCatalogErrors(t *testing.T) {
 	c := openLeader(t, TestOptions(t.TempDir()))
 	ctx := ctx(t)
-	if _, err := c.CreateVolume(ctx, "v", 1<<20, 1); err != nil {
+	if _, err := c.CreateVolume(ctx, VolumeSpec{Name: "v", Size: 1 << 20, Replicas: 1}); err != nil {
 		t.Fatal(err)
 	}
 	last := c.Status().LastIndex
@@ -111,11 +111,23 @@ func TestCatalogErrors(t *testing.T) {
 		want   error
 		logged bool // whether the request reaches the log
 	}{
-		{"create exists", func() error { _, err := c.CreateVolume(ctx, "v", 4096, 1); return err }, ErrExists, true},
-		{"create bad name", func() error { _, err := c.CreateVolume(ctx, "V!", 4096, 1); return err }, ErrInvalid, false},
-		{"create bad size", func() error { _, err := c.CreateVolume(ctx, "w", 1000, 1); return err }, ErrInvalid, false},
-		{"create zero size", func() error { _, err := c.CreateVolume(ctx, "w", 0, 1); return err }, ErrInvalid, false},
-		{"create replicas", func() error { _, err := c.CreateVolume(ctx, "w", 4096, 0); return err }, ErrInvalid, false},
+		{"create exists", func() error {
+			_, err := c.CreateVolume(ctx, VolumeSpec{Name: "v", Size: 4096, Replicas: 1})
+			return err
+		}, ErrExists, true},
+		{"create bad name", func() error {
+			_, err := c.CreateVolume(ctx, VolumeSpec{Name: "V!", Size: 4096, Replicas: 1})
+			return err
+		}, ErrInvalid, false},
+		{"create bad size", func() error {
+			_, err := c.CreateVolume(ctx, VolumeSpec{Name: "w", Size: 1000, Replicas: 1})
+			return err
+		}, ErrInvalid, false},
+		{"create zero size", func() error { _, err := c.CreateVolume(ctx, VolumeSpec{Name: "w", Size: 0, Replicas: 1}); return err }, ErrInvalid, false},
+		{"create replicas", func() error {
+			_, err := c.CreateVolume(ctx, VolumeSpec{Name: "w", Size: 4096, Replicas: -1})
+			return err
+		}, ErrInvalid, false},
 		{"delete missing", func() error { return c.DeleteVolume(ctx, "w") }, ErrNotFound, true},
 		{"delete bad name", func() error { return c.DeleteVolume(ctx, "") }, ErrInvalid, false},
 		{"resize shrink", func() error { _, err := c.ResizeVolume(ctx, "v", 4096); return err }, ErrShrink, true},
@@ -126,7 +138,7 @@ func TestCatalogErrors(t *testing.T) {
 		{"cancelled", func() error {
 			cctx, cancel := context.WithCancel(ctx)
 			cancel()
-			_, err := c.CreateVolume(cctx, "w", 4096, 1)
+			_, err := c.CreateVolume(cctx, VolumeSpec{Name: "w", Size: 4096, Replicas: 1})
 			return err
 		}, context.Canceled, false},
 		{"volume missing", func() error { _, err := c.Volume("w"); return err }, ErrNotFound, false},
@@ -154,7 +166,7 @@ func TestCatalogRestart(t *testing.T) {
 	c := openLeader(t, opts)
 	ctx := ctx(t)
 	for i := range 10 {
-		if _, err := c.CreateVolume(ctx, fmt.Sprintf("v%d", i), 4096*int64(i+1), 1); err != nil {
+		if _, err := c.CreateVolume(ctx, VolumeSpec{Name: fmt.Sprintf("v%d", i), Size: 4096 * int64(i+1), Replicas: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -185,7 +197,7 @@ func TestCatalogRestart(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	if _, err := c.CreateVolume(ctx, "x", 4096, 1); !errors.Is(err, ErrClosed) {
+	if _, err := c.CreateVolume(ctx, VolumeSpec{Name: "x", Size: 4096, Replicas: 1}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("create after Close: %v", err)
 	}
 	if snaps, _ := filepath.Glob(filepath.Join(dir, "snapshots", "*")); len(snaps) == 0 {
@@ -202,7 +214,7 @@ func TestCatalogRestart(t *testing.T) {
 			t.Fatalf("reservations of %s after restart: %q, %v; want %q", name, got, err, want)
 		}
 	}
-	v, err := c2.CreateVolume(ctx, "new", 4096, 1)
+	v, err := c2.CreateVolume(ctx, VolumeSpec{Name: "new", Size: 4096, Replicas: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +321,7 @@ func TestCatalogThreeNodes(t *testing.T) {
 	create := func(alive []*Catalog, name string) Volume {
 		t.Helper()
 		for {
-			v, err := leader(alive).CreateVolume(ctx, name, 4096, 3)
+			v, err := leader(alive).CreateVolume(ctx, VolumeSpec{Name: name, Size: 4096, Replicas: 3})
 			if errors.Is(err, ErrNotLeader) {
 				continue
 			}
@@ -348,7 +360,7 @@ func TestCatalogThreeNodes(t *testing.T) {
 			follower = c
 		}
 	}
-	_, err := follower.CreateVolume(ctx, "nope", 4096, 1)
+	_, err := follower.CreateVolume(ctx, VolumeSpec{Name: "nope", Size: 4096, Replicas: 1})
 	if !errors.Is(err, ErrNotLeader) {
 		t.Fatalf("create on a follower: %v", err)
 	}
@@ -373,7 +385,7 @@ func TestConcurrentClients(t *testing.T) {
 	ids := make([]uint64, 16)
 	for i := range ids {
 		wg.Go(func() {
-			v, err := c.CreateVolume(ctx, fmt.Sprintf("v%02d", i), 4096, 1)
+			v, err := c.CreateVolume(ctx, VolumeSpec{Name: fmt.Sprintf("v%02d", i), Size: 4096, Replicas: 1})
 			if err != nil {
 				t.Error(err)
 				return

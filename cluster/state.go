@@ -49,6 +49,17 @@ type Volume struct {
 	// Created is the leader's clock when the volume was created, carried in
 	// the command so that every replica records the same value.
 	Created time.Time `json:"created"`
+	// LogicalBlockSize is the block size SCSI initiators see: 512 (on 4096
+	// physical) or 4096 native. 0, in records from before the field, is 512.
+	LogicalBlockSize int `json:"logical_block_size,omitempty"`
+}
+
+// SCSIBlockSize returns the logical block size iSCSI presents.
+func (v Volume) SCSIBlockSize() int {
+	if v.LogicalBlockSize == 0 {
+		return 512
+	}
+	return v.LogicalBlockSize
 }
 
 // state is the replicated catalog. Only fsm.Apply and fsm.Restore change it;
@@ -86,10 +97,11 @@ type command struct {
 }
 
 type createVolumeArgs struct {
-	Name     string    `json:"name"`
-	Size     int64     `json:"size"`
-	Replicas int       `json:"replicas"`
-	Created  time.Time `json:"created"`
+	Name             string    `json:"name"`
+	Size             int64     `json:"size"`
+	Replicas         int       `json:"replicas"`
+	Created          time.Time `json:"created"`
+	LogicalBlockSize int       `json:"logical_block_size,omitempty"`
 }
 
 type deleteVolumeArgs struct {
@@ -183,6 +195,9 @@ func (s *state) apply(cmd any) (Volume, error) {
 		if err := validVolume(a.Name, a.Size, a.Replicas); err != nil {
 			return Volume{}, err
 		}
+		if err := validLogicalBlockSize(a.LogicalBlockSize); err != nil {
+			return Volume{}, fmt.Errorf("volume %q: %w", a.Name, err)
+		}
 		if _, ok := s.Volumes[a.Name]; ok {
 			return Volume{}, fmt.Errorf("volume %q: %w", a.Name, ErrExists)
 		}
@@ -198,6 +213,8 @@ func (s *state) apply(cmd any) (Volume, error) {
 			Replicas:  a.Replicas,
 			Epoch:     1,
 			Created:   a.Created,
+
+			LogicalBlockSize: a.LogicalBlockSize,
 		}
 		s.NextID++
 		s.Volumes[v.Name] = v
@@ -366,6 +383,14 @@ func validVolume(name string, size int64, replicas int) error {
 	}
 	if replicas < 1 || replicas > configs.ReplicasMax {
 		return fmt.Errorf("%w: volume %q: %d replicas, want 1 to %d", ErrInvalid, name, replicas, configs.ReplicasMax)
+	}
+	return nil
+}
+
+// validLogicalBlockSize accepts 0 (the default, 512), 512 and 4096.
+func validLogicalBlockSize(n int) error {
+	if n != 0 && n != 512 && n != 4096 {
+		return fmt.Errorf("%w: logical block size %d, want 512 or 4096", ErrInvalid, n)
 	}
 	return nil
 }

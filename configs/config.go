@@ -141,6 +141,9 @@ type VolumeSpec struct {
 	// ChapUser, ChapSecret (chap_user, chap_secret): the iSCSI CHAP
 	// credentials of this volume's target, overriding [iscsi]'s.
 	ChapUser, ChapSecret string
+	// LogicalBlockSize (logical_block_size): the block size iSCSI presents,
+	// 512 (default, on 4096-byte physical blocks) or 4096 native.
+	LogicalBlockSize int
 }
 
 // Default returns a configuration with every default: all roles in one
@@ -228,10 +231,11 @@ type volumeDoc struct {
 	Name string `toml:"name"`
 	// Size is decoded in a second pass (into sizeText) so that a bad size
 	// is told apart from a syntax error and still gets its line.
-	Size       *toml.Primitive `toml:"size"`     // nil: not in the file
-	Replicas   *int            `toml:"replicas"` // nil: not in the file
-	ChapUser   string          `toml:"chap_user"`
-	ChapSecret string          `toml:"chap_secret"`
+	Size             *toml.Primitive `toml:"size"`     // nil: not in the file
+	Replicas         *int            `toml:"replicas"` // nil: not in the file
+	ChapUser         string          `toml:"chap_user"`
+	ChapSecret       string          `toml:"chap_secret"`
+	LogicalBlockSize int             `toml:"logical_block_size"`
 }
 
 // sizeText decodes a string or integer size through ParseSize.
@@ -255,7 +259,7 @@ func Parse(data []byte, dir string) (*Config, error) {
 	var p problems
 	c := &doc.Config
 	for i, v := range doc.Volume {
-		spec := VolumeSpec{Name: v.Name, Replicas: replicasDefault, ChapUser: v.ChapUser, ChapSecret: v.ChapSecret}
+		spec := VolumeSpec{Name: v.Name, Replicas: replicasDefault, ChapUser: v.ChapUser, ChapSecret: v.ChapSecret, LogicalBlockSize: v.LogicalBlockSize}
 		if v.Replicas != nil {
 			spec.Replicas = *v.Replicas
 		}
@@ -381,6 +385,9 @@ func (c *Config) Validate() error {
 	}
 	for i, v := range c.Volumes {
 		checkCHAP(&p, fmt.Sprintf("volume[%d].chap", i), v.ChapUser, v.ChapSecret)
+		if v.LogicalBlockSize != 0 && v.LogicalBlockSize != 512 && v.LogicalBlockSize != 4096 {
+			p.add(fmt.Sprintf("volume[%d].logical_block_size", i), ErrInvalid, "%d: want 512 or 4096", v.LogicalBlockSize)
+		}
 	}
 	if len(c.ISCSI.IQNPrefix) > iqnPrefixBytesMax || !iqnPrefixRE.MatchString(c.ISCSI.IQNPrefix) {
 		p.add("iscsi.iqn_prefix", ErrInvalid, "%q: want iqn.yyyy-mm.reversed.domain (lower case, at most %d bytes)", c.ISCSI.IQNPrefix, iqnPrefixBytesMax)

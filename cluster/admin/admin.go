@@ -34,6 +34,7 @@ type Volume struct {
 	Name           string    `json:"name"`
 	Size           int64     `json:"size"`
 	BlockSize      int       `json:"block_size"`
+	SCSIBlockSize  int       `json:"scsi_block_size"` // the logical block size iSCSI presents
 	ChunkSize      int64     `json:"chunk_size"`
 	Replicas       int       `json:"replicas"`
 	Epoch          uint64    `json:"epoch"`
@@ -73,6 +74,8 @@ type CreateRequest struct {
 	Name     string `json:"name"`
 	Size     int64  `json:"size"`
 	Replicas int    `json:"replicas,omitempty"`
+	// LogicalBlockSize is the block size iSCSI presents: 512 (0) or 4096.
+	LogicalBlockSize int `json:"logical_block_size,omitempty"`
 }
 
 // ResizeRequest is the body of POST /v1/volumes/{name}/resize.

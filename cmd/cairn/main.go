@@ -32,7 +32,7 @@ const usage = `usage: cairn [--addr HOST:PORT] [--json] COMMAND
 
 commands:
   status                                   show the daemon's state
-  volume create NAME --size SIZE [--replicas N]
+  volume create NAME --size SIZE [--replicas N] [--logical-block-size 512|4096]
   volume list
   volume show NAME
   volume resize NAME --size SIZE           grow; NBD clients see it on reconnect
@@ -117,6 +117,7 @@ func dispatch(args []string, out io.Writer) error {
 	fs.BoolVar(&c.json, "json", false, "JSON output")
 	size := fs.String("size", "", "volume size")
 	replicas := fs.Int("replicas", 0, "replication factor")
+	lbs := fs.Int("logical-block-size", 0, "block size iSCSI presents: 512 or 4096")
 	force := fs.Bool("force", false, "disconnect attached clients")
 	help := fs.Bool("help", false, "")
 	fs.BoolVar(help, "h", false, "")
@@ -178,7 +179,7 @@ func dispatch(args []string, out io.Writer) error {
 		}
 		switch pos[1] {
 		case "create":
-			if err := errors.Join(nargs(3), allow("size", "replicas")); err != nil {
+			if err := errors.Join(nargs(3), allow("size", "replicas", "logical-block-size")); err != nil {
 				return err
 			}
 			if *size == "" {
@@ -188,7 +189,7 @@ func dispatch(args []string, out io.Writer) error {
 			if err != nil {
 				return fmt.Errorf("--size: %w", err)
 			}
-			v, err := c.client.CreateVolume(ctx, admin.CreateRequest{Name: pos[2], Size: n, Replicas: *replicas})
+			v, err := c.client.CreateVolume(ctx, admin.CreateRequest{Name: pos[2], Size: n, Replicas: *replicas, LogicalBlockSize: *lbs})
 			if err != nil {
 				return err
 			}
@@ -253,7 +254,7 @@ func dispatch(args []string, out io.Writer) error {
 func (c *cli) printVolume(v admin.Volume) error {
 	return c.print(v, func(w io.Writer) {
 		fmt.Fprintf(w, "name\t%s\nid\t%d\nsize\t%s (%d bytes)\n", v.Name, v.ID, configs.FormatSize(v.Size), v.Size)
-		fmt.Fprintf(w, "block size\t%d\nchunk size\t%s\nreplicas\t%d\n", v.BlockSize, configs.FormatSize(v.ChunkSize), v.Replicas)
+		fmt.Fprintf(w, "block size\t%d (iSCSI logical %d)\nchunk size\t%s\nreplicas\t%d\n", v.BlockSize, v.SCSIBlockSize, configs.FormatSize(v.ChunkSize), v.Replicas)
 		if v.AllocatedBytes >= 0 {
 			fmt.Fprintf(w, "allocated\t%s (%d bytes)\n", configs.FormatSize(v.AllocatedBytes), v.AllocatedBytes)
 		}

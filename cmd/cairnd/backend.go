@@ -54,7 +54,7 @@ func (b backend) Status(ctx context.Context) (admin.Status, error) {
 func (b backend) view(cv cluster.Volume, allocated bool) admin.Volume {
 	d := b.d
 	v := admin.Volume{
-		ID: cv.ID, Name: cv.Name, Size: cv.Size, BlockSize: cv.BlockSize, ChunkSize: cv.ChunkSize,
+		ID: cv.ID, Name: cv.Name, Size: cv.Size, BlockSize: cv.BlockSize, SCSIBlockSize: cv.SCSIBlockSize(), ChunkSize: cv.ChunkSize,
 		Replicas: cv.Replicas, Epoch: cv.Epoch, Generation: cv.Generation, Created: cv.Created,
 		AllocatedBytes: -1,
 		NBD:            "nbd://" + d.nbdAddr + "/" + cv.Name,
@@ -94,7 +94,7 @@ func (b backend) CreateVolume(ctx context.Context, req admin.CreateRequest) (adm
 	if err := configs.ValidVolumeName(req.Name); err != nil {
 		return admin.Volume{}, fmt.Errorf("%w: %w", admin.ErrInvalid, err)
 	}
-	cv, err := b.d.catalog.CreateVolume(ctx, req.Name, req.Size, req.Replicas)
+	cv, err := b.d.catalog.CreateVolume(ctx, cluster.VolumeSpec{Name: req.Name, Size: req.Size, Replicas: req.Replicas, LogicalBlockSize: req.LogicalBlockSize})
 	if err != nil {
 		return admin.Volume{}, apiError(err)
 	}

@@ -97,7 +97,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		if _, err := d.catalog.Volume(vs.Name); err == nil {
 			continue
 		}
-		v, err := d.catalog.CreateVolume(ctx, vs.Name, vs.Size, vs.Replicas)
+		v, err := d.catalog.CreateVolume(ctx, cluster.VolumeSpec{Name: vs.Name, Size: vs.Size, Replicas: vs.Replicas, LogicalBlockSize: vs.LogicalBlockSize})
 		if err != nil && !errors.Is(err, cluster.ErrExists) {
 			return nil, fmt.Errorf("create declared volume %q: %w", vs.Name, err)
 		}
@@ -124,7 +124,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		}
 	}()
 
-	d.iscsi = iscsi.NewServer(iscsi.Options{Targets: iscsiTargets{d}, Logger: log, CHAP: d.chap, Reservations: reservations{d}})
+	d.iscsi = iscsi.NewServer(iscsi.Options{Targets: iscsiTargets{d}, Logger: log, CHAP: d.chap, Reservations: reservations{d}, BlockSize: d.scsiBlockSize})
 	il, err := net.Listen("tcp", cfg.ISCSI.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("[iscsi] listen: %w", err)
@@ -388,4 +388,13 @@ func (r reservations) SaveReservations(ctx context.Context, iqn string, state []
 		return err
 	}
 	return r.d.catalog.SetReservations(ctx, v, state)
+}
+
+// scsiBlockSize is the logical block size a volume's iSCSI target presents.
+func (d *daemon) scsiBlockSize(iqn string) int {
+	name, _ := strings.CutPrefix(iqn, d.cfg.ISCSI.IQNPrefix+":")
+	if v, err := d.catalog.Volume(name); err == nil {
+		return v.SCSIBlockSize()
+	}
+	return 512
 }

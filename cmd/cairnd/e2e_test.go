@@ -94,6 +94,10 @@ name = "secure"
 size = "64MiB"
 chap_user = "alice"
 chap_secret = "correct-horse-battery"
+[[volume]]
+name = "native4k"
+size = "64MiB"
+logical_block_size = 4096
 `
 
 func freePort(t *testing.T) int {
@@ -569,6 +573,16 @@ func TestISCSI(t *testing.T) {
 	if !strings.Contains(rc, "RETURNED LOGICAL BLOCK ADDRESS:2097151") || !strings.Contains(rc, "LOGICAL BLOCK LENGTH IN BYTES:512") || !strings.Contains(rc, "LBPME:1 LBPRZ:1") {
 		t.Errorf("iscsi-readcapacity16 of a 1 GiB volume with 512-byte blocks:\n%s", rc)
 	}
+	// A 4096-native volume presents 4096-byte logical blocks.
+	rc = sh(t, "iscsi-readcapacity16", "-i", initiator, p.iscsiURI("native4k"))
+	if !strings.Contains(rc, "RETURNED LOGICAL BLOCK ADDRESS:16383") || !strings.Contains(rc, "LOGICAL BLOCK LENGTH IN BYTES:4096") {
+		t.Errorf("iscsi-readcapacity16 of a 64 MiB 4096-native volume:\n%s", rc)
+	}
+	out4k := sh(t, "qemu-io", "-f", "raw", "-c", "write -P 0x4b 8k 64k", "-c", "read -P 0x4b 8k 64k", "-c", "read -P 0 0 8k", p.iscsiURI("native4k"))
+	if strings.Contains(out4k, "Pattern verification failed") {
+		t.Fatalf("qemu-io on a 4096-native LUN:\n%s", out4k)
+	}
+
 	// Written over NBD, read over iSCSI, and back.
 	sh(t, "qemu-io", "-f", "raw", "-c", "write -P 0x3c 0 64k", "-c", "write -P 0x3d 1073676288 64k", p.uri("vol0"))
 	out := sh(t, "qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 64k", "-c", "read -P 0x3d 1073676288 64k",
