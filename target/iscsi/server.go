@@ -173,32 +173,22 @@ func (s *Server) Serve(l net.Listener) error {
 		s.mu.Unlock()
 		l.Close()
 	}()
-	var backoff time.Duration
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			if s.closed() {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
-			}
-			return fmt.Errorf("iscsi: accept: %w", err)
-		}
-		backoff = 0
+	err := target.AcceptLoop(l, s.closed, func(nc net.Conn) bool {
 		c := newSession(s, nc)
 		if !s.track(c) {
 			nc.Close()
-			return nil
+			return false
 		}
 		go func() {
 			defer s.wg.Done()
 			c.serve()
 		}()
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("iscsi: %w", err)
 	}
+	return nil
 }
 
 func (s *Server) closed() bool {

@@ -141,32 +141,22 @@ func (s *Server) Serve(l net.Listener) error {
 		l.Close()
 	}()
 
-	var backoff time.Duration
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			if s.closed() {
-				return nil
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
-			}
-			return fmt.Errorf("nbd: accept: %w", err)
-		}
-		backoff = 0
+	err := target.AcceptLoop(l, s.closed, func(nc net.Conn) bool {
 		c := s.newConn(nc)
 		if !s.track(c) {
 			nc.Close()
-			return nil
+			return false
 		}
 		go func() {
 			defer s.untrack(c)
 			c.serve()
 		}()
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("nbd: %w", err)
 	}
+	return nil
 }
 
 // ServeConn serves one connection on the calling goroutine and returns when
