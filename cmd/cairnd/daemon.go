@@ -50,7 +50,8 @@ type daemon struct {
 	nbdAddr, iscsiAddr, adminAddr string
 	latency                       time.Duration // injected below the volumes (benchmarks)
 
-	mu struct {
+	reconcileMu sync.Mutex // serializes reconcile
+	mu          struct {
 		sync.Mutex
 		vols map[string]*volume.Volume
 	}
@@ -187,32 +188,48 @@ func (d *daemon) watchCatalog(ctx context.Context) {
 
 // reconcile makes the open volumes match the catalog: it attaches and opens
 // new ones, applies resizes, and closes and drops the data of deleted ones.
+// reconcileMu serializes reconciles (so a volume is attached once); d.mu is
+// held only to read and change the map, never across a Raft apply or the
+// store, so front-end lookups do not wait on the catalog.
 func (d *daemon) reconcile(ctx context.Context) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.reconcileMu.Lock()
+	defer d.reconcileMu.Unlock()
 	want := map[string]cluster.Volume{}
 	for _, cv := range d.catalog.Volumes() {
 		want[cv.Name] = cv
 	}
-	var errs []error
+	type removal struct {
+		name string
+		v    *volume.Volume
+	}
+	var gone []removal
+	var add []string
+	d.mu.Lock()
 	for name, v := range d.mu.vols {
-		cv, ok := want[name]
-		if ok && cv.ID == v.ID() {
+		if cv, ok := want[name]; ok && cv.ID == v.ID() {
 			v.SetSize(cv.Size)
 			continue
 		}
-		d.disconnect(name)
-		v.Close()
-		delete(d.mu.vols, name)
-		if err := d.store.DropVolume(v.ID()); err != nil {
-			errs = append(errs, fmt.Errorf("drop data of volume %q: %w", name, err))
-		}
-		d.log.Info("volume removed", "volume", name, "id", v.ID())
+		delete(d.mu.vols, name) // no new lookups find it
+		gone = append(gone, removal{name, v})
 	}
 	for name := range want {
-		if _, ok := d.mu.vols[name]; ok {
-			continue
+		if _, ok := d.mu.vols[name]; !ok {
+			add = append(add, name)
 		}
+	}
+	d.mu.Unlock()
+
+	var errs []error
+	for _, g := range gone {
+		d.disconnect(g.name)
+		g.v.Close()
+		if err := d.store.DropVolume(g.v.ID()); err != nil {
+			errs = append(errs, fmt.Errorf("drop data of volume %q: %w", g.name, err))
+		}
+		d.log.Info("volume removed", "volume", g.name, "id", g.v.ID())
+	}
+	for _, name := range add {
 		// Attaching bumps the fencing generation, so this attachment's
 		// writes carry higher seqs than any earlier one's.
 		av, err := d.catalog.Attach(ctx, name, d.cfg.NodeName)
@@ -229,7 +246,9 @@ func (d *daemon) reconcile(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("open volume %q: %w", name, err))
 			continue
 		}
+		d.mu.Lock()
 		d.mu.vols[name] = v
+		d.mu.Unlock()
 		d.log.Info("volume attached", "volume", name, "id", av.ID, "size", av.Size, "generation", av.Generation)
 	}
 	return errors.Join(errs...)
