@@ -58,15 +58,22 @@ func (i *procInstance) Target() Target { return i.target }
 func (i *procInstance) PIDs() []int    { return []int{i.p.cmd.Process.Pid} }
 func (i *procInstance) Close() error   { return i.p.stop() }
 
-// checkCommon rejects options no peer supports.
-func checkCommon(o StartOptions, what string) error {
+// prepareNBD rejects options an NBD peer does not support, finds its
+// binary and picks a free loopback address for it.
+func prepareNBD(o StartOptions, tool string) (bin, addr string, err error) {
 	if o.FrontEnd != NBD {
-		return fmt.Errorf("%w: %s serves NBD only, not %s", ErrUnavailable, what, o.FrontEnd)
+		return "", "", fmt.Errorf("%w: %s serves NBD only, not %s", ErrUnavailable, tool, o.FrontEnd)
 	}
 	if o.Latency != 0 {
-		return fmt.Errorf("%w: %s cannot inject latency", ErrUnavailable, what)
+		return "", "", fmt.Errorf("%w: %s cannot inject latency", ErrUnavailable, tool)
 	}
-	return nil
+	if bin, err = lookTool(tool); err != nil {
+		return "", "", err
+	}
+	if addr, err = freeAddr(); err != nil {
+		return "", "", err
+	}
+	return bin, addr, nil
 }
 
 // createBacking makes a sparse backing file of the export size.
@@ -109,14 +116,7 @@ func (n NBDKit) Describe(ctx context.Context) string {
 }
 
 func (n NBDKit) Start(ctx context.Context, o StartOptions) (Instance, error) {
-	if err := checkCommon(o, "nbdkit"); err != nil {
-		return nil, err
-	}
-	bin, err := lookTool("nbdkit")
-	if err != nil {
-		return nil, err
-	}
-	addr, err := freeAddr()
+	bin, addr, err := prepareNBD(o, "nbdkit")
 	if err != nil {
 		return nil, err
 	}
@@ -145,14 +145,7 @@ func (QemuNBD) Describe(ctx context.Context) string {
 }
 
 func (QemuNBD) Start(ctx context.Context, o StartOptions) (Instance, error) {
-	if err := checkCommon(o, "qemu-nbd"); err != nil {
-		return nil, err
-	}
-	bin, err := lookTool("qemu-nbd")
-	if err != nil {
-		return nil, err
-	}
-	addr, err := freeAddr()
+	bin, addr, err := prepareNBD(o, "qemu-nbd")
 	if err != nil {
 		return nil, err
 	}
@@ -179,14 +172,7 @@ func (NBDServer) Describe(ctx context.Context) string {
 }
 
 func (NBDServer) Start(ctx context.Context, o StartOptions) (Instance, error) {
-	if err := checkCommon(o, "nbd-server"); err != nil {
-		return nil, err
-	}
-	bin, err := lookTool("nbd-server")
-	if err != nil {
-		return nil, err
-	}
-	addr, err := freeAddr()
+	bin, addr, err := prepareNBD(o, "nbd-server")
 	if err != nil {
 		return nil, err
 	}
