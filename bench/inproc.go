@@ -55,26 +55,36 @@ func (Embedded) Start(ctx context.Context, o StartOptions) (Instance, error) {
 		return nil, fmt.Errorf("in-process store: %w", err)
 	}
 	var node volume.Node = st
+	var delayed *volume.Latency
 	if o.Latency > 0 {
-		node = volume.Latency{Node: st, D: o.Latency}
+		if delayed, err = volume.NewLatency(st, o.Latency); err != nil {
+			st.Close()
+			logf.Close()
+			return nil, fmt.Errorf("in-process latency: %w", err)
+		}
+		node = delayed
 	}
 	v, err := volume.Open(volume.Options{ID: 1, Size: o.SizeBytes, Generation: 1, Epoch: 1, Placement: volume.NewLocal(node)})
 	if err != nil {
+		if delayed != nil {
+			delayed.Close()
+		}
 		st.Close()
 		logf.Close()
 		return nil, fmt.Errorf("in-process volume: %w", err)
 	}
-	return &inprocInstance{v: v, st: st, logf: logf,
+	return &inprocInstance{v: v, st: st, delayed: delayed, logf: logf,
 		target: Target{FrontEnd: InProc, URI: "inproc:" + dir, SizeBytes: o.SizeBytes, Device: v}}, nil
 }
 
 type inprocInstance struct {
-	v      *volume.Volume
-	st     *store.Store
-	logf   *os.File
-	target Target
-	once   sync.Once
-	err    error
+	v       *volume.Volume
+	st      *store.Store
+	delayed *volume.Latency // nil without injected latency
+	logf    *os.File
+	target  Target
+	once    sync.Once
+	err     error
 }
 
 func (i *inprocInstance) Target() Target { return i.target }
@@ -85,6 +95,13 @@ func (i *inprocInstance) PIDs() []int { return []int{os.Getpid()} }
 func (i *inprocInstance) Close() error {
 	i.once.Do(func() {
 		err := i.v.Close()
+		if i.delayed != nil {
+			n, mean := i.delayed.Waited()
+			fmt.Fprintf(i.logf, "injected latency: %d operations, mean %v\n", n, mean)
+			if derr := i.delayed.Close(); err == nil {
+				err = derr
+			}
+		}
 		if serr := i.st.Close(); err == nil {
 			err = serr
 		}

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"testing"
 
@@ -103,5 +104,50 @@ func BenchmarkZero1TiB(b *testing.B) {
 		if err := s.Zero(1, 0, blocks, Stamp{1, seq}, true); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkReadAged reads random blocks, one and eight at a time, from a
+// 1 GiB volume aged the way the benchmark harness's fill and a random-write
+// workload leave it: written sequentially in 1 MiB writes, then 256k random
+// 4 KiB overwrites, so versions lie in several LSM levels. The cache is the
+// daemon's default; it starts cold, as after the fill.
+func BenchmarkReadAged(b *testing.B) {
+	const blocks = 1 << 18
+	s, err := Open(b.TempDir(), Options{FS: vfs.Default, Logger: quiet, CacheBytes: 1 << 30})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = s.Close() })
+	data := make([]byte, 1<<20)
+	rng := rand.New(rand.NewPCG(4, 4))
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	seq := uint64(0)
+	for blk := uint64(0); blk < blocks; blk += 256 {
+		seq++
+		if err := s.Write(1, blk, data, Stamp{1, seq}, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for range blocks {
+		seq++
+		if err := s.Write(1, rng.Uint64N(blocks), data[:BlockSize], Stamp{1, seq}, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Logf("LSM after aging:\n%s", s.db.Metrics())
+	for _, n := range []int{1, 8} {
+		b.Run(fmt.Sprintf("blocks=%d", n), func(b *testing.B) {
+			buf := make([]byte, n*BlockSize)
+			b.SetBytes(int64(len(buf)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := s.Read(1, rng.Uint64N(blocks-uint64(n)), buf, 1); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

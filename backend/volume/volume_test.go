@@ -315,7 +315,12 @@ func TestLargeRequests(t *testing.T) {
 func TestLatencyPipelines(t *testing.T) {
 	var peak, cur atomic.Int64
 	n := countingNode{Node: nopNode{}, cur: &cur, peak: &peak}
-	v, err := Open(Options{ID: 1, Size: 1 << 30, Generation: 1, Epoch: 1, Placement: NewLocal(Latency{Node: n, D: time.Millisecond})})
+	lat, err := NewLatency(n, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lat.Close()
+	v, err := Open(Options{ID: 1, Size: 1 << 30, Generation: 1, Epoch: 1, Placement: NewLocal(lat)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,7 +48,8 @@ type daemon struct {
 	admin   *http.Server
 
 	nbdAddr, iscsiAddr, adminAddr string
-	latency                       time.Duration // injected below the volumes (benchmarks)
+	latency                       time.Duration   // injected below the volumes (benchmarks)
+	delayed                       *volume.Latency // the store behind latency, when latency > 0
 
 	reconcileMu sync.Mutex // serializes reconcile
 	mu          struct {
@@ -78,6 +79,11 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	}
 	if d.store, err = store.Open(filepath.Join(cfg.DataDir, "blocks"), store.Options{Logger: log, CacheBytes: int64(cfg.Storage.CacheSize)}); err != nil {
 		return nil, fmt.Errorf("open block store: %w", err)
+	}
+	if latency > 0 {
+		if d.delayed, err = volume.NewLatency(d.store, latency); err != nil {
+			return nil, err
+		}
 	}
 	if d.catalog, err = cluster.Open(cluster.Options{
 		NodeID:          cfg.NodeName,
@@ -281,6 +287,11 @@ func (d *daemon) Close() error {
 			errs = append(errs, d.iscsi.Close())
 		}
 		d.wg.Wait()
+		if d.delayed != nil {
+			n, mean := d.delayed.Waited()
+			d.log.Info("injected latency", "operations", n, "mean", mean)
+			errs = append(errs, d.delayed.Close())
+		}
 		if d.store != nil {
 			errs = append(errs, d.store.Sync(), d.store.Close())
 		}
@@ -375,8 +386,8 @@ func (t iscsiTargets) List() []string {
 
 // node is the local storage node the volumes use.
 func (d *daemon) node() volume.Node {
-	if d.latency > 0 {
-		return volume.Latency{Node: d.store, D: d.latency}
+	if d.delayed != nil {
+		return d.delayed
 	}
 	return d.store
 }

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package volume
+
+func newWaker() (waker, error) { return timerWaker{}, nil }
