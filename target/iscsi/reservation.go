@@ -180,7 +180,7 @@ func (u *lun) applyOutcome(ctx context.Context, s *session, o prOutcome) {
 	}
 	for _, t := range wait {
 		select {
-		case <-t.done:
+		case <-t.finished.wait():
 		case <-ctx.Done():
 			return
 		}

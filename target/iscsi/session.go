@@ -55,10 +55,9 @@ type task struct {
 	solicited int       // offset up to which data was solicited or sent unsolicited
 	r2tSN     uint32
 	state     atomic.Int32
-	ctx       context.Context
-	cancel    context.CancelFunc
-	done      chan struct{} // closed when the worker has finished
-	forgotten bool          // guarded by session.mu
+	ctx       taskCtx
+	finished  event // fired when the worker is done with the task
+	forgotten bool  // guarded by session.mu
 }
 
 // outPDU is one PDU for the writer. The writer fills in StatSN, ExpCmdSN
@@ -127,6 +126,14 @@ type session struct {
 	// window and immediateMax bound.
 	work    chan *task
 	workers int // reader-owned
+
+	// Per-PDU scratch kept in the session so that it does not escape to
+	// the heap per PDU: the reader's header and pad, the writer's PDU and
+	// digest.
+	rh   header
+	rpad [4 + digestBytes]byte
+	wp   outPDU
+	wd   [digestBytes]byte
 
 	statSN uint32 // writer-owned once in full feature phase
 	// cmdWindow packs ExpCmdSN<<32 | MaxCmdSN so that the writer reads a
@@ -286,6 +293,7 @@ func (s *session) teardown(err error) {
 	s.mu.Lock()
 	for _, t := range s.mu.tasks {
 		t.state.CompareAndSwap(taskRunning, taskAborted)
+		t.ctx.cancel()
 	}
 	s.mu.Unlock()
 	s.tasksWG.Wait()
@@ -327,13 +335,13 @@ func (s *session) send(p outPDU) bool {
 func (s *session) writeLoop() {
 	defer s.writerWG.Done()
 	for {
-		var p outPDU
+		p := &s.wp
 		select {
-		case p = <-s.out:
+		case *p = <-s.out:
 		case <-s.stopping:
 			return
 		}
-		err := s.writePDU(&p)
+		err := s.writePDU(p)
 		if p.release != nil {
 			target.PutBuffer(p.release)
 		}
@@ -368,7 +376,7 @@ func (s *session) writePDU(p *outPDU) error {
 	if _, err := s.bw.Write(h[:]); err != nil {
 		return err
 	}
-	var d [digestBytes]byte
+	d := &s.wd
 	if s.d.header {
 		binary.LittleEndian.PutUint32(d[:], crc32c(h[:]))
 		if _, err := s.bw.Write(d[:]); err != nil {
@@ -381,14 +389,13 @@ func (s *session) writePDU(p *outPDU) error {
 	if _, err := s.bw.Write(p.data); err != nil {
 		return err
 	}
-	var pad [4]byte
 	padN := pad4(len(p.data))
-	if _, err := s.bw.Write(pad[:padN]); err != nil {
+	if _, err := s.bw.Write(zeroPad[:padN]); err != nil {
 		return err
 	}
 	if s.d.data {
 		c := crc32.Update(0, castagnoli, p.data)
-		c = crc32.Update(c, castagnoli, pad[:padN])
+		c = crc32.Update(c, castagnoli, zeroPad[:padN])
 		binary.LittleEndian.PutUint32(d[:], c)
 		if _, err := s.bw.Write(d[:]); err != nil {
 			return err
@@ -396,6 +403,9 @@ func (s *session) writePDU(p *outPDU) error {
 	}
 	return nil
 }
+
+// zeroPad pads data segments to 4 bytes; never written to.
+var zeroPad [4]byte
 
 // serialLess compares sequence numbers in serial number arithmetic (RFC
 // 1982), as RFC 7143 §4.2.2.1 requires.
@@ -503,7 +513,7 @@ func (s *session) readLoop() error {
 			return err
 		}
 		s.nc.SetReadDeadline(time.Now().Add(pduTimeout))
-		var h header
+		h := &s.rh
 		if _, err := io.ReadFull(s.br, h[:]); err != nil {
 			return err
 		}
@@ -525,7 +535,7 @@ func (s *session) readLoop() error {
 			return fmt.Errorf("%w: %s with %d data bytes > MaxRecvDataSegmentLength %d",
 				errProtocol, opName(h.opcode()), h.dataBytes(), s.p.recvDataSegmentMax)
 		}
-		if err := s.handle(&h, ahs); err != nil {
+		if err := s.handle(h, ahs); err != nil {
 			return err
 		}
 	}
@@ -596,7 +606,7 @@ func (s *session) readData(dst []byte) error {
 	if _, err := io.ReadFull(s.br, dst); err != nil {
 		return err
 	}
-	var pad [4 + digestBytes]byte
+	pad := &s.rpad
 	n := pad4(len(dst))
 	tail := pad[:n]
 	if s.d.data {
@@ -789,8 +799,7 @@ func (s *session) scsiCommand(h *header, ahs []byte) error {
 	}
 	s.mu.tasks[t.itt] = t
 	s.mu.Unlock()
-	t.ctx, t.cancel = context.WithCancel(s.ctx)
-	t.done = make(chan struct{})
+	t.ctx.parent = s.ctx
 
 	if t.write && t.edtl > 0 {
 		t.buf = target.GetBuffer(t.edtl)
@@ -913,8 +922,8 @@ func (s *session) failCollecting(t *task, sn sense) {
 		target.PutBuffer(t.buf)
 		t.buf, t.data = nil, nil
 	}
-	t.cancel()
-	close(t.done)
+	t.ctx.cancel()
+	t.finished.fire()
 	s.respondStatus(t.itt, statusCheckCondition, sn, 0, 0)
 }
 
@@ -961,11 +970,11 @@ func (s *session) worker(t *task) {
 // run is a task's worker.
 func (s *session) run(t *task) {
 	defer s.tasksWG.Done()
-	defer close(t.done)
-	defer t.cancel()
+	defer t.finished.fire()
+	defer t.ctx.cancel()
 	var r scsiResult
 	c := scsiCmd{cdb: t.cdb[:cdbLen(t.cdb[0])], lun: t.lunField, data: t.data, edtl: t.edtl}
-	s.lun.exec(t.ctx, s, &c, &r)
+	s.lun.exec(&t.ctx, s, &c, &r)
 	if t.buf != nil {
 		target.PutBuffer(t.buf)
 		t.buf, t.data = nil, nil
@@ -1110,7 +1119,7 @@ func (s *session) taskMgmt(h *header) error {
 		defer s.auxWG.Done()
 		for _, t := range wait {
 			select {
-			case <-t.done:
+			case <-t.finished.wait():
 			case <-s.stopping:
 				return
 			}
@@ -1136,8 +1145,8 @@ func (s *session) abort(t *task, owner bool) ([]*task, bool) {
 	switch {
 	case t.state.CompareAndSwap(taskCollecting, taskAborted):
 		s.forget(t)
-		t.cancel()
-		close(t.done)
+		t.ctx.cancel()
+		t.finished.fire()
 		if owner && t.buf != nil {
 			target.PutBuffer(t.buf)
 			t.buf, t.data = nil, nil
@@ -1145,7 +1154,7 @@ func (s *session) abort(t *task, owner bool) ([]*task, bool) {
 		return nil, true
 	case t.state.CompareAndSwap(taskRunning, taskAborted):
 		s.forget(t)
-		t.cancel()
+		t.ctx.cancel()
 		return []*task{t}, true
 	}
 	return []*task{t}, false // answering already: wait for its response to go first
