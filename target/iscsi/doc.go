@@ -29,9 +29,10 @@
 // Goroutines: Serve starts one goroutine per connection. It logs in, then
 // reads PDUs (the reader); it starts one writer goroutine, the only one
 // that writes to the socket afterwards and the one that stamps StatSN,
-// ExpCmdSN and MaxCmdSN on every PDU as it sends it; one worker goroutine
-// per SCSI command; and helper goroutines for task management and logout
-// waits. The connection goroutine waits for all of them before it returns;
+// ExpCmdSN and MaxCmdSN on every PDU as it sends it; worker goroutines
+// that run SCSI commands, started when a command finds none idle and kept
+// until the session ends (never more than commands can be in flight); and
+// helper goroutines for task management and logout waits. The connection goroutine waits for all of them before it returns;
 // Close closes every connection and waits for every connection goroutine.
 // Server methods are safe for concurrent use. Device methods are called
 // from workers, many at once, with a context cancelled when the command is
