@@ -226,9 +226,3 @@ func (dl *delayLine) close() error {
 	})
 	return err
 }
-
-// timerWaker is the portable waker: the runtime's timer.
-type timerWaker struct{}
-
-func (timerWaker) sleepUntil(t time.Time) error { time.Sleep(time.Until(t)); return nil }
-func (timerWaker) close() error                 { return nil }
