@@ -35,7 +35,7 @@ func benchWrite(b *testing.B, size int, sync bool) {
 	for b.Loop() {
 		seq++
 		block := rng.Uint64N(span/n) * n
-		if err := s.Write(1, block, data, Stamp{1, seq}, sync); err != nil {
+		if err := s.Write(ctx, 1, block, data, Stamp{1, seq}, sync); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -60,7 +60,7 @@ func BenchmarkRead4K(b *testing.B) {
 	seq := uint64(0)
 	for blk := uint64(0); blk < blocks; blk += 256 {
 		seq++
-		if err := s.Write(1, blk, data, Stamp{1, seq}, false); err != nil {
+		if err := s.Write(ctx, 1, blk, data, Stamp{1, seq}, false); err != nil {
 			b.Fatal(err)
 		}
 		if blk == blocks/2 {
@@ -75,7 +75,7 @@ func BenchmarkRead4K(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		if err := s.Read(1, rng.Uint64N(blocks), buf, 1); err != nil {
+		if err := s.Read(ctx, 1, rng.Uint64N(blocks), buf, 1); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -95,13 +95,13 @@ func BenchmarkZero1TiB(b *testing.B) {
 		b.StopTimer()
 		for range 16 {
 			seq++
-			if err := s.Write(1, rng.Uint64N(blocks-64), data, Stamp{1, seq}, false); err != nil {
+			if err := s.Write(ctx, 1, rng.Uint64N(blocks-64), data, Stamp{1, seq}, false); err != nil {
 				b.Fatal(err)
 			}
 		}
 		seq++
 		b.StartTimer()
-		if err := s.Zero(1, 0, blocks, Stamp{1, seq}, true); err != nil {
+		if err := s.Zero(ctx, 1, 0, blocks, Stamp{1, seq}, true); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -127,13 +127,13 @@ func BenchmarkReadAged(b *testing.B) {
 	seq := uint64(0)
 	for blk := uint64(0); blk < blocks; blk += 256 {
 		seq++
-		if err := s.Write(1, blk, data, Stamp{1, seq}, false); err != nil {
+		if err := s.Write(ctx, 1, blk, data, Stamp{1, seq}, false); err != nil {
 			b.Fatal(err)
 		}
 	}
 	for range blocks {
 		seq++
-		if err := s.Write(1, rng.Uint64N(blocks), data[:BlockSize], Stamp{1, seq}, false); err != nil {
+		if err := s.Write(ctx, 1, rng.Uint64N(blocks), data[:BlockSize], Stamp{1, seq}, false); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -144,7 +144,7 @@ func BenchmarkReadAged(b *testing.B) {
 			b.SetBytes(int64(len(buf)))
 			b.ReportAllocs()
 			for b.Loop() {
-				if err := s.Read(1, rng.Uint64N(blocks-uint64(n)), buf, 1); err != nil {
+				if err := s.Read(ctx, 1, rng.Uint64N(blocks-uint64(n)), buf, 1); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -75,7 +75,7 @@ func crashRun(t *testing.T, seed uint64) {
 				durable = len(ops)
 			}
 			if rng.IntN(40) == 0 {
-				if err := s.Sync(); err != nil {
+				if err := s.Sync(ctx); err != nil {
 					t.Fatal(err)
 				}
 				durable = len(ops)

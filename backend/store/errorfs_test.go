@@ -44,7 +44,7 @@ func TestReadErrorIsIO(t *testing.T) {
 	for i := range uint64(4) {
 		fill(buf[i*BlockSize:(i+1)*BlockSize], 'd', 100+i)
 	}
-	if err := s.Write(1, 100, buf, Stamp{1, 1}, true); err != nil {
+	if err := s.Write(ctx, 1, 100, buf, Stamp{1, 1}, true); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.db.Flush(); err != nil { // move the data into an sstable
@@ -52,11 +52,11 @@ func TestReadErrorIsIO(t *testing.T) {
 	}
 	inj.On()
 	got := make([]byte, 4*BlockSize)
-	err := s.Read(1, 100, got, 1)
+	err := s.Read(ctx, 1, 100, got, 1)
 	if !errors.Is(err, ErrIO) || !errors.Is(err, errorfs.ErrInjected) {
 		t.Fatalf("read with failing disk: %v, want ErrIO wrapping the injected error", err)
 	}
-	err = s.Extents(1, 0, 1000, 1, func(_, _ uint64, _ bool) bool { return true })
+	err = s.Extents(ctx, 1, 0, 1000, 1, func(_, _ uint64, _ bool) bool { return true })
 	if !errors.Is(err, ErrIO) {
 		t.Fatalf("extents with failing disk: %v, want ErrIO", err)
 	}
@@ -77,24 +77,24 @@ func TestWALFailureFailsStore(t *testing.T) {
 		call  func(s *Store) error
 	}{
 		{"sync write, sync fails", []errorfs.OpKind{errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo},
-			func(s *Store) error { return s.Write(1, 0, make([]byte, BlockSize), Stamp{1, 2}, true) }},
+			func(s *Store) error { return s.Write(ctx, 1, 0, make([]byte, BlockSize), Stamp{1, 2}, true) }},
 		{"sync write, write fails", []errorfs.OpKind{errorfs.OpFileWrite, errorfs.OpFileWriteAt},
-			func(s *Store) error { return s.Write(1, 0, make([]byte, BlockSize), Stamp{1, 2}, true) }},
+			func(s *Store) error { return s.Write(ctx, 1, 0, make([]byte, BlockSize), Stamp{1, 2}, true) }},
 		{"Sync after nosync write", []errorfs.OpKind{errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo},
 			func(s *Store) error {
-				if err := s.Write(1, 0, make([]byte, BlockSize), Stamp{1, 2}, false); err != nil {
+				if err := s.Write(ctx, 1, 0, make([]byte, BlockSize), Stamp{1, 2}, false); err != nil {
 					return nil // not reached: a nosync write only buffers
 				}
-				return s.Sync()
+				return s.Sync(ctx)
 			}},
 		{"sync zero", []errorfs.OpKind{errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo},
-			func(s *Store) error { return s.Zero(1, 0, 1000, Stamp{1, 2}, true) }},
+			func(s *Store) error { return s.Zero(ctx, 1, 0, 1000, Stamp{1, 2}, true) }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			inj := injectOn(".log", tc.kinds...)
 			s := openFaulty(t, inj)
-			if err := s.Write(1, 0, make([]byte, BlockSize), Stamp{1, 1}, true); err != nil {
+			if err := s.Write(ctx, 1, 0, make([]byte, BlockSize), Stamp{1, 1}, true); err != nil {
 				t.Fatal(err)
 			}
 			inj.On()
@@ -106,9 +106,9 @@ func TestWALFailureFailsStore(t *testing.T) {
 			}
 			buf := make([]byte, BlockSize)
 			for name, err := range map[string]error{
-				"read":  s.Read(1, 0, buf, 1),
-				"write": s.Write(1, 0, buf, Stamp{1, 3}, false),
-				"sync":  s.Sync(),
+				"read":  s.Read(ctx, 1, 0, buf, 1),
+				"write": s.Write(ctx, 1, 0, buf, Stamp{1, 3}, false),
+				"sync":  s.Sync(ctx),
 			} {
 				if !errors.Is(err, ErrIO) || !errors.Is(err, ErrFailed) {
 					t.Fatalf("%s on failed store: %v", name, err)

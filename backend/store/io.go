@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"sync"
 
@@ -82,7 +83,7 @@ func closeIter(it *pebble.Iterator, err *error) {
 // at most RequestBytesMax. If sync, the data is durable before Write returns
 // (FUA). Per (block, epoch) the version with the highest seq wins whatever
 // the arrival order. Write does not retain data.
-func (s *Store) Write(vol, block uint64, data []byte, st Stamp, sync bool) (err error) {
+func (s *Store) Write(ctx context.Context, vol, block uint64, data []byte, st Stamp, sync bool) (err error) {
 	if err := checkBuf(len(data)); err != nil {
 		return fmt.Errorf("store: write vol %d block %d: %w", vol, block, err)
 	}
@@ -90,10 +91,12 @@ func (s *Store) Write(vol, block uint64, data []byte, st Stamp, sync bool) (err 
 	if err := checkBlocks(block, n); err != nil {
 		return fmt.Errorf("store: write vol %d: %w", vol, err)
 	}
-	if err := s.enter(); err != nil {
+	if err := s.enter(ctx); err != nil {
 		return fmt.Errorf("store: write vol %d block %d: %w", vol, block, err)
 	}
 	defer s.life.RUnlock()
+	s.volEnter(vol, true)
+	defer s.volExit(vol)
 	v := s.volume(vol)
 	v.raiseSeq(st.Seq)
 	b := s.db.NewBatchWithSize(batchBytes(n), pebble.WithMaxRetainedSizeBytes(batchRetainedBytesMax))
@@ -139,7 +142,7 @@ func (v *volume) raiseSeq(seq uint64) {
 // greatest (epoch, seq) among those with epoch <= epoch, where a Zero
 // covering the block counts as a version of zeros. Unwritten blocks read as
 // zeros. An error reading from disk wraps ErrIO; p is then undefined.
-func (s *Store) Read(vol, block uint64, p []byte, epoch uint64) (err error) {
+func (s *Store) Read(ctx context.Context, vol, block uint64, p []byte, epoch uint64) (err error) {
 	if err := checkBuf(len(p)); err != nil {
 		return fmt.Errorf("store: read vol %d block %d: %w", vol, block, err)
 	}
@@ -147,10 +150,12 @@ func (s *Store) Read(vol, block uint64, p []byte, epoch uint64) (err error) {
 	if err := checkBlocks(block, n); err != nil {
 		return fmt.Errorf("store: read vol %d: %w", vol, err)
 	}
-	if err := s.enter(); err != nil {
+	if err := s.enter(ctx); err != nil {
 		return fmt.Errorf("store: read vol %d block %d: %w", vol, block, err)
 	}
 	defer s.life.RUnlock()
+	s.volEnter(vol, false)
+	defer s.volExit(vol)
 	defer s.recoverFatal(&err)
 	c := cursorPool.Get().(*cursor)
 	defer c.release()
@@ -186,14 +191,16 @@ func (s *Store) Read(vol, block uint64, p []byte, epoch uint64) (err error) {
 // the range. A straggler Write with a lower seq arriving later stays masked
 // by the zero record. As a guard, Zero does not reclaim when this process
 // has stored a point version of vol with a seq above st.Seq since Open.
-func (s *Store) Zero(vol, block, n uint64, st Stamp, sync bool) (err error) {
+func (s *Store) Zero(ctx context.Context, vol, block, n uint64, st Stamp, sync bool) (err error) {
 	if err := checkBlocks(block, n); err != nil {
 		return fmt.Errorf("store: zero vol %d: %w", vol, err)
 	}
-	if err := s.enter(); err != nil {
+	if err := s.enter(ctx); err != nil {
 		return fmt.Errorf("store: zero vol %d block %d: %w", vol, block, err)
 	}
 	defer s.life.RUnlock()
+	s.volEnter(vol, true)
+	defer s.volExit(vol)
 	v := s.volume(vol)
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -256,8 +263,8 @@ func (s *Store) Zero(vol, block, n uint64, st Stamp, sync bool) (err error) {
 }
 
 // Sync makes every write that returned before the call durable.
-func (s *Store) Sync() (err error) {
-	if err := s.enter(); err != nil {
+func (s *Store) Sync(ctx context.Context) (err error) {
+	if err := s.enter(ctx); err != nil {
 		return fmt.Errorf("store: sync: %w", err)
 	}
 	defer s.life.RUnlock()
@@ -278,14 +285,16 @@ func (s *Store) Sync() (err error) {
 // covered or fn returns false. A block is allocated when its visible
 // version holds data; zeroed and unwritten blocks are not. The cost is
 // O(versions stored in the range). fn must not call Close.
-func (s *Store) Extents(vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) (err error) {
+func (s *Store) Extents(ctx context.Context, vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) (err error) {
 	if err := checkBlocks(block, n); err != nil {
 		return fmt.Errorf("store: extents vol %d: %w", vol, err)
 	}
-	if err := s.enter(); err != nil {
+	if err := s.enter(ctx); err != nil {
 		return fmt.Errorf("store: extents vol %d: %w", vol, err)
 	}
 	defer s.life.RUnlock()
+	s.volEnter(vol, false)
+	defer s.volExit(vol)
 	defer s.recoverFatal(&err)
 	c := cursorPool.Get().(*cursor)
 	defer c.release()
@@ -357,8 +366,8 @@ func (s *Store) Extents(vol, block, n, epoch uint64, fn func(start, count uint64
 
 // Allocated returns the number of blocks of vol allocated at epoch (see
 // Extents). It walks every version of the volume.
-func (s *Store) Allocated(vol, epoch uint64) (blocks uint64, err error) {
-	err = s.Extents(vol, 0, BlocksMax, epoch, func(_, count uint64, alloc bool) bool {
+func (s *Store) Allocated(ctx context.Context, vol, epoch uint64) (blocks uint64, err error) {
+	err = s.Extents(ctx, vol, 0, BlocksMax, epoch, func(_, count uint64, alloc bool) bool {
 		if alloc {
 			blocks += count
 		}
@@ -374,10 +383,11 @@ func (s *Store) Allocated(vol, epoch uint64) (blocks uint64, err error) {
 // with range deletions (O(1) keys) and a synced commit. No other call on
 // vol may be in flight.
 func (s *Store) DropVolume(vol uint64) (err error) {
-	if err := s.enter(); err != nil {
+	if err := s.enter(context.Background()); err != nil {
 		return fmt.Errorf("store: drop vol %d: %w", vol, err)
 	}
 	defer s.life.RUnlock()
+	s.dropBegin(vol)
 	v := s.volume(vol)
 	v.mu.Lock()
 	defer v.mu.Unlock()

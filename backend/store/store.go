@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -93,6 +94,8 @@ type Store struct {
 		sync.RWMutex
 		m map[uint64]*volume
 	}
+
+	calls calls // invariants builds only
 }
 
 // volume is the in-memory state of one volume.
@@ -250,9 +253,13 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// enter starts a call: it fails if the store is closed or failed. On
+// enter starts a call: it fails if ctx is done or the store is closed or
+// failed. On
 // success the caller must call s.life.RUnlock.
-func (s *Store) enter() error {
+func (s *Store) enter(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	s.life.RLock()
 	if s.life.closed {
 		s.life.RUnlock()
@@ -374,7 +381,7 @@ func checkBuf(n int) error {
 // sync of its own; the next sync write or Sync makes it durable) and capped
 // at retainedEpochsMax, keeping the oldest epochs.
 func (s *Store) SetRetained(vol uint64, epochs []uint64) {
-	if err := s.enter(); err != nil {
+	if err := s.enter(context.Background()); err != nil {
 		s.log.Error("set retained", "vol", vol, "err", err)
 		return
 	}

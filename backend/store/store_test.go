@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -14,6 +15,9 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
+
+// ctx is the context of the tests' store calls.
+var ctx = context.Background()
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
@@ -65,13 +69,13 @@ func apply(t testing.TB, s *Store, vol uint64, o op) {
 func applyErr(s *Store, vol uint64, o op) error {
 	var err error
 	if o.zero {
-		err = s.Zero(vol, o.block, o.n, o.st, o.sync)
+		err = s.Zero(ctx, vol, o.block, o.n, o.st, o.sync)
 	} else {
 		data := make([]byte, o.n*BlockSize)
 		for i := range o.n {
 			fill(data[i*BlockSize:(i+1)*BlockSize], o.id, o.block+i)
 		}
-		err = s.Write(vol, o.block, data, o.st, o.sync)
+		err = s.Write(ctx, vol, o.block, data, o.st, o.sync)
 	}
 	if err != nil {
 		return fmt.Errorf("%v: %w", o, err)
@@ -103,7 +107,7 @@ func expect(ops []op, block, epoch uint64) byte {
 func readID(t testing.TB, s *Store, vol, block, epoch uint64) byte {
 	t.Helper()
 	got := make([]byte, BlockSize)
-	if err := s.Read(vol, block, got, epoch); err != nil {
+	if err := s.Read(ctx, vol, block, got, epoch); err != nil {
 		t.Fatalf("read vol %d block %d @%d: %v", vol, block, epoch, err)
 	}
 	if bytes.Equal(got, make([]byte, BlockSize)) {
@@ -303,7 +307,7 @@ func checkModel(t *testing.T, s *Store, vol uint64, ops []op, blocks uint64, epo
 		// Extents: consecutive, covering, maximal runs matching the model.
 		next := uint64(0)
 		var prev *bool
-		err := s.Extents(vol, 0, blocks, e, func(start, count uint64, allocated bool) bool {
+		err := s.Extents(ctx, vol, 0, blocks, e, func(start, count uint64, allocated bool) bool {
 			if start != next || count == 0 {
 				t.Fatalf("@%d: extent (%d,+%d) after %d", e, start, count, next)
 			}
@@ -322,7 +326,7 @@ func checkModel(t *testing.T, s *Store, vol uint64, ops []op, blocks uint64, epo
 		if err != nil || next != blocks {
 			t.Fatalf("@%d: extents: %v, covered %d of %d", e, err, next, blocks)
 		}
-		if got, err := s.Allocated(vol, e); err != nil || got != alloc {
+		if got, err := s.Allocated(ctx, vol, e); err != nil || got != alloc {
 			t.Fatalf("@%d: allocated = %d, %v; want %d", e, got, err, alloc)
 		}
 	}
@@ -392,7 +396,7 @@ func TestExtentsStopsEarly(t *testing.T) {
 	s := openMem(t, nil)
 	buf := make([]byte, BlockSize)
 	for _, b := range []uint64{3, 4, 10} {
-		if err := s.Write(1, b, buf, Stamp{1, b}, false); err != nil {
+		if err := s.Write(ctx, 1, b, buf, Stamp{1, b}, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -401,7 +405,7 @@ func TestExtentsStopsEarly(t *testing.T) {
 		alloc        bool
 	}
 	var got []ext
-	err := s.Extents(1, 2, 20, 1, func(start, count uint64, alloc bool) bool {
+	err := s.Extents(ctx, 1, 2, 20, 1, func(start, count uint64, alloc bool) bool {
 		got = append(got, ext{start, count, alloc})
 		return len(got) < 3
 	})
@@ -411,7 +415,7 @@ func TestExtentsStopsEarly(t *testing.T) {
 	}
 	// Epoch 0 sees nothing: one hole.
 	got = nil
-	if err := s.Extents(1, 0, 100, 0, func(start, count uint64, alloc bool) bool {
+	if err := s.Extents(ctx, 1, 0, 100, 0, func(start, count uint64, alloc bool) bool {
 		got = append(got, ext{start, count, alloc})
 		return true
 	}); err != nil || !slices.Equal(got, []ext{{0, 100, false}}) {
@@ -429,24 +433,24 @@ func TestZero1TiB(t *testing.T) {
 	for range 500 {
 		seq++
 		b := rng.Uint64N(blocks/4) * 4
-		if err := s.Write(9, b, buf, Stamp{1, seq}, false); err != nil {
+		if err := s.Write(ctx, 9, b, buf, Stamp{1, seq}, false); err != nil {
 			t.Fatal(err)
 		}
 	}
-	allocated, err := s.Allocated(9, 1)
+	allocated, err := s.Allocated(ctx, 9, 1)
 	if err != nil || allocated < 4*400 {
 		t.Fatalf("allocated = %d, %v", allocated, err)
 	}
 	start := time.Now()
-	if err := s.Zero(9, 0, blocks, Stamp{1, seq + 1}, true); err != nil {
+	if err := s.Zero(ctx, 9, 0, blocks, Stamp{1, seq + 1}, true); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("zero of 1 TiB with %d blocks allocated: %v", allocated, time.Since(start))
-	if got, err := s.Allocated(9, 1); err != nil || got != 0 {
+	if got, err := s.Allocated(ctx, 9, 1); err != nil || got != 0 {
 		t.Fatalf("allocated after zero = %d, %v", got, err)
 	}
 	var runs int
-	if err := s.Extents(9, 0, blocks, 1, func(start, count uint64, alloc bool) bool {
+	if err := s.Extents(ctx, 9, 0, blocks, 1, func(start, count uint64, alloc bool) bool {
 		runs++
 		if start != 0 || count != blocks || alloc {
 			t.Fatalf("extent (%d,+%d,%v)", start, count, alloc)
@@ -473,7 +477,7 @@ func TestRetainedBlocksReclaim(t *testing.T) {
 	s := openMem(t, fs)
 	buf := make([]byte, BlockSize)
 	fill(buf, 'a', 5)
-	if err := s.Write(1, 5, buf, Stamp{1, 1}, false); err != nil {
+	if err := s.Write(ctx, 1, 5, buf, Stamp{1, 1}, false); err != nil {
 		t.Fatal(err)
 	}
 	s.SetRetained(1, []uint64{1})
@@ -482,7 +486,7 @@ func TestRetainedBlocksReclaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	s = openMem(t, fs)
-	if err := s.Zero(1, 0, 1000, Stamp{2, 2}, false); err != nil {
+	if err := s.Zero(ctx, 1, 0, 1000, Stamp{2, 2}, false); err != nil {
 		t.Fatal(err)
 	}
 	if got := readID(t, s, 1, 5, 1); got != 'a' {
@@ -493,7 +497,7 @@ func TestRetainedBlocksReclaim(t *testing.T) {
 	}
 	// Without retained epochs the next zero reclaims.
 	s.SetRetained(1, nil)
-	if err := s.Zero(1, 0, 1000, Stamp{3, 3}, false); err != nil {
+	if err := s.Zero(ctx, 1, 0, 1000, Stamp{3, 3}, false); err != nil {
 		t.Fatal(err)
 	}
 	if got := readID(t, s, 1, 5, 1); got != 0 {
@@ -510,10 +514,10 @@ func TestSeqGuardSkipsReclaim(t *testing.T) {
 	fill(buf, 'n', 5)
 	// A newer write already stored, then a zero with a lower seq (contract
 	// violation): the guard keeps the newer write.
-	if err := s.Write(1, 5, buf, Stamp{1, 10}, false); err != nil {
+	if err := s.Write(ctx, 1, 5, buf, Stamp{1, 10}, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Zero(1, 0, 100, Stamp{1, 5}, false); err != nil {
+	if err := s.Zero(ctx, 1, 0, 100, Stamp{1, 5}, false); err != nil {
 		t.Fatal(err)
 	}
 	if got := readID(t, s, 1, 5, 1); got != 'n' {
@@ -526,15 +530,15 @@ func TestDropVolume(t *testing.T) {
 	s := openMem(t, fs)
 	buf := make([]byte, 2*BlockSize)
 	for _, vol := range []uint64{1, 2, ^uint64(0)} {
-		if err := s.Write(vol, 10, buf[:BlockSize], Stamp{1, 1}, false); err != nil {
+		if err := s.Write(ctx, vol, 10, buf[:BlockSize], Stamp{1, 1}, false); err != nil {
 			t.Fatal(err)
 		}
 		fill(buf[:BlockSize], 'v', 0)
 		fill(buf[BlockSize:], 'v', 1)
-		if err := s.Write(vol, 0, buf, Stamp{1, 2}, false); err != nil {
+		if err := s.Write(ctx, vol, 0, buf, Stamp{1, 2}, false); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Zero(vol, 100, 1000, Stamp{1, 3}, false); err != nil {
+		if err := s.Zero(ctx, vol, 100, 1000, Stamp{1, 3}, false); err != nil {
 			t.Fatal(err)
 		}
 		s.SetRetained(vol, []uint64{1})
@@ -546,7 +550,7 @@ func TestDropVolume(t *testing.T) {
 	}
 	check := func(s *Store) {
 		for vol, want := range map[uint64]uint64{1: 0, 2: 3, ^uint64(0): 0} {
-			if got, err := s.Allocated(vol, 1); err != nil || got != want {
+			if got, err := s.Allocated(ctx, vol, 1); err != nil || got != want {
 				t.Fatalf("vol %d: allocated %d, %v; want %d", vol, got, err, want)
 			}
 		}
@@ -571,15 +575,15 @@ func TestInvalidAndClosed(t *testing.T) {
 	s := openMem(t, nil)
 	buf := make([]byte, BlockSize)
 	for name, err := range map[string]error{
-		"write empty":      s.Write(1, 0, nil, Stamp{}, false),
-		"write partial":    s.Write(1, 0, buf[:100], Stamp{}, false),
-		"write too large":  s.Write(1, 0, make([]byte, RequestBytesMax+BlockSize), Stamp{}, false),
-		"write past end":   s.Write(1, BlocksMax, buf, Stamp{}, false),
-		"read partial":     s.Read(1, 0, buf[:4095], 0),
-		"read wraps":       s.Read(1, ^uint64(0), buf, 0),
-		"zero empty":       s.Zero(1, 0, 0, Stamp{}, false),
-		"zero past end":    s.Zero(1, 1, BlocksMax, Stamp{}, false),
-		"extents overflow": s.Extents(1, 5, ^uint64(0), 0, func(_, _ uint64, _ bool) bool { return true }),
+		"write empty":      s.Write(ctx, 1, 0, nil, Stamp{}, false),
+		"write partial":    s.Write(ctx, 1, 0, buf[:100], Stamp{}, false),
+		"write too large":  s.Write(ctx, 1, 0, make([]byte, RequestBytesMax+BlockSize), Stamp{}, false),
+		"write past end":   s.Write(ctx, 1, BlocksMax, buf, Stamp{}, false),
+		"read partial":     s.Read(ctx, 1, 0, buf[:4095], 0),
+		"read wraps":       s.Read(ctx, 1, ^uint64(0), buf, 0),
+		"zero empty":       s.Zero(ctx, 1, 0, 0, Stamp{}, false),
+		"zero past end":    s.Zero(ctx, 1, 1, BlocksMax, Stamp{}, false),
+		"extents overflow": s.Extents(ctx, 1, 5, ^uint64(0), 0, func(_, _ uint64, _ bool) bool { return true }),
 	} {
 		if !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: %v, want ErrInvalid", name, err)
@@ -595,10 +599,10 @@ func TestInvalidAndClosed(t *testing.T) {
 		t.Fatalf("second close: %v", err)
 	}
 	for name, err := range map[string]error{
-		"write": s.Write(1, 0, buf, Stamp{}, false),
-		"read":  s.Read(1, 0, buf, 0),
-		"zero":  s.Zero(1, 0, 1, Stamp{}, false),
-		"sync":  s.Sync(),
+		"write": s.Write(ctx, 1, 0, buf, Stamp{}, false),
+		"read":  s.Read(ctx, 1, 0, buf, 0),
+		"zero":  s.Zero(ctx, 1, 0, 1, Stamp{}, false),
+		"sync":  s.Sync(ctx),
 		"drop":  s.DropVolume(1),
 	} {
 		if !errors.Is(err, ErrClosed) {
@@ -619,16 +623,16 @@ func TestRangeLimit(t *testing.T) {
 	}
 	v.ranges.Store(newRangeSet(full))
 	big := uint64(zeroPointsBlocksMax + 1)
-	if err := s.Zero(1, 1<<40, big, Stamp{2, 1 << 20}, false); !errors.Is(err, ErrLimit) {
+	if err := s.Zero(ctx, 1, 1<<40, big, Stamp{2, 1 << 20}, false); !errors.Is(err, ErrLimit) {
 		t.Fatalf("zero past the bound: %v, want ErrLimit", err)
 	}
 	// A small-enough range falls back to zero points.
 	buf := make([]byte, BlockSize)
 	fill(buf, 'x', 1<<40)
-	if err := s.Write(1, 1<<40, buf, Stamp{2, 1<<20 + 1}, false); err != nil {
+	if err := s.Write(ctx, 1, 1<<40, buf, Stamp{2, 1<<20 + 1}, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Zero(1, 1<<40, 100, Stamp{2, 1<<20 + 2}, false); err != nil {
+	if err := s.Zero(ctx, 1, 1<<40, 100, Stamp{2, 1<<20 + 2}, false); err != nil {
 		t.Fatal(err)
 	}
 	if got := readID(t, s, 1, 1<<40, 2); got != 0 {
@@ -638,7 +642,7 @@ func TestRangeLimit(t *testing.T) {
 		t.Fatalf("%d ranges", n)
 	}
 	// A dominating zero at the same epoch may shrink the set again.
-	if err := s.Zero(1, 0, 1000*rangesPerVolumeMax, Stamp{1, 1 << 19}, false); err != nil {
+	if err := s.Zero(ctx, 1, 0, 1000*rangesPerVolumeMax, Stamp{1, 1 << 19}, false); err != nil {
 		t.Fatal(err)
 	}
 	if n := v.ranges.Load().len(); n != 1 {
@@ -655,22 +659,22 @@ func TestAllocsPerIO(t *testing.T) {
 	seq := uint64(0)
 	for b := range uint64(64) {
 		seq++
-		if err := s.Write(1, b, buf, Stamp{1, seq}, false); err != nil {
+		if err := s.Write(ctx, 1, b, buf, Stamp{1, seq}, false); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := s.Zero(1, 1000, 100, Stamp{1, seq + 1}, false); err != nil {
+	if err := s.Zero(ctx, 1, 1000, 100, Stamp{1, seq + 1}, false); err != nil {
 		t.Fatal(err)
 	}
 	seq++
 	reads := testing.AllocsPerRun(200, func() {
-		if err := s.Read(1, 7, buf, 1); err != nil {
+		if err := s.Read(ctx, 1, 7, buf, 1); err != nil {
 			t.Fatal(err)
 		}
 	})
 	writes := testing.AllocsPerRun(200, func() {
 		seq++
-		if err := s.Write(1, 7, buf, Stamp{1, seq}, false); err != nil {
+		if err := s.Write(ctx, 1, 7, buf, Stamp{1, seq}, false); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -742,7 +746,7 @@ func TestConcurrent(t *testing.T) {
 				if i%10 == 0 {
 					b := base + rng.Uint64N(span)
 					got := make([]byte, BlockSize)
-					if err := s.Read(vol, b, got, epoch); err != nil {
+					if err := s.Read(ctx, vol, b, got, epoch); err != nil {
 						errc <- err
 						return
 					}
@@ -767,11 +771,11 @@ func TestConcurrent(t *testing.T) {
 				return
 			default:
 			}
-			if err := s.Sync(); err != nil {
+			if err := s.Sync(ctx); err != nil {
 				errc <- err
 				return
 			}
-			if err := s.Extents(1, 0, workers*span*2, 5, func(_, _ uint64, _ bool) bool { return true }); err != nil {
+			if err := s.Extents(ctx, 1, 0, workers*span*2, 5, func(_, _ uint64, _ bool) bool { return true }); err != nil {
 				errc <- err
 				return
 			}

@@ -14,6 +14,17 @@
 //   - A write is acknowledged only when every replica in its chunk's set has
 //     it (durably, for FUA).
 //
-// Concurrency: all methods are safe for concurrent use. The Volume does not
-// start goroutines of its own.
+// # Request lifecycle
+//
+// Every request of a front end takes one path: admit (counted in flight;
+// refused once Close began) → block locks → one stamp → node calls, whose
+// context carries the request's deadline → unlock → exit. The stamp comes
+// after the locks so that two requests serialized on a block are stamped in
+// that order. Exit is the one place a request leaves the volume. Close
+// stops admitting and waits, bounded, for the requests inside; only after
+// it returned nil may the volume's data be dropped.
+//
+// Concurrency: all methods are safe for concurrent use. The Volume owns no
+// long-lived goroutines; a write or zero over several replicas runs its
+// node calls on goroutines that end before the request returns.
 package volume

@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -73,43 +74,43 @@ func (l *Latency) wait() error {
 }
 
 // Write implements Node.
-func (l *Latency) Write(vol, block uint64, data []byte, st store.Stamp, sync bool) error {
+func (l *Latency) Write(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) error {
 	if err := l.wait(); err != nil {
 		return err
 	}
-	return l.node.Write(vol, block, data, st, sync)
+	return l.node.Write(ctx, vol, block, data, st, sync)
 }
 
 // Read implements Node.
-func (l *Latency) Read(vol, block uint64, p []byte, epoch uint64) error {
+func (l *Latency) Read(ctx context.Context, vol, block uint64, p []byte, epoch uint64) error {
 	if err := l.wait(); err != nil {
 		return err
 	}
-	return l.node.Read(vol, block, p, epoch)
+	return l.node.Read(ctx, vol, block, p, epoch)
 }
 
 // Zero implements Node.
-func (l *Latency) Zero(vol, block, n uint64, st store.Stamp, sync bool) error {
+func (l *Latency) Zero(ctx context.Context, vol, block, n uint64, st store.Stamp, sync bool) error {
 	if err := l.wait(); err != nil {
 		return err
 	}
-	return l.node.Zero(vol, block, n, st, sync)
+	return l.node.Zero(ctx, vol, block, n, st, sync)
 }
 
 // Extents implements Node.
-func (l *Latency) Extents(vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) error {
+func (l *Latency) Extents(ctx context.Context, vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) error {
 	if err := l.wait(); err != nil {
 		return err
 	}
-	return l.node.Extents(vol, block, n, epoch, fn)
+	return l.node.Extents(ctx, vol, block, n, epoch, fn)
 }
 
 // Sync implements Node.
-func (l *Latency) Sync() error {
+func (l *Latency) Sync(ctx context.Context) error {
 	if err := l.wait(); err != nil {
 		return err
 	}
-	return l.node.Sync()
+	return l.node.Sync(ctx)
 }
 
 // delayLine releases each waiter d after it arrived. Because d is the same

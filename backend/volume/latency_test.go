@@ -26,7 +26,7 @@ func TestLatencyWaitsAtLeastD(t *testing.T) {
 			p := make([]byte, 4096)
 			for range each {
 				t0 := time.Now()
-				if err := lat.Read(1, 0, p, 1); err != nil {
+				if err := lat.Read(ctx, 1, 0, p, 1); err != nil {
 					errs <- err
 					return
 				}
@@ -55,7 +55,7 @@ func TestLatencyClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := make(chan error, 1)
-	go func() { got <- lat.Sync() }()
+	go func() { got <- lat.Sync(ctx) }()
 	for lat.line.queued() == 0 {
 		time.Sleep(time.Millisecond)
 	}
@@ -65,7 +65,7 @@ func TestLatencyClose(t *testing.T) {
 	if err := <-got; !errors.Is(err, ErrLatencyClosed) {
 		t.Fatalf("waiting Sync after Close: %v, want ErrLatencyClosed", err)
 	}
-	if err := lat.Sync(); !errors.Is(err, ErrLatencyClosed) {
+	if err := lat.Sync(ctx); !errors.Is(err, ErrLatencyClosed) {
 		t.Fatalf("Sync after Close: %v, want ErrLatencyClosed", err)
 	}
 	if _, err := NewLatency(nopNode{}, 0); err == nil {

@@ -8,6 +8,7 @@ import (
 	"math/bits"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"cairn/backend/store"
 	"cairn/target"
@@ -43,14 +44,20 @@ var (
 )
 
 // Node is a storage node holding replicas of some of the volume's chunks:
-// the local store, or (later) a client of a remote one. Methods are safe for
+// the local store, or a client of a remote one. Methods are safe for
 // concurrent use and must not retain the byte slices they are given.
+//
+// Every call carries the request's context. Its Deadline is the request's
+// deadline; its Done channel is the front end's (a connection or task
+// ending), and it is not closed when the deadline passes: a Node that waits
+// on something arms its own timer from Deadline. A Node must not retain ctx
+// after the call returns (the volume reuses it for its next request).
 type Node interface {
-	Write(vol, block uint64, data []byte, st store.Stamp, sync bool) error
-	Read(vol, block uint64, p []byte, epoch uint64) error
-	Zero(vol, block, n uint64, st store.Stamp, sync bool) error
-	Extents(vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) error
-	Sync() error
+	Write(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) error
+	Read(ctx context.Context, vol, block uint64, p []byte, epoch uint64) error
+	Zero(ctx context.Context, vol, block, n uint64, st store.Stamp, sync bool) error
+	Extents(ctx context.Context, vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) error
+	Sync(ctx context.Context) error
 }
 
 // Placement names the replicas of each chunk.
@@ -83,7 +90,25 @@ type Options struct {
 	Epoch      uint64 // current write epoch, ≥ 1
 	ReadOnly   bool
 	Placement  Placement
+	// RequestTimeout is the deadline of every request's node calls, from
+	// its admission; 0 = requestTimeoutDefault.
+	RequestTimeout time.Duration
 }
+
+const (
+	// requestTimeoutDefault bounds a request's node calls when
+	// Options.RequestTimeout is 0.
+	requestTimeoutDefault = 30 * time.Second
+	// closeGrace is how long past the request timeout (at most as long
+	// again) Close waits for the requests inside the volume before it gives
+	// up with ErrBusy.
+	closeGrace = 5 * time.Second
+)
+
+// ErrBusy: Close gave up waiting for requests still inside the volume
+// (a node call that ignored its deadline). The volume admits nothing new,
+// but its data must not be dropped yet.
+var ErrBusy = errors.New("volume: requests still in flight")
 
 // Stats are cumulative counters of a volume.
 type Stats struct {
@@ -94,16 +119,23 @@ type Stats struct {
 
 // Volume is a logical volume. Create it with Open.
 type Volume struct {
-	id          uint64
-	chunkBlocks uint64
-	readOnly    bool
-	placement   Placement
+	id             uint64
+	chunkBlocks    uint64
+	readOnly       bool
+	placement      Placement
+	requestTimeout time.Duration
 
 	size       atomic.Int64
 	epoch      atomic.Uint64
 	seq        atomic.Uint64 // last seq handed out
 	generation uint64
-	closed     atomic.Bool
+
+	// life counts the requests inside the volume; lifeClosed is set once
+	// Close began, after which admit refuses. drained is closed (once)
+	// when the count reaches zero after that.
+	life      atomic.Uint64
+	drainOnce sync.Once
+	drained   chan struct{}
 
 	locks [stripes]sync.RWMutex
 
@@ -114,6 +146,8 @@ type Volume struct {
 	}
 }
 
+const lifeClosed = 1 << 63
+
 var _ target.Device = (*Volume)(nil)
 var _ target.Mapper = (*Volume)(nil)
 
@@ -121,6 +155,9 @@ var _ target.Mapper = (*Volume)(nil)
 func Open(opts Options) (*Volume, error) {
 	if opts.ChunkSize == 0 {
 		opts.ChunkSize = 1 << 20
+	}
+	if opts.RequestTimeout == 0 {
+		opts.RequestTimeout = requestTimeoutDefault
 	}
 	switch {
 	case opts.Placement == nil:
@@ -133,13 +170,17 @@ func Open(opts Options) (*Volume, error) {
 		return nil, fmt.Errorf("volume %d: generation %d out of range [1, %d]", opts.ID, opts.Generation, uint64(generationMax))
 	case opts.Epoch == 0:
 		return nil, fmt.Errorf("volume %d: epoch 0", opts.ID)
+	case opts.RequestTimeout < 0:
+		return nil, fmt.Errorf("volume %d: request timeout %v", opts.ID, opts.RequestTimeout)
 	}
 	v := &Volume{
-		id:          opts.ID,
-		chunkBlocks: uint64(opts.ChunkSize / BlockSize),
-		readOnly:    opts.ReadOnly,
-		placement:   opts.Placement,
-		generation:  opts.Generation,
+		id:             opts.ID,
+		chunkBlocks:    uint64(opts.ChunkSize / BlockSize),
+		readOnly:       opts.ReadOnly,
+		placement:      opts.Placement,
+		generation:     opts.Generation,
+		requestTimeout: opts.RequestTimeout,
+		drained:        make(chan struct{}),
 	}
 	v.size.Store(opts.Size)
 	v.epoch.Store(opts.Epoch)
@@ -156,12 +197,31 @@ func (v *Volume) SetSize(size int64) { v.size.Store(size) }
 // SetEpoch changes the epoch new writes are stamped with.
 func (v *Volume) SetEpoch(e uint64) { v.epoch.Store(e) }
 
-// Close makes every later request fail with ErrClosed. Requests already
-// inside the volume complete.
+// Close stops admitting requests (later ones fail with ErrClosed) and waits
+// until every request inside the volume has left it, so that the caller may
+// drop the volume's data afterwards. The wait is bounded by the request
+// timeout plus a grace (closeGrace, at most the timeout again); past it Close returns ErrBusy and the data must
+// be kept. Close is idempotent and safe to call concurrently.
 func (v *Volume) Close() error {
-	v.closed.Store(true)
-	return nil
+	if v.life.Or(lifeClosed) == 0 {
+		v.drain()
+	}
+	wait := v.requestTimeout + min(closeGrace, v.requestTimeout)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-v.drained:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("volume %d: close: %d requests did not finish in %v: %w",
+			v.id, v.life.Load()&^lifeClosed, wait, ErrBusy)
+	}
 }
+
+// InFlight returns the number of requests inside the volume.
+func (v *Volume) InFlight() int { return int(v.life.Load() &^ lifeClosed) }
+
+func (v *Volume) drain() { v.drainOnce.Do(func() { close(v.drained) }) }
 
 // Stats returns the volume's counters.
 func (v *Volume) Stats() Stats {
@@ -183,19 +243,102 @@ func (v *Volume) Info() target.Info {
 	}
 }
 
-// nextSeq hands out the next write stamp.
-func (v *Volume) nextSeq() (store.Stamp, error) {
+// The request lifecycle. Every front-end call takes one path through the
+// volume, in this order:
+//
+//	admit → block locks → stamp → node calls → unlock → exit
+//
+// admit counts the request in flight (Close stops admitting and waits for
+// the count to drain) and checks its range; stamp hands out the request's
+// single (epoch, seq), after the block locks, so that of two requests that
+// serialize on a block the later one always carries the higher stamp (a
+// read-modify-write stamped before its lock could lose to an earlier
+// stamp that locked first); exit is the one place a request leaves, where
+// its acknowledgement could be held.
+
+// request is one front-end request from admission to exit. It is its own
+// node-call context (see Node), pooled so the hot path allocates nothing.
+type request struct {
+	parent   context.Context
+	deadline time.Time
+	st       store.Stamp
+	ls       lockSet
+}
+
+var requestPool = sync.Pool{New: func() any { return new(request) }}
+
+// Deadline implements context.Context: the request deadline, or the
+// parent's when earlier.
+func (r *request) Deadline() (time.Time, bool) {
+	if d, ok := r.parent.Deadline(); ok && d.Before(r.deadline) {
+		return d, true
+	}
+	return r.deadline, true
+}
+
+// Done implements context.Context: the parent's channel (see Node).
+func (r *request) Done() <-chan struct{} { return r.parent.Done() }
+
+// Err implements context.Context.
+func (r *request) Err() error {
+	if err := r.parent.Err(); err != nil {
+		return err
+	}
+	if !time.Now().Before(r.deadline) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// Value implements context.Context.
+func (r *request) Value(key any) any { return r.parent.Value(key) }
+
+// admit lets a request of [off, off+n) into the volume. On success the
+// caller must end it with exit.
+func (v *Volume) admit(ctx context.Context, off, n int64, write bool) (*request, error) {
+	if v.life.Add(1)&lifeClosed != 0 {
+		v.leave()
+		return nil, v.fail(ErrClosed)
+	}
+	if err := v.check(off, n, write); err != nil {
+		v.leave()
+		return nil, v.fail(err)
+	}
+	r := requestPool.Get().(*request)
+	r.parent = ctx
+	r.deadline = time.Now().Add(v.requestTimeout)
+	return r, nil
+}
+
+// exit ends a request admitted by admit and returns its result. The
+// request's locks must have been released.
+func (v *Volume) exit(r *request, err error) error {
+	r.parent = nil
+	r.st = store.Stamp{}
+	r.ls = lockSet{}
+	requestPool.Put(r)
+	v.leave()
+	return v.fail(err)
+}
+
+func (v *Volume) leave() {
+	if v.life.Add(^uint64(0)) == lifeClosed {
+		v.drain()
+	}
+}
+
+// stamp hands out the request's stamp. The caller holds the request's
+// block locks.
+func (v *Volume) stamp(r *request) error {
 	s := v.seq.Add(1)
 	if s&seqCounterMax == 0 || s>>seqCounterBits != v.generation {
-		return store.Stamp{}, ErrSeqExhausted
+		return ErrSeqExhausted
 	}
-	return store.Stamp{Epoch: v.epoch.Load(), Seq: s}, nil
+	r.st = store.Stamp{Epoch: v.epoch.Load(), Seq: s}
+	return nil
 }
 
 func (v *Volume) check(off, n int64, write bool) error {
-	if v.closed.Load() {
-		return ErrClosed
-	}
 	if write && v.readOnly {
 		return fmt.Errorf("volume %d: %w", v.id, target.ErrReadOnly)
 	}
@@ -214,25 +357,30 @@ func (v *Volume) fail(err error) error {
 
 // ReadAt implements target.Device.
 func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
-	if err := v.check(off, int64(len(p)), false); err != nil {
-		return v.fail(err)
+	r, err := v.admit(ctx, off, int64(len(p)), false)
+	if err != nil {
+		return err
 	}
 	v.stats.reads.Add(1)
 	v.stats.readBytes.Add(uint64(len(p)))
+	return v.exit(r, v.read(r, p, off))
+}
+
+func (v *Volume) read(r *request, p []byte, off int64) error {
 	if len(p) == 0 {
 		return nil
 	}
 	epoch := v.epoch.Load()
 	if off%BlockSize == 0 && len(p)%BlockSize == 0 {
-		return v.fail(v.readBlocks(uint64(off>>blockShift), p, epoch))
+		return v.readBlocks(r, uint64(off>>blockShift), p, epoch)
 	}
 	first := uint64(off >> blockShift)
 	last := uint64((off + int64(len(p)) - 1) >> blockShift)
 	bp := target.GetBuffer(int((last - first + 1) << blockShift))
 	defer target.PutBuffer(bp)
 	buf := (*bp)[:(last-first+1)<<blockShift]
-	if err := v.readBlocks(first, buf, epoch); err != nil {
-		return v.fail(err)
+	if err := v.readBlocks(r, first, buf, epoch); err != nil {
+		return err
 	}
 	copy(p, buf[off-int64(first<<blockShift):])
 	return nil
@@ -240,10 +388,10 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 
 // readBlocks reads whole blocks, chunk by chunk, from each chunk's first
 // replica.
-func (v *Volume) readBlocks(block uint64, p []byte, epoch uint64) error {
+func (v *Volume) readBlocks(r *request, block uint64, p []byte, epoch uint64) error {
 	return v.eachChunk(block, uint64(len(p))>>blockShift, runBlocksMax, func(b, n uint64, nodes []Node) error {
 		q := p[(b-block)<<blockShift : (b-block+n)<<blockShift]
-		if err := nodes[0].Read(v.id, b, q, epoch); err != nil {
+		if err := nodes[0].Read(r, v.id, b, q, epoch); err != nil {
 			return fmt.Errorf("volume %d: read blocks [%d, +%d): %w", v.id, b, n, classify(err))
 		}
 		return nil
@@ -286,36 +434,42 @@ func sameNodes(a, b []Node) bool {
 
 // WriteAt implements target.Device.
 func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, flags target.WriteFlags) error {
-	if err := v.check(off, int64(len(p)), true); err != nil {
-		return v.fail(err)
+	r, err := v.admit(ctx, off, int64(len(p)), true)
+	if err != nil {
+		return err
 	}
 	v.stats.writes.Add(1)
 	v.stats.writeBytes.Add(uint64(len(p)))
 	if len(p) == 0 {
 		if flags&target.FUA != 0 {
-			return v.fail(v.Flush(ctx))
+			err = v.flush(r)
 		}
-		return nil
+		return v.exit(r, err)
 	}
-	sync := flags&target.FUA != 0
+	return v.exit(r, v.write(r, p, off, flags&target.FUA != 0))
+}
+
+func (v *Volume) write(r *request, p []byte, off int64, sync bool) error {
 	first := uint64(off >> blockShift)
 	last := uint64((off + int64(len(p)) - 1) >> blockShift)
 	headPartial := off%BlockSize != 0
 	tailPartial := (off+int64(len(p)))%BlockSize != 0
 
-	var ls lockSet
-	ls.add(first, last, false)
+	r.ls.add(first, last, false)
 	if headPartial {
-		ls.add(first, first, true)
+		r.ls.add(first, first, true)
 	}
 	if tailPartial {
-		ls.add(last, last, true)
+		r.ls.add(last, last, true)
 	}
-	v.lock(&ls)
-	defer v.unlock(&ls)
+	v.lock(&r.ls)
+	defer v.unlock(&r.ls)
+	if err := v.stamp(r); err != nil {
+		return err
+	}
 
 	if !headPartial && !tailPartial {
-		return v.fail(v.writeBlocks(first, p, sync))
+		return v.writeBlocks(r, first, p, sync)
 	}
 	// Read-modify-write of the partial edge blocks; the exclusive stripe
 	// locks keep any other write of these blocks out until we are done.
@@ -324,37 +478,33 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, flags target.
 	buf := (*bp)[:(last-first+1)<<blockShift]
 	epoch := v.epoch.Load()
 	if headPartial {
-		if err := v.readBlocks(first, buf[:BlockSize], epoch); err != nil {
-			return v.fail(err)
+		if err := v.readBlocks(r, first, buf[:BlockSize], epoch); err != nil {
+			return err
 		}
 	}
 	if tailPartial && (last != first || !headPartial) {
-		if err := v.readBlocks(last, buf[len(buf)-BlockSize:], epoch); err != nil {
-			return v.fail(err)
+		if err := v.readBlocks(r, last, buf[len(buf)-BlockSize:], epoch); err != nil {
+			return err
 		}
 	}
 	copy(buf[off-int64(first<<blockShift):], p)
-	return v.fail(v.writeBlocks(first, buf, sync))
+	return v.writeBlocks(r, first, buf, sync)
 }
 
-// writeBlocks stamps whole blocks and writes them to every replica of their
-// chunks. The caller holds the blocks' stripe locks.
-func (v *Volume) writeBlocks(block uint64, p []byte, sync bool) error {
-	st, err := v.nextSeq()
-	if err != nil {
-		return err
-	}
+// writeBlocks writes whole blocks with the request's stamp to every replica
+// of their chunks. The caller holds the blocks' stripe locks.
+func (v *Volume) writeBlocks(r *request, block uint64, p []byte, sync bool) error {
 	return v.eachChunk(block, uint64(len(p))>>blockShift, runBlocksMax, func(b, n uint64, nodes []Node) error {
 		q := p[(b-block)<<blockShift : (b-block+n)<<blockShift]
 		if len(nodes) == 1 { // no closure on the single-replica hot path
-			return v.writeNode(nodes[0], b, q, st, sync)
+			return v.writeNode(r, nodes[0], b, q, sync)
 		}
-		return fanOut(nodes, func(nd Node) error { return v.writeNode(nd, b, q, st, sync) })
+		return fanOut(nodes, func(nd Node) error { return v.writeNode(r, nd, b, q, sync) })
 	})
 }
 
-func (v *Volume) writeNode(nd Node, b uint64, q []byte, st store.Stamp, sync bool) error {
-	if err := nd.Write(v.id, b, q, st, sync); err != nil {
+func (v *Volume) writeNode(r *request, nd Node, b uint64, q []byte, sync bool) error {
+	if err := nd.Write(r, v.id, b, q, r.st, sync); err != nil {
 		return fmt.Errorf("volume %d: write blocks [%d, +%d): %w", v.id, b, len(q)>>blockShift, classify(err))
 	}
 	return nil
@@ -376,24 +526,30 @@ func fanOut(nodes []Node, fn func(Node) error) error {
 }
 
 // Zero implements target.Device. Whole blocks in the range become a zero
-// range record (no key per block); partial edge blocks are rewritten.
+// range record (no key per block); partial edge blocks are rewritten. The
+// edges and the range carry the request's one stamp.
 func (v *Volume) Zero(ctx context.Context, off, n int64, flags target.ZeroFlags) error {
-	if err := v.check(off, n, true); err != nil {
-		return v.fail(err)
+	r, err := v.admit(ctx, off, n, true)
+	if err != nil {
+		return err
 	}
 	v.stats.zeros.Add(1)
 	v.stats.zeroBytes.Add(uint64(n))
 	if n == 0 {
-		return nil
+		return v.exit(r, nil)
 	}
-	sync := flags&target.ZeroFUA != 0
+	return v.exit(r, v.zero(r, off, n, flags&target.ZeroFUA != 0))
+}
+
+func (v *Volume) zero(r *request, off, n int64, sync bool) error {
 	first := uint64(off >> blockShift)
 	last := uint64((off + n - 1) >> blockShift)
-
-	var ls lockSet
-	ls.add(first, last, true)
-	v.lock(&ls)
-	defer v.unlock(&ls)
+	r.ls.add(first, last, true)
+	v.lock(&r.ls)
+	defer v.unlock(&r.ls)
+	if err := v.stamp(r); err != nil {
+		return err
+	}
 
 	end := off + n
 	// Whole blocks inside [off, end).
@@ -401,64 +557,70 @@ func (v *Volume) Zero(ctx context.Context, off, n int64, flags target.ZeroFlags)
 	wEnd := uint64(end >> blockShift)
 	epoch := v.epoch.Load()
 	if off%BlockSize != 0 {
-		if err := v.zeroPartial(first, off%BlockSize, min(end-int64(first<<blockShift), BlockSize), epoch, sync); err != nil {
-			return v.fail(err)
+		if err := v.zeroPartial(r, first, off%BlockSize, min(end-int64(first<<blockShift), BlockSize), epoch, sync); err != nil {
+			return err
 		}
 	}
 	if end%BlockSize != 0 && (last != first || off%BlockSize == 0) {
-		if err := v.zeroPartial(last, 0, end%BlockSize, epoch, sync); err != nil {
-			return v.fail(err)
+		if err := v.zeroPartial(r, last, 0, end%BlockSize, epoch, sync); err != nil {
+			return err
 		}
 	}
 	if wEnd <= wFirst {
 		return nil
 	}
-	st, err := v.nextSeq()
-	if err != nil {
-		return v.fail(err)
-	}
-	return v.fail(v.eachChunk(wFirst, wEnd-wFirst, math.MaxUint64, func(b, cnt uint64, nodes []Node) error {
+	return v.eachChunk(wFirst, wEnd-wFirst, math.MaxUint64, func(b, cnt uint64, nodes []Node) error {
 		return fanOut(nodes, func(nd Node) error {
-			if err := nd.Zero(v.id, b, cnt, st, sync); err != nil {
+			if err := nd.Zero(r, v.id, b, cnt, r.st, sync); err != nil {
 				return fmt.Errorf("volume %d: zero blocks [%d, +%d): %w", v.id, b, cnt, classify(err))
 			}
 			return nil
 		})
-	}))
+	})
 }
 
 // zeroPartial zeroes bytes [from, to) of one block by read-modify-write.
 // The caller holds the block's stripe lock exclusively.
-func (v *Volume) zeroPartial(block uint64, from, to int64, epoch uint64, sync bool) error {
+func (v *Volume) zeroPartial(r *request, block uint64, from, to int64, epoch uint64, sync bool) error {
 	bp := target.GetBuffer(BlockSize)
 	defer target.PutBuffer(bp)
 	buf := (*bp)[:BlockSize]
-	if err := v.readBlocks(block, buf, epoch); err != nil {
+	if err := v.readBlocks(r, block, buf, epoch); err != nil {
 		return err
 	}
 	clear(buf[from:to])
-	return v.writeBlocks(block, buf, sync)
+	return v.writeBlocks(r, block, buf, sync)
 }
 
 // Flush implements target.Device.
 func (v *Volume) Flush(ctx context.Context) error {
-	if v.closed.Load() {
-		return v.fail(ErrClosed)
+	r, err := v.admit(ctx, 0, 0, false)
+	if err != nil {
+		return err
 	}
 	v.stats.flushes.Add(1)
-	return v.fail(fanOut(v.placement.Nodes(), func(nd Node) error {
-		if err := nd.Sync(); err != nil {
+	return v.exit(r, v.flush(r))
+}
+
+func (v *Volume) flush(r *request) error {
+	return fanOut(v.placement.Nodes(), func(nd Node) error {
+		if err := nd.Sync(r); err != nil {
 			return fmt.Errorf("volume %d: flush: %w", v.id, classify(err))
 		}
 		return nil
-	}))
+	})
 }
 
 // Extents implements target.Mapper from the first replica of each chunk.
 func (v *Volume) Extents(ctx context.Context, off, n int64, fn func(target.Extent) bool) error {
-	if err := v.check(off, n, false); err != nil {
+	r, err := v.admit(ctx, off, n, false)
+	if err != nil {
 		return err
 	}
+	return v.exit(r, v.extents(r, off, n, fn))
+}
+
+func (v *Volume) extents(r *request, off, n int64, fn func(target.Extent) bool) error {
 	if n == 0 {
 		return nil
 	}
@@ -483,7 +645,7 @@ func (v *Volume) Extents(ctx context.Context, off, n int64, fn func(target.Exten
 		if stop {
 			return nil
 		}
-		err := nodes[0].Extents(v.id, b, cnt, epoch, func(s, c uint64, allocated bool) bool {
+		err := nodes[0].Extents(r, v.id, b, cnt, epoch, func(s, c uint64, allocated bool) bool {
 			e := min(int64((s+c)<<blockShift), end)
 			if e > pos {
 				emit(target.Extent{Length: e - pos, Hole: !allocated, Zero: !allocated})

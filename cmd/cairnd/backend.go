@@ -51,7 +51,7 @@ func (b backend) Status(ctx context.Context) (admin.Status, error) {
 	return st, nil
 }
 
-func (b backend) view(cv cluster.Volume, allocated bool) admin.Volume {
+func (b backend) view(ctx context.Context, cv cluster.Volume, allocated bool) admin.Volume {
 	d := b.d
 	v := admin.Volume{
 		ID: cv.ID, Name: cv.Name, Size: cv.Size, BlockSize: cv.BlockSize, SCSIBlockSize: cv.SCSIBlockSize(), ChunkSize: cv.ChunkSize,
@@ -64,7 +64,7 @@ func (b backend) view(cv cluster.Volume, allocated bool) admin.Volume {
 	n, i := d.sessions(cv.Name)
 	v.Connections = n + i
 	if allocated {
-		if n, err := d.store.Allocated(cv.ID, cv.Epoch); err == nil {
+		if n, err := d.store.Allocated(ctx, cv.ID, cv.Epoch); err == nil {
 			v.AllocatedBytes = int64(n) * int64(cv.BlockSize)
 		}
 	}
@@ -74,7 +74,7 @@ func (b backend) view(cv cluster.Volume, allocated bool) admin.Volume {
 func (b backend) Volumes(ctx context.Context) ([]admin.Volume, error) {
 	var out []admin.Volume
 	for _, cv := range b.d.catalog.Volumes() {
-		out = append(out, b.view(cv, false))
+		out = append(out, b.view(ctx, cv, false))
 	}
 	return out, nil
 }
@@ -84,7 +84,7 @@ func (b backend) Volume(ctx context.Context, name string) (admin.Volume, error) 
 	if err != nil {
 		return admin.Volume{}, apiError(err)
 	}
-	return b.view(cv, true), nil
+	return b.view(ctx, cv, true), nil
 }
 
 func (b backend) CreateVolume(ctx context.Context, req admin.CreateRequest) (admin.Volume, error) {
@@ -102,7 +102,7 @@ func (b backend) CreateVolume(ctx context.Context, req admin.CreateRequest) (adm
 		return admin.Volume{}, err
 	}
 	b.d.log.Info("volume created", "volume", cv.Name, "id", cv.ID, "size", cv.Size)
-	return b.view(cv, false), nil
+	return b.view(ctx, cv, false), nil
 }
 
 func (b backend) ResizeVolume(ctx context.Context, name string, size int64) (admin.Volume, error) {
@@ -114,7 +114,7 @@ func (b backend) ResizeVolume(ctx context.Context, name string, size int64) (adm
 		return admin.Volume{}, err
 	}
 	b.d.log.Info("volume resized", "volume", cv.Name, "size", cv.Size)
-	return b.view(cv, false), nil
+	return b.view(ctx, cv, false), nil
 }
 
 func (b backend) DeleteVolume(ctx context.Context, name string, force bool) error {

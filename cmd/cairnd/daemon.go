@@ -229,7 +229,12 @@ func (d *daemon) reconcile(ctx context.Context) error {
 	var errs []error
 	for _, g := range gone {
 		d.disconnect(g.name)
-		g.v.Close()
+		// Close waits for the requests inside the volume: only then may its
+		// data go, or a straggling write would leave orphaned keys.
+		if err := g.v.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("volume %q: data kept: %w", g.name, err))
+			continue
+		}
 		if err := d.store.DropVolume(g.v.ID()); err != nil {
 			errs = append(errs, fmt.Errorf("drop data of volume %q: %w", g.name, err))
 		}
@@ -293,7 +298,7 @@ func (d *daemon) Close() error {
 			errs = append(errs, d.delayed.Close())
 		}
 		if d.store != nil {
-			errs = append(errs, d.store.Sync(), d.store.Close())
+			errs = append(errs, d.store.Sync(context.Background()), d.store.Close())
 		}
 		if d.catalog != nil {
 			errs = append(errs, d.catalog.Close())
