@@ -63,7 +63,7 @@ const (
 // Options configure Open. The zero value of each field but NodeID, Dir and
 // Bind works.
 type Options struct {
-	// NodeID is this node's Raft server ID: configs.ValidNodeName, unique and
+	// NodeID is this node's Raft server ID: validNode, unique and
 	// stable across restarts (configs: node_name).
 	NodeID string
 	// Dir holds the Raft log and stable store (raft.db) and snapshots; the
@@ -159,8 +159,8 @@ type Catalog struct {
 // opts.BootstrapExpect is 1 and the directory holds no Raft state. Reads may
 // lag the log until a leader has been elected: call WaitLeader first.
 func Open(opts Options) (c *Catalog, err error) {
-	if err := configs.ValidNodeName(opts.NodeID); err != nil {
-		return nil, fmt.Errorf("cluster: open: %w: %v", ErrInvalid, err)
+	if err := validNode(opts.NodeID); err != nil {
+		return nil, fmt.Errorf("cluster: open: %w", err)
 	}
 	if opts.Dir == "" {
 		return nil, fmt.Errorf("cluster: open: %w: empty Dir", ErrInvalid)
@@ -272,8 +272,8 @@ func (c *Catalog) Bootstrap(servers []Server) error {
 	var conf raft.Configuration
 	self := false
 	for _, s := range servers {
-		if err := configs.ValidNodeName(s.ID); err != nil {
-			return fmt.Errorf("cluster: bootstrap: %w: %v", ErrInvalid, err)
+		if err := validNode(s.ID); err != nil {
+			return fmt.Errorf("cluster: bootstrap: %w", err)
 		}
 		if _, _, err := net.SplitHostPort(s.Address); err != nil {
 			return fmt.Errorf("cluster: bootstrap: %w: server %s: %v", ErrInvalid, s.ID, err)
@@ -329,36 +329,75 @@ func (c *Catalog) WaitLeader(ctx context.Context) error {
 }
 
 // CreateVolume adds a volume of spec.Size bytes (a multiple of 4096, at
-// most configs.VolumeSizeMax) with spec.Replicas replicas (1 to
-// configs.ReplicasMax) and returns its record.
+// most 64 TiB) with spec.Replicas replicas (1 to 5), placed over the
+// storage nodes in service, and returns its record. More replicas than
+// nodes in service is ErrInvalid: a volume is never under-replicated at
+// creation.
 func (c *Catalog) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, error) {
-	if spec.Replicas == 0 {
-		spec.Replicas = 1
-	}
-	if err := validVolume(spec.Name, spec.Size, spec.Replicas); err != nil {
+	if err := validVolumeName(spec.Name); err != nil {
 		return Volume{}, fmt.Errorf("cluster: create volume: %w", err)
+	}
+	if err := validSize(spec.Size); err != nil {
+		return Volume{}, fmt.Errorf("cluster: create volume %q: %w", spec.Name, err)
+	}
+	if spec.Replicas != 0 {
+		if err := validReplicas(spec.Name, spec.Replicas); err != nil {
+			return Volume{}, fmt.Errorf("cluster: create volume: %w", err)
+		}
+	}
+	if spec.ChunkSize != 0 {
+		if err := validChunkSize(spec.ChunkSize); err != nil {
+			return Volume{}, fmt.Errorf("cluster: create volume %q: %w", spec.Name, err)
+		}
 	}
 	if err := validLogicalBlockSize(spec.LogicalBlockSize); err != nil {
 		return Volume{}, fmt.Errorf("cluster: create volume %q: %w", spec.Name, err)
 	}
-	args := createVolumeArgs{Name: spec.Name, Size: spec.Size, Replicas: spec.Replicas, Created: time.Now().UTC(), LogicalBlockSize: spec.LogicalBlockSize}
-	return c.apply(ctx, opCreateVolume, &args)
+	args := createVolumeArgs{Name: spec.Name, Size: spec.Size, Replicas: spec.Replicas, Created: time.Now().UTC(),
+		LogicalBlockSize: spec.LogicalBlockSize, ChunkSize: spec.ChunkSize}
+	out, err := c.apply(ctx, opCreateVolume, &args)
+	return out.Volume, err
 }
 
-// VolumeSpec describes a volume to create. Zero Replicas is 1; zero
+// VolumeSpec describes a volume to create. Zero Replicas is 3 with at
+// least 3 storage nodes in service, else 1; zero ChunkSize is 1 MiB; zero
 // LogicalBlockSize is 512.
 type VolumeSpec struct {
 	Name             string
 	Size             int64 // bytes, a multiple of 4096
 	Replicas         int
-	LogicalBlockSize int // 512 or 4096: the block size iSCSI presents
+	ChunkSize        int64 // bytes, a power of two from 64 KiB to 64 MiB
+	LogicalBlockSize int   // 512 or 4096: the block size iSCSI presents
 }
+
+// RegisterNode records a storage node: a new one enters service, a known
+// one keeps its state and takes the new zone and address.
+func (c *Catalog) RegisterNode(ctx context.Context, n Node) (Node, error) {
+	out, err := c.apply(ctx, opRegisterNode, &registerNodeArgs{Name: n.Name, Zone: n.Zone, Addr: n.Addr, CapacityBytes: n.CapacityBytes})
+	return out.Node, err
+}
+
+// SetNodeState changes a storage node's service state; only nodes in
+// service take new placements.
+func (c *Catalog) SetNodeState(ctx context.Context, name string, st NodeState) (Node, error) {
+	out, err := c.apply(ctx, opSetNodeState, &setNodeStateArgs{Name: name, State: st})
+	return out.Node, err
+}
+
+// ReportUsage records a storage node's capacity and used bytes.
+func (c *Catalog) ReportUsage(ctx context.Context, name string, capacity, used int64) (Node, error) {
+	out, err := c.apply(ctx, opNodeUsage, &nodeUsageArgs{Name: name, CapacityBytes: capacity, UsedBytes: used})
+	return out.Node, err
+}
+
+// Nodes returns the local replica's storage nodes sorted by name.
+func (c *Catalog) Nodes() []Node { return c.fsm.nodes() }
 
 // DeleteVolume removes a volume from the catalog and returns nil, or
 // ErrNotFound.
 func (c *Catalog) DeleteVolume(ctx context.Context, name string) error {
-	if err := configs.ValidVolumeName(name); err != nil {
-		return fmt.Errorf("cluster: delete volume: %w: %v", ErrInvalid, err)
+	if err := validVolumeName(name); err != nil {
+		return fmt.Errorf("cluster: delete volume: %w", err)
 	}
 	_, err := c.apply(ctx, opDeleteVolume, &deleteVolumeArgs{Name: name})
 	return err
@@ -370,7 +409,8 @@ func (c *Catalog) ResizeVolume(ctx context.Context, name string, size int64) (Vo
 	if err := validSize(size); err != nil {
 		return Volume{}, fmt.Errorf("cluster: resize volume: %w", err)
 	}
-	return c.apply(ctx, opResizeVolume, &resizeVolumeArgs{Name: name, Size: size})
+	out, err := c.apply(ctx, opResizeVolume, &resizeVolumeArgs{Name: name, Size: size})
+	return out.Volume, err
 }
 
 // Attach records node as the holder of the volume's attachment, bumps its
@@ -380,7 +420,8 @@ func (c *Catalog) Attach(ctx context.Context, name, node string) (Volume, error)
 	if err := validNode(node); err != nil {
 		return Volume{}, fmt.Errorf("cluster: attach: %w", err)
 	}
-	return c.apply(ctx, opAttach, &attachArgs{Name: name, Node: node})
+	out, err := c.apply(ctx, opAttach, &attachArgs{Name: name, Node: node})
+	return out.Volume, err
 }
 
 // SetReservations replaces the opaque SCSI reservation state of a volume
@@ -484,30 +525,30 @@ func (c *Catalog) timeout(ctx context.Context) time.Duration {
 // timeout bound the wait to queue the entry; once queued, the wait ends when
 // the entry is applied, or when leadership is lost (bounded by the leader
 // lease), or at Close.
-func (c *Catalog) apply(ctx context.Context, o op, args any) (Volume, error) {
+func (c *Catalog) apply(ctx context.Context, o op, args any) (outcome, error) {
 	if c.closed.Load() {
-		return Volume{}, ErrClosed
+		return outcome{}, ErrClosed
 	}
 	if err := ctx.Err(); err != nil {
-		return Volume{}, fmt.Errorf("cluster: %s: %w", o, err)
+		return outcome{}, fmt.Errorf("cluster: %s: %w", o, err)
 	}
 	data, err := encodeCommand(o, args)
 	if err != nil {
-		return Volume{}, fmt.Errorf("cluster: %w", err)
+		return outcome{}, fmt.Errorf("cluster: %w", err)
 	}
 	timeout := c.timeout(ctx)
 	if timeout <= 0 {
-		return Volume{}, fmt.Errorf("cluster: %s: %w", o, context.DeadlineExceeded)
+		return outcome{}, fmt.Errorf("cluster: %s: %w", o, context.DeadlineExceeded)
 	}
 	f := c.raft.Apply(data, timeout)
 	if err := f.Error(); err != nil {
-		return Volume{}, c.raftError(string(o), err)
+		return outcome{}, c.raftError(string(o), err)
 	}
 	r, ok := f.Response().(result)
 	if !ok {
 		panic(fmt.Sprintf("cluster: apply %s: FSM response %T", o, f.Response()))
 	}
-	return r.vol, r.err
+	return r.out, r.err
 }
 
 // raftError maps a hashicorp/raft error to this package's sentinels.

@@ -48,7 +48,19 @@ func openLeader(t *testing.T, opts Options) *Catalog {
 	if err := c.WaitLeader(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
+	registerNodes(t, c)
 	return c
+}
+
+// registerNodes puts storage nodes s1..s3 in service, so that volumes of up
+// to 3 replicas can be placed.
+func registerNodes(t *testing.T, c *Catalog) {
+	t.Helper()
+	for _, n := range []string{"s1", "s2", "s3"} {
+		if _, err := c.RegisterNode(ctx(t), Node{Name: n}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func TestCatalogVolumes(t *testing.T) {
@@ -345,6 +357,7 @@ func TestCatalogThreeNodes(t *testing.T) {
 			}
 		}
 	}
+	registerNodes(t, leader(cats))
 	v := create(cats, "shared")
 	for _, c := range cats {
 		if got := waitVolume(c, "shared"); !reflect.DeepEqual(got, v) {

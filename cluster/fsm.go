@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"sort"
 	"sync"
 
 	"github.com/hashicorp/raft"
@@ -32,7 +33,7 @@ func newFSM() *fsm {
 
 // result is what Apply returns through raft's ApplyFuture.Response.
 type result struct {
-	vol Volume
+	out outcome
 	err error
 }
 
@@ -55,7 +56,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 	if err == nil {
 		f.notifyLocked()
 	}
-	return result{vol: v, err: err}
+	return result{out: v, err: err}
 }
 
 // Snapshot encodes the state at once (it is small: volumesMax records), so
@@ -112,6 +113,17 @@ func (f *fsm) reservations(name string) ([]byte, bool) {
 		return nil, false
 	}
 	return bytes.Clone(f.mu.st.Reservations[name]), true
+}
+
+func (f *fsm) nodes() []Node {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	ns := make([]Node, 0, len(f.mu.st.Nodes))
+	for _, n := range f.mu.st.Nodes {
+		ns = append(ns, n)
+	}
+	sort.Slice(ns, func(i, j int) bool { return ns[i].Name < ns[j].Name })
+	return ns
 }
 
 func (f *fsm) volumes() []Volume {

@@ -8,14 +8,6 @@ import (
 	"io"
 	"sort"
 	"time"
-
-	"cairn/configs"
-)
-
-// Geometry of every volume the catalog creates.
-const (
-	blockSizeBytes = configs.BlockSize
-	chunkSizeBytes = 1 << 20
 )
 
 // Bounds on the catalog's contents.
@@ -32,7 +24,7 @@ const (
 // changing one changes nothing in the catalog.
 type Volume struct {
 	ID        uint64 `json:"id"`   // unique, never reused, allocated by the FSM
-	Name      string `json:"name"` // configs.ValidVolumeName
+	Name      string `json:"name"` // validVolumeName
 	Size      int64  `json:"size"` // bytes, a multiple of BlockSize
 	BlockSize int    `json:"block_size"`
 	ChunkSize int64  `json:"chunk_size"` // bytes per chunk, the unit of placement
@@ -52,6 +44,11 @@ type Volume struct {
 	// LogicalBlockSize is the block size SCSI initiators see: 512 (on 4096
 	// physical) or 4096 native. 0, in records from before the field, is 512.
 	LogicalBlockSize int `json:"logical_block_size,omitempty"`
+	// Placement is the volume's placement set: the storage nodes in
+	// service when it was created, sorted by name. Chunk c's replicas are
+	// NewPlacer(v).Replicas(c). Empty in records from before placement:
+	// such a volume lives on the node it is attached to.
+	Placement []Member `json:"placement,omitempty"`
 }
 
 // SCSIBlockSize returns the logical block size iSCSI presents.
@@ -73,9 +70,18 @@ type state struct {
 	// Reservations holds the opaque SCSI reservation state of volumes, by
 	// name: only volumes that have one, never empty. nil means none.
 	Reservations map[string][]byte `json:"reservations,omitempty"`
+	// Nodes are the registered storage nodes, by name; nil means none.
+	Nodes map[string]Node `json:"nodes,omitempty"`
 }
 
 func newState() state { return state{Volumes: map[string]Volume{}, NextID: 1} }
+
+// outcome is what a command did: the volume or node it affected, as it is
+// after the command. Ops that affect neither leave it zero.
+type outcome struct {
+	Volume Volume
+	Node   Node
+}
 
 // Commands. The op names are part of the replicated log's format: never
 // rename one, only add.
@@ -88,6 +94,13 @@ const (
 	opAttach       op = "volume.attach"
 	// opSetReservations replaces a volume's reservation state.
 	opSetReservations op = "volume.reservations.set"
+	// opRegisterNode adds a storage node (in service) or updates its zone
+	// and address.
+	opRegisterNode op = "node.register"
+	// opSetNodeState changes a node's service state.
+	opSetNodeState op = "node.state"
+	// opNodeUsage records a node's capacity and used bytes.
+	opNodeUsage op = "node.usage"
 )
 
 // command is the envelope of every log entry the catalog writes.
@@ -97,11 +110,33 @@ type command struct {
 }
 
 type createVolumeArgs struct {
-	Name             string    `json:"name"`
-	Size             int64     `json:"size"`
+	Name string `json:"name"`
+	Size int64  `json:"size"`
+	// Replicas 0 is the default: 3 with at least 3 storage nodes in
+	// service, else 1.
 	Replicas         int       `json:"replicas"`
 	Created          time.Time `json:"created"`
 	LogicalBlockSize int       `json:"logical_block_size,omitempty"`
+	// ChunkSize 0 is chunkSizeDefault.
+	ChunkSize int64 `json:"chunk_size,omitempty"`
+}
+
+type registerNodeArgs struct {
+	Name          string `json:"name"`
+	Zone          string `json:"zone,omitempty"`
+	Addr          string `json:"addr,omitempty"`
+	CapacityBytes int64  `json:"capacity_bytes,omitempty"`
+}
+
+type setNodeStateArgs struct {
+	Name  string    `json:"name"`
+	State NodeState `json:"state"`
+}
+
+type nodeUsageArgs struct {
+	Name          string `json:"name"`
+	CapacityBytes int64  `json:"capacity_bytes"`
+	UsedBytes     int64  `json:"used_bytes"`
 }
 
 type deleteVolumeArgs struct {
@@ -164,6 +199,12 @@ func decodeCommand(data []byte) (any, error) {
 		args = &attachArgs{}
 	case opSetReservations:
 		args = &setReservationsArgs{}
+	case opRegisterNode:
+		args = &registerNodeArgs{}
+	case opSetNodeState:
+		args = &setNodeStateArgs{}
+	case opNodeUsage:
+		args = &nodeUsageArgs{}
 	default:
 		return nil, fmt.Errorf("%w: unknown command %.40q", ErrInvalid, c.Op)
 	}
@@ -188,90 +229,183 @@ func decodeStrict(data []byte, v any) error {
 
 // apply executes one decoded command. It checks everything before changing
 // anything, so a command that fails leaves the state as it was. It returns
-// the affected volume as it is after the command.
-func (s *state) apply(cmd any) (Volume, error) {
+// what the command affected, as it is after the command.
+func (s *state) apply(cmd any) (outcome, error) {
 	switch a := cmd.(type) {
 	case *createVolumeArgs:
-		if err := validVolume(a.Name, a.Size, a.Replicas); err != nil {
-			return Volume{}, err
-		}
-		if err := validLogicalBlockSize(a.LogicalBlockSize); err != nil {
-			return Volume{}, fmt.Errorf("volume %q: %w", a.Name, err)
-		}
-		if _, ok := s.Volumes[a.Name]; ok {
-			return Volume{}, fmt.Errorf("volume %q: %w", a.Name, ErrExists)
-		}
-		if len(s.Volumes) >= volumesMax {
-			return Volume{}, fmt.Errorf("volume %q: %d volumes: %w", a.Name, len(s.Volumes), ErrFull)
-		}
-		v := Volume{
-			ID:        s.NextID,
-			Name:      a.Name,
-			Size:      a.Size,
-			BlockSize: blockSizeBytes,
-			ChunkSize: chunkSizeBytes,
-			Replicas:  a.Replicas,
-			Epoch:     1,
-			Created:   a.Created,
-
-			LogicalBlockSize: a.LogicalBlockSize,
-		}
-		s.NextID++
-		s.Volumes[v.Name] = v
-		return v, nil
+		v, err := s.createVolume(a)
+		return outcome{Volume: v}, err
 	case *deleteVolumeArgs:
 		v, ok := s.Volumes[a.Name]
 		if !ok {
-			return Volume{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
+			return outcome{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
 		}
 		delete(s.Volumes, a.Name)
 		delete(s.Reservations, a.Name)
-		return v, nil
+		return outcome{Volume: v}, nil
 	case *resizeVolumeArgs:
 		v, ok := s.Volumes[a.Name]
 		if !ok {
-			return Volume{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
+			return outcome{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
 		}
 		if err := validSize(a.Size); err != nil {
-			return Volume{}, err
+			return outcome{}, err
 		}
 		if a.Size < v.Size {
-			return Volume{}, fmt.Errorf("volume %q: %d to %d bytes: %w", a.Name, v.Size, a.Size, ErrShrink)
+			return outcome{}, fmt.Errorf("volume %q: %d to %d bytes: %w", a.Name, v.Size, a.Size, ErrShrink)
 		}
 		v.Size = a.Size
 		s.Volumes[a.Name] = v
-		return v, nil
+		return outcome{Volume: v}, nil
 	case *attachArgs:
 		v, ok := s.Volumes[a.Name]
 		if !ok {
-			return Volume{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
+			return outcome{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
 		}
 		if err := validNode(a.Node); err != nil {
-			return Volume{}, err
+			return outcome{}, err
 		}
 		v.Generation++
 		v.AttachedTo = a.Node
 		s.Volumes[a.Name] = v
-		return v, nil
+		return outcome{Volume: v}, nil
 	case *setReservationsArgs:
 		v, ok := s.Volumes[a.Name]
 		if !ok {
-			return Volume{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
+			return outcome{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
 		}
 		if err := validReservations(a.State); err != nil {
-			return Volume{}, fmt.Errorf("volume %q: %w", a.Name, err)
+			return outcome{}, fmt.Errorf("volume %q: %w", a.Name, err)
 		}
 		if len(a.State) == 0 {
 			delete(s.Reservations, a.Name)
-			return v, nil
+			return outcome{Volume: v}, nil
 		}
 		if s.Reservations == nil {
 			s.Reservations = map[string][]byte{}
 		}
 		s.Reservations[a.Name] = bytes.Clone(a.State)
-		return v, nil
+		return outcome{Volume: v}, nil
+	case *registerNodeArgs:
+		n, err := s.registerNode(a)
+		return outcome{Node: n}, err
+	case *setNodeStateArgs:
+		n, ok := s.Nodes[a.Name]
+		if !ok {
+			return outcome{}, fmt.Errorf("node %q: %w", a.Name, ErrNotFound)
+		}
+		if !a.State.valid() {
+			return outcome{}, fmt.Errorf("%w: node %q: state %.40q, want %s, %s or %s", ErrInvalid, a.Name, a.State, NodeInService, NodeDraining, NodeOut)
+		}
+		n.State = a.State
+		s.Nodes[a.Name] = n
+		return outcome{Node: n}, nil
+	case *nodeUsageArgs:
+		n, ok := s.Nodes[a.Name]
+		if !ok {
+			return outcome{}, fmt.Errorf("node %q: %w", a.Name, ErrNotFound)
+		}
+		if a.CapacityBytes < 0 || a.UsedBytes < 0 {
+			return outcome{}, fmt.Errorf("%w: node %q: capacity %d, used %d", ErrInvalid, a.Name, a.CapacityBytes, a.UsedBytes)
+		}
+		n.CapacityBytes, n.UsedBytes = a.CapacityBytes, a.UsedBytes
+		s.Nodes[a.Name] = n
+		return outcome{Node: n}, nil
 	}
 	panic(fmt.Sprintf("cluster: state.apply: no case for %T", cmd)) // decodeCommand and apply disagree
+}
+
+// createVolume places a new volume over the storage nodes in service.
+func (s *state) createVolume(a *createVolumeArgs) (Volume, error) {
+	members := s.inService()
+	replicas := a.Replicas
+	if replicas == 0 {
+		replicas = 1
+		if len(members) >= 3 {
+			replicas = 3
+		}
+	}
+	if err := validVolume(a.Name, a.Size, replicas); err != nil {
+		return Volume{}, err
+	}
+	if err := validLogicalBlockSize(a.LogicalBlockSize); err != nil {
+		return Volume{}, fmt.Errorf("volume %q: %w", a.Name, err)
+	}
+	chunk := a.ChunkSize
+	if chunk == 0 {
+		chunk = chunkSizeDefault
+	}
+	if err := validChunkSize(chunk); err != nil {
+		return Volume{}, fmt.Errorf("volume %q: %w", a.Name, err)
+	}
+	if _, ok := s.Volumes[a.Name]; ok {
+		return Volume{}, fmt.Errorf("volume %q: %w", a.Name, ErrExists)
+	}
+	if len(s.Volumes) >= volumesMax {
+		return Volume{}, fmt.Errorf("volume %q: %d volumes: %w", a.Name, len(s.Volumes), ErrFull)
+	}
+	if replicas > len(members) {
+		return Volume{}, fmt.Errorf("%w: volume %q: %d replicas requested, %d storage nodes in service", ErrInvalid, a.Name, replicas, len(members))
+	}
+	v := Volume{
+		ID:        s.NextID,
+		Name:      a.Name,
+		Size:      a.Size,
+		BlockSize: blockSizeBytes,
+		ChunkSize: chunk,
+		Replicas:  replicas,
+		Epoch:     1,
+		Created:   a.Created,
+		Placement: members,
+
+		LogicalBlockSize: a.LogicalBlockSize,
+	}
+	s.NextID++
+	s.Volumes[v.Name] = v
+	return v, nil
+}
+
+// inService returns the storage nodes in service, sorted by name.
+func (s *state) inService() []Member {
+	var ms []Member
+	for _, n := range s.Nodes {
+		if n.State == NodeInService {
+			ms = append(ms, Member{Node: n.Name, Zone: n.Zone})
+		}
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Node < ms[j].Node })
+	return ms
+}
+
+func (s *state) registerNode(a *registerNodeArgs) (Node, error) {
+	if err := validNode(a.Name); err != nil {
+		return Node{}, err
+	}
+	if err := validZone(a.Zone); err != nil {
+		return Node{}, fmt.Errorf("node %q: %w", a.Name, err)
+	}
+	if err := validAddr(a.Addr); err != nil {
+		return Node{}, fmt.Errorf("node %q: %w", a.Name, err)
+	}
+	if a.CapacityBytes < 0 {
+		return Node{}, fmt.Errorf("%w: node %q: capacity %d", ErrInvalid, a.Name, a.CapacityBytes)
+	}
+	n, ok := s.Nodes[a.Name]
+	if !ok {
+		if len(s.Nodes) >= nodesMax {
+			return Node{}, fmt.Errorf("node %q: %d nodes: %w", a.Name, len(s.Nodes), ErrFull)
+		}
+		n = Node{Name: a.Name, State: NodeInService}
+	}
+	n.Zone, n.Addr = a.Zone, a.Addr
+	if a.CapacityBytes > 0 {
+		n.CapacityBytes = a.CapacityBytes
+	}
+	if s.Nodes == nil {
+		s.Nodes = map[string]Node{}
+	}
+	s.Nodes[a.Name] = n
+	return n, nil
 }
 
 // sorted returns the volumes ordered by name.
@@ -307,6 +441,20 @@ func (s *state) check() error {
 			return fmt.Errorf("volume %q: %v", name, err)
 		}
 	}
+	if len(s.Nodes) > nodesMax {
+		return fmt.Errorf("%d nodes: more than %d", len(s.Nodes), nodesMax)
+	}
+	for name, n := range s.Nodes {
+		if n.Name != name {
+			return fmt.Errorf("node %q filed under %q", n.Name, name)
+		}
+		if err := validNode(name); err != nil {
+			return err
+		}
+		if !n.State.valid() {
+			return fmt.Errorf("node %q: state %q", name, n.State)
+		}
+	}
 	ids := make(map[uint64]string, len(s.Volumes))
 	for name, v := range s.Volumes {
 		if v.Name != name {
@@ -322,8 +470,14 @@ func (s *state) check() error {
 			return fmt.Errorf("volumes %q and %q share id %d", name, other, v.ID)
 		}
 		ids[v.ID] = name
-		if v.BlockSize != blockSizeBytes || v.ChunkSize != chunkSizeBytes {
-			return fmt.Errorf("volume %q: geometry %d/%d, want %d/%d", name, v.BlockSize, v.ChunkSize, blockSizeBytes, chunkSizeBytes)
+		if v.BlockSize != blockSizeBytes {
+			return fmt.Errorf("volume %q: block size %d, want %d", name, v.BlockSize, blockSizeBytes)
+		}
+		if err := validChunkSize(v.ChunkSize); err != nil {
+			return fmt.Errorf("volume %q: %v", name, err)
+		}
+		if len(v.Placement) > 0 && len(v.Placement) < v.Replicas {
+			return fmt.Errorf("volume %q: %d replicas over %d nodes", name, v.Replicas, len(v.Placement))
 		}
 		if v.Epoch < 1 {
 			return fmt.Errorf("volume %q: epoch 0", name)
@@ -371,47 +525,4 @@ func decodeState(r io.Reader) (state, error) {
 		return state{}, fmt.Errorf("%w: snapshot: %v", ErrInvalid, err)
 	}
 	return f.State, nil
-}
-
-// validVolume checks the arguments of a new volume.
-func validVolume(name string, size int64, replicas int) error {
-	if err := configs.ValidVolumeName(name); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	if err := validSize(size); err != nil {
-		return err
-	}
-	if replicas < 1 || replicas > configs.ReplicasMax {
-		return fmt.Errorf("%w: volume %q: %d replicas, want 1 to %d", ErrInvalid, name, replicas, configs.ReplicasMax)
-	}
-	return nil
-}
-
-// validLogicalBlockSize accepts 0 (the default, 512), 512 and 4096.
-func validLogicalBlockSize(n int) error {
-	if n != 0 && n != 512 && n != 4096 {
-		return fmt.Errorf("%w: logical block size %d, want 512 or 4096", ErrInvalid, n)
-	}
-	return nil
-}
-
-func validSize(size int64) error {
-	if err := configs.ValidVolumeSize(size); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	return nil
-}
-
-func validReservations(state []byte) error {
-	if len(state) > ReservationBytesMax {
-		return fmt.Errorf("%w: reservation state of %d bytes exceeds %d", ErrInvalid, len(state), ReservationBytesMax)
-	}
-	return nil
-}
-
-func validNode(node string) error {
-	if err := configs.ValidNodeName(node); err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalid, err)
-	}
-	return nil
 }

@@ -45,6 +45,10 @@ type Volume struct {
 	NBD            string    `json:"nbd,omitempty"`             // URI of the NBD export
 	IQN            string    `json:"iqn,omitempty"`             // iSCSI target name (LUN 0)
 	ISCSI          string    `json:"iscsi,omitempty"`           // libiscsi URI of LUN 0
+	AttachedTo     string    `json:"attached_to,omitempty"`     // the node whose target serves it
+	// ChunksPerNode counts, per storage node of the volume's placement
+	// set, the chunks it holds a replica of (from the catalog's placement).
+	ChunksPerNode map[string]int64 `json:"chunks_per_node,omitempty"`
 }
 
 // Status is a daemon's state.
@@ -73,7 +77,9 @@ type Raft struct {
 type CreateRequest struct {
 	Name     string `json:"name"`
 	Size     int64  `json:"size"`
-	Replicas int    `json:"replicas,omitempty"`
+	Replicas int    `json:"replicas,omitempty"` // 0: 3 with ≥ 3 storage nodes, else 1
+	// ChunkSize is the unit of placement in bytes; 0: 1 MiB.
+	ChunkSize int64 `json:"chunk_size,omitempty"`
 	// LogicalBlockSize is the block size iSCSI presents: 512 (0) or 4096.
 	LogicalBlockSize int `json:"logical_block_size,omitempty"`
 }

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -32,7 +33,7 @@ const usage = `usage: cairn [--addr HOST:PORT] [--json] COMMAND
 
 commands:
   status                                   show the daemon's state
-  volume create NAME --size SIZE [--replicas N] [--logical-block-size 512|4096]
+  volume create NAME --size SIZE [--replicas N] [--chunk-size C] [--logical-block-size 512|4096]
   volume list
   volume show NAME
   volume resize NAME --size SIZE           grow; NBD clients see it on reconnect
@@ -118,6 +119,7 @@ func dispatch(args []string, out io.Writer) error {
 	size := fs.String("size", "", "volume size")
 	replicas := fs.Int("replicas", 0, "replication factor")
 	lbs := fs.Int("logical-block-size", 0, "block size iSCSI presents: 512 or 4096")
+	chunk := fs.String("chunk-size", "", "chunk size, the unit of placement (default 1MiB)")
 	force := fs.Bool("force", false, "disconnect attached clients")
 	help := fs.Bool("help", false, "")
 	fs.BoolVar(help, "h", false, "")
@@ -179,7 +181,7 @@ func dispatch(args []string, out io.Writer) error {
 		}
 		switch pos[1] {
 		case "create":
-			if err := errors.Join(nargs(3), allow("size", "replicas", "logical-block-size")); err != nil {
+			if err := errors.Join(nargs(3), allow("size", "replicas", "logical-block-size", "chunk-size")); err != nil {
 				return err
 			}
 			if *size == "" {
@@ -189,7 +191,13 @@ func dispatch(args []string, out io.Writer) error {
 			if err != nil {
 				return fmt.Errorf("--size: %w", err)
 			}
-			v, err := c.client.CreateVolume(ctx, admin.CreateRequest{Name: pos[2], Size: n, Replicas: *replicas, LogicalBlockSize: *lbs})
+			var cs int64
+			if *chunk != "" {
+				if cs, err = configs.ParseSize(*chunk); err != nil {
+					return fmt.Errorf("--chunk-size: %w", err)
+				}
+			}
+			v, err := c.client.CreateVolume(ctx, admin.CreateRequest{Name: pos[2], Size: n, Replicas: *replicas, ChunkSize: cs, LogicalBlockSize: *lbs})
 			if err != nil {
 				return err
 			}
@@ -259,6 +267,17 @@ func (c *cli) printVolume(v admin.Volume) error {
 			fmt.Fprintf(w, "allocated\t%s (%d bytes)\n", configs.FormatSize(v.AllocatedBytes), v.AllocatedBytes)
 		}
 		fmt.Fprintf(w, "epoch\t%d\ngeneration\t%d\ncreated\t%s\nconnections\t%d\nnbd\t%s\niscsi\t%s\n", v.Epoch, v.Generation, v.Created.Format(time.RFC3339), v.Connections, v.NBD, v.ISCSI)
+		if v.AttachedTo != "" {
+			fmt.Fprintf(w, "attached to\t%s\n", v.AttachedTo)
+		}
+		nodes := make([]string, 0, len(v.ChunksPerNode))
+		for n := range v.ChunksPerNode {
+			nodes = append(nodes, n)
+		}
+		slices.Sort(nodes)
+		for _, n := range nodes {
+			fmt.Fprintf(w, "chunks on %s\t%d\n", n, v.ChunksPerNode[n])
+		}
 	})
 }
 

@@ -63,7 +63,9 @@ func (b backend) view(ctx context.Context, cv cluster.Volume, allocated bool) ad
 	}
 	n, i := d.sessions(cv.Name)
 	v.Connections = n + i
+	v.AttachedTo = cv.AttachedTo
 	if allocated {
+		v.ChunksPerNode = chunksPerNode(cv)
 		if n, err := d.store.Allocated(ctx, cv.ID, cv.Epoch); err == nil {
 			v.AllocatedBytes = int64(n) * int64(cv.BlockSize)
 		}
@@ -88,13 +90,10 @@ func (b backend) Volume(ctx context.Context, name string) (admin.Volume, error) 
 }
 
 func (b backend) CreateVolume(ctx context.Context, req admin.CreateRequest) (admin.Volume, error) {
-	if req.Replicas == 0 {
-		req.Replicas = 1
-	}
 	if err := configs.ValidVolumeName(req.Name); err != nil {
 		return admin.Volume{}, fmt.Errorf("%w: %w", admin.ErrInvalid, err)
 	}
-	cv, err := b.d.catalog.CreateVolume(ctx, cluster.VolumeSpec{Name: req.Name, Size: req.Size, Replicas: req.Replicas, LogicalBlockSize: req.LogicalBlockSize})
+	cv, err := b.d.catalog.CreateVolume(ctx, cluster.VolumeSpec{Name: req.Name, Size: req.Size, Replicas: req.Replicas, ChunkSize: req.ChunkSize, LogicalBlockSize: req.LogicalBlockSize})
 	if err != nil {
 		return admin.Volume{}, apiError(err)
 	}
@@ -134,4 +133,27 @@ func (b backend) DeleteVolume(ctx context.Context, name string, force bool) erro
 	}
 	d.log.Info("volume deleted", "volume", name)
 	return d.reconcile(ctx)
+}
+
+// chunksCountedMax bounds the work of one chunksPerNode: 1 TiB of 1 MiB
+// chunks.
+const chunksCountedMax = 1 << 20
+
+// chunksPerNode counts the chunk replicas each node of cv's placement set
+// holds, from the catalog's placement; O(chunks), so only for one volume
+// and only up to chunksCountedMax chunks (nil past it).
+func chunksPerNode(cv cluster.Volume) map[string]int64 {
+	if len(cv.Placement) == 0 || cv.ChunkSize <= 0 || cv.Size/cv.ChunkSize > chunksCountedMax {
+		return nil
+	}
+	p := cluster.NewPlacer(cv)
+	per := make(map[string]int64, len(cv.Placement))
+	var out []string
+	for c := range uint64((cv.Size + cv.ChunkSize - 1) / cv.ChunkSize) {
+		out = p.Replicas(c, out[:0])
+		for _, n := range out {
+			per[n]++
+		}
+	}
+	return per
 }

@@ -100,6 +100,12 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	if err != nil {
 		return nil, fmt.Errorf("catalog: no leader within %s: %w", catalogWait, err)
 	}
+	if cfg.Has(configs.RoleStorage) {
+		// A storage node is in the catalog before any volume is placed.
+		if _, err := d.catalog.RegisterNode(ctx, cluster.Node{Name: cfg.NodeName}); err != nil {
+			return nil, fmt.Errorf("register storage node %q: %w", cfg.NodeName, err)
+		}
+	}
 	for _, vs := range cfg.Volumes {
 		if _, err := d.catalog.Volume(vs.Name); err == nil {
 			continue
