@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net"
 	"sync"
+	"time"
 )
 
 // Why a front end closed a connection: the label of its disconnect counter.
@@ -117,3 +118,14 @@ func (r *Reasons) Snapshot() map[string]uint64 {
 	defer r.mu.Unlock()
 	return maps.Clone(r.mu.m)
 }
+
+// Defaults of the front ends' timeouts, in one place.
+const (
+	// ReplyTimeoutDefault: a client that does not read its replies for
+	// this long is disconnected and its buffers returned.
+	ReplyTimeoutDefault = 30 * time.Second
+	// RequestTimeoutDefault: a request (NBD) or PDU (iSCSI) whose first
+	// byte arrived must be read whole within this long. Idle connections
+	// between requests are not timed out by it.
+	RequestTimeoutDefault = 30 * time.Second
+)

@@ -20,13 +20,17 @@ func (nopDevice) Flush(context.Context) error                                   
 
 // TestHotPathAllocs pins the server's per-request allocations: a WRITE and a
 // READ round trip through reader, worker and writer allocate nothing in
-// steady state.
+// steady state, with and without a shared in-flight budget.
 func TestHotPathAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector makes sync.Pool drop items")
 	}
-	for _, structured := range []bool{false, true} {
-		s := newServer(t, mapExports{"nop": nopDevice{}}, Options{})
+	for i, structured := range []bool{false, true} {
+		var budget *target.Budget // unlimited, then a shared budget
+		if i == 1 {
+			budget = target.NewBudget(1 << 20)
+		}
+		s := newServer(t, mapExports{"nop": nopDevice{}}, Options{Budget: budget})
 		c := pipe(t, s)
 		c.open("nop", structured)
 		const n = 4096

@@ -3,10 +3,12 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +21,7 @@ const (
 	extentsMax       = 1 << 14                            // block descriptors in one BLOCK_STATUS reply
 	blockStatusBytes = 4 + BlockDescriptorSize*extentsMax // largest BLOCK_STATUS reply payload
 	errorMessageMax  = 512                                // bytes of error text in a structured error chunk
+	replyChunkBytes  = 1 << 20                            // READ data written between write deadline renewals
 )
 
 // conn is one client connection. The goroutine that runs serve owns it and
@@ -32,6 +35,19 @@ type conn struct {
 	cancel context.CancelFunc
 	start  time.Time
 	forced atomic.Bool // Disconnect was called
+	ip     string      // client IP, as counted by the server's ConnLimit
+
+	// quit is closed (once, by abandon) when a reader waiting for the
+	// shared budget must give up: Close, Disconnect, the writer failed.
+	quit          chan struct{}
+	quitOnce      sync.Once
+	stopping      atomic.Bool // Close asked the reader to stop
+	replyTimedOut atomic.Bool // the writer hit ReplyTimeout
+	kind          string      // disconnect reason label; reader goroutine only
+
+	// Socket deadlines in force, each owned by its goroutine.
+	readDeadline  time.Time // reader
+	writeDeadline time.Time // writer
 
 	// Set by attach under s.mu before transmission, read-only afterwards.
 	attached   bool
@@ -87,15 +103,20 @@ func (c *conn) transmit() (reason string) {
 func (c *conn) read() (reason string) {
 	var b [RequestSize]byte
 	for {
+		if err := c.awaitRequest(); err != nil {
+			return c.ioReason("read request", err)
+		}
 		if _, err := io.ReadFull(c.br, b[:]); err != nil {
 			return c.ioReason("read request", err)
 		}
 		req, err := ParseRequest(b[:])
 		if err != nil {
+			c.kind = target.DisconnectProtocolError
 			return err.Error() // cannot resynchronise
 		}
 		c.requests++
 		if req.Type == CmdDisc {
+			c.kind = target.DisconnectClientClosed
 			return "client disconnected"
 		}
 		if reason := c.dispatch(req); reason != "" {
@@ -104,13 +125,61 @@ func (c *conn) read() (reason string) {
 	}
 }
 
+// errStopping: Close asked the reader to stop.
+var errStopping = errors.New("nbd: server closing")
+
+// awaitRequest waits, without a deadline that matters, for the first byte
+// of the next request header; from then on the request must arrive within
+// RequestTimeout. A pipelined header already buffered costs nothing.
+func (c *conn) awaitRequest() error {
+	for c.br.Buffered() == 0 {
+		if err := c.armRead(); err != nil {
+			return err
+		}
+		_, err := c.br.Peek(1)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) || c.stopping.Load() {
+			return err
+		}
+		c.readDeadline = time.Time{} // idle, not stalled: wait on
+	}
+	if c.br.Buffered() < RequestSize {
+		return c.armRead()
+	}
+	return nil
+}
+
+// armRead makes sure what is read next arrives within RequestTimeout,
+// give or take an eighth: the deadline moves only when it comes closer
+// than that, which keeps the per-request cost at one clock read.
+func (c *conn) armRead() error {
+	now, t := time.Now(), c.s.opts.RequestTimeout
+	if c.readDeadline.Sub(now) >= t-t/8 {
+		return nil
+	}
+	c.readDeadline = now.Add(t)
+	c.nc.SetReadDeadline(c.readDeadline)
+	if c.stopping.Load() { // Close's deadline may just have been overwritten
+		return errStopping
+	}
+	return nil
+}
+
 // dispatch checks a request, reads its payload and hands it to a worker, or
 // answers it with an error. It returns why the connection must end, or "".
 func (c *conn) dispatch(req Request) string {
 	err := c.check(req)
 	if req.Type == CmdWrite && err != nil {
 		if req.Length > writeDiscardBytesMax {
+			c.kind = target.DisconnectProtocolError
 			return fmt.Sprintf("write of %d bytes", req.Length)
+		}
+		if c.br.Buffered() < int(req.Length) {
+			if err := c.armRead(); err != nil {
+				return c.ioReason("skip write payload", err)
+			}
 		}
 		if _, err := c.br.Discard(int(req.Length)); err != nil {
 			return c.ioReason("skip write payload", err)
@@ -125,6 +194,10 @@ func (c *conn) dispatch(req Request) string {
 		n = blockStatusBytes
 	}
 	c.inflight.acquire(n)
+	if n > 0 && !c.s.opts.Budget.Acquire(c.quit, int64(n)) {
+		c.inflight.release(n)
+		return c.ioReason("wait for the in-flight budget", nil)
+	}
 	r := getRequest()
 	r.Request, r.err, r.budget = req, err, n
 	if n > 0 {
@@ -136,6 +209,12 @@ func (c *conn) dispatch(req Request) string {
 		return ""
 	}
 	if req.Type == CmdWrite {
+		if c.br.Buffered() < len(r.data) {
+			if err := c.armRead(); err != nil { // the budget may have kept us long
+				c.release(r)
+				return c.ioReason("read write payload", err)
+			}
+		}
 		if _, err := io.ReadFull(c.br, r.data); err != nil {
 			c.release(r)
 			return c.ioReason("read write payload", err)
@@ -316,24 +395,22 @@ func (c *conn) blockStatus(r *request) error {
 // flushing whenever no further reply is ready.
 func (c *conn) writer() {
 	defer c.writerWG.Done()
-	// Every batch of replies has at least writeTimeout/2 to drain; the
-	// deadline moves only when it comes closer than that, which keeps the
-	// per-batch cost at one clock read.
-	var deadline time.Time
 	for r := range c.replies {
 		if !c.broken.Load() {
-			if now := time.Now(); deadline.Sub(now) < writeTimeout/2 {
-				deadline = now.Add(writeTimeout)
-				c.nc.SetWriteDeadline(deadline)
-			}
+			c.armWrite()
 			err := c.writeReply(r)
 			if err == nil && len(c.replies) == 0 {
 				err = c.bw.Flush()
 			}
 			if err != nil {
-				// The reader notices the closed connection; requests
-				// still in flight are dropped as they complete.
+				// The reader notices the closed connection (or the
+				// abandoned budget wait); requests still in flight are
+				// dropped as they complete.
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					c.replyTimedOut.Store(true)
+				}
 				c.broken.Store(true)
+				c.abandon()
 				c.cancel()
 				c.nc.Close()
 			}
@@ -345,10 +422,37 @@ func (c *conn) writer() {
 	}
 }
 
+// armWrite gives what is written next ReplyTimeout to drain, give or take
+// an eighth (see armRead). Writer goroutine only.
+func (c *conn) armWrite() {
+	now, t := time.Now(), c.s.opts.ReplyTimeout
+	if c.writeDeadline.Sub(now) < t-t/8 {
+		c.writeDeadline = now.Add(t)
+		c.nc.SetWriteDeadline(c.writeDeadline)
+	}
+}
+
+// writeData writes READ data, renewing the write deadline every
+// replyChunkBytes so that a slow reader that keeps reading is not cut off.
+func (c *conn) writeData(p []byte) error {
+	for len(p) > replyChunkBytes {
+		if _, err := c.bw.Write(p[:replyChunkBytes]); err != nil {
+			return err
+		}
+		p = p[replyChunkBytes:]
+		c.armWrite()
+	}
+	_, err := c.bw.Write(p)
+	return err
+}
+
 // release returns r's resources.
 func (c *conn) release(r *request) {
 	if r.buf != nil {
 		target.PutBuffer(r.buf)
+	}
+	if r.budget > 0 {
+		c.s.opts.Budget.Release(int64(r.budget))
 	}
 	c.inflight.release(r.budget)
 	putRequest(r)
@@ -395,8 +499,7 @@ func (c *conn) writeReply(r *request) error {
 		sr.Put(h)
 		be.PutUint64(h[StructuredReplySize:], r.Offset)
 		c.bw.Write(h[:StructuredReplySize+8])
-		_, err := c.bw.Write(r.data)
-		return err
+		return c.writeData(r.data)
 	case r.Type == CmdBlockStatus:
 		sr := StructuredReply{Flags: ReplyFlagDone, Type: ReplyBlockStatus, Cookie: r.Cookie, Length: uint32(len(r.data))}
 		sr.Put(h)
@@ -407,8 +510,7 @@ func (c *conn) writeReply(r *request) error {
 	PutSimpleReply(h, 0, r.Cookie)
 	c.bw.Write(h[:SimpleReplySize])
 	if r.Type == CmdRead {
-		_, err := c.bw.Write(r.data)
-		return err
+		return c.writeData(r.data)
 	}
 	return nil
 }

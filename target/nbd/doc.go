@@ -28,10 +28,23 @@
 // Close and a broken socket all stop the reader first and answer (or drop)
 // every in-flight request before the socket is closed.
 //
+// Bounds under abuse: payload bytes in flight are also drawn from a
+// target.Budget shared with every other connection (and front end) given
+// the same Options.Budget; while it is spent readers stop reading, so
+// clients see TCP backpressure. A client that does not read its replies for
+// ReplyTimeout is disconnected and its requests' buffers and budget are
+// returned. A request whose header has begun must be read whole (header,
+// then WRITE payload) within RequestTimeout; a connection idle between
+// requests is not timed out. Past ConnectionsMax or ConnectionsPerAddrMax a
+// connection gets the greeting and is closed, with a log line. Stats counts
+// open connections and disconnects by reason.
+//
 // Invariants:
 //   - At most InFlightMax requests and InFlightBytesMax payload bytes per
-//     connection are between being read and their reply being written;
-//     past either bound the reader stops reading.
+//     connection, and Budget.Max bytes across connections, are between
+//     being read and their reply being written; past any bound the reader
+//     stops reading. A request larger than the budget waits for it to be
+//     empty and then takes all of it.
 //   - Every request gets exactly one reply (none for DISC), whose chunks are
 //     never interleaved with another reply's.
 //   - Errors map to protocol error values in one function, Errno.

@@ -38,6 +38,7 @@ type step struct {
 	reply  []byte
 	next   next
 	reason string // why the connection hangs up (nextHangUp)
+	abort  bool   // the client asked to hang up (OPT_ABORT)
 }
 
 // export is what a successful negotiation hands to transmission.
@@ -148,7 +149,7 @@ func (n *negotiation) option(code uint32, data []byte) step {
 		return step{reply: AppendExportNameReply(nil, uint64(info.Size), n.chosen.flags, n.noZeroes), next: nextTransmit}
 	case OptAbort:
 		// Data, if any, is ignored as the document asks.
-		return step{reply: AppendOptionReply(nil, code, RepAck, nil), next: nextHangUp, reason: "client aborted negotiation"}
+		return step{reply: AppendOptionReply(nil, code, RepAck, nil), next: nextHangUp, reason: "client aborted negotiation", abort: true}
 	case OptList:
 		if !o.Empty {
 			return step{reply: errReply(nil, code, RepErrInvalid, "OPT_LIST takes no data")}

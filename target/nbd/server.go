@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -36,7 +37,6 @@ const (
 // Timeouts.
 const (
 	handshakeTimeout     = 30 * time.Second // from accept to transmission
-	writeTimeout         = 60 * time.Second // a batch of replies must drain within this
 	closeGrace           = 10 * time.Second // Close waits this long for in-flight requests before cancelling them
 	writeDiscardBytesMax = 128 << 20        // an oversized WRITE up to this is skipped and failed; past it the client is hung up on
 )
@@ -63,13 +63,33 @@ type Options struct {
 	// Default is the export a client gets when it asks for the empty name;
 	// "" means none.
 	Default string
+	// Budget bounds the payload bytes in flight across every connection
+	// sharing it (with other servers too): a READ, WRITE or BLOCK_STATUS
+	// takes its payload bytes before its buffer and returns them once its
+	// reply is written. While it is exhausted the reader stops reading. nil
+	// means no bound beyond InFlightBytesMax per connection.
+	Budget *target.Budget
+	// ReplyTimeout: a client that does not read its replies for this long
+	// is disconnected (its requests' buffers and budget are returned). 0
+	// means target.ReplyTimeoutDefault.
+	ReplyTimeout time.Duration
+	// RequestTimeout: a request whose header has begun to arrive must be
+	// read whole (header, then WRITE payload) within this long, or the
+	// connection is closed. A connection idle between requests stays open.
+	// 0 means target.RequestTimeoutDefault.
+	RequestTimeout time.Duration
+	// ConnectionsMax bounds the connections of the server, and
+	// ConnectionsPerAddrMax those from one client IP; past either a new
+	// connection gets the greeting and is closed. 0 means unlimited.
+	ConnectionsMax, ConnectionsPerAddrMax int
 }
 
 func (o Options) withDefaults() Options {
 	if o.Exports == nil {
 		panic("nbd: Options.Exports is nil")
 	}
-	if o.InFlightMax < 0 || o.RequestBytesMax < 0 || o.InFlightBytesMax < 0 {
+	if o.InFlightMax < 0 || o.RequestBytesMax < 0 || o.InFlightBytesMax < 0 || o.ReplyTimeout < 0 ||
+		o.RequestTimeout < 0 || o.ConnectionsMax < 0 || o.ConnectionsPerAddrMax < 0 {
 		panic(fmt.Sprintf("nbd: negative bound in %+v", o))
 	}
 	if o.Logger == nil {
@@ -88,6 +108,12 @@ func (o Options) withDefaults() Options {
 		o.InFlightBytesMax = InFlightBytesMaxDefault
 	}
 	o.InFlightBytesMax = max(o.InFlightBytesMax, o.RequestBytesMax, blockStatusBytes)
+	if o.ReplyTimeout == 0 {
+		o.ReplyTimeout = target.ReplyTimeoutDefault
+	}
+	if o.RequestTimeout == 0 {
+		o.RequestTimeout = target.RequestTimeoutDefault
+	}
 	return o
 }
 
@@ -100,6 +126,8 @@ type Server struct {
 	ctx              context.Context // cancelled when Close gives up waiting
 	cancel           context.CancelFunc
 	wg               sync.WaitGroup // connection goroutines
+	limit            *target.ConnLimit
+	disconnects      target.Reasons
 
 	mu struct {
 		sync.Mutex
@@ -113,6 +141,7 @@ type Server struct {
 func NewServer(opts Options) *Server {
 	s := &Server{opts: opts.withDefaults(), handshakeTimeout: handshakeTimeout}
 	s.log = s.opts.Logger
+	s.limit = target.NewConnLimit(s.opts.ConnectionsMax, s.opts.ConnectionsPerAddrMax)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.mu.listeners = make(map[net.Listener]struct{})
 	s.mu.conns = make(map[*conn]struct{})
@@ -227,6 +256,7 @@ func (s *Server) Close() error {
 		s.cancel()
 		s.mu.Lock()
 		for c := range s.mu.conns {
+			c.abandon()
 			c.nc.Close()
 		}
 		s.mu.Unlock()
@@ -258,10 +288,22 @@ func (s *Server) Disconnect(export string) {
 	for c := range s.mu.conns {
 		if c.attached && c.export == export {
 			c.forced.Store(true)
+			c.abandon()
 			c.cancel()
 			c.nc.Close()
 		}
 	}
+}
+
+// Stats are the server's counters for metrics.
+type Stats struct {
+	Connections int               // admitted and open now, in handshake or transmission
+	Disconnects map[string]uint64 // closed connections by reason (target.Disconnect*), refusals included
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	return Stats{Connections: s.limit.Count(), Disconnects: s.disconnects.Snapshot()}
 }
 
 // Bufio sizes of a connection.
@@ -271,7 +313,7 @@ const (
 )
 
 func (s *Server) newConn(nc net.Conn) *conn {
-	c := &conn{s: s, nc: nc, start: time.Now()}
+	c := &conn{s: s, nc: nc, start: time.Now(), ip: target.AddrIP(nc.RemoteAddr()), quit: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancel(s.ctx)
 	return c
 }
@@ -280,19 +322,42 @@ func (s *Server) newConn(nc net.Conn) *conn {
 func (c *conn) serve() {
 	defer c.cancel()
 	defer c.nc.Close()
+	if ok, why := c.s.limit.Admit(c.ip); !ok {
+		c.refuse(why)
+		return
+	}
+	defer c.s.limit.Leave(c.ip)
 	c.br = bufio.NewReaderSize(c.nc, readBufferBytes)
 	c.bw = bufio.NewWriterSize(c.nc, writeBufferBytes)
 
 	reason := c.handshake()
 	if reason == "" {
 		reason = c.transmit()
+	} else if c.kind == "" {
+		c.kind = target.DisconnectHandshake
 	}
+	if c.kind == "" {
+		c.kind = target.DisconnectIOError
+	}
+	c.s.disconnects.Add(c.kind)
 	args := []any{"remote", c.nc.RemoteAddr().String(), "export", c.export, "reason", reason,
-		"duration", time.Since(c.start).Round(time.Millisecond)}
+		"kind", c.kind, "duration", time.Since(c.start).Round(time.Millisecond)}
 	if c.attached {
 		args = append(args, "requests", c.requests)
 	}
 	c.s.log.Info("nbd: connection closed", args...)
+}
+
+// refuse sends the greeting to a connection past the connection limits and
+// closes it: the client learns it reached an NBD server that will not serve
+// it now.
+func (c *conn) refuse(why string) {
+	c.s.disconnects.Add(target.DisconnectLimit)
+	c.s.log.Warn("nbd: connection refused", "remote", c.nc.RemoteAddr().String(), "reason", why)
+	c.nc.SetWriteDeadline(time.Now().Add(c.s.handshakeTimeout))
+	var greeting [GreetingSize]byte
+	PutGreeting(&greeting, FlagFixedNewstyle|FlagNoZeroes)
+	c.nc.Write(greeting[:])
 }
 
 // handshake negotiates an export. It returns "" when transmission may
@@ -352,6 +417,9 @@ func (c *conn) handshake() (reason string) {
 		}
 		switch st.next {
 		case nextHangUp:
+			if st.abort {
+				c.kind = target.DisconnectClientClosed
+			}
 			return "handshake: " + st.reason
 		case nextTransmit:
 			return c.attach(n.chosen)
@@ -380,23 +448,45 @@ func (c *conn) attach(e export) string {
 // transmission stops reading and finishes its in-flight requests. s.mu held.
 func (c *conn) stopLocked() {
 	if c.attached {
+		c.stopping.Store(true)
+		c.abandon()
 		c.nc.SetReadDeadline(time.Now())
 		return
 	}
 	c.nc.Close()
 }
 
-// ioReason describes why an I/O error ended the connection.
+// abandon wakes the reader if it waits for the shared budget; idempotent.
+func (c *conn) abandon() {
+	c.quitOnce.Do(func() { close(c.quit) })
+}
+
+// ioReason describes why an I/O error (nil: the connection was abandoned)
+// ended the connection, and sets c.kind. Reader goroutine only.
 func (c *conn) ioReason(what string, err error) string {
 	switch {
 	case c.forced.Load():
+		c.kind = target.DisconnectServer
 		return "disconnected by the server's owner"
-	case c.s.closed():
+	case c.stopping.Load() || c.s.closed():
+		c.kind = target.DisconnectServer
 		return "server closing"
+	case c.replyTimedOut.Load():
+		c.kind = target.DisconnectReplyTimeout
+		return fmt.Sprintf("%s: replies not read for %v", what, c.s.opts.ReplyTimeout)
+	case err == nil:
+		c.kind = target.DisconnectIOError
+		return what + ": connection broken"
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		c.kind = target.DisconnectClientClosed
 		return what + ": client hung up"
+	case errors.Is(err, os.ErrDeadlineExceeded) && c.attached:
+		c.kind = target.DisconnectRequestTimeout
+		return fmt.Sprintf("%s: not finished within %v", what, c.s.opts.RequestTimeout)
 	case errors.Is(err, net.ErrClosed):
+		c.kind = target.DisconnectIOError
 		return what + ": connection closed"
 	}
+	c.kind = target.DisconnectIOError
 	return what + ": " + err.Error()
 }

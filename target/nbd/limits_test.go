@@ -1,0 +1,190 @@
+package nbd
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"cairn/target"
+)
+
+// TestBudgetStalledClients: clients that send large READs and never read
+// the replies hold at most the shared budget; the server stops reading
+// from them once it is spent, serves a well-behaved client, disconnects
+// the stalled ones after ReplyTimeout and gets the whole budget back.
+func TestBudgetStalledClients(t *testing.T) {
+	const (
+		budgetBytes = 4 << 20
+		readBytes   = 1 << 20
+		stalled     = 4
+		reads       = 8 // per stalled client: twice the budget each
+	)
+	exports, _ := memExports()
+	budget := target.NewBudget(budgetBytes)
+	s := newServer(t, exports, Options{Budget: budget, RequestBytesMax: readBytes, ReplyTimeout: 200 * time.Millisecond})
+
+	var senders sync.WaitGroup
+	var bad []*client
+	for i := range stalled {
+		c := pipe(t, s)
+		c.open("disk", i%2 == 0)
+		bad = append(bad, c)
+		senders.Add(1)
+		go func() { // blocks once the server stops reading
+			defer senders.Done()
+			for j := range reads {
+				b := make([]byte, RequestSize)
+				(&Request{Type: CmdRead, Cookie: uint64(j), Offset: uint64(j) * readBytes, Length: readBytes}).Put(b)
+				c.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+				if _, err := c.nc.Write(b); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	// The budget fills and readers wait for it rather than read on.
+	waitFor(t, func() bool { return budget.InUse() == budgetBytes && budget.Waiting() > 0 })
+
+	good := pipe(t, s)
+	good.open("disk", true)
+	for i := range 20 {
+		if r := good.do(Request{Type: CmdRead, Cookie: uint64(100 + i), Offset: uint64(i) * 4096, Length: 64 << 10}, nil); r.errno != 0 || len(r.data) != 64<<10 {
+			t.Fatalf("well-behaved read %d: %+v", i, r)
+		}
+	}
+	for _, c := range bad {
+		c.expectClosed()
+		<-c.served
+	}
+	senders.Wait()
+	waitFor(t, func() bool { return budget.InUse() == 0 })
+	if p := budget.Peak(); p > budgetBytes {
+		t.Fatalf("peak %d bytes in flight, budget %d", p, budgetBytes)
+	}
+	if n := s.Stats().Disconnects[target.DisconnectReplyTimeout]; n != stalled {
+		t.Fatalf("%d reply timeouts, want %d: %v", n, stalled, s.Stats().Disconnects)
+	}
+	// The well-behaved client is still connected and served.
+	if r := good.do(Request{Type: CmdRead, Cookie: 1, Length: readBytes}, nil); r.errno != 0 {
+		t.Fatal(r)
+	}
+}
+
+// TestOversizedRequestBudget: a request larger than the whole budget is
+// served (once the budget is free) rather than deadlocking.
+func TestOversizedRequestBudget(t *testing.T) {
+	exports, _ := memExports()
+	budget := target.NewBudget(64 << 10)
+	s := newServer(t, exports, Options{Budget: budget, RequestBytesMax: 1 << 20})
+	c := pipe(t, s)
+	c.open("disk", false)
+	p := pattern(1<<20, 9)
+	if r := c.do(Request{Type: CmdWrite, Cookie: 1, Length: 1 << 20}, p); r.errno != 0 {
+		t.Fatal(r)
+	}
+	if r := c.do(Request{Type: CmdRead, Cookie: 2, Length: 1 << 20}, nil); r.errno != 0 || !bytes.Equal(r.data, p) {
+		t.Fatalf("read back: errno %d", r.errno)
+	}
+	waitFor(t, func() bool { return budget.InUse() == 0 })
+}
+
+// TestRequestTimeout: a half-sent header or WRITE payload is closed after
+// RequestTimeout; an idle connection stays open.
+func TestRequestTimeout(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	exports, _ := memExports()
+	s := newServer(t, exports, Options{RequestTimeout: timeout})
+	idle := pipe(t, s)
+	idle.open("disk", false)
+
+	half := pipe(t, s)
+	half.open("disk", false)
+	b := make([]byte, RequestSize)
+	(&Request{Type: CmdRead, Cookie: 1, Length: 512}).Put(b)
+	half.write(b[:RequestSize/2])
+	half.expectClosed()
+
+	payload := pipe(t, s)
+	payload.open("disk", true)
+	b = make([]byte, RequestSize+1000)
+	(&Request{Type: CmdWrite, Cookie: 2, Length: 4096}).Put(b)
+	payload.write(b)
+	payload.expectClosed()
+	if n := s.Stats().Disconnects[target.DisconnectRequestTimeout]; n != 2 {
+		t.Fatalf("%d request timeouts: %v", n, s.Stats().Disconnects)
+	}
+
+	time.Sleep(2 * timeout) // idle for several timeouts by now
+	if r := idle.do(Request{Type: CmdRead, Cookie: 3, Length: 512}, nil); r.errno != 0 {
+		t.Fatalf("idle connection: %+v", r)
+	}
+}
+
+// logBuffer collects log lines for assertions.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestConnectionLimits: past ConnectionsMax or ConnectionsPerAddrMax a
+// client gets the greeting, then the connection closes, with a log line.
+func TestConnectionLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts Options
+	}{
+		{"total", Options{ConnectionsMax: 2}},
+		{"per address", Options{ConnectionsPerAddrMax: 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			exports, _ := memExports()
+			var logs logBuffer
+			tc.opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			s := newServer(t, exports, tc.opts)
+			addr := listen(t, s)
+			a, b := dial(t, addr), dial(t, addr)
+			a.open("disk", false)
+			b.open("disk", true)
+
+			refused := dial(t, addr)
+			if _, err := ParseGreeting(refused.readFull(GreetingSize)); err != nil {
+				t.Fatal(err)
+			}
+			refused.expectClosed()
+			st := s.Stats()
+			if st.Disconnects[target.DisconnectLimit] != 1 || st.Connections != 2 {
+				t.Fatalf("stats %+v", st)
+			}
+			if !strings.Contains(logs.String(), "nbd: connection refused") {
+				t.Fatalf("no log line for the refusal:\n%s", logs.String())
+			}
+			// Served connections are unaffected, and a slot frees on close.
+			if r := a.do(Request{Type: CmdRead, Cookie: 1, Length: 512}, nil); r.errno != 0 {
+				t.Fatal(r)
+			}
+			b.send(Request{Type: CmdDisc}, nil)
+			b.expectClosed()
+			waitFor(t, func() bool { return s.Stats().Connections == 1 })
+			c := dial(t, addr)
+			c.open("disk", false)
+			if r := c.do(Request{Type: CmdRead, Cookie: 2, Length: 512}, nil); r.errno != 0 {
+				t.Fatal(r)
+			}
+		})
+	}
+}
