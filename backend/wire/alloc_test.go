@@ -1,0 +1,71 @@
+package wire
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"cairn/backend/store"
+)
+
+// TestHotPathAllocs pins the steady-state allocations of a 4 KiB read and
+// write, client and server together (AllocsPerRun counts every
+// goroutine): none, with a context that has a deadline or not.
+func TestHotPathAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes sync.Pool drop items")
+	}
+	addr, _ := startServer(t, newMemBackend(), ServerOptions{})
+	c := newClient(t, addr, ClientOptions{})
+	p := make([]byte, BlockSize)
+	bg := context.Background()
+	dl, cancel := context.WithTimeout(bg, time.Hour)
+	defer cancel()
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+	}{{"background", bg}, {"deadline", dl}} {
+		ctx := tc.ctx
+		write := func() {
+			if err := c.Write(ctx, 1, 3, p, store.Stamp{Epoch: 1, Seq: 1}, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		read := func() {
+			if err := c.Read(ctx, 1, 3, p, 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 100 {
+			write()
+			read()
+		}
+		if n := testing.AllocsPerRun(500, write); n > 0 {
+			t.Errorf("%s: write: %.2f allocations per call", tc.name, n)
+		}
+		if n := testing.AllocsPerRun(500, read); n > 0 {
+			t.Errorf("%s: read: %.2f allocations per call", tc.name, n)
+		}
+	}
+}
+
+// TestCodecAllocs: encoding and decoding headers and bodies allocate
+// nothing.
+func TestCodecAllocs(t *testing.T) {
+	var b [HeaderSize + ZeroRequestSize]byte
+	n := testing.AllocsPerRun(100, func() {
+		h := Header{Op: OpZero, ID: 1, Length: ZeroRequestSize}
+		h.Put(b[:])
+		q := ZeroRequest{Vol: 1, Block: 2, Blocks: 3}
+		q.Put(b[HeaderSize:])
+		if _, err := ParseHeader(b[:]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ParseZeroRequest(b[HeaderSize:]); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if n > 0 {
+		t.Fatalf("%.2f allocations", n)
+	}
+}

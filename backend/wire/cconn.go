@@ -1,0 +1,337 @@
+package wire
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// slotBits is the width of the slot index in a request id; the bits above
+// count the slot's uses, so that a late reply never matches a later call.
+const slotBits = 16
+
+// cconn is one connection of a Client. Callers write requests under wmu;
+// one reader goroutine matches replies to slots.
+type cconn struct {
+	c               *Client
+	nc              net.Conn
+	requestBytesMax int
+
+	br  *bufio.Reader // reader goroutine only
+	rdl deadline      // reader goroutine only
+
+	wmu     sync.Mutex
+	bw      *bufio.Writer                      // under wmu
+	wdl     deadline                           // under wmu
+	hbuf    [HeaderSize + ZeroRequestSize]byte // under wmu
+	writers atomic.Int32                       // callers between wanting wmu and leaving it; the last one flushes
+
+	slots []*slot    // fixed at creation; index = id's low bits
+	free  chan *slot // slots not in use
+
+	broken  atomic.Bool
+	dead    chan struct{} // closed by fail
+	failErr error         // set by fail before broken and dead; what pending calls get
+	once    sync.Once
+}
+
+// slotState is where a slot's call is.
+type slotState uint8
+
+const (
+	slotIdle      slotState = iota // no call, or the call is over
+	slotPending                    // request sent or being sent; no reply seen
+	slotReceiving                  // the reader is reading the reply into p
+	slotDone                       // the result is in err/n/more and done was signalled
+)
+
+// slot is the in-flight state of one call. The caller owns it from
+// acquiring it off free until it puts it back, except that while the state
+// is slotPending or slotReceiving the reader (or fail) may complete it.
+type slot struct {
+	idx   uint64
+	done  chan struct{} // capacity 1: one signal per completed call
+	timer *time.Timer   // the default call deadline; caller only
+
+	mu    sync.Mutex
+	state slotState
+	id    uint64 // of the current call: uses<<slotBits | idx
+	uses  uint64
+	op    Op
+	p     []byte // where the reply payload goes (Read, Extents)
+
+	// The request's fixed part, copied off the caller's stack (checksumming
+	// it there would move args to the heap); caller only.
+	fixed [ZeroRequestSize]byte
+
+	// Written by the completer before done is signalled, read by the
+	// caller after.
+	n    int
+	more bool
+	err  error
+}
+
+func newCconn(c *Client, nc net.Conn, slots int) *cconn {
+	cc := &cconn{c: c, nc: nc, requestBytesMax: RequestBytesMax,
+		slots: make([]*slot, slots), free: make(chan *slot, slots), dead: make(chan struct{}),
+		wdl: deadline{write: true}}
+	cc.br, cc.bw = newBufio(nc)
+	for i := range cc.slots {
+		t := time.NewTimer(time.Hour)
+		t.Stop()
+		s := &slot{idx: uint64(i), done: make(chan struct{}, 1), timer: t}
+		cc.slots[i] = s
+		cc.free <- s
+	}
+	return cc
+}
+
+// call sends a's request and waits for its reply or its deadline.
+func (cc *cconn) call(ctx context.Context, a *args, hasDeadline bool, start time.Time) (int, bool, error) {
+	s, err := cc.acquire(ctx, hasDeadline, start)
+	if err != nil {
+		return 0, false, err
+	}
+	s.mu.Lock()
+	if cc.broken.Load() {
+		// Checked under s.mu: a fail that sets broken after this point
+		// finds the slot pending and completes it.
+		s.mu.Unlock()
+		cc.free <- s
+		return 0, false, cc.failErr
+	}
+	s.uses++
+	s.id = s.uses<<slotBits | s.idx
+	s.state, s.op, s.p = slotPending, a.op, a.reply
+	id := s.id
+	s.mu.Unlock()
+
+	var tc <-chan time.Time
+	if !hasDeadline {
+		s.timer.Reset(cc.c.opts.CallTimeout - time.Since(start))
+		tc = s.timer.C
+	}
+	copy(s.fixed[:], a.fixed[:a.fixedLen])
+	cc.send(id, s.fixed[:a.fixedLen], a)
+
+	var timeout error
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		timeout = ctx.Err()
+	case <-tc:
+		timeout = context.DeadlineExceeded
+	}
+	if tc != nil {
+		s.timer.Stop()
+	}
+	if timeout != nil {
+		s.mu.Lock()
+		if s.state == slotPending {
+			// Abandon the call: its reply, if it comes, matches no slot
+			// and is discarded; nothing writes s.p after this.
+			s.state, s.p = slotIdle, nil
+			s.mu.Unlock()
+			cc.free <- s
+			return 0, false, fmt.Errorf("wire: %s on %s: no reply in time: %w", a.op, cc.c.addr, timeout)
+		}
+		// The reply is being read into p: wait for it (bounded by
+		// FrameTimeout) so that p is not written after we return.
+		s.mu.Unlock()
+		<-s.done
+	}
+	n, more, err := s.n, s.more, s.err
+	s.mu.Lock()
+	s.state, s.p, s.err = slotIdle, nil, nil
+	s.mu.Unlock()
+	cc.free <- s
+	return n, more, err
+}
+
+// acquire takes a free slot, waiting (bounded by the call's deadline) when
+// all are in flight.
+func (cc *cconn) acquire(ctx context.Context, hasDeadline bool, start time.Time) (*slot, error) {
+	select {
+	case s := <-cc.free:
+		return s, nil
+	default:
+	}
+	t := cc.c.slowTimer(hasDeadline, start)
+	defer stopTimer(t)
+	select {
+	case s := <-cc.free:
+		return s, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-timerC(t):
+		return nil, fmt.Errorf("wire: %s: %d calls in flight for %v: %w", cc.c.addr, len(cc.slots), cc.c.opts.CallTimeout, context.DeadlineExceeded)
+	case <-cc.dead:
+		return nil, cc.failErr
+	}
+}
+
+// send writes a request. The last of the callers queued on wmu flushes, so
+// that concurrent calls share a syscall. A write error breaks the
+// connection, which completes the call.
+func (cc *cconn) send(id uint64, fixed []byte, a *args) {
+	sum := UpdateChecksum(0, fixed)
+	if len(a.data) > 0 {
+		sum = UpdateChecksum(sum, a.data)
+	}
+	h := Header{Op: a.op, Flags: a.flags, ID: id, Length: uint32(a.fixedLen + len(a.data)), Sum: sum}
+	cc.writers.Add(1)
+	cc.wmu.Lock()
+	var err error
+	if !cc.broken.Load() {
+		cc.wdl.arm(cc.nc, cc.c.opts.FrameTimeout)
+		h.Put(cc.hbuf[:])
+		copy(cc.hbuf[HeaderSize:], fixed)
+		_, err = cc.bw.Write(cc.hbuf[:HeaderSize+a.fixedLen])
+		if err == nil && len(a.data) > 0 {
+			_, err = cc.bw.Write(a.data)
+		}
+	}
+	if cc.writers.Add(-1) == 0 && err == nil && !cc.broken.Load() {
+		err = cc.bw.Flush()
+	}
+	cc.wmu.Unlock()
+	if err != nil {
+		cc.fail(fmt.Errorf("write: %w", err))
+	}
+}
+
+// reader matches replies to slots until the connection fails.
+func (cc *cconn) reader() {
+	defer cc.c.wg.Done()
+	var hb [HeaderSize]byte
+	var msg [ErrorMessageMax]byte
+	for {
+		if cc.br.Buffered() == 0 {
+			cc.rdl.disarm(cc.nc)
+			if _, err := cc.br.Peek(1); err != nil {
+				cc.fail(fmt.Errorf("read: %w", err))
+				return
+			}
+		}
+		cc.rdl.arm(cc.nc, cc.c.opts.FrameTimeout)
+		if _, err := io.ReadFull(cc.br, hb[:]); err != nil {
+			cc.fail(fmt.Errorf("read reply: %w", err))
+			return
+		}
+		h, err := ParseHeader(hb[:])
+		if err == nil {
+			err = cc.receive(h, msg[:])
+		}
+		if err != nil {
+			cc.fail(err)
+			return
+		}
+	}
+}
+
+// receive reads the payload of the reply h into its call's slot, or
+// discards it when the call was abandoned. An error breaks the connection.
+func (cc *cconn) receive(h Header, msg []byte) error {
+	if h.Flags&FlagReply == 0 {
+		return fmt.Errorf("%w: request frame (%s) from the node", ErrProtocol, h.Op)
+	}
+	idx := h.ID & (1<<slotBits - 1)
+	if idx >= uint64(len(cc.slots)) {
+		return fmt.Errorf("%w: reply id %#x names no slot", ErrProtocol, h.ID)
+	}
+	s := cc.slots[idx]
+	s.mu.Lock()
+	if s.id != h.ID || s.state != slotPending {
+		s.mu.Unlock()
+		_, err := cc.br.Discard(int(h.Length)) // a late reply to an abandoned call
+		return err
+	}
+	if h.Op != s.op {
+		s.mu.Unlock()
+		return fmt.Errorf("%w: %s request answered as %s", ErrProtocol, s.op, h.Op)
+	}
+	s.state = slotReceiving
+	p := s.p
+	s.mu.Unlock()
+
+	n, callErr, connErr := cc.payload(h, p, msg)
+	if connErr != nil {
+		callErr = fmt.Errorf("%w: %s: %w", ErrDisconnected, cc.c.addr, connErr)
+	}
+	s.n, s.more, s.err = n, h.Flags&FlagMore != 0, callErr
+	s.mu.Lock()
+	s.state = slotDone
+	s.mu.Unlock()
+	s.done <- struct{}{}
+	return connErr
+}
+
+// payload reads a reply's payload: into p for data, into msg for an error.
+// callErr fails only the call; connErr breaks the connection.
+func (cc *cconn) payload(h Header, p, msg []byte) (n int, callErr, connErr error) {
+	if h.Status != CodeOK {
+		if int(h.Length) > len(msg) {
+			return 0, nil, fmt.Errorf("%w: error reply of %d bytes", ErrProtocol, h.Length)
+		}
+		m := msg[:h.Length]
+		if _, err := io.ReadFull(cc.br, m); err != nil {
+			return 0, nil, fmt.Errorf("read error reply: %w", err)
+		}
+		if sum := Checksum(m); sum != h.Sum {
+			return 0, nil, fmt.Errorf("%w: error reply crc %#08x, computed %#08x", ErrChecksum, h.Sum, sum)
+		}
+		return 0, &remoteError{op: h.Op, code: h.Status, msg: string(m)}, nil
+	}
+	switch {
+	case h.Flags&FlagMore != 0 && h.Op != OpExtents:
+		return 0, nil, fmt.Errorf("%w: flag more on a %s reply", ErrProtocol, h.Op)
+	case h.Op == OpRead && int(h.Length) != len(p),
+		h.Op == OpExtents && int(h.Length) > len(p),
+		h.Op != OpRead && h.Op != OpExtents && h.Length != 0:
+		return 0, nil, fmt.Errorf("%w: %s reply of %d bytes", ErrProtocol, h.Op, h.Length)
+	}
+	q := p[:h.Length]
+	if _, err := io.ReadFull(cc.br, q); err != nil {
+		return 0, nil, fmt.Errorf("read %s reply: %w", h.Op, err)
+	}
+	if sum := Checksum(q); sum != h.Sum {
+		return 0, fmt.Errorf("%w: %s reply crc %#08x, computed %#08x", ErrChecksum, h.Op, h.Sum, sum), nil
+	}
+	return len(q), nil, nil
+}
+
+// fail breaks the connection once: it closes the socket and completes every
+// pending call with the error (ErrClosed as is, anything else wrapped in
+// ErrDisconnected). A slot being received is completed by the reader, whose
+// read fails.
+func (cc *cconn) fail(err error) {
+	cc.once.Do(func() {
+		if !errors.Is(err, ErrClosed) {
+			err = fmt.Errorf("%w: %s: %w", ErrDisconnected, cc.c.addr, err)
+		}
+		cc.failErr = err
+		cc.broken.Store(true)
+		close(cc.dead)
+		cc.nc.Close()
+		for _, s := range cc.slots {
+			s.mu.Lock()
+			if s.state == slotPending {
+				s.state, s.p = slotDone, nil
+				s.n, s.more, s.err = 0, false, err
+				s.mu.Unlock()
+				s.done <- struct{}{}
+				continue
+			}
+			s.mu.Unlock()
+		}
+		if !errors.Is(err, ErrClosed) {
+			cc.c.log.Warn("wire connection lost", "err", err)
+		}
+	})
+}

@@ -1,0 +1,533 @@
+package wire
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"cairn/backend/store"
+	"cairn/target"
+)
+
+// sconn is one client connection of a Server. The goroutine that runs serve
+// owns it and reads requests; workers (started on demand, at most
+// InFlightMax) execute them; one writer sends the replies in completion
+// order.
+type sconn struct {
+	s      *Server
+	raw    net.Conn // the accepted connection; kill closes it
+	nc     net.Conn // raw, or the TLS connection over it
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	ctx    context.Context
+	cancel context.CancelFunc
+	log    *slog.Logger
+
+	rdl deadline // reader goroutine only
+	wdl deadline // writer goroutine only (the handshake before it starts)
+
+	work     chan *request // reader → workers
+	workers  int           // reader goroutine only
+	workerWG sync.WaitGroup
+	replies  chan *request // reader, workers → writer
+	writerWG sync.WaitGroup
+	inflight budget
+	broken   atomic.Bool // the writer failed; replies are dropped
+}
+
+// request is one request from header to reply. It passes from the reader
+// to a worker to the writer; whoever holds it owns it.
+type request struct {
+	h      Header
+	fixed  [ZeroRequestSize]byte // the fixed part of the body
+	vol    uint64
+	block  uint64
+	blocks uint64
+	epoch  uint64
+	stamp  store.Stamp
+	buf    *[]byte // pooled payload buffer, or nil
+	data   []byte  // Write: the data; Read: the reply data; Extents: the reply runs
+	budget int     // payload bytes charged to the in-flight budget
+	sum    uint32  // reply payload checksum
+	more   bool    // Extents: the runs stop before the end of the range
+	err    error
+	hdr    [HeaderSize]byte
+}
+
+var requestPool = sync.Pool{New: func() any { return new(request) }}
+
+func getRequest() *request { return requestPool.Get().(*request) }
+
+func putRequest(r *request) {
+	*r = request{}
+	requestPool.Put(r)
+}
+
+func newSconn(s *Server, nc net.Conn) *sconn {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &sconn{s: s, raw: nc, nc: nc, ctx: ctx, cancel: cancel,
+		log: s.log.With("remote", nc.RemoteAddr().String()), wdl: deadline{write: true}}
+}
+
+// kill breaks the connection from any goroutine: backend calls see their
+// context cancelled, the reader and writer fail.
+func (c *sconn) kill() {
+	c.raw.Close() // first, so that no reply of a cancelled call gets out
+	c.cancel()
+}
+
+// serve runs the connection to its end.
+func (c *sconn) serve() {
+	defer c.raw.Close()
+	defer c.cancel()
+	setNoDelay(c.raw)
+	start := time.Now()
+	peer, reason := c.handshake()
+	if reason != "" {
+		c.log.Warn("wire handshake failed", "reason", reason)
+		return
+	}
+	c.log = c.log.With("client", peer)
+	c.log.Info("wire connection open")
+	reason = c.transmit()
+	c.log.Info("wire connection closed", "reason", reason, "duration", time.Since(start).Round(time.Millisecond))
+}
+
+// handshake runs TLS (if configured) and the Hello exchange within
+// HandshakeTimeout. It returns the client's name, or why it failed.
+func (c *sconn) handshake() (peer, reason string) {
+	_ = c.raw.SetDeadline(time.Now().Add(c.s.opts.HandshakeTimeout))
+	if cfg := c.s.opts.TLS; cfg != nil {
+		tc := tls.Server(c.raw, cfg)
+		if err := tc.HandshakeContext(c.ctx); err != nil {
+			return "", "tls: " + err.Error()
+		}
+		c.nc = tc
+		if cs := tc.ConnectionState(); len(cs.PeerCertificates) > 0 {
+			peer = cs.PeerCertificates[0].Subject.CommonName + "/"
+		}
+	}
+	c.br, c.bw = newBufio(c.nc)
+	var hb [HeaderSize]byte
+	if _, err := io.ReadFull(c.br, hb[:]); err != nil {
+		return "", ioReason("read hello", err)
+	}
+	h, err := ParseHeader(hb[:])
+	if err == nil && (h.Op != OpHello || h.Flags != 0 || h.Length > HelloSizeMin+NameBytesMax) {
+		err = fmt.Errorf("%w: first frame is %s with flags %#x and %d bytes, want a hello", ErrProtocol, h.Op, h.Flags, h.Length)
+	}
+	var body [HelloSizeMin + NameBytesMax]byte
+	if err == nil {
+		if _, err := io.ReadFull(c.br, body[:h.Length]); err != nil {
+			return "", ioReason("read hello", err)
+		}
+		if sum := Checksum(body[:h.Length]); sum != h.Sum {
+			err = fmt.Errorf("%w: hello payload crc %#08x, computed %#08x", ErrChecksum, h.Sum, sum)
+		}
+	}
+	var hello Hello
+	if err == nil {
+		hello, err = ParseHello(body[:h.Length])
+	}
+	if err != nil {
+		c.answerFailed(hb[:], err)
+		return "", err.Error()
+	}
+	reply := AppendHello(body[:0], Hello{
+		Name:            c.s.opts.Name,
+		RequestBytesMax: RequestBytesMax,
+		InFlightMax:     uint32(c.s.opts.InFlightMax),
+	})
+	out := Header{Op: OpHello, Flags: FlagReply, ID: h.ID, Length: uint32(len(reply)), Sum: Checksum(reply)}
+	out.Put(hb[:])
+	c.bw.Write(hb[:])
+	c.bw.Write(reply)
+	if err := c.bw.Flush(); err != nil {
+		return "", ioReason("write hello", err)
+	}
+	_ = c.nc.SetDeadline(time.Time{})
+	return peer + hello.Name, ""
+}
+
+// answerFailed writes, synchronously, an error reply to the frame whose
+// header is hb, when the header can be trusted that far (its magic and
+// checksum, or a version mismatch).
+func (c *sconn) answerFailed(hb []byte, err error) {
+	if be.Uint32(hb) != Magic || errors.Is(err, ErrChecksum) && !errors.Is(err, ErrVersion) {
+		return
+	}
+	msg := errorMessage(err)
+	var out [HeaderSize]byte
+	h := Header{Op: Op(hb[5]), Flags: FlagReply, ID: be.Uint64(hb[8:]), Status: codeOf(err),
+		Length: uint32(len(msg)), Sum: Checksum([]byte(msg))}
+	h.Put(out[:])
+	c.bw.Write(out[:])
+	c.bw.WriteString(msg)
+	c.bw.Flush()
+}
+
+// transmit serves requests until the client goes away or the connection
+// breaks; requests in flight are answered (or dropped, if the socket
+// failed) before it returns.
+func (c *sconn) transmit() (reason string) {
+	c.work = make(chan *request)
+	c.replies = make(chan *request, c.s.opts.InFlightMax+1)
+	c.inflight.init(c.s.opts.InFlightMax, c.s.opts.InFlightBytesMax)
+	c.writerWG.Add(1)
+	go c.writer()
+
+	reason = c.read()
+
+	c.inflight.wait()
+	close(c.work)
+	c.workerWG.Wait()
+	close(c.replies)
+	c.writerWG.Wait()
+	return reason
+}
+
+// read is the reader loop. It returns why the connection ends.
+func (c *sconn) read() string {
+	var hb [HeaderSize]byte
+	for {
+		if c.br.Buffered() == 0 {
+			// Idle: wait for the next frame without a deadline.
+			c.rdl.disarm(c.nc)
+			if _, err := c.br.Peek(1); err != nil {
+				return ioReason("read", err)
+			}
+		}
+		c.rdl.arm(c.nc, c.s.opts.FrameTimeout)
+		if _, err := io.ReadFull(c.br, hb[:]); err != nil {
+			return ioReason("read header", err)
+		}
+		h, err := ParseHeader(hb[:])
+		if err != nil {
+			if be.Uint32(hb[:]) == Magic && !errors.Is(err, ErrChecksum) {
+				c.queueError(Header{Op: Op(hb[5]), ID: be.Uint64(hb[8:])}, err)
+			}
+			return err.Error() // cannot resynchronise
+		}
+		if reason := c.dispatch(h); reason != "" {
+			return reason
+		}
+	}
+}
+
+// queueError answers h with err through the writer.
+func (c *sconn) queueError(h Header, err error) {
+	c.inflight.acquire(0)
+	r := getRequest()
+	r.h, r.err = h, err
+	c.replies <- r
+}
+
+// skip discards the payload of a request answered without executing it.
+func (c *sconn) skip(h Header, err error) string {
+	if _, derr := c.br.Discard(int(h.Length)); derr != nil {
+		return ioReason("skip payload", derr)
+	}
+	c.queueError(h, err)
+	return ""
+}
+
+// dispatch reads the body of the request h, then hands it to a worker or
+// answers it with an error. It returns why the connection must end, or "".
+func (c *sconn) dispatch(h Header) string {
+	if h.Flags&FlagReply != 0 {
+		err := fmt.Errorf("%w: reply frame from a client", ErrProtocol)
+		c.queueError(h, err)
+		return err.Error()
+	}
+	fixed := 0
+	switch h.Op {
+	case OpRead:
+		fixed = ReadRequestSize
+	case OpWrite:
+		fixed = WriteRequestSize
+	case OpZero:
+		fixed = ZeroRequestSize
+	case OpExtents:
+		fixed = ExtentsRequestSize
+	case OpSync:
+	case OpHello:
+		return c.skip(h, fmt.Errorf("%w: hello after the handshake", ErrProtocol))
+	default:
+		return c.skip(h, fmt.Errorf("%w: %s", ErrUnsupported, h.Op))
+	}
+	if bad := h.Flags &^ requestFlags(h.Op); bad != 0 {
+		return c.skip(h, fmt.Errorf("%w: flags %#x on %s", ErrProtocol, uint16(bad), h.Op))
+	}
+	if h.Op == OpWrite && int(h.Length) < fixed || h.Op != OpWrite && int(h.Length) != fixed {
+		return c.skip(h, fmt.Errorf("%w: %s request of %d bytes", ErrProtocol, h.Op, h.Length))
+	}
+	r := getRequest()
+	r.h = h
+	if _, err := io.ReadFull(c.br, r.fixed[:fixed]); err != nil {
+		putRequest(r)
+		return ioReason("read request", err)
+	}
+	sum := UpdateChecksum(0, r.fixed[:fixed])
+	n := 0 // payload bytes: request data or reply
+	var err error
+	switch h.Op {
+	case OpRead:
+		var q ReadRequest
+		q, err = ParseReadRequest(r.fixed[:fixed])
+		r.vol, r.block, r.blocks, r.epoch = q.Vol, q.Block, uint64(q.Blocks), q.Epoch
+		n = int(q.Blocks) * BlockSize
+	case OpWrite:
+		var q WriteRequest
+		q, _, err = ParseWriteRequest(r.fixed[:fixed])
+		r.vol, r.block, r.stamp = q.Vol, q.Block, q.Stamp
+		n = int(h.Length) - fixed
+	case OpZero:
+		var q ZeroRequest
+		q, err = ParseZeroRequest(r.fixed[:fixed])
+		r.vol, r.block, r.blocks, r.stamp = q.Vol, q.Block, q.Blocks, q.Stamp
+	case OpExtents:
+		var q ExtentsRequest
+		q, err = ParseExtentsRequest(r.fixed[:fixed])
+		r.vol, r.block, r.blocks, r.epoch = q.Vol, q.Block, q.Blocks, q.Epoch
+		n = ExtentsReplyBytesMax
+	}
+	if err != nil {
+		// The fixed parts parse whenever their size is right, but for a
+		// Read over its bound.
+		r.err, n = err, 0
+		if h.Op == OpWrite {
+			n = int(h.Length) - fixed
+		}
+	}
+	c.inflight.acquire(n) // blocks past the bounds: TCP backpressure
+	r.budget = n
+	if n > 0 {
+		r.buf = target.GetBuffer(n)
+		r.data = (*r.buf)[:n]
+	}
+	if h.Op == OpWrite {
+		c.rdl.arm(c.nc, c.s.opts.FrameTimeout)
+		if _, err := io.ReadFull(c.br, r.data); err != nil {
+			c.release(r)
+			return ioReason("read write data", err)
+		}
+		sum = UpdateChecksum(sum, r.data)
+	}
+	if sum != h.Sum {
+		r.err = fmt.Errorf("%w: %s payload crc %#08x, computed %#08x", ErrChecksum, h.Op, h.Sum, sum)
+		c.replies <- r
+		return r.err.Error() // the peer or the path corrupts data: start afresh
+	}
+	if r.err != nil {
+		c.replies <- r
+		return ""
+	}
+	select {
+	case c.work <- r:
+	default:
+		if c.workers < c.s.opts.InFlightMax {
+			c.workers++
+			c.workerWG.Add(1)
+			go c.worker()
+		}
+		c.work <- r
+	}
+	return ""
+}
+
+// worker executes requests until c.work is closed.
+func (c *sconn) worker() {
+	defer c.workerWG.Done()
+	for r := range c.work {
+		c.execute(r)
+		c.replies <- r
+	}
+}
+
+// execute runs a request against the backend.
+func (c *sconn) execute(r *request) {
+	b := c.s.backend
+	sync := r.h.Flags&FlagSync != 0
+	switch r.h.Op {
+	case OpRead:
+		r.err = b.Read(c.ctx, r.vol, r.block, r.data, r.epoch)
+		if r.err == nil {
+			r.sum = Checksum(r.data)
+		}
+	case OpWrite:
+		r.err = b.Write(c.ctx, r.vol, r.block, r.data, r.stamp, sync)
+	case OpZero:
+		r.err = b.Zero(c.ctx, r.vol, r.block, r.blocks, r.stamp, sync)
+	case OpSync:
+		r.err = b.Sync(c.ctx)
+	case OpExtents:
+		r.err = c.extents(r)
+		if r.err == nil {
+			r.sum = Checksum(r.data)
+		}
+	}
+}
+
+// extents fills r.data with at most ExtentRunsMax runs.
+func (c *sconn) extents(r *request) error {
+	end := r.block + r.blocks
+	if end < r.block {
+		end = ^uint64(0)
+	}
+	k, last := 0, uint64(0)
+	var bad error
+	err := c.s.backend.Extents(c.ctx, r.vol, r.block, r.blocks, r.epoch, func(start, count uint64, allocated bool) bool {
+		if count == 0 || count&runAllocated != 0 {
+			bad = fmt.Errorf("%w: backend reported a run of %d blocks at %d", store.ErrIO, count, start)
+			return false
+		}
+		run := ExtentRun{Start: start, Count: count, Allocated: allocated}
+		run.Put(r.data[k*ExtentRunSize:])
+		k++
+		last = start + count
+		return k < ExtentRunsMax
+	})
+	if err == nil {
+		err = bad
+	}
+	r.data = r.data[:k*ExtentRunSize]
+	r.more = k == ExtentRunsMax && last < end
+	return err
+}
+
+// writer sends replies until c.replies is closed, flushing whenever no
+// further reply is ready.
+func (c *sconn) writer() {
+	defer c.writerWG.Done()
+	for r := range c.replies {
+		if !c.broken.Load() {
+			c.wdl.arm(c.nc, c.s.opts.FrameTimeout)
+			err := c.writeReply(r)
+			if err == nil && len(c.replies) == 0 {
+				err = c.bw.Flush()
+			}
+			if err != nil {
+				// The reader notices the closed connection; requests still
+				// in flight are dropped as they complete.
+				c.broken.Store(true)
+				c.kill()
+			}
+		}
+		c.release(r)
+	}
+	if !c.broken.Load() {
+		c.bw.Flush()
+	}
+}
+
+// writeReply encodes r's reply into the buffered writer.
+func (c *sconn) writeReply(r *request) error {
+	h := Header{Op: r.h.Op, Flags: FlagReply, ID: r.h.ID}
+	if r.err != nil {
+		msg := errorMessage(r.err)
+		h.Status, h.Length, h.Sum = codeOf(r.err), uint32(len(msg)), Checksum([]byte(msg))
+		h.Put(r.hdr[:])
+		c.bw.Write(r.hdr[:])
+		_, err := c.bw.WriteString(msg)
+		return err
+	}
+	var payload []byte
+	switch r.h.Op {
+	case OpRead:
+		payload = r.data
+	case OpExtents:
+		payload = r.data
+		if r.more {
+			h.Flags |= FlagMore
+		}
+	}
+	h.Length, h.Sum = uint32(len(payload)), r.sum
+	h.Put(r.hdr[:])
+	_, err := c.bw.Write(r.hdr[:])
+	if len(payload) > 0 {
+		_, err = c.bw.Write(payload)
+	}
+	return err
+}
+
+// release returns r's resources.
+func (c *sconn) release(r *request) {
+	if r.buf != nil {
+		target.PutBuffer(r.buf)
+	}
+	c.inflight.release(r.budget)
+	putRequest(r)
+}
+
+// ioReason describes why a read or write on the connection failed.
+func ioReason(what string, err error) string {
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "peer disconnected"
+	case errors.Is(err, net.ErrClosed):
+		return "connection closed"
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return what + ": frame timeout"
+	}
+	return what + ": " + err.Error()
+}
+
+// budget bounds a connection's in-flight requests by count and payload
+// bytes. The reader acquires, the writer releases.
+type budget struct {
+	mu       sync.Mutex
+	cond     sync.Cond
+	count    int
+	bytes    int
+	countMax int
+	bytesMax int
+}
+
+func (b *budget) init(countMax, bytesMax int) {
+	b.cond.L = &b.mu
+	b.countMax, b.bytesMax = countMax, bytesMax
+}
+
+// acquire waits until one more request of n bytes fits; n ≤ bytesMax
+// always fits into an empty budget.
+func (b *budget) acquire(n int) {
+	if n > b.bytesMax {
+		panic(fmt.Sprintf("wire: request of %d bytes exceeds the in-flight budget of %d", n, b.bytesMax))
+	}
+	b.mu.Lock()
+	for b.count >= b.countMax || b.bytes+n > b.bytesMax {
+		b.cond.Wait()
+	}
+	b.count++
+	b.bytes += n
+	b.mu.Unlock()
+}
+
+func (b *budget) release(n int) {
+	b.mu.Lock()
+	b.count--
+	b.bytes -= n
+	if b.count < 0 || b.bytes < 0 {
+		panic(fmt.Sprintf("wire: in-flight budget below zero: %d requests, %d bytes", b.count, b.bytes))
+	}
+	b.mu.Unlock()
+	b.cond.Broadcast()
+}
+
+// wait waits until nothing is in flight.
+func (b *budget) wait() {
+	b.mu.Lock()
+	for b.count > 0 {
+		b.cond.Wait()
+	}
+	b.mu.Unlock()
+}

@@ -1,0 +1,242 @@
+package wire
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"cairn/backend/store"
+	"cairn/target"
+)
+
+// Backend is what a Server serves: the data calls of a storage node's
+// store (*store.Store satisfies it). Methods are called from many
+// goroutines at once, with a context cancelled when the connection ends or
+// the server closes; they must not retain the slices they are given, and
+// Extents' fn runs on the calling goroutine.
+type Backend interface {
+	Write(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) error
+	Read(ctx context.Context, vol, block uint64, p []byte, epoch uint64) error
+	Zero(ctx context.Context, vol, block, n uint64, st store.Stamp, sync bool) error
+	Extents(ctx context.Context, vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) error
+	Sync(ctx context.Context) error
+}
+
+// Defaults of ServerOptions and ClientOptions (the one place they live).
+const (
+	inFlightMaxDefault      = 128
+	inFlightMaxMax          = 1 << 12 // request ids carry a 16-bit slot; keep well inside
+	inFlightBytesMaxDefault = 64 << 20
+	frameTimeoutDefault     = 30 * time.Second
+	handshakeTimeoutDefault = 10 * time.Second
+	callTimeoutDefault      = 30 * time.Second
+	dialTimeoutDefault      = 5 * time.Second
+	redialBackoffMinDefault = 50 * time.Millisecond
+	redialBackoffMaxDefault = 2 * time.Second
+	connsMax                = 16
+
+	bufferBytes = 64 << 10 // bufio size per direction per connection
+)
+
+// ServerOptions configure a Server. The zero value works: plain TCP,
+// defaults for every bound.
+type ServerOptions struct {
+	// Name is the node's name, sent in its Hello.
+	Name string
+	// TLS, if set, makes every connection TLS (see LoadTLS: TLS 1.3 with
+	// client certificates required). nil serves plain TCP.
+	TLS *tls.Config
+	// InFlightMax bounds the requests of one connection between being read
+	// and their reply being written; past it the server stops reading the
+	// connection (TCP backpressure). 0: 128.
+	InFlightMax int
+	// InFlightBytesMax bounds the payload bytes of those requests. 0: 64 MiB;
+	// at least PayloadBytesMax.
+	InFlightBytesMax int
+	// FrameTimeout bounds the read of a frame once its first byte arrived,
+	// and the write of a batch of replies. An idle connection has no
+	// deadline. 0: 30 s.
+	FrameTimeout time.Duration
+	// HandshakeTimeout bounds the TLS handshake and the Hello. 0: 10 s.
+	HandshakeTimeout time.Duration
+	// Logger receives one line per connection event; nil: slog.Default().
+	Logger *slog.Logger
+}
+
+// Server serves a Backend to Clients. Its methods are safe for concurrent
+// use.
+type Server struct {
+	backend Backend
+	opts    ServerOptions
+	log     *slog.Logger
+
+	mu struct {
+		sync.Mutex
+		closed    bool
+		listeners map[net.Listener]struct{}
+		conns     map[*sconn]struct{}
+	}
+	wg sync.WaitGroup // connection goroutines
+}
+
+// NewServer returns a server of b. It starts nothing: call Serve.
+func NewServer(b Backend, opts ServerOptions) (*Server, error) {
+	if b == nil {
+		return nil, errors.New("wire: server without a backend")
+	}
+	if opts.InFlightMax == 0 {
+		opts.InFlightMax = inFlightMaxDefault
+	}
+	if opts.InFlightBytesMax == 0 {
+		opts.InFlightBytesMax = inFlightBytesMaxDefault
+	}
+	if opts.FrameTimeout == 0 {
+		opts.FrameTimeout = frameTimeoutDefault
+	}
+	if opts.HandshakeTimeout == 0 {
+		opts.HandshakeTimeout = handshakeTimeoutDefault
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	switch {
+	case opts.InFlightMax < 1 || opts.InFlightMax > inFlightMaxMax:
+		return nil, fmt.Errorf("wire: server InFlightMax %d outside [1, %d]", opts.InFlightMax, inFlightMaxMax)
+	case opts.InFlightBytesMax < PayloadBytesMax:
+		return nil, fmt.Errorf("wire: server InFlightBytesMax %d below one request (%d)", opts.InFlightBytesMax, PayloadBytesMax)
+	case opts.FrameTimeout < 0 || opts.HandshakeTimeout < 0:
+		return nil, fmt.Errorf("wire: negative server timeout")
+	case len(opts.Name) > NameBytesMax:
+		return nil, fmt.Errorf("wire: node name of %d bytes, at most %d", len(opts.Name), NameBytesMax)
+	}
+	s := &Server{backend: b, opts: opts, log: opts.Logger.With("component", "wire-server", "node", opts.Name)}
+	s.mu.listeners = make(map[net.Listener]struct{})
+	s.mu.conns = make(map[*sconn]struct{})
+	return s, nil
+}
+
+// Serve accepts connections on l until Close, starting one goroutine per
+// connection, and returns nil after Close or the accept error that stopped
+// it. l is closed when Serve returns.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		l.Close()
+		return ErrClosed
+	}
+	s.mu.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.mu.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+	return target.AcceptLoop(l, s.closed, s.start)
+}
+
+func (s *Server) closed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.closed
+}
+
+// start begins serving nc on its own goroutine; false once closed.
+func (s *Server) start(nc net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		nc.Close()
+		return false
+	}
+	c := newSconn(s, nc)
+	s.mu.conns[c] = struct{}{}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		c.serve()
+		s.mu.Lock()
+		delete(s.mu.conns, c)
+		s.mu.Unlock()
+	}()
+	return true
+}
+
+// Close stops accepting, breaks every connection (requests in flight see
+// their context cancelled; their replies are dropped) and waits for every
+// goroutine the server started. It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		s.wg.Wait()
+		return nil
+	}
+	s.mu.closed = true
+	for l := range s.mu.listeners {
+		l.Close()
+	}
+	for c := range s.mu.conns {
+		c.kill()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+// setNoDelay turns Nagle off on a TCP connection (Go's default, made
+// explicit: a 32-byte reply must not wait for an ACK).
+func setNoDelay(nc net.Conn) {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+		_ = tc.SetKeepAlive(true)
+		_ = tc.SetKeepAlivePeriod(15 * time.Second)
+	}
+}
+
+// deadline moves one direction's deadline of a connection lazily: at most
+// once per half timeout, so that a busy connection pays one clock read per
+// frame.
+type deadline struct {
+	at    time.Time
+	set   bool
+	write bool // the write deadline, else the read deadline
+}
+
+func (d *deadline) apply(nc net.Conn, t time.Time) {
+	if d.write {
+		_ = nc.SetWriteDeadline(t)
+	} else {
+		_ = nc.SetReadDeadline(t)
+	}
+}
+
+// arm makes sure the deadline is at least timeout/2 away.
+func (d *deadline) arm(nc net.Conn, timeout time.Duration) {
+	now := time.Now()
+	if d.set && d.at.Sub(now) >= timeout/2 {
+		return
+	}
+	d.at, d.set = now.Add(timeout), true
+	d.apply(nc, d.at)
+}
+
+// disarm removes the deadline (an idle connection waits forever).
+func (d *deadline) disarm(nc net.Conn) {
+	if d.set {
+		d.set = false
+		d.apply(nc, time.Time{})
+	}
+}
+
+// newBufio returns a connection's buffered reader and writer.
+func newBufio(nc net.Conn) (*bufio.Reader, *bufio.Writer) {
+	return bufio.NewReaderSize(nc, bufferBytes), bufio.NewWriterSize(nc, bufferBytes)
+}
