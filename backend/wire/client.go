@@ -326,7 +326,7 @@ func (c *Client) redial(ctx context.Context, i int, hasDeadline bool, start time
 		wait := c.mu.dialing[i]
 		if wait == nil {
 			if d := time.Until(c.mu.retryAt); d > 0 {
-				err := fmt.Errorf("%w: %s: next dial in %v: %w", ErrUnavailable, c.addr, d.Round(time.Millisecond), c.mu.lastErr)
+				err := fmt.Errorf("%w (next dial in %v)", c.mu.lastErr, d.Round(time.Millisecond))
 				c.mu.Unlock()
 				return nil, err
 			}
@@ -398,7 +398,7 @@ func (c *Client) connect(ctx context.Context) (*cconn, Hello, error) {
 		tc := tls.Client(nc, c.tls)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			nc.Close()
-			return fail(fmt.Errorf("tls: %w", err))
+			return fail(fmt.Errorf("tls handshake: %w", err))
 		}
 		nc = tc
 	}

@@ -18,6 +18,9 @@ import (
 
 func block(fill byte, n int) []byte { return bytes.Repeat([]byte{fill}, n*BlockSize) }
 
+// Stamp0 is a stamp for tests that do not care.
+var Stamp0 = store.Stamp{Epoch: 1, Seq: 1}
+
 type extent struct {
 	start, count uint64
 	alloc        bool
