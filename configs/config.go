@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 )
@@ -46,6 +47,9 @@ type Config struct {
 	// Roles (roles) lists the roles this process runs: RoleTarget,
 	// RoleStorage, RoleManager.
 	Roles []string `toml:"roles"`
+	// Zone (zone) names this node's failure domain; replicas of a chunk
+	// go to distinct zones while there are zones left. Empty: no zone.
+	Zone string `toml:"zone"`
 
 	Admin   Admin   `toml:"admin"`
 	NBD     NBD     `toml:"nbd"`
@@ -53,6 +57,8 @@ type Config struct {
 	Gossip  Gossip  `toml:"gossip"`
 	Raft    Raft    `toml:"raft"`
 	Storage Storage `toml:"storage"`
+	TLS     TLS     `toml:"tls"`
+	Limits  Limits  `toml:"limits"`
 
 	// Volumes ([[volume]]) are created at start if the catalog lacks them;
 	// an existing volume of the same name is left as it is.
@@ -62,6 +68,10 @@ type Config struct {
 // Admin is the [admin] table: the HTTP/JSON admin API and /metrics.
 type Admin struct {
 	Listen string `toml:"listen"` // host:port
+	// TokenFile (token_file) holds the bearer token the API requires for
+	// every change and for pprof; generated (mode 0600) at first start
+	// when missing. Empty: data_dir/admin.token. Relative to the file.
+	TokenFile string `toml:"token_file"`
 }
 
 // NBD is the [nbd] table.
@@ -91,7 +101,66 @@ type ISCSI struct {
 type Gossip struct {
 	Bind string   `toml:"bind"` // host:port
 	Join []string `toml:"join"` // host:port of existing members
+	// SecretKeyFile (secret_key_file) holds the cluster's gossip key: 16,
+	// 24 or 32 bytes, raw or base64. Gossip is encrypted with it and a
+	// process without it cannot join. Required off loopback. Relative to
+	// the file.
+	SecretKeyFile string `toml:"secret_key_file"`
 }
+
+// TLS is the [tls] table: mutual TLS for the node RPC and Raft. All three
+// files or none; required when any of gossip, raft or storage binds off
+// loopback. Paths are relative to the file.
+type TLS struct {
+	CAFile   string `toml:"ca_file"`
+	CertFile string `toml:"cert_file"`
+	KeyFile  string `toml:"key_file"`
+}
+
+// Enabled reports whether TLS is configured.
+func (t TLS) Enabled() bool { return t.CAFile != "" }
+
+// Limits is the [limits] table: what one daemon gives its clients.
+type Limits struct {
+	// InflightBytes (inflight_bytes) bounds the request payload bytes held
+	// by every NBD connection and iSCSI session together.
+	InflightBytes Size `toml:"inflight_bytes"`
+	// ReplyTimeout (reply_timeout): a client that does not read its
+	// replies for this long is disconnected.
+	ReplyTimeout Duration `toml:"reply_timeout"`
+	// RequestTimeout (request_timeout): a connection that began a request
+	// and does not finish sending it within this is closed.
+	RequestTimeout Duration `toml:"request_timeout"`
+	// Connections (connections) bounds the front-end connections in all;
+	// ConnectionsPerClient (connections_per_client) those of one client
+	// address. 0: no bound.
+	Connections          int `toml:"connections"`
+	ConnectionsPerClient int `toml:"connections_per_client"`
+}
+
+// Bounds of [limits].
+const (
+	inflightBytesMin = 64 << 20
+	timeoutMin       = time.Second
+	timeoutMax       = time.Hour
+	connectionsMax   = 1 << 20
+)
+
+// Duration decodes from a string such as "30s" (time.ParseDuration).
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %q: want a number with a unit, such as \"30s\"", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
 // Raft is the [raft] table, used by the manager role.
 type Raft struct {
@@ -159,6 +228,11 @@ func Default() *Config {
 		Gossip:   Gossip{Bind: "127.0.0.1:7946", Join: []string{}},
 		Raft:     Raft{Bind: "127.0.0.1:7947", BootstrapExpect: 1},
 		Storage:  Storage{Listen: "127.0.0.1:7950", CacheSize: 1 << 30},
+		Limits: Limits{
+			InflightBytes:  1 << 30,
+			ReplyTimeout:   Duration(30 * time.Second),
+			RequestTimeout: Duration(30 * time.Second),
+		},
 	}
 }
 
@@ -291,8 +365,12 @@ func Parse(data []byte, dir string) (*Config, error) {
 	if err := p.err(); err != nil {
 		return nil, err
 	}
-	if c.DataDir != "" && dir != "" && !filepath.IsAbs(c.DataDir) {
-		c.DataDir = filepath.Join(dir, c.DataDir)
+	if dir != "" {
+		for _, f := range []*string{&c.DataDir, &c.Admin.TokenFile, &c.Gossip.SecretKeyFile, &c.TLS.CAFile, &c.TLS.CertFile, &c.TLS.KeyFile} {
+			if *f != "" && !filepath.IsAbs(*f) {
+				*f = filepath.Join(dir, *f)
+			}
+		}
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -409,7 +487,79 @@ func (c *Config) Validate() error {
 		p.add("raft.bootstrap_expect", ErrInvalid, "%d: want 0 (never bootstrap) to %d", c.Raft.BootstrapExpect, BootstrapExpectMax)
 	}
 	c.validateVolumes(&p)
+	c.validateLimits(&p)
+	c.validateSecurity(&p)
 	return p.err()
+}
+
+func (c *Config) validateLimits(p *problems) {
+	l := c.Limits
+	if l.InflightBytes < inflightBytesMin {
+		p.add("limits.inflight_bytes", ErrInvalid, "%s: want at least %s (a 32 MiB request and its edges must fit)", FormatSize(int64(l.InflightBytes)), FormatSize(inflightBytesMin))
+	}
+	for _, t := range []struct {
+		key string
+		d   Duration
+	}{{"limits.reply_timeout", l.ReplyTimeout}, {"limits.request_timeout", l.RequestTimeout}} {
+		if time.Duration(t.d) < timeoutMin || time.Duration(t.d) > timeoutMax {
+			p.add(t.key, ErrInvalid, "%v: want %v to %v", time.Duration(t.d), timeoutMin, timeoutMax)
+		}
+	}
+	if l.Connections < 0 || l.Connections > connectionsMax {
+		p.add("limits.connections", ErrInvalid, "%d: want 0 (no bound) to %d", l.Connections, connectionsMax)
+	}
+	if l.ConnectionsPerClient < 0 || l.ConnectionsPerClient > connectionsMax {
+		p.add("limits.connections_per_client", ErrInvalid, "%d: want 0 (no bound) to %d", l.ConnectionsPerClient, connectionsMax)
+	}
+}
+
+// validateSecurity: node RPC, Raft and gossip leave loopback only
+// authenticated and encrypted, and the admin API only with TLS.
+func (c *Config) validateSecurity(p *problems) {
+	n := 0
+	for _, f := range []string{c.TLS.CAFile, c.TLS.CertFile, c.TLS.KeyFile} {
+		if f != "" {
+			n++
+		}
+	}
+	if n != 0 && n != 3 {
+		p.add("tls", ErrInvalid, "ca_file, cert_file and key_file go together")
+	}
+	if c.Zone != "" && !nameRE.MatchString(strings.ToLower(c.Zone)) {
+		p.add("zone", ErrInvalid, "%q: want 1-63 characters of [A-Za-z0-9._-]", c.Zone)
+	}
+	for _, l := range []struct{ key, addr string }{
+		{"gossip.bind", c.Gossip.Bind},
+		{"raft.bind", c.Raft.Bind},
+		{"storage.listen", c.Storage.Listen},
+	} {
+		switch {
+		case loopback(l.addr):
+		case l.key == "gossip.bind": // encrypted with the cluster key, not TLS
+			if c.Gossip.SecretKeyFile == "" {
+				p.add("gossip.secret_key_file", ErrInvalid, "gossip on %q is not loopback: set a cluster key file", l.addr)
+			}
+		case !c.TLS.Enabled():
+			p.add(l.key, ErrInvalid, "address %q is not loopback: set [tls] ca_file, cert_file and key_file (cairn cluster certs writes them)", l.addr)
+		}
+	}
+	if _, _, err := splitAddr(c.Admin.Listen); err == nil && !loopback(c.Admin.Listen) && c.Admin.TokenFile == "" {
+		p.add("admin.listen", ErrInvalid, "address %q is not loopback: name the bearer token the API requires ([admin] token_file)", c.Admin.Listen)
+	}
+}
+
+// loopback reports whether a host:port binds only to the loopback
+// interface (an IP in 127.0.0.0/8 or ::1, or "localhost").
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (c *Config) validateRoles(p *problems) {

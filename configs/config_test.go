@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDefaultsValidate(t *testing.T) {
@@ -75,14 +76,27 @@ func TestParseValues(t *testing.T) {
 node_name = "Host-7.example"
 data_dir = "state"
 roles = ["storage"]
+zone = "rack-2"
 [admin]
 listen = ":7900"
+token_file = "admin.token"
 [gossip]
 bind = "0.0.0.0:7946"
 join = ["10.0.0.2:7946", "node3.example:7946"]
+secret_key_file = "/etc/cairn/gossip.key"
 [raft]
 bind = "10.0.0.1:7947"
 bootstrap_expect = 3
+[tls]
+ca_file = "ca.pem"
+cert_file = "node.pem"
+key_file = "node.key"
+[limits]
+inflight_bytes = "256MiB"
+reply_timeout = "10s"
+request_timeout = "1m"
+connections = 1000
+connections_per_client = 64
 [[volume]]
 name = "a"
 size = 8192
@@ -99,8 +113,11 @@ replicas = 3
 	want.NodeName = "Host-7.example"
 	want.DataDir = "/etc/cairn/state"
 	want.Roles = []string{RoleStorage}
-	want.Admin.Listen = ":7900"
-	want.Gossip = Gossip{Bind: "0.0.0.0:7946", Join: []string{"10.0.0.2:7946", "node3.example:7946"}}
+	want.Zone = "rack-2"
+	want.Admin = Admin{Listen: ":7900", TokenFile: "/etc/cairn/admin.token"}
+	want.Gossip = Gossip{Bind: "0.0.0.0:7946", Join: []string{"10.0.0.2:7946", "node3.example:7946"}, SecretKeyFile: "/etc/cairn/gossip.key"}
+	want.TLS = TLS{CAFile: "/etc/cairn/ca.pem", CertFile: "/etc/cairn/node.pem", KeyFile: "/etc/cairn/node.key"}
+	want.Limits = Limits{InflightBytes: 256 << 20, ReplyTimeout: Duration(10 * time.Second), RequestTimeout: Duration(time.Minute), Connections: 1000, ConnectionsPerClient: 64}
 	want.Raft = Raft{Bind: "10.0.0.1:7947", BootstrapExpect: 3}
 	want.Volumes = []VolumeSpec{{Name: "a", Size: 8192, Replicas: 1}, {Name: "b.c_d-e", Size: 3 << 40, Replicas: 3}}
 	if !reflect.DeepEqual(c, want) {
@@ -220,6 +237,32 @@ func TestParseErrors(t *testing.T) {
 
 // TestParseAllErrors checks that Validate reports every problem, not the
 // first one only.
+// TestSecureOffLoopback: node RPC, Raft and gossip off loopback need TLS
+// (and gossip its key); the admin API off loopback needs a token file.
+func TestSecureOffLoopback(t *testing.T) {
+	for _, c := range []struct{ in, key string }{
+		{"[storage]\nlisten = \"0.0.0.0:7950\"\n", "storage.listen"},
+		{"[raft]\nbind = \"10.1.1.1:7947\"\n", "raft.bind"},
+		{"[gossip]\nbind = \"10.1.1.1:7946\"\n", "gossip.secret_key_file"},
+		{"[admin]\nlisten = \"0.0.0.0:7900\"\n", "admin.listen"},
+		{"[tls]\nca_file = \"ca.pem\"\n", "tls"},
+		{"[limits]\nreply_timeout = \"1ms\"\n", "limits.reply_timeout"},
+		{"[limits]\nreply_timeout = \"soon\"\n", "limits.reply_timeout"},
+		{"[limits]\ninflight_bytes = \"1MiB\"\n", "limits.inflight_bytes"},
+		{"[limits]\nconnections = -1\n", "limits.connections"},
+	} {
+		_, err := Parse([]byte(c.in), "")
+		var ke *KeyError
+		if !errors.As(err, &ke) || ke.Key != c.key {
+			t.Errorf("%q: %v, want an error for %s", c.in, err, c.key)
+		}
+	}
+	ok := "[storage]\nlisten = \"127.0.0.2:7950\"\n[admin]\nlisten = \"[::1]:7900\"\n"
+	if _, err := Parse([]byte(ok), ""); err != nil {
+		t.Errorf("loopback addresses: %v", err)
+	}
+}
+
 func TestParseAllErrors(t *testing.T) {
 	_, err := Parse([]byte("roles = [\"x\"]\n[admin]\nlisten = \"y\"\n"), "")
 	var keys []string

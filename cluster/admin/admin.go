@@ -115,6 +115,7 @@ var kinds = []struct {
 	{ErrInvalid, "invalid", http.StatusBadRequest},
 	{ErrConflict, "conflict", http.StatusConflict},
 	{ErrUnavailable, "unavailable", http.StatusServiceUnavailable},
+	{ErrUnauthorized, "unauthorized", http.StatusUnauthorized},
 }
 
 // Handler returns the admin API over b. Other routes (e.g. /metrics) are the
@@ -203,8 +204,9 @@ func reply(w http.ResponseWriter, status int, v any, err error) {
 
 // Client speaks to a daemon's admin API.
 type Client struct {
-	Addr string       // host:port
-	HTTP *http.Client // nil = a client with a 60 s timeout
+	Addr  string       // host:port
+	HTTP  *http.Client // nil = a client with a 60 s timeout
+	Token string       // the admin bearer token; "" sends none
 }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
@@ -226,6 +228,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
 	resp, err := hc.Do(req)
 	if err != nil {

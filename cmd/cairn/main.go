@@ -29,7 +29,7 @@ import (
 	"cairn/configs"
 )
 
-const usage = `usage: cairn [--addr HOST:PORT] [--json] COMMAND
+const usage = `usage: cairn [--addr HOST:PORT] [--json] [--token-file F] COMMAND
 
 commands:
   status                                   show the daemon's state
@@ -41,7 +41,8 @@ commands:
   bench [--smoke] [--systems ...] [...]    side-by-side benchmark (cairn bench --help)
 
 SIZE is bytes or a number with K/M/G/T or KiB/MiB/GiB/TiB (powers of 1024).
-The address defaults to $CAIRN_ADDR or 127.0.0.1:7900.
+The address defaults to $CAIRN_ADDR or 127.0.0.1:7900. Changes need the admin
+token: --token-file, else $CAIRN_TOKEN, else data/admin.token (cairnd writes it).
 `
 
 // exitError carries the exit status of a subcommand that reported its own
@@ -99,6 +100,25 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// tokenDefaultFile is where `make run` (data_dir "data" beside the config
+// directory) keeps the admin token, relative to the repository root.
+const tokenDefaultFile = "data/admin.token"
+
+// token finds the admin token: the named file, else $CAIRN_TOKEN, else
+// tokenDefaultFile when it exists; "" when there is none (reads need none).
+func token(file string) (string, error) {
+	if file != "" {
+		return admin.ReadToken(file)
+	}
+	if t := os.Getenv("CAIRN_TOKEN"); t != "" {
+		return t, nil
+	}
+	if _, err := os.Stat(tokenDefaultFile); err == nil {
+		return admin.ReadToken(tokenDefaultFile)
+	}
+	return "", nil
+}
+
 func dispatch(args []string, out io.Writer) error {
 	if len(args) > 0 && args[0] == "bench" {
 		// The harness has its own flags; see `cairn bench --help`.
@@ -116,6 +136,7 @@ func dispatch(args []string, out io.Writer) error {
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&addr, "addr", addr, "admin address")
 	fs.BoolVar(&c.json, "json", false, "JSON output")
+	tokenFile := fs.String("token-file", os.Getenv("CAIRN_TOKEN_FILE"), "admin token file (default $CAIRN_TOKEN, else data/admin.token)")
 	size := fs.String("size", "", "volume size")
 	replicas := fs.Int("replicas", 0, "replication factor")
 	lbs := fs.Int("logical-block-size", 0, "block size iSCSI presents: 512 or 4096")
@@ -132,6 +153,9 @@ func dispatch(args []string, out io.Writer) error {
 		return nil
 	}
 	c.client = &admin.Client{Addr: addr}
+	if c.client.Token, err = token(*tokenFile); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 
@@ -142,7 +166,7 @@ func dispatch(args []string, out io.Writer) error {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	allow := func(names ...string) error {
 		for n := range set {
-			if n == "addr" || n == "json" {
+			if n == "addr" || n == "json" || n == "token-file" {
 				continue
 			}
 			ok := false

@@ -74,6 +74,11 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 			d.Close()
 		}
 	}()
+	if cfg.TLS.Enabled() || cfg.Gossip.SecretKeyFile != "" {
+		// Raft and gossip still run plain on loopback: refuse rather than
+		// run a cluster the config says is encrypted when it is not.
+		return nil, errors.New("[tls] and gossip.secret_key_file: this cairnd does not run the cluster transports yet; use a loopback single node")
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
@@ -156,6 +161,14 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		return nil, fmt.Errorf("[admin] listen: %w", err)
 	}
 	d.adminAddr = al.Addr().String()
+	tokenFile := cfg.Admin.TokenFile
+	if tokenFile == "" {
+		tokenFile = filepath.Join(cfg.DataDir, "admin.token")
+	}
+	token, err := admin.LoadToken(tokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("[admin] token_file: %w", err)
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", admin.Handler(backend{d}))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -163,7 +176,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	d.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	d.admin = &http.Server{Handler: admin.RequireToken(token, mux), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()

@@ -416,6 +416,8 @@ func TestKill9AfterFlush(t *testing.T) {
 // cli runs the cairn CLI against p and returns stdout, stderr and the exit code.
 func (p *proc) cli(args ...string) (string, string, int) {
 	cmd := exec.Command(filepath.Join(binDir, "cairn"), append([]string{"--addr", p.admin}, args...)...)
+	cmd.Dir = p.dir // the CLI finds the token in data/admin.token
+	cmd.Env = append(os.Environ(), "CAIRN_TOKEN=", "CAIRN_TOKEN_FILE=")
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
 	err := cmd.Run()
@@ -445,6 +447,25 @@ func TestCLI(t *testing.T) {
 		if code != wantCode || !strings.Contains(se, wantErr) || strings.Count(strings.TrimSpace(se), "\n") > 0 && wantCode == 1 {
 			t.Fatalf("cairn %s: exit %d, stderr %q, stdout %q; want exit %d with %q on one line", strings.Join(args, " "), code, se, so, wantCode, wantErr)
 		}
+	}
+	// Changes need the admin token, which the CLI found in data/; without
+	// it, or with a wrong one, they are refused and reads still work.
+	noToken := exec.Command(filepath.Join(binDir, "cairn"), "--addr", p.admin, "volume", "create", "x", "--size", "64MiB")
+	noToken.Dir = t.TempDir() // no data/admin.token here
+	noToken.Env = append(os.Environ(), "CAIRN_TOKEN=", "CAIRN_TOKEN_FILE=")
+	if out, err := noToken.CombinedOutput(); err == nil || !strings.Contains(string(out), "needs the admin token") {
+		t.Fatalf("volume create without a token: %v: %s", err, out)
+	}
+	bad := filepath.Join(p.dir, "bad.token")
+	if err := os.WriteFile(bad, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fail(1, "needs the admin token", "--token-file", bad, "volume", "create", "x", "--size", "64MiB")
+	if _, _, code := p.cli("--token-file", bad, "volume", "list"); code != 0 {
+		t.Fatalf("volume list with a wrong token: exit %d, want 0 (reads are open)", code)
+	}
+	if st, err := os.Stat(filepath.Join(p.dir, "data", "admin.token")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("admin token file: %v, mode %v; want 0600", err, st.Mode())
 	}
 	ok("volume", "create", "data1", "--size", "64MiB")
 	var v struct {
