@@ -35,6 +35,8 @@ type cconn struct {
 	slots []*slot    // fixed at creation; index = id's low bits
 	free  chan *slot // slots not in use
 
+	lastRecv atomic.Int64 // unix ns of the last complete reply frame
+
 	broken  atomic.Bool
 	dead    chan struct{} // closed by fail
 	failErr error         // set by fail before broken and dead; what pending calls get
@@ -118,6 +120,7 @@ func (cc *cconn) call(ctx context.Context, a *args, hasDeadline bool, start time
 		tc = s.timer.C
 	}
 	copy(s.fixed[:], a.fixed[:a.fixedLen])
+	sent := time.Now()
 	cc.send(id, s.fixed[:a.fixedLen], a)
 
 	var timeout error
@@ -139,6 +142,11 @@ func (cc *cconn) call(ctx context.Context, a *args, hasDeadline bool, start time
 			s.state, s.p = slotIdle, nil
 			s.mu.Unlock()
 			cc.free <- s
+			if waited := time.Since(sent); cc.lastRecv.Load() < sent.UnixNano() && waited >= cc.c.opts.FrameTimeout {
+				// Nothing came back while this call waited FrameTimeout:
+				// a node that vanished without closing the connection.
+				cc.fail(fmt.Errorf("no reply frame for %v with calls pending", waited.Round(time.Millisecond)))
+			}
 			return 0, false, fmt.Errorf("wire: %s on %s: no reply in time: %w", a.op, cc.c.addr, timeout)
 		}
 		// The reply is being read into p: wait for it (bounded by
@@ -232,6 +240,7 @@ func (cc *cconn) reader() {
 			cc.fail(err)
 			return
 		}
+		cc.lastRecv.Store(time.Now().UnixNano())
 	}
 }
 

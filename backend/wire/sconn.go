@@ -20,8 +20,8 @@ import (
 
 // sconn is one client connection of a Server. The goroutine that runs serve
 // owns it and reads requests; workers (started on demand, at most
-// InFlightMax) execute them; one writer sends the replies in completion
-// order.
+// InFlightMax) execute them and write their replies, in completion order,
+// under wmu; the last of the workers queued on wmu flushes.
 type sconn struct {
 	s      *Server
 	raw    net.Conn // the accepted connection; kill closes it
@@ -33,15 +33,16 @@ type sconn struct {
 	log    *slog.Logger
 
 	rdl deadline // reader goroutine only
-	wdl deadline // writer goroutine only (the handshake before it starts)
+
+	wmu     sync.Mutex
+	wdl     deadline     // under wmu (the handshake before transmission)
+	writers atomic.Int32 // repliers between wanting wmu and leaving it
 
 	work     chan *request // reader → workers
 	workers  int           // reader goroutine only
 	workerWG sync.WaitGroup
-	replies  chan *request // reader, workers → writer
-	writerWG sync.WaitGroup
 	inflight budget
-	broken   atomic.Bool // the writer failed; replies are dropped
+	broken   atomic.Bool // a reply write failed; later replies are dropped
 }
 
 // request is one request from header to reply. It passes from the reader
@@ -180,18 +181,13 @@ func (c *sconn) answerFailed(hb []byte, err error) {
 // failed) before it returns.
 func (c *sconn) transmit() (reason string) {
 	c.work = make(chan *request)
-	c.replies = make(chan *request, c.s.opts.InFlightMax+1)
 	c.inflight.init(c.s.opts.InFlightMax, c.s.opts.InFlightBytesMax)
-	c.writerWG.Add(1)
-	go c.writer()
 
 	reason = c.read()
 
 	c.inflight.wait()
 	close(c.work)
 	c.workerWG.Wait()
-	close(c.replies)
-	c.writerWG.Wait()
 	return reason
 }
 
@@ -228,7 +224,7 @@ func (c *sconn) queueError(h Header, err error) {
 	c.inflight.acquire(0)
 	r := getRequest()
 	r.h, r.err = h, err
-	c.replies <- r
+	c.reply(r)
 }
 
 // skip discards the payload of a request answered without executing it.
@@ -324,11 +320,12 @@ func (c *sconn) dispatch(h Header) string {
 	}
 	if sum != h.Sum {
 		r.err = fmt.Errorf("%w: %s payload crc %#08x, computed %#08x", ErrChecksum, h.Op, h.Sum, sum)
-		c.replies <- r
-		return r.err.Error() // the peer or the path corrupts data: start afresh
+		reason := r.err.Error()
+		c.reply(r)
+		return reason // the peer or the path corrupts data: start afresh
 	}
 	if r.err != nil {
-		c.replies <- r
+		c.reply(r)
 		return ""
 	}
 	select {
@@ -349,7 +346,7 @@ func (c *sconn) worker() {
 	defer c.workerWG.Done()
 	for r := range c.work {
 		c.execute(r)
-		c.replies <- r
+		c.reply(r)
 	}
 }
 
@@ -404,29 +401,28 @@ func (c *sconn) extents(r *request) error {
 	return err
 }
 
-// writer sends replies until c.replies is closed, flushing whenever no
-// further reply is ready.
-func (c *sconn) writer() {
-	defer c.writerWG.Done()
-	for r := range c.replies {
-		if !c.broken.Load() {
-			c.wdl.arm(c.nc, c.s.opts.FrameTimeout)
-			err := c.writeReply(r)
-			if err == nil && len(c.replies) == 0 {
-				err = c.bw.Flush()
-			}
-			if err != nil {
-				// The reader notices the closed connection; requests still
-				// in flight are dropped as they complete.
-				c.broken.Store(true)
-				c.kill()
-			}
-		}
-		c.release(r)
-	}
+// reply writes r's reply and releases r. The last of the repliers queued
+// on wmu flushes, so that replies completing together share a syscall. A
+// failed write breaks the connection; later replies are dropped.
+func (c *sconn) reply(r *request) {
+	c.writers.Add(1)
+	c.wmu.Lock()
+	var err error
 	if !c.broken.Load() {
-		c.bw.Flush()
+		c.wdl.arm(c.nc, c.s.opts.FrameTimeout)
+		err = c.writeReply(r)
 	}
+	if c.writers.Add(-1) == 0 && err == nil && !c.broken.Load() {
+		err = c.bw.Flush()
+	}
+	if err != nil && !c.broken.Load() {
+		// The reader notices the closed connection; requests still in
+		// flight are dropped as they complete.
+		c.broken.Store(true)
+		c.kill()
+	}
+	c.wmu.Unlock()
+	c.release(r)
 }
 
 // writeReply encodes r's reply into the buffered writer.

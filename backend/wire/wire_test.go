@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -531,5 +532,138 @@ func TestFrameTimeout(t *testing.T) {
 	writeFrame(t, idle, Header{Op: OpSync, ID: 2}, nil)
 	if h, _ := readFrame(t, idle); h.Status != CodeOK {
 		t.Fatalf("idle connection: reply %+v", h)
+	}
+}
+
+// fakeNode accepts connections on a loopback port and runs handle on each.
+func fakeNode(t *testing.T, handle func(nc net.Conn)) (addr string, accepted func() int) {
+	t.Helper()
+	l := listen(t, "")
+	var mu sync.Mutex
+	n := 0
+	var wg sync.WaitGroup
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			n++
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer nc.Close()
+				handle(nc)
+			}()
+		}
+	}()
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	return l.Addr().String(), func() int { mu.Lock(); defer mu.Unlock(); return n }
+}
+
+// readHello reads a client's Hello frame.
+func readHello(nc net.Conn) (Header, error) {
+	var hb [HeaderSize]byte
+	if _, err := io.ReadFull(nc, hb[:]); err != nil {
+		return Header{}, err
+	}
+	h, err := ParseHeader(hb[:])
+	if err != nil {
+		return h, err
+	}
+	_, err = io.CopyN(io.Discard, nc, int64(h.Length))
+	return h, err
+}
+
+// TestClientVersionMismatch: a node speaking another version makes calls
+// fail with ErrVersion.
+func TestClientVersionMismatch(t *testing.T) {
+	addr, _ := fakeNode(t, func(nc net.Conn) {
+		h, err := readHello(nc)
+		if err != nil {
+			return
+		}
+		msg := []byte("node speaks version 2")
+		b := make([]byte, HeaderSize)
+		(&Header{Op: OpHello, Flags: FlagReply, ID: h.ID, Status: CodeVersion, Length: uint32(len(msg)), Sum: Checksum(msg)}).Put(b)
+		b[4] = Version + 1
+		nc.Write(append(b, msg...))
+	})
+	c := newClient(t, addr, ClientOptions{})
+	err := c.Sync(context.Background())
+	if !errors.Is(err, ErrVersion) || !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("%v, want ErrVersion", err)
+	}
+}
+
+// TestBlackHole: a node that takes requests and never answers (nor closes
+// the connection) times calls out; once nothing came back for
+// FrameTimeout, the client drops the connection and redials.
+func TestBlackHole(t *testing.T) {
+	addr, accepted := fakeNode(t, func(nc net.Conn) {
+		h, err := readHello(nc)
+		if err != nil {
+			return
+		}
+		body := AppendHello(nil, Hello{Name: "hole", InFlightMax: 8, RequestBytesMax: RequestBytesMax})
+		b := make([]byte, HeaderSize)
+		(&Header{Op: OpHello, Flags: FlagReply, ID: h.ID, Length: uint32(len(body)), Sum: Checksum(body)}).Put(b)
+		nc.Write(append(b, body...))
+		io.Copy(io.Discard, nc)
+	})
+	c := newClient(t, addr, ClientOptions{CallTimeout: 150 * time.Millisecond, FrameTimeout: 100 * time.Millisecond})
+	for i := range 2 {
+		if err := c.Sync(context.Background()); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("call %d: %v, want DeadlineExceeded", i, err)
+		}
+	}
+	if n := accepted(); n != 2 {
+		t.Fatalf("%d connections, want 2 (a redial after the silent one)", n)
+	}
+}
+
+// TestNoGoroutineLeak: closing the client and the server stops every
+// goroutine they started.
+func TestNoGoroutineLeak(t *testing.T) {
+	before := runtime.NumGoroutine()
+	mem := newMemBackend()
+	l := listen(t, "")
+	s, err := NewServer(mem, ServerOptions{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(l) }()
+	c, err := NewClient(l.Addr().String(), ClientOptions{Conns: 4, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 20 {
+				if err := c.Write(context.Background(), 1, 0, block(1, 1), Stamp0, false); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	c.Close()
+	s.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
