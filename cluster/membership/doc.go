@@ -38,28 +38,30 @@
 //     memberlist's events, so Members and the event stream agree.
 //   - memberlist v0.7.0 reports a departure (NotifyLeave) without saying
 //     whether the node left or failed: the Node it passes has a State field
-//     that memberlist never sets. So Leave first re-broadcasts this node's
-//     metadata with a leaving flag, then sends memberlist's leave; a
-//     departure of a node whose last metadata carries the flag is
-//     EventLeave/StateLeft, any other is EventFailed/StateDead. A peer that
-//     missed the flagged update (it learns of the departure only by
-//     push/pull) reports a leave as a failure: the safe direction.
+//     that memberlist never sets. So Leave first marks this node's metadata
+//     with a leaving flag, gossips it and pushes it to each live peer over
+//     TCP (a push/pull state sync, as Join does), and only then sends
+//     memberlist's leave; a departure of a node whose last metadata carries
+//     the flag is EventLeave/StateLeft, any other is EventFailed/StateDead.
+//     A peer Leave could not reach in time reports the leave as a failure:
+//     the safe direction.
 //   - memberlist raises no event when a node becomes suspect and keeps that
 //     state private, so a suspect node is reported as StateAlive until it is
 //     declared dead (EventFailed) or refutes the suspicion.
 //   - Dead and left entries stay until the node returns (EventJoin) or, past
-//     departedMax of them, the oldest is forgotten.
+//     1024 of them, the oldest is forgotten (no event).
 //   - This node's encoded metadata is always valid and ≤ MetaBytesMax.
 //
 // # Subscribers
 //
 // A subscriber channel is bounded (its bufLen) and delivery never blocks
-// gossip: an event that does not fit is dropped, counted in Pool.Dropped,
-// and reported in the Missed field of the next event that subscriber gets.
-// Missed > 0 means "resync from Members". A subscriber that drains its
-// channel after a burst, and needs the final state even if nothing else
-// changes, reads Members then. Events are delivered in the order memberlist
-// raised them. At most subscribersMax subscribers at once.
+// gossip: an event that does not fit is dropped (drop, not coalesce),
+// counted in Stats.EventsDropped, and reported in the Missed field of the
+// next event that subscriber gets. Missed > 0 means "resync from Members".
+// A subscriber that drains its channel after a burst, and needs the final
+// state even if nothing else changes, reads Members then. Events are
+// delivered in the order memberlist raised them. At most 64 subscribers at
+// once; more is a programmer error (panic), as is a bufLen over 65536.
 //
 // # Concurrency
 //

@@ -5,6 +5,7 @@ import (
 	"context"
 	"log"
 	"log/slog"
+	"sync/atomic"
 )
 
 // slogWriter turns memberlist's log lines ("[WARN] memberlist: text") into
@@ -13,6 +14,10 @@ import (
 // for that.
 type slogWriter struct {
 	l *slog.Logger
+	// quiet is set when Close starts: memberlist's goroutines then race
+	// their own shutdown ("use of closed network connection"), which is no
+	// news to an operator, so their lines go out at Debug.
+	quiet atomic.Bool
 }
 
 func newSlogWriter(l *slog.Logger) *slogWriter {
@@ -57,6 +62,9 @@ func parseLine(p []byte) (slog.Level, string) {
 // memberlist.
 func (w *slogWriter) Write(p []byte) (int, error) {
 	level, msg := parseLine(p)
+	if w.quiet.Load() {
+		level = min(level, slog.LevelDebug)
+	}
 	ctx := context.Background()
 	if w.l.Enabled(ctx, level) {
 		w.l.Log(ctx, level, msg)

@@ -52,3 +52,13 @@ func TestLogAdapter(t *testing.T) {
 		t.Errorf("%d lines logged, want 1: %q", n, out)
 	}
 }
+
+func TestLogAdapterQuietAfterClose(t *testing.T) {
+	var buf bytes.Buffer
+	w := newSlogWriter(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	w.quiet.Store(true)
+	w.logger().Printf("[ERR] memberlist: Failed to send gossip: use of closed network connection")
+	if buf.Len() != 0 {
+		t.Fatalf("a line after Close reached an Info handler: %q", buf.String())
+	}
+}

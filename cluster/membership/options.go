@@ -221,8 +221,13 @@ func (o Options) resolve() (resolved, error) {
 	if r.bindHost == "" {
 		r.bindHost = "0.0.0.0"
 	}
-	if net.ParseIP(r.bindHost) == nil {
+	ip := net.ParseIP(r.bindHost)
+	if ip == nil {
 		return r, fmt.Errorf("%w: bind address %q: want an IP address", ErrInvalid, r.BindAddr)
+	}
+	// memberlist picks a private address to advertise for 0.0.0.0 only.
+	if ip.IsUnspecified() && ip.To4() == nil && r.AdvertiseAddr == "" && r.Transport == nil {
+		return r, fmt.Errorf("%w: bind address %q: an IPv6 wildcard needs an advertise address", ErrInvalid, r.BindAddr)
 	}
 	if r.AdvertiseAddr != "" {
 		s := r.AdvertiseAddr

@@ -105,6 +105,7 @@ type Event struct {
 // called from any goroutine.
 type Pool struct {
 	ml            *memberlist.Memberlist
+	mlLog         *slogWriter
 	log           *slog.Logger
 	name          string
 	addr          string
@@ -165,6 +166,7 @@ func Start(opts Options) (*Pool, error) {
 	p := newPool(&r)
 
 	lw := newSlogWriter(r.Logger)
+	p.mlLog = lw
 	tr := r.Transport
 	var owned *memberlist.NetTransport
 	if tr == nil {
@@ -301,14 +303,41 @@ func (p *Pool) Member(name string) (Member, bool) {
 	return e.m.clone(), true
 }
 
-// Dropped returns how many events were dropped, over all subscribers,
-// because a subscriber's channel was full.
-func (p *Pool) Dropped() uint64 { return p.dropped.Load() }
+// Stats are counters for metrics (cairn_gossip_*), read at scrape time.
+type Stats struct {
+	// Members by state, this node included.
+	Alive, Dead, Left int
+	// EventsDropped counts events dropped, over all subscribers ever,
+	// because a subscriber's channel was full.
+	EventsDropped uint64
+	// HealthScore is memberlist's awareness score: 0 when this node keeps
+	// up with probing, higher when it seems to be the slow one.
+	HealthScore int
+}
+
+// Stats returns the current counters.
+func (p *Pool) Stats() Stats {
+	st := Stats{EventsDropped: p.dropped.Load(), HealthScore: p.ml.GetHealthScore()}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, e := range p.mu.members {
+		switch e.m.State {
+		case StateAlive:
+			st.Alive++
+		case StateDead:
+			st.Dead++
+		case StateLeft:
+			st.Left++
+		}
+	}
+	return st
+}
 
 // Subscribe returns a channel of membership changes, buffered to bufLen
 // events (0 means 64), and a cancel func that closes it; Close closes it
 // too. Delivery never blocks gossip: when the channel is full the event is
-// dropped and counted in the next delivered Event's Missed. Every change
+// dropped, counted in Stats, and reported in the next delivered Event's
+// Missed. Every change
 // after Subscribe returns is delivered or counted, so subscribing and then
 // reading Members gives a complete view. cancel may be called many times.
 func (p *Pool) Subscribe(bufLen int) (<-chan Event, func()) {
@@ -445,6 +474,7 @@ func (p *Pool) Close() error {
 		return nil
 	}
 	p.life.closed = true
+	p.mlLog.quiet.Store(true)
 	err := p.ml.Shutdown()
 	p.mu.Lock()
 	p.mu.closed = true

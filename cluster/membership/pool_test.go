@@ -139,6 +139,7 @@ func TestStartRefuses(t *testing.T) {
 		{"bad name", func(o *Options) { o.NodeName = "-x/y" }, ErrInvalid},
 		{"bind without port", func(o *Options) { o.BindAddr = "127.0.0.1" }, ErrInvalid},
 		{"bind hostname", func(o *Options) { o.BindAddr = "localhost:0" }, ErrInvalid},
+		{"IPv6 wildcard without advertise", func(o *Options) { o.BindAddr = "[::]:0" }, ErrInvalid},
 		{"advertise wildcard", func(o *Options) { o.AdvertiseAddr = "0.0.0.0:7946" }, ErrInvalid},
 		{"key 10 bytes", func(o *Options) { o.SecretKey = make([]byte, 10) }, ErrInvalid},
 		{"probe timeout ≥ interval", func(o *Options) { o.Timing.ProbeTimeout = o.Timing.ProbeInterval }, ErrInvalid},
@@ -266,6 +267,9 @@ func TestPoolFiveNodes(t *testing.T) {
 	if m, _ := nodes[0].Member("n3"); m.State != StateLeft {
 		t.Fatalf("n3 is %v after n4 died, want left", m.State)
 	}
+	if st := nodes[0].Stats(); st.Alive != 3 || st.Dead != 1 || st.Left != 1 || st.EventsDropped != 0 {
+		t.Fatalf("n0's stats %+v, want 3 alive, 1 dead, 1 left, none dropped", st)
+	}
 }
 
 // TestLeaveEventType checks the event of a node that leaves, separately
@@ -314,7 +318,7 @@ func TestSlowSubscriberDoesNotBlock(t *testing.T) {
 		}
 		return nil
 	})
-	if a.Dropped() == 0 {
+	if a.Stats().EventsDropped == 0 {
 		t.Fatalf("nothing dropped for a subscriber of 1 event that never read")
 	}
 	<-stuck // the one event that fit
@@ -326,8 +330,8 @@ func TestSlowSubscriberDoesNotBlock(t *testing.T) {
 	if ev.Missed == 0 {
 		t.Fatalf("first event after drops has Missed 0: %+v", ev)
 	}
-	if ev.Missed > a.Dropped() {
-		t.Fatalf("Missed %d > Dropped %d", ev.Missed, a.Dropped())
+	if ev.Missed > a.Stats().EventsDropped {
+		t.Fatalf("Missed %d > Dropped %d", ev.Missed, a.Stats().EventsDropped)
 	}
 }
 
