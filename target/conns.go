@@ -13,6 +13,7 @@ const (
 	DisconnectClientClosed   = "client_closed"   // the client hung up or logged out
 	DisconnectReplyTimeout   = "reply_timeout"   // the client did not read its replies
 	DisconnectRequestTimeout = "request_timeout" // a request header or payload was not finished in time
+	DisconnectPingTimeout    = "ping_timeout"    // an idle connection did not answer a keepalive (iSCSI NOP-In)
 	DisconnectLimit          = "limit"           // refused: too many connections
 	DisconnectProtocolError  = "protocol_error"  // a request the server cannot resynchronise after
 	DisconnectHandshake      = "handshake"       // negotiation or login failed or timed out

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"io"
 	"testing"
+
+	"cairn/target"
 )
 
 // hotPathAllocsMax pins the heap allocations of one 4 KiB READ(10) or
@@ -19,7 +21,12 @@ func TestHotPathAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates on its own")
 	}
-	_, addr, _ := testServer(t, Options{})
+	t.Run("unlimited", func(t *testing.T) { testHotPathAllocs(t, nil) })
+	t.Run("budget", func(t *testing.T) { testHotPathAllocs(t, target.NewBudget(1<<20)) })
+}
+
+func testHotPathAllocs(t *testing.T, budget *target.Budget) {
+	_, addr, _ := testServer(t, Options{Budget: budget})
 	r := dial(t, addr)
 	if resp := r.login(testIQN, 0, "ImmediateData=Yes", "InitialR2T=No", "MaxRecvDataSegmentLength=65536"); resp.hdr.u16(36) != 0 {
 		t.Fatalf("login status %#x", resp.hdr.u16(36))

@@ -52,8 +52,19 @@
 //     or a socket error ends the connection; its commands are aborted and
 //     nothing not done is acknowledged.
 //   - Buffers are bounded: TransferBytesMax per command, InFlightBytesMax
-//     per session (TASK SET FULL past it), MaxRecvDataSegmentLength per PDU
-//     received, 64 KiB of text per request.
+//     per session (TASK SET FULL past it), Budget.Max across sessions (the
+//     reader waits for it: TCP backpressure; a session with a WRITE still
+//     receiving Data-Out answers TASK SET FULL instead, so that its reader
+//     never waits on itself), MaxRecvDataSegmentLength per PDU received,
+//     64 KiB of text per request. A command's budget goes back with its
+//     buffer: after the last Data-In is written, after a WRITE's data is on
+//     the device, or when the command is aborted or the connection ends.
+//   - Abuse bounds: an initiator that does not read for ReplyTimeout is
+//     dropped; a PDU begun must be read whole within RequestTimeout, and a
+//     WRITE receiving data must get Data-Out at least that often; past
+//     ConnectionsMax or ConnectionsPerAddrMax a login is answered 0x0302
+//     (out of resources) and the connection closed. Stats counts open
+//     connections and disconnects by reason.
 //   - Errors map to sense data in one function, senseFor.
 //   - An I_T nexus is (lower-cased initiator name, ISID); the target port
 //     is implicit (one target per unit, one portal group), so ALL_TG_PT is

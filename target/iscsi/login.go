@@ -70,6 +70,9 @@ type loginConfig struct {
 	recvDataSegmentMax int
 	// cmdWindow is the number of CmdSNs the first responses open.
 	cmdWindow uint32
+	// refuse, when not empty, is why the connection is past the server's
+	// limits: the first request is answered with statusOutOfResources.
+	refuse string
 }
 
 // authState is where CHAP stands.
@@ -182,6 +185,9 @@ func (l *login) step(req *PDU) loginStep {
 		l.isid, l.tsih, l.cid = loginISID(h), h.u16(14), h.u16(20)
 		l.cmdSN, l.statSN = h.cmdSN(), h.expStatSN()
 		l.stage = loginCSG(h)
+		if l.cfg.refuse != "" {
+			return l.reject(statusOutOfResources, l.cfg.refuse)
+		}
 		if h[3] > 0 { // VersionMin
 			return l.reject(statusUnsupportedVersion, fmt.Sprintf("version %d-%d", h[3], h[2]))
 		}

@@ -34,8 +34,6 @@ const (
 	LoginTimeoutDefault        = 30 * time.Second
 
 	immediateMax   = 16               // immediate commands in flight beyond the window
-	pduTimeout     = 60 * time.Second // to read the rest of a PDU once it started
-	writeTimeout   = 60 * time.Second // a batch of PDUs must drain within this
 	reinstateWait  = 10 * time.Second // for an old session to end on reinstatement
 	outQueuePDUs   = 256              // PDUs queued for the writer
 	loginDataMax   = 64 << 10
@@ -82,13 +80,39 @@ type Options struct {
 	// target's state is loaded at its first command. nil keeps them in
 	// memory only (and APTPL is refused).
 	Reservations ReservationStore
+	// Budget bounds the data buffer bytes in flight across every session
+	// sharing it (with other servers too): a command takes its buffer's
+	// bytes when it is admitted and returns them once its data is no
+	// longer held (Data-In written, or Data-Out written to the device).
+	// While it is exhausted the reader stops reading (a session with a
+	// WRITE still receiving data answers new commands TASK SET FULL
+	// instead, so that it never waits for itself). nil means no bound
+	// beyond InFlightBytesMax per session.
+	Budget *target.Budget
+	// ReplyTimeout: an initiator that does not read what the target sends
+	// for this long is disconnected, its commands aborted and their
+	// buffers returned. 0 means target.ReplyTimeoutDefault.
+	ReplyTimeout time.Duration
+	// RequestTimeout: a PDU whose header has begun to arrive must be read
+	// whole within this long, and a WRITE receiving Data-Out must get some
+	// at least this often, or the connection is closed. An idle
+	// connection is probed by NOP-In instead. 0 means
+	// target.RequestTimeoutDefault.
+	RequestTimeout time.Duration
+	// ConnectionsMax bounds the connections of the server, and
+	// ConnectionsPerAddrMax those from one initiator IP; past either a
+	// login gets status 0x0302 (target error, out of resources: the
+	// initiator may retry later) and the connection is closed. 0 means
+	// unlimited.
+	ConnectionsMax, ConnectionsPerAddrMax int
 }
 
 func (o Options) withDefaults() Options {
 	if o.Targets == nil {
 		panic("iscsi: Options.Targets is nil")
 	}
-	if o.CommandsInFlightMax < 0 || o.TransferBytesMax < 0 || o.InFlightBytesMax < 0 || o.RecvDataSegmentMax < 0 {
+	if o.CommandsInFlightMax < 0 || o.TransferBytesMax < 0 || o.InFlightBytesMax < 0 || o.RecvDataSegmentMax < 0 ||
+		o.ReplyTimeout < 0 || o.RequestTimeout < 0 || o.ConnectionsMax < 0 || o.ConnectionsPerAddrMax < 0 {
 		panic(fmt.Sprintf("iscsi: negative bound in %+v", o))
 	}
 	if o.Logger == nil {
@@ -122,6 +146,12 @@ func (o Options) withDefaults() Options {
 	if o.LoginTimeout <= 0 {
 		o.LoginTimeout = LoginTimeoutDefault
 	}
+	if o.ReplyTimeout == 0 {
+		o.ReplyTimeout = target.ReplyTimeoutDefault
+	}
+	if o.RequestTimeout == 0 {
+		o.RequestTimeout = target.RequestTimeoutDefault
+	}
 	return o
 }
 
@@ -130,6 +160,9 @@ type Server struct {
 	opts Options
 	log  *slog.Logger
 	wg   sync.WaitGroup // connection goroutines
+
+	limit       *target.ConnLimit
+	disconnects target.Reasons
 
 	mu struct {
 		sync.Mutex
@@ -149,6 +182,7 @@ var ErrServerClosed = errors.New("iscsi: server closed")
 func NewServer(opts Options) *Server {
 	s := &Server{opts: opts.withDefaults()}
 	s.log = s.opts.Logger
+	s.limit = target.NewConnLimit(s.opts.ConnectionsMax, s.opts.ConnectionsPerAddrMax)
 	s.mu.listeners = make(map[net.Listener]struct{})
 	s.mu.conns = make(map[*session]struct{})
 	s.mu.sessions = make(map[uint16]*session)
@@ -227,7 +261,7 @@ func (s *Server) Close() error {
 		l.Close()
 	}
 	for c := range s.mu.conns {
-		c.nc.Close()
+		c.kill()
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
@@ -247,6 +281,17 @@ func (s *Server) Sessions(iqn string) int {
 	return n
 }
 
+// Stats are the server's counters for metrics.
+type Stats struct {
+	Connections int               // admitted and open now, logging in or logged in
+	Disconnects map[string]uint64 // closed connections by reason (target.Disconnect*), refusals included
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	return Stats{Connections: s.limit.Count(), Disconnects: s.disconnects.Snapshot()}
+}
+
 // Disconnect drops every session of target iqn, aborting its commands (as
 // a connection loss would). It returns without waiting for them to end.
 func (s *Server) Disconnect(iqn string) {
@@ -254,7 +299,7 @@ func (s *Server) Disconnect(iqn string) {
 	defer s.mu.Unlock()
 	for _, c := range s.mu.sessions {
 		if c.targetName == iqn {
-			c.nc.Close()
+			c.kill()
 		}
 	}
 }
@@ -314,7 +359,7 @@ func (s *Server) register(c *session) error {
 	s.mu.Unlock()
 	for _, o := range old {
 		s.log.Info("iscsi: session reinstatement", "initiator", o.initiatorName, "target", o.targetName, "tsih", o.tsih)
-		o.nc.Close()
+		o.kill()
 		select {
 		case <-o.finished:
 		case <-time.After(reinstateWait):

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -58,6 +59,9 @@ type task struct {
 	ctx       taskCtx
 	finished  event // fired when the worker is done with the task
 	forgotten bool  // guarded by session.mu
+	// budget is what the task holds of Options.Budget, returned once with
+	// its data buffer (releaseBudget).
+	budget atomic.Int64
 }
 
 // outPDU is one PDU for the writer. The writer fills in StatSN, ExpCmdSN
@@ -67,6 +71,7 @@ type outPDU struct {
 	data       []byte
 	advance    bool    // consumes a StatSN (a status-bearing PDU)
 	release    *[]byte // returned to the pool once written
+	budget     int64   // returned to Options.Budget once written (with release)
 	closeAfter bool    // logout response: signal logoutFlushed once written
 }
 
@@ -76,6 +81,12 @@ var (
 	errNopTimeout  = errors.New("iscsi: NOP-In ping not answered")
 	errProtocol    = errors.New("iscsi: protocol error")
 	errLoginFailed = errors.New("iscsi: login failed")
+	// errRequestTimeout: a PDU or a WRITE's Data-Out did not arrive within
+	// RequestTimeout.
+	errRequestTimeout = errors.New("iscsi: request not finished in time")
+	// errAbandoned: the reader gave up waiting for the shared budget
+	// because the connection is being dropped.
+	errAbandoned = errors.New("iscsi: connection dropped")
 )
 
 // Reject reasons (RFC 7143 §11.17.1).
@@ -107,6 +118,18 @@ type session struct {
 	tsih                      uint16
 	discovery                 bool
 	window                    int
+
+	ip      string // initiator IP, as counted by the server's ConnLimit
+	refused string // why the connection is past the server's limits; "" if admitted
+
+	// quit is closed (once, by abandon) to wake a reader waiting for the
+	// shared budget: the connection is being dropped.
+	quit          chan struct{}
+	quitOnce      sync.Once
+	killed        atomic.Bool  // dropped by the server (Close, Disconnect, reinstatement)
+	replyTimedOut atomic.Bool  // the writer hit ReplyTimeout
+	collecting    atomic.Int32 // tasks in taskCollecting state
+	writeDeadline time.Time    // writer-owned
 
 	ctx      context.Context // parent of every task's context
 	cancel   context.CancelFunc
@@ -156,6 +179,7 @@ type session struct {
 	pingOutstanding bool
 	pingTTT         uint32
 	pingSent        time.Time
+	lastData        time.Time // the last Data-Out, or the WRITE that started collecting
 	text            struct {
 		request []byte // accumulated Text Request data (C bit)
 		reply   []byte // rest of a long Text Response
@@ -176,6 +200,8 @@ func newSession(srv *Server, nc net.Conn) *session {
 		out:      make(chan outPDU, outQueuePDUs),
 		work:     make(chan *task),
 		window:   srv.opts.CommandsInFlightMax,
+		ip:       target.AddrIP(nc.RemoteAddr()),
+		quit:     make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(ctxBackground)
 	s.mu.tasks = make(map[uint32]*task)
@@ -186,6 +212,11 @@ func newSession(srv *Server, nc net.Conn) *session {
 func (s *session) serve() {
 	defer close(s.finished)
 	defer s.srv.untrack(s)
+	if ok, why := s.srv.limit.Admit(s.ip); ok {
+		defer s.srv.limit.Leave(s.ip)
+	} else {
+		s.refused = why
+	}
 	err := s.login()
 	if err == nil {
 		s.bw = bufio.NewWriterSize(s.nc, 64<<10)
@@ -200,7 +231,9 @@ func (s *session) serve() {
 func (s *session) login() error {
 	deadline := time.Now().Add(s.srv.opts.LoginTimeout)
 	s.nc.SetDeadline(deadline)
-	l := newLogin(s.srv.loginConfig())
+	cfg := s.srv.loginConfig()
+	cfg.refuse = s.refused
+	l := newLogin(cfg)
 	var buf []byte
 	for {
 		var h header
@@ -270,21 +303,62 @@ func (s *session) login() error {
 	}
 }
 
-// teardown ends the session: stop the writer, abort and wait for every
-// task, release buffers, unregister.
-func (s *session) teardown(err error) {
+// kill drops the connection from outside its goroutines: the reader sees
+// the closed socket (or its abandoned budget wait) and tears down.
+func (s *session) kill() {
+	s.killed.Store(true)
+	s.abandon()
+	s.nc.Close()
+}
+
+// abandon wakes the reader if it waits for the shared budget; idempotent.
+func (s *session) abandon() {
+	s.quitOnce.Do(func() { close(s.quit) })
+}
+
+// disconnectKind classifies why the connection ended (a target.Disconnect*
+// label).
+func (s *session) disconnectKind(err error) string {
 	switch {
+	case s.refused != "":
+		return target.DisconnectLimit
+	case s.killed.Load():
+		return target.DisconnectServer
+	case s.replyTimedOut.Load():
+		return target.DisconnectReplyTimeout
+	case errors.Is(err, errLoginFailed):
+		return target.DisconnectHandshake
+	case err == nil, errors.Is(err, errLogout), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return target.DisconnectClientClosed
+	case errors.Is(err, errRequestTimeout), errors.Is(err, os.ErrDeadlineExceeded):
+		return target.DisconnectRequestTimeout
+	case errors.Is(err, errNopTimeout):
+		return target.DisconnectPingTimeout
+	case errors.Is(err, errProtocol), errors.Is(err, errHeaderDigest), errors.Is(err, errDataDigest):
+		return target.DisconnectProtocolError
+	}
+	return target.DisconnectIOError
+}
+
+// teardown ends the session: stop the writer, abort and wait for every
+// task, release buffers and budget, unregister.
+func (s *session) teardown(err error) {
+	kind := s.disconnectKind(err)
+	s.srv.disconnects.Add(kind)
+	switch {
+	case kind == target.DisconnectLimit:
+		// login logged the refusal
 	case err == nil, errors.Is(err, errLogout):
 		if s.tsih != 0 {
 			s.log.Info("iscsi: logout")
 		}
-	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed) && kind != target.DisconnectReplyTimeout:
 		if s.tsih != 0 {
-			s.log.Info("iscsi: connection closed")
+			s.log.Info("iscsi: connection closed", "kind", kind)
 		}
 	default:
 		if s.tsih != 0 || !errors.Is(err, errLoginFailed) {
-			s.log.Warn("iscsi: connection failed", "err", err)
+			s.log.Warn("iscsi: connection failed", "kind", kind, "err", err)
 		}
 	}
 	close(s.stopping)
@@ -306,9 +380,15 @@ func (s *session) teardown(err error) {
 			target.PutBuffer(t.buf)
 			t.buf = nil
 		}
+		s.releaseBudget(t)
 		delete(s.mu.tasks, itt)
 	}
 	s.mu.Unlock()
+	// PDUs queued after the writer stopped: nobody sends them now.
+	for len(s.out) > 0 {
+		p := <-s.out
+		s.releasePDU(&p)
+	}
 	if s.lun != nil {
 		s.lun.mu.Lock()
 		delete(s.lun.mu.sessions, s)
@@ -316,6 +396,25 @@ func (s *session) teardown(err error) {
 		if s.tsih != 0 {
 			s.lun.releaseSPC2(s.nexus, false) // I_T nexus loss
 		}
+	}
+}
+
+// releaseBudget returns what t holds of the shared budget; idempotent.
+func (s *session) releaseBudget(t *task) {
+	if n := t.budget.Swap(0); n > 0 {
+		s.srv.opts.Budget.Release(n)
+	}
+}
+
+// releasePDU returns what a sent or dropped PDU holds.
+func (s *session) releasePDU(p *outPDU) {
+	if p.release != nil {
+		target.PutBuffer(p.release)
+		p.release = nil
+	}
+	if p.budget > 0 {
+		s.srv.opts.Budget.Release(p.budget)
+		p.budget = 0
 	}
 }
 
@@ -341,22 +440,35 @@ func (s *session) writeLoop() {
 		case <-s.stopping:
 			return
 		}
+		s.armWrite()
 		err := s.writePDU(p)
-		if p.release != nil {
-			target.PutBuffer(p.release)
-		}
+		s.releasePDU(p)
 		if err == nil && (len(s.out) == 0 || p.closeAfter) {
-			s.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 			err = s.bw.Flush()
 		}
 		if err != nil {
 			s.log.Debug("iscsi: write", "err", err)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				s.replyTimedOut.Store(true)
+			}
+			s.abandon()
 			s.nc.Close() // the reader sees it and tears down
 			return
 		}
 		if p.closeAfter {
 			close(s.flushed)
 		}
+	}
+}
+
+// armWrite gives what is written next ReplyTimeout to drain, give or take
+// an eighth: the deadline moves only when it comes closer than that, which
+// keeps the per-PDU cost at one clock read. Writer goroutine only.
+func (s *session) armWrite() {
+	now, t := time.Now(), s.srv.opts.ReplyTimeout
+	if s.writeDeadline.Sub(now) < t-t/8 {
+		s.writeDeadline = now.Add(t)
+		s.nc.SetWriteDeadline(s.writeDeadline)
 	}
 }
 
@@ -512,19 +624,19 @@ func (s *session) readLoop() error {
 		if err := s.waitReadable(); err != nil {
 			return err
 		}
-		s.nc.SetReadDeadline(time.Now().Add(pduTimeout))
+		s.nc.SetReadDeadline(time.Now().Add(s.srv.opts.RequestTimeout))
 		h := &s.rh
 		if _, err := io.ReadFull(s.br, h[:]); err != nil {
-			return err
+			return pduErr(err)
 		}
 		ahs := s.hdrAHS[:h.ahsBytes()]
 		if _, err := io.ReadFull(s.br, ahs); err != nil {
-			return err
+			return pduErr(err)
 		}
 		if s.d.header {
 			var d [digestBytes]byte
 			if _, err := io.ReadFull(s.br, d[:]); err != nil {
-				return err
+				return pduErr(err)
 			}
 			c := crc32.Update(crc32c(h[:]), castagnoli, ahs)
 			if binary.LittleEndian.Uint32(d[:]) != c {
@@ -536,26 +648,41 @@ func (s *session) readLoop() error {
 				errProtocol, opName(h.opcode()), h.dataBytes(), s.p.recvDataSegmentMax)
 		}
 		if err := s.handle(h, ahs); err != nil {
-			return err
+			return pduErr(err)
 		}
 	}
 }
 
+// pduErr marks a read deadline hit in the middle of a PDU as a request
+// timeout.
+func pduErr(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return fmt.Errorf("%w: %w", errRequestTimeout, err)
+	}
+	return err
+}
+
 // waitReadable waits for the next PDU, pinging an idle initiator with
-// NOP-In and dropping it when the ping goes unanswered.
+// NOP-In and dropping it when the ping goes unanswered, or when a WRITE
+// waits for Data-Out that does not come within RequestTimeout.
 func (s *session) waitReadable() error {
 	interval, timeout := s.srv.opts.NopInInterval, s.srv.opts.NopInTimeout
 	for {
 		if s.br.Buffered() > 0 {
 			return nil
 		}
-		if interval < 0 {
-			s.nc.SetReadDeadline(time.Time{})
-		} else if s.pingOutstanding {
-			s.nc.SetReadDeadline(s.pingSent.Add(timeout))
-		} else {
-			s.nc.SetReadDeadline(time.Now().Add(interval))
+		var deadline time.Time // none while pings are disabled
+		switch {
+		case interval >= 0 && s.pingOutstanding:
+			deadline = s.pingSent.Add(timeout)
+		case interval >= 0:
+			deadline = time.Now().Add(interval)
 		}
+		collecting := s.collecting.Load() > 0
+		if d := s.lastData.Add(s.srv.opts.RequestTimeout); collecting && (deadline.IsZero() || d.Before(deadline)) {
+			deadline = d
+		}
+		s.nc.SetReadDeadline(deadline)
 		_, err := s.br.Peek(1)
 		if err == nil {
 			return nil
@@ -563,6 +690,12 @@ func (s *session) waitReadable() error {
 		var ne net.Error
 		if !errors.As(err, &ne) || !ne.Timeout() {
 			return err
+		}
+		if collecting && s.collecting.Load() > 0 && time.Since(s.lastData) >= s.srv.opts.RequestTimeout {
+			return fmt.Errorf("%w: no Data-Out for %v", errRequestTimeout, s.srv.opts.RequestTimeout)
+		}
+		if interval < 0 {
+			continue
 		}
 		if s.pingOutstanding {
 			if time.Since(s.pingSent) >= timeout {
@@ -782,16 +915,29 @@ func (s *session) scsiCommand(h *header, ahs []byte) error {
 		return failNow(statusCheckCondition, senseInvalidFieldIU)
 	}
 	reserve := min(t.edtl, s.lun.xferMax*2+4096)
+	if reserve > 0 {
+		ok, err := s.acquireBudget(reserve)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return failNow(statusTaskSetFull, sense{})
+		}
+		t.budget.Store(int64(reserve))
+	}
 	s.mu.Lock()
 	switch {
 	case s.mu.tasks[t.itt] != nil:
 		s.mu.Unlock()
+		s.releaseBudget(t)
 		return failNow(statusCheckCondition, senseOverlapped)
 	case immediate && s.mu.immediate >= immediateMax,
 		s.mu.bytes+reserve > s.srv.opts.InFlightBytesMax && s.mu.bytes > 0:
 		s.mu.Unlock()
+		s.releaseBudget(t)
 		return failNow(statusTaskSetFull, sense{})
 	}
+	s.collecting.Add(1)
 	t.reserved = reserve
 	s.mu.bytes += reserve
 	if immediate {
@@ -822,10 +968,32 @@ func (s *session) scsiCommand(h *header, ahs []byte) error {
 		s.dispatch(t)
 		return nil
 	}
+	s.lastData = time.Now()
 	if !t.unsolOpen {
 		s.solicit(t)
 	}
 	return nil
+}
+
+// acquireBudget takes n bytes of the shared budget for a new command. It
+// waits (the reader stops reading: TCP backpressure) unless one of the
+// session's WRITEs is still receiving data, whose Data-Out only this reader
+// can read: then it does not wait, and false means TASK SET FULL. An error
+// means the connection is being dropped.
+func (s *session) acquireBudget(n int) (bool, error) {
+	b := s.srv.opts.Budget
+	if b.TryAcquire(int64(n)) {
+		return true, nil
+	}
+	if s.collecting.Load() > 0 {
+		return false, nil
+	}
+	if !b.Acquire(s.quit, int64(n)) {
+		return false, errAbandoned
+	}
+	// The wait does not count against the rest of the PDU.
+	s.nc.SetReadDeadline(time.Now().Add(s.srv.opts.RequestTimeout))
+	return true, nil
 }
 
 // solicit sends R2Ts for t's missing data, up to MaxOutstandingR2T.
@@ -882,6 +1050,7 @@ func (s *session) dataOut(h *header) error {
 	if err := s.readData(t.data[off : off+n]); err != nil {
 		return err
 	}
+	s.lastData = time.Now()
 	seq.next += n
 	seq.dataSN++
 	t.received += n
@@ -917,11 +1086,13 @@ func (s *session) failCollecting(t *task, sn sense) {
 	if !t.state.CompareAndSwap(taskCollecting, taskResponding) {
 		return
 	}
+	s.collecting.Add(-1)
 	s.forget(t)
 	if t.buf != nil {
 		target.PutBuffer(t.buf)
 		t.buf, t.data = nil, nil
 	}
+	s.releaseBudget(t)
 	t.ctx.cancel()
 	t.finished.fire()
 	s.respondStatus(t.itt, statusCheckCondition, sn, 0, 0)
@@ -933,6 +1104,7 @@ func (s *session) dispatch(t *task) {
 	if !t.state.CompareAndSwap(taskCollecting, taskRunning) {
 		return
 	}
+	s.collecting.Add(-1)
 	s.tasksWG.Add(1)
 	select {
 	case s.work <- t:
@@ -981,6 +1153,7 @@ func (s *session) run(t *task) {
 	}
 	if !t.state.CompareAndSwap(taskRunning, taskResponding) {
 		r.release() // aborted: no response
+		s.releaseBudget(t)
 		return
 	}
 	s.forget(t)
@@ -993,6 +1166,7 @@ func (s *session) respond(t *task, r *scsiResult) {
 	sent := min(len(r.dataIn), t.edtl)
 	if r.status != statusGood || sent == 0 {
 		r.release()
+		s.releaseBudget(t)
 		s.respondStatus(t.itt, r.status, r.sense, r.spdtl, t.edtl)
 		return
 	}
@@ -1019,9 +1193,14 @@ func (s *session) respond(t *task, r *scsiResult) {
 			p.hdr.setU32(44, residual(r.spdtl, t.edtl))
 			p.advance = true
 			p.release = r.buf
+			p.budget = t.budget.Swap(0) // the writer returns it with the buffer
 		}
 		if !s.send(p) {
 			r.release()
+			if p.budget > 0 {
+				s.srv.opts.Budget.Release(p.budget)
+			}
+			s.releaseBudget(t)
 			return
 		}
 		off += n
@@ -1144,6 +1323,7 @@ func (s *session) taskMgmt(h *header) error {
 func (s *session) abort(t *task, owner bool) ([]*task, bool) {
 	switch {
 	case t.state.CompareAndSwap(taskCollecting, taskAborted):
+		s.collecting.Add(-1)
 		s.forget(t)
 		t.ctx.cancel()
 		t.finished.fire()
@@ -1151,6 +1331,9 @@ func (s *session) abort(t *task, owner bool) ([]*task, bool) {
 			target.PutBuffer(t.buf)
 			t.buf, t.data = nil, nil
 		}
+		// Returned here even when another session's reader aborts the
+		// task: the owner forgets its buffer (the GC takes it).
+		s.releaseBudget(t)
 		return nil, true
 	case t.state.CompareAndSwap(taskRunning, taskAborted):
 		s.forget(t)
@@ -1324,7 +1507,7 @@ func (s *session) logout(h *header) error {
 	select {
 	case <-s.flushed:
 	case <-s.stopping:
-	case <-time.After(writeTimeout):
+	case <-time.After(s.srv.opts.ReplyTimeout):
 	}
 	return errLogout
 }
