@@ -43,6 +43,8 @@ const (
 	subscribersMax       = 64
 	departedMax          = 1024
 	bindRetries          = 10 // tries to bind UDP and TCP on one free port
+	joinSeedsMax         = 64 // configs' gossip.join bound
+	joinParallelMax      = 8
 	nodeNameBytesMax     = 63
 	secretKeyBytes128    = 16
 	secretKeyBytes192    = 24
@@ -66,8 +68,8 @@ type Options struct {
 	// the bound one (NAT, a wildcard bind); port 0 or none means the bound
 	// port. Empty: the bound IP, or a private IP for a wildcard bind.
 	AdvertiseAddr string
-	// Join lists seeds, host:port (port defaults to the bind port). Empty
-	// means this is the first node of a new pool.
+	// Join lists seeds, host:port (port defaults to the bind port), at most
+	// 64. Empty means this is the first node of a new pool.
 	Join []string
 	// SecretKey, when set, encrypts and authenticates all gossip with
 	// AES-GCM (16, 24 or 32 bytes: AES-128/192/256) and refuses
@@ -240,6 +242,9 @@ func (o Options) resolve() (resolved, error) {
 		if ip := net.ParseIP(r.advHost); ip == nil || ip.IsUnspecified() {
 			return r, fmt.Errorf("%w: advertise address %q: want a concrete IP address", ErrInvalid, r.AdvertiseAddr)
 		}
+	}
+	if len(r.Join) > joinSeedsMax {
+		return r, fmt.Errorf("%w: %d seeds, at most %d", ErrInvalid, len(r.Join), joinSeedsMax)
 	}
 	switch len(r.SecretKey) {
 	case 0, secretKeyBytes128, secretKeyBytes192, secretKeyBytes256:

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -259,21 +259,45 @@ func (p *Pool) Name() string { return p.name }
 // other nodes list in Options.Join.
 func (p *Pool) Addr() string { return p.addr }
 
-// Join contacts seeds (host:port) and merges their view of the pool. It
-// returns how many answered; none is an error wrapping ErrJoin. An empty
-// list contacts nobody and succeeds.
+// Join contacts seeds (host:port, at most 64) and merges their view of the
+// pool. It returns how many answered; none is an error wrapping ErrJoin. An
+// empty list contacts nobody and succeeds. Seeds are tried in parallel, so
+// a dead seed costs one stream timeout however many there are.
 func (p *Pool) Join(seeds []string) (int, error) {
 	p.life.RLock()
 	defer p.life.RUnlock()
 	if p.life.closed {
 		return 0, ErrClosed
 	}
+	if len(seeds) > joinSeedsMax {
+		return 0, fmt.Errorf("%w: %d seeds, at most %d", ErrInvalid, len(seeds), joinSeedsMax)
+	}
 	if len(seeds) == 0 {
 		return 0, nil
 	}
-	n, err := p.ml.Join(seeds)
+	errs := make([]error, len(seeds))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, joinParallelMax)
+	for i, seed := range seeds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if _, err := p.ml.Join([]string{seed}); err != nil {
+				errs[i] = fmt.Errorf("%s: %v", seed, err)
+			}
+		}()
+	}
+	wg.Wait()
+	n := 0
+	for _, err := range errs {
+		if err == nil {
+			n++
+		}
+	}
 	if n == 0 {
-		return 0, fmt.Errorf("%w: %s: none of %d seeds (%s) answered: %v", ErrJoin, p.name, len(seeds), strings.Join(seeds, ", "), err)
+		return 0, fmt.Errorf("%w: %s: none of %d seeds answered: %w", ErrJoin, p.name, len(seeds), errors.Join(errs...))
 	}
 	return n, nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -145,6 +146,7 @@ func TestStartRefuses(t *testing.T) {
 		{"probe timeout ≥ interval", func(o *Options) { o.Timing.ProbeTimeout = o.Timing.ProbeInterval }, ErrInvalid},
 		{"meta of another node", func(o *Options) { o.Meta.Name = "other" }, ErrMetaInvalid},
 		{"meta too large", func(o *Options) { o.Meta.Zone, o.Meta.Addrs.Raft = long, long }, ErrMetaTooLarge},
+		{"too many seeds", func(o *Options) { o.Join = make([]string, joinSeedsMax+1) }, ErrInvalid},
 		{"no seed answers", func(o *Options) { o.Join = []string{"127.0.0.1:1"} }, ErrJoin},
 	}
 	for _, tt := range tests {
@@ -659,4 +661,41 @@ func TestSubscribeCancelRace(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// TestJoinSomeSeedsSilent: seeds that accept TCP and never answer, and one
+// that refuses, do not stop a join through the one live seed.
+func TestJoinSomeSeedsSilent(t *testing.T) {
+	a := startNode(t, "a", nil)
+	seeds := []string{"127.0.0.1:1"}
+	for range 3 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = ln.Close() })
+		go func() { // accept and hold, never answer, until ln closes
+			var held []net.Conn
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					for _, c := range held {
+						_ = c.Close()
+					}
+					return
+				}
+				held = append(held, c)
+			}
+		}()
+		seeds = append(seeds, ln.Addr().String())
+	}
+	seeds = append(seeds, a.Addr())
+	b := startNode(t, "b", func(o *Options) { o.Join = seeds })
+	want := map[string]State{"a": StateAlive, "b": StateAlive}
+	for _, p := range []*Pool{a, b} {
+		eventually(t, p.Name()+" sees both", func() error { return expectView(p, want) })
+	}
+	if n, err := b.Join(seeds[:4]); !errors.Is(err, ErrJoin) || n != 0 {
+		t.Fatalf("Join of dead seeds only = %d, %v; want ErrJoin", n, err)
+	}
 }
