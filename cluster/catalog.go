@@ -83,6 +83,9 @@ type Options struct {
 	Logger *slog.Logger
 	// ApplyTimeout bounds the wait to queue a change (zero: 10 s).
 	ApplyTimeout time.Duration
+	// Forward carries changes made on a follower to the leader; nil: they
+	// fail with ErrNotLeader.
+	Forward Forwarder
 
 	// Raft timing; zero keeps hashicorp/raft's default (1 s, 1 s, 500 ms,
 	// 50 ms). TestOptions lowers them.
@@ -148,6 +151,8 @@ type Catalog struct {
 	fsm   *fsm
 	store *raftboltdb.BoltStore
 	trans *raft.NetworkTransport
+
+	forwarder Forwarder
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -241,6 +246,7 @@ func Open(opts Options) (c *Catalog, err error) {
 		fsm:          f,
 		store:        store,
 		trans:        trans,
+		forwarder:    opts.Forward,
 	}
 	if !existing && opts.BootstrapExpect == 1 {
 		if err := c.Bootstrap([]Server{{ID: opts.NodeID, Address: string(trans.LocalAddr())}}); err != nil {
@@ -353,8 +359,13 @@ func (c *Catalog) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, er
 	if err := validLogicalBlockSize(spec.LogicalBlockSize); err != nil {
 		return Volume{}, fmt.Errorf("cluster: create volume %q: %w", spec.Name, err)
 	}
+	if spec.Target != "" {
+		if err := validNode(spec.Target); err != nil {
+			return Volume{}, fmt.Errorf("cluster: create volume %q: target: %w", spec.Name, err)
+		}
+	}
 	args := createVolumeArgs{Name: spec.Name, Size: spec.Size, Replicas: spec.Replicas, Created: time.Now().UTC(),
-		LogicalBlockSize: spec.LogicalBlockSize, ChunkSize: spec.ChunkSize}
+		LogicalBlockSize: spec.LogicalBlockSize, ChunkSize: spec.ChunkSize, Target: spec.Target}
 	out, err := c.apply(ctx, opCreateVolume, &args)
 	return out.Volume, err
 }
@@ -368,6 +379,9 @@ type VolumeSpec struct {
 	Replicas         int
 	ChunkSize        int64 // bytes, a power of two from 64 KiB to 64 MiB
 	LogicalBlockSize int   // 512 or 4096: the block size iSCSI presents
+	// Target is the node whose target serves the volume: the volume is
+	// created attached to it (generation 1). Empty: created unattached.
+	Target string
 }
 
 // RegisterNode records a storage node: a new one enters service, a known
@@ -388,6 +402,60 @@ func (c *Catalog) SetNodeState(ctx context.Context, name string, st NodeState) (
 func (c *Catalog) ReportUsage(ctx context.Context, name string, capacity, used int64) (Node, error) {
 	out, err := c.apply(ctx, opNodeUsage, &nodeUsageArgs{Name: name, CapacityBytes: capacity, UsedBytes: used})
 	return out.Node, err
+}
+
+// Servers returns the catalog's current Raft voters.
+func (c *Catalog) Servers() ([]Server, error) {
+	f := c.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, c.raftError("configuration", err)
+	}
+	var out []Server
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			out = append(out, Server{ID: string(s.ID), Address: string(s.Address)})
+		}
+	}
+	return out, nil
+}
+
+// AddVoter makes s a voter of the catalog. Only the leader can
+// (ErrNotLeader elsewhere); adding a voter that is already one with the
+// same address changes nothing.
+func (c *Catalog) AddVoter(ctx context.Context, s Server) error {
+	if err := validNode(s.ID); err != nil {
+		return fmt.Errorf("cluster: add voter: %w", err)
+	}
+	if _, _, err := net.SplitHostPort(s.Address); err != nil {
+		return fmt.Errorf("cluster: add voter: %w: %s: %v", ErrInvalid, s.ID, err)
+	}
+	timeout := c.timeout(ctx)
+	if timeout <= 0 {
+		return fmt.Errorf("cluster: add voter: %w", context.DeadlineExceeded)
+	}
+	if err := c.raft.AddVoter(raft.ServerID(s.ID), raft.ServerAddress(s.Address), 0, timeout).Error(); err != nil {
+		return c.raftError("add voter "+s.ID, err)
+	}
+	c.log.Info("catalog voter added", "server", s.ID, "address", s.Address)
+	return nil
+}
+
+// IsLeader reports whether this node leads the catalog now (it may lose
+// leadership at any moment after).
+func (c *Catalog) IsLeader() bool { return c.raft.State() == raft.Leader }
+
+// Barrier waits until this node, as leader, has applied every entry
+// committed before the call: reads after it are linearizable as long as it
+// keeps leading. On a follower it fails with ErrNotLeader.
+func (c *Catalog) Barrier(ctx context.Context) error {
+	timeout := c.timeout(ctx)
+	if timeout <= 0 {
+		return fmt.Errorf("cluster: barrier: %w", context.DeadlineExceeded)
+	}
+	if err := c.raft.Barrier(timeout).Error(); err != nil {
+		return c.raftError("barrier", err)
+	}
+	return nil
 }
 
 // Nodes returns the local replica's storage nodes sorted by name.
@@ -521,7 +589,8 @@ func (c *Catalog) timeout(ctx context.Context) time.Duration {
 	return t
 }
 
-// apply commits one command and returns the FSM's result. ctx and the apply
+// apply commits one command and returns the FSM's result. On a follower
+// the change is forwarded to the leader (see Forwarder). ctx and the apply
 // timeout bound the wait to queue the entry; once queued, the wait ends when
 // the entry is applied, or when leadership is lost (bounded by the leader
 // lease), or at Close.
@@ -536,19 +605,35 @@ func (c *Catalog) apply(ctx context.Context, o op, args any) (outcome, error) {
 	if err != nil {
 		return outcome{}, fmt.Errorf("cluster: %w", err)
 	}
+	if c.forwarder != nil && c.raft.State() != raft.Leader {
+		return c.forward(ctx, o, data)
+	}
+	out, _, notQueued, err := c.applyLocal(ctx, o, data)
+	if notQueued && c.forwarder != nil {
+		// Leadership moved before the entry was queued: nothing was
+		// applied, so the leader may take it.
+		return c.forward(ctx, o, data)
+	}
+	return out, err
+}
+
+// applyLocal commits an encoded command through this node's Raft, which
+// must lead. notQueued reports a refusal before the entry entered the log
+// (this node is not the leader): nothing was applied.
+func (c *Catalog) applyLocal(ctx context.Context, o op, data []byte) (_ outcome, index uint64, notQueued bool, _ error) {
 	timeout := c.timeout(ctx)
 	if timeout <= 0 {
-		return outcome{}, fmt.Errorf("cluster: %s: %w", o, context.DeadlineExceeded)
+		return outcome{}, 0, false, fmt.Errorf("cluster: %s: %w", o, context.DeadlineExceeded)
 	}
 	f := c.raft.Apply(data, timeout)
 	if err := f.Error(); err != nil {
-		return outcome{}, c.raftError(string(o), err)
+		return outcome{}, 0, errors.Is(err, raft.ErrNotLeader), c.raftError(string(o), err)
 	}
 	r, ok := f.Response().(result)
 	if !ok {
 		panic(fmt.Sprintf("cluster: apply %s: FSM response %T", o, f.Response()))
 	}
-	return r.out, r.err
+	return r.out, f.Index(), false, r.err
 }
 
 // raftError maps a hashicorp/raft error to this package's sentinels.

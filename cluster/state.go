@@ -119,6 +119,8 @@ type createVolumeArgs struct {
 	LogicalBlockSize int       `json:"logical_block_size,omitempty"`
 	// ChunkSize 0 is chunkSizeDefault.
 	ChunkSize int64 `json:"chunk_size,omitempty"`
+	// Target, if set, attaches the new volume to that node (generation 1).
+	Target string `json:"target,omitempty"`
 }
 
 type registerNodeArgs struct {
@@ -344,6 +346,11 @@ func (s *state) createVolume(a *createVolumeArgs) (Volume, error) {
 	if len(s.Volumes) >= volumesMax {
 		return Volume{}, fmt.Errorf("volume %q: %d volumes: %w", a.Name, len(s.Volumes), ErrFull)
 	}
+	if a.Target != "" {
+		if err := validNode(a.Target); err != nil {
+			return Volume{}, fmt.Errorf("volume %q: target: %w", a.Name, err)
+		}
+	}
 	if replicas > len(members) {
 		return Volume{}, fmt.Errorf("%w: volume %q: %d replicas requested, %d storage nodes in service", ErrInvalid, a.Name, replicas, len(members))
 	}
@@ -359,6 +366,9 @@ func (s *state) createVolume(a *createVolumeArgs) (Volume, error) {
 		Placement: members,
 
 		LogicalBlockSize: a.LogicalBlockSize,
+	}
+	if a.Target != "" {
+		v.AttachedTo, v.Generation = a.Target, 1
 	}
 	s.NextID++
 	s.Volumes[v.Name] = v

@@ -50,7 +50,7 @@ func TestFSMApply(t *testing.T) {
 			Placement: []Member{{Node: "n1"}, {Node: "n2"}, {Node: "n3", Zone: "z3"}}}
 	}
 	for i, s := range []step{
-		{opCreateVolume, createVolumeArgs{"a", 1 << 30, 1, t0, 0, 0}, ErrInvalid, Volume{}}, // no storage node yet
+		{opCreateVolume, createVolumeArgs{"a", 1 << 30, 1, t0, 0, 0, ""}, ErrInvalid, Volume{}}, // no storage node yet
 		{opRegisterNode, registerNodeArgs{Name: "n3", Zone: "z3"}, nil, Volume{}},
 		{opRegisterNode, registerNodeArgs{Name: "n2"}, nil, Volume{}},
 		{opRegisterNode, registerNodeArgs{Name: "n1", Addr: "127.0.0.1:7000"}, nil, Volume{}},
@@ -60,19 +60,19 @@ func TestFSMApply(t *testing.T) {
 		{opSetNodeState, setNodeStateArgs{"n1", "gone"}, ErrInvalid, Volume{}},
 		{opNodeUsage, nodeUsageArgs{"n1", 1 << 40, -1}, ErrInvalid, Volume{}},
 		{opNodeUsage, nodeUsageArgs{"n1", 1 << 40, 1 << 30}, nil, Volume{}},
-		{opCreateVolume, createVolumeArgs{"a", 1 << 30, 1, t0, 0, 0}, nil, vol(1, "a", 1<<30, 1, 0, "")},
-		{opCreateVolume, createVolumeArgs{"b", 8192, 3, t0, 0, 0}, nil, vol(2, "b", 8192, 3, 0, "")},
-		{opCreateVolume, createVolumeArgs{"a", 4096, 1, t0, 0, 0}, ErrExists, Volume{}},
-		{opCreateVolume, createVolumeArgs{"A", 4096, 1, t0, 0, 0}, ErrInvalid, Volume{}},
-		{opCreateVolume, createVolumeArgs{"c", 4095, 1, t0, 0, 0}, ErrInvalid, Volume{}},
-		{opCreateVolume, createVolumeArgs{"c", 0, 1, t0, 0, 0}, ErrInvalid, Volume{}},
-		{opCreateVolume, createVolumeArgs{"c", 4096, 1, t0, 1024, 0}, ErrInvalid, Volume{}},
-		{opCreateVolume, createVolumeArgs{"c", 65 << 40, 1, t0, 0, 0}, ErrInvalid, Volume{}},
-		{opCreateVolume, createVolumeArgs{"c", 4096, -1, t0, 0, 0}, ErrInvalid, Volume{}},
-		{opCreateVolume, createVolumeArgs{"c", 4096, 4, t0, 0, 0}, ErrInvalid, Volume{}},    // 3 nodes in service
-		{opCreateVolume, createVolumeArgs{"c", 4096, 1, t0, 0, 1000}, ErrInvalid, Volume{}}, // chunk size
-		{opCreateVolume, createVolumeArgs{"c", 4096, 1, t0, 0, 128 << 20}, ErrInvalid, Volume{}},
-		{opCreateVolume, createVolumeArgs{"c", 4096, 6, t0, 0, 0}, ErrInvalid, Volume{}},
+		{opCreateVolume, createVolumeArgs{"a", 1 << 30, 1, t0, 0, 0, ""}, nil, vol(1, "a", 1<<30, 1, 0, "")},
+		{opCreateVolume, createVolumeArgs{"b", 8192, 3, t0, 0, 0, ""}, nil, vol(2, "b", 8192, 3, 0, "")},
+		{opCreateVolume, createVolumeArgs{"a", 4096, 1, t0, 0, 0, ""}, ErrExists, Volume{}},
+		{opCreateVolume, createVolumeArgs{"A", 4096, 1, t0, 0, 0, ""}, ErrInvalid, Volume{}},
+		{opCreateVolume, createVolumeArgs{"c", 4095, 1, t0, 0, 0, ""}, ErrInvalid, Volume{}},
+		{opCreateVolume, createVolumeArgs{"c", 0, 1, t0, 0, 0, ""}, ErrInvalid, Volume{}},
+		{opCreateVolume, createVolumeArgs{"c", 4096, 1, t0, 1024, 0, ""}, ErrInvalid, Volume{}},
+		{opCreateVolume, createVolumeArgs{"c", 65 << 40, 1, t0, 0, 0, ""}, ErrInvalid, Volume{}},
+		{opCreateVolume, createVolumeArgs{"c", 4096, -1, t0, 0, 0, ""}, ErrInvalid, Volume{}},
+		{opCreateVolume, createVolumeArgs{"c", 4096, 4, t0, 0, 0, ""}, ErrInvalid, Volume{}},    // 3 nodes in service
+		{opCreateVolume, createVolumeArgs{"c", 4096, 1, t0, 0, 1000, ""}, ErrInvalid, Volume{}}, // chunk size
+		{opCreateVolume, createVolumeArgs{"c", 4096, 1, t0, 0, 128 << 20, ""}, ErrInvalid, Volume{}},
+		{opCreateVolume, createVolumeArgs{"c", 4096, 6, t0, 0, 0, ""}, ErrInvalid, Volume{}},
 		{opResizeVolume, resizeVolumeArgs{"a", 2 << 30}, nil, vol(1, "a", 2<<30, 1, 0, "")},
 		{opResizeVolume, resizeVolumeArgs{"a", 2 << 30}, nil, vol(1, "a", 2<<30, 1, 0, "")},
 		{opResizeVolume, resizeVolumeArgs{"a", 1 << 30}, ErrShrink, Volume{}},
@@ -85,7 +85,7 @@ func TestFSMApply(t *testing.T) {
 		{opDeleteVolume, deleteVolumeArgs{"b"}, nil, vol(2, "b", 8192, 3, 0, "")},
 		{opDeleteVolume, deleteVolumeArgs{"b"}, ErrNotFound, Volume{}},
 		// IDs are not reused after a delete.
-		{opCreateVolume, createVolumeArgs{"b", 4096, 1, t0, 0, 0}, nil, vol(3, "b", 4096, 1, 0, "")},
+		{opCreateVolume, createVolumeArgs{"b", 4096, 1, t0, 0, 0, ""}, nil, vol(3, "b", 4096, 1, 0, "")},
 	} {
 		got, err := applyTo(t, f, mustEncode(t, s.o, s.args))
 		if !errors.Is(err, s.err) || (s.err != nil) != (err != nil) {
@@ -111,14 +111,14 @@ func TestFSMFull(t *testing.T) {
 		name := "v" + strconv.Itoa(i)
 		f.mu.st.Volumes[name] = Volume{ID: uint64(i + 1), Name: name, Size: 4096, BlockSize: 4096, ChunkSize: 1 << 20, Replicas: 1, Epoch: 1}
 	}
-	if _, err := applyTo(t, f, mustEncode(t, opCreateVolume, createVolumeArgs{"one-more", 4096, 1, t0, 0, 0})); !errors.Is(err, ErrFull) {
+	if _, err := applyTo(t, f, mustEncode(t, opCreateVolume, createVolumeArgs{"one-more", 4096, 1, t0, 0, 0, ""})); !errors.Is(err, ErrFull) {
 		t.Fatalf("err %v, want ErrFull", err)
 	}
 }
 
 func TestFSMGarbage(t *testing.T) {
 	f := newFSM()
-	good := mustEncode(t, opCreateVolume, createVolumeArgs{"a", 4096, 1, t0, 0, 0})
+	good := mustEncode(t, opCreateVolume, createVolumeArgs{"a", 4096, 1, t0, 0, 0, ""})
 	for _, data := range []string{
 		"",
 		"null",
@@ -189,9 +189,9 @@ func populate(t testing.TB, f *fsm) {
 		{opRegisterNode, registerNodeArgs{Name: "n3"}},
 		{opSetNodeState, setNodeStateArgs{"n3", NodeDraining}},
 		{opRegisterNode, registerNodeArgs{Name: "n4", CapacityBytes: 1 << 40}},
-		{opCreateVolume, createVolumeArgs{"a", 1 << 30, 1, t0, 0, 0}},
-		{opCreateVolume, createVolumeArgs{"b", 8192, 3, t0.Add(time.Second), 4096, 256 << 10}},
-		{opCreateVolume, createVolumeArgs{"c", 4096, 2, t0, 0, 0}},
+		{opCreateVolume, createVolumeArgs{"a", 1 << 30, 1, t0, 0, 0, ""}},
+		{opCreateVolume, createVolumeArgs{"b", 8192, 3, t0.Add(time.Second), 4096, 256 << 10, ""}},
+		{opCreateVolume, createVolumeArgs{"c", 4096, 2, t0, 0, 0, ""}},
 		{opAttach, attachArgs{"b", "node2"}},
 		{opResizeVolume, resizeVolumeArgs{"a", 4 << 30}},
 		{opDeleteVolume, deleteVolumeArgs{"c"}},
@@ -224,7 +224,7 @@ func TestFSMSnapshotRestore(t *testing.T) {
 		t.Fatal("snapshot of the restored state differs")
 	}
 	// Both allocate the same next ID.
-	cmd := mustEncode(t, opCreateVolume, createVolumeArgs{"d", 4096, 1, t0, 0, 0})
+	cmd := mustEncode(t, opCreateVolume, createVolumeArgs{"d", 4096, 1, t0, 0, 0, ""})
 	va, _ := applyTo(t, a, cmd)
 	vb, _ := applyTo(t, b, cmd)
 	if va.ID != 4 || vb.ID != va.ID {
@@ -320,7 +320,7 @@ func FuzzFSMApply(f *testing.F) {
 		o    op
 		args any
 	}{
-		{opCreateVolume, createVolumeArgs{"a", 1 << 30, 1, t0, 0, 0}},
+		{opCreateVolume, createVolumeArgs{"a", 1 << 30, 1, t0, 0, 0, ""}},
 		{opDeleteVolume, deleteVolumeArgs{"a"}},
 		{opResizeVolume, resizeVolumeArgs{"a", 2 << 30}},
 		{opAttach, attachArgs{"a", "node1"}},
@@ -406,7 +406,7 @@ func TestFSMReservations(t *testing.T) {
 	if _, err := applyTo(t, g, mustEncode(t, opDeleteVolume, deleteVolumeArgs{"a"})); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := applyTo(t, g, mustEncode(t, opCreateVolume, createVolumeArgs{"a", 4096, 1, t0, 0, 0})); err != nil {
+	if _, err := applyTo(t, g, mustEncode(t, opCreateVolume, createVolumeArgs{"a", 4096, 1, t0, 0, 0, ""})); err != nil {
 		t.Fatal(err)
 	}
 	if r, ok := g.reservations("a"); !ok || r != nil {

@@ -1,0 +1,116 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestForwardToLeader: a change sent to any of three managers is carried
+// to the leader and applied once; the follower that took it reads it at
+// once after; refusals keep their sentinel across the hop; after the
+// leader dies, changes sent to a survivor still succeed.
+func TestForwardToLeader(t *testing.T) {
+	var mu sync.Mutex
+	byID := map[string]*Catalog{}
+	forward := func(ctx context.Context, leader string, cmd []byte) ([]byte, error) {
+		mu.Lock()
+		c := byID[leader]
+		mu.Unlock()
+		if c == nil || c.closed.Load() {
+			return nil, fmt.Errorf("node %s unreachable", leader)
+		}
+		return c.ApplyForwarded(ctx, cmd)
+	}
+	var cats []*Catalog
+	var servers []Server
+	for i := range 3 {
+		o := TestOptions(t.TempDir())
+		o.NodeID = fmt.Sprintf("m%d", i)
+		o.BootstrapExpect = 3
+		o.HeartbeatTimeout, o.ElectionTimeout, o.LeaderLeaseTimeout = 200*time.Millisecond, 200*time.Millisecond, 200*time.Millisecond
+		o.Forward = forward
+		c := open(t, o)
+		mu.Lock()
+		byID[o.NodeID] = c
+		mu.Unlock()
+		cats = append(cats, c)
+		servers = append(servers, Server{ID: o.NodeID, Address: c.Status().Address})
+	}
+	for _, c := range cats {
+		if err := c.Bootstrap(servers); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, c := range cats {
+		if err := c.WaitLeader(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Every change goes to every node in turn, followers included.
+	for i, c := range cats {
+		if _, err := c.RegisterNode(ctx, Node{Name: fmt.Sprintf("s%d", i)}); err != nil {
+			t.Fatalf("register through %s: %v", c.id, err)
+		}
+	}
+	for i, c := range cats {
+		name := fmt.Sprintf("v%d", i)
+		v, err := c.CreateVolume(ctx, VolumeSpec{Name: name, Size: 1 << 20, Target: c.id})
+		if err != nil {
+			t.Fatalf("create through %s (leader %v): %v", c.id, c.IsLeader(), err)
+		}
+		if v.Replicas != 3 || v.AttachedTo != c.id || v.Generation != 1 || len(v.Placement) != 3 {
+			t.Fatalf("created through %s: %+v", c.id, v)
+		}
+		if got, err := c.Volume(name); err != nil || got.ID != v.ID {
+			t.Fatalf("%s reads its own change: %+v %v", c.id, got, err)
+		}
+		if _, err := c.CreateVolume(ctx, VolumeSpec{Name: name, Size: 1 << 20}); !errors.Is(err, ErrExists) {
+			t.Fatalf("second create through %s: %v, want ErrExists", c.id, err)
+		}
+		if _, err := c.CreateVolume(ctx, VolumeSpec{Name: "big" + name, Size: 1 << 20, Replicas: 4}); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("4 replicas over 3 nodes through %s: %v, want ErrInvalid", c.id, err)
+		}
+	}
+	var leader *Catalog
+	var alive []*Catalog
+	for _, c := range cats {
+		if c.IsLeader() {
+			leader = c
+		} else {
+			alive = append(alive, c)
+		}
+	}
+	if leader == nil {
+		t.Fatal("no leader among the three")
+	}
+	if err := leader.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// A survivor takes a change: it is forwarded to (or made by) the new
+	// leader once one is elected; retry only while there is none.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := alive[0].ResizeVolume(ctx, "v0", 2<<20)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrNotLeader) || time.Now().After(deadline) {
+			t.Fatalf("resize through a survivor after the leader died: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, c := range alive {
+		if err := c.waitApplied(ctx, c.raft.LastIndex()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v, err := alive[1].Volume("v0"); err != nil || v.Size != 2<<20 {
+		t.Fatalf("other survivor: %+v %v", v, err)
+	}
+}
