@@ -35,15 +35,87 @@
 //	 6  Extents   vol, block, blocks, epoch u64                     runs of start u64, count u64
 //	                                                                (bit 63 = allocated), at most
 //	                                                                4096; flag more if not covered
-//	16–21         reserved: versions-since-seq (replica catch-up), set-retained (GC),
-//	              snapshot hold, release, fence generation, drop volume
+//	16–21         reserved, answered CodeUnsupported: versions-since-seq (replica
+//	              catch-up), set-retained (GC), snapshot hold, snapshot release,
+//	              fence generation, drop volume
 //
 // A reply with a non-zero status carries the node's error text (at most
 // ErrorMessageMax bytes) instead of its payload. Codes map to the store's
 // and this package's sentinel errors (codeOf on the node, Code.sentinels on
 // the client), so errors.Is(err, store.ErrInvalid) and the like hold across
-// the wire. The first frame each way is a Hello; the node's Hello carries
-// its limits, which the client obeys.
+// the wire, and volume's classify sorts them as it would a local store's.
+// The first frame each way is a Hello; the node's carries its limits, which
+// the client obeys. An Extents reply that stops before the end of the range
+// sets FlagMore; the client asks again from the end of its last run.
+//
+// What the server does with a bad frame: a header whose magic or checksum
+// is wrong, or a payload whose checksum is wrong, cannot be trusted, so the
+// connection ends (after an error reply where the header is sound); a
+// header of another version, or announcing more than PayloadBytesMax, is
+// answered and the connection ends; a sound header with an unknown op, bad
+// flags or a malformed body is answered with an error, its payload skipped,
+// and the connection goes on. Nothing a peer sends makes it panic.
+//
+// # Bounds
+//
+//   - Payload ≤ PayloadBytesMax; Read and Write data ≤ RequestBytesMax
+//     (16 MiB, the store's); Extents replies ≤ ExtentRunsMax runs; error
+//     text ≤ ErrorMessageMax; names ≤ NameBytesMax.
+//   - Server, per connection: at most InFlightMax requests (128) and
+//     InFlightBytesMax payload bytes (64 MiB) between being read and their
+//     reply being written; past either the reader stops reading, and TCP
+//     pushes back on the client. A frame must arrive whole within
+//     FrameTimeout (30 s) of its first byte, a reply batch be written within
+//     it; an idle connection has no deadline. TLS and Hello must finish
+//     within HandshakeTimeout (10 s).
+//   - Client, per connection: at most InFlightMax calls (128, or the node's
+//     lower limit); more wait for a slot within their deadline. Every call
+//     has a deadline: its context's, else CallTimeout (30 s). A connection
+//     on which a call waited FrameTimeout with nothing received is dropped.
+//     Redials after a failure back off from RedialBackoffMin (50 ms),
+//     doubling to RedialBackoffMax (2 s); calls in between fail at once
+//     with ErrUnavailable. Conns ≤ 16 connections per node.
+//
+// # Buffers
+//
+// The codec works on slices its caller owns and keeps none. The server
+// reads each request's data into, and builds each reply in, a buffer from
+// target.GetBuffer, returned when the reply is written; Backend methods
+// must not retain them. The client writes a Write's data straight from the
+// caller's slice to the socket before Write can return, and the reader
+// goroutine reads a Read's reply straight into the caller's slice: a call
+// that gives up on its deadline first withdraws its slot (a later reply
+// then matches nothing and is discarded), or, if the reply is already being
+// read, waits for that read (bounded by FrameTimeout) — so a caller's
+// buffer is never touched after its call returned. A call may therefore
+// outlast its deadline by as long as writing its request to the socket or
+// reading its reply already started takes. Neither side allocates per
+// request on the hot path (TestHotPathAllocs).
+//
+// # Goroutines
+//
+// Server.Serve runs the accept loop on the caller's goroutine and starts
+// one goroutine per connection, which reads requests and owns that
+// connection's workers (started on demand, at most InFlightMax): each
+// worker executes a request on the Backend and writes its reply under the
+// connection's write lock, the last writer in line flushing. The connection
+// goroutine waits for its workers before it returns; Close closes the
+// listeners and connections (the Backend sees its context cancelled) and
+// waits for every connection goroutine.
+//
+// A Client starts one reader goroutine per connection, which matches
+// replies to calls, and one short-lived goroutine per dial. Calls run on
+// their callers' goroutines: they write their request under the
+// connection's write lock and wait for the reader's signal. Close fails
+// every pending call with ErrClosed and waits for the readers and dials.
+// All methods of Client and Server are safe for concurrent use.
+//
+// # Authentication
+//
+// With TLS (LoadTLS) both ends use TLS 1.3 and present certificates signed
+// by the cluster CA; the server refuses a client without one before any
+// frame is read. Plain TCP is for loopback only (the daemon's config
+// enforces that).
 //
 // # Codec
 //
