@@ -174,8 +174,11 @@ func Start(opts Options) (*Pool, error) {
 			return nil, err
 		}
 		tr = owned
+		if r.bindPort == 0 { // memberlist gives seeds without a port this one
+			r.bindPort = owned.GetAutoBindPort()
+		}
 		if r.advHost != "" && r.advPort == 0 {
-			r.advPort = owned.GetAutoBindPort()
+			r.advPort = r.bindPort
 		}
 	}
 	ip, port, err := tr.FinalAdvertiseAddr(r.advHost, r.advPort)

@@ -699,3 +699,20 @@ func TestJoinSomeSeedsSilent(t *testing.T) {
 		t.Fatalf("Join of dead seeds only = %d, %v; want ErrJoin", n, err)
 	}
 }
+
+// TestAdvertiseAddr: an advertise address without a port takes the bound
+// port, and peers reach the node there.
+func TestAdvertiseAddr(t *testing.T) {
+	a := startNode(t, "a", func(o *Options) { o.AdvertiseAddr = "127.0.0.1" })
+	host, port, err := net.SplitHostPort(a.Addr())
+	if err != nil || host != "127.0.0.1" || port == "0" {
+		t.Fatalf("Addr = %q (%v), want 127.0.0.1 and the bound port", a.Addr(), err)
+	}
+	b := startNode(t, "b", func(o *Options) { o.Join = []string{a.Addr()} })
+	eventually(t, "a sees b", func() error {
+		return expectView(a, map[string]State{"a": StateAlive, "b": StateAlive})
+	})
+	if m, _ := b.Member("a"); m.Addr != a.Addr() {
+		t.Fatalf("b sees a at %q, a advertises %q", m.Addr, a.Addr())
+	}
+}
