@@ -18,7 +18,10 @@ var (
 // Sync, on pebble's crashable in-memory FS; it then "loses power" (a crash
 // clone keeping a random part of the unsynced data), reopens and checks
 // that the store is the result of a prefix of the history that includes
-// every acknowledged-durable call. Several crashes per seed.
+// every acknowledged-durable call. Several crashes per seed. Segments are
+// small (so records span rolls) and a goroutine runs checkpoints (which
+// delete dead segments) throughout, so the crash also lands mid-record,
+// mid-roll and mid-checkpoint.
 func TestCrash(t *testing.T) {
 	n := *crashSeeds
 	if n == 0 {
@@ -61,10 +64,26 @@ func crashRun(t *testing.T, seed uint64) {
 	var ops []op // history that survived so far, plus this round's
 	epoch := uint64(1)
 	for round := range crashes {
-		s, err := Open("db", Options{FS: fs, Logger: quiet, CacheBytes: 1 << 20})
+		s, err := Open("db", crashOpts(fs))
 		if err != nil {
 			t.Fatalf("round %d: open: %v", round, err)
 		}
+		stop := make(chan struct{})
+		ckDone := make(chan struct{})
+		go func() {
+			defer close(ckDone)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := s.checkpoint(); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
 		durable := len(ops) // every op before this index must survive
 		more := randomOps(rng, opsPerRun, blocks, uint64(len(ops)+1)+uint64(round)*1000, &epoch)
 		for _, o := range more {
@@ -83,10 +102,12 @@ func crashRun(t *testing.T, seed uint64) {
 		}
 		pct := []int{0, 100, rng.IntN(101)}[rng.IntN(3)]
 		crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: pct, RNG: rand.New(rand.NewPCG(seed, uint64(round)))})
+		close(stop)
+		<-ckDone
 		_ = s.Close()
 		fs = crashed
 
-		s, err = Open("db", Options{FS: fs, Logger: quiet, CacheBytes: 1 << 20})
+		s, err = Open("db", crashOpts(fs))
 		if err != nil {
 			t.Fatalf("round %d: reopen after crash (unsynced kept %d%%): %v", round, pct, err)
 		}
@@ -109,6 +130,10 @@ func crashRun(t *testing.T, seed uint64) {
 			t.Fatal(err)
 		}
 	}
+}
+
+func crashOpts(fs vfs.FS) Options {
+	return Options{FS: fs, Logger: quiet, CacheBytes: 1 << 20, SegmentBytes: 64 << 10}
 }
 
 // survivingPrefix returns the largest k >= durable such that ops[:k]

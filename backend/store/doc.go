@@ -1,50 +1,69 @@
 // Package store is the node-local versioned block store of a storage node:
 // it keeps 4 KiB blocks of many volumes, each block in versions stamped
-// (epoch, seq), in one pebble database.
+// (epoch, seq). Block data lives in append-only segment files; pebble keeps
+// the small metadata.
 //
 // # What it owns
 //
-// A Store owns its pebble directory: block versions, zero-range records and
-// each volume's retained snapshot epochs (see keys.go for the layout), plus
-// an in-memory index of the zero ranges, loaded at Open.
+// A Store owns its directory: pebble's files (the durable copy of the block
+// index, zero-range records, each volume's retained snapshot epochs; see
+// keys.go) and dir/segments, the log of records (record.go): data records
+// (a header with a crc32c per block, then the 4 KiB-aligned blocks), zero
+// records and drop records. In memory it holds the block index (index.go:
+// per volume, pages of 64 blocks, (block, epoch) -> (segment, page, seq,
+// crc); 32 bytes per block version, about 8.2 GiB per TiB written, bounded
+// by Options.IndexBytes) and the zero ranges, loaded at Open.
 //
 // # Invariants
 //
 //   - Per (volume, block, epoch) the version with the highest seq wins;
-//     the state depends only on the set of writes, never their order
-//     (a pebble merge operator keeps the highest seq; no read per write).
+//     the state depends only on the set of writes, never their order (the
+//     index keeps the highest seq; no read per write).
 //   - Read at epoch E returns, per block, the version with the greatest
 //     (epoch, seq) among those with epoch <= E; a zero record covering the
 //     block is such a version (zeros). Unwritten blocks read as zeros and
-//     use no space.
-//   - Zero costs O(1) keys whatever its length: one range record (or, under
-//     64 blocks, per-block zero versions) plus, when no retained epoch is
-//     below its epoch, one pebble range deletion that reclaims the space of
-//     every older version in the range. See Store.Zero for the contract
-//     this puts on callers.
+//     use no space. A read is an index lookup and one ReadAt per run of
+//     blocks stored one after the other; every block is checked against
+//     its crc32c, and a mismatch is an error wrapping ErrIO and ErrCorrupt,
+//     never data.
+//   - Zero costs O(1) records and keys whatever its length: one range
+//     record (or, under 64 blocks, per-block zero versions) plus, when no
+//     retained epoch is below its epoch, the removal of every older version
+//     of the range from the index (one pebble range deletion at the next
+//     checkpoint). A segment whose blocks are all dead is deleted once a
+//     checkpoint past it is durable. See Store.Zero for the contract this
+//     puts on callers.
 //   - The zero-range records of a volume stay bounded: a new record deletes
 //     or trims the records it dominates, and a volume holds at most
 //     rangesPerVolumeMax of them (ErrLimit past that).
-//   - A write or Zero with sync, and every call that returned before a
-//     Sync, is durable when the call returns; nothing is reported durable
-//     that pebble did not sync.
+//   - The log is the order of mutations: appends are serialized, so every
+//     byte before the log's end is written. A write or Zero with sync, and
+//     every call that returned before a Sync, is durable when the call
+//     returns (one SyncData of the active segment shared by every waiter;
+//     a sealed segment was synced before the next one got a record).
+//   - Pebble never points at data that is not durable: a checkpoint
+//     (checkpoint.go) syncs the log up to a position, then commits the
+//     index entries changed before it with that position (the watermark).
+//     Open replays the records after the watermark in log order and stops
+//     in each segment at the first torn or corrupt record, so the state
+//     after a crash is a prefix of the history holding every durable call.
 //
 // # Failures
 //
-// Errors from pebble or the file system wrap ErrIO. Pebble treats a failed
-// WAL write or sync as fatal (it calls Logger.Fatalf, whose default exits
-// the process) because its commit pipeline cannot go on. The store's logger
-// panics instead; the committing call recovers, marks the store failed and
-// returns an error wrapping ErrIO and ErrFailed; every later call fails the
-// same way without touching pebble, and the process should restart so that
-// pebble's recovery rebuilds the durable state. Calls already inside pebble
-// at that moment may block until then. A fatal error in a background flush
-// or compaction (a MANIFEST sync) ends the process, as pebble's default
-// does.
+// Errors from pebble or the file system wrap ErrIO. A failed segment write
+// fails only that call (the next record starts a new segment). A failed
+// segment sync, or a fatal pebble error (pebble calls Logger.Fatalf on a
+// failed WAL write or sync; the store's logger panics and the committing
+// call recovers it), marks the store failed: that call returns an error
+// wrapping ErrIO and ErrFailed, every later call fails the same way, and
+// the process should restart so that recovery rebuilds the durable state.
+// A fatal error in a background pebble flush or compaction (a MANIFEST
+// sync) ends the process, as pebble's default does.
 //
 // # Concurrency
 //
 // All methods are safe for concurrent use from any goroutine. Close waits
-// for calls in progress. The volume layer above must not issue a Write that
-// overlaps a Zero in flight, nor any call on a volume being dropped.
+// for calls in progress and stops the background checkpointer. The volume
+// layer above must not issue a Write that overlaps a Zero in flight, nor
+// any call on a volume being dropped.
 package store

@@ -35,10 +35,10 @@ func openFaulty(t *testing.T, inj errorfs.Injector) *Store {
 	return s
 }
 
-// A failed sstable read is an error wrapping ErrIO, never zeros or success;
-// the store recovers when the disk does.
+// A failed segment read is an error wrapping ErrIO, never zeros or
+// success; the store recovers when the disk does.
 func TestReadErrorIsIO(t *testing.T) {
-	inj := injectOn(".sst", errorfs.OpFileReadAt, errorfs.OpFileRead)
+	inj := injectOn(".seg", errorfs.OpFileReadAt, errorfs.OpFileRead)
 	s := openFaulty(t, inj)
 	buf := make([]byte, 4*BlockSize)
 	for i := range uint64(4) {
@@ -47,18 +47,11 @@ func TestReadErrorIsIO(t *testing.T) {
 	if err := s.Write(ctx, 1, 100, buf, Stamp{1, 1}, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.db.Flush(); err != nil { // move the data into an sstable
-		t.Fatal(err)
-	}
 	inj.On()
 	got := make([]byte, 4*BlockSize)
 	err := s.Read(ctx, 1, 100, got, 1)
 	if !errors.Is(err, ErrIO) || !errors.Is(err, errorfs.ErrInjected) {
 		t.Fatalf("read with failing disk: %v, want ErrIO wrapping the injected error", err)
-	}
-	err = s.Extents(ctx, 1, 0, 1000, 1, func(_, _ uint64, _ bool) bool { return true })
-	if !errors.Is(err, ErrIO) {
-		t.Fatalf("extents with failing disk: %v, want ErrIO", err)
 	}
 	inj.Off()
 	if id := readID(t, s, 1, 102, 1); id != 'd' {
@@ -66,43 +59,78 @@ func TestReadErrorIsIO(t *testing.T) {
 	}
 }
 
-// Pebble treats a failed WAL write or sync as fatal (Logger.Fatalf). The
-// store turns it into an error wrapping ErrIO and ErrFailed on the call
-// that hit it and fails every later call: a sync write is never
-// acknowledged without a successful sync.
-func TestWALFailureFailsStore(t *testing.T) {
+// A failed segment write is an error wrapping ErrIO on that call only: the
+// store goes on in a new segment once the disk recovers, and what was
+// written before survives a reopen.
+func TestWriteErrorIsIO(t *testing.T) {
+	inj := injectOn(".seg", errorfs.OpFileWrite, errorfs.OpFileWriteAt)
+	fs := vfs.NewMem()
+	s, err := Open("db", Options{FS: errorfs.Wrap(fs, inj), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, BlockSize)
+	fill(buf, 'a', 1)
+	if err := s.Write(ctx, 1, 1, buf, Stamp{1, 1}, false); err != nil {
+		t.Fatal(err)
+	}
+	inj.On()
+	fill(buf, 'b', 1)
+	if err := s.Write(ctx, 1, 1, buf, Stamp{1, 2}, true); !errors.Is(err, ErrIO) || errors.Is(err, ErrFailed) {
+		t.Fatalf("write with failing disk: %v, want ErrIO and not ErrFailed", err)
+	}
+	if err := s.Zero(ctx, 1, 0, 8, Stamp{1, 3}, false); !errors.Is(err, ErrIO) {
+		t.Fatalf("zero with failing disk: %v, want ErrIO", err)
+	}
+	if got := readID(t, s, 1, 1, 1); got != 'a' {
+		t.Fatalf("block 1 after failed write = %q, want a", got)
+	}
+	inj.Off()
+	fill(buf, 'c', 2)
+	if err := s.Write(ctx, 1, 2, buf, Stamp{1, 4}, true); err != nil {
+		t.Fatalf("write after the disk recovered: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openMem(t, fs)
+	if a, c := readID(t, s, 1, 1, 1), readID(t, s, 1, 2, 1); a != 'a' || c != 'c' {
+		t.Fatalf("after reopen: blocks 1, 2 = %q, %q", a, c)
+	}
+}
+
+// A failed segment sync is fatal: the kernel may have dropped the dirty
+// pages, so nothing written since the last good sync can be vouched for.
+// The call that hit it returns an error wrapping ErrIO and ErrFailed and
+// every later call fails the same way: a sync write is never acknowledged
+// without a successful sync.
+func TestSyncFailureFailsStore(t *testing.T) {
+	syncs := []errorfs.OpKind{errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo}
 	cases := []struct {
-		name  string
-		kinds []errorfs.OpKind
-		call  func(s *Store) error
+		name string
+		call func(s *Store) error
 	}{
-		{"sync write, sync fails", []errorfs.OpKind{errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo},
-			func(s *Store) error { return s.Write(ctx, 1, 0, make([]byte, BlockSize), Stamp{1, 2}, true) }},
-		{"sync write, write fails", []errorfs.OpKind{errorfs.OpFileWrite, errorfs.OpFileWriteAt},
-			func(s *Store) error { return s.Write(ctx, 1, 0, make([]byte, BlockSize), Stamp{1, 2}, true) }},
-		{"Sync after nosync write", []errorfs.OpKind{errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo},
-			func(s *Store) error {
-				if err := s.Write(ctx, 1, 0, make([]byte, BlockSize), Stamp{1, 2}, false); err != nil {
-					return nil // not reached: a nosync write only buffers
-				}
-				return s.Sync(ctx)
-			}},
-		{"sync zero", []errorfs.OpKind{errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo},
-			func(s *Store) error { return s.Zero(ctx, 1, 0, 1000, Stamp{1, 2}, true) }},
+		{"sync write", func(s *Store) error { return s.Write(ctx, 1, 0, make([]byte, BlockSize), Stamp{1, 2}, true) }},
+		{"Sync after nosync write", func(s *Store) error {
+			if err := s.Write(ctx, 1, 0, make([]byte, BlockSize), Stamp{1, 2}, false); err != nil {
+				return nil // not reached: a nosync write only buffers
+			}
+			return s.Sync(ctx)
+		}},
+		{"sync zero", func(s *Store) error { return s.Zero(ctx, 1, 0, 1000, Stamp{1, 2}, true) }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			inj := injectOn(".log", tc.kinds...)
+			inj := injectOn(".seg", syncs...)
 			s := openFaulty(t, inj)
 			if err := s.Write(ctx, 1, 0, make([]byte, BlockSize), Stamp{1, 1}, true); err != nil {
 				t.Fatal(err)
 			}
 			inj.On()
 			err := tc.call(s)
-			// Stop failing before pebble's background work runs into it.
 			inj.Off()
 			if !errors.Is(err, ErrIO) || !errors.Is(err, ErrFailed) {
-				t.Fatalf("call with failing WAL: %v, want ErrIO and ErrFailed", err)
+				t.Fatalf("call with failing sync: %v, want ErrIO and ErrFailed", err)
 			}
 			buf := make([]byte, BlockSize)
 			for name, err := range map[string]error{
@@ -121,5 +149,23 @@ func TestWALFailureFailsStore(t *testing.T) {
 				t.Fatalf("second close: %v", err)
 			}
 		})
+	}
+}
+
+// Pebble treats a failed WAL sync as fatal (Logger.Fatalf); the store
+// turns it into an error wrapping ErrIO and ErrFailed, here on Sync after
+// SetRetained wrote to pebble.
+func TestWALFailureFailsStore(t *testing.T) {
+	inj := injectOn(".log", errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo)
+	s := openFaulty(t, inj)
+	s.SetRetained(1, []uint64{3})
+	inj.On()
+	err := s.Sync(ctx)
+	inj.Off()
+	if !errors.Is(err, ErrIO) || !errors.Is(err, ErrFailed) {
+		t.Fatalf("Sync with failing WAL: %v, want ErrIO and ErrFailed", err)
+	}
+	if err := s.Read(ctx, 1, 0, make([]byte, BlockSize), 1); !errors.Is(err, ErrFailed) {
+		t.Fatalf("read on failed store: %v", err)
 	}
 }

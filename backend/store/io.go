@@ -1,9 +1,11 @@
 package store
 
 import (
-	"bytes"
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -12,77 +14,37 @@ import (
 // cursor holds the per-call buffers of a read-side call; pooled so that
 // reads allocate nothing per block.
 type cursor struct {
-	lo, hi [blockPrefixLen]byte
-	key    [keyLen]byte
-	opts   pebble.IterOptions
 	ranges []zrange
+	vers   []version
+	keys   []uint64
 }
 
-var cursorPool = sync.Pool{New: func() any { return &cursor{ranges: make([]zrange, 0, 8)} }}
-
-// open positions c on vol's blocks [from, to) at epoch and opens an iterator
-// bounded to them.
-func (s *Store) open(c *cursor, vol, from, to, epoch uint64) (*pebble.Iterator, error) {
-	c.ranges = c.ranges[:0]
-	if v := s.lookup(vol); v != nil {
-		c.ranges = v.ranges.Load().overlapping(c.ranges, from, to, epoch)
-	}
-	putBlockPrefix(c.lo[:], vol, from)
-	putBlockPrefix(c.hi[:], vol, to)
-	c.opts = pebble.IterOptions{LowerBound: c.lo[:], UpperBound: c.hi[:]}
-	it, err := s.db.NewIter(&c.opts)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrIO, err)
-	}
-	return it, nil
-}
+var cursorPool = sync.Pool{New: func() any { return &cursor{ranges: make([]zrange, 0, 8), vers: make([]version, 0, 256)} }}
 
 func (c *cursor) release() {
 	if cap(c.ranges) > 64 {
 		c.ranges = make([]zrange, 0, 8)
 	}
+	if cap(c.keys) > 1<<16 {
+		c.keys = nil
+	}
 	cursorPool.Put(c)
 }
 
-// version looks up the newest point version of block at epoch or below.
-// ok is false when the block has none. data aliases the iterator's value.
-func (c *cursor) version(it *pebble.Iterator, vol, block, epoch uint64) (ep, seq uint64, kd kind, data []byte, ok bool, err error) {
-	putPointKey(c.key[:], vol, block, epoch)
-	if !it.SeekGE(c.key[:]) {
-		if err := it.Error(); err != nil {
-			return 0, 0, 0, nil, false, fmt.Errorf("%w: %w", ErrIO, err)
-		}
-		return 0, 0, 0, nil, false, nil
-	}
-	k := it.Key()
-	if len(k) < blockPrefixLen || !bytes.Equal(k[:blockPrefixLen], c.key[:blockPrefixLen]) {
-		return 0, 0, 0, nil, false, nil
-	}
-	if _, _, ep, err = decodePointKey(k); err != nil {
-		return 0, 0, 0, nil, false, fmt.Errorf("%w: %w", ErrIO, err)
-	}
-	v, err := it.ValueAndErr()
-	if err != nil {
-		return 0, 0, 0, nil, false, fmt.Errorf("%w: %w", ErrIO, err)
-	}
-	seq, kd, data, err = decodeValue(v)
-	if err != nil {
-		return 0, 0, 0, nil, false, fmt.Errorf("%w: block %d: %w", ErrIO, block, err)
-	}
-	return ep, seq, kd, data, true, nil
-}
+// hdrBuf is a record header buffer; pooled.
+type hdrBuf struct{ b [recHeaderBytesMax]byte }
 
-func closeIter(it *pebble.Iterator, err *error) {
-	if cerr := it.Close(); cerr != nil && *err == nil {
-		*err = fmt.Errorf("%w: %w", ErrIO, cerr)
-	}
-}
+var hdrPool = sync.Pool{New: func() any { return new(hdrBuf) }}
 
 // Write stores len(data)/BlockSize consecutive blocks of vol starting at
 // block with stamp st. len(data) must be a non-zero multiple of BlockSize,
 // at most RequestBytesMax. If sync, the data is durable before Write returns
 // (FUA). Per (block, epoch) the version with the highest seq wins whatever
 // the arrival order. Write does not retain data.
+//
+// The blocks go to the active segment as one record (a header with a
+// crc32c per block, then the data) in one write call; the index points at
+// them once the write returned.
 func (s *Store) Write(ctx context.Context, vol, block uint64, data []byte, st Stamp, sync bool) (err error) {
 	if err := checkBuf(len(data)); err != nil {
 		return fmt.Errorf("store: write vol %d block %d: %w", vol, block, err)
@@ -97,34 +59,35 @@ func (s *Store) Write(ctx context.Context, vol, block uint64, data []byte, st St
 	defer s.life.RUnlock()
 	s.volEnter(vol, true)
 	defer s.volExit(vol)
+	if b := s.indexBytes.Load(); b >= s.indexMax {
+		return fmt.Errorf("store: write vol %d block %d: %w: index holds %d bytes, bound %d (Options.IndexBytes)", vol, block, ErrLimit, b, s.indexMax)
+	}
 	v := s.volume(vol)
 	v.raiseSeq(st.Seq)
-	b := s.db.NewBatchWithSize(batchBytes(n), pebble.WithMaxRetainedSizeBytes(batchRetainedBytesMax))
+	hb := hdrPool.Get().(*hdrBuf)
+	defer hdrPool.Put(hb)
+	hdr := hb.b[:headerBytes(recData, n)]
 	for i := range n {
-		op := b.MergeDeferred(keyLen, dataValueLen)
-		putPointKey(op.Key, vol, block+i, st.Epoch)
-		putValueHeader(op.Value, st.Seq, kindData)
-		copy(op.Value[valueHeaderLen:], data[i*BlockSize:(i+1)*BlockSize])
-		if err := op.Finish(); err != nil {
-			_ = b.Close()
-			return fmt.Errorf("store: write vol %d block %d: %w: %w", vol, block, ErrIO, err)
-		}
+		binary.BigEndian.PutUint32(hdr[recFixedLen+4*i:], blockCRC(data[i*BlockSize:(i+1)*BlockSize]))
 	}
-	if err := s.commit(b, sync); err != nil {
+	h := recHeader{typ: recData, vol: vol, block: block, n: n, epoch: st.Epoch, seq: st.Seq}
+	s.apply.RLock()
+	at, end, err := s.seg.append(&h, hdr, data)
+	if err != nil {
+		s.apply.RUnlock()
+		return fmt.Errorf("store: write vol %d blocks [%d, +%d): %w", vol, block, n, s.ioErr(err))
+	}
+	s.applyData(v, &h, uint32((at.off+int64(len(hdr)))/BlockSize), hdr[recFixedLen:])
+	s.apply.RUnlock()
+	if err := s.kickCheckpoint(); err != nil {
 		return fmt.Errorf("store: write vol %d blocks [%d, +%d): %w", vol, block, n, err)
 	}
+	if sync {
+		if err := s.seg.syncTo(end); err != nil {
+			return fmt.Errorf("store: write vol %d blocks [%d, +%d): %w", vol, block, n, s.ioErr(err))
+		}
+	}
 	return nil
-}
-
-// batchRetainedBytesMax: pooled pebble batches keep buffers up to this size,
-// enough for a 1 MiB write (a chunk), so that chunk writes do not allocate.
-const batchRetainedBytesMax = 2 << 20
-
-// batchBytes is the size of a batch of n data merges: a 12-byte header,
-// then per entry a kind byte, two varint lengths (pebble reserves 5 bytes
-// each), key and value.
-func batchBytes(n uint64) int {
-	return 12 + int(n)*(1+2*5+keyLen+dataValueLen)
 }
 
 // raiseSeq records that a point version with seq was written.
@@ -141,7 +104,9 @@ func (v *volume) raiseSeq(seq uint64) {
 // with blocks of vol from block on, each as of epoch: the version with the
 // greatest (epoch, seq) among those with epoch <= epoch, where a Zero
 // covering the block counts as a version of zeros. Unwritten blocks read as
-// zeros. An error reading from disk wraps ErrIO; p is then undefined.
+// zeros. Each block read from a segment is checked against its crc32c. An
+// error reading from disk wraps ErrIO (a CRC mismatch also ErrCorrupt); p
+// is then undefined.
 func (s *Store) Read(ctx context.Context, vol, block uint64, p []byte, epoch uint64) (err error) {
 	if err := checkBuf(len(p)); err != nil {
 		return fmt.Errorf("store: read vol %d block %d: %w", vol, block, err)
@@ -156,41 +121,84 @@ func (s *Store) Read(ctx context.Context, vol, block uint64, p []byte, epoch uin
 	defer s.life.RUnlock()
 	s.volEnter(vol, false)
 	defer s.volExit(vol)
-	defer s.recoverFatal(&err)
+	v := s.lookup(vol)
+	if v == nil {
+		clear(p)
+		return nil
+	}
 	c := cursorPool.Get().(*cursor)
 	defer c.release()
-	it, err := s.open(c, vol, block, block+n, epoch)
-	if err != nil {
-		return fmt.Errorf("store: read vol %d block %d: %w", vol, block, err)
-	}
-	defer closeIter(it, &err)
+	c.ranges = v.ranges.Load().overlapping(c.ranges[:0], block, block+n, epoch)
+	// files before the index: a segment the index points at cannot be
+	// removed until the read is done.
+	s.seg.files.RLock()
+	defer s.seg.files.RUnlock()
+	c.vers = c.vers[:0]
+	v.idx.RLock()
 	for i := range n {
-		dst := p[i*BlockSize : (i+1)*BlockSize]
-		ep, seq, kd, data, ok, err := c.version(it, vol, block+i, epoch)
-		if err != nil {
-			return fmt.Errorf("store: read vol %d block %d: %w", vol, block+i, err)
+		ver, ok := v.idx.lookup(block+i, epoch)
+		if !ok || ver.kind != kindData || masks(c.ranges, block+i, ver.epoch, ver.seq) {
+			ver.kind = 0
 		}
-		if ok && kd == kindData && !masks(c.ranges, block+i, ep, seq) {
-			copy(dst, data)
+		c.vers = append(c.vers, ver)
+	}
+	v.idx.RUnlock()
+	tab := *s.seg.tab.Load()
+	for i := 0; i < len(c.vers); {
+		ver := c.vers[i]
+		if ver.kind != kindData {
+			clear(p[i*BlockSize : (i+1)*BlockSize])
+			i++
 			continue
 		}
-		clear(dst)
+		// One ReadAt for a run of blocks stored one after the other.
+		j := i + 1
+		for j < len(c.vers) && c.vers[j].kind == kindData && c.vers[j].seg == ver.seg && c.vers[j].page == c.vers[j-1].page+1 {
+			j++
+		}
+		if err := readRun(tab[ver.seg], p[i*BlockSize:j*BlockSize], c.vers[i:j]); err != nil {
+			clear(p)
+			return fmt.Errorf("store: read vol %d block %d: %w", vol, block+uint64(i), err)
+		}
+		i = j
+	}
+	return nil
+}
+
+// readRun reads the blocks of vers, consecutive pages of sg, into p and
+// checks their CRCs.
+func readRun(sg *segment, p []byte, vers []version) error {
+	if sg == nil {
+		return fmt.Errorf("%w: %w: segment %s missing", ErrIO, ErrCorrupt, segName(vers[0].seg))
+	}
+	k, err := sg.f.ReadAt(p, int64(vers[0].page)*BlockSize)
+	if k < len(p) {
+		if err == nil || errors.Is(err, io.EOF) {
+			return fmt.Errorf("%w: %w: segment %s: short read at page %d", ErrIO, ErrCorrupt, segName(sg.id), vers[0].page)
+		}
+		return fmt.Errorf("%w: segment %s: %w", ErrIO, segName(sg.id), err)
+	}
+	for i, ver := range vers {
+		if got := blockCRC(p[i*BlockSize : (i+1)*BlockSize]); got != ver.crc {
+			return fmt.Errorf("%w: %w: segment %s page %d: crc %#x, want %#x", ErrIO, ErrCorrupt, segName(sg.id), ver.page, got, ver.crc)
+		}
 	}
 	return nil
 }
 
 // Zero makes blocks [block, block+n) of vol read as zeros from stamp st on.
-// It costs O(1) keys whatever n (ranges under zeroRangeBlocksMin blocks are
-// written as per-block zero versions).
+// It costs O(1) records and keys whatever n (ranges under
+// zeroRangeBlocksMin blocks are written as per-block zero versions).
 //
 // Zero also reclaims space: when no retained epoch (SetRetained) is below
-// st.Epoch, it deletes every point version of the range, all epochs, in the
-// same atomic batch. Caller contract: no Write overlapping the range may be
-// in flight on this store while Zero runs (the volume layer serializes
-// them), and no version with a higher seq than st may already be stored in
-// the range. A straggler Write with a lower seq arriving later stays masked
-// by the zero record. As a guard, Zero does not reclaim when this process
-// has stored a point version of vol with a seq above st.Seq since Open.
+// st.Epoch, it drops every version of the range, all epochs, from the
+// index; the segments' space comes back as they are cleaned. Caller
+// contract: no Write overlapping the range may be in flight on this store
+// while Zero runs (the volume layer serializes them), and no version with
+// a higher seq than st may already be stored in the range. A straggler
+// Write with a lower seq arriving later stays masked by the zero record. As
+// a guard, Zero does not reclaim when this process has stored a point
+// version of vol with a seq above st.Seq since Open.
 func (s *Store) Zero(ctx context.Context, vol, block, n uint64, st Stamp, sync bool) (err error) {
 	if err := checkBlocks(block, n); err != nil {
 		return fmt.Errorf("store: zero vol %d: %w", vol, err)
@@ -204,75 +212,75 @@ func (s *Store) Zero(ctx context.Context, vol, block, n uint64, st Stamp, sync b
 	v := s.volume(vol)
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	reclaim := v.reclaimable(st.Epoch) && v.seqHigh.Load() <= st.Seq
-
-	b := s.db.NewBatch()
-	if reclaim {
-		var lo, hi [blockPrefixLen]byte
-		putBlockPrefix(lo[:], vol, block)
-		putBlockPrefix(hi[:], vol, block+n)
-		_ = b.DeleteRange(lo[:], hi[:], nil)
+	h := recHeader{typ: recZero, vol: vol, block: block, n: n, epoch: st.Epoch, seq: st.Seq}
+	if v.reclaimable(st.Epoch) && v.seqHigh.Load() <= st.Seq {
+		h.flags |= flagReclaim
 	}
 	points := n < zeroRangeBlocksMin
-	var ed rangeEdit
+	var ed *rangeEdit
 	if !points {
 		nr := zrange{epoch: st.Epoch, seq: st.Seq, start: block, end: block + n}
 		var cur []zrange
 		if set := v.ranges.Load(); set != nil {
 			cur = set.rs
 		}
-		ed = planRange(cur, nr, reclaim)
+		e := planRange(cur, nr, h.flags&flagReclaim != 0)
+		ed = &e
 		if len(ed.next) > rangesPerVolumeMax {
 			if n > zeroPointsBlocksMax {
-				_ = b.Close()
 				return fmt.Errorf("store: zero vol %d blocks [%d, +%d): %w: %d zero ranges", vol, block, n, ErrLimit, rangesPerVolumeMax)
 			}
 			points = true
 		}
-		if !points {
-			for _, r := range ed.deletes {
-				_ = b.Delete(encodeRangeKey(r, vol), nil)
-			}
-			for _, r := range ed.trims {
-				_ = b.Set(encodeRangeKey(r, vol), encodeRangeValue(r), nil)
-			}
-			if ed.add {
-				_ = b.Set(encodeRangeKey(nr, vol), encodeRangeValue(nr), nil)
-			}
-		}
 	}
 	if points {
-		v.raiseSeq(st.Seq)
-		for i := range n {
-			op := b.MergeDeferred(keyLen, valueHeaderLen)
-			putPointKey(op.Key, vol, block+i, st.Epoch)
-			putValueHeader(op.Value, st.Seq, kindZero)
-			if err := op.Finish(); err != nil {
-				_ = b.Close()
-				return fmt.Errorf("store: zero vol %d block %d: %w: %w", vol, block, ErrIO, err)
-			}
+		if b := s.indexBytes.Load(); b >= s.indexMax {
+			return fmt.Errorf("store: zero vol %d block %d: %w: index holds %d bytes, bound %d (Options.IndexBytes)", vol, block, ErrLimit, b, s.indexMax)
 		}
+		h.flags |= flagPoints
+		v.raiseSeq(st.Seq)
 	}
-	if err := s.commit(b, sync); err != nil {
+	hb := hdrPool.Get().(*hdrBuf)
+	defer hdrPool.Put(hb)
+	hdr := hb.b[:headerBytes(recZero, n)]
+	s.apply.RLock()
+	_, end, err := s.seg.append(&h, hdr, nil)
+	if err != nil {
+		s.apply.RUnlock()
+		return fmt.Errorf("store: zero vol %d blocks [%d, +%d): %w", vol, block, n, s.ioErr(err))
+	}
+	s.applyZero(v, &h, ed)
+	s.apply.RUnlock()
+	if err := s.kickCheckpoint(); err != nil {
 		return fmt.Errorf("store: zero vol %d blocks [%d, +%d): %w", vol, block, n, err)
 	}
-	if !points {
-		v.ranges.Store(newRangeSet(ed.next))
+	if sync {
+		if err := s.seg.syncTo(end); err != nil {
+			return fmt.Errorf("store: zero vol %d blocks [%d, +%d): %w", vol, block, n, s.ioErr(err))
+		}
 	}
 	return nil
 }
 
-// Sync makes every write that returned before the call durable.
+// Sync makes every write and zero that returned before the call durable
+// (one SyncData shared with concurrent syncs), and the retained epochs.
 func (s *Store) Sync(ctx context.Context) (err error) {
 	if err := s.enter(ctx); err != nil {
 		return fmt.Errorf("store: sync: %w", err)
 	}
 	defer s.life.RUnlock()
-	defer func() {
-		if err != nil {
-			err = fmt.Errorf("store: sync: %w", err)
+	if err := s.seg.syncTo(s.seg.end()); err != nil {
+		return fmt.Errorf("store: sync: %w", s.ioErr(err))
+	}
+	if s.metaDirty.Swap(false) {
+		if err := s.syncMeta(); err != nil {
+			return fmt.Errorf("store: sync: %w", err)
 		}
-	}()
+	}
+	return nil
+}
+
+func (s *Store) syncMeta() (err error) {
 	defer s.recoverFatal(&err)
 	if err := s.db.LogData(nil, pebble.Sync); err != nil {
 		return fmt.Errorf("%w: %w", ErrIO, err)
@@ -284,7 +292,7 @@ func (s *Store) Sync(ctx context.Context) (err error) {
 // epoch, calling fn for consecutive runs in order until the range is
 // covered or fn returns false. A block is allocated when its visible
 // version holds data; zeroed and unwritten blocks are not. The cost is
-// O(versions stored in the range). fn must not call Close.
+// O(index pages in the range); it reads no data. fn must not call Close.
 func (s *Store) Extents(ctx context.Context, vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) (err error) {
 	if err := checkBlocks(block, n); err != nil {
 		return fmt.Errorf("store: extents vol %d: %w", vol, err)
@@ -295,15 +303,18 @@ func (s *Store) Extents(ctx context.Context, vol, block, n, epoch uint64, fn fun
 	defer s.life.RUnlock()
 	s.volEnter(vol, false)
 	defer s.volExit(vol)
-	defer s.recoverFatal(&err)
+	end := block + n
+	v := s.lookup(vol)
+	if v == nil {
+		fn(block, n, false)
+		return nil
+	}
 	c := cursorPool.Get().(*cursor)
 	defer c.release()
-	end := block + n
-	it, err := s.open(c, vol, block, end, epoch)
-	if err != nil {
-		return fmt.Errorf("store: extents vol %d: %w", vol, err)
-	}
-	defer closeIter(it, &err)
+	c.ranges = v.ranges.Load().overlapping(c.ranges[:0], block, end, epoch)
+	v.idx.RLock()
+	c.keys = v.idx.pageKeys(c.keys[:0], block, end)
+	v.idx.RUnlock()
 
 	var run struct {
 		start, count uint64
@@ -321,39 +332,33 @@ func (s *Store) Extents(ctx context.Context, vol, block, n, epoch uint64, fn fun
 		}
 		run.start, run.count, run.alloc, run.have = start, count, alloc, true
 	}
-
-	var prefix [blockPrefixLen]byte
 	next := block // first block not yet reported
-	for pos := block; pos < end && !stopped; {
-		putBlockPrefix(prefix[:], vol, pos)
-		if !it.SeekGE(prefix[:]) {
-			break
+	for _, key := range c.keys {
+		lo, hi := max(key<<pageShift, block), min(key<<pageShift+pageBlocks, end)
+		var bits uint64 // bit i: block key<<pageShift + i allocated
+		v.idx.RLock()
+		for b := lo; b < hi; b++ {
+			ver, ok := v.idx.lookup(b, epoch)
+			if ok && ver.kind == kindData && !masks(c.ranges, b, ver.epoch, ver.seq) {
+				bits |= 1 << (b & (pageBlocks - 1))
+			}
 		}
-		_, b, _, err := decodePointKey(it.Key())
-		if err != nil {
-			return fmt.Errorf("store: extents vol %d: %w: %w", vol, ErrIO, err)
+		v.idx.RUnlock()
+		for b := lo; b < hi && !stopped; b++ {
+			if bits&(1<<(b&(pageBlocks-1))) == 0 {
+				continue
+			}
+			if b > next {
+				add(next, b-next, false)
+			}
+			if !stopped {
+				add(b, 1, true)
+			}
+			next = b + 1
 		}
-		ep, seq, kd, _, ok, err := c.version(it, vol, b, epoch)
-		if err != nil {
-			return fmt.Errorf("store: extents vol %d: %w", vol, err)
+		if stopped {
+			return nil
 		}
-		pos = b + 1
-		if !ok || kd != kindData || masks(c.ranges, b, ep, seq) {
-			continue
-		}
-		if b > next {
-			add(next, b-next, false)
-		}
-		if !stopped {
-			add(b, 1, true)
-		}
-		next = b + 1
-	}
-	if err := it.Error(); err != nil {
-		return fmt.Errorf("store: extents vol %d: %w: %w", vol, ErrIO, err)
-	}
-	if stopped {
-		return nil
 	}
 	if next < end {
 		add(next, end-next, false)
@@ -365,7 +370,7 @@ func (s *Store) Extents(ctx context.Context, vol, block, n, epoch uint64, fn fun
 }
 
 // Allocated returns the number of blocks of vol allocated at epoch (see
-// Extents). It walks every version of the volume.
+// Extents). It walks the volume's index.
 func (s *Store) Allocated(ctx context.Context, vol, epoch uint64) (blocks uint64, err error) {
 	err = s.Extents(ctx, vol, 0, BlocksMax, epoch, func(_, count uint64, alloc bool) bool {
 		if alloc {
@@ -379,9 +384,10 @@ func (s *Store) Allocated(ctx context.Context, vol, epoch uint64) (blocks uint64
 	return blocks, nil
 }
 
-// DropVolume removes every version, zero record and retained list of vol
-// with range deletions (O(1) keys) and a synced commit. No other call on
-// vol may be in flight.
+// DropVolume removes every version, zero record and retained list of vol:
+// a drop record in the log (synced), the index forgotten, pebble's copy
+// deleted with range deletions (O(1) keys) at the next checkpoint. No
+// other call on vol may be in flight.
 func (s *Store) DropVolume(vol uint64) (err error) {
 	if err := s.enter(context.Background()); err != nil {
 		return fmt.Errorf("store: drop vol %d: %w", vol, err)
@@ -391,18 +397,20 @@ func (s *Store) DropVolume(vol uint64) (err error) {
 	v := s.volume(vol)
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	b := s.db.NewBatch()
-	var k [volPrefixLen]byte
-	for _, tag := range []byte{tagPoint, tagRange} {
-		_ = b.DeleteRange(volPrefix(k[:], tag, vol), volEnd(tag, vol), nil)
+	h := recHeader{typ: recDrop, vol: vol}
+	hb := hdrPool.Get().(*hdrBuf)
+	defer hdrPool.Put(hb)
+	s.apply.RLock()
+	_, end, err := s.seg.append(&h, hb.b[:headerBytes(recDrop, 0)], nil)
+	if err != nil {
+		s.apply.RUnlock()
+		return fmt.Errorf("store: drop vol %d: %w", vol, s.ioErr(err))
 	}
-	_ = b.Delete(volPrefix(k[:], tagRetained, vol), nil)
-	if err := s.commit(b, true); err != nil {
-		return fmt.Errorf("store: drop vol %d: %w", vol, err)
+	s.applyDrop(vol)
+	s.apply.RUnlock()
+	if err := s.seg.syncTo(end); err != nil {
+		return fmt.Errorf("store: drop vol %d: %w", vol, s.ioErr(err))
 	}
-	s.vols.Lock()
-	delete(s.vols.m, vol)
-	s.vols.Unlock()
 	s.log.Info("volume dropped", "vol", vol)
 	return nil
 }

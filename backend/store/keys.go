@@ -15,18 +15,29 @@ import (
 // the newest sorts first and a SeekGE lands on the newest version <= a bound.
 //
 //	point key   'b' | vol(8) | block(8) | ^epoch(8)            (25 bytes)
-//	point value seq(8) | kind(1) | data(4096 if kindData)      (4105 or 9 bytes)
+//	point value kind(1) | seq(8) | seg(4) | page(4) | crc(4)    (21 bytes; seg, page, crc 0 for kindZero)
 //	range key   'z' | vol(8) | ^epoch(8) | ^seq(8)             (25 bytes)
 //	range value start(8) | end(8)                              (16 bytes, start < end)
 //	retained    'r' | vol(8) -> epoch(8)*k, ascending          (k <= retainedEpochsMax)
+//	watermark   'w' -> seg(4) | off(8)                         (the log position the index reflects)
+//	format      'f' -> formatName
 //
-// Point values are written with pebble Merge; the merge operator keeps the
-// operand with the highest seq, so per (block, epoch) the highest seq wins
-// whatever the arrival order, without a read per write.
+// Block data lives in segment files (record.go); point and range entries
+// are the durable copy of the in-memory index up to the watermark, written
+// by checkpoints (checkpoint.go). The point keys of format v1 (data values
+// written with a merge operator) are not readable by this format: Open
+// refuses such a store. The merge operator stays registered because pebble
+// refuses to open a database whose OPTIONS name a merger it lacks.
 const (
-	tagPoint    = 'b'
-	tagRange    = 'z'
-	tagRetained = 'r'
+	tagPoint     = 'b'
+	tagRange     = 'z'
+	tagRetained  = 'r'
+	tagWatermark = 'w'
+	tagFormat    = 'f'
+
+	formatName    = "cairn.store.segments.v1"
+	indexValueLen = 21
+	watermarkLen  = 12
 
 	keyLen         = 25
 	blockPrefixLen = 17 // tag | vol | block: bounds of one block's versions
@@ -95,6 +106,57 @@ func decodeValue(v []byte) (seq uint64, kd kind, data []byte, err error) {
 		return seq, kd, nil, nil
 	}
 	return 0, 0, nil, fmt.Errorf("%w: value kind %d of %d bytes", ErrCorrupt, kd, len(v))
+}
+
+func encodeIndexValue(b []byte, v version) []byte {
+	b = b[:indexValueLen]
+	b[0] = byte(v.kind)
+	binary.BigEndian.PutUint64(b[1:9], v.seq)
+	binary.BigEndian.PutUint32(b[9:13], v.seg)
+	binary.BigEndian.PutUint32(b[13:17], v.page)
+	binary.BigEndian.PutUint32(b[17:21], v.crc)
+	return b
+}
+
+// decodeIndex parses a point entry.
+func decodeIndex(k, val []byte) (vol, block uint64, v version, err error) {
+	vol, block, epoch, err := decodePointKey(k)
+	if err != nil {
+		return 0, 0, version{}, err
+	}
+	if len(val) != indexValueLen {
+		return 0, 0, version{}, fmt.Errorf("%w: index value of %d bytes", ErrCorrupt, len(val))
+	}
+	v = version{
+		epoch: epoch,
+		kind:  kind(val[0]),
+		seq:   binary.BigEndian.Uint64(val[1:9]),
+		seg:   binary.BigEndian.Uint32(val[9:13]),
+		page:  binary.BigEndian.Uint32(val[13:17]),
+		crc:   binary.BigEndian.Uint32(val[17:21]),
+	}
+	if v.kind != kindData && v.kind != kindZero || (v.kind == kindZero && (v.seg|v.page|v.crc) != 0) {
+		return 0, 0, version{}, fmt.Errorf("%w: index value %x", ErrCorrupt, val)
+	}
+	return vol, block, v, nil
+}
+
+func encodePos(p pos) []byte {
+	b := make([]byte, watermarkLen)
+	binary.BigEndian.PutUint32(b[0:4], p.seg)
+	binary.BigEndian.PutUint64(b[4:12], uint64(p.off))
+	return b
+}
+
+func decodePos(b []byte) (pos, error) {
+	if len(b) != watermarkLen {
+		return pos{}, fmt.Errorf("%w: watermark of %d bytes", ErrCorrupt, len(b))
+	}
+	p := pos{seg: binary.BigEndian.Uint32(b[0:4]), off: int64(binary.BigEndian.Uint64(b[4:12]))}
+	if p.off < 0 {
+		return pos{}, fmt.Errorf("%w: watermark offset %d", ErrCorrupt, p.off)
+	}
+	return p, nil
 }
 
 // volPrefix writes tag|vol into k and returns it.

@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,15 +34,17 @@ const (
 	rangesPerVolumeMax = 1 << 16
 	// retainedEpochsMax bounds SetRetained's list per volume.
 	retainedEpochsMax = 4096
-	// cacheBytesDefault is the block cache size when Options.CacheBytes is 0.
-	cacheBytesDefault = 256 << 20
-	// sstBlockBytes is the sstable data block size. Point values are 4 KiB;
-	// a read of a merged key also steps to the next key (pebble looks for
-	// older merge operands), which with pebble's 4 KiB default lies in the
-	// next block: 16 KiB blocks hold a few versions each.
-	sstBlockBytes = 16 << 10
-	// memTableBytes is pebble's memtable size.
-	memTableBytes = 64 << 20
+	// cacheBytesDefault is the pebble block cache size when
+	// Options.CacheBytes is 0. Pebble holds only metadata; block reads are
+	// served from segment files through the page cache.
+	cacheBytesDefault = 64 << 20
+	// memTableBytes is pebble's memtable size (and so its WAL file size).
+	memTableBytes = 8 << 20
+	// segmentBytesDefault is the size at which a segment is sealed.
+	segmentBytesDefault = 256 << 20
+	// indexBytesDefault bounds the in-memory index: about 500 GiB of
+	// blocks written in one epoch.
+	indexBytesDefault = 4 << 30
 )
 
 // Errors. Every error from the store wraps one of these; errors from pebble
@@ -54,12 +55,13 @@ var (
 	ErrIO      = errors.New("store: I/O error")
 	// ErrCorrupt: bytes read from disk do not parse. Always wrapped with ErrIO.
 	ErrCorrupt = errors.New("store: corrupt record")
-	// ErrFailed: pebble hit a fatal error (a WAL or MANIFEST write or sync
-	// failed). The store refuses every further call; the process must
+	// ErrFailed: a segment sync failed, or pebble hit a fatal error (a WAL
+	// or MANIFEST write or sync failed). The store refuses every further call; the process must
 	// restart so that recovery rebuilds a state from what is durable.
 	// Always wrapped with ErrIO.
 	ErrFailed = errors.New("store: failed, restart required")
-	// ErrLimit: a bound was reached (too many zero ranges in one volume).
+	// ErrLimit: a bound was reached (too many zero ranges in one volume,
+	// the index memory bound Options.IndexBytes).
 	ErrLimit = errors.New("store: limit reached")
 )
 
@@ -71,8 +73,15 @@ type Stamp struct{ Epoch, Seq uint64 }
 // Options configure Open. The zero value works.
 type Options struct {
 	FS         vfs.FS       // nil: vfs.Default
-	CacheBytes int64        // pebble block cache; 0: cacheBytesDefault
+	CacheBytes int64        // pebble block cache (metadata only); 0: cacheBytesDefault
 	Logger     *slog.Logger // nil: slog.Default()
+	// SegmentBytes is the size at which a segment file is sealed and the
+	// next one started; 0: segmentBytesDefault.
+	SegmentBytes int64
+	// IndexBytes bounds the memory of the in-memory block index (about
+	// 8.2 GiB per TiB of blocks written); writes past it fail with
+	// ErrLimit. 0: indexBytesDefault.
+	IndexBytes int64
 }
 
 // Store is a node-local versioned block store. All methods are safe for
@@ -80,8 +89,13 @@ type Options struct {
 type Store struct {
 	db  *pebble.DB
 	log *slog.Logger
+	seg *segLog
 
-	// failed holds the fatal error once pebble failed (see ErrFailed).
+	indexMax   int64
+	indexBytes atomic.Int64 // bytes of every volume's index
+
+	// failed holds the fatal error once pebble or a segment sync failed
+	// (see ErrFailed).
 	failed atomic.Pointer[error]
 
 	// life guards db against Close: every call holds it for reading.
@@ -95,11 +109,36 @@ type Store struct {
 		m map[uint64]*volume
 	}
 
+	// apply is held for reading from a record's append to the end of its
+	// index update, for writing by a checkpoint: a checkpoint sees the
+	// index exactly as of a log position.
+	apply sync.RWMutex
+	// drops are the volumes dropped since the last checkpoint (under
+	// dropsMu).
+	dropsMu sync.Mutex
+	drops   []uint64
+	// dirty counts the dirty index entries of every volume.
+	dirty atomic.Int64
+	// metaDirty: SetRetained wrote to pebble without a sync since the last
+	// Sync.
+	metaDirty atomic.Bool
+
+	ck struct {
+		sync.Mutex // one checkpoint at a time
+		last       pos
+	}
+	kick chan struct{}
+	done chan struct{}
+	wg   sync.WaitGroup
+
+	stats counters
+
 	calls calls // invariants builds only
 }
 
 // volume is the in-memory state of one volume.
 type volume struct {
+	id uint64
 	// ranges is the current zero-range index; replaced, never mutated.
 	ranges atomic.Pointer[rangeSet]
 	// seqHigh is the highest seq of a point version written since Open; a
@@ -108,23 +147,37 @@ type volume struct {
 	// mu serializes Zero, SetRetained and DropVolume on this volume.
 	mu       sync.Mutex
 	retained []uint64 // ascending; guarded by mu
+	idx      index
 }
 
-// Open opens (creating if needed) the store in dir.
+// Open opens (creating if needed) the store in dir: pebble's files in dir,
+// segments in dir/segments. It replays the records written after the last
+// checkpoint, stopping in each segment at the first torn or corrupt record.
 func Open(dir string, opts Options) (*Store, error) {
 	if opts.FS == nil {
 		opts.FS = vfs.Default
 	}
-	if opts.CacheBytes < 0 {
-		return nil, fmt.Errorf("store: open %s: %w: CacheBytes %d", dir, ErrInvalid, opts.CacheBytes)
+	if opts.CacheBytes < 0 || opts.SegmentBytes < 0 || opts.IndexBytes < 0 {
+		return nil, fmt.Errorf("store: open %s: %w: CacheBytes %d, SegmentBytes %d, IndexBytes %d", dir, ErrInvalid, opts.CacheBytes, opts.SegmentBytes, opts.IndexBytes)
 	}
 	if opts.CacheBytes == 0 {
 		opts.CacheBytes = cacheBytesDefault
 	}
+	if opts.SegmentBytes == 0 {
+		opts.SegmentBytes = segmentBytesDefault
+	}
+	if opts.IndexBytes == 0 {
+		opts.IndexBytes = indexBytesDefault
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Store{log: opts.Logger.With("component", "store", "dir", dir)}
+	s := &Store{
+		log:      opts.Logger.With("component", "store", "dir", dir),
+		indexMax: opts.IndexBytes,
+		kick:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+	}
 	s.vols.m = make(map[uint64]*volume)
 	cache := pebble.NewCache(opts.CacheBytes)
 	defer cache.Unref()
@@ -136,23 +189,24 @@ func Open(dir string, opts Options) (*Store, error) {
 		MemTableSize:       memTableBytes,
 		FormatMajorVersion: pebble.FormatNewest,
 	}
-	for i := range po.Levels {
-		po.Levels[i].BlockSize = sstBlockBytes
-	}
-	// Block data is mostly incompressible (file systems, databases,
-	// encrypted and compressed media): snappy cost 29% of the CPU of a
-	// 1 MiB sequential write load and saved nothing on it.
 	po.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionNone })
+	if err := opts.FS.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("store: open %s: %w: %w", dir, ErrIO, err)
+	}
 	db, err := openDB(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w: %w", dir, ErrIO, err)
 	}
 	s.db = db
+	s.seg = newSegLog(opts.FS, opts.FS.PathJoin(dir, "segments"), opts.SegmentBytes)
 	if err := s.load(); err != nil {
+		_ = s.seg.close()
 		_ = db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
-	s.log.Info("store opened", "volumes", len(s.vols.m))
+	s.wg.Add(1)
+	go s.background()
+	s.log.Info("store opened", "volumes", len(s.vols.m), "segments", len(*s.seg.tab.Load()), "index_bytes", s.indexBytes.Load())
 	return s, nil
 }
 
@@ -171,70 +225,12 @@ func openDB(dir string, po *pebble.Options) (db *pebble.DB, err error) {
 	return pebble.Open(dir, po)
 }
 
-// load reads the range records and retained epochs into memory.
-func (s *Store) load() error {
-	byVol := map[uint64][]zrange{}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{tagRange}, UpperBound: []byte{tagRange + 1}})
-	if err != nil {
-		return fmt.Errorf("load ranges: %w: %w", ErrIO, err)
-	}
-	for ok := it.First(); ok; ok = it.Next() {
-		v, err := it.ValueAndErr()
-		if err != nil {
-			_ = it.Close()
-			return fmt.Errorf("load: %w: %w", ErrIO, err)
-		}
-		vol, r, err := decodeRange(it.Key(), v)
-		if err != nil {
-			_ = it.Close()
-			return fmt.Errorf("load ranges: %w: %w", ErrIO, err)
-		}
-		if len(byVol[vol]) >= rangesPerVolumeMax {
-			_ = it.Close()
-			return fmt.Errorf("load ranges: volume %d: %w: %w: more than %d ranges", vol, ErrIO, ErrCorrupt, rangesPerVolumeMax)
-		}
-		byVol[vol] = append(byVol[vol], r)
-	}
-	if err := it.Close(); err != nil {
-		return fmt.Errorf("load ranges: %w: %w", ErrIO, err)
-	}
-	for vol, rs := range byVol {
-		s.volume(vol).ranges.Store(newRangeSet(rs))
-	}
-
-	it, err = s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{tagRetained}, UpperBound: []byte{tagRetained + 1}})
-	if err != nil {
-		return fmt.Errorf("load retained: %w: %w", ErrIO, err)
-	}
-	for ok := it.First(); ok; ok = it.Next() {
-		v, err := it.ValueAndErr()
-		if err != nil {
-			_ = it.Close()
-			return fmt.Errorf("load: %w: %w", ErrIO, err)
-		}
-		k := it.Key()
-		if len(k) != volPrefixLen {
-			_ = it.Close()
-			return fmt.Errorf("load retained: %w: %w: key %x", ErrIO, ErrCorrupt, k)
-		}
-		epochs, err := decodeRetained(v)
-		if err != nil {
-			_ = it.Close()
-			return fmt.Errorf("load retained: %w: %w", ErrIO, err)
-		}
-		s.volume(binary.BigEndian.Uint64(k[1:])).retained = epochs
-	}
-	if err := it.Close(); err != nil {
-		return fmt.Errorf("load retained: %w: %w", ErrIO, err)
-	}
-	return nil
-}
-
-// Close closes the store. It waits for calls in progress; later calls
-// return ErrClosed. Close is idempotent (later calls return nil). A failed
-// store is closed without closing pebble, whose commit pipeline may be
-// stuck, and Close returns an error wrapping ErrFailed; the process should
-// exit soon after.
+// Close closes the store: it waits for calls in progress, writes a last
+// checkpoint (so that the next Open replays nothing) and closes the files;
+// later calls return ErrClosed. Close is idempotent (later calls return
+// nil). A failed store is closed without closing pebble, whose commit
+// pipeline may be stuck, and Close returns an error wrapping ErrFailed; the
+// process should exit soon after.
 func (s *Store) Close() error {
 	s.life.Lock()
 	defer s.life.Unlock()
@@ -242,12 +238,25 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.life.closed = true
+	close(s.done)
+	s.wg.Wait()
 	if f := s.failed.Load(); f != nil {
 		s.log.Error("store closed after a fatal error; pebble left open")
 		return fmt.Errorf("store: close: %w: %w: %w", ErrIO, ErrFailed, *f)
 	}
-	if err := s.db.Close(); err != nil {
-		return fmt.Errorf("store: close: %w: %w", ErrIO, err)
+	err := s.checkpoint()
+	if f := s.failed.Load(); f != nil {
+		s.log.Error("store closed after a fatal error; pebble left open")
+		return fmt.Errorf("store: close: %w: %w: %w", ErrIO, ErrFailed, *f)
+	}
+	if cerr := s.seg.close(); cerr != nil && err == nil {
+		err = fmt.Errorf("%w: %w", ErrIO, cerr)
+	}
+	if cerr := s.db.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("%w: %w", ErrIO, cerr)
+	}
+	if err != nil {
+		return fmt.Errorf("store: close: %w", err)
 	}
 	s.log.Info("store closed")
 	return nil
@@ -283,7 +292,9 @@ func (s *Store) volume(vol uint64) *volume {
 	s.vols.Lock()
 	defer s.vols.Unlock()
 	if v = s.vols.m[vol]; v == nil {
-		v = &volume{}
+		v = &volume{id: vol}
+		v.idx.pages = make(map[uint64]*page)
+		v.idx.dirty = make(map[dkey]struct{})
 		s.vols.m[vol] = v
 	}
 	return v
@@ -326,10 +337,25 @@ func (s *Store) recoverFatal(err *error) {
 	if !ok {
 		panic(r)
 	}
-	var fe error = f
-	s.failed.CompareAndSwap(nil, &fe)
-	s.log.Error("store failed", "err", f.msg)
-	*err = fmt.Errorf("%w: %w: %w", ErrIO, ErrFailed, f)
+	*err = s.fail(f)
+}
+
+// fail marks the store failed with cause and returns the error to report.
+func (s *Store) fail(cause error) error {
+	if s.failed.CompareAndSwap(nil, &cause) {
+		s.log.Error("store failed", "err", cause)
+	}
+	return fmt.Errorf("%w: %w: %w", ErrIO, ErrFailed, cause)
+}
+
+// ioErr classifies an error of a segment operation: a failed sync fails
+// the store; anything else wraps ErrIO.
+func (s *Store) ioErr(err error) error {
+	var es errSync
+	if errors.As(err, &es) {
+		return s.fail(es)
+	}
+	return fmt.Errorf("%w: %w", ErrIO, err)
 }
 
 // fatalError is the panic value of pebbleLogger.Fatalf.
@@ -407,6 +433,7 @@ func (s *Store) SetRetained(vol uint64, epochs []uint64) {
 		// Keep the in-memory list anyway: it only restricts reclaiming.
 		s.log.Error("set retained: persist", "vol", vol, "err", err)
 	}
+	s.metaDirty.Store(true)
 	v.retained = es
 }
 

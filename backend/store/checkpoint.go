@@ -1,0 +1,617 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Checkpoints and recovery.
+//
+// The segment log is the ordered record of every mutation (data writes,
+// zeros, drops); the in-memory index is derived from it. A checkpoint
+// copies the index entries changed since the previous one into pebble, in
+// one batch with the log position they reflect (the watermark), after the
+// log is synced up to that position: pebble never points at data that is
+// not durable. Open loads pebble's copy and replays the records from the
+// watermark on, in log order, stopping in each segment at the first record
+// that is torn or fails its CRC (a sealed segment was synced before the
+// next one got its first record, so what follows a bad record in the last
+// segment was never acknowledged as durable).
+//
+// A segment with no live block that lies wholly before a durable
+// watermark is never read again (replay starts after it, no index entry
+// points into it) and is deleted.
+
+// Checkpoint triggers (variables so that tests can make them small).
+var (
+	// ckDirtyMax: a checkpoint starts when this many index entries are
+	// dirty; a writer finding 4x as many runs one itself (backpressure).
+	ckDirtyMax int64 = 1 << 15
+	// ckLogBytes: a checkpoint starts when the log grew this much since the
+	// last one, which bounds replay at Open.
+	ckLogBytes int64 = 256 << 20
+	// ckInterval: idle checkpoints, so that a quiet store is not left with
+	// a long replay.
+	ckInterval = 10 * time.Second
+)
+
+// ckOp is one pebble edit recorded for the next checkpoint.
+type ckOp struct {
+	del, delRange bool
+	key, end, val []byte
+}
+
+func (o ckOp) apply(b *pebble.Batch) {
+	switch {
+	case o.delRange:
+		_ = b.DeleteRange(o.key, o.end, nil)
+	case o.del:
+		_ = b.Delete(o.key, nil)
+	default:
+		_ = b.Set(o.key, o.val, nil)
+	}
+}
+
+// counters are the store's exported statistics (see Stats).
+type counters struct {
+	checkpoints     atomic.Uint64
+	segmentsRemoved atomic.Uint64
+	bytesReclaimed  atomic.Uint64
+	recordsReplayed atomic.Uint64
+}
+
+// Stats are the store's counters and gauges.
+type Stats struct {
+	Segments        int    // segment files
+	SegmentBytes    int64  // bytes in segment files
+	LiveBytes       int64  // bytes of block data the index points at
+	IndexBytes      int64  // memory of the block index
+	Checkpoints     uint64 // index checkpoints written
+	SegmentsRemoved uint64 // segments deleted
+	BytesReclaimed  uint64 // bytes of segments deleted
+	RecordsReplayed uint64 // records replayed at Open
+}
+
+// Stats returns the store's statistics.
+func (s *Store) Stats() Stats {
+	st := Stats{
+		IndexBytes:      s.indexBytes.Load(),
+		Checkpoints:     s.stats.checkpoints.Load(),
+		SegmentsRemoved: s.stats.segmentsRemoved.Load(),
+		BytesReclaimed:  s.stats.bytesReclaimed.Load(),
+		RecordsReplayed: s.stats.recordsReplayed.Load(),
+	}
+	for _, sg := range *s.seg.tab.Load() {
+		st.Segments++
+		st.SegmentBytes += sg.bytes.Load()
+		st.LiveBytes += sg.live.Load() * BlockSize
+	}
+	return st
+}
+
+// background runs checkpoints when triggered, until Close.
+func (s *Store) background() {
+	defer s.wg.Done()
+	t := time.NewTicker(ckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-s.kick:
+		case <-t.C:
+			if s.dirty.Load() == 0 && !s.logGrew(1) {
+				continue
+			}
+		}
+		if s.failed.Load() != nil {
+			continue
+		}
+		if err := s.checkpoint(); err != nil {
+			s.log.Error("checkpoint", "err", err)
+		}
+	}
+}
+
+// logGrew reports whether the log grew by at least n bytes since the last
+// checkpoint.
+func (s *Store) logGrew(n int64) bool {
+	e := s.seg.end()
+	s.ck.Lock()
+	last := s.ck.last
+	s.ck.Unlock()
+	return e.seg != last.seg || e.off-last.off >= n
+}
+
+// kickCheckpoint asks the background goroutine for a checkpoint when one is
+// due, and runs one inline when the dirty entries are far past the bound.
+func (s *Store) kickCheckpoint() error {
+	d := s.dirty.Load()
+	if d < ckDirtyMax && !s.logGrew(ckLogBytes) {
+		return nil
+	}
+	if d >= 4*ckDirtyMax {
+		return s.checkpoint()
+	}
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// checkpoint writes the dirty index entries, the zero-range edits and the
+// drops since the last checkpoint to pebble with the watermark, after the
+// log is durable to it, then deletes the segments that are dead before it.
+func (s *Store) checkpoint() (err error) {
+	s.ck.Lock()
+	defer s.ck.Unlock()
+	if f := s.failed.Load(); f != nil {
+		return fmt.Errorf("%w: %w: %w", ErrIO, ErrFailed, *f)
+	}
+	b := s.db.NewBatch()
+	var k [keyLen]byte
+	var val [indexValueLen]byte
+
+	s.apply.Lock()
+	end := s.seg.end()
+	s.dropsMu.Lock()
+	for _, vol := range s.drops {
+		for _, tag := range []byte{tagPoint, tagRange} {
+			_ = b.DeleteRange(volPrefix(k[:], tag, vol), volEnd(tag, vol), nil)
+		}
+		_ = b.Delete(volPrefix(k[:], tagRetained, vol), nil)
+	}
+	s.drops = s.drops[:0]
+	s.dropsMu.Unlock()
+	s.vols.RLock()
+	for vol, v := range s.vols.m {
+		x := &v.idx
+		x.Lock()
+		for _, op := range x.ops {
+			op.apply(b)
+		}
+		x.ops = x.ops[:0]
+		for dk := range x.dirty {
+			putPointKey(k[:], vol, dk.block, dk.epoch)
+			if ver, ok := x.exact(dk.block, dk.epoch); ok {
+				_ = b.Set(k[:], encodeIndexValue(val[:], ver), nil)
+			} else {
+				_ = b.Delete(k[:], nil)
+			}
+		}
+		clear(x.dirty)
+		x.Unlock()
+	}
+	s.vols.RUnlock()
+	s.dirty.Store(0)
+	var dead []*segment
+	for id, sg := range *s.seg.tab.Load() {
+		if id < end.seg && sg.live.Load() == 0 {
+			dead = append(dead, sg)
+		}
+	}
+	s.apply.Unlock()
+
+	if err := s.seg.syncTo(end); err != nil {
+		_ = b.Close()
+		return fmt.Errorf("checkpoint: %w", s.ioErr(err))
+	}
+	_ = b.Set([]byte{tagWatermark}, encodePos(end), nil)
+	if err := s.commit(b, true); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	s.metaDirty.Store(false)
+	s.ck.last = end
+	s.stats.checkpoints.Add(1)
+	var freed int64
+	for _, sg := range dead {
+		freed += sg.bytes.Load()
+	}
+	if err := s.seg.remove(dead); err != nil {
+		s.log.Error("remove segments", "err", err)
+	} else if len(dead) > 0 {
+		s.stats.segmentsRemoved.Add(uint64(len(dead)))
+		s.stats.bytesReclaimed.Add(uint64(freed))
+		s.log.Debug("segments removed", "segments", len(dead), "bytes", freed)
+	}
+	return nil
+}
+
+// liveDelta accumulates segment live-count changes of one apply.
+type liveDelta struct {
+	tab  map[uint32]*segment
+	last *segment
+	n    int64
+}
+
+func (d *liveDelta) add(seg uint32, n int64) {
+	if d.last != nil && d.last.id == seg {
+		d.n += n
+		return
+	}
+	d.flush()
+	d.last = d.tab[seg]
+	d.n = n
+}
+
+func (d *liveDelta) flush() {
+	if d.last != nil && d.n != 0 {
+		d.last.live.Add(d.n)
+	}
+	d.n = 0
+}
+
+// applyData puts the versions of data record h (its data pages start at
+// page first; crcs holds their CRCs) into v's index.
+func (s *Store) applyData(v *volume, h *recHeader, first uint32, crcs []byte) {
+	d := liveDelta{tab: *s.seg.tab.Load()}
+	var grew int64
+	x := &v.idx
+	x.Lock()
+	for i := range h.n {
+		nv := version{epoch: h.epoch, seq: h.seq, seg: h.seg, page: first + uint32(i), crc: binary.BigEndian.Uint32(crcs[4*i:]), kind: kindData}
+		old, displaced, stored, g := x.put(h.block+i, nv)
+		grew += g
+		if displaced && old.kind == kindData {
+			d.add(old.seg, -1)
+		}
+		if stored {
+			d.add(nv.seg, 1)
+			s.markDirty(x, h.block+i, h.epoch)
+		}
+	}
+	x.Unlock()
+	d.flush()
+	s.indexBytes.Add(grew)
+}
+
+func (s *Store) markDirty(x *index, block, epoch uint64) {
+	dk := dkey{block, epoch}
+	if _, ok := x.dirty[dk]; !ok {
+		x.dirty[dk] = struct{}{}
+		s.dirty.Add(1)
+	}
+}
+
+// applyZero applies zero record h to v. ed is the range edit planned by
+// Zero (nil: plan it here, as replay does). Caller holds v.mu.
+func (s *Store) applyZero(v *volume, h *recHeader, ed *rangeEdit) {
+	reclaim, points := h.flags&flagReclaim != 0, h.flags&flagPoints != 0
+	nr := zrange{epoch: h.epoch, seq: h.seq, start: h.block, end: h.block + h.n}
+	if !points && ed == nil {
+		var cur []zrange
+		if set := v.ranges.Load(); set != nil {
+			cur = set.rs
+		}
+		e := planRange(cur, nr, reclaim)
+		ed = &e
+	}
+	d := liveDelta{tab: *s.seg.tab.Load()}
+	var grew int64
+	x := &v.idx
+	x.Lock()
+	if reclaim {
+		var lo, hi [blockPrefixLen]byte
+		putBlockPrefix(lo[:], v.id, nr.start)
+		putBlockPrefix(hi[:], v.id, nr.end)
+		x.ops = append(x.ops, ckOp{delRange: true, key: lo[:], end: hi[:]})
+		grew -= x.deleteRange(nr.start, nr.end, func(old version) {
+			if old.kind == kindData {
+				d.add(old.seg, -1)
+			}
+		})
+	}
+	if points {
+		for b := nr.start; b < nr.end; b++ {
+			old, displaced, stored, g := x.put(b, version{epoch: h.epoch, seq: h.seq, kind: kindZero})
+			grew += g
+			if displaced && old.kind == kindData {
+				d.add(old.seg, -1)
+			}
+			if stored {
+				s.markDirty(x, b, h.epoch)
+			}
+		}
+	} else {
+		for _, r := range ed.deletes {
+			x.ops = append(x.ops, ckOp{del: true, key: encodeRangeKey(r, v.id)})
+		}
+		for _, r := range ed.trims {
+			x.ops = append(x.ops, ckOp{key: encodeRangeKey(r, v.id), val: encodeRangeValue(r)})
+		}
+		if ed.add {
+			x.ops = append(x.ops, ckOp{key: encodeRangeKey(nr, v.id), val: encodeRangeValue(nr)})
+		}
+		v.ranges.Store(newRangeSet(ed.next))
+	}
+	x.Unlock()
+	d.flush()
+	s.indexBytes.Add(grew)
+}
+
+// applyDrop forgets vol and records the drop for the next checkpoint.
+func (s *Store) applyDrop(vol uint64) {
+	s.vols.Lock()
+	v := s.vols.m[vol]
+	delete(s.vols.m, vol)
+	s.vols.Unlock()
+	s.dropsMu.Lock()
+	s.drops = append(s.drops, vol)
+	s.dropsMu.Unlock()
+	if v == nil {
+		return
+	}
+	d := liveDelta{tab: *s.seg.tab.Load()}
+	x := &v.idx
+	x.Lock()
+	s.dirty.Add(-int64(len(x.dirty)))
+	freed := x.bytes()
+	x.each(func(old version) {
+		if old.kind == kindData {
+			d.add(old.seg, -1)
+		}
+	})
+	x.pages, x.ops = map[uint64]*page{}, nil
+	clear(x.dirty)
+	x.Unlock()
+	d.flush()
+	s.indexBytes.Add(-freed)
+}
+
+// load reads pebble's copy of the index, the range records and retained
+// epochs, replays the log after the watermark and starts a new segment.
+func (s *Store) load() error {
+	if err := s.checkFormat(); err != nil {
+		return err
+	}
+	byVol := map[uint64][]zrange{}
+	if err := s.scan(tagRange, func(k, v []byte) error {
+		vol, r, err := decodeRange(k, v)
+		if err != nil {
+			return err
+		}
+		if len(byVol[vol]) >= rangesPerVolumeMax {
+			return fmt.Errorf("volume %d: %w: more than %d ranges", vol, ErrCorrupt, rangesPerVolumeMax)
+		}
+		byVol[vol] = append(byVol[vol], r)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("load ranges: %w", err)
+	}
+	for vol, rs := range byVol {
+		s.volume(vol).ranges.Store(newRangeSet(rs))
+	}
+	if err := s.scan(tagRetained, func(k, v []byte) error {
+		if len(k) != volPrefixLen {
+			return fmt.Errorf("%w: key %x", ErrCorrupt, k)
+		}
+		epochs, err := decodeRetained(v)
+		if err != nil {
+			return err
+		}
+		s.volume(binary.BigEndian.Uint64(k[1:])).retained = epochs
+		return nil
+	}); err != nil {
+		return fmt.Errorf("load retained: %w", err)
+	}
+
+	segs, err := s.seg.openExisting()
+	if err != nil {
+		return err
+	}
+	tab := *s.seg.tab.Load()
+	var cur *volume
+	if err := s.scan(tagPoint, func(k, val []byte) error {
+		vol, block, ver, err := decodeIndex(k, val)
+		if err != nil {
+			return err
+		}
+		if cur == nil || cur.id != vol {
+			cur = s.volume(vol)
+		}
+		if ver.kind == kindData {
+			sg := tab[ver.seg]
+			if sg == nil {
+				return fmt.Errorf("%w: vol %d block %d: segment %s missing", ErrCorrupt, vol, block, segName(ver.seg))
+			}
+			sg.live.Add(1)
+		}
+		_, _, _, g := cur.idx.put(block, ver)
+		s.indexBytes.Add(g)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("load index: %w", err)
+	}
+
+	var wm pos
+	if v, closer, err := s.db.Get([]byte{tagWatermark}); err == nil {
+		wm, err = decodePos(v)
+		_ = closer.Close()
+		if err != nil {
+			return fmt.Errorf("load watermark: %w: %w", ErrIO, err)
+		}
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return fmt.Errorf("load watermark: %w: %w", ErrIO, err)
+	}
+	s.ck.last = wm
+	buf := make([]byte, recHeaderBytesMax+RequestBytesMax)
+	for _, sg := range segs {
+		if sg.id < wm.seg {
+			continue
+		}
+		off := int64(0)
+		if sg.id == wm.seg {
+			off = wm.off
+		}
+		if err := s.replay(sg, off, buf); err != nil {
+			return err
+		}
+	}
+	s.seg.mu.Lock()
+	s.seg.nextID = max(s.seg.nextID, wm.seg+1)
+	err = s.seg.rollLocked()
+	s.seg.mu.Unlock()
+	if err != nil {
+		return s.ioErr(err)
+	}
+	if err := s.checkpoint(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// checkFormat refuses a store of the format that kept data in pebble, and
+// marks a new one.
+func (s *Store) checkFormat() error {
+	v, closer, err := s.db.Get([]byte{tagFormat})
+	if err == nil {
+		defer func() { _ = closer.Close() }()
+		if string(v) != formatName {
+			return fmt.Errorf("%w: %w: store format %q, want %q", ErrIO, ErrCorrupt, v, formatName)
+		}
+		return nil
+	}
+	if !errors.Is(err, pebble.ErrNotFound) {
+		return fmt.Errorf("%w: %w", ErrIO, err)
+	}
+	legacy := false
+	if err := s.scan(tagPoint, func(_, _ []byte) error {
+		legacy = true
+		return io.EOF
+	}); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	if legacy {
+		return fmt.Errorf("%w: %w: the store holds block data in pebble (format v1); it cannot be opened by this version", ErrIO, ErrCorrupt)
+	}
+	b := s.db.NewBatch()
+	_ = b.Set([]byte{tagFormat}, []byte(formatName), nil)
+	return s.commit(b, true)
+}
+
+// scan calls fn for every key with tag.
+func (s *Store) scan(tag byte, fn func(k, v []byte) error) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{tag}, UpperBound: []byte{tag + 1}})
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrIO, err)
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			_ = it.Close()
+			return fmt.Errorf("%w: %w", ErrIO, err)
+		}
+		if err := fn(it.Key(), v); err != nil {
+			_ = it.Close()
+			if errors.Is(err, ErrCorrupt) {
+				return fmt.Errorf("%w: %w", ErrIO, err)
+			}
+			return err
+		}
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("%w: %w", ErrIO, err)
+	}
+	return nil
+}
+
+// replay applies the records of sg from off on, up to the first invalid
+// one, then syncs sg (what it kept is now part of the state). A read error
+// other than the end of the file fails Open.
+func (s *Store) replay(sg *segment, off int64, buf []byte) error {
+	n := 0
+	for {
+		h, first, next, ok, err := readRecord(sg, off, buf)
+		if err != nil {
+			return fmt.Errorf("replay segment %s at %d: %w: %w", segName(sg.id), off, ErrIO, err)
+		}
+		if !ok {
+			break
+		}
+		s.applyRecord(&h, first, buf[recFixedLen:])
+		n++
+		off = next
+	}
+	if err := sg.f.SyncData(); err != nil {
+		return fmt.Errorf("replay segment %s: sync: %w: %w", segName(sg.id), ErrIO, err)
+	}
+	if n > 0 {
+		s.stats.recordsReplayed.Add(uint64(n))
+		s.log.Info("segment replayed", "segment", segName(sg.id), "records", n, "end", off)
+	}
+	return nil
+}
+
+// applyRecord applies a valid record read from the log.
+func (s *Store) applyRecord(h *recHeader, first uint32, crcs []byte) {
+	switch h.typ {
+	case recData:
+		v := s.volume(h.vol)
+		v.raiseSeq(h.seq)
+		s.applyData(v, h, first, crcs)
+	case recZero:
+		v := s.volume(h.vol)
+		if h.flags&flagPoints != 0 {
+			v.raiseSeq(h.seq)
+		}
+		s.applyZero(v, h, nil)
+	case recDrop:
+		s.applyDrop(h.vol)
+	}
+}
+
+// readRecord reads and checks the record of sg at off into buf (header,
+// then data). ok is false when there is no valid record there; err is set
+// only for a read error that is not the end of the file.
+func readRecord(sg *segment, off int64, buf []byte) (h recHeader, first uint32, next int64, ok bool, err error) {
+	read := func(p []byte, at int64) (bool, error) {
+		n, err := sg.f.ReadAt(p, at)
+		if n == len(p) {
+			return true, nil
+		}
+		if err == nil || errors.Is(err, io.EOF) {
+			return false, nil
+		}
+		return false, err
+	}
+	if ok, err := read(buf[:BlockSize], off); !ok {
+		return h, 0, 0, false, err
+	}
+	fh, hl, perr := parseFixed(buf[:BlockSize])
+	if perr != nil || fh.seg != sg.id || fh.off != off {
+		return h, 0, 0, false, nil
+	}
+	hb := headerBytes(fh.typ, fh.n)
+	if hl > BlockSize {
+		if ok, err := read(buf[BlockSize:hb], off+BlockSize); !ok {
+			return h, 0, 0, false, err
+		}
+	}
+	if h, perr = decodeHeader(buf[:hl]); perr != nil {
+		return h, 0, 0, false, nil
+	}
+	next = off + h.recordBytes()
+	if next/BlockSize > 1<<32-1 {
+		return h, 0, 0, false, nil
+	}
+	first = uint32((off + int64(hb)) / BlockSize)
+	if h.typ == recData {
+		data := buf[hb : hb+int(h.n)*BlockSize]
+		if ok, err := read(data, off+int64(hb)); !ok {
+			return h, 0, 0, false, err
+		}
+		for i := range int(h.n) {
+			if blockCRC(data[i*BlockSize:(i+1)*BlockSize]) != binary.BigEndian.Uint32(buf[recFixedLen+4*i:]) {
+				return h, 0, 0, false, nil
+			}
+		}
+	}
+	return h, first, next, true, nil
+}

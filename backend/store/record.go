@@ -1,0 +1,174 @@
+package store
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+)
+
+// Segment records. A segment file is a sequence of records, each starting
+// on a BlockSize boundary: a header of one or more pages, then (data records
+// only) n pages of block data. Every integer is big-endian.
+//
+//	0  magic u32        recMagic
+//	4  type u8          recData, recZero or recDrop
+//	5  flags u8         recZero: flagReclaim | flagPoints; otherwise 0
+//	6  zero u16
+//	8  seg u32          the segment holding the record
+//	12 zero u32
+//	16 vol u64
+//	24 block u64        first block
+//	32 n u64            blocks covered (recDrop: 0)
+//	40 epoch u64
+//	48 seq u64
+//	56 off u64          byte offset of the record in its segment
+//	64 hcrc u32         crc32c of bytes [0,64) and of the crc array
+//	68 zero u32
+//	72 crc u32 * n      recData only: crc32c of each data block
+//
+// The header is padded with zeros to a multiple of BlockSize. The header
+// CRC covers the per-block CRCs, which cover the data, so a record is valid
+// when its header parses and every block matches; seg and off make a record
+// copied to the wrong place (or left over from elsewhere) invalid.
+const (
+	recMagic = 0x63726e31 // "crn1"
+
+	recData = 1 // n blocks of data follow the header
+	recZero = 2 // blocks [block, block+n) read as zeros from (epoch, seq) on
+	recDrop = 3 // volume vol is dropped
+
+	flagReclaim = 1 // recZero: older versions of the range are deleted
+	flagPoints  = 2 // recZero: stored as per-block zero versions, not a range
+
+	recFixedLen = 72
+	// recDataBlocksMax bounds the blocks of one data record (one Write).
+	recDataBlocksMax = RequestBytesMax / BlockSize
+	// recHeaderBytesMax is the largest header, padded.
+	recHeaderBytesMax = (recFixedLen + 4*recDataBlocksMax + BlockSize - 1) / BlockSize * BlockSize
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func blockCRC(p []byte) uint32 { return crc32.Checksum(p, castagnoli) }
+
+// recHeader is a decoded record header.
+type recHeader struct {
+	typ, flags    uint8
+	seg           uint32
+	vol, block, n uint64
+	epoch, seq    uint64
+	off           int64
+}
+
+// headerLen is the unpadded header length of a record of typ covering n
+// blocks; headerBytes the padded one.
+func headerLen(typ uint8, n uint64) int {
+	if typ == recData {
+		return recFixedLen + 4*int(n)
+	}
+	return recFixedLen
+}
+
+func headerBytes(typ uint8, n uint64) int {
+	return (headerLen(typ, n) + BlockSize - 1) / BlockSize * BlockSize
+}
+
+// recordBytes is the size of the whole record on disk.
+func (h *recHeader) recordBytes() int64 {
+	b := int64(headerBytes(h.typ, h.n))
+	if h.typ == recData {
+		b += int64(h.n) * BlockSize
+	}
+	return b
+}
+
+// encodeHeader writes h into b[:headerBytes] and seals it with the header
+// CRC. For a data record the caller has already put the per-block CRCs at
+// b[recFixedLen:]; the padding after them is cleared here.
+func encodeHeader(b []byte, h *recHeader) {
+	hl, hb := headerLen(h.typ, h.n), headerBytes(h.typ, h.n)
+	_ = b[hb-1]
+	binary.BigEndian.PutUint32(b[0:4], recMagic)
+	b[4], b[5] = h.typ, h.flags
+	binary.BigEndian.PutUint16(b[6:8], 0)
+	binary.BigEndian.PutUint32(b[8:12], h.seg)
+	binary.BigEndian.PutUint32(b[12:16], 0)
+	binary.BigEndian.PutUint64(b[16:24], h.vol)
+	binary.BigEndian.PutUint64(b[24:32], h.block)
+	binary.BigEndian.PutUint64(b[32:40], h.n)
+	binary.BigEndian.PutUint64(b[40:48], h.epoch)
+	binary.BigEndian.PutUint64(b[48:56], h.seq)
+	binary.BigEndian.PutUint64(b[56:64], uint64(h.off))
+	binary.BigEndian.PutUint32(b[68:72], 0)
+	clear(b[hl:hb])
+	binary.BigEndian.PutUint32(b[64:68], headerCRC(b[:hl]))
+}
+
+func headerCRC(b []byte) uint32 {
+	c := crc32.Update(0, castagnoli, b[:64])
+	return crc32.Update(c, castagnoli, b[recFixedLen:])
+}
+
+// parseFixed validates the fixed part of a header (b holds at least
+// recFixedLen bytes) and returns it with the unpadded header length. It
+// does not check the header CRC, which may need more bytes (decodeHeader).
+func parseFixed(b []byte) (recHeader, int, error) {
+	if len(b) < recFixedLen {
+		return recHeader{}, 0, fmt.Errorf("%w: record header of %d bytes", ErrCorrupt, len(b))
+	}
+	if m := binary.BigEndian.Uint32(b[0:4]); m != recMagic {
+		return recHeader{}, 0, fmt.Errorf("%w: record magic %#x", ErrCorrupt, m)
+	}
+	h := recHeader{
+		typ:   b[4],
+		flags: b[5],
+		seg:   binary.BigEndian.Uint32(b[8:12]),
+		vol:   binary.BigEndian.Uint64(b[16:24]),
+		block: binary.BigEndian.Uint64(b[24:32]),
+		n:     binary.BigEndian.Uint64(b[32:40]),
+		epoch: binary.BigEndian.Uint64(b[40:48]),
+		seq:   binary.BigEndian.Uint64(b[48:56]),
+		off:   int64(binary.BigEndian.Uint64(b[56:64])),
+	}
+	if binary.BigEndian.Uint16(b[6:8]) != 0 || binary.BigEndian.Uint32(b[12:16]) != 0 || binary.BigEndian.Uint32(b[68:72]) != 0 {
+		return recHeader{}, 0, fmt.Errorf("%w: record header padding", ErrCorrupt)
+	}
+	if h.off < 0 || h.off%BlockSize != 0 {
+		return recHeader{}, 0, fmt.Errorf("%w: record offset %d", ErrCorrupt, h.off)
+	}
+	switch h.typ {
+	case recData:
+		if h.flags != 0 || h.n > recDataBlocksMax || checkBlocks(h.block, h.n) != nil {
+			return recHeader{}, 0, fmt.Errorf("%w: data record [%d, +%d) flags %#x", ErrCorrupt, h.block, h.n, h.flags)
+		}
+	case recZero:
+		if h.flags&^(flagReclaim|flagPoints) != 0 || checkBlocks(h.block, h.n) != nil ||
+			(h.flags&flagPoints != 0 && h.n > zeroPointsBlocksMax) {
+			return recHeader{}, 0, fmt.Errorf("%w: zero record [%d, +%d) flags %#x", ErrCorrupt, h.block, h.n, h.flags)
+		}
+	case recDrop:
+		if h.flags != 0 || h.block != 0 || h.n != 0 || h.epoch != 0 || h.seq != 0 {
+			return recHeader{}, 0, fmt.Errorf("%w: drop record with fields set", ErrCorrupt)
+		}
+	default:
+		return recHeader{}, 0, fmt.Errorf("%w: record type %d", ErrCorrupt, h.typ)
+	}
+	return h, headerLen(h.typ, h.n), nil
+}
+
+// decodeHeader parses and checks a whole header; b holds at least its
+// unpadded length. For a data record, the per-block CRCs are at
+// b[recFixedLen:recFixedLen+4n].
+func decodeHeader(b []byte) (recHeader, error) {
+	h, hl, err := parseFixed(b)
+	if err != nil {
+		return recHeader{}, err
+	}
+	if len(b) < hl {
+		return recHeader{}, fmt.Errorf("%w: record header of %d bytes, want %d", ErrCorrupt, len(b), hl)
+	}
+	if got, want := headerCRC(b[:hl]), binary.BigEndian.Uint32(b[64:68]); got != want {
+		return recHeader{}, fmt.Errorf("%w: record header crc %#x, want %#x", ErrCorrupt, got, want)
+	}
+	return h, nil
+}
