@@ -3,30 +3,25 @@ package wire
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"cairn/backend/store"
+	"cairn/backend/volume"
 )
 
-// benchBackends are what the benchmarks serve: mem isolates the RPC's own
-// cost, store adds pebble.
-func benchBackends(b *testing.B) []struct {
-	name string
-	be   Backend
-} {
-	return []struct {
-		name string
-		be   Backend
-	}{{"mem", newMemBackend()}, {"store", openStore(b)}}
-}
+// benchConns is the number of connections of the benchmarks' client.
+var benchConns = 1
 
 // runConcurrent runs b.N calls of op spread over conc goroutines.
 func runConcurrent(b *testing.B, conc int, op func(p []byte, i uint64) error) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	b.SetBytes(BlockSize)
+	b.ReportAllocs()
 	b.ResetTimer()
 	for g := range conc {
 		wg.Add(1)
@@ -49,31 +44,84 @@ func runConcurrent(b *testing.B, conc int, op func(p []byte, i uint64) error) {
 	wg.Wait()
 }
 
-func benchmarkClient(b *testing.B, write bool) {
-	for _, bb := range benchBackends(b) {
-		addr, _ := startServer(b, bb.be, ServerOptions{})
-		c := newClient(b, addr, ClientOptions{})
-		ctx := context.Background()
+// benchmarkNode measures 4 KiB calls at several concurrencies on: the RPC
+// over an in-memory backend (its own cost), the RPC over a store, and the
+// same store called directly (the ratio of the last two is what the wire
+// costs a local node).
+func benchmarkNode(b *testing.B, write bool) {
+	ctx := context.Background()
+	mem := newMemBackend()
+	addr, _ := startServer(b, mem, ServerOptions{})
+	st := openStore(b)
+	stAddr, _ := startServer(b, st, ServerOptions{})
+	nodes := []struct {
+		name string
+		node volume.Node
+	}{
+		{"wire-mem", newClient(b, addr, ClientOptions{Conns: benchConns})},
+		{"wire-store", newClient(b, stAddr, ClientOptions{Conns: benchConns})},
+		{"local-store", st},
+	}
+	for _, nd := range nodes {
 		// Something to read: 4096 written blocks.
 		data := make([]byte, 1<<20)
 		for blk := uint64(0); blk < 4096; blk += 256 {
-			if err := c.Write(ctx, 1, blk, data, store.Stamp{Epoch: 1, Seq: 1}, false); err != nil {
+			if err := nd.node.Write(ctx, 1, blk, data, store.Stamp{Epoch: 1, Seq: 1}, false); err != nil {
 				b.Fatal(err)
 			}
 		}
 		for _, conc := range []int{1, 8, 64} {
-			b.Run(fmt.Sprintf("%s/conc=%d", bb.name, conc), func(b *testing.B) {
-				b.ReportAllocs()
+			b.Run(fmt.Sprintf("%s/conc=%d", nd.name, conc), func(b *testing.B) {
 				runConcurrent(b, conc, func(p []byte, i uint64) error {
 					if write {
-						return c.Write(ctx, 1, i%4096, p, store.Stamp{Epoch: 1, Seq: i + 1}, false)
+						return nd.node.Write(ctx, 1, i%4096, p, store.Stamp{Epoch: 1, Seq: i + 1}, false)
 					}
-					return c.Read(ctx, 1, i%4096, p, 1)
+					return nd.node.Read(ctx, 1, i%4096, p, 1)
 				})
 			})
 		}
 	}
 }
 
-func BenchmarkClientRead4K(b *testing.B)  { benchmarkClient(b, false) }
-func BenchmarkClientWrite4K(b *testing.B) { benchmarkClient(b, true) }
+func BenchmarkClientRead4K(b *testing.B)  { benchmarkNode(b, false) }
+func BenchmarkClientWrite4K(b *testing.B) { benchmarkNode(b, true) }
+
+// BenchmarkLoopbackPingPong is the floor under BenchmarkClientRead4K at
+// conc=1: a bare 32-byte request and 4 KiB + 32-byte answer on loopback TCP,
+// one goroutine per side, no framing, checksums or matching.
+func BenchmarkLoopbackPingPong(b *testing.B) {
+	l := listen(b, "")
+	defer l.Close()
+	go func() {
+		nc, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		buf := make([]byte, HeaderSize+BlockSize)
+		for {
+			if _, err := io.ReadFull(nc, buf[:HeaderSize]); err != nil {
+				return
+			}
+			if _, err := nc.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	nc, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nc.Close()
+	buf := make([]byte, HeaderSize+BlockSize)
+	b.SetBytes(BlockSize)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := nc.Write(buf[:HeaderSize]); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(nc, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

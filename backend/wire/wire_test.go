@@ -667,3 +667,31 @@ func TestNoGoroutineLeak(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestLargeRequests: a Read and a Write of RequestBytesMax cross the wire;
+// one block more is refused on the client as the store would.
+func TestLargeRequests(t *testing.T) {
+	addr, _ := startServer(t, newMemBackend(), ServerOptions{})
+	c := newClient(t, addr, ClientOptions{})
+	ctx := context.Background()
+	data := make([]byte, RequestBytesMax)
+	for i := range data {
+		data[i] = byte(i * 7 / BlockSize)
+	}
+	if err := c.Write(ctx, 3, 100, data, Stamp0, true); err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, RequestBytesMax+BlockSize)
+	if err := c.Read(ctx, 3, 100, p[:RequestBytesMax], 1); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(p[:RequestBytesMax], data) {
+		t.Fatal("16 MiB read back differs")
+	}
+	if err := c.Read(ctx, 3, 100, p, 1); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("read over the bound: %v", err)
+	}
+	if err := c.Write(ctx, 3, 100, p, Stamp0, false); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("write over the bound: %v", err)
+	}
+}
