@@ -258,6 +258,7 @@ func (cc *cconn) receive(h Header, msg []byte) error {
 	s.mu.Lock()
 	if s.id != h.ID || s.state != slotPending {
 		s.mu.Unlock()
+		cc.c.stats.lateReplies.Add(1)
 		_, err := cc.br.Discard(int(h.Length)) // a late reply to an abandoned call
 		return err
 	}
@@ -340,6 +341,7 @@ func (cc *cconn) fail(err error) {
 			s.mu.Unlock()
 		}
 		if !errors.Is(err, ErrClosed) {
+			cc.c.stats.disconnects.Add(1)
 			cc.c.log.Warn("wire connection lost", "err", err)
 		}
 	})

@@ -75,6 +75,32 @@ type Client struct {
 		hello   Hello // the node's, from the last handshake
 	}
 	wg sync.WaitGroup // readers and dialers
+
+	stats struct {
+		calls, errors, timeouts        atomic.Uint64
+		dials, dialErrors, disconnects atomic.Uint64
+		lateReplies                    atomic.Uint64
+	}
+}
+
+// ClientStats are cumulative counters of a Client.
+type ClientStats struct {
+	Calls       uint64 // calls made (an Extents of several replies counts each)
+	Errors      uint64 // calls that failed, for any reason
+	Timeouts    uint64 // calls that gave up on their deadline or context
+	Dials       uint64 // connections established
+	DialErrors  uint64 // dials (with TLS and Hello) that failed
+	Disconnects uint64 // connections lost other than by Close
+	LateReplies uint64 // replies discarded because their call had given up
+}
+
+// Stats returns the client's counters.
+func (c *Client) Stats() ClientStats {
+	return ClientStats{
+		Calls: c.stats.calls.Load(), Errors: c.stats.errors.Load(), Timeouts: c.stats.timeouts.Load(),
+		Dials: c.stats.dials.Load(), DialErrors: c.stats.dialErrors.Load(), Disconnects: c.stats.disconnects.Load(),
+		LateReplies: c.stats.lateReplies.Load(),
+	}
 }
 
 // NewClient returns a client of the node at addr (host:port). It connects
@@ -280,6 +306,18 @@ type args struct {
 // do runs one call: a connection, a slot, the request, the reply or the
 // deadline. It returns the reply's payload length and FlagMore.
 func (c *Client) do(ctx context.Context, a *args) (int, bool, error) {
+	c.stats.calls.Add(1)
+	n, more, err := c.do1(ctx, a)
+	if err != nil {
+		c.stats.errors.Add(1)
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			c.stats.timeouts.Add(1)
+		}
+	}
+	return n, more, err
+}
+
+func (c *Client) do1(ctx context.Context, a *args) (int, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, false, err
 	}
@@ -363,6 +401,7 @@ func (c *Client) dial(i int, done chan struct{}) {
 		c.mu.backoff = min(max(2*c.mu.backoff, c.opts.RedialBackoffMin), c.opts.RedialBackoffMax)
 		c.mu.retryAt = time.Now().Add(c.mu.backoff)
 		c.mu.lastErr = err
+		c.stats.dialErrors.Add(1)
 		c.log.Warn("wire dial failed", "conn", i, "err", err, "backoff", c.mu.backoff)
 		return
 	}
@@ -372,6 +411,7 @@ func (c *Client) dial(i int, done chan struct{}) {
 	}
 	c.mu.backoff, c.mu.retryAt, c.mu.lastErr, c.mu.hello = 0, time.Time{}, nil, hello
 	c.conns[i].Store(cc)
+	c.stats.dials.Add(1)
 	c.wg.Add(1)
 	go cc.reader()
 	c.log.Info("wire connection open", "conn", i, "node_name", hello.Name, "in_flight_max", len(cc.slots))

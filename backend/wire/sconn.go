@@ -94,6 +94,7 @@ func (c *sconn) serve() {
 	start := time.Now()
 	peer, reason := c.handshake()
 	if reason != "" {
+		c.s.stats.handshakeErrors.Add(1)
 		c.log.Warn("wire handshake failed", "reason", reason)
 		return
 	}
@@ -352,6 +353,7 @@ func (c *sconn) worker() {
 
 // execute runs a request against the backend.
 func (c *sconn) execute(r *request) {
+	c.s.stats.requests.Add(1)
 	b := c.s.backend
 	sync := r.h.Flags&FlagSync != 0
 	switch r.h.Op {
@@ -429,6 +431,7 @@ func (c *sconn) reply(r *request) {
 func (c *sconn) writeReply(r *request) error {
 	h := Header{Op: r.h.Op, Flags: FlagReply, ID: r.h.ID}
 	if r.err != nil {
+		c.s.stats.errorReplies.Add(1)
 		msg := errorMessage(r.err)
 		h.Status, h.Length, h.Sum = codeOf(r.err), uint32(len(msg)), Checksum([]byte(msg))
 		h.Put(r.hdr[:])

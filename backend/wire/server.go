@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"cairn/backend/store"
@@ -83,6 +84,24 @@ type Server struct {
 		conns     map[*sconn]struct{}
 	}
 	wg sync.WaitGroup // connection goroutines
+
+	stats struct {
+		connections, handshakeErrors, requests, errorReplies atomic.Uint64
+	}
+}
+
+// ServerStats are cumulative counters of a Server.
+type ServerStats struct {
+	Connections     uint64 // accepted
+	HandshakeErrors uint64 // connections refused in TLS or Hello
+	Requests        uint64 // requests executed on the backend
+	ErrorReplies    uint64 // replies with a non-zero status
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() ServerStats {
+	return ServerStats{Connections: s.stats.connections.Load(), HandshakeErrors: s.stats.handshakeErrors.Load(),
+		Requests: s.stats.requests.Load(), ErrorReplies: s.stats.errorReplies.Load()}
 }
 
 // NewServer returns a server of b. It starts nothing: call Serve.
@@ -158,6 +177,7 @@ func (s *Server) start(nc net.Conn) bool {
 	}
 	c := newSconn(s, nc)
 	s.mu.conns[c] = struct{}{}
+	s.stats.connections.Add(1)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()

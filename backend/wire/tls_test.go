@@ -19,7 +19,7 @@ func TestTLS(t *testing.T) {
 	_, otherTLS := other.load(t)
 
 	mem := newMemBackend()
-	addr, _ := startServer(t, mem, ServerOptions{TLS: serverTLS, HandshakeTimeout: 2 * time.Second})
+	addr, srv := startServer(t, mem, ServerOptions{TLS: serverTLS, HandshakeTimeout: 2 * time.Second})
 	fast := ClientOptions{DialTimeout: 2 * time.Second, CallTimeout: 3 * time.Second}
 
 	good := fast
@@ -77,6 +77,10 @@ func TestTLS(t *testing.T) {
 				t.Fatalf("%d calls reached the backend", n-before)
 			}
 		})
+	}
+
+	if st := srv.Stats(); st.HandshakeErrors < 4 || st.Requests != 2 {
+		t.Fatalf("server stats %+v", st)
 	}
 
 	// A TLS client against a plain server fails too (no downgrade).

@@ -284,6 +284,9 @@ func TestDeadline(t *testing.T) {
 			if !bytes.Equal(p, block(0xee, 1)) {
 				t.Fatal("the late reply was written into the caller's buffer")
 			}
+			if st := c.Stats(); st.Timeouts != 1 || st.LateReplies != 1 || st.Calls != 2 || st.Errors != 1 {
+				t.Fatalf("stats %+v", st)
+			}
 		})
 	}
 }
@@ -333,6 +336,9 @@ func TestServerKilled(t *testing.T) {
 	p := make([]byte, BlockSize)
 	if err := c.Read(context.Background(), 1, 0, p, 1); err != nil || !bytes.Equal(p, block(2, 1)) {
 		t.Fatalf("read after reconnect: %v", err)
+	}
+	if st := c.Stats(); st.Dials != 2 || st.Disconnects != 1 || st.DialErrors == 0 {
+		t.Fatalf("stats %+v", st)
 	}
 }
 
