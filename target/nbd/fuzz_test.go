@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -68,10 +69,23 @@ func FuzzParseRequest(f *testing.F) {
 	})
 }
 
+// Bounds of one FuzzServer input. The fuzzing engine kills a worker whose
+// input runs longer than 10 s, with a panic it does not print and, when the
+// worker is slow to die or the input is a seed, no crasher file; so every
+// step of an input must time out well inside that, on the test's own
+// terms. Inputs are capped so that the server's work per input (tens of
+// milliseconds) leaves a wide margin on a loaded machine.
+const (
+	fuzzInputBytesMax = 64 << 10
+	fuzzStepTimeout   = 3 * time.Second // for the input to be consumed, then for the server to close
+)
+
 // FuzzServer feeds random bytes to a server over net.Pipe: after a canned
 // handshake (first byte even: simple replies, odd: structured with
 // base:allocation) or from the very start (first byte ≥ 0x80). The server
-// must never panic and must close the connection once input ends.
+// must never panic, must keep reading its input or close the connection
+// (never stall without doing either), and must close the connection once
+// input ends.
 func FuzzServer(f *testing.F) {
 	req := func(r Request, payload ...byte) []byte {
 		b := make([]byte, RequestSize)
@@ -103,7 +117,7 @@ func FuzzServer(f *testing.F) {
 	}
 
 	f.Fuzz(func(t *testing.T, in []byte) {
-		if len(in) == 0 {
+		if len(in) == 0 || len(in) > fuzzInputBytesMax {
 			return
 		}
 		var input []byte
@@ -118,14 +132,22 @@ func FuzzServer(f *testing.F) {
 			defer close(done)
 			s.ServeConn(sn)
 		}()
-		go io.Copy(io.Discard, cn)
-		cn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		cn.Write(input)
+		drained := make(chan struct{})
+		go func() {
+			defer close(drained)
+			io.Copy(io.Discard, cn)
+		}()
+		cn.SetWriteDeadline(time.Now().Add(fuzzStepTimeout))
+		_, err := cn.Write(input)
 		cn.Close()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("server neither read its input nor closed the connection within %v", fuzzStepTimeout)
+		}
 		select {
 		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatal("server did not close the connection")
+		case <-time.After(fuzzStepTimeout):
+			t.Fatalf("server did not close the connection within %v of the input's end", fuzzStepTimeout)
 		}
+		<-drained // no goroutine outlives its input
 	})
 }
