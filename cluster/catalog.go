@@ -440,6 +440,40 @@ func (c *Catalog) AddVoter(ctx context.Context, s Server) error {
 	return nil
 }
 
+// AddNonvoter makes s a non-voting member: it receives the log (so its
+// catalog reads are local) but takes no part in elections. Leader only.
+func (c *Catalog) AddNonvoter(ctx context.Context, s Server) error {
+	if err := validNode(s.ID); err != nil {
+		return fmt.Errorf("cluster: add nonvoter: %w", err)
+	}
+	if _, _, err := net.SplitHostPort(s.Address); err != nil {
+		return fmt.Errorf("cluster: add nonvoter: %w: %s: %v", ErrInvalid, s.ID, err)
+	}
+	timeout := c.timeout(ctx)
+	if timeout <= 0 {
+		return fmt.Errorf("cluster: add nonvoter: %w", context.DeadlineExceeded)
+	}
+	if err := c.raft.AddNonvoter(raft.ServerID(s.ID), raft.ServerAddress(s.Address), 0, timeout).Error(); err != nil {
+		return c.raftError("add nonvoter "+s.ID, err)
+	}
+	c.log.Info("catalog nonvoter added", "server", s.ID, "address", s.Address)
+	return nil
+}
+
+// Members returns every server of the Raft configuration, voters and
+// non-voters, by ID.
+func (c *Catalog) Members() (map[string]string, error) {
+	f := c.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, c.raftError("configuration", err)
+	}
+	out := map[string]string{}
+	for _, s := range f.Configuration().Servers {
+		out[string(s.ID)] = string(s.Address)
+	}
+	return out, nil
+}
+
 // IsLeader reports whether this node leads the catalog now (it may lose
 // leadership at any moment after).
 func (c *Catalog) IsLeader() bool { return c.raft.State() == raft.Leader }

@@ -188,8 +188,14 @@ func Open(opts Options) (*Volume, error) {
 	return v, nil
 }
 
+// SeqGeneration returns the attachment generation a write's seq carries.
+func SeqGeneration(seq uint64) uint64 { return seq >> seqCounterBits }
+
 // ID returns the catalog id of the volume.
 func (v *Volume) ID() uint64 { return v.id }
+
+// Generation returns the attachment generation the volume stamps with.
+func (v *Volume) Generation() uint64 { return v.generation }
 
 // SetSize changes the size the volume reports (a grow from the catalog).
 func (v *Volume) SetSize(size int64) { v.size.Store(size) }

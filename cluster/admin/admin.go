@@ -80,8 +80,16 @@ type CreateRequest struct {
 	Replicas int    `json:"replicas,omitempty"` // 0: 3 with ≥ 3 storage nodes, else 1
 	// ChunkSize is the unit of placement in bytes; 0: 1 MiB.
 	ChunkSize int64 `json:"chunk_size,omitempty"`
+	// Target is the node whose target serves the volume; "": the node the
+	// request was sent to.
+	Target string `json:"target,omitempty"`
 	// LogicalBlockSize is the block size iSCSI presents: 512 (0) or 4096.
 	LogicalBlockSize int `json:"logical_block_size,omitempty"`
+}
+
+// AttachRequest is the body of POST /v1/volumes/{name}/attach.
+type AttachRequest struct {
+	Target string `json:"target"`
 }
 
 // ResizeRequest is the body of POST /v1/volumes/{name}/resize.
@@ -98,6 +106,24 @@ type Backend interface {
 	CreateVolume(ctx context.Context, req CreateRequest) (Volume, error)
 	ResizeVolume(ctx context.Context, name string, size int64) (Volume, error)
 	DeleteVolume(ctx context.Context, name string, force bool) error
+	AttachVolume(ctx context.Context, name, target string) (Volume, error)
+	Nodes(ctx context.Context) ([]Node, error)
+}
+
+// Node is a storage node or cluster member as the admin API shows it.
+type Node struct {
+	Name  string   `json:"name"`
+	Roles []string `json:"roles,omitempty"`
+	Zone  string   `json:"zone,omitempty"`
+	// Gossip is the member's state in this node's gossip view: alive,
+	// dead, left, or unknown.
+	Gossip string `json:"gossip"`
+	// State is the storage node's service state in the catalog
+	// (in_service, draining, out); empty for a process without storage.
+	State         string `json:"state,omitempty"`
+	Addr          string `json:"addr,omitempty"` // node RPC
+	CapacityBytes int64  `json:"capacity_bytes,omitempty"`
+	UsedBytes     int64  `json:"used_bytes,omitempty"`
 }
 
 type errorBody struct {
@@ -154,6 +180,22 @@ func Handler(b Backend) http.Handler {
 		}
 		v, err := b.ResizeVolume(r.Context(), r.PathValue("name"), req.Size)
 		reply(w, http.StatusOK, v, err)
+	})
+	mux.HandleFunc("POST /v1/volumes/{name}/attach", func(w http.ResponseWriter, r *http.Request) {
+		var req AttachRequest
+		if err := decode(r, &req); err != nil {
+			reply(w, 0, nil, err)
+			return
+		}
+		v, err := b.AttachVolume(r.Context(), r.PathValue("name"), req.Target)
+		reply(w, http.StatusOK, v, err)
+	})
+	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+		ns, err := b.Nodes(r.Context())
+		if ns == nil {
+			ns = []Node{}
+		}
+		reply(w, http.StatusOK, ns, err)
 	})
 	mux.HandleFunc("DELETE /v1/volumes/{name}", func(w http.ResponseWriter, r *http.Request) {
 		force := false
@@ -304,4 +346,16 @@ func (c *Client) ResizeVolume(ctx context.Context, name string, size int64) (Vol
 // DeleteVolume deletes a volume; force disconnects its sessions first.
 func (c *Client) DeleteVolume(ctx context.Context, name string, force bool) error {
 	return c.do(ctx, http.MethodDelete, "/v1/volumes/"+url.PathEscape(name)+"?force="+strconv.FormatBool(force), nil, nil)
+}
+
+// AttachVolume moves a volume's attachment to another node's target.
+func (c *Client) AttachVolume(ctx context.Context, name, target string) (Volume, error) {
+	var v Volume
+	return v, c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(name)+"/attach", AttachRequest{Target: target}, &v)
+}
+
+// Nodes lists the cluster's nodes.
+func (c *Client) Nodes(ctx context.Context) ([]Node, error) {
+	var ns []Node
+	return ns, c.do(ctx, http.MethodGet, "/v1/nodes", nil, &ns)
 }

@@ -33,11 +33,13 @@ const usage = `usage: cairn [--addr HOST:PORT] [--json] [--token-file F] COMMAND
 
 commands:
   status                                   show the daemon's state
-  volume create NAME --size SIZE [--replicas N] [--chunk-size C] [--logical-block-size 512|4096]
+  volume create NAME --size SIZE [--replicas N] [--chunk-size C] [--target NODE] [--logical-block-size 512|4096]
   volume list
   volume show NAME
   volume resize NAME --size SIZE           grow; NBD clients see it on reconnect
+  volume attach NAME --target NODE         move the volume to NODE's target
   volume delete NAME [--force]             --force disconnects attached clients
+  node list                                cluster members, gossip and service state
   bench [--smoke] [--systems ...] [...]    side-by-side benchmark (cairn bench --help)
 
 SIZE is bytes or a number with K/M/G/T or KiB/MiB/GiB/TiB (powers of 1024).
@@ -141,6 +143,7 @@ func dispatch(args []string, out io.Writer) error {
 	replicas := fs.Int("replicas", 0, "replication factor")
 	lbs := fs.Int("logical-block-size", 0, "block size iSCSI presents: 512 or 4096")
 	chunk := fs.String("chunk-size", "", "chunk size, the unit of placement (default 1MiB)")
+	targetNode := fs.String("target", "", "the node whose target serves the volume")
 	force := fs.Bool("force", false, "disconnect attached clients")
 	help := fs.Bool("help", false, "")
 	fs.BoolVar(help, "h", false, "")
@@ -186,6 +189,24 @@ func dispatch(args []string, out io.Writer) error {
 		return nil
 	}
 	switch pos[0] {
+	case "node", "nodes":
+		if len(pos) < 2 || pos[1] != "list" && pos[1] != "ls" {
+			return fmt.Errorf("%w: node needs a subcommand: list", errUsage)
+		}
+		if err := errors.Join(nargs(2), allow()); err != nil {
+			return err
+		}
+		ns, err := c.client.Nodes(ctx)
+		if err != nil {
+			return err
+		}
+		return c.print(ns, func(w io.Writer) {
+			fmt.Fprintf(w, "NAME\tROLES\tGOSSIP\tSTATE\tZONE\tCAPACITY\tUSED\n")
+			for _, n := range ns {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, strings.Join(n.Roles, ","), n.Gossip, orDash(n.State), orDash(n.Zone),
+					configs.FormatSize(n.CapacityBytes), configs.FormatSize(n.UsedBytes))
+			}
+		})
 	case "status":
 		if err := errors.Join(nargs(1), allow()); err != nil {
 			return err
@@ -205,7 +226,7 @@ func dispatch(args []string, out io.Writer) error {
 		}
 		switch pos[1] {
 		case "create":
-			if err := errors.Join(nargs(3), allow("size", "replicas", "logical-block-size", "chunk-size")); err != nil {
+			if err := errors.Join(nargs(3), allow("size", "replicas", "logical-block-size", "chunk-size", "target")); err != nil {
 				return err
 			}
 			if *size == "" {
@@ -221,7 +242,7 @@ func dispatch(args []string, out io.Writer) error {
 					return fmt.Errorf("--chunk-size: %w", err)
 				}
 			}
-			v, err := c.client.CreateVolume(ctx, admin.CreateRequest{Name: pos[2], Size: n, Replicas: *replicas, ChunkSize: cs, LogicalBlockSize: *lbs})
+			v, err := c.client.CreateVolume(ctx, admin.CreateRequest{Name: pos[2], Size: n, Replicas: *replicas, ChunkSize: cs, LogicalBlockSize: *lbs, Target: *targetNode})
 			if err != nil {
 				return err
 			}
@@ -261,6 +282,18 @@ func dispatch(args []string, out io.Writer) error {
 				return fmt.Errorf("--size: %w", err)
 			}
 			v, err := c.client.ResizeVolume(ctx, pos[2], n)
+			if err != nil {
+				return err
+			}
+			return c.printVolume(v)
+		case "attach":
+			if err := errors.Join(nargs(3), allow("target")); err != nil {
+				return err
+			}
+			if *targetNode == "" {
+				return fmt.Errorf("%w: volume attach needs --target NODE", errUsage)
+			}
+			v, err := c.client.AttachVolume(ctx, pos[2], *targetNode)
 			if err != nil {
 				return err
 			}
@@ -315,4 +348,11 @@ func (c *cli) print(v any, human func(io.Writer)) error {
 	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
 	human(tw)
 	return tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

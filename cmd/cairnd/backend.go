@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"cairn/cluster"
 	"cairn/cluster/admin"
+	"cairn/cluster/membership"
 	"cairn/configs"
+	"cairn/target"
 )
 
 // backend implements admin.Backend over the daemon.
@@ -66,9 +69,7 @@ func (b backend) view(ctx context.Context, cv cluster.Volume, allocated bool) ad
 	v.AttachedTo = cv.AttachedTo
 	if allocated {
 		v.ChunksPerNode = chunksPerNode(cv)
-		if n, err := d.store.Allocated(ctx, cv.ID, cv.Epoch); err == nil {
-			v.AllocatedBytes = int64(n) * int64(cv.BlockSize)
-		}
+		v.AllocatedBytes = d.allocated(ctx, cv)
 	}
 	return v
 }
@@ -93,7 +94,10 @@ func (b backend) CreateVolume(ctx context.Context, req admin.CreateRequest) (adm
 	if err := configs.ValidVolumeName(req.Name); err != nil {
 		return admin.Volume{}, fmt.Errorf("%w: %w", admin.ErrInvalid, err)
 	}
-	cv, err := b.d.catalog.CreateVolume(ctx, cluster.VolumeSpec{Name: req.Name, Size: req.Size, Replicas: req.Replicas, ChunkSize: req.ChunkSize, LogicalBlockSize: req.LogicalBlockSize})
+	if req.Target == "" && b.d.cfg.Has(configs.RoleTarget) {
+		req.Target = b.d.cfg.NodeName
+	}
+	cv, err := b.d.catalog.CreateVolume(ctx, cluster.VolumeSpec{Name: req.Name, Size: req.Size, Replicas: req.Replicas, ChunkSize: req.ChunkSize, LogicalBlockSize: req.LogicalBlockSize, Target: req.Target})
 	if err != nil {
 		return admin.Volume{}, apiError(err)
 	}
@@ -156,4 +160,83 @@ func chunksPerNode(cv cluster.Volume) map[string]int64 {
 		}
 	}
 	return per
+}
+
+// allocated returns the bytes of cv holding data, through the volume's own
+// placement when it is open here (each chunk's first replica answers), else
+// from the local store for a single-node volume; -1 when unknown.
+func (d *daemon) allocated(ctx context.Context, cv cluster.Volume) int64 {
+	if v, ok := d.volume(cv.Name); ok && v.ID() == cv.ID {
+		var n int64
+		err := v.Extents(ctx, 0, v.Info().Size, func(e target.Extent) bool {
+			if !e.Hole {
+				n += e.Length
+			}
+			return true
+		})
+		if err != nil {
+			return -1
+		}
+		return n
+	}
+	if d.store != nil && len(cv.Placement) == 0 {
+		if n, err := d.store.Allocated(ctx, cv.ID, cv.Epoch); err == nil {
+			return int64(n) * int64(cv.BlockSize)
+		}
+	}
+	return -1
+}
+
+func (b backend) AttachVolume(ctx context.Context, name, node string) (admin.Volume, error) {
+	if node == "" {
+		return admin.Volume{}, fmt.Errorf("%w: attach needs a target node", admin.ErrInvalid)
+	}
+	known := false
+	for _, m := range b.d.gossip.Members() {
+		known = known || (m.Name == node && m.Meta.HasRole(membership.RoleTarget))
+	}
+	if !known {
+		return admin.Volume{}, fmt.Errorf("%w: node %q is not a target in gossip", admin.ErrInvalid, node)
+	}
+	cv, err := b.d.catalog.Attach(ctx, name, node)
+	if err != nil {
+		return admin.Volume{}, apiError(err)
+	}
+	if err := b.d.reconcile(ctx); err != nil {
+		return admin.Volume{}, err
+	}
+	b.d.log.Info("volume attachment moved", "volume", name, "target", node, "generation", cv.Generation)
+	return b.view(ctx, cv, false), nil
+}
+
+func (b backend) Nodes(ctx context.Context) ([]admin.Node, error) {
+	byName := map[string]*admin.Node{}
+	var order []string
+	get := func(name string) *admin.Node {
+		if n, ok := byName[name]; ok {
+			return n
+		}
+		n := &admin.Node{Name: name, Gossip: "unknown"}
+		byName[name] = n
+		order = append(order, name)
+		return n
+	}
+	for _, m := range b.d.gossip.Members() {
+		n := get(m.Name)
+		n.Gossip = m.State.String()
+		n.Roles, n.Zone = m.Meta.Roles, m.Meta.Zone
+	}
+	for _, cn := range b.d.catalog.Nodes() {
+		n := get(cn.Name)
+		n.State, n.Addr, n.CapacityBytes, n.UsedBytes = string(cn.State), cn.Addr, cn.CapacityBytes, cn.UsedBytes
+		if n.Zone == "" {
+			n.Zone = cn.Zone
+		}
+	}
+	slices.Sort(order)
+	out := make([]admin.Node, 0, len(order))
+	for _, name := range order {
+		out = append(out, *byName[name])
+	}
+	return out, nil
 }

@@ -21,8 +21,10 @@ import (
 
 	"cairn/backend/store"
 	"cairn/backend/volume"
+	"cairn/backend/wire"
 	"cairn/cluster"
 	"cairn/cluster/admin"
+	"cairn/cluster/membership"
 	"cairn/configs"
 	"cairn/target"
 	"cairn/target/iscsi"
@@ -42,14 +44,21 @@ type daemon struct {
 	start time.Time
 
 	store   *store.Store
+	fence   *fence // in front of store, for local volumes and the node RPC
+	rpc     *wire.Server
 	catalog *cluster.Catalog
+	gossip  *membership.Pool
 	nbd     *nbd.Server
 	iscsi   *iscsi.Server
 	admin   *http.Server
 
-	nbdAddr, iscsiAddr, adminAddr string
-	latency                       time.Duration   // injected below the volumes (benchmarks)
-	delayed                       *volume.Latency // the store behind latency, when latency > 0
+	peers         peers        // clients of other storage nodes
+	forwardClient *http.Client // carries catalog changes to the leader
+	gossipTiming  membership.Timing
+
+	nbdAddr, iscsiAddr, adminAddr, storageAddr string
+	latency                                    time.Duration   // injected below the volumes (benchmarks)
+	delayed                                    *volume.Latency // the store behind latency, when latency > 0
 
 	reconcileMu sync.Mutex // serializes reconcile
 	mu          struct {
@@ -63,11 +72,14 @@ type daemon struct {
 	closeErr  error
 }
 
-// start opens the store and catalog, creates declared volumes, and starts
-// serving. On error everything started so far is stopped.
+// start runs the roles cfg lists: the store and its node RPC (storage),
+// the catalog (every process holds it: managers vote, the others follow as
+// non-voters), gossip, and NBD and iSCSI for the volumes attached here
+// (target). On error everything started so far is stopped.
 func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency time.Duration) (_ *daemon, err error) {
-	d := &daemon{cfg: cfg, log: log, start: time.Now(), latency: latency}
+	d := &daemon{cfg: cfg, log: log, start: time.Now(), latency: latency, gossipTiming: gossipTiming}
 	d.mu.vols = map[string]*volume.Volume{}
+	d.forwardClient = &http.Client{Timeout: forwardTimeout}
 	ctx, d.cancel = context.WithCancel(ctx)
 	defer func() {
 		if err != nil {
@@ -75,92 +87,91 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		}
 	}()
 	if cfg.TLS.Enabled() || cfg.Gossip.SecretKeyFile != "" {
-		// Raft and gossip still run plain on loopback: refuse rather than
-		// run a cluster the config says is encrypted when it is not.
-		return nil, errors.New("[tls] and gossip.secret_key_file: this cairnd does not run the cluster transports yet; use a loopback single node")
+		// Raft, gossip and the node RPC still run plain on loopback: refuse
+		// rather than run a cluster the config says is encrypted.
+		return nil, errors.New("[tls] and gossip.secret_key_file: this cairnd does not run the cluster transports encrypted yet; use loopback addresses")
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
-	if d.store, err = store.Open(filepath.Join(cfg.DataDir, "blocks"), store.Options{Logger: log, CacheBytes: int64(cfg.Storage.CacheSize)}); err != nil {
-		return nil, fmt.Errorf("open block store: %w", err)
+	if err := d.openStorage(); err != nil {
+		return nil, err
 	}
-	if latency > 0 {
-		if d.delayed, err = volume.NewLatency(d.store, latency); err != nil {
+	// Listen before joining gossip, so that the addresses it announces are
+	// the bound ones.
+	listen := func(key, addr string, dst *string) (net.Listener, error) {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("[%s] listen: %w", key, err)
+		}
+		*dst = l.Addr().String()
+		return l, nil
+	}
+	var sl, nl, il net.Listener
+	if cfg.Has(configs.RoleStorage) {
+		if sl, err = listen("storage", cfg.Storage.Listen, &d.storageAddr); err != nil {
 			return nil, err
 		}
+	}
+	if cfg.Has(configs.RoleTarget) {
+		if nl, err = listen("nbd", cfg.NBD.Listen, &d.nbdAddr); err != nil {
+			return nil, err
+		}
+		if il, err = listen("iscsi", cfg.ISCSI.Listen, &d.iscsiAddr); err != nil {
+			return nil, err
+		}
+	}
+	al, err := listen("admin", cfg.Admin.Listen, &d.adminAddr)
+	if err != nil {
+		return nil, err
+	}
+	expect := cfg.Raft.BootstrapExpect
+	if !cfg.Has(configs.RoleManager) {
+		expect = 0 // a non-voter, added by the leader
 	}
 	if d.catalog, err = cluster.Open(cluster.Options{
 		NodeID:          cfg.NodeName,
 		Dir:             filepath.Join(cfg.DataDir, "catalog"),
 		Bind:            cfg.Raft.Bind,
-		BootstrapExpect: cfg.Raft.BootstrapExpect,
+		BootstrapExpect: expect,
 		Logger:          log,
+		Forward:         d.forward,
 	}); err != nil {
 		return nil, fmt.Errorf("open catalog: %w", err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, catalogWait)
-	err = d.catalog.WaitLeader(wctx)
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("catalog: no leader within %s: %w", catalogWait, err)
-	}
-	if cfg.Has(configs.RoleStorage) {
-		// A storage node is in the catalog before any volume is placed.
-		if _, err := d.catalog.RegisterNode(ctx, cluster.Node{Name: cfg.NodeName}); err != nil {
-			return nil, fmt.Errorf("register storage node %q: %w", cfg.NodeName, err)
-		}
-	}
-	for _, vs := range cfg.Volumes {
-		if _, err := d.catalog.Volume(vs.Name); err == nil {
-			continue
-		}
-		v, err := d.catalog.CreateVolume(ctx, cluster.VolumeSpec{Name: vs.Name, Size: vs.Size, Replicas: vs.Replicas, LogicalBlockSize: vs.LogicalBlockSize})
-		if err != nil && !errors.Is(err, cluster.ErrExists) {
-			return nil, fmt.Errorf("create declared volume %q: %w", vs.Name, err)
-		}
-		log.Info("created declared volume", "volume", v.Name, "id", v.ID, "size", v.Size)
-	}
-	if err := d.reconcile(ctx); err != nil {
+	if err := d.startGossip(); err != nil {
 		return nil, err
+	}
+	if expect == 1 {
+		// The single-node default: the catalog is ours alone, so wait for
+		// it and serve the declared volumes before saying we serve.
+		wctx, cancel := context.WithTimeout(ctx, catalogWait)
+		err = d.catalog.WaitLeader(wctx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("catalog: no leader within %s: %w", catalogWait, err)
+		}
+		if err := d.join(ctx); err != nil {
+			return nil, err
+		}
 	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &volumeCollector{d: d})
 
-	d.nbd = nbd.NewServer(nbd.Options{Exports: exports{d}, Logger: log})
-	nl, err := net.Listen("tcp", cfg.NBD.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("[nbd] listen: %w", err)
-	}
-	d.nbdAddr = nl.Addr().String()
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		if err := d.nbd.Serve(nl); err != nil {
-			log.Error("nbd server stopped", "err", err)
+	if sl != nil {
+		if d.rpc, err = wire.NewServer(d.fence, wire.ServerOptions{Name: cfg.NodeName, Logger: log}); err != nil {
+			return nil, err
 		}
-	}()
-
-	d.iscsi = iscsi.NewServer(iscsi.Options{Targets: iscsiTargets{d}, Logger: log, CHAP: d.chap, Reservations: reservations{d}, BlockSize: d.scsiBlockSize})
-	il, err := net.Listen("tcp", cfg.ISCSI.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("[iscsi] listen: %w", err)
+		d.serve("node rpc", func() error { return d.rpc.Serve(sl) })
 	}
-	d.iscsiAddr = il.Addr().String()
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		if err := d.iscsi.Serve(il); err != nil {
-			log.Error("iscsi server stopped", "err", err)
-		}
-	}()
-
-	al, err := net.Listen("tcp", cfg.Admin.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("[admin] listen: %w", err)
+	if nl != nil {
+		d.nbd = nbd.NewServer(nbd.Options{Exports: exports{d}, Logger: log})
+		d.serve("nbd server", func() error { return d.nbd.Serve(nl) })
+		d.iscsi = iscsi.NewServer(iscsi.Options{Targets: iscsiTargets{d}, Logger: log, CHAP: d.chap, Reservations: reservations{d}, BlockSize: d.scsiBlockSize})
+		d.serve("iscsi server", func() error { return d.iscsi.Serve(il) })
 	}
-	d.adminAddr = al.Addr().String()
+
 	tokenFile := cfg.Admin.TokenFile
 	if tokenFile == "" {
 		tokenFile = filepath.Join(cfg.DataDir, "admin.token")
@@ -176,26 +187,107 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	d.admin = &http.Server{Handler: admin.RequireToken(token, mux), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		if err := d.admin.Serve(al); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("admin server stopped", "err", err)
+	top := http.NewServeMux()
+	top.HandleFunc("POST "+forwardPath, d.serveForward)
+	top.Handle("/", admin.RequireToken(token, mux))
+	d.admin = &http.Server{Handler: top, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	d.serve("admin server", func() error {
+		if err := d.admin.Serve(al); !errors.Is(err, http.ErrServerClosed) {
+			return err
 		}
-	}()
+		return nil
+	})
 
-	d.wg.Add(1)
-	go d.watchCatalog(ctx)
+	d.wg.Add(2)
+	go d.manageVoters(ctx)
+	go d.watchCatalog(ctx, expect != 1)
 
-	log.Info("cairnd serving", "node", cfg.NodeName, "nbd", d.nbdAddr, "iscsi", d.iscsiAddr, "admin", d.adminAddr,
+	log.Info("cairnd serving", "node", cfg.NodeName, "roles", strings.Join(cfg.Roles, ","), "nbd", d.nbdAddr, "iscsi", d.iscsiAddr, "admin", d.adminAddr,
+		"storage", d.storageAddr, "gossip", d.gossip.Addr(), "raft", d.catalog.Status().Address,
 		"data_dir", cfg.DataDir, "volumes", len(d.catalog.Volumes()))
 	return d, nil
 }
 
+// gossipTiming is the failure detection of the pool; tests shorten it.
+var gossipTiming = membership.TimingLAN()
+
+// serve runs a server's loop on a goroutine the daemon owns.
+func (d *daemon) serve(what string, fn func() error) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		if err := fn(); err != nil {
+			d.log.Error(what+" stopped", "err", err)
+		}
+	}()
+}
+
+// openStorage opens the block store of a storage node, behind injected
+// latency for benchmarks and behind the fence.
+func (d *daemon) openStorage() (err error) {
+	if !d.cfg.Has(configs.RoleStorage) {
+		return nil
+	}
+	if d.store, err = store.Open(filepath.Join(d.cfg.DataDir, "blocks"), store.Options{Logger: d.log, CacheBytes: int64(d.cfg.Storage.CacheSize)}); err != nil {
+		return fmt.Errorf("open block store: %w", err)
+	}
+	var n volume.Node = d.store
+	if d.latency > 0 {
+		if d.delayed, err = volume.NewLatency(d.store, d.latency); err != nil {
+			return err
+		}
+		n = d.delayed
+	}
+	d.fence = newFence(n, d.store, d.log)
+	return nil
+}
+
+// join does what a node does once the catalog has a leader: it registers
+// its store and creates the volumes its config declares, attached here.
+func (d *daemon) join(ctx context.Context) error {
+	if err := d.registerStorage(ctx); err != nil {
+		return err
+	}
+	for _, vs := range d.cfg.Volumes {
+		if _, err := d.catalog.Volume(vs.Name); err == nil {
+			continue
+		}
+		spec := cluster.VolumeSpec{Name: vs.Name, Size: vs.Size, Replicas: vs.Replicas, LogicalBlockSize: vs.LogicalBlockSize}
+		if d.cfg.Has(configs.RoleTarget) {
+			spec.Target = d.cfg.NodeName
+		}
+		v, err := d.catalog.CreateVolume(ctx, spec)
+		if err != nil && !errors.Is(err, cluster.ErrExists) {
+			return fmt.Errorf("create declared volume %q: %w", vs.Name, err)
+		}
+		d.log.Info("created declared volume", "volume", v.Name, "id", v.ID, "size", v.Size)
+	}
+	return d.reconcile(ctx)
+}
+
 // watchCatalog opens, resizes and closes volumes as the catalog changes.
-func (d *daemon) watchCatalog(ctx context.Context) {
+// With joining set (a cluster node, which did not wait for a leader at
+// start), it first waits for one and joins.
+func (d *daemon) watchCatalog(ctx context.Context, joining bool) {
 	defer d.wg.Done()
+	for joining {
+		err := d.catalog.WaitLeader(ctx)
+		if err == nil {
+			if err = d.join(ctx); err == nil {
+				d.log.Info("joined the cluster", "leader", d.catalog.Status().LeaderID)
+				break
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		d.log.Warn("join the cluster; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(votersInterval):
+		}
+	}
 	for {
 		// Take the channel before reconciling, so that a change applied
 		// while we reconcile wakes us again.
@@ -211,17 +303,23 @@ func (d *daemon) watchCatalog(ctx context.Context) {
 	}
 }
 
-// reconcile makes the open volumes match the catalog: it attaches and opens
-// new ones, applies resizes, and closes and drops the data of deleted ones.
-// reconcileMu serializes reconciles (so a volume is attached once); d.mu is
-// held only to read and change the map, never across a Raft apply or the
-// store, so front-end lookups do not wait on the catalog.
+// reconcile makes this node match the catalog. As a target it serves the
+// volumes attached here: it re-attaches (bumping the fencing generation)
+// and opens new ones, applies resizes, and closes those deleted or moved
+// away. As a storage node it raises each volume's fence to the catalog's
+// generation and drops the data of deleted volumes once nothing is inside
+// them. reconcileMu serializes reconciles (so a volume is attached once);
+// d.mu is held only to read and change the map, never across a Raft apply
+// or the store, so front-end lookups do not wait on the catalog.
 func (d *daemon) reconcile(ctx context.Context) error {
 	d.reconcileMu.Lock()
 	defer d.reconcileMu.Unlock()
+	all := d.catalog.Volumes()
 	want := map[string]cluster.Volume{}
-	for _, cv := range d.catalog.Volumes() {
-		want[cv.Name] = cv
+	for _, cv := range all {
+		if d.cfg.Has(configs.RoleTarget) && cv.AttachedTo == d.cfg.NodeName {
+			want[cv.Name] = cv
+		}
 	}
 	type removal struct {
 		name string
@@ -231,7 +329,7 @@ func (d *daemon) reconcile(ctx context.Context) error {
 	var add []string
 	d.mu.Lock()
 	for name, v := range d.mu.vols {
-		if cv, ok := want[name]; ok && cv.ID == v.ID() {
+		if cv, ok := want[name]; ok && cv.ID == v.ID() && cv.Generation == v.Generation() {
 			v.SetSize(cv.Size)
 			continue
 		}
@@ -251,35 +349,66 @@ func (d *daemon) reconcile(ctx context.Context) error {
 		// Close waits for the requests inside the volume: only then may its
 		// data go, or a straggling write would leave orphaned keys.
 		if err := g.v.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("volume %q: data kept: %w", g.name, err))
+			errs = append(errs, fmt.Errorf("volume %q: %w", g.name, err))
 			continue
 		}
-		if err := d.store.DropVolume(g.v.ID()); err != nil {
-			errs = append(errs, fmt.Errorf("drop data of volume %q: %w", g.name, err))
-		}
-		d.log.Info("volume removed", "volume", g.name, "id", g.v.ID())
+		d.log.Info("volume closed", "volume", g.name, "id", g.v.ID())
+	}
+	if d.fence != nil {
+		errs = append(errs, d.reconcileStorage(all))
 	}
 	for _, name := range add {
-		// Attaching bumps the fencing generation, so this attachment's
-		// writes carry higher seqs than any earlier one's.
-		av, err := d.catalog.Attach(ctx, name, d.cfg.NodeName)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("attach volume %q: %w", name, err))
+		if err := d.attach(ctx, want[name]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// attach re-attaches a volume the catalog attaches here, which bumps its
+// fencing generation (so this attachment's writes carry higher seqs than
+// any earlier one's and nodes refuse the old target's), and opens it.
+func (d *daemon) attach(ctx context.Context, cv cluster.Volume) error {
+	av, err := d.catalog.Attach(ctx, cv.Name, d.cfg.NodeName)
+	if err != nil {
+		return fmt.Errorf("attach volume %q: %w", cv.Name, err)
+	}
+	p, err := d.placement(av)
+	if err != nil {
+		return fmt.Errorf("open volume %q: %w", cv.Name, err)
+	}
+	v, err := volume.Open(volume.Options{
+		ID: av.ID, Size: av.Size, ChunkSize: av.ChunkSize,
+		Generation: av.Generation, Epoch: av.Epoch,
+		Placement: p,
+	})
+	if err != nil {
+		return fmt.Errorf("open volume %q: %w", cv.Name, err)
+	}
+	d.mu.Lock()
+	d.mu.vols[cv.Name] = v
+	d.mu.Unlock()
+	d.log.Info("volume attached", "volume", cv.Name, "id", av.ID, "size", av.Size, "replicas", av.Replicas, "generation", av.Generation)
+	return nil
+}
+
+// reconcileStorage raises the fence of every volume to its catalog
+// generation and drops the data of volumes gone from the catalog.
+func (d *daemon) reconcileStorage(all []cluster.Volume) error {
+	live := map[uint64]bool{}
+	for _, cv := range all {
+		live[cv.ID] = true
+		d.fence.setGeneration(cv.ID, cv.Generation)
+	}
+	var errs []error
+	for _, id := range d.fence.known() {
+		if live[id] {
 			continue
 		}
-		v, err := volume.Open(volume.Options{
-			ID: av.ID, Size: av.Size, ChunkSize: av.ChunkSize,
-			Generation: av.Generation, Epoch: av.Epoch,
-			Placement: volume.NewLocal(d.node()),
-		})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("open volume %q: %w", name, err))
+		if err := d.fence.drop(id); err != nil {
+			errs = append(errs, fmt.Errorf("drop data of volume %d: %w", id, err))
 			continue
 		}
-		d.mu.Lock()
-		d.mu.vols[name] = v
-		d.mu.Unlock()
-		d.log.Info("volume attached", "volume", name, "id", av.ID, "size", av.Size, "generation", av.Generation)
 	}
 	return errors.Join(errs...)
 }
@@ -310,7 +439,24 @@ func (d *daemon) Close() error {
 		if d.iscsi != nil {
 			errs = append(errs, d.iscsi.Close())
 		}
+		d.mu.Lock()
+		vols := d.mu.vols
+		d.mu.vols = map[string]*volume.Volume{}
+		d.mu.Unlock()
+		for _, v := range vols {
+			errs = append(errs, v.Close())
+		}
+		if d.rpc != nil {
+			errs = append(errs, d.rpc.Close())
+		}
+		if d.gossip != nil {
+			if err := d.gossip.Leave(time.Second); err != nil {
+				d.log.Warn("gossip leave", "err", err)
+			}
+			errs = append(errs, d.gossip.Close())
+		}
 		d.wg.Wait()
+		errs = append(errs, d.closePeers())
 		if d.delayed != nil {
 			n, mean := d.delayed.Waited()
 			d.log.Info("injected latency", "operations", n, "mean", mean)
@@ -408,13 +554,9 @@ func (t iscsiTargets) List() []string {
 	return names
 }
 
-// node is the local storage node the volumes use.
-func (d *daemon) node() volume.Node {
-	if d.delayed != nil {
-		return d.delayed
-	}
-	return d.store
-}
+// node is the local storage node the volumes use: the store behind its
+// fence.
+func (d *daemon) node() volume.Node { return d.fence }
 
 // reservations keeps iSCSI persistent reservations in the catalog, so they
 // survive a restart of the daemon.

@@ -86,6 +86,10 @@ iqn_prefix = "iqn.2026-11.test.cairn"
 [raft]
 bind = "127.0.0.1:%d"
 bootstrap_expect = 1
+[gossip]
+bind = "127.0.0.1:0"
+[storage]
+listen = "127.0.0.1:0"
 [[volume]]
 name = "vol0"
 size = "1GiB"

@@ -1,0 +1,412 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"cairn/backend/volume"
+	"cairn/backend/wire"
+	"cairn/cluster"
+	"cairn/cluster/membership"
+	"cairn/configs"
+)
+
+// The cluster side of a daemon: its gossip membership, the catalog's
+// voters (bootstrap from gossip, managers added as voters and the other
+// processes as non-voters), changes forwarded to the leader, and the
+// storage nodes a volume's chunks live on.
+
+const (
+	// votersInterval is how often the leader looks for gossip members the
+	// catalog's Raft configuration lacks, and a manager that has not
+	// bootstrapped looks for bootstrap_expect managers.
+	votersInterval = 500 * time.Millisecond
+	// forwardTimeout bounds one forwarded change.
+	forwardTimeout = 15 * time.Second
+	// forwardBytesMax bounds a forwarded command or reply.
+	forwardBytesMax = 1 << 20
+	// forwardPath is the leader's endpoint for changes forwarded by others,
+	// on the admin listener.
+	forwardPath = "/internal/v1/catalog/apply"
+)
+
+// meta is what this node announces in gossip.
+func (d *daemon) meta() membership.Meta {
+	m := membership.Meta{
+		Name:  d.cfg.NodeName,
+		Roles: slices.Clone(d.cfg.Roles),
+		Zone:  d.cfg.Zone,
+		Addrs: membership.Addrs{
+			Storage: d.storageAddr,
+			Admin:   d.adminAddr,
+			NBD:     d.nbdAddr,
+			ISCSI:   d.iscsiAddr,
+		},
+	}
+	if d.catalog != nil {
+		m.Addrs.Raft = d.catalog.Status().Address
+	}
+	return m
+}
+
+// startGossip joins the gossip pool with this node's metadata.
+func (d *daemon) startGossip() error {
+	p, err := membership.Start(membership.Options{
+		NodeName: d.cfg.NodeName,
+		BindAddr: d.cfg.Gossip.Bind,
+		Join:     d.cfg.Gossip.Join,
+		Meta:     d.meta(),
+		Logger:   d.log,
+		Timing:   d.gossipTiming,
+	})
+	if err != nil {
+		return fmt.Errorf("[gossip]: %w", err)
+	}
+	d.gossip = p
+	return nil
+}
+
+// member returns the gossip record of an alive node.
+func (d *daemon) member(name string) (membership.Member, bool) {
+	if d.gossip == nil {
+		return membership.Member{}, false
+	}
+	m, ok := d.gossip.Member(name)
+	if !ok || m.State != membership.StateAlive || m.MetaErr != nil {
+		return membership.Member{}, false
+	}
+	return m, true
+}
+
+// forward is the catalog's Forwarder: it posts the command to the
+// leader's admin listener, found in gossip.
+func (d *daemon) forward(ctx context.Context, leader string, cmd []byte) ([]byte, error) {
+	m, ok := d.member(leader)
+	if !ok || m.Meta.Addrs.Admin == "" {
+		return nil, fmt.Errorf("leader %s is not in gossip", leader)
+	}
+	ctx, cancel := context.WithTimeout(ctx, forwardTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+m.Meta.Addrs.Admin+forwardPath, bytes.NewReader(cmd))
+	if err != nil {
+		return nil, err
+	}
+	resp, err := d.forwardClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, forwardBytesMax+1))
+	if err != nil {
+		return nil, fmt.Errorf("leader %s: %w", leader, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("leader %s: HTTP %d: %s", leader, resp.StatusCode, bytes.TrimSpace(b))
+	}
+	if len(b) > forwardBytesMax {
+		return nil, fmt.Errorf("leader %s: reply larger than %d bytes", leader, forwardBytesMax)
+	}
+	return b, nil
+}
+
+// serveForward applies a change another node forwarded. The cluster runs
+// its transports on loopback only (config validation refuses otherwise
+// until they carry TLS), so the endpoint answers loopback peers only.
+func (d *daemon) serveForward(w http.ResponseWriter, r *http.Request) {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		http.Error(w, "forwarded changes are taken from loopback peers only", http.StatusForbidden)
+		return
+	}
+	cmd, err := io.ReadAll(http.MaxBytesReader(w, r.Body, forwardBytesMax))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
+		return
+	}
+	reply, err := d.catalog.ApplyForwarded(r.Context(), cmd)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(reply)
+}
+
+// manageVoters runs while the daemon does: before the catalog has Raft
+// state, it bootstraps it once bootstrap_expect managers are in gossip
+// (every one of them proposes the same set: the first bootstrap_expect by
+// name); on the leader, it adds the managers gossip shows as voters and
+// every other cairnd as a non-voter, so that all of them hold the catalog.
+func (d *daemon) manageVoters(ctx context.Context) {
+	defer d.wg.Done()
+	t := time.NewTicker(votersInterval)
+	defer t.Stop()
+	bootstrapped := d.cfg.Raft.BootstrapExpect <= 1
+	for {
+		if !bootstrapped {
+			bootstrapped = d.tryBootstrap()
+		}
+		if d.catalog.IsLeader() {
+			d.addMembers(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// tryBootstrap bootstraps the catalog if bootstrap_expect managers are
+// alive in gossip and this node is one of the first that many by name. It
+// reports whether there is nothing left to do.
+func (d *daemon) tryBootstrap() bool {
+	if d.catalog.Status().LeaderID != "" {
+		return true // a catalog already exists and we are in it
+	}
+	var servers []cluster.Server
+	for _, m := range d.gossip.Members() {
+		if m.State == membership.StateAlive && m.MetaErr == nil && m.Meta.HasRole(membership.RoleManager) && m.Meta.Addrs.Raft != "" {
+			servers = append(servers, cluster.Server{ID: m.Name, Address: m.Meta.Addrs.Raft})
+		}
+	}
+	want := d.cfg.Raft.BootstrapExpect
+	if len(servers) < want {
+		return false
+	}
+	slices.SortFunc(servers, func(a, b cluster.Server) int {
+		if a.ID < b.ID {
+			return -1
+		}
+		if a.ID > b.ID {
+			return 1
+		}
+		return 0
+	})
+	servers = servers[:want]
+	if !slices.ContainsFunc(servers, func(s cluster.Server) bool { return s.ID == d.cfg.NodeName }) {
+		return true // the first managers bootstrap; the leader adds us
+	}
+	switch err := d.catalog.Bootstrap(servers); {
+	case err == nil:
+		d.log.Info("catalog bootstrapped from gossip", "servers", len(servers))
+		return true
+	case errors.Is(err, cluster.ErrBootstrapped):
+		return true
+	default:
+		d.log.Error("catalog bootstrap", "err", err)
+		return false
+	}
+}
+
+// addMembers adds alive gossip members missing from the Raft configuration.
+func (d *daemon) addMembers(ctx context.Context) {
+	have, err := d.catalog.Members()
+	if err != nil {
+		return
+	}
+	for _, m := range d.gossip.Members() {
+		if m.State != membership.StateAlive || m.MetaErr != nil || m.Meta.Addrs.Raft == "" {
+			continue
+		}
+		if _, ok := have[m.Name]; ok {
+			continue
+		}
+		s := cluster.Server{ID: m.Name, Address: m.Meta.Addrs.Raft}
+		actx, cancel := context.WithTimeout(ctx, forwardTimeout)
+		if m.Meta.HasRole(membership.RoleManager) {
+			err = d.catalog.AddVoter(actx, s)
+		} else {
+			err = d.catalog.AddNonvoter(actx, s)
+		}
+		cancel()
+		if err != nil {
+			d.log.Warn("add catalog member", "node", m.Name, "err", err)
+		}
+	}
+}
+
+// peers holds the clients of other storage nodes, by node name, each
+// dialled at its address in the catalog.
+type peers struct {
+	mu sync.Mutex
+	m  map[string]*wire.Client
+}
+
+// storageNode returns the volume.Node for a storage node of the catalog:
+// this process's store, or a client of the node's RPC address.
+func (d *daemon) storageNode(n cluster.Node) (volume.Node, error) {
+	if n.Name == d.cfg.NodeName && d.store != nil {
+		return d.node(), nil
+	}
+	if n.Addr == "" {
+		return nil, fmt.Errorf("storage node %s has no RPC address in the catalog", n.Name)
+	}
+	d.peers.mu.Lock()
+	defer d.peers.mu.Unlock()
+	if c, ok := d.peers.m[n.Name]; ok {
+		return c, nil
+	}
+	c, err := wire.NewClient(n.Addr, wire.ClientOptions{Name: d.cfg.NodeName, Conns: 2, Logger: d.log})
+	if err != nil {
+		return nil, fmt.Errorf("storage node %s: %w", n.Name, err)
+	}
+	if d.peers.m == nil {
+		d.peers.m = map[string]*wire.Client{}
+	}
+	d.peers.m[n.Name] = c
+	return c, nil
+}
+
+func (d *daemon) closePeers() error {
+	d.peers.mu.Lock()
+	defer d.peers.mu.Unlock()
+	var errs []error
+	for _, c := range d.peers.m {
+		errs = append(errs, c.Close())
+	}
+	d.peers.m = nil
+	return errors.Join(errs...)
+}
+
+// placement returns the volume.Placement of a catalog volume: every chunk
+// on the local store for a volume from before placement, else the chunk's
+// replica set from the catalog's placement set.
+func (d *daemon) placement(cv cluster.Volume) (volume.Placement, error) {
+	if len(cv.Placement) == 0 {
+		if d.store == nil {
+			return nil, fmt.Errorf("volume %q has no placement and this node no store", cv.Name)
+		}
+		return volume.NewLocal(d.node()), nil
+	}
+	byName := map[string]cluster.Node{}
+	for _, n := range d.catalog.Nodes() {
+		byName[n.Name] = n
+	}
+	nodes := map[string]volume.Node{}
+	for _, m := range cv.Placement {
+		n, ok := byName[m.Node]
+		if !ok {
+			return nil, fmt.Errorf("volume %q: storage node %s is not in the catalog", cv.Name, m.Node)
+		}
+		nd, err := d.storageNode(n)
+		if err != nil {
+			return nil, fmt.Errorf("volume %q: %w", cv.Name, err)
+		}
+		nodes[m.Node] = nd
+	}
+	return newChunkPlacement(cv, nodes, d.cfg.NodeName), nil
+}
+
+// chunkPlacement is a volume.Placement over the catalog's placement set.
+// Replica sets are computed once per chunk, on first use, and interned:
+// the table holds a small index per chunk, in pages published atomically,
+// so Replicas takes no lock once a chunk's page exists.
+type chunkPlacement struct {
+	placer *cluster.Placer
+	nodes  map[string]volume.Node
+	all    []volume.Node
+	local  string
+
+	pages []atomic.Pointer[[chunkPageLen]uint32]
+	sets  atomic.Pointer[[][]volume.Node] // copy on write under mu
+
+	mu          sync.Mutex
+	setIndex    map[string]uint32 // guarded by mu
+	replicasBuf []string          // guarded by mu
+}
+
+// chunkPageLen is the chunks per page of the replica-set table.
+const chunkPageLen = 4096
+
+// placementChunksMax bounds the table: 64 TiB of the smallest chunks.
+const placementChunksMax = 64 << 40 / (64 << 10)
+
+func newChunkPlacement(cv cluster.Volume, nodes map[string]volume.Node, local string) *chunkPlacement {
+	p := &chunkPlacement{
+		placer:   cluster.NewPlacer(cv),
+		nodes:    nodes,
+		local:    local,
+		setIndex: map[string]uint32{},
+	}
+	chunks := min(uint64(64<<40)/uint64(cv.ChunkSize), placementChunksMax)
+	p.pages = make([]atomic.Pointer[[chunkPageLen]uint32], chunks/chunkPageLen+1)
+	p.sets.Store(&[][]volume.Node{})
+	for _, m := range cv.Placement {
+		p.all = append(p.all, nodes[m.Node])
+	}
+	return p
+}
+
+// Replicas implements volume.Placement: the chunk's replicas, the local
+// node first when it holds one (reads go to the first).
+func (p *chunkPlacement) Replicas(chunk uint64) []volume.Node {
+	pi := chunk / chunkPageLen
+	if pi >= uint64(len(p.pages)) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return (*p.sets.Load())[p.intern(chunk)]
+	}
+	page := p.pages[pi].Load()
+	if page == nil {
+		p.mu.Lock()
+		if page = p.pages[pi].Load(); page == nil {
+			page = new([chunkPageLen]uint32)
+			for i := range page {
+				page[i] = p.intern(pi*chunkPageLen + uint64(i))
+			}
+			p.pages[pi].Store(page)
+		}
+		p.mu.Unlock()
+	}
+	return (*p.sets.Load())[page[chunk%chunkPageLen]]
+}
+
+// intern computes a chunk's replica set and returns its index in sets.
+// The caller holds mu.
+func (p *chunkPlacement) intern(chunk uint64) uint32 {
+	names := p.placer.Replicas(chunk, p.replicasBuf[:0])
+	p.replicasBuf = names
+	if i := slices.Index(names, p.local); i > 0 {
+		names[0], names[i] = names[i], names[0]
+	}
+	key := strings.Join(names, "\x00")
+	if i, ok := p.setIndex[key]; ok {
+		return i
+	}
+	set := make([]volume.Node, len(names))
+	for i, n := range names {
+		set[i] = p.nodes[n]
+	}
+	sets := append(slices.Clone(*p.sets.Load()), set)
+	p.sets.Store(&sets)
+	i := uint32(len(sets) - 1)
+	p.setIndex[key] = i
+	return i
+}
+
+// Nodes implements volume.Placement.
+func (p *chunkPlacement) Nodes() []volume.Node { return p.all }
+
+// registerStorage records this node in the catalog as a storage node at
+// its RPC address.
+func (d *daemon) registerStorage(ctx context.Context) error {
+	if !d.cfg.Has(configs.RoleStorage) {
+		return nil
+	}
+	_, err := d.catalog.RegisterNode(ctx, cluster.Node{Name: d.cfg.NodeName, Zone: d.cfg.Zone, Addr: d.storageAddr})
+	if err != nil {
+		return fmt.Errorf("register storage node %q: %w", d.cfg.NodeName, err)
+	}
+	return nil
+}
