@@ -2,7 +2,9 @@ package nbd
 
 import (
 	"bytes"
+	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -16,20 +18,38 @@ import (
 // from them once it is spent, serves a well-behaved client, disconnects
 // the stalled ones after ReplyTimeout and gets the whole budget back.
 func TestBudgetStalledClients(t *testing.T) {
+	t.Run("pipe", func(t *testing.T) { testBudgetStalledClients(t, false) })
+	t.Run("tcp", func(t *testing.T) { testBudgetStalledClients(t, true) })
+}
+
+// testBudgetStalledClients runs over net.Pipe (no buffering at all) or
+// loopback TCP with 4 KiB client receive buffers, as an attacker would.
+func testBudgetStalledClients(t *testing.T, tcp bool) {
 	const (
 		budgetBytes = 4 << 20
 		readBytes   = 1 << 20
 		stalled     = 4
-		reads       = 8 // per stalled client: twice the budget each
+		reads       = 16 // per stalled client: four times the budget each, more than sockets buffer
 	)
 	exports, _ := memExports()
 	budget := target.NewBudget(budgetBytes)
 	s := newServer(t, exports, Options{Budget: budget, RequestBytesMax: readBytes, ReplyTimeout: 200 * time.Millisecond})
+	connect := func(bool) *client { return pipe(t, s) }
+	if tcp {
+		addr := listen(t, s)
+		connect = func(stall bool) *client {
+			c := dial(t, addr)
+			if stall {
+				c.nc.(*net.TCPConn).SetReadBuffer(4096)
+			}
+			return c
+		}
+	}
 
 	var senders sync.WaitGroup
 	var bad []*client
 	for i := range stalled {
-		c := pipe(t, s)
+		c := connect(true)
 		c.open("disk", i%2 == 0)
 		bad = append(bad, c)
 		senders.Add(1)
@@ -48,24 +68,26 @@ func TestBudgetStalledClients(t *testing.T) {
 	// The budget fills and readers wait for it rather than read on.
 	waitFor(t, func() bool { return budget.InUse() == budgetBytes && budget.Waiting() > 0 })
 
-	good := pipe(t, s)
+	good := connect(false)
 	good.open("disk", true)
 	for i := range 20 {
 		if r := good.do(Request{Type: CmdRead, Cookie: uint64(100 + i), Offset: uint64(i) * 4096, Length: 64 << 10}, nil); r.errno != 0 || len(r.data) != 64<<10 {
 			t.Fatalf("well-behaved read %d: %+v", i, r)
 		}
 	}
+	// Reading from a stalled client before the server dropped it would
+	// unstall it: wait for the drops first.
+	waitFor(t, func() bool { return s.Stats().Disconnects[target.DisconnectReplyTimeout] == stalled })
 	for _, c := range bad {
 		c.expectClosed()
-		<-c.served
 	}
 	senders.Wait()
 	waitFor(t, func() bool { return budget.InUse() == 0 })
 	if p := budget.Peak(); p > budgetBytes {
 		t.Fatalf("peak %d bytes in flight, budget %d", p, budgetBytes)
 	}
-	if n := s.Stats().Disconnects[target.DisconnectReplyTimeout]; n != stalled {
-		t.Fatalf("%d reply timeouts, want %d: %v", n, stalled, s.Stats().Disconnects)
+	if d := s.Stats().Disconnects; len(d) != 1 {
+		t.Fatalf("disconnects %v, want %d reply timeouts only", d, stalled)
 	}
 	// The well-behaved client is still connected and served.
 	if r := good.do(Request{Type: CmdRead, Cookie: 1, Length: readBytes}, nil); r.errno != 0 {
@@ -186,5 +208,32 @@ func TestConnectionLimits(t *testing.T) {
 				t.Fatal(r)
 			}
 		})
+	}
+}
+
+// TestSlowReaderKept: ReplyTimeout cuts off a client that stops reading,
+// not one that reads a large reply slowly (here 1 MiB over 1.6 s, with
+// ReplyTimeout 1 s).
+func TestSlowReaderKept(t *testing.T) {
+	exports, _ := memExports()
+	s := newServer(t, exports, Options{RequestBytesMax: 1 << 20, ReplyTimeout: time.Second})
+	c := pipe(t, s)
+	c.open("disk", false)
+	c.send(Request{Type: CmdRead, Cookie: 1, Length: 1 << 20}, nil)
+	c.nc.SetDeadline(time.Now().Add(20 * time.Second))
+	hdr := make([]byte, SimpleReplySize)
+	if _, err := io.ReadFull(c.br, hdr); err != nil {
+		t.Fatal(err)
+	}
+	piece := make([]byte, 32<<10)
+	for range (1 << 20) / len(piece) {
+		time.Sleep(50 * time.Millisecond)
+		if _, err := io.ReadFull(c.br, piece); err != nil {
+			t.Fatalf("slow reader cut off: %v (%v)", err, s.Stats().Disconnects)
+		}
+	}
+	delete(c.reads, 1)
+	if r := c.do(Request{Type: CmdRead, Cookie: 2, Length: 512}, nil); r.errno != 0 {
+		t.Fatal(r)
 	}
 }
