@@ -29,6 +29,21 @@ func LoadTLS(caFile, certFile, keyFile string) (server, client *tls.Config, err 
 	if err != nil {
 		return nil, nil, fmt.Errorf("wire: tls: %s, %s: %w", certFile, keyFile, err)
 	}
+	// Refuse at load what every peer would refuse at handshake.
+	if cert.Leaf == nil { // GODEBUG x509keypairleaf=0
+		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return nil, nil, fmt.Errorf("wire: tls: %s: %w", certFile, err)
+		}
+	}
+	inter := x509.NewCertPool()
+	for _, der := range cert.Certificate[1:] {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			inter.AddCert(c)
+		}
+	}
+	if _, err := cert.Leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return nil, nil, fmt.Errorf("wire: tls: %s is not signed by the CA in %s: %w", certFile, caFile, err)
+	}
 	server, client = tlsConfigs(pool, cert)
 	return server, client, nil
 }

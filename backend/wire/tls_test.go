@@ -113,6 +113,10 @@ func TestLoadTLSErrors(t *testing.T) {
 	if _, _, err := LoadTLS(p.caFile, p.certFile, p.caFile); err == nil {
 		t.Fatal("certificate without its key accepted")
 	}
+	q := newPKI(t, "y")
+	if _, _, err := LoadTLS(q.caFile, p.certFile, p.keyFile); err == nil {
+		t.Fatal("certificate of another CA accepted")
+	}
 	s, c, err := LoadTLS(p.caFile, p.certFile, p.keyFile)
 	if err != nil {
 		t.Fatal(err)
