@@ -33,11 +33,12 @@ const (
 	NopInTimeoutDefault        = 30 * time.Second
 	LoginTimeoutDefault        = 30 * time.Second
 
-	immediateMax   = 16               // immediate commands in flight beyond the window
-	reinstateWait  = 10 * time.Second // for an old session to end on reinstatement
-	outQueuePDUs   = 256              // PDUs queued for the writer
-	loginDataMax   = 64 << 10
-	portalGroupTag = "1"
+	immediateMax    = 16               // immediate commands in flight beyond the window
+	writeChunkBytes = 64 << 10         // PDU data written between write deadline renewals
+	reinstateWait   = 10 * time.Second // for an old session to end on reinstatement
+	outQueuePDUs    = 256              // PDUs queued for the writer
+	loginDataMax    = 64 << 10
+	portalGroupTag  = "1"
 )
 
 // Options configure a Server. The zero value works except for Targets.

@@ -498,8 +498,18 @@ func (s *session) writePDU(p *outPDU) error {
 	if len(p.data) == 0 {
 		return nil
 	}
-	if _, err := s.bw.Write(p.data); err != nil {
-		return err
+	// Renew the deadline as the data goes out, so that ReplyTimeout cuts
+	// off an initiator that stops reading, not one with a large
+	// MaxRecvDataSegmentLength that reads slowly.
+	for d := p.data; len(d) > 0; {
+		n := min(len(d), writeChunkBytes)
+		if _, err := s.bw.Write(d[:n]); err != nil {
+			return err
+		}
+		d = d[n:]
+		if len(d) > 0 {
+			s.armWrite()
+		}
 	}
 	padN := pad4(len(p.data))
 	if _, err := s.bw.Write(zeroPad[:padN]); err != nil {
