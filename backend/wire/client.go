@@ -256,41 +256,48 @@ func (c *Client) Sync(ctx context.Context) error {
 func (c *Client) Extents(ctx context.Context, vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) error {
 	bp := target.GetBuffer(ExtentsReplyBytesMax)
 	defer target.PutBuffer(bp)
-	buf := (*bp)[:ExtentsReplyBytesMax]
-	end := block + n
 	for {
-		a := args{op: OpExtents, fixedLen: ExtentsRequestSize, reply: buf}
-		(&ExtentsRequest{Vol: vol, Block: block, Blocks: n, Epoch: epoch}).Put(a.fixed[:])
-		m, more, err := c.do(ctx, &a)
-		if err == nil {
-			var k int
-			if k, err = CheckExtentsReply(buf[:m]); err == nil {
-				pos := block
-				for i := range k {
-					r := ExtentRunAt(buf, i)
-					if r.Start != pos || r.Count > end-pos {
-						err = fmt.Errorf("%w: run [%d, +%d) does not follow block %d within [%d, %d)", ErrProtocol, r.Start, r.Count, pos, block, end)
-						break
-					}
-					pos += r.Count
-					if !fn(r.Start, r.Count, r.Allocated) {
-						return nil
-					}
-				}
-				if err == nil && more && (k == 0 || pos >= end) {
-					err = fmt.Errorf("%w: more runs announced after block %d of [%d, %d)", ErrProtocol, pos, block, end)
-				}
-				if err == nil && !more {
-					return nil
-				}
-				n -= pos - block
-				block = pos
-			}
-		}
+		next, more, err := c.extentsPart(ctx, (*bp)[:ExtentsReplyBytesMax], vol, block, n, epoch, fn)
 		if err != nil {
 			return fmt.Errorf("wire: extents vol %d blocks [%d, +%d) on %s: %w", vol, block, n, c.addr, err)
 		}
+		if !more {
+			return nil
+		}
+		n -= next - block
+		block = next
 	}
+}
+
+// extentsPart makes one Extents call for [block, block+n), its reply in
+// buf, and hands the runs to fn. It returns where the runs stopped and
+// whether the node has more of the range (false too when fn stopped).
+func (c *Client) extentsPart(ctx context.Context, buf []byte, vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) (next uint64, more bool, err error) {
+	a := args{op: OpExtents, fixedLen: ExtentsRequestSize, reply: buf}
+	(&ExtentsRequest{Vol: vol, Block: block, Blocks: n, Epoch: epoch}).Put(a.fixed[:])
+	m, more, err := c.do(ctx, &a)
+	if err != nil {
+		return 0, false, err
+	}
+	k, err := CheckExtentsReply(buf[:m])
+	if err != nil {
+		return 0, false, err
+	}
+	end, pos := block+n, block
+	for i := range k {
+		r := ExtentRunAt(buf, i)
+		if r.Start != pos || r.Count > end-pos {
+			return 0, false, fmt.Errorf("%w: run [%d, +%d) does not continue from block %d", ErrProtocol, r.Start, r.Count, pos)
+		}
+		pos += r.Count
+		if !fn(r.Start, r.Count, r.Allocated) {
+			return pos, false, nil
+		}
+	}
+	if more && (k == 0 || pos >= end) {
+		return 0, false, fmt.Errorf("%w: more runs announced after block %d of [%d, %d)", ErrProtocol, pos, block, end)
+	}
+	return pos, more, nil
 }
 
 // args is one call's request, built on the caller's stack.

@@ -46,7 +46,7 @@ type sconn struct {
 }
 
 // request is one request from header to reply. It passes from the reader
-// to a worker to the writer; whoever holds it owns it.
+// to a worker, which replies and releases it; whoever holds it owns it.
 type request struct {
 	h      Header
 	fixed  [ZeroRequestSize]byte // the fixed part of the body
@@ -80,7 +80,7 @@ func newSconn(s *Server, nc net.Conn) *sconn {
 }
 
 // kill breaks the connection from any goroutine: backend calls see their
-// context cancelled, the reader and writer fail.
+// context cancelled, reads and reply writes fail.
 func (c *sconn) kill() {
 	c.raw.Close() // first, so that no reply of a cancelled call gets out
 	c.cancel()
@@ -220,7 +220,7 @@ func (c *sconn) read() string {
 	}
 }
 
-// queueError answers h with err through the writer.
+// queueError answers h with err, from the reader goroutine.
 func (c *sconn) queueError(h Header, err error) {
 	c.inflight.acquire(0)
 	r := getRequest()
@@ -481,7 +481,7 @@ func ioReason(what string, err error) string {
 }
 
 // budget bounds a connection's in-flight requests by count and payload
-// bytes. The reader acquires, the writer releases.
+// bytes. The reader acquires, reply releases.
 type budget struct {
 	mu       sync.Mutex
 	cond     sync.Cond

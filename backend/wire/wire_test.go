@@ -704,3 +704,44 @@ func TestLargeRequests(t *testing.T) {
 		t.Fatalf("write over the bound: %v", err)
 	}
 }
+
+// TestClientDistrustsReplies: an Extents reply whose runs skip blocks, and
+// a Read reply of the wrong length, are protocol errors on the client.
+func TestClientDistrustsReplies(t *testing.T) {
+	addr, _ := fakeNode(t, func(nc net.Conn) {
+		h, err := readHello(nc)
+		if err != nil {
+			return
+		}
+		body := AppendHello(nil, Hello{Name: "liar", InFlightMax: 8, RequestBytesMax: RequestBytesMax})
+		b := make([]byte, HeaderSize)
+		(&Header{Op: OpHello, Flags: FlagReply, ID: h.ID, Length: uint32(len(body)), Sum: Checksum(body)}).Put(b)
+		nc.Write(append(b, body...))
+		for {
+			h, err := readHello(nc) // any frame: header, then its payload skipped
+			if err != nil {
+				return
+			}
+			var payload []byte
+			switch h.Op {
+			case OpExtents:
+				payload = make([]byte, 2*ExtentRunSize)
+				(&ExtentRun{Start: 0, Count: 2, Allocated: true}).Put(payload)
+				(&ExtentRun{Start: 5, Count: 1}).Put(payload[ExtentRunSize:]) // skips blocks 2-4
+			case OpRead:
+				payload = make([]byte, BlockSize/2)
+			}
+			(&Header{Op: h.Op, Flags: FlagReply, ID: h.ID, Length: uint32(len(payload)), Sum: Checksum(payload)}).Put(b)
+			nc.Write(append(b, payload...))
+		}
+	})
+	c := newClient(t, addr, ClientOptions{})
+	var runs int
+	err := c.Extents(context.Background(), 1, 0, 10, 1, func(uint64, uint64, bool) bool { runs++; return true })
+	if !errors.Is(err, ErrProtocol) || runs != 1 {
+		t.Fatalf("extents with a gap: %v after %d runs, want ErrProtocol after 1", err, runs)
+	}
+	if err := c.Read(context.Background(), 1, 0, make([]byte, BlockSize), 1); !errors.Is(err, ErrProtocol) || !errors.Is(err, ErrDisconnected) {
+		t.Fatalf("short read reply: %v, want ErrProtocol", err)
+	}
+}
