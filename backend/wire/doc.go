@@ -67,7 +67,8 @@
 //     pushes back on the client. A frame must arrive whole within
 //     FrameTimeout (30 s) of its first byte, a reply batch be written within
 //     it; an idle connection has no deadline. TLS and Hello must finish
-//     within HandshakeTimeout (10 s).
+//     within HandshakeTimeout (10 s). At most ConnsMax connections (1024)
+//     are served at once; one more is closed as soon as it is accepted.
 //   - Client, per connection: at most InFlightMax calls (128, or the node's
 //     lower limit); more wait for a slot within their deadline. Every call
 //     has a deadline: its context's, else CallTimeout (30 s). A connection

@@ -40,7 +40,8 @@ const (
 	dialTimeoutDefault      = 5 * time.Second
 	redialBackoffMinDefault = 50 * time.Millisecond
 	redialBackoffMaxDefault = 2 * time.Second
-	connsMax                = 16
+	connsMax                = 16   // client connections per node
+	connsMaxDefault         = 1024 // server connections
 
 	bufferBytes = 64 << 10 // bufio size per direction per connection
 )
@@ -66,6 +67,9 @@ type ServerOptions struct {
 	FrameTimeout time.Duration
 	// HandshakeTimeout bounds the TLS handshake and the Hello. 0: 10 s.
 	HandshakeTimeout time.Duration
+	// ConnsMax bounds the connections served at once; one more is closed
+	// as soon as it is accepted. 0: 1024.
+	ConnsMax int
 	// Logger receives one line per connection event; nil: slog.Default().
 	Logger *slog.Logger
 }
@@ -86,13 +90,14 @@ type Server struct {
 	wg sync.WaitGroup // connection goroutines
 
 	stats struct {
-		connections, handshakeErrors, requests, errorReplies atomic.Uint64
+		connections, refused, handshakeErrors, requests, errorReplies atomic.Uint64
 	}
 }
 
 // ServerStats are cumulative counters of a Server.
 type ServerStats struct {
-	Connections     uint64 // accepted
+	Connections     uint64 // accepted and served
+	Refused         uint64 // closed at once: ConnsMax reached
 	HandshakeErrors uint64 // connections refused in TLS or Hello
 	Requests        uint64 // requests executed on the backend
 	ErrorReplies    uint64 // replies with a non-zero status
@@ -100,7 +105,7 @@ type ServerStats struct {
 
 // Stats returns the server's counters.
 func (s *Server) Stats() ServerStats {
-	return ServerStats{Connections: s.stats.connections.Load(), HandshakeErrors: s.stats.handshakeErrors.Load(),
+	return ServerStats{Connections: s.stats.connections.Load(), Refused: s.stats.refused.Load(), HandshakeErrors: s.stats.handshakeErrors.Load(),
 		Requests: s.stats.requests.Load(), ErrorReplies: s.stats.errorReplies.Load()}
 }
 
@@ -121,6 +126,9 @@ func NewServer(b Backend, opts ServerOptions) (*Server, error) {
 	if opts.HandshakeTimeout == 0 {
 		opts.HandshakeTimeout = handshakeTimeoutDefault
 	}
+	if opts.ConnsMax == 0 {
+		opts.ConnsMax = connsMaxDefault
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -129,6 +137,8 @@ func NewServer(b Backend, opts ServerOptions) (*Server, error) {
 		return nil, fmt.Errorf("wire: server InFlightMax %d outside [1, %d]", opts.InFlightMax, inFlightMaxMax)
 	case opts.InFlightBytesMax < PayloadBytesMax:
 		return nil, fmt.Errorf("wire: server InFlightBytesMax %d below one request (%d)", opts.InFlightBytesMax, PayloadBytesMax)
+	case opts.ConnsMax < 1:
+		return nil, fmt.Errorf("wire: server ConnsMax %d below 1", opts.ConnsMax)
 	case opts.FrameTimeout < 0 || opts.HandshakeTimeout < 0:
 		return nil, fmt.Errorf("wire: negative server timeout")
 	case len(opts.Name) > NameBytesMax:
@@ -174,6 +184,12 @@ func (s *Server) start(nc net.Conn) bool {
 	if s.mu.closed {
 		nc.Close()
 		return false
+	}
+	if len(s.mu.conns) >= s.opts.ConnsMax {
+		s.stats.refused.Add(1)
+		s.log.Warn("wire connection refused: too many", "remote", nc.RemoteAddr().String(), "conns_max", s.opts.ConnsMax)
+		nc.Close()
+		return true
 	}
 	c := newSconn(s, nc)
 	s.mu.conns[c] = struct{}{}

@@ -745,3 +745,23 @@ func TestClientDistrustsReplies(t *testing.T) {
 		t.Fatalf("short read reply: %v, want ErrProtocol", err)
 	}
 }
+
+// TestConnsMax: past ConnsMax a connection is closed at once; those
+// already served are not disturbed.
+func TestConnsMax(t *testing.T) {
+	addr, srv := startServer(t, newMemBackend(), ServerOptions{ConnsMax: 1})
+	first := newClient(t, addr, ClientOptions{})
+	if err := first.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	second := newClient(t, addr, ClientOptions{DialTimeout: time.Second})
+	if err := second.Sync(context.Background()); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("connection past ConnsMax: %v, want ErrUnavailable", err)
+	}
+	if err := first.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st := srv.Stats(); st.Refused != 1 || st.Connections != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
