@@ -190,3 +190,51 @@ func TestConnectionLimits(t *testing.T) {
 		})
 	}
 }
+
+// TestBudgetCollectingWrite: a session whose WRITE holds the budget while
+// it waits for Data-Out gets TASK SET FULL for a command past the budget
+// rather than a reader that waits for itself; once the data comes, both
+// complete and the budget is free.
+func TestBudgetCollectingWrite(t *testing.T) {
+	const n = 64 << 10
+	budget := target.NewBudget(n)
+	_, addr, _ := testServer(t, Options{Budget: budget, TransferBytesMax: n})
+	r := dial(t, addr)
+	r.login(testIQN, 0, "InitialR2T=Yes", "ImmediateData=No", "MaxBurstLength=65536")
+	r.command(testUnitReady(), 0, nil)
+	cdb := make([]byte, 10)
+	cdb[0] = scsiWrite10
+	binary.BigEndian.PutUint16(cdb[7:9], n/512)
+	r.scsi(1, false, cdb, n, false, true, nil)
+	r2t, ok := r.recv()
+	if !ok || r2t.hdr.opcode() != opR2T {
+		t.Fatal("no R2T")
+	}
+	if budget.InUse() != n {
+		t.Fatalf("collecting WRITE holds %d bytes of the budget, want %d", budget.InUse(), n)
+	}
+	if st, _, _, _ := r.command(read10(0, 8), 4096, nil); st != statusTaskSetFull {
+		t.Fatalf("command past the budget: status %#x, want TASK SET FULL", st)
+	}
+	data := bytes.Repeat([]byte{7}, n)
+	for off := 0; off < n; off += 8192 {
+		var p PDU
+		p.hdr.setOpcode(opDataOut)
+		if off+8192 == n {
+			p.hdr[1] = 0x80
+		}
+		p.hdr.setITT(1)
+		p.hdr.setU32(20, r2t.hdr.u32(20))
+		p.hdr.setU32(36, uint32(off/8192))
+		p.hdr.setU32(40, uint32(off))
+		p.data = data[off : off+8192]
+		r.send(&p)
+	}
+	if resp, ok := r.recv(); !ok || resp.hdr.opcode() != opSCSIResp || resp.hdr[3] != statusGood {
+		t.Fatalf("write: %s status %#x", opName(resp.hdr.opcode()), resp.hdr[3])
+	}
+	if st, _, _, in := r.command(read10(0, 8), 4096, nil); st != statusGood || !bytes.Equal(in, data[:4096]) {
+		t.Fatalf("read after the write: status %#x", st)
+	}
+	waitFor(t, func() bool { return budget.InUse() == 0 })
+}
