@@ -385,6 +385,9 @@ func (c *sconn) extents(r *request) error {
 	k, last := 0, uint64(0)
 	var bad error
 	err := c.s.backend.Extents(c.ctx, r.vol, r.block, r.blocks, r.epoch, func(start, count uint64, allocated bool) bool {
+		if k == ExtentRunsMax { // a backend calling on after false
+			return false
+		}
 		if count == 0 || count&runAllocated != 0 {
 			bad = fmt.Errorf("%w: backend reported a run of %d blocks at %d", store.ErrIO, count, start)
 			return false

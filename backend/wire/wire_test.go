@@ -281,6 +281,13 @@ func TestDeadline(t *testing.T) {
 			if err := c.Write(context.Background(), 1, 5, block(1, 1), store.Stamp{}, false); err != nil {
 				t.Fatal(err) // a round trip after the late reply was read
 			}
+			// Replies come in completion order: wait until the reader has
+			// seen (and dropped) the late one.
+			for deadline := time.Now().Add(5 * time.Second); c.Stats().LateReplies == 0; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the late reply never arrived")
+				}
+			}
 			if !bytes.Equal(p, block(0xee, 1)) {
 				t.Fatal("the late reply was written into the caller's buffer")
 			}
