@@ -89,8 +89,10 @@
 // then matches nothing and is discarded), or, if the reply is already being
 // read, waits for that read (bounded by FrameTimeout) — so a caller's
 // buffer is never touched after its call returned. A call may therefore
-// outlast its deadline by as long as writing its request to the socket or
-// reading its reply already started takes. Neither side allocates per
+// outlast its deadline by as long as writing its request (behind the
+// requests queued before it on the write lock) or reading a reply already
+// started takes; both are bounded by FrameTimeout, past which the
+// connection breaks. Neither side allocates per
 // request on the hot path (TestHotPathAllocs).
 //
 // # Goroutines
