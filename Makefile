@@ -8,7 +8,7 @@ TEST_TOOLS := nbdinfo nbdcopy qemu-io qemu-img fio iscsi-ls iscsi-inq iscsi-read
 STATICCHECK_VERSION ?= v0.8.2
 FUZZTIME ?= 10s
 
-.PHONY: all build run test test-tools check fuzz clean bench bench-smoke
+.PHONY: all build run test test-tools check fuzz clean bench bench-smoke cluster cluster-stop
 
 all: build
 
@@ -58,6 +58,31 @@ bench: build
 # bench-smoke: seconds long; make test runs the same as TestSmoke in ./bench.
 bench-smoke: build
 	./$(BIN)/cairn bench --smoke --cairnd ./$(BIN)/cairnd
+
+# cluster: three cairnd on loopback in the background (configs/cluster/,
+# state and logs in ./cluster-data/), then a 1 GiB volume cvol0 with three
+# replicas, attached to node1. cluster-stop stops them.
+CLUSTER_DIR := cluster-data
+cluster: build
+	@mkdir -p $(CLUSTER_DIR)
+	@for i in 1 2 3; do \
+	  if [ -f $(CLUSTER_DIR)/node$$i.pid ] && kill -0 $$(cat $(CLUSTER_DIR)/node$$i.pid) 2>/dev/null; then echo "node$$i already running"; continue; fi; \
+	  nohup ./$(BIN)/cairnd --config configs/cluster/node$$i.toml >>$(CLUSTER_DIR)/node$$i.log 2>&1 & echo $$! >$(CLUSTER_DIR)/node$$i.pid; \
+	done
+	@echo "waiting for three storage nodes in service..."; \
+	for t in $$(seq 60); do \
+	  n=$$(./$(BIN)/cairn --addr 127.0.0.1:7901 node list 2>/dev/null | grep -c in_service); \
+	  [ "$$n" = 3 ] && break; sleep 1; \
+	done; [ "$$n" = 3 ] || { echo "cluster did not form; see $(CLUSTER_DIR)/node*.log"; exit 1; }
+	@./$(BIN)/cairn --addr 127.0.0.1:7901 volume show cvol0 >/dev/null 2>&1 || \
+	  ./$(BIN)/cairn --addr 127.0.0.1:7901 --token-file $(CLUSTER_DIR)/node1/admin.token volume create cvol0 --size 1GiB --replicas 3
+	@./$(BIN)/cairn --addr 127.0.0.1:7901 node list
+	@echo "cvol0: nbd://127.0.0.1:10811/cvol0  iscsi://127.0.0.1:3261/iqn.2026-11.dev.cairn:cvol0/0"
+
+cluster-stop:
+	@for i in 1 2 3; do \
+	  if [ -f $(CLUSTER_DIR)/node$$i.pid ]; then kill $$(cat $(CLUSTER_DIR)/node$$i.pid) 2>/dev/null || true; rm -f $(CLUSTER_DIR)/node$$i.pid; fi; \
+	done; echo "cluster stopped (state kept in $(CLUSTER_DIR)/)"
 
 clean:
 	rm -rf $(BIN)

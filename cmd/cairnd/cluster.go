@@ -59,12 +59,12 @@ func (d *daemon) meta() membership.Meta {
 	return m
 }
 
-// startGossip joins the gossip pool with this node's metadata.
+// startGossip starts this node's gossip with its metadata. The seeds are
+// joined in the background (seedLoop): a node may start before its seeds.
 func (d *daemon) startGossip() error {
 	p, err := membership.Start(membership.Options{
 		NodeName: d.cfg.NodeName,
 		BindAddr: d.cfg.Gossip.Bind,
-		Join:     d.cfg.Gossip.Join,
 		Meta:     d.meta(),
 		Logger:   d.log,
 		Timing:   d.gossipTiming,
@@ -73,7 +73,48 @@ func (d *daemon) startGossip() error {
 		return fmt.Errorf("[gossip]: %w", err)
 	}
 	d.gossip = p
+	if len(d.cfg.Gossip.Join) > 0 {
+		d.wg.Add(1)
+		go d.seedLoop()
+	}
 	return nil
+}
+
+// seedInterval is how often a node that sees no other member joins its
+// seeds again: at start until one answers, and after it found itself alone
+// (its peers restarted, or it did).
+const seedInterval = 2 * time.Second
+
+// seedLoop joins the configured seeds whenever this node is alone in its
+// gossip view, until the daemon stops.
+func (d *daemon) seedLoop() {
+	defer d.wg.Done()
+	ctx := d.ctx
+	logged := false
+	for {
+		alive := 0
+		for _, m := range d.gossip.Members() {
+			if m.State == membership.StateAlive {
+				alive++
+			}
+		}
+		if alive <= 1 {
+			n, err := d.gossip.Join(d.cfg.Gossip.Join)
+			switch {
+			case err == nil:
+				d.log.Info("gossip joined", "seeds_answered", n)
+				logged = false
+			case !logged:
+				d.log.Warn("gossip: no seed answers yet; retrying", "seeds", d.cfg.Gossip.Join, "err", err)
+				logged = true
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(seedInterval):
+		}
+	}
 }
 
 // member returns the gossip record of an alive node.
@@ -239,8 +280,10 @@ func (d *daemon) addMembers(ctx context.Context) {
 // peers holds the clients of other storage nodes, by node name, each
 // dialled at its address in the catalog.
 type peers struct {
-	mu sync.Mutex
-	m  map[string]*wire.Client
+	mu    sync.Mutex
+	m     map[string]*wire.Client
+	addr  map[string]string // of each client in m
+	stale []*wire.Client    // replaced clients, closed at Close
 }
 
 // storageNode returns the volume.Node for a storage node of the catalog:
@@ -255,16 +298,21 @@ func (d *daemon) storageNode(n cluster.Node) (volume.Node, error) {
 	d.peers.mu.Lock()
 	defer d.peers.mu.Unlock()
 	if c, ok := d.peers.m[n.Name]; ok {
-		return c, nil
+		if d.peers.addr[n.Name] == n.Addr {
+			return c, nil
+		}
+		// The node came back at another address; volumes opened before
+		// keep the old client until they reopen.
+		d.peers.stale = append(d.peers.stale, c)
 	}
 	c, err := wire.NewClient(n.Addr, wire.ClientOptions{Name: d.cfg.NodeName, Conns: 2, Logger: d.log})
 	if err != nil {
 		return nil, fmt.Errorf("storage node %s: %w", n.Name, err)
 	}
 	if d.peers.m == nil {
-		d.peers.m = map[string]*wire.Client{}
+		d.peers.m, d.peers.addr = map[string]*wire.Client{}, map[string]string{}
 	}
-	d.peers.m[n.Name] = c
+	d.peers.m[n.Name], d.peers.addr[n.Name] = c, n.Addr
 	return c, nil
 }
 
@@ -275,7 +323,10 @@ func (d *daemon) closePeers() error {
 	for _, c := range d.peers.m {
 		errs = append(errs, c.Close())
 	}
-	d.peers.m = nil
+	for _, c := range d.peers.stale {
+		errs = append(errs, c.Close())
+	}
+	d.peers.m, d.peers.stale = nil, nil
 	return errors.Join(errs...)
 }
 

@@ -66,6 +66,7 @@ type daemon struct {
 		vols map[string]*volume.Volume
 	}
 
+	ctx       context.Context // cancelled by Close: every goroutine's
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -81,6 +82,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	d.mu.vols = map[string]*volume.Volume{}
 	d.forwardClient = &http.Client{Timeout: forwardTimeout}
 	ctx, d.cancel = context.WithCancel(ctx)
+	d.ctx = ctx
 	defer func() {
 		if err != nil {
 			d.Close()
