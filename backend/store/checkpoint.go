@@ -64,6 +64,8 @@ type counters struct {
 	segmentsRemoved atomic.Uint64
 	bytesReclaimed  atomic.Uint64
 	recordsReplayed atomic.Uint64
+	cleanerBytes    atomic.Uint64
+	segmentsCleaned atomic.Uint64
 }
 
 // Stats are the store's counters and gauges.
@@ -76,6 +78,8 @@ type Stats struct {
 	SegmentsRemoved uint64 // segments deleted
 	BytesReclaimed  uint64 // bytes of segments deleted
 	RecordsReplayed uint64 // records replayed at Open
+	CleanerBytes    uint64 // bytes of live blocks the cleaner copied
+	SegmentsCleaned uint64 // segments the cleaner emptied
 }
 
 // Stats returns the store's statistics.
@@ -86,6 +90,8 @@ func (s *Store) Stats() Stats {
 		SegmentsRemoved: s.stats.segmentsRemoved.Load(),
 		BytesReclaimed:  s.stats.bytesReclaimed.Load(),
 		RecordsReplayed: s.stats.recordsReplayed.Load(),
+		CleanerBytes:    s.stats.cleanerBytes.Load(),
+		SegmentsCleaned: s.stats.segmentsCleaned.Load(),
 	}
 	for _, sg := range *s.seg.tab.Load() {
 		st.Segments++
@@ -100,10 +106,20 @@ func (s *Store) background() {
 	defer s.wg.Done()
 	t := time.NewTicker(ckInterval)
 	defer t.Stop()
+	ct := time.NewTicker(cleanInterval)
+	defer ct.Stop()
 	for {
 		select {
 		case <-s.done:
 			return
+		case <-ct.C:
+			if s.failed.Load() != nil {
+				continue
+			}
+			if _, err := s.clean(cleanLiveMax); err != nil {
+				s.log.Error("clean", "err", err)
+			}
+			continue
 		case <-s.kick:
 		case <-t.C:
 			if s.dirty.Load() == 0 && !s.logGrew(1) {
@@ -126,7 +142,11 @@ func (s *Store) logGrew(n int64) bool {
 	s.ck.Lock()
 	last := s.ck.last
 	s.ck.Unlock()
-	return e.seg != last.seg || e.off-last.off >= n
+	grown := e.off - last.off
+	if e.seg != last.seg {
+		grown += int64(e.seg-last.seg) * s.seg.segBytes
+	}
+	return grown >= n
 }
 
 // kickCheckpoint asks the background goroutine for a checkpoint when one is
@@ -528,14 +548,14 @@ func (s *Store) scan(tag byte, fn func(k, v []byte) error) error {
 func (s *Store) replay(sg *segment, off int64, buf []byte) error {
 	n := 0
 	for {
-		h, first, next, ok, err := readRecord(sg, off, buf)
+		h, first, next, ok, err := readRecord(sg, off, buf, true)
 		if err != nil {
 			return fmt.Errorf("replay segment %s at %d: %w: %w", segName(sg.id), off, ErrIO, err)
 		}
 		if !ok {
 			break
 		}
-		s.applyRecord(&h, first, buf[recFixedLen:])
+		s.applyRecord(&h, first, buf)
 		n++
 		off = next
 	}
@@ -549,13 +569,16 @@ func (s *Store) replay(sg *segment, off int64, buf []byte) error {
 	return nil
 }
 
-// applyRecord applies a valid record read from the log.
-func (s *Store) applyRecord(h *recHeader, first uint32, crcs []byte) {
+// applyRecord applies a valid record read from the log; hdr holds its
+// header.
+func (s *Store) applyRecord(h *recHeader, first uint32, hdr []byte) {
 	switch h.typ {
 	case recData:
 		v := s.volume(h.vol)
 		v.raiseSeq(h.seq)
-		s.applyData(v, h, first, crcs)
+		s.applyData(v, h, first, hdr[recFixedLen:])
+	case recCopy:
+		s.applyCopy(h, first, hdr)
 	case recZero:
 		v := s.volume(h.vol)
 		if h.flags&flagPoints != 0 {
@@ -568,9 +591,10 @@ func (s *Store) applyRecord(h *recHeader, first uint32, crcs []byte) {
 }
 
 // readRecord reads and checks the record of sg at off into buf (header,
-// then data). ok is false when there is no valid record there; err is set
-// only for a read error that is not the end of the file.
-func readRecord(sg *segment, off int64, buf []byte) (h recHeader, first uint32, next int64, ok bool, err error) {
+// then, if verify, the data, checked against its CRCs). ok is false when
+// there is no valid record there; err is set only for a read error that is
+// not the end of the file.
+func readRecord(sg *segment, off int64, buf []byte, verify bool) (h recHeader, first uint32, next int64, ok bool, err error) {
 	read := func(p []byte, at int64) (bool, error) {
 		n, err := sg.f.ReadAt(p, at)
 		if n == len(p) {
@@ -602,13 +626,13 @@ func readRecord(sg *segment, off int64, buf []byte) (h recHeader, first uint32, 
 		return h, 0, 0, false, nil
 	}
 	first = uint32((off + int64(hb)) / BlockSize)
-	if h.typ == recData {
+	if hasData(h.typ) && verify {
 		data := buf[hb : hb+int(h.n)*BlockSize]
 		if ok, err := read(data, off+int64(hb)); !ok {
 			return h, 0, 0, false, err
 		}
 		for i := range int(h.n) {
-			if blockCRC(data[i*BlockSize:(i+1)*BlockSize]) != binary.BigEndian.Uint32(buf[recFixedLen+4*i:]) {
+			if blockCRC(data[i*BlockSize:(i+1)*BlockSize]) != crcOf(h.typ, buf, i) {
 				return h, 0, 0, false, nil
 			}
 		}

@@ -19,9 +19,9 @@ var (
 // clone keeping a random part of the unsynced data), reopens and checks
 // that the store is the result of a prefix of the history that includes
 // every acknowledged-durable call. Several crashes per seed. Segments are
-// small (so records span rolls) and a goroutine runs checkpoints (which
-// delete dead segments) throughout, so the crash also lands mid-record,
-// mid-roll and mid-checkpoint.
+// small (so records span rolls) and a goroutine runs the cleaner and
+// checkpoints (which delete dead segments) throughout, so the crash also
+// lands mid-record, mid-roll, mid-cleaning and mid-checkpoint.
 func TestCrash(t *testing.T) {
 	n := *crashSeeds
 	if n == 0 {
@@ -77,6 +77,10 @@ func crashRun(t *testing.T, seed uint64) {
 				case <-stop:
 					return
 				default:
+				}
+				if _, err := s.clean(0.7); err != nil {
+					t.Error(err)
+					return
 				}
 				if err := s.checkpoint(); err != nil {
 					t.Error(err)

@@ -9,7 +9,7 @@
 // index, zero-range records, each volume's retained snapshot epochs; see
 // keys.go) and dir/segments, the log of records (record.go): data records
 // (a header with a crc32c per block, then the 4 KiB-aligned blocks), zero
-// records and drop records. In memory it holds the block index (index.go:
+// records, drop records and the cleaner's copy records. In memory it holds the block index (index.go:
 // per volume, pages of 64 blocks, (block, epoch) -> (segment, page, seq,
 // crc); 32 bytes per block version, about 8.2 GiB per TiB written, bounded
 // by Options.IndexBytes) and the zero ranges, loaded at Open.
@@ -31,8 +31,10 @@
 //     retained epoch is below its epoch, the removal of every older version
 //     of the range from the index (one pebble range deletion at the next
 //     checkpoint). A segment whose blocks are all dead is deleted once a
-//     checkpoint past it is durable. See Store.Zero for the contract this
-//     puts on callers.
+//     checkpoint past it is durable; the cleaner (cleaner.go) empties
+//     sealed segments less than half live by copying their live blocks,
+//     sorted by (volume, block), to the active segment, throttled. See
+//     Store.Zero for the contract this puts on callers.
 //   - The zero-range records of a volume stay bounded: a new record deletes
 //     or trims the records it dominates, and a volume holds at most
 //     rangesPerVolumeMax of them (ErrLimit past that).

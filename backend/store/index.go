@@ -238,3 +238,23 @@ func (x *index) pageKeys(out []uint64, from, to uint64) []uint64 {
 	slices.Sort(out[start:])
 	return out
 }
+
+// ref returns the version of block at exactly epoch, for update in place,
+// or nil.
+func (x *index) ref(block, epoch uint64) *version {
+	p := x.pages[block>>pageShift]
+	if p == nil {
+		return nil
+	}
+	i := block & (pageBlocks - 1)
+	if v := &p.v[i]; v.kind != 0 && v.epoch == epoch {
+		return v
+	}
+	list := p.older[uint8(i)]
+	for j := range list {
+		if list[j].epoch == epoch {
+			return &list[j]
+		}
+	}
+	return nil
+}

@@ -31,8 +31,15 @@ func (c *cursor) release() {
 	cursorPool.Put(c)
 }
 
-// hdrBuf is a record header buffer; pooled.
-type hdrBuf struct{ b [recHeaderBytesMax]byte }
+// smallRecordBytes: a Write of at most this many bytes is copied after its
+// header and written with one write call.
+const smallRecordBytes = 64 << 10
+
+// hdrBuf is a record header buffer, large enough for a small record's
+// data too; pooled.
+type hdrBuf struct {
+	b [max(recHeaderBytesMax, BlockSize+smallRecordBytes)]byte
+}
 
 var hdrPool = sync.Pool{New: func() any { return new(hdrBuf) }}
 
@@ -71,8 +78,14 @@ func (s *Store) Write(ctx context.Context, vol, block uint64, data []byte, st St
 		binary.BigEndian.PutUint32(hdr[recFixedLen+4*i:], blockCRC(data[i*BlockSize:(i+1)*BlockSize]))
 	}
 	h := recHeader{typ: recData, vol: vol, block: block, n: n, epoch: st.Epoch, seq: st.Seq}
+	rec, rest := hdr, data
+	if len(data) <= smallRecordBytes {
+		rec = hb.b[:len(hdr)+len(data)]
+		copy(rec[len(hdr):], data)
+		rest = nil
+	}
 	s.apply.RLock()
-	at, end, err := s.seg.append(&h, hdr, data)
+	at, end, err := s.seg.append(&h, rec, rest)
 	if err != nil {
 		s.apply.RUnlock()
 		return fmt.Errorf("store: write vol %d blocks [%d, +%d): %w", vol, block, n, s.ioErr(err))

@@ -25,6 +25,8 @@ import (
 //	64 hcrc u32         crc32c of bytes [0,64) and of the crc array
 //	68 zero u32
 //	72 crc u32 * n      recData only: crc32c of each data block
+//	72 entry * n        recCopy only: block u64 | epoch u64 | seq u64 |
+//	                    crc u32 | zero u32 (copyEntryLen bytes each)
 //
 // The header is padded with zeros to a multiple of BlockSize. The header
 // CRC covers the per-block CRCs, which cover the data, so a record is valid
@@ -36,6 +38,7 @@ const (
 	recData = 1 // n blocks of data follow the header
 	recZero = 2 // blocks [block, block+n) read as zeros from (epoch, seq) on
 	recDrop = 3 // volume vol is dropped
+	recCopy = 4 // the cleaner moved n blocks of vol here (entries below)
 
 	flagReclaim = 1 // recZero: older versions of the range are deleted
 	flagPoints  = 2 // recZero: stored as per-block zero versions, not a range
@@ -43,6 +46,9 @@ const (
 	recFixedLen = 72
 	// recDataBlocksMax bounds the blocks of one data record (one Write).
 	recDataBlocksMax = RequestBytesMax / BlockSize
+	copyEntryLen     = 32
+	// copyBlocksMax: a copy record's header fits one page.
+	copyBlocksMax = (BlockSize - recFixedLen) / copyEntryLen
 	// recHeaderBytesMax is the largest header, padded.
 	recHeaderBytesMax = (recFixedLen + 4*recDataBlocksMax + BlockSize - 1) / BlockSize * BlockSize
 )
@@ -63,10 +69,50 @@ type recHeader struct {
 // headerLen is the unpadded header length of a record of typ covering n
 // blocks; headerBytes the padded one.
 func headerLen(typ uint8, n uint64) int {
-	if typ == recData {
+	switch typ {
+	case recData:
 		return recFixedLen + 4*int(n)
+	case recCopy:
+		return recFixedLen + copyEntryLen*int(n)
 	}
 	return recFixedLen
+}
+
+// hasData reports whether records of typ carry n data blocks.
+func hasData(typ uint8) bool { return typ == recData || typ == recCopy }
+
+// crcOf returns the CRC of block i of a data or copy record from its
+// header bytes.
+func crcOf(typ uint8, hdr []byte, i int) uint32 {
+	if typ == recCopy {
+		return binary.BigEndian.Uint32(hdr[recFixedLen+copyEntryLen*i+24:])
+	}
+	return binary.BigEndian.Uint32(hdr[recFixedLen+4*i:])
+}
+
+// copyEntry is one block of a copy record.
+type copyEntry struct {
+	block, epoch, seq uint64
+	crc               uint32
+}
+
+func putCopyEntry(hdr []byte, i int, e copyEntry) {
+	b := hdr[recFixedLen+copyEntryLen*i:]
+	binary.BigEndian.PutUint64(b[0:8], e.block)
+	binary.BigEndian.PutUint64(b[8:16], e.epoch)
+	binary.BigEndian.PutUint64(b[16:24], e.seq)
+	binary.BigEndian.PutUint32(b[24:28], e.crc)
+	binary.BigEndian.PutUint32(b[28:32], 0)
+}
+
+func getCopyEntry(hdr []byte, i int) copyEntry {
+	b := hdr[recFixedLen+copyEntryLen*i:]
+	return copyEntry{
+		block: binary.BigEndian.Uint64(b[0:8]),
+		epoch: binary.BigEndian.Uint64(b[8:16]),
+		seq:   binary.BigEndian.Uint64(b[16:24]),
+		crc:   binary.BigEndian.Uint32(b[24:28]),
+	}
 }
 
 func headerBytes(typ uint8, n uint64) int {
@@ -76,7 +122,7 @@ func headerBytes(typ uint8, n uint64) int {
 // recordBytes is the size of the whole record on disk.
 func (h *recHeader) recordBytes() int64 {
 	b := int64(headerBytes(h.typ, h.n))
-	if h.typ == recData {
+	if hasData(h.typ) {
 		b += int64(h.n) * BlockSize
 	}
 	return b
@@ -146,6 +192,10 @@ func parseFixed(b []byte) (recHeader, int, error) {
 			(h.flags&flagPoints != 0 && h.n > zeroPointsBlocksMax) {
 			return recHeader{}, 0, fmt.Errorf("%w: zero record [%d, +%d) flags %#x", ErrCorrupt, h.block, h.n, h.flags)
 		}
+	case recCopy:
+		if h.flags != 0 || h.n == 0 || h.n > copyBlocksMax || h.block != 0 || h.epoch != 0 || h.seq != 0 {
+			return recHeader{}, 0, fmt.Errorf("%w: copy record of %d blocks", ErrCorrupt, h.n)
+		}
 	case recDrop:
 		if h.flags != 0 || h.block != 0 || h.n != 0 || h.epoch != 0 || h.seq != 0 {
 			return recHeader{}, 0, fmt.Errorf("%w: drop record with fields set", ErrCorrupt)
@@ -169,6 +219,14 @@ func decodeHeader(b []byte) (recHeader, error) {
 	}
 	if got, want := headerCRC(b[:hl]), binary.BigEndian.Uint32(b[64:68]); got != want {
 		return recHeader{}, fmt.Errorf("%w: record header crc %#x, want %#x", ErrCorrupt, got, want)
+	}
+	if h.typ == recCopy {
+		for i := range int(h.n) {
+			e := getCopyEntry(b, i)
+			if e.block >= BlocksMax || binary.BigEndian.Uint32(b[recFixedLen+copyEntryLen*i+28:]) != 0 {
+				return recHeader{}, fmt.Errorf("%w: copy entry %d: block %d", ErrCorrupt, i, e.block)
+			}
+		}
 	}
 	return h, nil
 }

@@ -194,14 +194,14 @@ func syncDir(fs vfs.FS, dir string) error {
 	return err
 }
 
-// append writes a record: header hdr (headerBytes long, sealed here) and
-// data. It returns the position of the record and the end of the log after
+// append writes a record: rec starts with its header (sealed here) and
+// may hold the data after it already; data, if not nil, follows. It returns the position of the record and the end of the log after
 // it. A failed write leaves a torn record that recovery stops at; the next
 // append starts a new segment.
-func (l *segLog) append(h *recHeader, hdr, data []byte) (at, end pos, err error) {
+func (l *segLog) append(h *recHeader, rec, data []byte) (at, end pos, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	size := int64(len(hdr) + len(data))
+	size := int64(len(rec) + len(data))
 	if l.roll || l.active == nil || (l.off > 0 && l.off+size > l.segBytes) {
 		if err := l.rollLocked(); err != nil {
 			return pos{}, pos{}, err
@@ -209,13 +209,13 @@ func (l *segLog) append(h *recHeader, hdr, data []byte) (at, end pos, err error)
 	}
 	a := l.active
 	h.seg, h.off = a.id, l.off
-	encodeHeader(hdr, h)
-	if _, err := a.f.WriteAt(hdr, l.off); err != nil {
+	encodeHeader(rec, h)
+	if _, err := a.f.WriteAt(rec, l.off); err != nil {
 		l.roll = true
 		return pos{}, pos{}, fmt.Errorf("segment %s: write at %d: %w", segName(a.id), l.off, err)
 	}
 	if len(data) > 0 {
-		if _, err := a.f.WriteAt(data, l.off+int64(len(hdr))); err != nil {
+		if _, err := a.f.WriteAt(data, l.off+int64(len(rec))); err != nil {
 			l.roll = true
 			return pos{}, pos{}, fmt.Errorf("segment %s: write at %d: %w", segName(a.id), l.off, err)
 		}

@@ -41,7 +41,7 @@ const (
 	// memTableBytes is pebble's memtable size (and so its WAL file size).
 	memTableBytes = 8 << 20
 	// segmentBytesDefault is the size at which a segment is sealed.
-	segmentBytesDefault = 256 << 20
+	segmentBytesDefault = 64 << 20
 	// indexBytesDefault bounds the in-memory index: about 500 GiB of
 	// blocks written in one epoch.
 	indexBytesDefault = 4 << 30
@@ -127,9 +127,10 @@ type Store struct {
 		sync.Mutex // one checkpoint at a time
 		last       pos
 	}
-	kick chan struct{}
-	done chan struct{}
-	wg   sync.WaitGroup
+	cleanMu sync.Mutex // one cleaning pass at a time
+	kick    chan struct{}
+	done    chan struct{}
+	wg      sync.WaitGroup
 
 	stats counters
 
