@@ -52,8 +52,9 @@ type daemon struct {
 	iscsi   *iscsi.Server
 	admin   *http.Server
 
-	peers         peers        // clients of other storage nodes
-	forwardClient *http.Client // carries catalog changes to the leader
+	budget        *target.Budget // in-flight payload bytes of both front ends
+	peers         peers          // clients of other storage nodes
+	forwardClient *http.Client   // carries catalog changes to the leader
 	gossipTiming  membership.Timing
 
 	nbdAddr, iscsiAddr, adminAddr, storageAddr string
@@ -159,7 +160,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	}
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &volumeCollector{d: d})
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &volumeCollector{d: d}, &daemonCollector{d: d})
 
 	if sl != nil {
 		if d.rpc, err = wire.NewServer(d.fence, wire.ServerOptions{Name: cfg.NodeName, Logger: log}); err != nil {
@@ -168,9 +169,16 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		d.serve("node rpc", func() error { return d.rpc.Serve(sl) })
 	}
 	if nl != nil {
-		d.nbd = nbd.NewServer(nbd.Options{Exports: exports{d}, Logger: log})
+		// One in-flight budget and one connection limit for both front
+		// ends: what a daemon gives all its clients together.
+		lim := cfg.Limits
+		d.budget = target.NewBudget(int64(lim.InflightBytes))
+		conns := target.NewConnLimit(lim.Connections, lim.ConnectionsPerClient)
+		d.nbd = nbd.NewServer(nbd.Options{Exports: exports{d}, Logger: log, Budget: d.budget, Limit: conns,
+			ReplyTimeout: time.Duration(lim.ReplyTimeout), RequestTimeout: time.Duration(lim.RequestTimeout)})
 		d.serve("nbd server", func() error { return d.nbd.Serve(nl) })
-		d.iscsi = iscsi.NewServer(iscsi.Options{Targets: iscsiTargets{d}, Logger: log, CHAP: d.chap, Reservations: reservations{d}, BlockSize: d.scsiBlockSize})
+		d.iscsi = iscsi.NewServer(iscsi.Options{Targets: iscsiTargets{d}, Logger: log, CHAP: d.chap, Reservations: reservations{d}, BlockSize: d.scsiBlockSize,
+			Budget: d.budget, Limit: conns, ReplyTimeout: time.Duration(lim.ReplyTimeout), RequestTimeout: time.Duration(lim.RequestTimeout)})
 		d.serve("iscsi server", func() error { return d.iscsi.Serve(il) })
 	}
 

@@ -43,3 +43,56 @@ func (c *volumeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(iscsiSessDesc, prometheus.GaugeValue, float64(i), name)
 	}
 }
+
+// daemonCollector exports the daemon-wide gauges and counters: the
+// in-flight budget, front-end connections and disconnects, the node RPC
+// and the gossip pool.
+type daemonCollector struct{ d *daemon }
+
+var (
+	inflightDesc     = prometheus.NewDesc("cairn_inflight_bytes", "Request payload bytes held by the front ends now.", nil, nil)
+	inflightPeakDesc = prometheus.NewDesc("cairn_inflight_peak_bytes", "Most request payload bytes the front ends held at once.", nil, nil)
+	budgetDesc       = prometheus.NewDesc("cairn_inflight_budget_bytes", "The front ends' in-flight byte budget ([limits] inflight_bytes).", nil, nil)
+	budgetWaitDesc   = prometheus.NewDesc("cairn_inflight_waiting", "Requests waiting for in-flight budget.", nil, nil)
+	connsDesc        = prometheus.NewDesc("cairn_connections", "Live front-end connections, by front end.", []string{"frontend"}, nil)
+	disconnectsDesc  = prometheus.NewDesc("cairn_disconnects_total", "Front-end connections ended, by front end and reason.", []string{"frontend", "reason"}, nil)
+	gossipDesc       = prometheus.NewDesc("cairn_gossip_members", "Gossip members this node knows, by state.", []string{"state"}, nil)
+	gossipDropDesc   = prometheus.NewDesc("cairn_gossip_events_dropped_total", "Membership events a slow subscriber missed.", nil, nil)
+)
+
+func (c *daemonCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{inflightDesc, inflightPeakDesc, budgetDesc, budgetWaitDesc, connsDesc, disconnectsDesc, gossipDesc, gossipDropDesc} {
+		ch <- d
+	}
+}
+
+func (c *daemonCollector) Collect(ch chan<- prometheus.Metric) {
+	d := c.d
+	if b := d.budget; b != nil {
+		ch <- prometheus.MustNewConstMetric(inflightDesc, prometheus.GaugeValue, float64(b.InUse()))
+		ch <- prometheus.MustNewConstMetric(inflightPeakDesc, prometheus.GaugeValue, float64(b.Peak()))
+		ch <- prometheus.MustNewConstMetric(budgetDesc, prometheus.GaugeValue, float64(b.Max()))
+		ch <- prometheus.MustNewConstMetric(budgetWaitDesc, prometheus.GaugeValue, float64(b.Waiting()))
+	}
+	frontend := func(name string, conns int, disc map[string]uint64) {
+		ch <- prometheus.MustNewConstMetric(connsDesc, prometheus.GaugeValue, float64(conns), name)
+		for reason, n := range disc {
+			ch <- prometheus.MustNewConstMetric(disconnectsDesc, prometheus.CounterValue, float64(n), name, reason)
+		}
+	}
+	if d.nbd != nil {
+		st := d.nbd.Stats()
+		frontend("nbd", st.Connections, st.Disconnects)
+	}
+	if d.iscsi != nil {
+		st := d.iscsi.Stats()
+		frontend("iscsi", st.Connections, st.Disconnects)
+	}
+	if d.gossip != nil {
+		st := d.gossip.Stats()
+		ch <- prometheus.MustNewConstMetric(gossipDesc, prometheus.GaugeValue, float64(st.Alive), "alive")
+		ch <- prometheus.MustNewConstMetric(gossipDesc, prometheus.GaugeValue, float64(st.Dead), "dead")
+		ch <- prometheus.MustNewConstMetric(gossipDesc, prometheus.GaugeValue, float64(st.Left), "left")
+		ch <- prometheus.MustNewConstMetric(gossipDropDesc, prometheus.CounterValue, float64(st.EventsDropped))
+	}
+}

@@ -106,6 +106,9 @@ type Options struct {
 	// initiator may retry later) and the connection is closed. 0 means
 	// unlimited.
 	ConnectionsMax, ConnectionsPerAddrMax int
+	// Limit, if set, is a connection limit shared with other servers (the
+	// daemon's NBD and iSCSI together) and replaces the two fields above.
+	Limit *target.ConnLimit
 }
 
 func (o Options) withDefaults() Options {
@@ -183,7 +186,10 @@ var ErrServerClosed = errors.New("iscsi: server closed")
 func NewServer(opts Options) *Server {
 	s := &Server{opts: opts.withDefaults()}
 	s.log = s.opts.Logger
-	s.limit = target.NewConnLimit(s.opts.ConnectionsMax, s.opts.ConnectionsPerAddrMax)
+	s.limit = s.opts.Limit
+	if s.limit == nil {
+		s.limit = target.NewConnLimit(s.opts.ConnectionsMax, s.opts.ConnectionsPerAddrMax)
+	}
 	s.mu.listeners = make(map[net.Listener]struct{})
 	s.mu.conns = make(map[*session]struct{})
 	s.mu.sessions = make(map[uint16]*session)

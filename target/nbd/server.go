@@ -82,6 +82,9 @@ type Options struct {
 	// ConnectionsPerAddrMax those from one client IP; past either a new
 	// connection gets the greeting and is closed. 0 means unlimited.
 	ConnectionsMax, ConnectionsPerAddrMax int
+	// Limit, if set, is a connection limit shared with other servers (the
+	// daemon's NBD and iSCSI together) and replaces the two fields above.
+	Limit *target.ConnLimit
 }
 
 func (o Options) withDefaults() Options {
@@ -141,7 +144,10 @@ type Server struct {
 func NewServer(opts Options) *Server {
 	s := &Server{opts: opts.withDefaults(), handshakeTimeout: handshakeTimeout}
 	s.log = s.opts.Logger
-	s.limit = target.NewConnLimit(s.opts.ConnectionsMax, s.opts.ConnectionsPerAddrMax)
+	s.limit = s.opts.Limit
+	if s.limit == nil {
+		s.limit = target.NewConnLimit(s.opts.ConnectionsMax, s.opts.ConnectionsPerAddrMax)
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.mu.listeners = make(map[net.Listener]struct{})
 	s.mu.conns = make(map[*conn]struct{})
