@@ -78,6 +78,7 @@ type Stats struct {
 	SegmentsRemoved uint64 // segments deleted
 	BytesReclaimed  uint64 // bytes of segments deleted
 	RecordsReplayed uint64 // records replayed at Open
+	LowSpace        bool   // writes fail with ErrNoSpace (see Options.ReserveBytes)
 	CleanerBytes    uint64 // bytes of live blocks the cleaner copied
 	SegmentsCleaned uint64 // segments the cleaner emptied
 }
@@ -90,6 +91,7 @@ func (s *Store) Stats() Stats {
 		SegmentsRemoved: s.stats.segmentsRemoved.Load(),
 		BytesReclaimed:  s.stats.bytesReclaimed.Load(),
 		RecordsReplayed: s.stats.recordsReplayed.Load(),
+		LowSpace:        s.space.low.Load(),
 		CleanerBytes:    s.stats.cleanerBytes.Load(),
 		SegmentsCleaned: s.stats.segmentsCleaned.Load(),
 	}
@@ -174,6 +176,22 @@ func (s *Store) checkpoint() (err error) {
 	defer s.ck.Unlock()
 	if f := s.failed.Load(); f != nil {
 		return fmt.Errorf("%w: %w: %w", ErrIO, ErrFailed, *f)
+	}
+	if s.space.low.Load() {
+		// Seal an active segment holding no live block, so that this
+		// checkpoint can delete it.
+		s.seg.mu.Lock()
+		if a := s.seg.active; a != nil && s.seg.off > 0 && a.live.Load() == 0 {
+			if err := s.seg.rollLocked(); err != nil {
+				s.seg.mu.Unlock()
+				if err := s.ioErr(err); errors.Is(err, ErrFailed) {
+					return fmt.Errorf("checkpoint: %w", err)
+				}
+				s.log.Warn("checkpoint: seal empty segment", "err", err)
+				s.seg.mu.Lock()
+			}
+		}
+		s.seg.mu.Unlock()
 	}
 	b := s.db.NewBatch()
 	var k [keyLen]byte

@@ -178,6 +178,9 @@ func (s *Store) liveRefs(sg *segment) ([]liveRef, error) {
 // and appends them as one copy record.
 func (s *Store) copyBatch(sg *segment, batch []liveRef, buf []byte) (int64, error) {
 	n := len(batch)
+	if err := s.checkSpace(int64(BlockSize+n*BlockSize), s.reserve/2); err != nil {
+		return 0, fmt.Errorf("clean segment %s: %w", segName(sg.id), err)
+	}
 	rec := buf[:BlockSize+n*BlockSize]
 	s.seg.files.RLock()
 	if s.seg.segment(sg.id) != sg {

@@ -53,7 +53,13 @@
 // # Failures
 //
 // Errors from pebble or the file system wrap ErrIO. A failed segment write
-// fails only that call (the next record starts a new segment). A failed
+// fails only that call (the next record starts a new segment if any byte
+// of the failed one was written). A full disk is not a failure: a write
+// that finds less than Options.ReserveBytes available, or hits ENOSPC,
+// returns an error wrapping ErrNoSpace (and not ErrIO); reads go on, Zero
+// and DropVolume (whose records fit in the reserve) free space, which the
+// next checkpoint gives back, and writes succeed again. The low state is
+// logged when it starts and ends and shown in Stats. A failed
 // segment sync, or a fatal pebble error (pebble calls Logger.Fatalf on a
 // failed WAL write or sync; the store's logger panics and the committing
 // call recovers it), marks the store failed: that call returns an error

@@ -69,6 +69,9 @@ func (s *Store) Write(ctx context.Context, vol, block uint64, data []byte, st St
 	if b := s.indexBytes.Load(); b >= s.indexMax {
 		return fmt.Errorf("store: write vol %d block %d: %w: index holds %d bytes, bound %d (Options.IndexBytes)", vol, block, ErrLimit, b, s.indexMax)
 	}
+	if err := s.checkSpace(int64(len(data)+BlockSize), s.reserve); err != nil {
+		return fmt.Errorf("store: write vol %d blocks [%d, +%d): %w", vol, block, n, err)
+	}
 	v := s.volume(vol)
 	v.raiseSeq(st.Seq)
 	hb := hdrPool.Get().(*hdrBuf)
@@ -264,6 +267,13 @@ func (s *Store) Zero(ctx context.Context, vol, block, n uint64, st Stamp, sync b
 	}
 	s.applyZero(v, &h, ed)
 	s.apply.RUnlock()
+	if h.flags&flagReclaim != 0 && s.space.low.Load() {
+		// Space is short: give the freed segments back now.
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
 	if err := s.kickCheckpoint(); err != nil {
 		return fmt.Errorf("store: zero vol %d blocks [%d, +%d): %w", vol, block, n, err)
 	}

@@ -210,8 +210,11 @@ func (l *segLog) append(h *recHeader, rec, data []byte) (at, end pos, err error)
 	a := l.active
 	h.seg, h.off = a.id, l.off
 	encodeHeader(rec, h)
-	if _, err := a.f.WriteAt(rec, l.off); err != nil {
-		l.roll = true
+	if n, err := a.f.WriteAt(rec, l.off); err != nil {
+		// Nothing written (ENOSPC, typically): the next record may go to
+		// the same place. Otherwise the torn record must stay the last one
+		// of its segment, since bytes after it are never read as records.
+		l.roll = n > 0
 		return pos{}, pos{}, fmt.Errorf("segment %s: write at %d: %w", segName(a.id), l.off, err)
 	}
 	if len(data) > 0 {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -42,6 +43,9 @@ const (
 	memTableBytes = 8 << 20
 	// segmentBytesDefault is the size at which a segment is sealed.
 	segmentBytesDefault = 64 << 20
+	// reserveBytesDefault is the free space kept for pebble (a WAL file, a
+	// flush), zero records and the cleaner when data writes are refused.
+	reserveBytesDefault = 64 << 20
 	// indexBytesDefault bounds the in-memory index: about 500 GiB of
 	// blocks written in one epoch.
 	indexBytesDefault = 4 << 30
@@ -60,6 +64,12 @@ var (
 	// restart so that recovery rebuilds a state from what is durable.
 	// Always wrapped with ErrIO.
 	ErrFailed = errors.New("store: failed, restart required")
+	// ErrNoSpace: the file system has no room for the data of a write (it
+	// hit ENOSPC, or its free space is below Options.ReserveBytes, which is
+	// kept for metadata, Zero and the cleaner). Not wrapped with ErrIO and
+	// not fatal: reads go on, Zero and DropVolume free space, and writes
+	// succeed again once there is room.
+	ErrNoSpace = errors.New("store: no space")
 	// ErrLimit: a bound was reached (too many zero ranges in one volume,
 	// the index memory bound Options.IndexBytes).
 	ErrLimit = errors.New("store: limit reached")
@@ -82,6 +92,10 @@ type Options struct {
 	// 8.2 GiB per TiB of blocks written); writes past it fail with
 	// ErrLimit. 0: indexBytesDefault.
 	IndexBytes int64
+	// ReserveBytes is the free space kept for metadata, zeros and the
+	// cleaner: a write fails with ErrNoSpace while the file system has
+	// less available. 0: reserveBytesDefault.
+	ReserveBytes int64
 }
 
 // Store is a node-local versioned block store. All methods are safe for
@@ -93,6 +107,10 @@ type Store struct {
 
 	indexMax   int64
 	indexBytes atomic.Int64 // bytes of every volume's index
+	fs         vfs.FS
+	dir        string
+	reserve    int64 // Options.ReserveBytes
+	space      space
 
 	// failed holds the fatal error once pebble or a segment sync failed
 	// (see ErrFailed).
@@ -158,8 +176,11 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.FS == nil {
 		opts.FS = vfs.Default
 	}
-	if opts.CacheBytes < 0 || opts.SegmentBytes < 0 || opts.IndexBytes < 0 {
-		return nil, fmt.Errorf("store: open %s: %w: CacheBytes %d, SegmentBytes %d, IndexBytes %d", dir, ErrInvalid, opts.CacheBytes, opts.SegmentBytes, opts.IndexBytes)
+	if opts.CacheBytes < 0 || opts.SegmentBytes < 0 || opts.IndexBytes < 0 || opts.ReserveBytes < 0 {
+		return nil, fmt.Errorf("store: open %s: %w: CacheBytes %d, SegmentBytes %d, IndexBytes %d, ReserveBytes %d", dir, ErrInvalid, opts.CacheBytes, opts.SegmentBytes, opts.IndexBytes, opts.ReserveBytes)
+	}
+	if opts.ReserveBytes == 0 {
+		opts.ReserveBytes = reserveBytesDefault
 	}
 	if opts.CacheBytes == 0 {
 		opts.CacheBytes = cacheBytesDefault
@@ -176,6 +197,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	s := &Store{
 		log:      opts.Logger.With("component", "store", "dir", dir),
 		indexMax: opts.IndexBytes,
+		fs:       opts.FS,
+		dir:      dir,
+		reserve:  opts.ReserveBytes,
 		kick:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}
@@ -350,11 +374,15 @@ func (s *Store) fail(cause error) error {
 }
 
 // ioErr classifies an error of a segment operation: a failed sync fails
-// the store; anything else wraps ErrIO.
+// the store; ENOSPC wraps ErrNoSpace; anything else wraps ErrIO.
 func (s *Store) ioErr(err error) error {
 	var es errSync
 	if errors.As(err, &es) {
 		return s.fail(es)
+	}
+	if errors.Is(err, syscall.ENOSPC) {
+		s.space.setLow(s, true, 0)
+		return fmt.Errorf("%w: %w", ErrNoSpace, err)
 	}
 	return fmt.Errorf("%w: %w", ErrIO, err)
 }

@@ -1,0 +1,76 @@
+package store
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Free space. Data writes are refused with ErrNoSpace while the file
+// system's available bytes are below the reserve, so that pebble (whose
+// commit pipeline treats ENOSPC as fatal), zero records and the cleaner
+// always find room; a write that hits ENOSPC anyway fails the same way. The
+// available bytes are sampled at most every spaceCheckInterval or
+// spaceCheckBytes appended, and the low state is logged when it starts and
+// ends, not per request.
+var (
+	spaceCheckInterval       = 100 * time.Millisecond
+	spaceCheckBytes    int64 = 4 << 20
+)
+
+type space struct {
+	since atomic.Int64 // bytes appended since the last sample
+	low   atomic.Bool
+	mu    sync.Mutex
+	last  time.Time
+	avail uint64
+	known bool // the file system reports its usage
+}
+
+// setLow records the low state, logging a change.
+func (sp *space) setLow(s *Store, low bool, avail uint64) {
+	if sp.low.Swap(low) == low {
+		return
+	}
+	if low {
+		s.log.Warn("store low on space: writes fail with ENOSPC until space is freed", "avail_bytes", avail, "reserve_bytes", s.reserve)
+	} else {
+		s.log.Info("store has space again", "avail_bytes", avail, "reserve_bytes", s.reserve)
+	}
+}
+
+// checkSpace returns an error wrapping ErrNoSpace when n more bytes would
+// leave less than reserve available.
+func (s *Store) checkSpace(n, reserve int64) error {
+	sp := &s.space
+	if sp.since.Add(n) < spaceCheckBytes && !sp.low.Load() {
+		sp.mu.Lock()
+		fresh := time.Since(sp.last) < spaceCheckInterval
+		sp.mu.Unlock()
+		if fresh {
+			return nil
+		}
+	}
+	sp.mu.Lock()
+	if time.Since(sp.last) >= spaceCheckInterval || sp.since.Load() >= spaceCheckBytes {
+		du, err := s.fs.GetDiskUsage(s.dir)
+		sp.last = time.Now()
+		sp.since.Store(0)
+		sp.known = err == nil
+		sp.avail = du.AvailBytes
+	}
+	known, avail := sp.known, sp.avail
+	sp.mu.Unlock()
+	if !known {
+		return nil
+	}
+	low := avail < uint64(reserve+n)
+	if reserve == s.reserve {
+		sp.setLow(s, low, avail)
+	}
+	if low {
+		return fmt.Errorf("%w: %d bytes available, %d reserved", ErrNoSpace, avail, reserve)
+	}
+	return nil
+}

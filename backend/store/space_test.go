@@ -1,0 +1,235 @@
+package store
+
+import (
+	"errors"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
+)
+
+// capFS is a MemFS of a fixed capacity: writes that would grow the files
+// past it fail with ENOSPC, and GetDiskUsage reports what is left.
+type capFS struct {
+	vfs.FS
+	capacity int64
+	mu       sync.Mutex
+}
+
+func (c *capFS) used() int64 {
+	var walk func(dir string) int64
+	walk = func(dir string) int64 {
+		names, _ := c.FS.List(dir)
+		var n int64
+		for _, name := range names {
+			p := c.FS.PathJoin(dir, name)
+			fi, err := c.FS.Stat(p)
+			if err != nil {
+				continue
+			}
+			if fi.IsDir() {
+				n += walk(p)
+			} else {
+				n += fi.Size()
+			}
+		}
+		return n
+	}
+	return walk("")
+}
+
+func (c *capFS) GetDiskUsage(string) (vfs.DiskUsage, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	u := c.used()
+	return vfs.DiskUsage{AvailBytes: uint64(max(0, c.capacity-u)), TotalBytes: uint64(c.capacity), UsedBytes: uint64(u)}, nil
+}
+
+func (c *capFS) Create(name string, cat vfs.DiskWriteCategory) (vfs.File, error) {
+	f, err := c.FS.Create(name, cat)
+	if err != nil {
+		return nil, err
+	}
+	return &capFile{File: f, fs: c}, nil
+}
+
+func (c *capFS) OpenReadWrite(name string, cat vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
+	f, err := c.FS.OpenReadWrite(name, cat, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return &capFile{File: f, fs: c}, nil
+}
+
+type capFile struct {
+	vfs.File
+	fs  *capFS
+	pos int64
+}
+
+func (f *capFile) room(off int64, n int) error {
+	fi, err := f.File.Stat()
+	if err != nil {
+		return err
+	}
+	if grow := off + int64(n) - fi.Size(); grow > 0 && f.fs.used()+grow > f.fs.capacity {
+		return syscall.ENOSPC
+	}
+	return nil
+}
+
+func (f *capFile) WriteAt(p []byte, off int64) (int, error) {
+	f.fs.mu.Lock()
+	defer f.fs.mu.Unlock()
+	if err := f.room(off, len(p)); err != nil {
+		return 0, err
+	}
+	return f.File.WriteAt(p, off)
+}
+
+func (f *capFile) Write(p []byte) (int, error) {
+	f.fs.mu.Lock()
+	defer f.fs.mu.Unlock()
+	fi, err := f.File.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if err := f.room(fi.Size(), len(p)); err != nil {
+		return 0, err
+	}
+	return f.File.Write(p)
+}
+
+// TestNoSpace fills a small file system: writes past the space fail with
+// ErrNoSpace (not ErrIO, not a failed store), reads keep working, a Zero
+// frees the space and writes work again without a restart; everything
+// written survives a reopen.
+func TestNoSpace(t *testing.T) {
+	old := spaceCheckInterval
+	spaceCheckInterval = 0
+	defer func() { spaceCheckInterval = old }()
+	fs := &capFS{FS: vfs.NewMem(), capacity: 24 << 20}
+	opts := Options{FS: fs, Logger: quiet, SegmentBytes: 1 << 20, ReserveBytes: 4 << 20}
+	s, err := Open("db", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	buf := make([]byte, 16*BlockSize)
+	var written uint64
+	var werr error
+	for seq := uint64(1); seq < 10000; seq++ {
+		for i := range uint64(16) {
+			fill(buf[i*BlockSize:(i+1)*BlockSize], 'w', written+i)
+		}
+		if werr = s.Write(ctx, 1, written, buf, Stamp{1, seq}, false); werr != nil {
+			break
+		}
+		written += 16
+	}
+	if !errors.Is(werr, ErrNoSpace) || errors.Is(werr, ErrIO) || errors.Is(werr, ErrFailed) {
+		t.Fatalf("write on a full disk: %v, want ErrNoSpace only", werr)
+	}
+	t.Logf("filled with %d blocks: %v; stats %+v", written, werr, s.Stats())
+	if written < 1000 || !s.Stats().LowSpace {
+		t.Fatalf("%d blocks written, stats %+v", written, s.Stats())
+	}
+	if err := s.Sync(ctx); err != nil {
+		t.Fatalf("sync on a full disk: %v", err)
+	}
+	for _, b := range []uint64{0, written / 2, written - 1} {
+		if got := readID(t, s, 1, b, 1); got != 'w' {
+			t.Fatalf("block %d on a full disk = %q", b, got)
+		}
+	}
+	// Free the first half: the segments holding it go, writes work again.
+	if err := s.Zero(ctx, 1, 0, written/2, Stamp{1, 20000}, true); err != nil {
+		t.Fatalf("zero on a full disk: %v", err)
+	}
+	if err := s.checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	fill(buf[:BlockSize], 'n', written)
+	if err := s.Write(ctx, 1, written, buf[:BlockSize], Stamp{1, 20001}, true); err != nil {
+		t.Fatalf("write after zero freed space: %v (stats %+v)", err, s.Stats())
+	}
+	if s.Stats().LowSpace {
+		t.Fatal("still low on space")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open("db", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readID(t, s, 1, written, 1); got != 'n' {
+		t.Fatalf("after reopen: block %d = %q", written, got)
+	}
+	if got := readID(t, s, 1, written-1, 1); got != 'w' {
+		t.Fatalf("after reopen: block %d = %q", written-1, got)
+	}
+	if got := readID(t, s, 1, 0, 1); got != 0 {
+		t.Fatalf("after reopen: zeroed block 0 = %q", got)
+	}
+}
+
+// TestENOSPCFromDisk: a segment write that hits ENOSPC below the reserve
+// check (the FS reports no usage) fails with ErrNoSpace and nothing else;
+// the store goes on when the space is back.
+func TestENOSPCFromDisk(t *testing.T) {
+	inj := &errorfs.Toggle{Injector: errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if op.Kind == errorfs.OpFileWriteAt && len(op.Path) > 4 && op.Path[len(op.Path)-4:] == ".seg" {
+			return syscall.ENOSPC
+		}
+		return nil
+	})}
+	fs := vfs.NewMem()
+	s, err := Open("db", Options{FS: errorfs.Wrap(fs, inj), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2*BlockSize)
+	fill(buf[:BlockSize], 'a', 0)
+	fill(buf[BlockSize:], 'a', 1)
+	if err := s.Write(ctx, 1, 0, buf, Stamp{1, 1}, false); err != nil {
+		t.Fatal(err)
+	}
+	inj.On()
+	for range 3 {
+		err := s.Write(ctx, 1, 4, buf, Stamp{1, 2}, true)
+		if !errors.Is(err, ErrNoSpace) || errors.Is(err, ErrFailed) {
+			t.Fatalf("write hitting ENOSPC: %v", err)
+		}
+	}
+	if got := readID(t, s, 1, 1, 1); got != 'a' {
+		t.Fatalf("read with a full disk: %q", got)
+	}
+	inj.Off()
+	fill(buf[:BlockSize], 'b', 4)
+	fill(buf[BlockSize:], 'b', 5)
+	if err := s.Write(ctx, 1, 4, buf, Stamp{1, 3}, true); err != nil {
+		t.Fatalf("write with space back: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st := len(mustList(t, fs, "db/segments")); st > 3 {
+		t.Fatalf("%d segment files after ENOSPC retries", st)
+	}
+	s = openMem(t, fs)
+	if a, b := readID(t, s, 1, 1, 1), readID(t, s, 1, 5, 1); a != 'a' || b != 'b' {
+		t.Fatalf("after reopen: %q %q", a, b)
+	}
+}
+
+func mustList(t *testing.T, fs vfs.FS, dir string) []string {
+	t.Helper()
+	names, err := fs.List(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
