@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -62,12 +64,20 @@ func (d *daemon) meta() membership.Meta {
 // startGossip starts this node's gossip with its metadata. The seeds are
 // joined in the background (seedLoop): a node may start before its seeds.
 func (d *daemon) startGossip() error {
+	var key []byte
+	if f := d.cfg.Gossip.SecretKeyFile; f != "" {
+		var err error
+		if key, err = readGossipKey(f); err != nil {
+			return fmt.Errorf("[gossip] secret_key_file: %w", err)
+		}
+	}
 	p, err := membership.Start(membership.Options{
-		NodeName: d.cfg.NodeName,
-		BindAddr: d.cfg.Gossip.Bind,
-		Meta:     d.meta(),
-		Logger:   d.log,
-		Timing:   d.gossipTiming,
+		NodeName:  d.cfg.NodeName,
+		BindAddr:  d.cfg.Gossip.Bind,
+		Meta:      d.meta(),
+		Logger:    d.log,
+		Timing:    d.gossipTiming,
+		SecretKey: key,
 	})
 	if err != nil {
 		return fmt.Errorf("[gossip]: %w", err)
@@ -461,3 +471,31 @@ func (d *daemon) registerStorage(ctx context.Context) error {
 	}
 	return nil
 }
+
+// readGossipKey reads the cluster's gossip key: 16, 24 or 32 bytes, raw
+// or base64 (as `head -c 32 /dev/urandom | base64` writes it). A key file
+// others may read is refused.
+func readGossipKey(path string) ([]byte, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s has mode %v: others may read the cluster key; chmod 600 it", path, st.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if t := bytes.TrimSpace(b); len(t) > 0 {
+		if k, err := base64.StdEncoding.DecodeString(string(t)); err == nil && validKeyLen(len(k)) {
+			return k, nil
+		}
+	}
+	if validKeyLen(len(b)) {
+		return b, nil
+	}
+	return nil, fmt.Errorf("%s: want a 16, 24 or 32-byte key, raw or base64", path)
+}
+
+func validKeyLen(n int) bool { return n == 16 || n == 24 || n == 32 }

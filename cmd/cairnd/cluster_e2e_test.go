@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -266,4 +267,78 @@ func TestCluster(t *testing.T) {
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// TestGossipKey: with a cluster key, a process with the same key joins the
+// pool; one with another key, or none, never appears in it.
+func TestGossipKey(t *testing.T) {
+	dir := t.TempDir()
+	writeKey := func(name string) string {
+		k := make([]byte, 32)
+		if _, err := rand.Read(k); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(k)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	good, other := writeKey("good.key"), writeKey("other.key")
+	seedPort := freePort(t)
+	start := func(name, key string, port int, join string) *proc {
+		d := t.TempDir()
+		cfg := fmt.Sprintf(`node_name = %q
+data_dir = "data"
+roles = ["storage", "manager"]
+[admin]
+listen = "127.0.0.1:0"
+[gossip]
+bind = "127.0.0.1:%d"
+join = [%s]
+[raft]
+bind = "127.0.0.1:%d"
+bootstrap_expect = 1
+[storage]
+listen = "127.0.0.1:0"
+cache_size = "16MiB"
+`, name, port, join, freePort(t))
+		if key != "" {
+			cfg = strings.Replace(cfg, "join = ", fmt.Sprintf("secret_key_file = %q\njoin = ", key), 1)
+		}
+		if err := os.WriteFile(filepath.Join(d, "cairn.toml"), []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p := &proc{t: t, dir: d}
+		p.run()
+		t.Cleanup(func() { p.stop(syscall.SIGTERM) })
+		return p
+	}
+	seed := fmt.Sprintf("%q", fmt.Sprintf("127.0.0.1:%d", seedPort))
+	a := start("keyed-a", good, seedPort, "")
+	intruder := start("intruder", other, freePort(t), seed)
+	plain := start("plain", "", freePort(t), seed)
+	b := start("keyed-b", good, freePort(t), seed)
+	alive := func(p *proc) map[string]bool {
+		m := map[string]bool{}
+		for _, n := range nodes(t, p) {
+			if n.Gossip == "alive" {
+				m[n.Name] = true
+			}
+		}
+		return m
+	}
+	waitFor(t, a, "keyed-b joins keyed-a", func() bool { return alive(a)["keyed-b"] && alive(b)["keyed-a"] })
+	// The seed loop retries every 2 s: give the others several tries.
+	time.Sleep(6 * time.Second)
+	for _, p := range []*proc{a, b} {
+		if m := alive(p); m["intruder"] || m["plain"] {
+			t.Fatalf("a node without the cluster key joined: %v", m)
+		}
+	}
+	for _, p := range []*proc{intruder, plain} {
+		if m := alive(p); len(m) != 1 {
+			t.Fatalf("%s sees %v: it joined without the cluster key", filepath.Base(p.dir), m)
+		}
+	}
 }

@@ -89,10 +89,10 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 			d.Close()
 		}
 	}()
-	if cfg.TLS.Enabled() || cfg.Gossip.SecretKeyFile != "" {
-		// Raft, gossip and the node RPC still run plain on loopback: refuse
-		// rather than run a cluster the config says is encrypted.
-		return nil, errors.New("[tls] and gossip.secret_key_file: this cairnd does not run the cluster transports encrypted yet; use loopback addresses")
+	if cfg.TLS.Enabled() {
+		// Raft and the node RPC still run plain on loopback: refuse rather
+		// than run a cluster the config says is encrypted.
+		return nil, errors.New("[tls]: this cairnd does not run Raft and the node RPC over TLS yet; use loopback addresses")
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
