@@ -396,7 +396,7 @@ func (s *Store) applyDrop(vol uint64) {
 			d.add(old.seg, -1)
 		}
 	})
-	x.pages, x.ops = map[uint64]*page{}, nil
+	x.pages, x.older, x.ops = map[uint64]*page{}, nil, nil
 	clear(x.dirty)
 	x.Unlock()
 	d.flush()

@@ -11,7 +11,7 @@
 // (a header with a crc32c per block, then the 4 KiB-aligned blocks), zero
 // records, drop records and the cleaner's copy records. In memory it holds the block index (index.go:
 // per volume, pages of 64 blocks, (block, epoch) -> (segment, page, seq,
-// crc); 32 bytes per block version, about 8.2 GiB per TiB written, bounded
+// crc); 32.4 bytes of heap per block, about 8.1 GiB per TiB written, bounded
 // by Options.IndexBytes) and the zero ranges, loaded at Open.
 //
 // # Invariants

@@ -6,12 +6,12 @@ import (
 	"unsafe"
 )
 
-// The block index: per volume, pages of pageBlocks consecutive blocks, each
-// block with its versions. A page keeps the version of the newest epoch of
-// each block inline and older epochs' versions (rare: only blocks written
-// in several epochs) in a side map. A version is 32 bytes, so a fully
-// written volume costs about 8.2 GiB of index per TiB of data in one epoch
-// (32 B per 4 KiB block plus the page map), bounded by Options.IndexBytes.
+// The block index: per volume, pages of pageBlocks consecutive blocks
+// holding the version of each block's newest epoch, and a side map of the
+// older epochs' versions (rare: only blocks written in several epochs). A
+// version is 32 bytes and a page exactly 2 KiB (a malloc size class), so a
+// volume written in one epoch costs 32.4 bytes of heap per 4 KiB block,
+// about 8.1 GiB per TiB (TestIndexMemory), bounded by Options.IndexBytes.
 const (
 	pageShift  = 6
 	pageBlocks = 1 << pageShift
@@ -25,16 +25,25 @@ type version struct {
 	kind       kind   // 0: no version
 }
 
-// page holds the versions of blocks [key<<pageShift, +pageBlocks).
+// page holds the newest-epoch versions of blocks [key<<pageShift,
+// +pageBlocks).
 type page struct {
-	v     [pageBlocks]version
-	older map[uint8][]version // per slot, epochs descending, all below v[slot].epoch
-	used  int                 // slots of v holding a version
+	v [pageBlocks]version
+}
+
+func (p *page) empty() bool {
+	for i := range p.v {
+		if p.v[i].kind != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 var (
-	pageBytes    = int64(unsafe.Sizeof(page{})) + 48 // plus its map entry
+	pageBytes    = int64(unsafe.Sizeof(page{})) + 24 // plus its map entry
 	versionBytes = int64(unsafe.Sizeof(version{}))
+	olderBytes   = int64(unsafe.Sizeof([]version{})) + 16 // a side map entry
 )
 
 // dkey names a (block, epoch) whose version changed since the last
@@ -46,6 +55,9 @@ type dkey struct{ block, epoch uint64 }
 type index struct {
 	sync.RWMutex
 	pages map[uint64]*page
+	// older holds per block the versions of epochs below the one in its
+	// page slot, epochs descending.
+	older map[uint64][]version
 	dirty map[dkey]struct{}
 	// ops are the pebble edits of zero ranges and reclaims since the last
 	// checkpoint, in order.
@@ -59,11 +71,10 @@ func (x *index) lookup(block, epoch uint64) (version, bool) {
 	if p == nil {
 		return version{}, false
 	}
-	i := block & (pageBlocks - 1)
-	if v := p.v[i]; v.kind == 0 || v.epoch <= epoch {
+	if v := p.v[block&(pageBlocks-1)]; v.kind == 0 || v.epoch <= epoch {
 		return v, v.kind != 0
 	}
-	for _, v := range p.older[uint8(i)] {
+	for _, v := range x.older[block] {
 		if v.epoch <= epoch {
 			return v, true
 		}
@@ -88,12 +99,10 @@ func (x *index) put(block uint64, nv version) (old version, displaced, stored bo
 		x.pages[key] = p
 		grew += pageBytes
 	}
-	i := block & (pageBlocks - 1)
-	cur := &p.v[i]
+	cur := &p.v[block&(pageBlocks-1)]
 	switch {
 	case cur.kind == 0:
 		*cur = nv
-		p.used++
 		return version{}, false, true, grew
 	case cur.epoch == nv.epoch:
 		if nv.seq <= cur.seq {
@@ -102,18 +111,19 @@ func (x *index) put(block uint64, nv version) (old version, displaced, stored bo
 		old = *cur
 		*cur = nv
 		return old, true, true, grew
-	case nv.epoch > cur.epoch:
-		if p.older == nil {
-			p.older = map[uint8][]version{}
-		}
-		p.older[uint8(i)] = slices.Insert(p.older[uint8(i)], 0, *cur)
+	}
+	if x.older == nil {
+		x.older = map[uint64][]version{}
+	}
+	list := x.older[block]
+	if len(list) == 0 {
+		grew += olderBytes
+	}
+	if nv.epoch > cur.epoch {
+		x.older[block] = slices.Insert(list, 0, *cur)
 		*cur = nv
 		return version{}, false, true, grew + versionBytes
 	}
-	if p.older == nil {
-		p.older = map[uint8][]version{}
-	}
-	list := p.older[uint8(i)]
 	j := 0
 	for j < len(list) && list[j].epoch > nv.epoch {
 		j++
@@ -126,48 +136,39 @@ func (x *index) put(block uint64, nv version) (old version, displaced, stored bo
 		list[j] = nv
 		return old, true, true, grew
 	}
-	p.older[uint8(i)] = slices.Insert(list, j, nv)
+	x.older[block] = slices.Insert(list, j, nv)
 	return version{}, false, true, grew + versionBytes
+}
+
+// dropOlder drops the older versions of block, calling fn for each, and
+// returns the bytes freed.
+func (x *index) dropOlder(block uint64, fn func(version)) int64 {
+	list, ok := x.older[block]
+	if !ok {
+		return 0
+	}
+	for _, v := range list {
+		fn(v)
+	}
+	delete(x.older, block)
+	return olderBytes + int64(len(list))*versionBytes
 }
 
 // deleteRange drops every version of blocks [from, to), calling fn for
 // each, and returns the index bytes freed. The cost is O(min(pages of the
-// range, pages of the volume)).
+// range, pages of the volume)) plus the older versions of the volume when
+// it has any.
 func (x *index) deleteRange(from, to uint64, fn func(version)) (freed int64) {
 	drop := func(key uint64, p *page) {
 		lo, hi := key<<pageShift, key<<pageShift+pageBlocks
-		if from <= lo && hi <= to {
-			for i := range p.v {
-				if p.v[i].kind != 0 {
-					fn(p.v[i])
-				}
-			}
-			for _, list := range p.older {
-				for _, v := range list {
-					fn(v)
-				}
-				freed += int64(len(list)) * versionBytes
-			}
-			delete(x.pages, key)
-			freed += pageBytes
-			return
-		}
 		for b := max(lo, from); b < min(hi, to); b++ {
 			i := b & (pageBlocks - 1)
 			if p.v[i].kind != 0 {
 				fn(p.v[i])
 				p.v[i] = version{}
-				p.used--
-			}
-			if list := p.older[uint8(i)]; list != nil {
-				for _, v := range list {
-					fn(v)
-				}
-				freed += int64(len(list)) * versionBytes
-				delete(p.older, uint8(i))
 			}
 		}
-		if p.used == 0 && len(p.older) == 0 {
+		if p.empty() {
 			delete(x.pages, key)
 			freed += pageBytes
 		}
@@ -179,11 +180,22 @@ func (x *index) deleteRange(from, to uint64, fn func(version)) (freed int64) {
 				drop(key, p)
 			}
 		}
-		return freed
+	} else {
+		for key, p := range x.pages {
+			if key >= first && key <= last {
+				drop(key, p)
+			}
+		}
 	}
-	for key, p := range x.pages {
-		if key >= first && key <= last {
-			drop(key, p)
+	if to-from <= uint64(len(x.older)) {
+		for b := from; b < to; b++ {
+			freed += x.dropOlder(b, fn)
+		}
+	} else {
+		for b := range x.older {
+			if from <= b && b < to {
+				freed += x.dropOlder(b, fn)
+			}
 		}
 	}
 	return freed
@@ -197,22 +209,19 @@ func (x *index) each(fn func(version)) {
 				fn(p.v[i])
 			}
 		}
-		for _, list := range p.older {
-			for _, v := range list {
-				fn(v)
-			}
+	}
+	for _, list := range x.older {
+		for _, v := range list {
+			fn(v)
 		}
 	}
 }
 
 // bytes returns the index bytes held.
 func (x *index) bytes() int64 {
-	var b int64
-	for _, p := range x.pages {
-		b += pageBytes
-		for _, list := range p.older {
-			b += int64(len(list)) * versionBytes
-		}
+	b := int64(len(x.pages)) * pageBytes
+	for _, list := range x.older {
+		b += olderBytes + int64(len(list))*versionBytes
 	}
 	return b
 }
@@ -246,11 +255,10 @@ func (x *index) ref(block, epoch uint64) *version {
 	if p == nil {
 		return nil
 	}
-	i := block & (pageBlocks - 1)
-	if v := &p.v[i]; v.kind != 0 && v.epoch == epoch {
+	if v := &p.v[block&(pageBlocks-1)]; v.kind != 0 && v.epoch == epoch {
 		return v
 	}
-	list := p.older[uint8(i)]
+	list := x.older[block]
 	for j := range list {
 		if list[j].epoch == epoch {
 			return &list[j]

@@ -89,7 +89,7 @@ type Options struct {
 	// next one started; 0: segmentBytesDefault.
 	SegmentBytes int64
 	// IndexBytes bounds the memory of the in-memory block index (about
-	// 8.2 GiB per TiB of blocks written); writes past it fail with
+	// 8.1 GiB per TiB of blocks written); writes past it fail with
 	// ErrLimit. 0: indexBytesDefault.
 	IndexBytes int64
 	// ReserveBytes is the free space kept for metadata, zeros and the
