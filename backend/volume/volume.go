@@ -137,6 +137,8 @@ type Volume struct {
 	drainOnce sync.Once
 	drained   chan struct{}
 
+	gate gate // the epoch and a snapshot's held acknowledgements
+
 	locks [stripes]sync.RWMutex
 
 	stats struct {
@@ -184,6 +186,7 @@ func Open(opts Options) (*Volume, error) {
 	}
 	v.size.Store(opts.Size)
 	v.epoch.Store(opts.Epoch)
+	v.gate.epoch = opts.Epoch
 	v.seq.Store(opts.Generation << seqCounterBits)
 	return v, nil
 }
@@ -200,8 +203,17 @@ func (v *Volume) Generation() uint64 { return v.generation }
 // SetSize changes the size the volume reports (a grow from the catalog).
 func (v *Volume) SetSize(size int64) { v.size.Store(size) }
 
-// SetEpoch changes the epoch new writes are stamped with.
-func (v *Volume) SetEpoch(e uint64) { v.epoch.Store(e) }
+// SetEpoch raises the epoch new writes are stamped with to e (the
+// catalog's, after a snapshot this target took no part in); it never
+// lowers it and holds nothing.
+func (v *Volume) SetEpoch(e uint64) {
+	v.gate.mu.Lock()
+	defer v.gate.mu.Unlock()
+	if e > v.gate.epoch && v.gate.inflight[e&1].Load() == 0 {
+		v.gate.epoch = e
+		v.epoch.Store(e)
+	}
+}
 
 // Close stops admitting requests (later ones fail with ErrClosed) and waits
 // until every request inside the volume has left it, so that the caller may
@@ -211,6 +223,9 @@ func (v *Volume) SetEpoch(e uint64) { v.epoch.Store(e) }
 func (v *Volume) Close() error {
 	if v.life.Or(lifeClosed) == 0 {
 		v.drain()
+	}
+	if h := v.gate.hold.Load(); h != nil {
+		h.end(HoldClosed) // nobody waits on a closing volume's snapshot
 	}
 	wait := v.requestTimeout + min(closeGrace, v.requestTimeout)
 	t := time.NewTimer(wait)
@@ -265,10 +280,14 @@ func (v *Volume) Info() target.Info {
 // request is one front-end request from admission to exit. It is its own
 // node-call context (see Node), pooled so the hot path allocates nothing.
 type request struct {
-	parent   context.Context
-	deadline time.Time
-	st       store.Stamp
-	ls       lockSet
+	parent     context.Context
+	deadline   time.Time
+	st         store.Stamp
+	stamped    bool   // st is set and counted in the gate's in-flight
+	writeClass bool   // a write, zero, trim or flush: its ack may be held
+	admitSeq   uint64 // the gate's switch count at admission
+	bytes      int64  // payload bytes, for the hold's bound
+	ls         lockSet
 }
 
 var requestPool = sync.Pool{New: func() any { return new(request) }}
@@ -313,14 +332,17 @@ func (v *Volume) admit(ctx context.Context, off, n int64, write bool) (*request,
 	r := requestPool.Get().(*request)
 	r.parent = ctx
 	r.deadline = time.Now().Add(v.requestTimeout)
+	r.admitSeq = v.gate.seq.Load()
 	return r, nil
 }
 
 // exit ends a request admitted by admit and returns its result. The
 // request's locks must have been released.
 func (v *Volume) exit(r *request, err error) error {
+	v.holdAck(r)
 	r.parent = nil
 	r.st = store.Stamp{}
+	r.stamped, r.writeClass, r.bytes = false, false, 0
 	r.ls = lockSet{}
 	requestPool.Put(r)
 	v.leave()
@@ -340,7 +362,8 @@ func (v *Volume) stamp(r *request) error {
 	if s&seqCounterMax == 0 || s>>seqCounterBits != v.generation {
 		return ErrSeqExhausted
 	}
-	r.st = store.Stamp{Epoch: v.epoch.Load(), Seq: s}
+	r.st = store.Stamp{Epoch: v.stampEpoch(), Seq: s}
+	r.stamped = true
 	return nil
 }
 
@@ -444,6 +467,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, flags target.
 	if err != nil {
 		return err
 	}
+	r.writeClass, r.bytes = true, int64(len(p))
 	v.stats.writes.Add(1)
 	v.stats.writeBytes.Add(uint64(len(p)))
 	if len(p) == 0 {
@@ -539,6 +563,7 @@ func (v *Volume) Zero(ctx context.Context, off, n int64, flags target.ZeroFlags)
 	if err != nil {
 		return err
 	}
+	r.writeClass = true
 	v.stats.zeros.Add(1)
 	v.stats.zeroBytes.Add(uint64(n))
 	if n == 0 {
@@ -604,6 +629,7 @@ func (v *Volume) Flush(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	r.writeClass = true
 	v.stats.flushes.Add(1)
 	return v.exit(r, v.flush(r))
 }
