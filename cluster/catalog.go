@@ -100,6 +100,9 @@ type Options struct {
 	// machine may lose committed changes. For tests only, where fsync
 	// latency on a loaded machine would stretch elections.
 	UnsafeNoSync bool
+	// TLS, when set, makes the Raft transport mutual TLS 1.3 (see
+	// TLSConfig); nil is plain TCP, for loopback only (configs: [tls]).
+	TLS *TLSConfig
 }
 
 // TestOptions is the preset for tests: a single self-bootstrapping voter in
@@ -208,7 +211,7 @@ func Open(opts Options) (c *Catalog, err error) {
 	// No advertise address: the transport advertises its listener's address,
 	// which is Bind with a port-0 request resolved. An unspecified host
 	// (0.0.0.0) is refused by the transport.
-	trans, err := raft.NewTCPTransportWithLogger(opts.Bind, nil, transportPoolMax, transportTimeout, hl.Named("transport"))
+	trans, err := newTransport(opts.Bind, opts.TLS, hl.Named("transport"))
 	if err != nil {
 		return nil, fmt.Errorf("cluster: open: raft transport on %s: %w", opts.Bind, err)
 	}
