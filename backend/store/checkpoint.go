@@ -32,14 +32,30 @@ import (
 var (
 	// ckDirtyMax: a checkpoint starts when this many index entries are
 	// dirty; a writer finding 4x as many runs one itself (backpressure).
-	ckDirtyMax int64 = 1 << 15
+	ckDirtyMax int64 = 1 << 18
 	// ckLogBytes: a checkpoint starts when the log grew this much since the
-	// last one, which bounds replay at Open.
-	ckLogBytes int64 = 256 << 20
+	// last one, which bounds replay at Open. A checkpoint syncs the log, so
+	// it is also how much unsynced data may pile up in the page cache.
+	ckLogBytes int64 = 1 << 30
 	// ckInterval: idle checkpoints, so that a quiet store is not left with
 	// a long replay.
 	ckInterval = 10 * time.Second
 )
+
+// ckEnt is a dirty index entry as a checkpoint copied it.
+type ckEnt struct {
+	dk  dkey
+	ver version
+	ok  bool // false: the entry is gone
+}
+
+// ckGroup is one volume's part of a checkpoint: its ops, then its entries
+// ents[from:to].
+type ckGroup struct {
+	vol      uint64
+	ops      []ckOp
+	from, to int
+}
 
 // ckOp is one pebble edit recorded for the next checkpoint.
 type ckOp struct {
@@ -197,33 +213,31 @@ func (s *Store) checkpoint() (err error) {
 	var k [keyLen]byte
 	var val [indexValueLen]byte
 
+	// Under the apply lock, only copy what changed; the batch is built
+	// after, so that writers wait for a memory copy, not for pebble.
 	s.apply.Lock()
 	end := s.seg.end()
 	s.dropsMu.Lock()
-	for _, vol := range s.drops {
-		for _, tag := range []byte{tagPoint, tagRange} {
-			_ = b.DeleteRange(volPrefix(k[:], tag, vol), volEnd(tag, vol), nil)
-		}
-		_ = b.Delete(volPrefix(k[:], tagRetained, vol), nil)
-	}
-	s.drops = s.drops[:0]
+	drops := s.drops
+	s.drops = nil
 	s.dropsMu.Unlock()
+	ents, groups := s.ck.ents[:0], s.ck.groups[:0]
 	s.vols.RLock()
 	for vol, v := range s.vols.m {
 		x := &v.idx
 		x.Lock()
-		for _, op := range x.ops {
-			op.apply(b)
+		if len(x.ops) == 0 && len(x.dirty) == 0 {
+			x.Unlock()
+			continue
 		}
-		x.ops = x.ops[:0]
+		g := ckGroup{vol: vol, ops: x.ops, from: len(ents)}
+		x.ops = nil
 		for dk := range x.dirty {
-			putPointKey(k[:], vol, dk.block, dk.epoch)
-			if ver, ok := x.exact(dk.block, dk.epoch); ok {
-				_ = b.Set(k[:], encodeIndexValue(val[:], ver), nil)
-			} else {
-				_ = b.Delete(k[:], nil)
-			}
+			ver, ok := x.exact(dk.block, dk.epoch)
+			ents = append(ents, ckEnt{dk: dk, ver: ver, ok: ok})
 		}
+		g.to = len(ents)
+		groups = append(groups, g)
 		clear(x.dirty)
 		x.Unlock()
 	}
@@ -236,6 +250,31 @@ func (s *Store) checkpoint() (err error) {
 		}
 	}
 	s.apply.Unlock()
+
+	for _, vol := range drops {
+		for _, tag := range []byte{tagPoint, tagRange} {
+			_ = b.DeleteRange(volPrefix(k[:], tag, vol), volEnd(tag, vol), nil)
+		}
+		_ = b.Delete(volPrefix(k[:], tagRetained, vol), nil)
+	}
+	for _, g := range groups {
+		for _, op := range g.ops {
+			op.apply(b)
+		}
+		for _, e := range ents[g.from:g.to] {
+			putPointKey(k[:], g.vol, e.dk.block, e.dk.epoch)
+			if e.ok {
+				_ = b.Set(k[:], encodeIndexValue(val[:], e.ver), nil)
+			} else {
+				_ = b.Delete(k[:], nil)
+			}
+		}
+	}
+	if cap(ents) <= 4*int(ckDirtyMax) {
+		s.ck.ents = ents[:0]
+	}
+	clear(groups)
+	s.ck.groups = groups[:0]
 
 	if err := s.seg.syncTo(end); err != nil {
 		_ = b.Close()

@@ -144,6 +144,8 @@ type Store struct {
 	ck struct {
 		sync.Mutex // one checkpoint at a time
 		last       pos
+		ents       []ckEnt
+		groups     []ckGroup
 	}
 	cleanMu sync.Mutex // one cleaning pass at a time
 	kick    chan struct{}
