@@ -40,6 +40,7 @@ commands:
   volume attach NAME --target NODE         move the volume to NODE's target
   volume delete NAME [--force]             --force disconnects attached clients
   node list                                cluster members, gossip and service state
+  cluster certs DIR --nodes N1,N2,...      a CA and node certificates (cairn cluster --help)
   bench [--smoke] [--systems ...] [...]    side-by-side benchmark (cairn bench --help)
 
 SIZE is bytes or a number with K/M/G/T or KiB/MiB/GiB/TiB (powers of 1024).
@@ -128,6 +129,9 @@ func dispatch(args []string, out io.Writer) error {
 			return &exitError{code: code}
 		}
 		return nil
+	}
+	if len(args) > 0 && args[0] == "cluster" {
+		return clusterCommand(args[1:], out) // local files, its own flags
 	}
 	addr := os.Getenv("CAIRN_ADDR")
 	if addr == "" {
