@@ -19,10 +19,11 @@ type Forwarder func(ctx context.Context, leader string, cmd []byte) ([]byte, err
 
 // forwardReply is the encoding of a forwarded change's result.
 type forwardReply struct {
-	Volume *Volume `json:"volume,omitempty"`
-	Node   *Node   `json:"node,omitempty"`
-	Error  string  `json:"error,omitempty"`
-	Kind   string  `json:"kind,omitempty"`
+	Volume   *Volume   `json:"volume,omitempty"`
+	Node     *Node     `json:"node,omitempty"`
+	Snapshot *Snapshot `json:"snapshot,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	Kind     string    `json:"kind,omitempty"`
 	// Index is the log index of the change, which the follower waits to
 	// have applied before it returns, so that its reads see the change.
 	Index uint64 `json:"index,omitempty"`
@@ -79,6 +80,9 @@ func (c *Catalog) ApplyForwarded(ctx context.Context, cmd []byte) ([]byte, error
 		if out.Node.Name != "" {
 			r.Node = &out.Node
 		}
+		if out.Snapshot.ID != 0 {
+			r.Snapshot = &out.Snapshot
+		}
 	}
 	b, err := json.Marshal(r)
 	if err != nil {
@@ -118,6 +122,9 @@ func (c *Catalog) forward(ctx context.Context, o op, data []byte) (outcome, erro
 	}
 	if r.Node != nil {
 		out.Node = *r.Node
+	}
+	if r.Snapshot != nil {
+		out.Snapshot = *r.Snapshot
 	}
 	// Reads that follow a change see it: wait until this replica applied
 	// the leader's index of the change.

@@ -72,6 +72,11 @@ type state struct {
 	Reservations map[string][]byte `json:"reservations,omitempty"`
 	// Nodes are the registered storage nodes, by name; nil means none.
 	Nodes map[string]Node `json:"nodes,omitempty"`
+	// Groups are the consistency groups by name, Snapshots the snapshots
+	// by id; nil means none. NextSnapshotID is the id of the next.
+	Groups         map[string]Group    `json:"groups,omitempty"`
+	Snapshots      map[uint64]Snapshot `json:"snapshots,omitempty"`
+	NextSnapshotID uint64              `json:"next_snapshot_id,omitempty"`
 }
 
 func newState() state { return state{Volumes: map[string]Volume{}, NextID: 1} }
@@ -79,8 +84,9 @@ func newState() state { return state{Volumes: map[string]Volume{}, NextID: 1} }
 // outcome is what a command did: the volume or node it affected, as it is
 // after the command. Ops that affect neither leave it zero.
 type outcome struct {
-	Volume Volume
-	Node   Node
+	Volume   Volume
+	Node     Node
+	Snapshot Snapshot
 }
 
 // Commands. The op names are part of the replicated log's format: never
@@ -207,6 +213,16 @@ func decodeCommand(data []byte) (any, error) {
 		args = &setNodeStateArgs{}
 	case opNodeUsage:
 		args = &nodeUsageArgs{}
+	case opCreateGroup:
+		args = &createGroupArgs{}
+	case opDeleteGroup:
+		args = &deleteGroupArgs{}
+	case opReserveSnapshot:
+		args = &reserveSnapshotArgs{}
+	case opEndSnapshot:
+		args = &endSnapshotArgs{}
+	case opDeleteSnapshot:
+		args = &deleteSnapshotArgs{}
 	default:
 		return nil, fmt.Errorf("%w: unknown command %.40q", ErrInvalid, c.Op)
 	}
@@ -244,6 +260,7 @@ func (s *state) apply(cmd any) (outcome, error) {
 		}
 		delete(s.Volumes, a.Name)
 		delete(s.Reservations, a.Name)
+		s.dropSnapshotsOf(v.ID, v.Name)
 		return outcome{Volume: v}, nil
 	case *resizeVolumeArgs:
 		v, ok := s.Volumes[a.Name]
@@ -291,6 +308,25 @@ func (s *state) apply(cmd any) (outcome, error) {
 	case *registerNodeArgs:
 		n, err := s.registerNode(a)
 		return outcome{Node: n}, err
+	case *createGroupArgs:
+		return s.createGroup(a)
+	case *deleteGroupArgs:
+		if _, ok := s.Groups[a.Name]; !ok {
+			return outcome{}, fmt.Errorf("group %q: %w", a.Name, ErrNotFound)
+		}
+		delete(s.Groups, a.Name)
+		return outcome{}, nil
+	case *reserveSnapshotArgs:
+		return s.reserveSnapshot(a)
+	case *endSnapshotArgs:
+		return s.endSnapshot(a)
+	case *deleteSnapshotArgs:
+		sn, ok := s.Snapshots[a.ID]
+		if !ok {
+			return outcome{}, fmt.Errorf("snapshot %d: %w", a.ID, ErrNotFound)
+		}
+		delete(s.Snapshots, a.ID)
+		return outcome{Snapshot: sn}, nil
 	case *setNodeStateArgs:
 		n, ok := s.Nodes[a.Name]
 		if !ok {
@@ -464,6 +500,9 @@ func (s *state) check() error {
 		if !n.State.valid() {
 			return fmt.Errorf("node %q: state %q", name, n.State)
 		}
+	}
+	if err := s.checkSnapshots(); err != nil {
+		return err
 	}
 	ids := make(map[uint64]string, len(s.Volumes))
 	for name, v := range s.Volumes {

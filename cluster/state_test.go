@@ -275,7 +275,7 @@ func TestFSMRestoreRejects(t *testing.T) {
 		"epoch 0":      edit(func(f *snapshotFile) { v := f.State.Volumes["a"]; v.Epoch = 0; f.State.Volumes["a"] = v }),
 		"geometry":     edit(func(f *snapshotFile) { v := f.State.Volumes["a"]; v.BlockSize = 512; f.State.Volumes["a"] = v }),
 		"attached gen": edit(func(f *snapshotFile) { v := f.State.Volumes["a"]; v.AttachedTo = "n"; f.State.Volumes["a"] = v }),
-		"unknown key":  strings.Replace(string(data), `"next_id"`, `"groups":{},"next_id"`, 1),
+		"unknown key":  strings.Replace(string(data), `"next_id"`, `"frobs":{},"next_id"`, 1),
 	} {
 		f := newFSM()
 		populate(t, f)
