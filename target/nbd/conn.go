@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -28,7 +29,7 @@ const (
 // reads requests; workers execute them; one writer sends replies.
 type conn struct {
 	s      *Server
-	nc     net.Conn
+	nc     net.Conn      // the socket: deadlines, Close, addresses
 	br     *bufio.Reader // reader goroutine only
 	bw     *bufio.Writer // writer goroutine only
 	ctx    context.Context
@@ -36,6 +37,13 @@ type conn struct {
 	start  time.Time
 	forced atomic.Bool // Disconnect was called
 	ip     string      // client IP, as counted by the server's ConnLimit
+
+	// Before TLS, stream is nc; once STARTTLS succeeded, tlsConn is set,
+	// and stream, br and bw go through it. Reader goroutine only (the
+	// writer uses bw, after the handshake).
+	stream            io.Writer // where handshake replies go
+	tlsConn           *tls.Conn
+	handshakeDeadline time.Time
 
 	// quit is closed (once, by abandon) when a reader waiting for the
 	// shared budget must give up: Close, Disconnect, the writer failed.

@@ -1,5 +1,6 @@
 // Package nbd serves target.Devices over the Network Block Device protocol
-// (NetworkBlockDevice/nbd doc/proto.md), fixed newstyle only, without TLS.
+// (NetworkBlockDevice/nbd doc/proto.md), fixed newstyle only, with TLS by
+// NBD_OPT_STARTTLS.
 //
 // It owns two layers:
 //
@@ -13,7 +14,23 @@
 // Negotiation supports EXPORT_NAME, INFO, GO (NBD_INFO_EXPORT, _NAME,
 // _BLOCK_SIZE: 512 / device block size / RequestBytesMax), LIST, ABORT,
 // STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT with
-// base:allocation; anything else gets NBD_REP_ERR_UNSUP. Option data is
+// base:allocation, and STARTTLS; anything else gets NBD_REP_ERR_UNSUP.
+//
+// TLS (Options.TLS, Options.TLSMode): off (STARTTLS refused), optional (a
+// client may upgrade) or require (the document's FORCEDTLS: before TLS,
+// every option but STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD, and
+// EXPORT_NAME hangs up). STARTTLS is acknowledged, then the TLS handshake
+// must finish within 10 s; a client that sent bytes after STARTTLS before
+// its reply is hung up on (they were plain text), and what was negotiated
+// before TLS (structured replies, meta contexts) is forgotten. A second
+// STARTTLS gets NBD_REP_ERR_INVALID. Socket deadlines and Close act on the
+// TCP connection beneath TLS.
+//
+// Exports served elsewhere: if Options.Exports implements target.Locator,
+// INFO, GO and the meta context options for an export it locates get
+// NBD_REP_ERR_UNKNOWN with a message naming the node and its address (qemu
+// prints it; libnbd logs it with LIBNBD_DEBUG=1); EXPORT_NAME, which
+// cannot fail with a message, hangs up and logs it. Option data is
 // bounded (64 KiB parsed; up to 1 MiB skipped and refused with
 // NBD_REP_ERR_TOO_BIG; beyond, or past 4096 options, the client is hung up
 // on) and the whole handshake must finish within 30 s.

@@ -41,10 +41,13 @@ func FuzzParseOption(f *testing.F) {
 		if !bytes.Equal(re, data) {
 			t.Fatalf("%+v re-encodes to %x, not %x", o, re, data)
 		}
-		// And the negotiation handles it without panicking.
-		n := negotiation{exports: mapExports{"disk": targettest.NewMemDevice(targettest.MemOptions{Size: 1 << 20})},
-			requestBytesMax: RequestBytesMaxDefault, structured: code&1 == 0}
-		n.option(code, data)
+		// And the negotiation handles it without panicking, whatever the
+		// TLS mode.
+		for _, mode := range []TLSMode{TLSOff, TLSOptional, TLSRequire} {
+			n := negotiation{exports: mapExports{"disk": targettest.NewMemDevice(targettest.MemOptions{Size: 1 << 20})},
+				requestBytesMax: RequestBytesMaxDefault, structured: code&1 == 0, tlsMode: mode, tlsConfigured: true}
+			n.option(code, data)
+		}
 	})
 }
 

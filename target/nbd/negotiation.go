@@ -31,6 +31,7 @@ const (
 	nextOption   next = iota // send the reply, read the next option
 	nextTransmit             // send the reply, enter transmission with the chosen export
 	nextHangUp               // send the reply (if any), close the connection
+	nextStartTLS             // send the reply (ACK), run the TLS handshake, read the next option over TLS
 )
 
 // step is the outcome of one option: the bytes to send and what comes next.
@@ -57,7 +58,11 @@ type negotiation struct {
 	exports         Exports
 	defaultName     string
 	requestBytesMax int
-	noZeroes        bool // client set ClientFlagNoZeroes
+	noZeroes        bool    // client set ClientFlagNoZeroes
+	tlsMode         TLSMode // TLSOff, TLSOptional or TLSRequire (never "")
+	tlsConfigured   bool    // the server has a TLS config (STARTTLS possible)
+
+	tls bool // TLS initiated: STARTTLS acknowledged and the connection upgraded
 
 	options    int // options seen
 	structured bool
@@ -82,6 +87,52 @@ func (n *negotiation) lookup(name string) (string, target.Device, bool) {
 	}
 	dev, ok := n.exports.Lookup(name)
 	return name, dev, ok
+}
+
+// unknown is the error message for an export Lookup does not serve: where
+// it is served, if the exports know (target.Locator), else that it does
+// not exist.
+func (n *negotiation) unknown(name string) string {
+	if l, ok := n.exports.(target.Locator); ok && name != "" {
+		if node, addr, ok := l.Locate(name); ok {
+			msg := fmt.Sprintf("export %q is attached to node %s: connect to %s", name, node, addr)
+			if len(msg) > StringBytesMax {
+				msg = msg[:StringBytesMax]
+			}
+			return msg
+		}
+	}
+	return fmt.Sprintf("no export %q", name)
+}
+
+// tlsRequired reports whether option code must be refused because TLS is
+// required and not yet initiated (FORCEDTLS in the protocol document).
+func (n *negotiation) tlsRequired(code uint32) bool {
+	return n.tlsMode == TLSRequire && !n.tls && code != OptStartTLS && code != OptAbort
+}
+
+// startedTLS is called once the connection completed the TLS handshake
+// that followed an acknowledged STARTTLS. What was negotiated in plain
+// text, where a man in the middle could have tampered with it, is
+// forgotten: the client negotiates it again over TLS.
+func (n *negotiation) startedTLS() {
+	n.tls = true
+	n.structured, n.metaExport, n.allocation = false, "", false
+}
+
+// startTLS answers OptStartTLS.
+func (n *negotiation) startTLS(o Option) step {
+	switch {
+	case n.tls:
+		return step{reply: errReply(nil, o.Code, RepErrInvalid, "TLS already started")}
+	case !n.tlsConfigured:
+		return step{reply: errReply(nil, o.Code, RepErrUnsup, "TLS not supported by this server")}
+	case n.tlsMode == TLSOff:
+		return step{reply: errReply(nil, o.Code, RepErrPolicy, "TLS disabled on this server")}
+	case !o.Empty:
+		return step{reply: errReply(nil, o.Code, RepErrInvalid, "OPT_STARTTLS takes no data")}
+	}
+	return step{reply: AppendOptionReply(nil, o.Code, RepAck, nil), next: nextStartTLS}
 }
 
 // transmissionFlags returns the flags a client sees for a device.
@@ -114,6 +165,8 @@ func (n *negotiation) tooBig(h OptionHeader) (s step, drain bool) {
 		return step{next: nextHangUp, reason: fmt.Sprintf("export name of %d bytes", h.Length)}, false
 	case h.Length > optionDrainBytesMax:
 		return step{next: nextHangUp, reason: fmt.Sprintf("option %d with %d bytes of data", h.Code, h.Length)}, false
+	case n.tlsRequired(h.Code):
+		return step{reply: errReply(nil, h.Code, RepErrTLSReqd, "TLS required: send NBD_OPT_STARTTLS first")}, true
 	}
 	return step{reply: errReply(nil, h.Code, RepErrTooBig, "option data too large")}, true
 }
@@ -127,6 +180,16 @@ func (n *negotiation) option(code uint32, data []byte) step {
 	n.options++
 	if n.options > optionsMax {
 		return step{next: nextHangUp, reason: "too many options"}
+	}
+	if n.tlsRequired(code) {
+		if code == OptExportName {
+			// No error reply exists for OptExportName.
+			return step{next: nextHangUp, reason: "NBD_OPT_EXPORT_NAME before TLS on a TLS-only server"}
+		}
+		if code == OptSetMetaContext {
+			n.metaExport, n.allocation = "", false
+		}
+		return step{reply: errReply(nil, code, RepErrTLSReqd, "TLS required: send NBD_OPT_STARTTLS first")}
 	}
 	o, err := ParseOption(code, data)
 	if err != nil {
@@ -142,7 +205,7 @@ func (n *negotiation) option(code uint32, data []byte) step {
 	case OptExportName:
 		name, dev, ok := n.lookup(o.Name)
 		if !ok {
-			return step{next: nextHangUp, reason: fmt.Sprintf("unknown export %q", o.Name)}
+			return step{next: nextHangUp, reason: n.unknown(n.canonical(o.Name))}
 		}
 		n.choose(name, dev)
 		info := dev.Info()
@@ -172,6 +235,8 @@ func (n *negotiation) option(code uint32, data []byte) step {
 		return step{reply: AppendOptionReply(nil, code, RepAck, nil)}
 	case OptListMetaContext, OptSetMetaContext:
 		return n.metaContext(o)
+	case OptStartTLS:
+		return n.startTLS(o)
 	}
 	return step{reply: errReply(nil, code, RepErrUnsup, fmt.Sprintf("option %d not supported", code))}
 }
@@ -190,7 +255,7 @@ func (n *negotiation) choose(name string, dev target.Device) {
 func (n *negotiation) info(o Option) step {
 	name, dev, ok := n.lookup(o.Name)
 	if !ok {
-		return step{reply: errReply(nil, o.Code, RepErrUnknown, fmt.Sprintf("no export %q", o.Name))}
+		return step{reply: errReply(nil, o.Code, RepErrUnknown, n.unknown(n.canonical(o.Name)))}
 	}
 	info := dev.Info()
 	flags := transmissionFlags(info, n.structured)
@@ -228,7 +293,7 @@ func (n *negotiation) metaContext(o Option) step {
 	}
 	name, _, ok := n.lookup(o.Name)
 	if !ok {
-		return step{reply: errReply(nil, o.Code, RepErrUnknown, fmt.Sprintf("no export %q", o.Name))}
+		return step{reply: errReply(nil, o.Code, RepErrUnknown, n.unknown(n.canonical(o.Name)))}
 	}
 	match := !set && len(o.Queries) == 0 // an empty list lists everything
 	for _, q := range o.Queries {

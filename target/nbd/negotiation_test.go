@@ -49,7 +49,8 @@ func describeOptionReplies(b []byte) []string {
 
 func repName(t uint32) string {
 	names := map[uint32]string{RepAck: "ACK", RepServer: "SERVER", RepInfo: "INFO", RepMetaContext: "META_CONTEXT",
-		RepErrUnsup: "ERR_UNSUP", RepErrInvalid: "ERR_INVALID", RepErrUnknown: "ERR_UNKNOWN", RepErrTooBig: "ERR_TOO_BIG"}
+		RepErrUnsup: "ERR_UNSUP", RepErrInvalid: "ERR_INVALID", RepErrUnknown: "ERR_UNKNOWN", RepErrTooBig: "ERR_TOO_BIG",
+		RepErrTLSReqd: "ERR_TLS_REQD", RepErrPolicy: "ERR_POLICY"}
 	if n, ok := names[t]; ok {
 		return n
 	}
@@ -69,14 +70,15 @@ func TestNegotiationTranscript(t *testing.T) {
 		name     string
 		noZeroes bool
 		opts     []opt
+		tls      TLSMode // "" for TLSOff without a TLS config
 	}{
-		{"go plain", false, []opt{{code: OptGo, data: AppendInfoRequest(nil, "disk")}}},
+		{"go plain", false, []opt{{code: OptGo, data: AppendInfoRequest(nil, "disk")}}, ""},
 		{"go structured with meta", false, []opt{
 			{code: OptStructuredReply},
 			{code: OptListMetaContext, data: AppendMetaContextRequest(nil, "disk", "base:")},
 			{code: OptSetMetaContext, data: AppendMetaContextRequest(nil, "disk", "base:", "base:allocation", "qemu:dirty-bitmap:a")},
 			{code: OptGo, data: AppendInfoRequest(nil, "disk", InfoName, InfoBlockSize, InfoDescription)},
-		}},
+		}, ""},
 		{"errors then info", false, []opt{
 			{code: 42},
 			{code: OptStartTLS},
@@ -86,24 +88,57 @@ func TestNegotiationTranscript(t *testing.T) {
 			{code: OptListMetaContext, data: AppendMetaContextRequest(nil, "disk")},
 			{code: OptInfo, big: 100 << 10},
 			{code: OptInfo, big: 2 << 20},
-		}},
+		}, ""},
 		{"list and default", false, []opt{
 			{code: OptList},
 			{code: OptInfo, data: AppendInfoRequest(nil, "", InfoName)},
 			{code: OptAbort},
-		}},
-		{"export name read-only", true, []opt{{code: OptExportName, data: []byte("ro")}}},
-		{"export name unknown", false, []opt{{code: OptExportName, data: []byte("nope")}}},
+		}, ""},
+		{"export name read-only", true, []opt{{code: OptExportName, data: []byte("ro")}}, ""},
+		{"export name unknown", false, []opt{{code: OptExportName, data: []byte("nope")}}, ""},
+		{"located elsewhere", false, []opt{
+			{code: OptInfo, data: AppendInfoRequest(nil, "moved")},
+			{code: OptStructuredReply},
+			{code: OptListMetaContext, data: AppendMetaContextRequest(nil, "moved")},
+			{code: OptExportName, data: []byte("moved")},
+		}, ""},
+		{"tls off with a config", false, []opt{{code: OptStartTLS}, {code: OptGo, data: AppendInfoRequest(nil, "disk")}}, TLSOff},
+		{"tls optional", false, []opt{
+			{code: OptStructuredReply},
+			{code: OptStartTLS},
+			{code: OptStartTLS},
+			{code: OptSetMetaContext, data: AppendMetaContextRequest(nil, "disk", "base:allocation")},
+			{code: OptGo, data: AppendInfoRequest(nil, "disk")},
+		}, TLSOptional},
+		{"tls required", false, []opt{
+			{code: OptList},
+			{code: OptStructuredReply},
+			{code: OptInfo, data: AppendInfoRequest(nil, "moved")},
+			{code: OptGo, data: AppendInfoRequest(nil, "disk")},
+			{code: 42},
+			{code: OptInfo, big: 100 << 10},
+			{code: OptStartTLS, data: []byte{0}},
+			{code: OptStartTLS},
+			{code: OptStartTLS},
+			{code: OptList},
+			{code: OptGo, data: AppendInfoRequest(nil, "disk")},
+		}, TLSRequire},
+		{"tls required export name", false, []opt{{code: OptExportName, data: []byte("disk")}}, TLSRequire},
+		{"tls required abort", false, []opt{{code: OptAbort}}, TLSRequire},
 	}
 	var out strings.Builder
 	for _, sc := range scenarios {
 		fmt.Fprintf(&out, "== %s\n", sc.name)
 		n := negotiation{
-			exports: mapExports{
+			exports: locatedExports{mapExports: mapExports{
 				"disk": targettest.NewMemDevice(targettest.MemOptions{Size: 1 << 30, CanMultiConn: true}),
 				"ro":   targettest.NewMemDevice(targettest.MemOptions{Size: 1 << 20, ReadOnly: true}),
-			},
+			}, elsewhere: map[string][2]string{"moved": {"node2", "192.0.2.2:10809"}}},
 			defaultName: "disk", requestBytesMax: RequestBytesMaxDefault, noZeroes: sc.noZeroes,
+			tlsMode: TLSOff, tlsConfigured: sc.tls != "",
+		}
+		if sc.tls != "" {
+			n.tlsMode = sc.tls
 		}
 		for _, o := range sc.opts {
 			var st step
@@ -128,8 +163,11 @@ func TestNegotiationTranscript(t *testing.T) {
 					n.chosen.name, n.chosen.structured, n.chosen.allocation, n.chosen.flags)
 			case nextHangUp:
 				fmt.Fprintf(&out, "  -> hang up: %s\n", st.reason)
+			case nextStartTLS:
+				fmt.Fprintf(&out, "  -> TLS handshake\n")
+				n.startedTLS()
 			}
-			if st.next != nextOption {
+			if st.next != nextOption && st.next != nextStartTLS {
 				break
 			}
 		}

@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,7 +17,9 @@ import (
 )
 
 // Exports names the devices a server serves. Lookup and List are called from
-// connection goroutines, concurrently.
+// connection goroutines, concurrently. An Exports that also implements
+// target.Locator has the exports it does not serve but knows the node of
+// refused with a message naming that node and its address.
 type Exports interface {
 	// Lookup returns the device exported as name.
 	Lookup(name string) (target.Device, bool)
@@ -37,9 +40,43 @@ const (
 // Timeouts.
 const (
 	handshakeTimeout     = 30 * time.Second // from accept to transmission
+	tlsHandshakeTimeout  = 10 * time.Second // from the STARTTLS reply to the end of the TLS handshake (within handshakeTimeout)
 	closeGrace           = 10 * time.Second // Close waits this long for in-flight requests before cancelling them
 	writeDiscardBytesMax = 128 << 20        // an oversized WRITE up to this is skipped and failed; past it the client is hung up on
 )
+
+// TLSMode says whether a server with a TLS config lets clients negotiate in
+// plain text.
+type TLSMode string
+
+const (
+	// TLSOff (or ""): NBD_OPT_STARTTLS is refused (NBD_REP_ERR_POLICY with
+	// a TLS config, NBD_REP_ERR_UNSUP without); the protocol document's
+	// NOTLS mode.
+	TLSOff TLSMode = "off"
+	// TLSOptional: a client may upgrade with NBD_OPT_STARTTLS, or use any
+	// export in plain text (SELECTIVETLS with no TLS-only export).
+	TLSOptional TLSMode = "optional"
+	// TLSRequire: before TLS, every option but NBD_OPT_STARTTLS and
+	// NBD_OPT_ABORT is answered NBD_REP_ERR_TLS_REQD and
+	// NBD_OPT_EXPORT_NAME hangs up (FORCEDTLS).
+	TLSRequire TLSMode = "require"
+)
+
+// ParseTLSMode returns the mode named s: "", "off", "optional" or
+// "require".
+func ParseTLSMode(s string) (TLSMode, error) {
+	switch m := TLSMode(s); m {
+	case "", TLSOff:
+		return TLSOff, nil
+	case TLSOptional, TLSRequire:
+		return m, nil
+	}
+	return "", fmt.Errorf("%w: TLS mode %q (want off, optional or require)", ErrInvalidOption, s)
+}
+
+// ErrInvalidOption: a value in Options (or one parsed for it) is not valid.
+var ErrInvalidOption = errors.New("nbd: invalid option")
 
 // Options configure a Server. The zero value works except for Exports.
 type Options struct {
@@ -85,6 +122,14 @@ type Options struct {
 	// Limit, if set, is a connection limit shared with other servers (the
 	// daemon's NBD and iSCSI together) and replaces the two fields above.
 	Limit *target.ConnLimit
+	// TLS is the server side of NBD_OPT_STARTTLS: its certificate, and its
+	// ClientAuth and ClientCAs if clients must present certificates. It
+	// is cloned; versions below TLS 1.2 are never offered. nil means no
+	// TLS: TLSMode must then be off.
+	TLS *tls.Config
+	// TLSMode says whether clients must start TLS: TLSOff ("" too),
+	// TLSOptional or TLSRequire.
+	TLSMode TLSMode
 }
 
 func (o Options) withDefaults() Options {
@@ -117,6 +162,18 @@ func (o Options) withDefaults() Options {
 	if o.RequestTimeout == 0 {
 		o.RequestTimeout = target.RequestTimeoutDefault
 	}
+	mode, err := ParseTLSMode(string(o.TLSMode))
+	if err != nil {
+		panic(err.Error())
+	}
+	o.TLSMode = mode
+	if o.TLS == nil && mode != TLSOff {
+		panic(fmt.Sprintf("nbd: TLSMode %q without a TLS config", mode))
+	}
+	if o.TLS != nil {
+		o.TLS = o.TLS.Clone()
+		o.TLS.MinVersion = max(o.TLS.MinVersion, tls.VersionTLS12)
+	}
 	return o
 }
 
@@ -124,13 +181,15 @@ func (o Options) withDefaults() Options {
 type Server struct {
 	opts Options
 	log  *slog.Logger
-	// handshakeTimeout bounds the handshake; a field so tests can shorten it.
-	handshakeTimeout time.Duration
-	ctx              context.Context // cancelled when Close gives up waiting
-	cancel           context.CancelFunc
-	wg               sync.WaitGroup // connection goroutines
-	limit            *target.ConnLimit
-	disconnects      target.Reasons
+	// handshakeTimeout bounds the handshake, tlsHandshakeTimeout its TLS
+	// part; fields so tests can shorten them.
+	handshakeTimeout    time.Duration
+	tlsHandshakeTimeout time.Duration
+	ctx                 context.Context // cancelled when Close gives up waiting
+	cancel              context.CancelFunc
+	wg                  sync.WaitGroup // connection goroutines
+	limit               *target.ConnLimit
+	disconnects         target.Reasons
 
 	mu struct {
 		sync.Mutex
@@ -142,7 +201,7 @@ type Server struct {
 
 // NewServer returns a server; it serves once Serve or ServeConn is called.
 func NewServer(opts Options) *Server {
-	s := &Server{opts: opts.withDefaults(), handshakeTimeout: handshakeTimeout}
+	s := &Server{opts: opts.withDefaults(), handshakeTimeout: handshakeTimeout, tlsHandshakeTimeout: tlsHandshakeTimeout}
 	s.log = s.opts.Logger
 	s.limit = s.opts.Limit
 	if s.limit == nil {
@@ -319,7 +378,7 @@ const (
 )
 
 func (s *Server) newConn(nc net.Conn) *conn {
-	c := &conn{s: s, nc: nc, start: time.Now(), ip: target.AddrIP(nc.RemoteAddr()), quit: make(chan struct{})}
+	c := &conn{s: s, nc: nc, stream: nc, start: time.Now(), ip: target.AddrIP(nc.RemoteAddr()), quit: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancel(s.ctx)
 	return c
 }
@@ -346,8 +405,13 @@ func (c *conn) serve() {
 		c.kind = target.DisconnectIOError
 	}
 	c.s.disconnects.Add(c.kind)
+	if c.tlsConn != nil && !c.forced.Load() && (c.kind == target.DisconnectClientClosed || c.kind == target.DisconnectServer) {
+		// A clean end: tell the client with close_notify (bounded by
+		// crypto/tls's own 5 s write deadline).
+		c.tlsConn.Close()
+	}
 	args := []any{"remote", c.nc.RemoteAddr().String(), "export", c.export, "reason", reason,
-		"kind", c.kind, "duration", time.Since(c.start).Round(time.Millisecond)}
+		"kind", c.kind, "tls", c.tlsConn != nil, "duration", time.Since(c.start).Round(time.Millisecond)}
 	if c.attached {
 		args = append(args, "requests", c.requests)
 	}
@@ -369,7 +433,8 @@ func (c *conn) refuse(why string) {
 // handshake negotiates an export. It returns "" when transmission may
 // begin, or why the connection ends.
 func (c *conn) handshake() (reason string) {
-	c.nc.SetDeadline(time.Now().Add(c.s.handshakeTimeout))
+	c.handshakeDeadline = time.Now().Add(c.s.handshakeTimeout)
+	c.nc.SetDeadline(c.handshakeDeadline)
 	var greeting [GreetingSize]byte
 	PutGreeting(&greeting, FlagFixedNewstyle|FlagNoZeroes)
 	if _, err := c.nc.Write(greeting[:]); err != nil {
@@ -391,6 +456,8 @@ func (c *conn) handshake() (reason string) {
 		defaultName:     c.s.opts.Default,
 		requestBytesMax: c.s.opts.RequestBytesMax,
 		noZeroes:        flags&ClientFlagNoZeroes != 0,
+		tlsMode:         c.s.opts.TLSMode,
+		tlsConfigured:   c.s.opts.TLS != nil,
 	}
 	for {
 		if _, err := io.ReadFull(c.br, b[:]); err != nil {
@@ -416,12 +483,23 @@ func (c *conn) handshake() (reason string) {
 			}
 			st = n.option(h.Code, data)
 		}
+		if st.next == nextStartTLS && c.br.Buffered() > 0 {
+			// The client must wait for the reply before it starts TLS;
+			// bytes already here were sent in plain text and must not be
+			// taken as sent over TLS.
+			return "handshake: data sent after NBD_OPT_STARTTLS before its reply"
+		}
 		if len(st.reply) > 0 {
-			if _, err := c.nc.Write(st.reply); err != nil {
+			if _, err := c.stream.Write(st.reply); err != nil {
 				return c.ioReason("handshake: write reply", err)
 			}
 		}
 		switch st.next {
+		case nextStartTLS:
+			if reason := c.startTLS(); reason != "" {
+				return reason
+			}
+			n.startedTLS()
 		case nextHangUp:
 			if st.abort {
 				c.kind = target.DisconnectClientClosed
@@ -446,7 +524,41 @@ func (c *conn) attach(e export) string {
 	c.attached = true
 	c.s.mu.Unlock()
 	c.s.log.Info("nbd: connection attached", "remote", c.nc.RemoteAddr().String(), "export", e.name,
-		"structured", e.structured, "base_allocation", e.allocation, "flags", fmt.Sprintf("%#x", e.flags))
+		"tls", c.tlsConn != nil, "structured", e.structured, "base_allocation", e.allocation, "flags", fmt.Sprintf("%#x", e.flags))
+	return ""
+}
+
+// startTLS runs the server side of the TLS handshake after STARTTLS was
+// acknowledged, within tlsHandshakeTimeout (and the handshake's deadline),
+// and moves the connection's reads and writes onto TLS. It returns "" on
+// success, or why the connection ends.
+func (c *conn) startTLS() string {
+	tc := tls.Server(c.nc, c.s.opts.TLS)
+	deadline := time.Now().Add(c.s.tlsHandshakeTimeout)
+	if deadline.After(c.handshakeDeadline) {
+		deadline = c.handshakeDeadline
+	}
+	c.nc.SetDeadline(deadline)
+	limit := time.Until(deadline).Round(time.Millisecond)
+	if err := tc.Handshake(); err != nil {
+		if c.s.closed() {
+			return c.ioReason("handshake: TLS", err)
+		}
+		c.kind = target.DisconnectHandshake
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Sprintf("handshake: TLS handshake not finished within %v", limit)
+		}
+		return "handshake: TLS: " + err.Error()
+	}
+	c.nc.SetDeadline(c.handshakeDeadline)
+	// Socket deadlines and Close stay on c.nc (tls.Conn passes deadlines
+	// through; closing the socket needs no TLS lock); bytes go over TLS.
+	c.tlsConn, c.stream = tc, tc
+	c.br.Reset(tc)
+	c.bw.Reset(tc)
+	st := tc.ConnectionState()
+	c.s.log.Debug("nbd: TLS started", "remote", c.nc.RemoteAddr().String(), "version", tls.VersionName(st.Version),
+		"cipher", tls.CipherSuiteName(st.CipherSuite), "client_certificate", len(st.PeerCertificates) > 0)
 	return ""
 }
 
