@@ -236,7 +236,7 @@ func sans(name string, hosts []string) (dns []string, ips []net.IP, err error) {
 		if err := validHost(h); err != nil {
 			return nil, nil, err
 		}
-		addName(h)
+		addName(strings.TrimSuffix(h, "."))
 	}
 	return dns, ips, nil
 }

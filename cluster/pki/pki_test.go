@@ -115,8 +115,8 @@ func TestIssue(t *testing.T) {
 		{name: "n1", notNamed: []string{"n2", "10.0.0.1", "example.com"}},
 		{name: "node-2.zone_a", hosts: []string{"10.0.0.2", "n2.example.com", "fd00::2"},
 			wantDNS: []string{"n2.example.com"}, wantIP: []string{"10.0.0.2", "fd00::2"}, notNamed: []string{"10.0.0.3", "n3.example.com"}},
-		{name: "n3", hosts: []string{"localhost", "127.0.0.1", "[::1]", "N3", " 192.168.1.3 "},
-			wantIP: []string{"192.168.1.3"}, notNamed: []string{"192.168.1.4"}},
+		{name: "n3", hosts: []string{"localhost", "127.0.0.1", "[::1]", "N3", " 192.168.1.3 ", "fqdn.example."},
+			wantDNS: []string{"fqdn.example"}, wantIP: []string{"192.168.1.3"}, notNamed: []string{"192.168.1.4"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cp, kp, err := ca.Issue(tc.name, tc.hosts)
@@ -199,6 +199,8 @@ func TestIssueInvalid(t *testing.T) {
 		{"wildcard host", "n1", []string{"*.example.com"}},
 		{"host with port", "n1", []string{"10.0.0.1:7950"}},
 		{"hyphen label", "n1", []string{"-a.example.com"}},
+		{"root", "n1", []string{"."}},
+		{"empty label", "n1", []string{"a..example"}},
 		{"too many hosts", "n1", many},
 	} {
 		t.Run(tc.test, func(t *testing.T) {
