@@ -134,7 +134,9 @@ func (s *Store) background() {
 			if s.failed.Load() != nil {
 				continue
 			}
-			if _, err := s.clean(cleanLiveMax); err != nil {
+			if _, err := s.clean(cleanLiveMax); err != nil && !errors.Is(err, ErrNoSpace) {
+				// (Out of space, the cleaner waits for a Zero to free some;
+				// the low state is logged once by checkSpace.)
 				s.log.Error("clean", "err", err)
 			}
 			continue

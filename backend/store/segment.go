@@ -44,8 +44,10 @@ type segLog struct {
 	// mu serializes appends and guards the active segment.
 	mu     sync.Mutex
 	active *segment
-	off    int64  // end of the active segment
-	nextID uint32 // id of the next segment
+	off    int64 // end of the active segment
+	// written is where writeback was last started in the active segment.
+	written int64
+	nextID  uint32 // id of the next segment
 	// roll: the active segment must be sealed before the next append (a
 	// write into it failed, or a roll did).
 	roll bool
@@ -72,6 +74,10 @@ func newSegLog(fs vfs.FS, dir string, segBytes int64) *segLog {
 	l.tab.Store(&m)
 	return l
 }
+
+// writebackBytes: every this many bytes appended, writeback of the active
+// segment is started (as pebble's BytesPerSync does for its files).
+const writebackBytes = 4 << 20
 
 func segName(id uint32) string { return fmt.Sprintf("%08x.seg", id) }
 
@@ -178,7 +184,7 @@ func (l *segLog) rollLocked() error {
 	l.nextID++
 	s := &segment{id: id, f: f}
 	l.publish(s, false)
-	l.active, l.off, l.roll = s, 0, false
+	l.active, l.off, l.written, l.roll = s, 0, 0, false
 	return nil
 }
 
@@ -226,6 +232,13 @@ func (l *segLog) append(h *recHeader, rec, data []byte) (at, end pos, err error)
 	at = pos{a.id, l.off}
 	l.off += size
 	a.bytes.Store(l.off)
+	if l.off-l.written >= writebackBytes {
+		// Start writeback of what was appended (sync_file_range, no wait),
+		// so that a later SyncData (a FLUSH, a checkpoint) finds little
+		// left to write. Advisory: errors are ignored.
+		_, _ = a.f.SyncTo(l.off)
+		l.written = l.off
+	}
 	return at, pos{a.id, l.off}, nil
 }
 
