@@ -707,6 +707,8 @@ func classify(err error) error {
 		return err
 	case errors.Is(err, store.ErrClosed):
 		return fmt.Errorf("%w: %w", target.ErrClosed, err)
+	case errors.Is(err, store.ErrNoSpace):
+		return fmt.Errorf("%w: %w", target.ErrNoSpace, err)
 	default:
 		return fmt.Errorf("%w: %w", target.ErrIO, err)
 	}

@@ -20,7 +20,7 @@ func codeOf(err error) Code {
 		return CodeFailed
 	case errors.Is(err, store.ErrCorrupt):
 		return CodeCorrupt
-	case errors.Is(err, target.ErrNoSpace), errors.Is(err, syscall.ENOSPC):
+	case errors.Is(err, target.ErrNoSpace), errors.Is(err, store.ErrNoSpace), errors.Is(err, syscall.ENOSPC):
 		return CodeNoSpace
 	case errors.Is(err, store.ErrLimit):
 		return CodeLimit
@@ -52,7 +52,7 @@ var (
 	sentFailed      = []error{store.ErrIO, store.ErrFailed}
 	sentLimit       = []error{store.ErrLimit}
 	sentClosed      = []error{store.ErrClosed}
-	sentNoSpace     = []error{target.ErrNoSpace, store.ErrIO}
+	sentNoSpace     = []error{target.ErrNoSpace, store.ErrNoSpace, store.ErrIO}
 	sentCanceled    = []error{ErrCanceled}
 	sentUnsupported = []error{ErrUnsupported}
 	sentProtocol    = []error{ErrProtocol}
