@@ -77,6 +77,10 @@ type Admin struct {
 // NBD is the [nbd] table.
 type NBD struct {
 	Listen string `toml:"listen"` // host:port
+	// TLS (tls): "off" (default), "optional" or "require": NBD STARTTLS
+	// with the [tls] certificate; "require" refuses clients that do not
+	// start TLS.
+	TLS string `toml:"tls"`
 }
 
 // ISCSI is the [iscsi] table.
@@ -524,6 +528,15 @@ func (c *Config) validateSecurity(p *problems) {
 	}
 	if n != 0 && n != 3 {
 		p.add("tls", ErrInvalid, "ca_file, cert_file and key_file go together")
+	}
+	switch c.NBD.TLS {
+	case "", "off":
+	case "optional", "require":
+		if !c.TLS.Enabled() {
+			p.add("nbd.tls", ErrInvalid, "%q needs [tls] ca_file, cert_file and key_file", c.NBD.TLS)
+		}
+	default:
+		p.add("nbd.tls", ErrInvalid, "%q: want off, optional or require", c.NBD.TLS)
 	}
 	if c.Zone != "" && !nameRE.MatchString(strings.ToLower(c.Zone)) {
 		p.add("zone", ErrInvalid, "%q: want 1-63 characters of [A-Za-z0-9._-]", c.Zone)

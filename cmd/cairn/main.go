@@ -29,7 +29,7 @@ import (
 	"cairn/configs"
 )
 
-const usage = `usage: cairn [--addr HOST:PORT] [--json] [--token-file F] COMMAND
+const usage = `usage: cairn [--addr HOST:PORT] [--json] [--token-file F] [--ca-file CA] COMMAND
 
 commands:
   status                                   show the daemon's state
@@ -40,6 +40,11 @@ commands:
   volume attach NAME --target NODE         move the volume to NODE's target
   volume delete NAME [--force]             --force disconnects attached clients
   node list                                cluster members, gossip and service state
+  group create G --volumes a,b | group list | group delete G
+  snapshot create G|VOLUME [--name N]      crash-consistent, without stopping I/O
+  snapshot list [--group G] | snapshot show N | snapshot delete N
+                                           a sealed snapshot is served read-only as
+                                           nbd://.../VOLUME@N and iSCSI ...:VOLUME:N
   cluster certs DIR --nodes N1,N2,...      a CA and node certificates (cairn cluster --help)
   bench [--smoke] [--systems ...] [...]    side-by-side benchmark (cairn bench --help)
 
@@ -142,12 +147,16 @@ func dispatch(args []string, out io.Writer) error {
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&addr, "addr", addr, "admin address")
 	fs.BoolVar(&c.json, "json", false, "JSON output")
+	caFile := fs.String("ca-file", os.Getenv("CAIRN_CA_FILE"), "cluster CA: speak HTTPS to a daemon with [tls]")
 	tokenFile := fs.String("token-file", os.Getenv("CAIRN_TOKEN_FILE"), "admin token file (default $CAIRN_TOKEN, else data/admin.token)")
 	size := fs.String("size", "", "volume size")
 	replicas := fs.Int("replicas", 0, "replication factor")
 	lbs := fs.Int("logical-block-size", 0, "block size iSCSI presents: 512 or 4096")
 	chunk := fs.String("chunk-size", "", "chunk size, the unit of placement (default 1MiB)")
 	targetNode := fs.String("target", "", "the node whose target serves the volume")
+	volumesFlag := fs.String("volumes", "", "the volumes of a group, comma-separated")
+	nameFlag := fs.String("name", "", "snapshot name (default: the time)")
+	groupFlag := fs.String("group", "", "only this group's snapshots")
 	force := fs.Bool("force", false, "disconnect attached clients")
 	help := fs.Bool("help", false, "")
 	fs.BoolVar(help, "h", false, "")
@@ -159,7 +168,7 @@ func dispatch(args []string, out io.Writer) error {
 		fmt.Fprint(out, usage)
 		return nil
 	}
-	c.client = &admin.Client{Addr: addr}
+	c.client = &admin.Client{Addr: addr, CAFile: *caFile}
 	if c.client.Token, err = token(*tokenFile); err != nil {
 		return err
 	}
@@ -173,7 +182,7 @@ func dispatch(args []string, out io.Writer) error {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	allow := func(names ...string) error {
 		for n := range set {
-			if n == "addr" || n == "json" || n == "token-file" {
+			if n == "addr" || n == "json" || n == "token-file" || n == "ca-file" {
 				continue
 			}
 			ok := false
@@ -193,6 +202,102 @@ func dispatch(args []string, out io.Writer) error {
 		return nil
 	}
 	switch pos[0] {
+	case "group", "groups":
+		if len(pos) < 2 {
+			return fmt.Errorf("%w: group needs a subcommand: create, list, delete", errUsage)
+		}
+		switch pos[1] {
+		case "create":
+			if err := errors.Join(nargs(3), allow("volumes")); err != nil {
+				return err
+			}
+			if *volumesFlag == "" {
+				return fmt.Errorf("%w: group create needs --volumes a,b,...", errUsage)
+			}
+			g, err := c.client.CreateGroup(ctx, admin.GroupRequest{Name: pos[2], Volumes: strings.Split(*volumesFlag, ",")})
+			if err != nil {
+				return err
+			}
+			return c.print(g, func(w io.Writer) { fmt.Fprintf(w, "group\t%s\nvolumes\t%s\n", g.Name, strings.Join(g.Volumes, ",")) })
+		case "list", "ls":
+			if err := errors.Join(nargs(2), allow()); err != nil {
+				return err
+			}
+			gs, err := c.client.Groups(ctx)
+			if err != nil {
+				return err
+			}
+			return c.print(gs, func(w io.Writer) {
+				fmt.Fprintf(w, "GROUP\tVOLUMES\n")
+				for _, g := range gs {
+					fmt.Fprintf(w, "%s\t%s\n", g.Name, strings.Join(g.Volumes, ","))
+				}
+			})
+		case "delete", "rm":
+			if err := errors.Join(nargs(3), allow()); err != nil {
+				return err
+			}
+			if err := c.client.DeleteGroup(ctx, pos[2]); err != nil {
+				return err
+			}
+			return c.print(map[string]string{"deleted": pos[2]}, func(w io.Writer) { fmt.Fprintf(w, "deleted group %s\n", pos[2]) })
+		}
+		return fmt.Errorf("%w: unknown group subcommand %q", errUsage, pos[1])
+	case "snapshot", "snapshots", "snap":
+		if len(pos) < 2 {
+			return fmt.Errorf("%w: snapshot needs a subcommand: create, list, show, delete", errUsage)
+		}
+		switch pos[1] {
+		case "create":
+			if err := errors.Join(nargs(3), allow("name")); err != nil {
+				return err
+			}
+			sn, err := c.client.CreateSnapshot(ctx, admin.SnapshotRequest{Group: pos[2], Name: *nameFlag})
+			if err != nil {
+				return err
+			}
+			return c.printSnapshot(sn)
+		case "list", "ls":
+			if err := errors.Join(nargs(2), allow("group")); err != nil {
+				return err
+			}
+			ss, err := c.client.Snapshots(ctx)
+			if err != nil {
+				return err
+			}
+			if *groupFlag != "" {
+				ss = slices.DeleteFunc(ss, func(s admin.Snapshot) bool { return s.Group != *groupFlag })
+			}
+			return c.print(ss, func(w io.Writer) {
+				fmt.Fprintf(w, "NAME\tGROUP\tSTATE\tEPOCH\tVOLUMES\tCREATED\n")
+				for _, s := range ss {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\n", s.Name, s.Group, s.State, s.Epoch, strings.Join(s.Volumes, ","), s.Created.Format(time.RFC3339))
+				}
+			})
+		case "show":
+			if err := errors.Join(nargs(3), allow()); err != nil {
+				return err
+			}
+			ss, err := c.client.Snapshots(ctx)
+			if err != nil {
+				return err
+			}
+			for _, s := range ss {
+				if s.Name == pos[2] || s.Group+"/"+s.Name == pos[2] {
+					return c.printSnapshot(s)
+				}
+			}
+			return fmt.Errorf("snapshot %q: %w", pos[2], admin.ErrNotFound)
+		case "delete", "rm":
+			if err := errors.Join(nargs(3), allow()); err != nil {
+				return err
+			}
+			if err := c.client.DeleteSnapshot(ctx, pos[2]); err != nil {
+				return err
+			}
+			return c.print(map[string]string{"deleted": pos[2]}, func(w io.Writer) { fmt.Fprintf(w, "deleted snapshot %s\n", pos[2]) })
+		}
+		return fmt.Errorf("%w: unknown snapshot subcommand %q", errUsage, pos[1])
 	case "node", "nodes":
 		if len(pos) < 2 || pos[1] != "list" && pos[1] != "ls" {
 			return fmt.Errorf("%w: node needs a subcommand: list", errUsage)
@@ -352,6 +457,24 @@ func (c *cli) print(v any, human func(io.Writer)) error {
 	tw := tabwriter.NewWriter(c.out, 0, 4, 2, ' ', 0)
 	human(tw)
 	return tw.Flush()
+}
+
+func (c *cli) printSnapshot(s admin.Snapshot) error {
+	return c.print(s, func(w io.Writer) {
+		fmt.Fprintf(w, "name\t%s\ngroup\t%s\nstate\t%s\nepoch\t%d\nvolumes\t%s\ncreated\t%s\n", s.Name, s.Group, s.State, s.Epoch, strings.Join(s.Volumes, ","), s.Created.Format(time.RFC3339))
+		if s.Reason != "" {
+			fmt.Fprintf(w, "reason\t%s\n", s.Reason)
+		}
+		for _, e := range s.Exports {
+			fmt.Fprintf(w, "export\t%s\n", e)
+		}
+		if p := s.Protocol; p != nil {
+			fmt.Fprintf(w, "held acks for\t%s (at most %d at once)\n", time.Duration(p.HeldWindowMaxSeconds*float64(time.Second)), p.HeldMax)
+			fmt.Fprintf(w, "steps\treserve %s, hold %s, release %s, seal %s\n",
+				time.Duration(p.ReserveSeconds*float64(time.Second)), time.Duration(p.HoldSeconds*float64(time.Second)),
+				time.Duration(p.ReleaseSeconds*float64(time.Second)), time.Duration(p.SealSeconds*float64(time.Second)))
+		}
+	})
 }
 
 func orDash(s string) string {

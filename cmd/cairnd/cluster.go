@@ -21,6 +21,7 @@ import (
 	"cairn/cluster"
 	"cairn/cluster/membership"
 	"cairn/configs"
+	"cairn/target"
 )
 
 // The cluster side of a daemon: its gossip membership, the catalog's
@@ -148,7 +149,7 @@ func (d *daemon) forward(ctx context.Context, leader string, cmd []byte) ([]byte
 	}
 	ctx, cancel := context.WithTimeout(ctx, forwardTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+m.Meta.Addrs.Admin+forwardPath, bytes.NewReader(cmd))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.internalURL(m.Meta.Addrs.Admin, forwardPath), bytes.NewReader(cmd))
 	if err != nil {
 		return nil, err
 	}
@@ -170,13 +171,31 @@ func (d *daemon) forward(ctx context.Context, leader string, cmd []byte) ([]byte
 	return b, nil
 }
 
-// serveForward applies a change another node forwarded. The cluster runs
-// its transports on loopback only (config validation refuses otherwise
-// until they carry TLS), so the endpoint answers loopback peers only.
-func (d *daemon) serveForward(w http.ResponseWriter, r *http.Request) {
+// internalURL is the URL of another node's internal endpoint.
+func (d *daemon) internalURL(addr, path string) string {
+	if d.tlsServer != nil {
+		return "https://" + addr + path
+	}
+	return "http://" + addr + path
+}
+
+// peerAllowed says whether a request to an internal endpoint comes from a
+// cluster node: with [tls], one presenting a certificate of the cluster
+// CA; without, a loopback peer (config validation keeps every cluster
+// transport on loopback without TLS).
+func (d *daemon) peerAllowed(r *http.Request) bool {
+	if d.tlsServer != nil {
+		return r.TLS != nil && len(r.TLS.VerifiedChains) > 0
+	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
-		http.Error(w, "forwarded changes are taken from loopback peers only", http.StatusForbidden)
+	ip := net.ParseIP(host)
+	return err == nil && ip != nil && ip.IsLoopback()
+}
+
+// serveForward applies a change another node forwarded.
+func (d *daemon) serveForward(w http.ResponseWriter, r *http.Request) {
+	if !d.peerAllowed(r) {
+		http.Error(w, "forwarded changes are taken from cluster nodes only", http.StatusForbidden)
 		return
 	}
 	cmd, err := io.ReadAll(http.MaxBytesReader(w, r.Body, forwardBytesMax))
@@ -315,7 +334,7 @@ func (d *daemon) storageNode(n cluster.Node) (volume.Node, error) {
 		// keep the old client until they reopen.
 		d.peers.stale = append(d.peers.stale, c)
 	}
-	c, err := wire.NewClient(n.Addr, wire.ClientOptions{Name: d.cfg.NodeName, Conns: 2, Logger: d.log})
+	c, err := wire.NewClient(n.Addr, wire.ClientOptions{Name: d.cfg.NodeName, Conns: 2, Logger: d.log, TLS: d.tlsClient})
 	if err != nil {
 		return nil, fmt.Errorf("storage node %s: %w", n.Name, err)
 	}
@@ -499,3 +518,41 @@ func readGossipKey(path string) ([]byte, error) {
 }
 
 func validKeyLen(n int) bool { return n == 16 || n == 24 || n == 32 }
+
+// locate finds the node a volume (or a snapshot of it) is attached to, if
+// not this one, and that node's front-end address from gossip.
+func (d *daemon) locate(name string, iscsi bool) (node, addr string, ok bool) {
+	if vol, _, snap := splitSnapshot(name); snap {
+		name = vol
+	}
+	cv, err := d.catalog.Volume(name)
+	if err != nil || cv.AttachedTo == "" || cv.AttachedTo == d.cfg.NodeName {
+		return "", "", false
+	}
+	m, ok := d.member(cv.AttachedTo)
+	if !ok {
+		return "", "", false
+	}
+	addr = m.Meta.Addrs.NBD
+	if iscsi {
+		addr = m.Meta.Addrs.ISCSI
+	}
+	return cv.AttachedTo, addr, addr != ""
+}
+
+// Locate implements target.Locator for NBD.
+func (e exports) Locate(name string) (string, string, bool) { return e.d.locate(name, false) }
+
+// Locate implements target.Locator for iSCSI target names.
+func (t iscsiTargets) Locate(iqn string) (string, string, bool) {
+	name, ok := strings.CutPrefix(iqn, t.d.cfg.ISCSI.IQNPrefix+":")
+	if !ok {
+		return "", "", false
+	}
+	return t.d.locate(name, true)
+}
+
+var (
+	_ target.Locator = exports{}
+	_ target.Locator = iscsiTargets{}
+)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,10 +53,15 @@ type daemon struct {
 	iscsi   *iscsi.Server
 	admin   *http.Server
 
-	budget        *target.Budget // in-flight payload bytes of both front ends
-	peers         peers          // clients of other storage nodes
-	forwardClient *http.Client   // carries catalog changes to the leader
-	gossipTiming  membership.Timing
+	budget *target.Budget // in-flight payload bytes of both front ends
+
+	tlsServer, tlsClient *tls.Config // from [tls]; nil without
+
+	holdSeconds     prometheus.Histogram   // held-ack windows of this target's volumes
+	snapshotResults *prometheus.CounterVec // snapshots this node coordinated, by outcome
+	peers           peers                  // clients of other storage nodes
+	forwardClient   *http.Client           // carries catalog changes to the leader
+	gossipTiming    membership.Timing
 
 	nbdAddr, iscsiAddr, adminAddr, storageAddr string
 	latency                                    time.Duration   // injected below the volumes (benchmarks)
@@ -64,7 +70,8 @@ type daemon struct {
 	reconcileMu sync.Mutex // serializes reconcile
 	mu          struct {
 		sync.Mutex
-		vols map[string]*volume.Volume
+		vols  map[string]*volume.Volume
+		snaps map[string]*volume.Volume // read-only snapshot exports, by "vol@snap"
 	}
 
 	ctx       context.Context // cancelled by Close: every goroutine's
@@ -81,6 +88,7 @@ type daemon struct {
 func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency time.Duration) (_ *daemon, err error) {
 	d := &daemon{cfg: cfg, log: log, start: time.Now(), latency: latency, gossipTiming: gossipTiming}
 	d.mu.vols = map[string]*volume.Volume{}
+	d.mu.snaps = map[string]*volume.Volume{}
 	d.forwardClient = &http.Client{Timeout: forwardTimeout}
 	ctx, d.cancel = context.WithCancel(ctx)
 	d.ctx = ctx
@@ -90,9 +98,12 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		}
 	}()
 	if cfg.TLS.Enabled() {
-		// Raft and the node RPC still run plain on loopback: refuse rather
-		// than run a cluster the config says is encrypted.
-		return nil, errors.New("[tls]: this cairnd does not run Raft and the node RPC over TLS yet; use loopback addresses")
+		// Mutual TLS 1.3 for Raft, the node RPC and the cluster's internal
+		// calls; the admin API serves HTTPS with the same certificate.
+		if d.tlsServer, d.tlsClient, err = wire.LoadTLS(cfg.TLS.CAFile, cfg.TLS.CertFile, cfg.TLS.KeyFile); err != nil {
+			return nil, fmt.Errorf("[tls]: %w", err)
+		}
+		d.forwardClient.Transport = &http.Transport{TLSClientConfig: d.tlsClient}
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
@@ -132,7 +143,12 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	if !cfg.Has(configs.RoleManager) {
 		expect = 0 // a non-voter, added by the leader
 	}
+	var raftTLS *cluster.TLSConfig
+	if d.tlsServer != nil {
+		raftTLS = &cluster.TLSConfig{Server: d.tlsServer, Client: d.tlsClient}
+	}
 	if d.catalog, err = cluster.Open(cluster.Options{
+		TLS:             raftTLS,
 		NodeID:          cfg.NodeName,
 		Dir:             filepath.Join(cfg.DataDir, "catalog"),
 		Bind:            cfg.Raft.Bind,
@@ -160,10 +176,18 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	}
 
 	reg := prometheus.NewRegistry()
+	d.holdSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "cairn_snapshot_hold_seconds", Help: "How long a snapshot held a volume's acknowledgements at this target.",
+		Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
+	})
+	d.snapshotResults = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cairn_snapshots_total", Help: "Snapshots this node coordinated, by outcome (sealed or the failure reason).",
+	}, []string{"outcome"})
+	reg.MustRegister(d.holdSeconds, d.snapshotResults)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &volumeCollector{d: d}, &daemonCollector{d: d})
 
 	if sl != nil {
-		if d.rpc, err = wire.NewServer(d.fence, wire.ServerOptions{Name: cfg.NodeName, Logger: log}); err != nil {
+		if d.rpc, err = wire.NewServer(d.fence, wire.ServerOptions{Name: cfg.NodeName, Logger: log, TLS: d.tlsServer}); err != nil {
 			return nil, err
 		}
 		d.serve("node rpc", func() error { return d.rpc.Serve(sl) })
@@ -174,7 +198,13 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		lim := cfg.Limits
 		d.budget = target.NewBudget(int64(lim.InflightBytes))
 		conns := target.NewConnLimit(lim.Connections, lim.ConnectionsPerClient)
+		var nbdTLS *tls.Config
+		if cfg.NBD.TLS == "optional" || cfg.NBD.TLS == "require" {
+			nbdTLS = d.tlsServer.Clone()
+			nbdTLS.ClientAuth = tls.NoClientCert // NBD clients present no cluster certificate
+		}
 		d.nbd = nbd.NewServer(nbd.Options{Exports: exports{d}, Logger: log, Budget: d.budget, Limit: conns,
+			TLS: nbdTLS, TLSMode: nbd.TLSMode(cfg.NBD.TLS),
 			ReplyTimeout: time.Duration(lim.ReplyTimeout), RequestTimeout: time.Duration(lim.RequestTimeout)})
 		d.serve("nbd server", func() error { return d.nbd.Serve(nl) })
 		d.iscsi = iscsi.NewServer(iscsi.Options{Targets: iscsiTargets{d}, Logger: log, CHAP: d.chap, Reservations: reservations{d}, BlockSize: d.scsiBlockSize,
@@ -199,8 +229,16 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	top := http.NewServeMux()
 	top.HandleFunc("POST "+forwardPath, d.serveForward)
+	top.HandleFunc("POST "+snapshotPathPrefix+"{step}", d.serveTarget)
 	top.Handle("/", admin.RequireToken(token, mux))
 	d.admin = &http.Server{Handler: top, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	if d.tlsServer != nil {
+		// HTTPS; a client certificate is optional (the CLI has none) but
+		// checked when given, and the internal endpoints require one.
+		at := d.tlsServer.Clone()
+		at.ClientAuth = tls.VerifyClientCertIfGiven
+		al = tls.NewListener(al, at)
+	}
 	d.serve("admin server", func() error {
 		if err := d.admin.Serve(al); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -367,6 +405,7 @@ func (d *daemon) reconcile(ctx context.Context) error {
 	if d.fence != nil {
 		errs = append(errs, d.reconcileStorage(all))
 	}
+	errs = append(errs, d.reconcileSnapshots())
 	for _, name := range add {
 		if err := d.attach(ctx, want[name]); err != nil {
 			errs = append(errs, err)
@@ -450,11 +489,13 @@ func (d *daemon) Close() error {
 			errs = append(errs, d.iscsi.Close())
 		}
 		d.mu.Lock()
-		vols := d.mu.vols
-		d.mu.vols = map[string]*volume.Volume{}
+		vols, snaps := d.mu.vols, d.mu.snaps
+		d.mu.vols, d.mu.snaps = map[string]*volume.Volume{}, map[string]*volume.Volume{}
 		d.mu.Unlock()
-		for _, v := range vols {
-			errs = append(errs, v.Close())
+		for _, m := range []map[string]*volume.Volume{snaps, vols} {
+			for _, v := range m {
+				errs = append(errs, v.Close())
+			}
 		}
 		if d.rpc != nil {
 			errs = append(errs, d.rpc.Close())
@@ -487,6 +528,12 @@ func (d *daemon) Close() error {
 type exports struct{ d *daemon }
 
 func (e exports) Lookup(name string) (target.Device, bool) {
+	if vol, snap, ok := splitSnapshot(name); ok {
+		if v, ok := e.d.snapshotExport(vol, snap); ok {
+			return v, true
+		}
+		return nil, false
+	}
 	v, ok := e.d.volume(name)
 	if !ok {
 		return nil, false
@@ -585,6 +632,9 @@ func (r reservations) LoadReservations(ctx context.Context, iqn string) ([]byte,
 	if err != nil {
 		return nil, err
 	}
+	if _, _, snap := splitSnapshot(v); snap {
+		return nil, nil // a read-only snapshot target starts with no reservation
+	}
 	return r.d.catalog.Reservations(v)
 }
 
@@ -593,12 +643,18 @@ func (r reservations) SaveReservations(ctx context.Context, iqn string, state []
 	if err != nil {
 		return err
 	}
+	if _, _, snap := splitSnapshot(v); snap {
+		return fmt.Errorf("%s is a read-only snapshot: its reservations are not kept", iqn)
+	}
 	return r.d.catalog.SetReservations(ctx, v, state)
 }
 
 // scsiBlockSize is the logical block size a volume's iSCSI target presents.
 func (d *daemon) scsiBlockSize(iqn string) int {
 	name, _ := strings.CutPrefix(iqn, d.cfg.ISCSI.IQNPrefix+":")
+	if vol, _, ok := splitSnapshot(name); ok {
+		name = vol
+	}
 	if v, err := d.catalog.Volume(name); err == nil {
 		return v.SCSIBlockSize()
 	}

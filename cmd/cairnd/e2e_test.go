@@ -71,6 +71,7 @@ type proc struct {
 	log     bytes.Buffer
 	exited  chan struct{}
 	exitErr error
+	caFile  string // the CLI speaks HTTPS with this CA when set
 }
 
 const testConfig = `node_name = "test1"
@@ -419,7 +420,11 @@ func TestKill9AfterFlush(t *testing.T) {
 
 // cli runs the cairn CLI against p and returns stdout, stderr and the exit code.
 func (p *proc) cli(args ...string) (string, string, int) {
-	cmd := exec.Command(filepath.Join(binDir, "cairn"), append([]string{"--addr", p.admin}, args...)...)
+	pre := []string{"--addr", p.admin}
+	if p.caFile != "" {
+		pre = append(pre, "--ca-file", p.caFile)
+	}
+	cmd := exec.Command(filepath.Join(binDir, "cairn"), append(pre, args...)...)
 	cmd.Dir = p.dir // the CLI finds the token in data/admin.token
 	cmd.Env = append(os.Environ(), "CAIRN_TOKEN=", "CAIRN_TOKEN_FILE=")
 	var so, se bytes.Buffer
