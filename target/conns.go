@@ -17,6 +17,7 @@ const (
 	DisconnectLimit          = "limit"           // refused: too many connections
 	DisconnectProtocolError  = "protocol_error"  // a request the server cannot resynchronise after
 	DisconnectHandshake      = "handshake"       // negotiation or login failed or timed out
+	DisconnectRedirected     = "redirected"      // sent to the node the volume is attached to (iSCSI login redirect)
 	DisconnectServer         = "server"          // the server's owner: Close, Disconnect, reinstatement
 	DisconnectIOError        = "io_error"        // any other socket error
 )

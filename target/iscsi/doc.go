@@ -12,7 +12,12 @@
 //     mutual, per-target secrets from Options.CHAP), operational
 //     negotiation of every RFC 7143 §13 key (digests None/CRC32C,
 //     MaxRecvDataSegmentLength both ways, bursts, R2T, ERL 0, one
-//     connection per session). Transcripts in testdata/login.
+//     connection per session). A login to a target attached to another
+//     node (Options.Targets is a target.Locator that locates it) is
+//     redirected: status 0x0101 (target moved temporarily) with
+//     TargetAddress=host:port,1, which libiscsi and open-iscsi follow;
+//     SendTargets lists such targets at that portal. Transcripts in
+//     testdata/login.
 //   - Sessions (server.go, session.go) and the SCSI device server (scsi.go,
 //     inquiry.go, sense.go, rangelock.go).
 //   - Reservations: persistent reservations (SPC-4 §5.9) as a pure state

@@ -21,6 +21,7 @@ const (
 // Login status class and detail (RFC 7143 §11.13.5), as one 16-bit value.
 const (
 	statusSuccess            = 0x0000
+	statusMovedTemporarily   = 0x0101 // redirection: TargetAddress says where
 	statusInitiatorError     = 0x0200
 	statusAuthFailed         = 0x0201
 	statusAuthzFailed        = 0x0202
@@ -59,6 +60,9 @@ type Credentials struct {
 type loginConfig struct {
 	// targetExists reports whether name is a target we serve.
 	targetExists func(name string) bool
+	// locate, if set, reports the node and portal address ("host:port")
+	// of a target we do not serve but that is attached elsewhere.
+	locate func(name string) (node, addr string, ok bool)
 	// credentials returns the CHAP secrets of a target ("" for discovery);
 	// ok false means no authentication is required.
 	credentials func(target string) (c Credentials, ok bool)
@@ -110,11 +114,12 @@ type login struct {
 	chapID    byte
 	challenge []byte
 
-	pending    []byte // data of a request sequence with C set
-	sentMRDSL  bool   // our MaxRecvDataSegmentLength has been declared
-	sentTPGT   bool
-	transcript []string // keys answered, for logs
-	failReason string
+	pending      []byte // data of a request sequence with C set
+	sentMRDSL    bool   // our MaxRecvDataSegmentLength has been declared
+	sentTPGT     bool
+	transcript   []string // keys answered, for logs
+	failReason   string
+	redirectAddr string // where a redirected login was sent
 }
 
 // loginStep is the outcome of one request.
@@ -124,6 +129,9 @@ type loginStep struct {
 	done bool
 	// fail: the response is a reject; close the connection after it.
 	fail bool
+	// redirect: the response (with fail) sends the initiator to another
+	// portal.
+	redirect bool
 }
 
 func newLogin(cfg loginConfig) *login {
@@ -171,6 +179,16 @@ func (l *login) reject(status uint16, why string) loginStep {
 	p := l.respond(false, 0, status, nil)
 	p.hdr[1] = l.stage << 2
 	return loginStep{resp: p, fail: true}
+}
+
+// redirect ends the login with status class 1 (redirection), pointing the
+// initiator at the portal addr of the node the target is attached to
+// (RFC 7143 §11.13.5; TargetAddress as §13.8: host:port,portal-group-tag).
+func (l *login) redirect(addr, why string) loginStep {
+	st := l.reject(statusMovedTemporarily, why)
+	st.resp.data = appendText(nil, []pair{{"TargetAddress", addr + "," + portalGroupTag}})
+	st.redirect = true
+	return st
 }
 
 // step consumes one Login Request and returns the response.
@@ -221,7 +239,9 @@ func (l *login) step(req *PDU) loginStep {
 	}
 	var reply []pair
 	if l.initiatorName == "" {
-		if st, why := l.declare(pairs); st != statusSuccess {
+		if st, why := l.declare(pairs); st == statusMovedTemporarily {
+			return l.redirect(l.redirectAddr, why)
+		} else if st != statusSuccess {
 			return l.reject(st, why)
 		}
 		if l.sessionType == sessionNormal && !l.sentTPGT {
@@ -310,6 +330,12 @@ func (l *login) declare(pairs []pair) (uint16, string) {
 			return statusMissingParameter, "no TargetName"
 		}
 		if !l.cfg.targetExists(t) {
+			if l.cfg.locate != nil {
+				if node, addr, ok := l.cfg.locate(t); ok {
+					l.targetName, l.redirectAddr = t, addr
+					return statusMovedTemporarily, fmt.Sprintf("target %s is attached to node %s at %s", t, node, addr)
+				}
+			}
 			return statusNotFound, "no target " + t
 		}
 		l.targetName = t

@@ -75,6 +75,12 @@ var loginCases = []struct {
 	{name: "unknown-tsih", reqs: []loginReq{
 		{csg: 0, nsg: 1, transit: true, tsih: 0x1234, keys: []string{"InitiatorName=iqn.2026-01.test:init", "TargetName=iqn.t", "AuthMethod=None"}},
 	}},
+	{name: "redirect", reqs: []loginReq{
+		{csg: 0, nsg: 1, transit: true, keys: []string{"InitiatorName=iqn.2026-01.test:init", "TargetName=iqn.moved", "AuthMethod=None"}},
+	}},
+	{name: "redirect-operational", reqs: []loginReq{
+		{csg: 1, nsg: 3, transit: true, keys: []string{"InitiatorName=iqn.2026-01.test:init", "TargetName=iqn.moved"}},
+	}},
 	{name: "unknown-target", reqs: []loginReq{
 		{csg: 0, nsg: 1, transit: true, keys: []string{"InitiatorName=iqn.2026-01.test:init", "TargetName=iqn.nosuch", "AuthMethod=None"}},
 	}},
@@ -111,6 +117,12 @@ func TestLoginTranscripts(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			l := newLogin(loginConfig{
 				targetExists: func(n string) bool { return n == "iqn.t" },
+				locate: func(n string) (string, string, bool) {
+					if n == "iqn.moved" {
+						return "node2", "192.0.2.2:3260", true
+					}
+					return "", "", false
+				},
 				credentials: func(target string) (Credentials, bool) {
 					c, ok := tc.creds[target]
 					return c, ok

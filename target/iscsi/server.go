@@ -15,7 +15,10 @@ import (
 
 // Targets names the devices a server exports: each target IQN is one
 // device, served as LUN 0. Lookup and List are called from connection
-// goroutines, concurrently.
+// goroutines, concurrently. A Targets that also implements target.Locator
+// has logins to the targets it does not serve but locates redirected to
+// the portal it names (status 0x0101, target moved temporarily), and
+// SendTargets discovery lists them at that portal.
 type Targets interface {
 	// Lookup returns the device of target iqn.
 	Lookup(iqn string) (target.Device, bool)
@@ -314,6 +317,7 @@ func (s *Server) Disconnect(iqn string) {
 // loginConfig returns the login state machine's view of the server.
 func (s *Server) loginConfig() loginConfig {
 	return loginConfig{
+		locate: s.locate,
 		targetExists: func(name string) bool {
 			_, ok := s.opts.Targets.Lookup(name)
 			return ok
@@ -324,6 +328,15 @@ func (s *Server) loginConfig() loginConfig {
 		recvDataSegmentMax: s.opts.RecvDataSegmentMax,
 		cmdWindow:          uint32(s.opts.CommandsInFlightMax),
 	}
+}
+
+// locate asks Targets, if it is a target.Locator, where a target it does not
+// serve is attached.
+func (s *Server) locate(iqn string) (node, addr string, ok bool) {
+	if l, is := s.opts.Targets.(target.Locator); is {
+		return l.Locate(iqn)
+	}
+	return "", "", false
 }
 
 func (s *Server) sessionExists(tsih uint16) bool {

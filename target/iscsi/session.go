@@ -81,6 +81,8 @@ var (
 	errNopTimeout  = errors.New("iscsi: NOP-In ping not answered")
 	errProtocol    = errors.New("iscsi: protocol error")
 	errLoginFailed = errors.New("iscsi: login failed")
+	// errLoginRedirected: the login was sent to another portal.
+	errLoginRedirected = errors.New("iscsi: login redirected")
 	// errRequestTimeout: a PDU or a WRITE's Data-Out did not arrive within
 	// RequestTimeout.
 	errRequestTimeout = errors.New("iscsi: request not finished in time")
@@ -262,7 +264,12 @@ func (s *session) login() error {
 			if !s.discovery {
 				dev, ok := s.srv.opts.Targets.Lookup(l.targetName)
 				if !ok {
-					step = l.reject(statusNotFound, "target went away during login")
+					if node, addr, moved := s.srv.locate(l.targetName); moved {
+						l.redirectAddr = addr
+						step = l.redirect(addr, fmt.Sprintf("target %s moved to node %s at %s during login", l.targetName, node, addr))
+					} else {
+						step = l.reject(statusNotFound, "target went away during login")
+					}
 				} else {
 					s.targetName = l.targetName
 					s.lun = s.srv.lunFor(l.targetName, dev)
@@ -279,6 +286,11 @@ func (s *session) login() error {
 		out := appendPDU(nil, &step.resp, digests{})
 		if _, err := s.nc.Write(out); err != nil {
 			return fmt.Errorf("%w: write: %v", errLoginFailed, err)
+		}
+		if step.redirect {
+			s.log.Info("iscsi: login redirected", "initiator", l.initiatorName, "target", l.targetName,
+				"to", l.redirectAddr, "reason", l.failReason)
+			return fmt.Errorf("%w: %s", errLoginRedirected, l.failReason)
 		}
 		if step.fail {
 			s.log.Warn("iscsi: login refused", "initiator", l.initiatorName, "target", l.targetName,
@@ -326,6 +338,8 @@ func (s *session) disconnectKind(err error) string {
 		return target.DisconnectServer
 	case s.replyTimedOut.Load():
 		return target.DisconnectReplyTimeout
+	case errors.Is(err, errLoginRedirected):
+		return target.DisconnectRedirected
 	case errors.Is(err, errLoginFailed):
 		return target.DisconnectHandshake
 	case err == nil, errors.Is(err, errLogout), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
@@ -346,8 +360,8 @@ func (s *session) teardown(err error) {
 	kind := s.disconnectKind(err)
 	s.srv.disconnects.Add(kind)
 	switch {
-	case kind == target.DisconnectLimit:
-		// login logged the refusal
+	case kind == target.DisconnectLimit, kind == target.DisconnectRedirected:
+		// login logged the refusal or the redirection
 	case err == nil, errors.Is(err, errLogout):
 		if s.tsih != 0 {
 			s.log.Info("iscsi: logout")
@@ -1441,10 +1455,23 @@ func (s *session) textRequest(h *header) error {
 		default:
 			if _, ok := s.srv.opts.Targets.Lookup(kv.value); ok {
 				names = []string{kv.value}
+			} else if _, _, ok := s.srv.locate(kv.value); ok {
+				names = []string{kv.value}
 			}
 		}
-		addr := s.portalAddress()
+		here := s.portalAddress()
+		_, locator := s.srv.opts.Targets.(target.Locator)
 		for _, n := range names {
+			// A target attached to another node is listed at that node's
+			// portal.
+			addr := here
+			if locator {
+				if _, ok := s.srv.opts.Targets.Lookup(n); !ok {
+					if _, there, ok := s.srv.locate(n); ok {
+						addr = there
+					}
+				}
+			}
 			out = append(out, pair{"TargetName", n}, pair{"TargetAddress", addr + "," + portalGroupTag})
 		}
 	}

@@ -72,7 +72,7 @@ type conn struct {
 	workerWG sync.WaitGroup
 	replies  chan *request // reader, workers → writer
 	writerWG sync.WaitGroup
-	inflight budget
+	inflight target.Window
 	broken   atomic.Bool // the writer failed; replies are dropped
 }
 
@@ -93,13 +93,13 @@ type request struct {
 func (c *conn) transmit() (reason string) {
 	c.work = make(chan *request)
 	c.replies = make(chan *request, c.s.opts.InFlightMax)
-	c.inflight.init(c.s.opts.InFlightMax, c.s.opts.InFlightBytesMax)
+	c.inflight.Init(c.s.opts.InFlightMax, c.s.opts.InFlightBytesMax)
 	c.writerWG.Add(1)
 	go c.writer()
 
 	reason = c.read()
 
-	c.inflight.wait()
+	c.inflight.Wait()
 	close(c.work)
 	c.workerWG.Wait()
 	close(c.replies)
@@ -201,9 +201,9 @@ func (c *conn) dispatch(req Request) string {
 	case req.Type == CmdBlockStatus:
 		n = blockStatusBytes
 	}
-	c.inflight.acquire(n)
+	c.inflight.Acquire(n)
 	if n > 0 && !c.s.opts.Budget.Acquire(c.quit, int64(n)) {
-		c.inflight.release(n)
+		c.inflight.Release(n)
 		return c.ioReason("wait for the in-flight budget", nil)
 	}
 	r := getRequest()
@@ -463,7 +463,7 @@ func (c *conn) release(r *request) {
 	if r.budget > 0 {
 		c.s.opts.Budget.Release(int64(r.budget))
 	}
-	c.inflight.release(r.budget)
+	c.inflight.Release(r.budget)
 	putRequest(r)
 }
 
@@ -522,55 +522,4 @@ func (c *conn) writeReply(r *request) error {
 		return c.writeData(r.data)
 	}
 	return nil
-}
-
-// budget bounds a connection's in-flight requests by count and payload
-// bytes. The reader acquires, the writer releases.
-type budget struct {
-	mu       sync.Mutex
-	cond     sync.Cond
-	count    int
-	bytes    int
-	countMax int
-	bytesMax int
-}
-
-func (b *budget) init(countMax, bytesMax int) {
-	b.cond.L = &b.mu
-	b.countMax, b.bytesMax = countMax, bytesMax
-}
-
-// acquire waits until one more request of n bytes fits. A request of n ≤
-// bytesMax always fits into an empty budget.
-func (b *budget) acquire(n int) {
-	if n > b.bytesMax {
-		panic(fmt.Sprintf("nbd: request of %d bytes exceeds the in-flight budget of %d", n, b.bytesMax))
-	}
-	b.mu.Lock()
-	for b.count >= b.countMax || b.bytes+n > b.bytesMax {
-		b.cond.Wait()
-	}
-	b.count++
-	b.bytes += n
-	b.mu.Unlock()
-}
-
-func (b *budget) release(n int) {
-	b.mu.Lock()
-	b.count--
-	b.bytes -= n
-	if b.count < 0 || b.bytes < 0 {
-		panic(fmt.Sprintf("nbd: in-flight budget below zero: %d requests, %d bytes", b.count, b.bytes))
-	}
-	b.mu.Unlock()
-	b.cond.Broadcast()
-}
-
-// wait waits until nothing is in flight.
-func (b *budget) wait() {
-	b.mu.Lock()
-	for b.count > 0 {
-		b.cond.Wait()
-	}
-	b.mu.Unlock()
 }
