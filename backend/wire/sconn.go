@@ -41,7 +41,7 @@ type sconn struct {
 	work     chan *request // reader → workers
 	workers  int           // reader goroutine only
 	workerWG sync.WaitGroup
-	inflight budget
+	inflight target.Window
 	broken   atomic.Bool // a reply write failed; later replies are dropped
 }
 
@@ -182,11 +182,11 @@ func (c *sconn) answerFailed(hb []byte, err error) {
 // failed) before it returns.
 func (c *sconn) transmit() (reason string) {
 	c.work = make(chan *request)
-	c.inflight.init(c.s.opts.InFlightMax, c.s.opts.InFlightBytesMax)
+	c.inflight.Init(c.s.opts.InFlightMax, c.s.opts.InFlightBytesMax)
 
 	reason = c.read()
 
-	c.inflight.wait()
+	c.inflight.Wait()
 	close(c.work)
 	c.workerWG.Wait()
 	return reason
@@ -222,7 +222,7 @@ func (c *sconn) read() string {
 
 // queueError answers h with err, from the reader goroutine.
 func (c *sconn) queueError(h Header, err error) {
-	c.inflight.acquire(0)
+	c.inflight.Acquire(0)
 	r := getRequest()
 	r.h, r.err = h, err
 	c.reply(r)
@@ -305,7 +305,7 @@ func (c *sconn) dispatch(h Header) string {
 			n = int(h.Length) - fixed
 		}
 	}
-	c.inflight.acquire(n) // blocks past the bounds: TCP backpressure
+	c.inflight.Acquire(n) // blocks past the bounds: TCP backpressure
 	r.budget = n
 	if n > 0 {
 		r.buf = target.GetBuffer(n)
@@ -466,7 +466,7 @@ func (c *sconn) release(r *request) {
 	if r.buf != nil {
 		target.PutBuffer(r.buf)
 	}
-	c.inflight.release(r.budget)
+	c.inflight.Release(r.budget)
 	putRequest(r)
 }
 
@@ -481,55 +481,4 @@ func ioReason(what string, err error) string {
 		return what + ": frame timeout"
 	}
 	return what + ": " + err.Error()
-}
-
-// budget bounds a connection's in-flight requests by count and payload
-// bytes. The reader acquires, reply releases.
-type budget struct {
-	mu       sync.Mutex
-	cond     sync.Cond
-	count    int
-	bytes    int
-	countMax int
-	bytesMax int
-}
-
-func (b *budget) init(countMax, bytesMax int) {
-	b.cond.L = &b.mu
-	b.countMax, b.bytesMax = countMax, bytesMax
-}
-
-// acquire waits until one more request of n bytes fits; n ≤ bytesMax
-// always fits into an empty budget.
-func (b *budget) acquire(n int) {
-	if n > b.bytesMax {
-		panic(fmt.Sprintf("wire: request of %d bytes exceeds the in-flight budget of %d", n, b.bytesMax))
-	}
-	b.mu.Lock()
-	for b.count >= b.countMax || b.bytes+n > b.bytesMax {
-		b.cond.Wait()
-	}
-	b.count++
-	b.bytes += n
-	b.mu.Unlock()
-}
-
-func (b *budget) release(n int) {
-	b.mu.Lock()
-	b.count--
-	b.bytes -= n
-	if b.count < 0 || b.bytes < 0 {
-		panic(fmt.Sprintf("wire: in-flight budget below zero: %d requests, %d bytes", b.count, b.bytes))
-	}
-	b.mu.Unlock()
-	b.cond.Broadcast()
-}
-
-// wait waits until nothing is in flight.
-func (b *budget) wait() {
-	b.mu.Lock()
-	for b.count > 0 {
-		b.cond.Wait()
-	}
-	b.mu.Unlock()
 }
