@@ -428,6 +428,8 @@ func (c *Coordinator) release(ctx context.Context, res *Result, tgts []Target, w
 		})
 	}
 	go func() { wg.Wait(); cancel() }()
+	deadline := time.NewTimer(c.stepTimeout)
+	defer deadline.Stop()
 	var errs []error
 	for ; pending > 0; pending-- {
 		select {
@@ -452,8 +454,8 @@ func (c *Coordinator) release(ctx context.Context, res *Result, tgts []Target, w
 			if tr.Reason == "" {
 				tr.Reason, tr.Err = ReasonRelease, errs[len(errs)-1]
 			}
-		case <-rctx.Done():
-			errs = append(errs, fmt.Errorf("release: %d targets did not answer in %v: %w", pending, c.stepTimeout, rctx.Err()))
+		case <-deadline.C:
+			errs = append(errs, fmt.Errorf("release: %d targets did not answer in %v: %w", pending, c.stepTimeout, context.DeadlineExceeded))
 			return errors.Join(errs...)
 		}
 	}
