@@ -258,6 +258,8 @@ func TestCluster(t *testing.T) {
 	if o, err := shErr("qemu-io", "-f", "raw", "-c", "read 0 4k", n1.uri("cvol0")); err == nil || !strings.Contains(o, "node2") || !strings.Contains(o, n2.nbd) {
 		t.Fatalf("qemu-io of cvol0 at node1 after the move: %v: %s; want an error naming node2 at %s", err, o, n2.nbd)
 	}
+	// An iSCSI login at node1 is redirected to node2, and libiscsi follows.
+	sh(t, "qemu-io", "-f", "raw", "-r", "-c", "read 0 4k", n1.iscsiURI("cvol0"))
 	out2 := filepath.Join(dir, "out2")
 	sh(t, "nbdcopy", n2.uri("cvol0"), out2)
 	if got, _ := os.ReadFile(out2); !bytes.Equal(got[:1<<20], data[:1<<20]) {

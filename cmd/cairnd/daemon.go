@@ -55,7 +55,8 @@ type daemon struct {
 
 	budget *target.Budget // in-flight payload bytes of both front ends
 
-	tlsServer, tlsClient *tls.Config // from [tls]; nil without
+	tlsServer, tlsClient *tls.Config  // from [tls]; nil without
+	unlockDir            func() error // releases the data_dir lock
 
 	holdSeconds     prometheus.Histogram   // held-ack windows of this target's volumes
 	snapshotResults *prometheus.CounterVec // snapshots this node coordinated, by outcome
@@ -107,6 +108,9 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	if d.unlockDir, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
 	}
 	if err := d.openStorage(); err != nil {
 		return nil, err
@@ -518,6 +522,9 @@ func (d *daemon) Close() error {
 		}
 		if d.catalog != nil {
 			errs = append(errs, d.catalog.Close())
+		}
+		if d.unlockDir != nil {
+			errs = append(errs, d.unlockDir())
 		}
 		d.closeErr = errors.Join(errs...)
 	})

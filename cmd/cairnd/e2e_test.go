@@ -673,3 +673,15 @@ func TestISCSIReservations(t *testing.T) {
 		t.Errorf("daemon logged errors:\n%s", st)
 	}
 }
+
+// TestDataDirInUse: a second cairnd on a running one's data_dir exits at
+// once with a message naming the first one's PID.
+func TestDataDirInUse(t *testing.T) {
+	p := startDaemon(t)
+	cmd := exec.Command(filepath.Join(binDir, "cairnd"), "--config", filepath.Join(p.dir, "cairn.toml"))
+	out, err := cmd.CombinedOutput()
+	want := fmt.Sprintf("in use by cairnd PID %d", p.cmd.Process.Pid)
+	if err == nil || !strings.Contains(string(out), want) {
+		t.Fatalf("second cairnd on one data_dir: %v\n%s\nwant %q", err, out, want)
+	}
+}
