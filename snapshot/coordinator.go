@@ -78,8 +78,11 @@ type Target interface {
 	// acknowledgements of their requests from then on, until Release or
 	// timeout. On error no volume of the call is left holding.
 	Hold(ctx context.Context, volumes []string, next uint64, timeout time.Duration) error
-	// Release lets the held acknowledgements go and reports each hold.
-	Release(ctx context.Context, volumes []string) (HoldReport, error)
+	// Release lets go the acknowledgements held by the Hold to epoch
+	// next and reports each hold. A Release for another next (a late
+	// message of an abandoned snapshot) leaves a volume's hold alone and
+	// reports it ReasonNone.
+	Release(ctx context.Context, volumes []string, next uint64) (HoldReport, error)
 	// Drained reports whether no write stamped ≤ epoch is in flight on
 	// any of the volumes.
 	Drained(ctx context.Context, volumes []string, epoch uint64) (bool, error)
@@ -305,13 +308,13 @@ func (c *Coordinator) Snapshot(ctx context.Context, group string) (Result, error
 		// Whatever switched lets go; a target that did not answer Hold is
 		// sent Release too but not waited for (its own hold deadline
 		// covers it).
-		_ = c.release(ctx, &res, tgts, answered)
+		_ = c.release(ctx, &res, tgts, r.Epoch+1, answered)
 		return res, c.fail(ctx, &res, reason, err)
 	}
 
 	// Release, once every target has switched.
 	t = c.now()
-	err = c.release(ctx, &res, tgts, answered)
+	err = c.release(ctx, &res, tgts, r.Epoch+1, answered)
 	res.Release = c.now().Sub(t)
 	if err != nil {
 		return res, c.fail(ctx, &res, ReasonRelease, err)
@@ -404,7 +407,7 @@ func (c *Coordinator) hold(ctx context.Context, res *Result, tgts []Target, next
 // parallel, and waits for those marked in wait, or the step deadline. It
 // fails if one of them erred or reported a hold that ended before the
 // release.
-func (c *Coordinator) release(ctx context.Context, res *Result, tgts []Target, wait []bool) error {
+func (c *Coordinator) release(ctx context.Context, res *Result, tgts []Target, next uint64, wait []bool) error {
 	// Not cancelled with the caller's ctx: holds must end whatever
 	// happened to the caller. Not cancelled on return either: a target not
 	// waited for gets the whole step to answer.
@@ -423,7 +426,7 @@ func (c *Coordinator) release(ctx context.Context, res *Result, tgts []Target, w
 		}
 		vols := res.Targets[i].Volumes
 		wg.Go(func() {
-			rep, err := tg.Release(rctx, vols)
+			rep, err := tg.Release(rctx, vols, next)
 			answers <- answer{i, rep, err}
 		})
 	}

@@ -33,7 +33,7 @@ func (f *fakeTarget) Hold(ctx context.Context, vols []string, next uint64, timeo
 	return f.holdErr
 }
 
-func (f *fakeTarget) Release(_ context.Context, vols []string) (HoldReport, error) {
+func (f *fakeTarget) Release(_ context.Context, vols []string, _ uint64) (HoldReport, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.releases++

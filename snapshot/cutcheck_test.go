@@ -421,11 +421,11 @@ func (e early) Hold(ctx context.Context, vols []string, next uint64, timeout tim
 	if err := e.LocalTarget.Hold(ctx, vols, next, timeout); err != nil {
 		return err
 	}
-	_, err := e.LocalTarget.Release(ctx, vols)
+	_, err := e.LocalTarget.Release(ctx, vols, next)
 	return err
 }
 
-func (e early) Release(_ context.Context, vols []string) (HoldReport, error) {
+func (e early) Release(_ context.Context, vols []string, _ uint64) (HoldReport, error) {
 	rep := HoldReport{}
 	for _, v := range vols {
 		rep.Volumes = append(rep.Volumes, VolumeHold{Volume: v, Reason: reasonReleased})
@@ -477,4 +477,74 @@ func TestCutCheckCatchesEarlyRelease(t *testing.T) {
 	if caught == 0 {
 		t.Errorf("the checker passed %d snapshots of a broken protocol", len(sealed))
 	}
+}
+
+// frozen is a target that switched and then stopped answering anything
+// (SIGSTOP after the switch); once resume is closed its late calls go
+// through.
+type frozen struct {
+	*LocalTarget
+	resume chan struct{}
+}
+
+func (f frozen) Hold(ctx context.Context, vols []string, next uint64, timeout time.Duration) error {
+	if err := f.LocalTarget.Hold(ctx, vols, next, timeout); err != nil {
+		return err
+	}
+	<-f.resume
+	return errors.New("frozen target: answered too late")
+}
+
+func (f frozen) Release(ctx context.Context, vols []string, next uint64) (HoldReport, error) {
+	<-f.resume
+	return f.LocalTarget.Release(ctx, vols, next)
+}
+
+// TestCutCheckFrozenTarget: a target that switched and then froze fails
+// the snapshot within the step deadline; the others are released by the
+// coordinator, the frozen one's holds end at their own deadline, no write
+// errs; after it thaws, its late Release of the abandoned snapshot leaves
+// newer holds alone and the next snapshots are consistent cuts.
+func TestCutCheckFrozenTarget(t *testing.T) {
+	const step = 300 * time.Millisecond
+	r := newRig(t, 3, 1)
+	fz := frozen{r.locals["t2"], make(chan struct{})}
+	r.wrap["t2"] = fz
+	c := r.coordinator(step)
+	r.start()
+	rng := seed(t)
+	begin := time.Now()
+	res, err := c.Snapshot(context.Background(), "g")
+	took := time.Since(begin)
+	if !errors.Is(err, ErrFailed) || res.Reason != ReasonTimeout {
+		t.Fatalf("snapshot with a frozen target: %v (reason %q)", err, res.Reason)
+	}
+	if took > 3*step {
+		t.Errorf("snapshot with a frozen target took %v, step deadline %v", took, step)
+	}
+	// Every writer goes on, the frozen target's once its holds expire.
+	a := r.ackedNow()
+	deadline := time.Now().Add(10 * time.Second)
+	for w := range a {
+		for r.acked[w].Load() <= a[w] {
+			if time.Now().After(deadline) {
+				t.Fatalf("writer %d stuck at %d", w, a[w])
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	t.Logf("failed in %v, writers went on after %v", took, time.Since(begin))
+	delete(r.wrap, "t2")
+	close(fz.resume) // the late Hold answer and Release arrive now
+	sealed, failed := r.snapshots(c, 8, rng)
+	r.halt()
+	for _, err := range failed {
+		t.Errorf("snapshot after the target thawed: %v", err)
+	}
+	for _, s := range sealed {
+		if err := r.check(s); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Logf("%s", windows(sealed))
 }

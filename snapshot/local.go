@@ -24,15 +24,22 @@ const (
 var ErrNoVolume = errors.New("snapshot: no such volume at this target")
 
 // LocalTarget is the Target of the volumes attached in this process. It
-// remembers which volumes it switched, so that Release lets go of exactly
-// those and a later Hold can end a hold its coordinator abandoned.
+// remembers which volumes it switched and to which epoch, so that Release
+// lets go of exactly those and a later Hold can end a hold its coordinator
+// abandoned. Its gate calls on volumes (Hold, Release, SetEpoch: none
+// blocks) are serialized under its mutex.
 type LocalTarget struct {
 	lookup func(name string) (*volume.Volume, bool)
 
 	mu struct {
 		sync.Mutex
-		held map[string]*volume.Volume // switched and not released
+		held map[string]localHold // switched and not released
 	}
+}
+
+type localHold struct {
+	v    *volume.Volume
+	next uint64
 }
 
 var _ Target = (*LocalTarget)(nil)
@@ -42,7 +49,7 @@ var _ Target = (*LocalTarget)(nil)
 // for concurrent use.
 func NewLocalTarget(lookup func(name string) (*volume.Volume, bool)) *LocalTarget {
 	t := &LocalTarget{lookup: lookup}
-	t.mu.held = make(map[string]*volume.Volume)
+	t.mu.held = make(map[string]localHold)
 	return t
 }
 
@@ -65,7 +72,7 @@ func (t *LocalTarget) volumes(names []string) ([]*volume.Volume, error) {
 // below next-1) first moves to next-1 so that the switch to next finds its
 // old epoch drained; a volume busy with the previous epoch's last requests
 // is retried with backoff until ctx is done. A hold this target made for
-// an earlier snapshot and never released is released first: a newer epoch
+// an earlier epoch and never released is released first: a newer epoch
 // reserved means that snapshot was abandoned. On error every volume this
 // call switched is released.
 func (t *LocalTarget) Hold(ctx context.Context, names []string, next uint64, timeout time.Duration) error {
@@ -73,48 +80,27 @@ func (t *LocalTarget) Hold(ctx context.Context, names []string, next uint64, tim
 	if err != nil {
 		return err
 	}
-	var switched []int
+	var switched []string
 	for i, v := range vs {
 		if err = t.hold(ctx, names[i], v, next, timeout); err != nil {
 			break
 		}
-		switched = append(switched, i)
+		switched = append(switched, names[i])
 	}
-	if err == nil {
-		return nil
-	}
-	t.mu.Lock()
-	for _, i := range switched {
-		delete(t.mu.held, names[i])
-	}
-	t.mu.Unlock()
-	for _, i := range switched {
-		_, _ = vs[i].Release() // the snapshot fails; how the hold ended is moot
+	if err != nil {
+		_, _ = t.Release(ctx, switched, next) // the snapshot fails; how the holds ended is moot
 	}
 	return err
 }
 
 func (t *LocalTarget) hold(ctx context.Context, name string, v *volume.Volume, next uint64, timeout time.Duration) error {
-	t.mu.Lock()
-	old, ok := t.mu.held[name]
-	delete(t.mu.held, name)
-	t.mu.Unlock()
-	if ok {
-		_, _ = old.Release() // abandoned; see Hold
-	}
-	if next >= 2 && v.Epoch() < next-1 {
-		v.SetEpoch(next - 1)
-	}
 	wait := busyPollMin
 	timer := time.NewTimer(0)
 	<-timer.C
 	defer timer.Stop()
 	for {
-		err := v.Hold(next, timeout)
+		err := t.tryHold(name, v, next, timeout)
 		if err == nil {
-			t.mu.Lock()
-			t.mu.held[name] = v
-			t.mu.Unlock()
 			return nil
 		}
 		if !errors.Is(err, volume.ErrHoldBusy) {
@@ -130,32 +116,49 @@ func (t *LocalTarget) hold(ctx context.Context, name string, v *volume.Volume, n
 	}
 }
 
+func (t *LocalTarget) tryHold(name string, v *volume.Volume, next uint64, timeout time.Duration) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if old, ok := t.mu.held[name]; ok {
+		if old.next >= next {
+			return fmt.Errorf("hold to epoch %d, already held to %d", next, old.next)
+		}
+		delete(t.mu.held, name)
+		_, _ = old.v.Release() // abandoned; see Hold
+	}
+	if next >= 2 && v.Epoch() < next-1 {
+		v.SetEpoch(next - 1)
+	}
+	if err := v.Hold(next, timeout); err != nil {
+		return err
+	}
+	t.mu.held[name] = localHold{v: v, next: next}
+	return nil
+}
+
 // Release implements Target: it releases the holds this target made on
-// the volumes and reports each; a volume with no hold of this target is
-// reported with Reason "none". The error joins those of holds that ended
-// before the release (volume.ErrHoldFailed).
-func (t *LocalTarget) Release(_ context.Context, names []string) (HoldReport, error) {
+// the volumes for epoch next and reports each; a volume with no such hold
+// is reported with Reason ReasonNone. The error joins those of holds that
+// ended before the release (volume.ErrHoldFailed).
+func (t *LocalTarget) Release(_ context.Context, names []string, next uint64) (HoldReport, error) {
 	if len(names) > callVolumesMax {
 		return HoldReport{}, fmt.Errorf("snapshot: %d volumes in one call, at most %d", len(names), callVolumesMax)
 	}
-	vs := make([]*volume.Volume, len(names))
-	t.mu.Lock()
-	for i, n := range names {
-		vs[i] = t.mu.held[n]
-		delete(t.mu.held, n)
-	}
-	t.mu.Unlock()
 	rep := HoldReport{Volumes: make([]VolumeHold, len(names))}
 	var errs []error
-	for i, v := range vs {
-		if v == nil {
-			rep.Volumes[i] = VolumeHold{Volume: names[i], Reason: ReasonNone}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i, n := range names {
+		h, ok := t.mu.held[n]
+		if !ok || h.next != next {
+			rep.Volumes[i] = VolumeHold{Volume: n, Reason: ReasonNone}
 			continue
 		}
-		r, err := v.Release()
-		rep.Volumes[i] = VolumeHold{Volume: names[i], Window: r.Window, Held: r.Held, Reason: r.Reason, Drained: r.Drained}
+		delete(t.mu.held, n)
+		r, err := h.v.Release()
+		rep.Volumes[i] = VolumeHold{Volume: n, Window: r.Window, Held: r.Held, Reason: r.Reason, Drained: r.Drained}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("volume %q: %w", names[i], err))
+			errs = append(errs, fmt.Errorf("volume %q: %w", n, err))
 		}
 	}
 	return rep, errors.Join(errs...)
