@@ -255,8 +255,8 @@ func planOf(r Reservation) (plan, error) {
 // the snapshot is sealed; otherwise an error wrapping ErrReserve (nothing
 // reserved or held), ErrFailed (reserved, released and failed) or ErrBusy.
 // The result is filled as far as the protocol got.
-func (c *Coordinator) Snapshot(ctx context.Context, group string) (Result, error) {
-	res := Result{Group: group}
+func (c *Coordinator) Snapshot(ctx context.Context, group string) (res Result, err error) {
+	res = Result{Group: group}
 	c.mu.Lock()
 	if c.mu.busy[group] {
 		c.mu.Unlock()

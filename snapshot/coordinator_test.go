@@ -91,6 +91,9 @@ func TestCoordinatorSteps(t *testing.T) {
 					t.Errorf("target %s: %d holds, %d releases", n, f.holds, f.releases)
 				}
 			}
+			if res.Total <= 0 || res.Total < res.Hold+res.Release {
+				t.Errorf("durations: %+v", res)
+			}
 			if len(res.Targets) != 2 || len(res.Targets[1].Volumes) != 2 {
 				t.Errorf("targets %+v", res.Targets)
 			}
