@@ -27,6 +27,7 @@ import (
 	"cairn/cluster/admin"
 	"cairn/cluster/membership"
 	"cairn/configs"
+	"cairn/snapshot"
 	"cairn/target"
 	"cairn/target/iscsi"
 	"cairn/target/nbd"
@@ -58,6 +59,7 @@ type daemon struct {
 	tlsServer, tlsClient *tls.Config  // from [tls]; nil without
 	unlockDir            func() error // releases the data_dir lock
 
+	snapLocal       *snapshot.LocalTarget  // this target's part of snapshots
 	holdSeconds     prometheus.Histogram   // held-ack windows of this target's volumes
 	snapshotResults *prometheus.CounterVec // snapshots this node coordinated, by outcome
 	peers           peers                  // clients of other storage nodes
@@ -90,6 +92,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	d := &daemon{cfg: cfg, log: log, start: time.Now(), latency: latency, gossipTiming: gossipTiming}
 	d.mu.vols = map[string]*volume.Volume{}
 	d.mu.snaps = map[string]*volume.Volume{}
+	d.snapLocal = snapshot.NewLocalTarget(d.volume)
 	d.forwardClient = &http.Client{Timeout: forwardTimeout}
 	ctx, d.cancel = context.WithCancel(ctx)
 	d.ctx = ctx

@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"time"
 
-	"cairn/backend/volume"
 	"cairn/cluster"
 	"cairn/cluster/admin"
 	"cairn/snapshot"
@@ -52,67 +50,27 @@ func (c snapshotCatalog) Fail(ctx context.Context, id uint64, reason string) err
 	return err
 }
 
-// localTarget is this node's target: the gates of its open volumes.
+// localTarget is this node's target: snapshot.LocalTarget over the gates
+// of its open volumes (one per daemon: it serializes the gate calls),
+// recording each held window in the metrics.
 type localTarget struct{ d *daemon }
 
-func (t localTarget) volumes(names []string) ([]*volume.Volume, error) {
-	vs := make([]*volume.Volume, 0, len(names))
-	for _, n := range names {
-		v, ok := t.d.volume(n)
-		if !ok {
-			return nil, fmt.Errorf("volume %q is not attached at %s", n, t.d.cfg.NodeName)
-		}
-		vs = append(vs, v)
-	}
-	return vs, nil
-}
-
 func (t localTarget) Hold(ctx context.Context, names []string, next uint64, timeout time.Duration) error {
-	vs, err := t.volumes(names)
-	if err != nil {
-		return err
-	}
-	for i, v := range vs {
-		if err := v.Hold(next, timeout); err != nil {
-			for _, h := range vs[:i] {
-				_, _ = h.Release()
-			}
-			return err
-		}
-	}
-	return nil
+	return t.d.snapLocal.Hold(ctx, names, next, timeout)
 }
 
-func (t localTarget) Release(ctx context.Context, names []string) (snapshot.HoldReport, error) {
-	vs, err := t.volumes(names)
-	if err != nil {
-		return snapshot.HoldReport{}, err
-	}
-	var rep snapshot.HoldReport
-	var errs []error
-	for i, v := range vs {
-		r, err := v.Release()
-		if err != nil && !errors.Is(err, volume.ErrHoldFailed) {
-			errs = append(errs, err)
-			continue
+func (t localTarget) Release(ctx context.Context, names []string, next uint64) (snapshot.HoldReport, error) {
+	rep, err := t.d.snapLocal.Release(ctx, names, next)
+	for _, h := range rep.Volumes {
+		if h.Window > 0 {
+			t.d.holdSeconds.Observe(h.Window.Seconds())
 		}
-		t.d.holdSeconds.Observe(r.Window.Seconds())
-		rep.Volumes = append(rep.Volumes, snapshot.VolumeHold{Volume: names[i], Window: r.Window, Held: r.Held, Reason: r.Reason, Drained: r.Drained})
 	}
-	return rep, errors.Join(errs...)
+	return rep, err
 }
 
 func (t localTarget) Drained(ctx context.Context, names []string, epoch uint64) (bool, error) {
-	vs, err := t.volumes(names)
-	if err != nil {
-		return false, err
-	}
-	for _, v := range vs {
-		if !v.Drained(epoch) {
-			return false, nil
-		}
-	}
-	return true, nil
+	return t.d.snapLocal.Drained(ctx, names, epoch)
 }
 
 // remoteTarget is another node's target, through its admin listener.
@@ -163,8 +121,8 @@ func (t remoteTarget) Hold(ctx context.Context, names []string, next uint64, tim
 	return err
 }
 
-func (t remoteTarget) Release(ctx context.Context, names []string) (snapshot.HoldReport, error) {
-	r, err := t.call(ctx, "release", targetCall{Volumes: names})
+func (t remoteTarget) Release(ctx context.Context, names []string, next uint64) (snapshot.HoldReport, error) {
+	r, err := t.call(ctx, "release", targetCall{Volumes: names, Next: next})
 	return r.Report, err
 }
 
@@ -191,7 +149,7 @@ func (d *daemon) serveTarget(w http.ResponseWriter, r *http.Request) {
 	case "hold":
 		err = t.Hold(r.Context(), in.Volumes, in.Next, in.TimeoutNS)
 	case "release":
-		out.Report, err = t.Release(r.Context(), in.Volumes)
+		out.Report, err = t.Release(r.Context(), in.Volumes, in.Next)
 	case "drained":
 		out.Drained, err = t.Drained(r.Context(), in.Volumes, in.Epoch)
 	default:
