@@ -369,7 +369,7 @@ func TestCutCheckStuckTarget(t *testing.T) {
 		if !errors.Is(err, ErrFailed) || res.Reason != ReasonTimeout {
 			t.Fatalf("snapshot with a stuck target: %v (reason %q)", err, res.Reason)
 		}
-		if took > 3*step {
+		if took > step+2*time.Second { // generous: a loaded -race machine; a coordinator waiting on the stuck target would never return
 			t.Errorf("snapshot with a stuck target took %v, step deadline %v", took, step)
 		}
 		for _, node := range []string{"t0", "t1"} {
@@ -519,7 +519,7 @@ func TestCutCheckFrozenTarget(t *testing.T) {
 	if !errors.Is(err, ErrFailed) || res.Reason != ReasonTimeout {
 		t.Fatalf("snapshot with a frozen target: %v (reason %q)", err, res.Reason)
 	}
-	if took > 3*step {
+	if took > step+2*time.Second { // generous: a loaded -race machine; a coordinator waiting on the stuck target would never return
 		t.Errorf("snapshot with a frozen target took %v, step deadline %v", took, step)
 	}
 	// Every writer goes on, the frozen target's once its holds expire.
