@@ -78,7 +78,7 @@ func (c Cairnd) Describe(ctx context.Context) string {
 			d = v
 		}
 	}
-	return fmt.Sprintf("%s, %d node(s), all roles, pebble store", d, max(c.Nodes, 1))
+	return fmt.Sprintf("%s, %d node(s), all roles, segment store", d, max(c.Nodes, 1))
 }
 
 // servingRE matches the line cairnd logs once it serves: its NBD and

@@ -32,7 +32,7 @@ type Embedded struct{}
 var _ target.Device = (*volume.Volume)(nil)
 
 func (Embedded) Describe(context.Context) string {
-	return "cairn volume over its pebble store in the harness process, no front end (Go load generator)"
+	return "cairn volume over its segment store in the harness process, no front end (Go load generator)"
 }
 
 func (Embedded) Start(ctx context.Context, o StartOptions) (Instance, error) {
