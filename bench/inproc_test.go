@@ -109,9 +109,9 @@ func TestLoadgenLatency(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The percentiles come from a histogram whose buckets are a few
-	// per cent wide: p1 may be reported just under the injected latency.
-	if limit := 4 / lat.Seconds(); m.IOPS > limit*1.05 || m.Read.Percentiles[0].Ns < 0.95*float64(lat) {
+	// The percentiles come from a histogram whose buckets are up to
+	// 6.25% wide: p1 may be reported just under the injected latency.
+	if limit := 4 / lat.Seconds(); m.IOPS > limit*1.05 || m.Read.Percentiles[0].Ns < 0.9*float64(lat) {
 		t.Fatalf("IOPS %g (limit %g), p1 %g ns with %s injected", m.IOPS, limit, m.Read.Percentiles[0].Ns, lat)
 	}
 }
