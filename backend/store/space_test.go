@@ -65,8 +65,7 @@ func (c *capFS) OpenReadWrite(name string, cat vfs.DiskWriteCategory, opts ...vf
 
 type capFile struct {
 	vfs.File
-	fs  *capFS
-	pos int64
+	fs *capFS
 }
 
 func (f *capFile) room(off int64, n int) error {

@@ -212,7 +212,7 @@ func dispatch(args []string, out io.Writer) error {
 				return err
 			}
 			if *volumesFlag == "" {
-				return fmt.Errorf("%w: group create needs --volumes a,b,...", errUsage)
+				return fmt.Errorf("%w: group create needs --volumes a,b", errUsage)
 			}
 			g, err := c.client.CreateGroup(ctx, admin.GroupRequest{Name: pos[2], Volumes: strings.Split(*volumesFlag, ",")})
 			if err != nil {

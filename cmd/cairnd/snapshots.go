@@ -133,7 +133,7 @@ func (b backend) CreateGroup(ctx context.Context, req admin.GroupRequest) (admin
 			return admin.Group{Name: g.Name, Volumes: g.Volumes}, nil
 		}
 	}
-	return admin.Group{Name: req.Name, Volumes: req.Volumes}, nil
+	return admin.Group(req), nil
 }
 
 func (b backend) Groups(ctx context.Context) ([]admin.Group, error) {
