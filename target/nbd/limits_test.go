@@ -78,8 +78,18 @@ func testBudgetStalledClients(t *testing.T, tcp bool) {
 	// Reading from a stalled client before the server dropped it would
 	// unstall it: wait for the drops first.
 	waitFor(t, func() bool { return s.Stats().Disconnects[target.DisconnectReplyTimeout] == stalled })
-	for _, c := range bad {
-		c.expectClosed()
+	if tcp {
+		// Over TCP the server's close reaches a client that never read
+		// only after the data still queued to it, at the pace of the
+		// zero-window probes: check the server's side instead.
+		waitFor(t, func() bool { return s.Stats().Connections == 1 })
+		for _, c := range bad {
+			c.nc.Close() // let the senders' blocked writes end
+		}
+	} else {
+		for _, c := range bad {
+			c.expectClosed()
+		}
 	}
 	senders.Wait()
 	waitFor(t, func() bool { return budget.InUse() == 0 })
