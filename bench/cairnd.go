@@ -158,14 +158,14 @@ func (c Cairnd) Start(ctx context.Context, o StartOptions) (Instance, error) {
 // config returns cairnd's TOML configuration: state in o.Dir, every
 // listener on a free loopback port.
 func (c Cairnd) config(o StartOptions) (string, error) {
-	var addrs [6]string
-	for i := range addrs {
-		a, err := freeAddr()
-		if err != nil {
-			return "", err
-		}
-		addrs[i] = a
+	// Gossip and the node RPC take any port (nothing here dials them).
+	addrs, err := freeAddrs(4)
+	if err != nil {
+		return "", err
 	}
+	addrs = append(addrs, "127.0.0.1:0")
+	addrs[3], addrs[4] = addrs[4], addrs[3] // [3] gossip (any), [4] raft
+	addrs = append(addrs, "127.0.0.1:0")    // [5] storage
 	var b strings.Builder
 	fmt.Fprintf(&b, "node_name = %q\ndata_dir = %q\nroles = [\"target\", \"storage\", \"manager\"]\n", o.Name, "data")
 	fmt.Fprintf(&b, "[admin]\nlisten = %q\n[nbd]\nlisten = %q\n[iscsi]\nlisten = %q\niqn_prefix = %q\n", addrs[0], addrs[1], addrs[2], cairnIQNPrefix)

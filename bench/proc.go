@@ -161,6 +161,28 @@ func probeNBD(addr string) error {
 
 // freeAddr returns a loopback address with a port that was free a moment
 // ago.
+// freeAddrs returns n distinct free loopback addresses: each listener is
+// held open until all are chosen, so the kernel cannot hand one port out
+// twice (freeAddr called n times can).
+func freeAddrs(n int) ([]string, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var out []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("free port: %w", err)
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().String())
+	}
+	return out, nil
+}
+
 func freeAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
