@@ -58,12 +58,11 @@ func (e *forwardedError) Unwrap() error { return e.kind }
 // to send back. Only a malformed command is an error; a refused change is
 // a reply carrying the refusal.
 func (c *Catalog) ApplyForwarded(ctx context.Context, cmd []byte) ([]byte, error) {
-	if _, err := decodeCommand(cmd); err != nil {
+	o, _, err := decodeOp(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("cluster: forwarded command: %w", err)
 	}
-	var probe command
-	_ = json.Unmarshal(cmd, &probe) // decodeCommand accepted it
-	out, index, _, err := c.applyLocal(ctx, probe.Op, cmd)
+	out, index, _, err := c.applyLocal(ctx, o, cmd)
 	r := forwardReply{Index: index}
 	if err != nil {
 		r.Error = err.Error()
@@ -103,9 +102,32 @@ func (c *Catalog) forward(ctx context.Context, o op, data []byte) (outcome, erro
 		// applied the change and failed to answer: unavailable, retry.
 		return outcome{}, fmt.Errorf("cluster: %s: forward to leader %s: %w: %w", o, id, ErrNotLeader, err)
 	}
+	out, index, err := decodeForwardReply(b)
+	if errors.Is(err, errBadReply) {
+		return outcome{}, fmt.Errorf("cluster: %s: reply of leader %s: %w", o, id, err)
+	}
+	if err != nil {
+		return outcome{}, err
+	}
+	// Reads that follow a change see it: wait until this replica applied
+	// the leader's index of the change.
+	return out, c.waitApplied(ctx, index)
+}
+
+// errBadReply: a forwarded change's reply does not parse.
+var errBadReply = fmt.Errorf("%w: malformed reply", ErrInvalid)
+
+// decodeForwardReply parses what ApplyForwarded answered: the outcome and
+// log index of the change, or the refusal as an error matching its
+// sentinel. Bytes that do not parse are errBadReply; it never panics
+// (FuzzForwardReply).
+func decodeForwardReply(b []byte) (outcome, uint64, error) {
 	var r forwardReply
+	if len(b) > commandBytesMax*4 {
+		return outcome{}, 0, fmt.Errorf("%w: %d bytes", errBadReply, len(b))
+	}
 	if err := decodeStrict(b, &r); err != nil {
-		return outcome{}, fmt.Errorf("cluster: %s: reply of leader %s: %w: %v", o, id, ErrInvalid, err)
+		return outcome{}, 0, fmt.Errorf("%w: %v", errBadReply, err)
 	}
 	if r.Error != "" {
 		fe := &forwardedError{msg: r.Error}
@@ -114,7 +136,7 @@ func (c *Catalog) forward(ctx context.Context, o op, data []byte) (outcome, erro
 				fe.kind = k.err
 			}
 		}
-		return outcome{}, fe
+		return outcome{}, 0, fe
 	}
 	var out outcome
 	if r.Volume != nil {
@@ -126,9 +148,7 @@ func (c *Catalog) forward(ctx context.Context, o op, data []byte) (outcome, erro
 	if r.Snapshot != nil {
 		out.Snapshot = *r.Snapshot
 	}
-	// Reads that follow a change see it: wait until this replica applied
-	// the leader's index of the change.
-	return out, c.waitApplied(ctx, r.Index)
+	return out, r.Index, nil
 }
 
 // waitApplied waits until this replica applied index, bounded by ctx and

@@ -114,3 +114,28 @@ func TestForwardToLeader(t *testing.T) {
 		t.Fatalf("other survivor: %+v %v", v, err)
 	}
 }
+
+// FuzzForwardReply: whatever a leader (or an impostor) answers a
+// forwarded change with, the follower gets an outcome or an error, never
+// a panic; a refusal keeps its sentinel.
+func FuzzForwardReply(f *testing.F) {
+	f.Add([]byte(`{"volume":{"id":1,"name":"a"},"index":7}`))
+	f.Add([]byte(`{"error":"volume \"a\": not found","kind":"not_found"}`))
+	f.Add([]byte(`{"snapshot":{"id":2,"name":"s","state":"sealed"},"index":9}`))
+	f.Add([]byte(`{"node":{"name":"n1"},"extra":1}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		out, index, err := decodeForwardReply(b)
+		var fe *forwardedError
+		switch {
+		case err == nil:
+			_, _ = out, index
+		case errors.Is(err, errBadReply), errors.As(err, &fe):
+		default:
+			t.Fatalf("%q: error %v is neither a refusal nor a bad reply", b, err)
+		}
+		if errors.As(err, &fe) && fe.kind != nil && !errors.Is(err, fe.kind) {
+			t.Fatalf("%q: refusal %v does not match its kind", b, err)
+		}
+	})
+}

@@ -188,12 +188,18 @@ func encodeCommand(o op, args any) ([]byte, error) {
 // are errors (a replica must not half-understand a command), as are
 // trailing bytes.
 func decodeCommand(data []byte) (any, error) {
+	_, args, err := decodeOp(data)
+	return args, err
+}
+
+// decodeOp is decodeCommand that also returns the command's op.
+func decodeOp(data []byte) (op, any, error) {
 	if len(data) > commandBytesMax {
-		return nil, fmt.Errorf("%w: command of %d bytes exceeds %d", ErrInvalid, len(data), commandBytesMax)
+		return "", nil, fmt.Errorf("%w: command of %d bytes exceeds %d", ErrInvalid, len(data), commandBytesMax)
 	}
 	var c command
 	if err := decodeStrict(data, &c); err != nil {
-		return nil, fmt.Errorf("%w: command: %v", ErrInvalid, err)
+		return "", nil, fmt.Errorf("%w: command: %v", ErrInvalid, err)
 	}
 	var args any
 	switch c.Op {
@@ -224,12 +230,12 @@ func decodeCommand(data []byte) (any, error) {
 	case opDeleteSnapshot:
 		args = &deleteSnapshotArgs{}
 	default:
-		return nil, fmt.Errorf("%w: unknown command %.40q", ErrInvalid, c.Op)
+		return "", nil, fmt.Errorf("%w: unknown command %.40q", ErrInvalid, c.Op)
 	}
 	if err := decodeStrict(c.Args, args); err != nil {
-		return nil, fmt.Errorf("%w: %s arguments: %v", ErrInvalid, c.Op, err)
+		return "", nil, fmt.Errorf("%w: %s arguments: %v", ErrInvalid, c.Op, err)
 	}
-	return args, nil
+	return c.Op, args, nil
 }
 
 // decodeStrict decodes exactly one JSON value with no unknown fields.
