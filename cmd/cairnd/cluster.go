@@ -147,9 +147,21 @@ func (d *daemon) forward(ctx context.Context, leader string, cmd []byte) ([]byte
 	if !ok || m.Meta.Addrs.Admin == "" {
 		return nil, fmt.Errorf("leader %s is not in gossip", leader)
 	}
+	b, err := d.postInternal(ctx, m.Meta.Addrs.Admin, forwardPath, cmd)
+	if err != nil {
+		return nil, fmt.Errorf("leader %s: %w", leader, err)
+	}
+	return b, nil
+}
+
+// postInternal posts body to another node's internal endpoint (the
+// forwarded changes, the snapshot steps) and returns the reply, bounded in
+// time (forwardTimeout) and size (forwardBytesMax); a status other than
+// 200 is an error carrying the reply's text.
+func (d *daemon) postInternal(ctx context.Context, addr, path string, body []byte) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, forwardTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.internalURL(m.Meta.Addrs.Admin, forwardPath), bytes.NewReader(cmd))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.internalURL(addr, path), bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -160,13 +172,13 @@ func (d *daemon) forward(ctx context.Context, leader string, cmd []byte) ([]byte
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, forwardBytesMax+1))
 	if err != nil {
-		return nil, fmt.Errorf("leader %s: %w", leader, err)
+		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("leader %s: HTTP %d: %s", leader, resp.StatusCode, bytes.TrimSpace(b))
+		return nil, fmt.Errorf("%s: HTTP %d: %s", path, resp.StatusCode, bytes.TrimSpace(b))
 	}
 	if len(b) > forwardBytesMax {
-		return nil, fmt.Errorf("leader %s: reply larger than %d bytes", leader, forwardBytesMax)
+		return nil, fmt.Errorf("%s: reply larger than %d bytes", path, forwardBytesMax)
 	}
 	return b, nil
 }

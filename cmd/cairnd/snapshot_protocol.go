@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
 
@@ -97,18 +95,13 @@ func (t remoteTarget) call(ctx context.Context, what string, in targetCall) (tar
 	if err != nil {
 		return targetReply{}, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.d.internalURL(t.addr, snapshotPathPrefix+what), bytes.NewReader(body))
+	b, err := t.d.postInternal(ctx, t.addr, snapshotPathPrefix+what, body)
 	if err != nil {
-		return targetReply{}, err
+		return targetReply{}, fmt.Errorf("target at %s: %w", t.addr, err)
 	}
-	resp, err := t.d.forwardClient.Do(req)
-	if err != nil {
-		return targetReply{}, err
-	}
-	defer resp.Body.Close()
 	var out targetReply
-	if err := json.NewDecoder(io.LimitReader(resp.Body, forwardBytesMax)).Decode(&out); err != nil {
-		return targetReply{}, fmt.Errorf("target at %s: %s: HTTP %d: %w", t.addr, what, resp.StatusCode, err)
+	if err := json.Unmarshal(b, &out); err != nil {
+		return targetReply{}, fmt.Errorf("target at %s: %s: %w", t.addr, what, err)
 	}
 	if out.Error != "" {
 		return out, fmt.Errorf("target at %s: %s: %s", t.addr, what, out.Error)

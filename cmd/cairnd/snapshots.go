@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -118,10 +119,7 @@ func (d *daemon) reconcileSnapshots() error {
 			d.store.SetRetained(cv.ID, retained[cv.ID])
 		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%v", errs)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func (b backend) CreateGroup(ctx context.Context, req admin.GroupRequest) (admin.Group, error) {
