@@ -23,6 +23,7 @@ type Budget struct {
 		sync.Mutex
 		inUse   int64
 		peak    int64
+		high    int64           // most taken at once since the last HighWater
 		waiters []*budgetWaiter // FIFO; bounded by the connections' readers, one each
 	}
 }
@@ -122,6 +123,7 @@ func (b *Budget) Release(n int64) {
 func (b *Budget) takeLocked(c int64) {
 	b.mu.inUse += c
 	b.mu.peak = max(b.mu.peak, b.mu.inUse)
+	b.mu.high = max(b.mu.high, b.mu.inUse)
 }
 
 // grantLocked wakes waiters from the head of the queue while they fit.
@@ -155,6 +157,19 @@ func (b *Budget) Max() int64 {
 		return 0
 	}
 	return b.bytesMax
+}
+
+// HighWater returns the most bytes taken at once since the previous call (or
+// since NewBudget) and starts the next interval at the bytes in use now.
+func (b *Budget) HighWater() int64 {
+	if b == nil {
+		return 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	h := b.mu.high
+	b.mu.high = b.mu.inUse
+	return h
 }
 
 // Peak returns the most bytes ever taken at once: never more than Max.

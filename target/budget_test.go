@@ -117,3 +117,30 @@ func waitUntil(t *testing.T, cond func() bool) {
 		}
 	}
 }
+
+func TestBudgetHighWater(t *testing.T) {
+	b := NewBudget(100)
+	if h := b.HighWater(); h != 0 {
+		t.Fatalf("fresh budget high water %d", h)
+	}
+	b.TryAcquire(70)
+	b.Release(70)
+	b.TryAcquire(20)
+	if h := b.HighWater(); h != 70 {
+		t.Fatalf("high water %d, want 70", h)
+	}
+	// The next interval starts at what is in use now.
+	if h := b.HighWater(); h != 20 {
+		t.Fatalf("high water %d after reset, want the 20 in use", h)
+	}
+	b.Release(20)
+	if h := b.HighWater(); h != 20 {
+		t.Fatalf("high water %d, want 20", h)
+	}
+	if h := b.HighWater(); h != 0 {
+		t.Fatalf("idle high water %d", h)
+	}
+	if (*Budget)(nil).HighWater() != 0 {
+		t.Fatal("nil budget has a high water")
+	}
+}

@@ -54,7 +54,8 @@ type daemon struct {
 	iscsi   *iscsi.Server
 	admin   *http.Server
 
-	budget *target.Budget // in-flight payload bytes of both front ends
+	budget *target.Budget  // in-flight payload bytes of both front ends
+	memory *memoryReleaser // returns the heap after a burst; nil without a budget
 
 	tlsServer, tlsClient *tls.Config  // from [tls]; nil without
 	unlockDir            func() error // releases the data_dir lock
@@ -256,6 +257,14 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	d.wg.Add(2)
 	go d.manageVoters(ctx)
 	go d.watchCatalog(ctx, expect != 1)
+	if d.budget != nil {
+		d.memory = newMemoryReleaser(d.budget)
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			d.memory.run(ctx)
+		}()
+	}
 
 	log.Info("cairnd serving", "node", cfg.NodeName, "roles", strings.Join(cfg.Roles, ","), "nbd", d.nbdAddr, "iscsi", d.iscsiAddr, "admin", d.adminAddr,
 		"storage", d.storageAddr, "gossip", d.gossip.Addr(), "raft", d.catalog.Status().Address,

@@ -58,10 +58,11 @@ var (
 	disconnectsDesc  = prometheus.NewDesc("cairn_disconnects_total", "Front-end connections ended, by front end and reason.", []string{"frontend", "reason"}, nil)
 	gossipDesc       = prometheus.NewDesc("cairn_gossip_members", "Gossip members this node knows, by state.", []string{"state"}, nil)
 	gossipDropDesc   = prometheus.NewDesc("cairn_gossip_events_dropped_total", "Membership events a slow subscriber missed.", nil, nil)
+	memReleaseDesc   = prometheus.NewDesc("cairn_memory_releases_total", "Times the free heap was returned to the OS after a burst of in-flight bytes.", nil, nil)
 )
 
 func (c *daemonCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{inflightDesc, inflightPeakDesc, budgetDesc, budgetWaitDesc, connsDesc, disconnectsDesc, gossipDesc, gossipDropDesc} {
+	for _, d := range []*prometheus.Desc{inflightDesc, inflightPeakDesc, budgetDesc, budgetWaitDesc, connsDesc, disconnectsDesc, gossipDesc, gossipDropDesc, memReleaseDesc} {
 		ch <- d
 	}
 }
@@ -73,6 +74,9 @@ func (c *daemonCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(inflightPeakDesc, prometheus.GaugeValue, float64(b.Peak()))
 		ch <- prometheus.MustNewConstMetric(budgetDesc, prometheus.GaugeValue, float64(b.Max()))
 		ch <- prometheus.MustNewConstMetric(budgetWaitDesc, prometheus.GaugeValue, float64(b.Waiting()))
+	}
+	if d.memory != nil {
+		ch <- prometheus.MustNewConstMetric(memReleaseDesc, prometheus.CounterValue, float64(d.memory.releases.Load()))
 	}
 	frontend := func(name string, conns int, disc map[string]uint64) {
 		ch <- prometheus.MustNewConstMetric(connsDesc, prometheus.GaugeValue, float64(conns), name)
