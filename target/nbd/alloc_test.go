@@ -66,3 +66,43 @@ func TestHotPathAllocs(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRoundTrip is a 4 KiB WRITE and READ round trip through reader,
+// worker and writer to a device that does nothing, without and with a
+// shared in-flight budget: what the budget costs a request.
+//
+//	go test -run '^$' -bench RoundTrip -count 6 ./target/nbd/
+func BenchmarkRoundTrip(b *testing.B) {
+	for _, bc := range []struct {
+		name   string
+		budget *target.Budget
+	}{{"budget=none", nil}, {"budget=1GiB", target.NewBudget(1 << 30)}} {
+		b.Run(bc.name, func(b *testing.B) {
+			s := newServer(b, mapExports{"nop": nopDevice{}}, Options{Budget: bc.budget})
+			c := pipe(b, s)
+			c.open("nop", true)
+			const n = 4096
+			wr := make([]byte, RequestSize+n)
+			(&Request{Type: CmdWrite, Cookie: 1, Length: n}).Put(wr)
+			rd := make([]byte, RequestSize)
+			(&Request{Type: CmdRead, Cookie: 2, Length: n}).Put(rd)
+			reply := make([]byte, StructuredReplySize+8+n)
+			b.SetBytes(2 * n)
+			b.ResetTimer()
+			for range b.N {
+				if _, err := c.nc.Write(wr); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c.br, reply[:SimpleReplySize]); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := c.nc.Write(rd); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c.br, reply); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
