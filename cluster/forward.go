@@ -42,6 +42,8 @@ var errorKinds = []struct {
 	{"not_leader", ErrNotLeader},
 	{"timeout", ErrTimeout},
 	{"closed", ErrClosed},
+	{"stale_attachment", ErrStaleAttachment},
+	{"last_replica", ErrLastReplica},
 }
 
 // forwardedError is an error the leader reported; it matches its sentinel.

@@ -49,6 +49,10 @@ type Volume struct {
 	// NewPlacer(v).Replicas(c). Empty in records from before placement:
 	// such a volume lives on the node it is attached to.
 	Placement []Member `json:"placement,omitempty"`
+	// Stale are the placement members taken out of the volume after they
+	// failed writes the others completed (sorted; see opExcludeReplica):
+	// they miss data, and no target reads from or writes to them.
+	Stale []string `json:"stale,omitempty"`
 }
 
 // SCSIBlockSize returns the logical block size iSCSI presents.
@@ -219,6 +223,8 @@ func decodeOp(data []byte) (op, any, error) {
 		args = &setNodeStateArgs{}
 	case opNodeUsage:
 		args = &nodeUsageArgs{}
+	case opExcludeReplica:
+		args = &excludeReplicaArgs{}
 	case opCreateGroup:
 		args = &createGroupArgs{}
 	case opDeleteGroup:
@@ -314,6 +320,9 @@ func (s *state) apply(cmd any) (outcome, error) {
 	case *registerNodeArgs:
 		n, err := s.registerNode(a)
 		return outcome{Node: n}, err
+	case *excludeReplicaArgs:
+		v, err := s.excludeReplica(a)
+		return outcome{Volume: v}, err
 	case *createGroupArgs:
 		return s.createGroup(a)
 	case *deleteGroupArgs:
@@ -516,6 +525,9 @@ func (s *state) check() error {
 			return fmt.Errorf("volume %q filed under %q", v.Name, name)
 		}
 		if err := validVolume(v.Name, v.Size, v.Replicas); err != nil {
+			return err
+		}
+		if err := checkStale(v); err != nil {
 			return err
 		}
 		if v.ID < 1 || v.ID >= s.NextID {

@@ -324,6 +324,7 @@ func FuzzFSMApply(f *testing.F) {
 		{opDeleteVolume, deleteVolumeArgs{"a"}},
 		{opResizeVolume, resizeVolumeArgs{"a", 2 << 30}},
 		{opAttach, attachArgs{"a", "node1"}},
+		{opExcludeReplica, excludeReplicaArgs{"b", "n2", 1}},
 	} {
 		f.Add(mustEncode(f, c.o, c.args))
 	}

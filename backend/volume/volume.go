@@ -69,6 +69,21 @@ type Placement interface {
 	Nodes() []Node
 }
 
+// Failover takes a failed replica out of a volume, so that the volume goes
+// on, degraded, on the replicas it has left.
+type Failover interface {
+	// Exclude is called when nd failed a write, zero or sync of the
+	// volume (with an error other than no space, an invalid request or a
+	// bound; see replicaFault) that at least one other replica of the same blocks
+	// completed. It returns nil only once nd is out of the volume durably
+	// (no target reads from it again before it has caught up) and the
+	// volume's placement, replaced by SetPlacement, no longer names it;
+	// the request then succeeds. Any error fails the request with the
+	// node's error. ctx is the request's: Exclude must honour its deadline.
+	// Exclude is called concurrently, for the same node too.
+	Exclude(ctx context.Context, nd Node, cause error) error
+}
+
 // Local is the placement of a single-node volume: every chunk on one node.
 type Local struct{ nodes []Node }
 
@@ -90,6 +105,11 @@ type Options struct {
 	Epoch      uint64 // current write epoch, ≥ 1
 	ReadOnly   bool
 	Placement  Placement
+	// Failover, if set, lets a write-class request succeed when some of
+	// the replicas of its blocks failed and others did not: it takes the
+	// failed ones out of the volume first (see Failover). nil: every
+	// replica must succeed.
+	Failover Failover
 	// RequestTimeout is the deadline of every request's node calls, from
 	// its admission; 0 = requestTimeoutDefault.
 	RequestTimeout time.Duration
@@ -115,6 +135,9 @@ type Stats struct {
 	Reads, Writes, Zeros, Flushes    uint64
 	ReadBytes, WriteBytes, ZeroBytes uint64
 	Errors                           uint64
+	// ReadRetries: reads a replica failed and the next one was asked.
+	// Excluded: replicas a Failover took out after they failed.
+	ReadRetries, Excluded uint64
 }
 
 // Volume is a logical volume. Create it with Open.
@@ -122,7 +145,8 @@ type Volume struct {
 	id             uint64
 	chunkBlocks    uint64
 	readOnly       bool
-	placement      Placement
+	placement      atomic.Pointer[placementRef]
+	failover       Failover
 	requestTimeout time.Duration
 
 	size       atomic.Int64
@@ -145,6 +169,7 @@ type Volume struct {
 		reads, writes, zeros, flushes    atomic.Uint64
 		readBytes, writeBytes, zeroBytes atomic.Uint64
 		errors                           atomic.Uint64
+		readRetries, excluded            atomic.Uint64
 	}
 }
 
@@ -179,16 +204,30 @@ func Open(opts Options) (*Volume, error) {
 		id:             opts.ID,
 		chunkBlocks:    uint64(opts.ChunkSize / BlockSize),
 		readOnly:       opts.ReadOnly,
-		placement:      opts.Placement,
+		failover:       opts.Failover,
 		generation:     opts.Generation,
 		requestTimeout: opts.RequestTimeout,
 		drained:        make(chan struct{}),
 	}
+	v.placement.Store(&placementRef{opts.Placement})
 	v.size.Store(opts.Size)
 	v.epoch.Store(opts.Epoch)
 	v.gate.epoch = opts.Epoch
 	v.seq.Store(opts.Generation << seqCounterBits)
 	return v, nil
+}
+
+// placementRef boxes a Placement for an atomic pointer.
+type placementRef struct{ Placement }
+
+// SetPlacement replaces the volume's placement, for the requests that
+// start after it returns (a request in flight keeps the one it began
+// with). A Failover calls it once a replica is out.
+func (v *Volume) SetPlacement(p Placement) {
+	if p == nil {
+		panic("volume: SetPlacement(nil)")
+	}
+	v.placement.Store(&placementRef{p})
 }
 
 // SeqGeneration returns the attachment generation a write's seq carries.
@@ -251,6 +290,7 @@ func (v *Volume) Stats() Stats {
 		Zeros: v.stats.zeros.Load(), Flushes: v.stats.flushes.Load(),
 		ReadBytes: v.stats.readBytes.Load(), WriteBytes: v.stats.writeBytes.Load(),
 		ZeroBytes: v.stats.zeroBytes.Load(), Errors: v.stats.errors.Load(),
+		ReadRetries: v.stats.readRetries.Load(), Excluded: v.stats.excluded.Load(),
 	}
 }
 
@@ -416,26 +456,49 @@ func (v *Volume) read(r *request, p []byte, off int64) error {
 }
 
 // readBlocks reads whole blocks, chunk by chunk, from each chunk's first
-// replica.
+// replica, and from the next one when a replica fails.
 func (v *Volume) readBlocks(r *request, block uint64, p []byte, epoch uint64) error {
 	return v.eachChunk(block, uint64(len(p))>>blockShift, runBlocksMax, func(b, n uint64, nodes []Node) error {
 		q := p[(b-block)<<blockShift : (b-block+n)<<blockShift]
-		if err := nodes[0].Read(r, v.id, b, q, epoch); err != nil {
+		err := nodes[0].Read(r, v.id, b, q, epoch)
+		for i := 1; err != nil && i < len(nodes) && replicaFault(err) && r.Err() == nil; i++ {
+			v.stats.readRetries.Add(1)
+			err = nodes[i].Read(r, v.id, b, q, epoch)
+		}
+		if err != nil {
 			return fmt.Errorf("volume %d: read blocks [%d, +%d): %w", v.id, b, n, classify(err))
 		}
 		return nil
 	})
 }
 
+// replicaFault reports whether a node's error may be the node's own
+// failure (I/O errors, a lost connection, a deadline, a store closing with
+// its node), so that another replica may do better: not a full disk, a
+// refused request (a fenced generation, a deleted volume, a bound) or a
+// closing volume, which every replica would answer alike.
+func replicaFault(err error) bool {
+	for _, e := range notFaults {
+		if errors.Is(err, e) {
+			return false
+		}
+	}
+	return true
+}
+
+var notFaults = []error{target.ErrNoSpace, store.ErrNoSpace, target.ErrInvalid, store.ErrInvalid,
+	target.ErrOutOfRange, store.ErrLimit, target.ErrClosed}
+
 // eachChunk calls fn for each run of consecutive blocks in [block, block+n)
 // whose chunks share one replica set, of at most runMax blocks.
 func (v *Volume) eachChunk(block, n, runMax uint64, fn func(b, n uint64, nodes []Node) error) error {
 	end := block + n
+	pl := v.placement.Load().Placement
 	for b := block; b < end; {
 		c := b / v.chunkBlocks
-		nodes := v.placement.Replicas(c)
+		nodes := pl.Replicas(c)
 		e := min((c+1)*v.chunkBlocks, end)
-		for e < end && e-b < runMax && sameNodes(v.placement.Replicas(e/v.chunkBlocks), nodes) {
+		for e < end && e-b < runMax && sameNodes(pl.Replicas(e/v.chunkBlocks), nodes) {
 			e = min(e+v.chunkBlocks, end)
 		}
 		if e-b > runMax {
@@ -529,7 +592,7 @@ func (v *Volume) writeBlocks(r *request, block uint64, p []byte, sync bool) erro
 		if len(nodes) == 1 { // no closure on the single-replica hot path
 			return v.writeNode(r, nodes[0], b, q, sync)
 		}
-		return fanOut(nodes, func(nd Node) error { return v.writeNode(r, nd, b, q, sync) })
+		return v.fanOut(r, nodes, func(nd Node) error { return v.writeNode(r, nd, b, q, sync) })
 	})
 }
 
@@ -540,8 +603,10 @@ func (v *Volume) writeNode(r *request, nd Node, b uint64, q []byte, sync bool) e
 	return nil
 }
 
-// fanOut runs fn on every node in parallel and returns their errors joined.
-func fanOut(nodes []Node, fn func(Node) error) error {
+// fanOut runs a write-class fn on every node in parallel. It succeeds if
+// every node did, or if some did and the volume's Failover took each of
+// the others out.
+func (v *Volume) fanOut(r *request, nodes []Node, fn func(Node) error) error {
 	errs := make([]error, len(nodes))
 	var wg sync.WaitGroup
 	for i, nd := range nodes {
@@ -552,7 +617,31 @@ func fanOut(nodes []Node, fn func(Node) error) error {
 		}()
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	failed := 0
+	for _, err := range errs {
+		if err != nil {
+			failed++
+		}
+	}
+	if failed == 0 {
+		return nil
+	}
+	if failed == len(nodes) || v.failover == nil {
+		return errors.Join(errs...)
+	}
+	for i, err := range errs {
+		if err == nil {
+			continue
+		}
+		if !replicaFault(err) {
+			return errors.Join(errs...)
+		}
+		if xerr := v.failover.Exclude(r, nodes[i], err); xerr != nil {
+			return errors.Join(err, fmt.Errorf("volume %d: replica not taken out: %w", v.id, xerr))
+		}
+		v.stats.excluded.Add(1)
+	}
+	return nil
 }
 
 // Zero implements target.Device. Whole blocks in the range become a zero
@@ -601,7 +690,7 @@ func (v *Volume) zero(r *request, off, n int64, sync bool) error {
 		return nil
 	}
 	return v.eachChunk(wFirst, wEnd-wFirst, math.MaxUint64, func(b, cnt uint64, nodes []Node) error {
-		return fanOut(nodes, func(nd Node) error {
+		return v.fanOut(r, nodes, func(nd Node) error {
 			if err := nd.Zero(r, v.id, b, cnt, r.st, sync); err != nil {
 				return fmt.Errorf("volume %d: zero blocks [%d, +%d): %w", v.id, b, cnt, classify(err))
 			}
@@ -635,7 +724,7 @@ func (v *Volume) Flush(ctx context.Context) error {
 }
 
 func (v *Volume) flush(r *request) error {
-	return fanOut(v.placement.Nodes(), func(nd Node) error {
+	return v.fanOut(r, v.placement.Load().Nodes(), func(nd Node) error {
 		if err := nd.Sync(r); err != nil {
 			return fmt.Errorf("volume %d: flush: %w", v.id, classify(err))
 		}
@@ -677,14 +766,19 @@ func (v *Volume) extents(r *request, off, n int64, fn func(target.Extent) bool) 
 		if stop {
 			return nil
 		}
-		err := nodes[0].Extents(r, v.id, b, cnt, epoch, func(s, c uint64, allocated bool) bool {
+		each := func(s, c uint64, allocated bool) bool {
 			e := min(int64((s+c)<<blockShift), end)
-			if e > pos {
+			if e > pos { // a retry on the next replica reports only what is left
 				emit(target.Extent{Length: e - pos, Hole: !allocated, Zero: !allocated})
 				pos = e
 			}
 			return !stop
-		})
+		}
+		err := nodes[0].Extents(r, v.id, b, cnt, epoch, each)
+		for i := 1; err != nil && i < len(nodes) && replicaFault(err) && r.Err() == nil; i++ {
+			v.stats.readRetries.Add(1)
+			err = nodes[i].Extents(r, v.id, b, cnt, epoch, each)
+		}
 		if err != nil {
 			return fmt.Errorf("volume %d: extents [%d, +%d): %w", v.id, b, cnt, classify(err))
 		}

@@ -52,6 +52,9 @@ type Volume struct {
 	// ChunksPerNode counts, per storage node of the volume's placement
 	// set, the chunks it holds a replica of (from the catalog's placement).
 	ChunksPerNode map[string]int64 `json:"chunks_per_node,omitempty"`
+	// Stale are the replicas taken out after they failed writes: the
+	// volume runs degraded on the others.
+	Stale []string `json:"stale,omitempty"`
 }
 
 // Status is a daemon's state.

@@ -444,6 +444,9 @@ func (c *cli) printVolume(v admin.Volume) error {
 		for _, n := range nodes {
 			fmt.Fprintf(w, "chunks on %s\t%d\n", n, v.ChunksPerNode[n])
 		}
+		if len(v.Stale) > 0 {
+			fmt.Fprintf(w, "degraded\tstale replicas on %s (they missed writes; not read from)\n", strings.Join(v.Stale, ", "))
+		}
 	})
 }
 

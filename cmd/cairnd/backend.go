@@ -69,6 +69,7 @@ func (b backend) view(ctx context.Context, cv cluster.Volume, allocated bool) ad
 	v.AttachedTo = cv.AttachedTo
 	if allocated {
 		v.ChunksPerNode = chunksPerNode(cv)
+		v.Stale = cv.Stale
 		v.AllocatedBytes = d.allocated(ctx, cv)
 	}
 	return v

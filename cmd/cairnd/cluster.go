@@ -407,8 +407,9 @@ func (d *daemon) placement(cv cluster.Volume) (volume.Placement, error) {
 type chunkPlacement struct {
 	placer *cluster.Placer
 	nodes  map[string]volume.Node
-	all    []volume.Node
+	all    []volume.Node // the nodes not stale
 	local  string
+	stale  []string // members left out of every replica set (cluster.Volume.Stale)
 
 	pages []atomic.Pointer[[chunkPageLen]uint32]
 	sets  atomic.Pointer[[][]volume.Node] // copy on write under mu
@@ -429,15 +430,28 @@ func newChunkPlacement(cv cluster.Volume, nodes map[string]volume.Node, local st
 		placer:   cluster.NewPlacer(cv),
 		nodes:    nodes,
 		local:    local,
+		stale:    cv.Stale,
 		setIndex: map[string]uint32{},
 	}
 	chunks := min(uint64(64<<40)/uint64(cv.ChunkSize), placementChunksMax)
 	p.pages = make([]atomic.Pointer[[chunkPageLen]uint32], chunks/chunkPageLen+1)
 	p.sets.Store(&[][]volume.Node{})
 	for _, m := range cv.Placement {
-		p.all = append(p.all, nodes[m.Node])
+		if !slices.Contains(p.stale, m.Node) {
+			p.all = append(p.all, nodes[m.Node])
+		}
 	}
 	return p
+}
+
+// nameOf returns the name of a node of the placement that is not stale.
+func (p *chunkPlacement) nameOf(nd volume.Node) (string, bool) {
+	for name, n := range p.nodes {
+		if n == nd && !slices.Contains(p.stale, name) {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 // Replicas implements volume.Placement: the chunk's replicas, the local
@@ -469,6 +483,10 @@ func (p *chunkPlacement) Replicas(chunk uint64) []volume.Node {
 func (p *chunkPlacement) intern(chunk uint64) uint32 {
 	names := p.placer.Replicas(chunk, p.replicasBuf[:0])
 	p.replicasBuf = names
+	if len(p.stale) > 0 {
+		// The catalog keeps a replica of every chunk out of the stale list.
+		names = slices.DeleteFunc(names, func(n string) bool { return slices.Contains(p.stale, n) })
+	}
 	if i := slices.Index(names, p.local); i > 0 {
 		names[0], names[i] = names[i], names[0]
 	}

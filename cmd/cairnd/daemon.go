@@ -74,8 +74,10 @@ type daemon struct {
 	reconcileMu sync.Mutex // serializes reconcile
 	mu          struct {
 		sync.Mutex
-		vols  map[string]*volume.Volume
-		snaps map[string]*volume.Volume // read-only snapshot exports, by "vol@snap"
+		vols map[string]*volume.Volume
+		// failovers of the replicated volumes in vols, by name
+		failovers map[string]*replicaFailover
+		snaps     map[string]*volume.Volume // read-only snapshot exports, by "vol@snap"
 	}
 
 	ctx       context.Context // cancelled by Close: every goroutine's
@@ -92,6 +94,7 @@ type daemon struct {
 func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency time.Duration) (_ *daemon, err error) {
 	d := &daemon{cfg: cfg, log: log, start: time.Now(), latency: latency, gossipTiming: gossipTiming}
 	d.mu.vols = map[string]*volume.Volume{}
+	d.mu.failovers = map[string]*replicaFailover{}
 	d.mu.snaps = map[string]*volume.Volume{}
 	d.snapLocal = snapshot.NewLocalTarget(d.volume)
 	d.forwardClient = &http.Client{Timeout: forwardTimeout}
@@ -391,13 +394,18 @@ func (d *daemon) reconcile(ctx context.Context) error {
 	}
 	var gone []removal
 	var add []string
+	var degraded []*replicaFailover
 	d.mu.Lock()
 	for name, v := range d.mu.vols {
 		if cv, ok := want[name]; ok && cv.ID == v.ID() && cv.Generation == v.Generation() {
 			v.SetSize(cv.Size)
+			if fo := d.mu.failovers[name]; fo != nil {
+				degraded = append(degraded, fo)
+			}
 			continue
 		}
 		delete(d.mu.vols, name) // no new lookups find it
+		delete(d.mu.failovers, name)
 		gone = append(gone, removal{name, v})
 	}
 	for name := range want {
@@ -408,6 +416,10 @@ func (d *daemon) reconcile(ctx context.Context) error {
 	d.mu.Unlock()
 
 	var errs []error
+	for _, fo := range degraded {
+		// A replica another process took out (or one that caught up).
+		errs = append(errs, fo.update(want[fo.name]))
+	}
 	for _, g := range gone {
 		d.disconnect(g.name)
 		// Close waits for the requests inside the volume: only then may its
@@ -442,16 +454,31 @@ func (d *daemon) attach(ctx context.Context, cv cluster.Volume) error {
 	if err != nil {
 		return fmt.Errorf("open volume %q: %w", cv.Name, err)
 	}
-	v, err := volume.Open(volume.Options{
+	opts := volume.Options{
 		ID: av.ID, Size: av.Size, ChunkSize: av.ChunkSize,
 		Generation: av.Generation, Epoch: av.Epoch,
 		Placement: p,
-	})
+	}
+	var fo *replicaFailover
+	if cp, ok := p.(*chunkPlacement); ok && av.Replicas > 1 {
+		// Replicated: a replica that fails is taken out and the volume goes on.
+		fo = newReplicaFailover(d, av, cp)
+		opts.Failover = fo
+	}
+	v, err := volume.Open(opts)
 	if err != nil {
 		return fmt.Errorf("open volume %q: %w", cv.Name, err)
 	}
+	if fo != nil {
+		fo.v = v // before anyone can reach the volume
+	}
 	d.mu.Lock()
 	d.mu.vols[cv.Name] = v
+	if fo != nil {
+		d.mu.failovers[cv.Name] = fo
+	} else {
+		delete(d.mu.failovers, cv.Name)
+	}
 	d.mu.Unlock()
 	d.log.Info("volume attached", "volume", cv.Name, "id", av.ID, "size", av.Size, "replicas", av.Replicas, "generation", av.Generation)
 	return nil

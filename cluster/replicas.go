@@ -1,0 +1,98 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// Degraded volumes. A target writes every block to all of its chunk's
+// replicas. When some replicas complete a write and others fail it, the
+// target may acknowledge the write only after the failed ones are out of
+// the volume for good, or a later reader could be sent to a replica that
+// misses it: it records them as stale with opExcludeReplica, through Raft,
+// and then goes on with the replicas left. A stale replica is skipped by
+// every target until it has caught up.
+
+// opExcludeReplica marks a placement member of a volume stale.
+const opExcludeReplica op = "volume.replica.exclude"
+
+// ErrStaleAttachment: a target asked for a change to a volume with an
+// attachment generation older than the catalog's. It has been fenced off;
+// its view of the replicas does not count.
+var ErrStaleAttachment = errors.New("cluster: stale attachment generation")
+
+// ErrLastReplica: taking a replica out would leave some chunk with none.
+var ErrLastReplica = errors.New("cluster: would leave a chunk without a replica")
+
+type excludeReplicaArgs struct {
+	Name string `json:"name"`
+	Node string `json:"node"`
+	// Generation is the attachment generation of the target that saw the
+	// failure; it must be the volume's current one.
+	Generation uint64 `json:"generation"`
+}
+
+// excludeReplica marks a.Node stale in volume a.Name. Marking a node that
+// is already stale changes nothing and succeeds (many requests see one
+// failure). It refuses a target of an older attachment generation, a node
+// outside the placement set, and an exclusion that could leave a chunk
+// without a replica: at most Replicas-1 members may be stale, so that every
+// chunk (on Replicas distinct members) keeps at least one.
+func (s *state) excludeReplica(a *excludeReplicaArgs) (Volume, error) {
+	v, ok := s.Volumes[a.Name]
+	if !ok {
+		return Volume{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
+	}
+	if a.Generation != v.Generation {
+		if a.Generation < v.Generation {
+			return Volume{}, fmt.Errorf("volume %q: generation %d, the catalog's is %d: %w", a.Name, a.Generation, v.Generation, ErrStaleAttachment)
+		}
+		return Volume{}, fmt.Errorf("%w: volume %q: generation %d is ahead of the catalog's %d", ErrInvalid, a.Name, a.Generation, v.Generation)
+	}
+	if !slices.ContainsFunc(v.Placement, func(m Member) bool { return m.Node == a.Node }) {
+		return Volume{}, fmt.Errorf("%w: volume %q: node %q is not in its placement", ErrInvalid, a.Name, a.Node)
+	}
+	if slices.Contains(v.Stale, a.Node) {
+		return v, nil
+	}
+	if len(v.Stale)+1 >= v.Replicas {
+		return Volume{}, fmt.Errorf("volume %q: %d of %d replicas stale already (%v), not %q: %w", a.Name, len(v.Stale), v.Replicas, v.Stale, a.Node, ErrLastReplica)
+	}
+	v.Stale = append(slices.Clone(v.Stale), a.Node)
+	slices.Sort(v.Stale)
+	s.Volumes[a.Name] = v
+	return v, nil
+}
+
+// checkStale is the invariant check of a volume's stale list.
+func checkStale(v Volume) error {
+	if len(v.Stale) == 0 {
+		return nil
+	}
+	if len(v.Stale) >= v.Replicas {
+		return fmt.Errorf("volume %q: %d stale replicas of %d", v.Name, len(v.Stale), v.Replicas)
+	}
+	if !slices.IsSorted(v.Stale) || len(slices.Compact(slices.Clone(v.Stale))) != len(v.Stale) {
+		return fmt.Errorf("volume %q: stale list %v not sorted and unique", v.Name, v.Stale)
+	}
+	for _, n := range v.Stale {
+		if !slices.ContainsFunc(v.Placement, func(m Member) bool { return m.Node == n }) {
+			return fmt.Errorf("volume %q: stale node %q outside its placement", v.Name, n)
+		}
+	}
+	return nil
+}
+
+// ExcludeReplica takes node out of volume name's replicas as a target of
+// attachment generation gen, through the Raft log (forwarded to the leader
+// from a follower). It returns once this replica of the catalog has
+// applied the change, with the volume as it is now.
+func (c *Catalog) ExcludeReplica(ctx context.Context, name, node string, gen uint64) (Volume, error) {
+	out, err := c.apply(ctx, opExcludeReplica, &excludeReplicaArgs{Name: name, Node: node, Generation: gen})
+	if err != nil {
+		return Volume{}, fmt.Errorf("cluster: exclude replica %s of %q: %w", node, name, err)
+	}
+	return out.Volume, nil
+}

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"cairn/backend/volume"
+	"cairn/cluster"
+)
+
+// replicaFailover is the volume.Failover of a volume attached here: a
+// replica that failed a write the others completed is marked stale in the
+// catalog (through Raft, so that no target reads from it again), and the
+// volume goes on over the replicas left. The catalog refuses when the
+// attachment is no longer this one's (a newer generation fenced us) or
+// when the replica is the last of some chunk; the write then fails.
+type replicaFailover struct {
+	d    *daemon
+	name string // the volume
+	gen  uint64 // its attachment generation here
+	v    *volume.Volume
+
+	mu       sync.Mutex
+	pl       *chunkPlacement       // the volume's placement now
+	stale    []string              // the stale list pl was built from
+	inflight map[string]*exclusion // by node name: one catalog change per node
+}
+
+// exclusion is one node's trip to the catalog; others failing on the same
+// node wait for it.
+type exclusion struct {
+	done chan struct{}
+	err  error
+}
+
+var _ volume.Failover = (*replicaFailover)(nil)
+
+func newReplicaFailover(d *daemon, cv cluster.Volume, pl *chunkPlacement) *replicaFailover {
+	return &replicaFailover{d: d, name: cv.Name, gen: cv.Generation, pl: pl, stale: slices.Clone(cv.Stale), inflight: map[string]*exclusion{}}
+}
+
+// Exclude implements volume.Failover.
+func (f *replicaFailover) Exclude(ctx context.Context, nd volume.Node, cause error) error {
+	f.mu.Lock()
+	name, ok := f.pl.nameOf(nd)
+	if !ok {
+		// Not in the placement any more: taken out meanwhile.
+		f.mu.Unlock()
+		return nil
+	}
+	x, running := f.inflight[name]
+	if !running {
+		x = &exclusion{done: make(chan struct{})}
+		f.inflight[name] = x
+	}
+	f.mu.Unlock()
+	if running {
+		select {
+		case <-x.done:
+			return x.err
+		case <-ctx.Done():
+			return fmt.Errorf("take replica %s out of %s: %w", name, f.name, ctx.Err())
+		}
+	}
+	x.err = f.exclude(ctx, name, cause)
+	f.mu.Lock()
+	delete(f.inflight, name)
+	f.mu.Unlock()
+	close(x.done)
+	return x.err
+}
+
+// exclude marks name stale in the catalog and switches the volume to the
+// placement without it.
+func (f *replicaFailover) exclude(ctx context.Context, name string, cause error) error {
+	cv, err := f.d.catalog.ExcludeReplica(ctx, f.name, name, f.gen)
+	if err != nil {
+		f.d.log.Error("replica failed and could not be taken out; the write fails", "volume", f.name, "node", name, "cause", cause, "err", err)
+		return err
+	}
+	f.d.log.Warn("replica failed a write the others completed: taken out, the volume goes on degraded",
+		"volume", f.name, "node", name, "stale", cv.Stale, "cause", cause)
+	return f.update(cv)
+}
+
+// update rebuilds the placement from a catalog record whose stale list
+// differs from the one in use. reconcile calls it too.
+func (f *replicaFailover) update(cv cluster.Volume) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if slices.Equal(cv.Stale, f.stale) {
+		return nil
+	}
+	p, err := f.d.placement(cv)
+	if err != nil {
+		return fmt.Errorf("volume %q: placement without stale replicas %v: %w", f.name, cv.Stale, err)
+	}
+	pl, ok := p.(*chunkPlacement)
+	if !ok {
+		return fmt.Errorf("volume %q: stale replicas on a volume without a placement set", f.name)
+	}
+	f.v.SetPlacement(pl)
+	f.pl, f.stale = pl, slices.Clone(cv.Stale)
+	return nil
+}
