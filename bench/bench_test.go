@@ -390,10 +390,45 @@ func TestCairndConfig(t *testing.T) {
 	}
 }
 
+// TestClusterNodeConfig checks a bench cluster node's config against the
+// config package: it parses, joins the other nodes and expects them all.
+func TestClusterNodeConfig(t *testing.T) {
+	dir := t.TempDir()
+	text := nodeConfig("b-n2", "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4", "127.0.0.1:5", []string{"127.0.0.1:6", "127.0.0.1:7"}, 3)
+	cfg, err := configs.Parse([]byte(text), dir)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, text)
+	}
+	if cfg.NodeName != "b-n2" || cfg.Raft.BootstrapExpect != 3 || len(cfg.Gossip.Join) != 2 || cfg.Gossip.Bind != "127.0.0.1:4" || len(cfg.Volumes) != 0 {
+		t.Fatalf("parsed %+v", cfg)
+	}
+}
+
+// TestSmokeCluster runs the three-node scenario beside one node: the
+// cluster forms, serves the volume, is measured and compared with the
+// single node, and leaves no process behind.
+func TestSmokeCluster(t *testing.T) {
+	requireTools(t, "fio")
+	t.Parallel()
+	rep, _ := smoke(t, "--systems", "cairn-3node-r3,cairn-nbd", "--workloads", "randwrite-4k-qd32,randread-4k-qd1")
+	if ran := rep.ranSystems(); len(ran) != 2 {
+		t.Fatalf("systems that ran: %v (%+v)", ran, rep.Systems)
+	}
+	found := 0
+	for _, r := range rep.Ratios {
+		if r.Subject == "cairn-3node-r3" && r.Peer == "cairn-nbd" && r.Median > 0 {
+			found++
+		}
+	}
+	if found != 2 {
+		t.Fatalf("ratios of cairn-3node-r3 to cairn-nbd: %d, want one per workload (%+v)", found, rep.Ratios)
+	}
+}
+
 func TestServingLine(t *testing.T) {
 	line := `time=2026-11-22T22:56:01.123Z level=INFO msg="cairnd serving" node=cairn nbd=127.0.0.1:41234 iscsi=127.0.0.1:41236 admin=127.0.0.1:41235 data_dir=/d volumes=1`
 	m := servingRE.FindStringSubmatch(line)
-	if m == nil || m[1] != "127.0.0.1:41234" || m[2] != "127.0.0.1:41236" {
+	if m == nil || m[1] != "127.0.0.1:41234" || m[2] != "127.0.0.1:41236" || m[3] != "127.0.0.1:41235" {
 		t.Fatalf("match %q", m)
 	}
 	o := StartOptions{Export: "vol0", SizeBytes: 1 << 20}

@@ -81,9 +81,9 @@ func (c Cairnd) Describe(ctx context.Context) string {
 	return fmt.Sprintf("%s, %d node(s), all roles, segment store", d, max(c.Nodes, 1))
 }
 
-// servingRE matches the line cairnd logs once it serves: its NBD and
-// iSCSI addresses.
-var servingRE = regexp.MustCompile(`msg="cairnd serving".* nbd=(\S+) iscsi=(\S+)`)
+// servingRE matches the line cairnd logs once it serves: its NBD, iSCSI
+// and admin addresses.
+var servingRE = regexp.MustCompile(`msg="cairnd serving".* nbd=(\S+) iscsi=(\S+) admin=(\S+)`)
 
 // cairnIQNPrefix names the harness's cairnd targets: prefix:volume, LUN 0.
 const cairnIQNPrefix = "iqn.2026-11.dev.cairn"
@@ -100,8 +100,10 @@ func cairnTarget(fe FrontEnd, nbdAddr, iscsiAddr string, o StartOptions) Target 
 
 func (c Cairnd) Start(ctx context.Context, o StartOptions) (Instance, error) {
 	switch {
-	case max(c.Nodes, 1) > 1:
-		return nil, fmt.Errorf("%w: multi-node cairnd", ErrUnavailable)
+	case max(c.Nodes, 1) > clusterNodesMax:
+		return nil, fmt.Errorf("%w: %d cairnd nodes (at most %d)", ErrUsage, c.Nodes, clusterNodesMax)
+	case c.Replicas > max(c.Nodes, 1):
+		return nil, fmt.Errorf("%w: %d replicas over %d node(s)", ErrUsage, c.Replicas, max(c.Nodes, 1))
 	case o.FrontEnd != NBD && o.FrontEnd != ISCSI:
 		return nil, fmt.Errorf("%w: cairnd over %s", ErrUnavailable, o.FrontEnd)
 	case o.Latency < 0 || o.Latency > time.Second:
@@ -114,31 +116,54 @@ func (c Cairnd) Start(ctx context.Context, o StartOptions) (Instance, error) {
 	if err != nil {
 		return nil, err
 	}
+	if max(c.Nodes, 1) > 1 {
+		return c.startCluster(ctx, o, bin)
+	}
 	cfg, err := c.config(o)
 	if err != nil {
 		return nil, err
 	}
-	path := filepath.Join(o.Dir, o.Name+".toml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return nil, fmt.Errorf("cairnd config: %w", err)
+	p, addrs, err := startNode(ctx, o, bin, o.Dir, o.Name, cfg, nil)
+	if err != nil {
+		return nil, err
 	}
-	serving := make(chan [2]string, 1)
+	return &procInstance{p: p, target: cairnTarget(o.FrontEnd, addrs.nbd, addrs.iscsi, o)}, nil
+}
+
+// clusterNodesMax bounds a bench cluster: every node runs on this host.
+const clusterNodesMax = 5
+
+// nodeAddrs are the listeners a cairnd reports once it serves.
+type nodeAddrs struct{ nbd, iscsi, admin string }
+
+// startNode writes cfg into dir, starts cairnd on it and waits until it
+// says it serves.
+// Every line of its log also goes to onLine, when not nil.
+func startNode(ctx context.Context, o StartOptions, bin, dir, name, cfg string, onLine func(string)) (*proc, nodeAddrs, error) {
+	path := filepath.Join(dir, name+".toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return nil, nodeAddrs{}, fmt.Errorf("cairnd config: %w", err)
+	}
+	serving := make(chan nodeAddrs, 1)
 	argv := []string{bin, "--config", path}
 	if o.Latency > 0 {
 		argv = append(argv, "--inject-latency", o.Latency.String())
 	}
-	p, err := startProc(ctx, o.Dir, o.Name, func(line string) {
+	p, err := startProc(ctx, dir, name, func(line string) {
+		if onLine != nil {
+			onLine(line)
+		}
 		if m := servingRE.FindStringSubmatch(line); m != nil {
 			select {
-			case serving <- [2]string{m[1], m[2]}:
+			case serving <- nodeAddrs{m[1], m[2], m[3]}:
 			default:
 			}
 		}
 	}, argv...)
 	if err != nil {
-		return nil, err
+		return nil, nodeAddrs{}, err
 	}
-	var addrs [2]string
+	var addrs nodeAddrs
 	select {
 	case addrs = <-serving:
 	case <-p.exited:
@@ -150,9 +175,9 @@ func (c Cairnd) Start(ctx context.Context, o StartOptions) (Instance, error) {
 	}
 	if err != nil {
 		p.stop()
-		return nil, err
+		return nil, nodeAddrs{}, err
 	}
-	return &procInstance{p: p, target: cairnTarget(o.FrontEnd, addrs[0], addrs[1], o)}, nil
+	return p, addrs, nil
 }
 
 // config returns cairnd's TOML configuration: state in o.Dir, every

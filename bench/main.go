@@ -42,6 +42,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	systems := fs.String("systems", "", "comma-separated systems (default: all non-optional; "+SmokeOptions().Systems+" with --smoke; see --list)")
 	workloads := fs.String("workloads", "", "comma-separated workloads (default: all; see --list)")
 	cairnd := fs.String("cairnd", "", "cairnd binary (default: go build cairn/cmd/cairnd)")
+	baseline := fs.String("baseline-cairnd", "", "another cairnd binary, run as the peers cairn-nbd-baseline and cairn-iscsi-baseline (an A/B of two builds in one run)")
 	fs.Var(&settle, "settle", fmt.Sprintf("longest wait for a quiet host before each run (default %s; 0 with --smoke)", d.Settle))
 	workDir := fs.String("workdir", "", "keep backing files and server logs here (default: a temporary directory, removed)")
 	list := fs.Bool("list", false, "list systems and workloads and exit")
@@ -67,6 +68,14 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	bin := &Binary{Path: *cairnd}
 	all := Scenarios(bin)
+	if *baseline != "" {
+		abs, err := filepath.Abs(*baseline)
+		if err != nil {
+			fmt.Fprintf(stderr, "cairn bench: --baseline-cairnd: %v\n", err)
+			return 2
+		}
+		all = append(all, BaselineScenarios(&Binary{Path: abs})...)
+	}
 	if *list {
 		printList(stdout, all)
 		return 0

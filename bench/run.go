@@ -159,6 +159,7 @@ type SystemInfo struct {
 	FrontEnd  FrontEnd      `json:"front_end"`
 	LatencyNs time.Duration `json:"latency_ns"`
 	Subject   bool          `json:"subject"`
+	Versus    []string      `json:"versus,omitempty"` // see Scenario.Versus
 	Skipped   string        `json:"skipped,omitempty"`
 }
 
@@ -222,7 +223,7 @@ func Run(ctx context.Context, all []Scenario, o Options) (rep *Report, err error
 		}
 	}()
 	for _, sc := range scenarios {
-		info := SystemInfo{Name: sc.Name, FrontEnd: sc.frontEnd(), LatencyNs: sc.Latency, Subject: sc.Subject}
+		info := SystemInfo{Name: sc.Name, FrontEnd: sc.frontEnd(), LatencyNs: sc.Latency, Subject: sc.Subject, Versus: sc.Versus}
 		sdir := filepath.Join(dir, sc.Name)
 		if err := os.MkdirAll(sdir, 0o755); err != nil {
 			return nil, fmt.Errorf("work dir: %w", err)

@@ -24,6 +24,9 @@ type Scenario struct {
 	Subject bool
 	// Optional scenarios run only when --systems names them.
 	Optional bool
+	// Versus names scenarios this subject is also compared with, as if
+	// they were its peers (a 3-node cluster against one node).
+	Versus []string
 	// During, when set, runs beside every measured run until its context
 	// ends (a snapshot storm, a node kill); an error from it fails the run.
 	During func(ctx context.Context, t Target) error
@@ -59,7 +62,6 @@ var latencyWorkloads = []string{"randread-4k-qd32", "randwrite-4k-qd32"}
 //
 // A new scenario is one more entry, for example
 //
-//	{Name: "cairn-3node-r3", System: Cairnd{Bin: bin, Nodes: 3, Replicas: 3}, Subject: true, Optional: true},
 //	{Name: "cairn-snapstorm", System: Cairnd{Bin: bin}, Subject: true, Optional: true,
 //		During: snapshotEvery(time.Second)},
 func Scenarios(bin *Binary) []Scenario {
@@ -73,11 +75,27 @@ func Scenarios(bin *Binary) []Scenario {
 		{Name: "cairn-lat1ms", System: Cairnd{Bin: bin}, Latency: lat, Workloads: latencyWorkloads, Subject: true},
 		{Name: "cairn-iscsi-lat1ms", System: Cairnd{Bin: bin}, FrontEnd: ISCSI, Latency: lat, Workloads: latencyWorkloads, Subject: true},
 		{Name: "cairn-inproc-lat1ms", System: Embedded{}, FrontEnd: InProc, Latency: lat, Workloads: latencyWorkloads, Subject: true},
+		// Three processes on this host, every chunk on all three: what
+		// replication costs beside one node, and how well the replica
+		// fan-out pipelines at 1 ms per storage operation.
+		{Name: "cairn-3node-r3", System: Cairnd{Bin: bin, Nodes: 3, Replicas: 3}, Subject: true, Optional: true, Versus: []string{"cairn-nbd"}},
+		{Name: "cairn-3node-r3-lat1ms", System: Cairnd{Bin: bin, Nodes: 3, Replicas: 3}, Latency: lat, Workloads: latencyWorkloads,
+			Subject: true, Optional: true, Versus: []string{"cairn-lat1ms"}},
 		{Name: "nbdkit-memory", System: NBDKit{Plugin: "memory"}},
 		{Name: "nbdkit-file", System: NBDKit{Plugin: "file"}},
 		{Name: "qemu-nbd", System: QemuNBD{}},
 		{Name: "nbd-server", System: NBDServer{}},
 		{Name: "tgtd", System: TGTD{}, FrontEnd: ISCSI},
+	}
+}
+
+// BaselineScenarios are cairnd from another build as peers of cairn-nbd
+// and cairn-iscsi: the ratios are then one build against the other,
+// measured interleaved in one run. They run when --systems names them.
+func BaselineScenarios(bin *Binary) []Scenario {
+	return []Scenario{
+		{Name: "cairn-nbd-baseline", System: Cairnd{Bin: bin}, Optional: true},
+		{Name: "cairn-iscsi-baseline", System: Cairnd{Bin: bin}, FrontEnd: ISCSI, Optional: true},
 	}
 }
 

@@ -136,6 +136,11 @@ func summarize(rep *Report) {
 				rep.Ratios = append(rep.Ratios, rep.ratios(sub, peer)...)
 			}
 		}
+		for _, v := range rep.system(sub).Versus {
+			if vs := rep.system(v); vs.Name != "" && vs.Skipped == "" && comparable(rep.system(sub), vs) {
+				rep.Ratios = append(rep.Ratios, rep.ratios(sub, v)...)
+			}
+		}
 	}
 	// What the front end costs: cairn over it against cairn in process.
 	for _, sub := range subjects {

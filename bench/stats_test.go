@@ -16,16 +16,20 @@ func TestSummarizeFrontEnds(t *testing.T) {
 		{Name: "cairn-inproc", FrontEnd: InProc, Subject: true},
 		{Name: "cairn-lat1ms", FrontEnd: NBD, LatencyNs: time.Millisecond, Subject: true},
 		{Name: "cairn-inproc-lat1ms", FrontEnd: InProc, LatencyNs: time.Millisecond, Subject: true},
+		{Name: "cairn-3node", FrontEnd: NBD, Subject: true, Versus: []string{"cairn-nbd", "cairn-lat1ms", "absent"}},
 		{Name: "nbdkit", FrontEnd: NBD},
 		{Name: "tgtd", FrontEnd: ISCSI},
 	}}
 	iops := map[string]float64{"cairn-nbd": 50e3, "cairn-iscsi": 40e3, "cairn-inproc": 100e3,
-		"cairn-lat1ms": 16e3, "cairn-inproc-lat1ms": 24e3, "nbdkit": 25e3, "tgtd": 80e3}
+		"cairn-lat1ms": 16e3, "cairn-inproc-lat1ms": 24e3, "nbdkit": 25e3, "tgtd": 80e3, "cairn-3node": 20e3}
 	for s, v := range iops {
 		rep.Runs = append(rep.Runs, RunRecord{System: s, Workload: w.Name, Driver: "d", Result: &Measurement{IOPS: v, BytesPerSec: v * 4096}})
 	}
 	summarize(rep)
-	want := map[[2]string]float64{{"cairn-nbd", "nbdkit"}: 2, {"cairn-iscsi", "tgtd"}: 0.5}
+	// cairn-3node against its peer and the one of its Versus that is
+	// comparable (cairn-lat1ms is at another latency; absent never ran).
+	want := map[[2]string]float64{{"cairn-nbd", "nbdkit"}: 2, {"cairn-iscsi", "tgtd"}: 0.5,
+		{"cairn-3node", "nbdkit"}: 0.8, {"cairn-3node", "cairn-nbd"}: 0.4}
 	if len(rep.Ratios) != len(want) {
 		t.Fatalf("ratios %+v", rep.Ratios)
 	}
@@ -34,7 +38,8 @@ func TestSummarizeFrontEnds(t *testing.T) {
 			t.Errorf("ratio %+v", r)
 		}
 	}
-	fe := map[[2]string]float64{{"cairn-nbd", "cairn-inproc"}: 0.5, {"cairn-iscsi", "cairn-inproc"}: 0.4, {"cairn-lat1ms", "cairn-inproc-lat1ms"}: 16.0 / 24}
+	fe := map[[2]string]float64{{"cairn-nbd", "cairn-inproc"}: 0.5, {"cairn-iscsi", "cairn-inproc"}: 0.4, {"cairn-lat1ms", "cairn-inproc-lat1ms"}: 16.0 / 24,
+		{"cairn-3node", "cairn-inproc"}: 0.2}
 	if len(rep.FrontEnds) != len(fe) {
 		t.Fatalf("front ends %+v", rep.FrontEnds)
 	}

@@ -1,0 +1,152 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"cairn/cluster/admin"
+)
+
+// startCluster starts c.Nodes cairnd processes on loopback, every one with
+// every role, that find each other by gossip and bootstrap the catalog
+// from it; then it creates the export as a volume with c.Replicas replicas
+// attached to the first node, and waits until that node serves it. The
+// drivers talk to the first node; the others are storage nodes and
+// managers (and hold replicas).
+func (c Cairnd) startCluster(ctx context.Context, o StartOptions, bin string) (_ Instance, err error) {
+	n := c.Nodes
+	// Every fixed port is chosen while all are held open (admin, NBD,
+	// iSCSI, gossip and raft per node): none is handed out twice.
+	addrs, err := freeAddrs(5 * n)
+	if err != nil {
+		return nil, err
+	}
+	ci := &clusterInstance{}
+	defer func() {
+		if err != nil {
+			ci.Close()
+		}
+	}()
+	attached := make(chan struct{})
+	attachedLine := fmt.Sprintf("msg=\"volume attached\" volume=%s ", o.Export)
+	var first nodeAddrs
+	for i := range n {
+		name := fmt.Sprintf("%s-n%d", o.Name, i+1)
+		dir := filepath.Join(o.Dir, name)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("cairnd node dir: %w", err)
+		}
+		var seeds []string
+		for j := range n {
+			if j != i {
+				seeds = append(seeds, addrs[5*j+3])
+			}
+		}
+		a := addrs[5*i : 5*i+5]
+		cfg := nodeConfig(name, a[0], a[1], a[2], a[3], a[4], seeds, n)
+		var onLine func(string)
+		if i == 0 {
+			once := false
+			onLine = func(line string) {
+				if !once && strings.Contains(line, attachedLine) {
+					once = true
+					close(attached)
+				}
+			}
+		}
+		p, na, err := startNode(ctx, o, bin, dir, name, cfg, onLine)
+		if err != nil {
+			return nil, fmt.Errorf("cluster node %s: %w", name, err)
+		}
+		ci.procs = append(ci.procs, p)
+		if i == 0 {
+			first = na
+		}
+	}
+	if err := c.createClusterVolume(ctx, o, first.admin, filepath.Join(o.Dir, o.Name+"-n1", "data", "admin.token"), o.Name+"-n1"); err != nil {
+		return nil, err
+	}
+	select {
+	case <-attached:
+	case <-ci.procs[0].exited:
+		return nil, fmt.Errorf("cairnd %s exited: %v: %s", ci.procs[0].name, ci.procs[0].waitErr, ci.procs[0].logTail())
+	case <-time.After(readyTimeout):
+		return nil, fmt.Errorf("cairnd %s: volume %s not attached after %s: %s", ci.procs[0].name, o.Export, readyTimeout, ci.procs[0].logTail())
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+	ci.target = cairnTarget(o.FrontEnd, first.nbd, first.iscsi, o)
+	return ci, nil
+}
+
+// createClusterVolume creates the export through the first node's admin
+// API, retrying while the cluster is still forming (no leader yet, fewer
+// storage nodes in service than replicas).
+func (c Cairnd) createClusterVolume(ctx context.Context, o StartOptions, adminAddr, tokenFile, target string) error {
+	deadline := time.Now().Add(readyTimeout)
+	var last error
+	for time.Now().Before(deadline) {
+		tok, err := admin.ReadToken(tokenFile)
+		if err == nil {
+			cl := &admin.Client{Addr: adminAddr, Token: tok}
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, err = cl.CreateVolume(rctx, admin.CreateRequest{Name: o.Export, Size: o.SizeBytes, Replicas: c.Replicas, Target: target})
+			cancel()
+			if err == nil || errors.Is(err, admin.ErrExists) {
+				return nil
+			}
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(10 * probeEvery):
+		}
+	}
+	return fmt.Errorf("cairnd cluster: create volume %s (%d replicas): %w", o.Export, c.Replicas, last)
+}
+
+// nodeConfig is one cluster node's TOML configuration.
+func nodeConfig(name, adminAddr, nbdAddr, iscsiAddr, gossip, raft string, seeds []string, expect int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "node_name = %q\ndata_dir = %q\nroles = [\"target\", \"storage\", \"manager\"]\n", name, "data")
+	fmt.Fprintf(&b, "[admin]\nlisten = %q\n[nbd]\nlisten = %q\n[iscsi]\nlisten = %q\niqn_prefix = %q\n", adminAddr, nbdAddr, iscsiAddr, cairnIQNPrefix)
+	quoted := make([]string, len(seeds))
+	for i, s := range seeds {
+		quoted[i] = fmt.Sprintf("%q", s)
+	}
+	fmt.Fprintf(&b, "[gossip]\nbind = %q\njoin = [%s]\n[raft]\nbind = %q\nbootstrap_expect = %d\n[storage]\nlisten = %q\n",
+		gossip, strings.Join(quoted, ", "), raft, expect, "127.0.0.1:0")
+	return b.String()
+}
+
+// clusterInstance is a running bench cluster: its processes, the first
+// serving the export.
+type clusterInstance struct {
+	procs  []*proc
+	target Target
+}
+
+func (ci *clusterInstance) Target() Target { return ci.target }
+
+func (ci *clusterInstance) PIDs() []int {
+	pids := make([]int, 0, len(ci.procs))
+	for _, p := range ci.procs {
+		pids = append(pids, p.cmd.Process.Pid)
+	}
+	return pids
+}
+
+// Close stops every node and returns their errors joined.
+func (ci *clusterInstance) Close() error {
+	var errs []error
+	for _, p := range ci.procs {
+		errs = append(errs, p.stop())
+	}
+	return errors.Join(errs...)
+}
