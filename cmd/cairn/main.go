@@ -313,7 +313,7 @@ func dispatch(args []string, out io.Writer) error {
 			fmt.Fprintf(w, "NAME\tROLES\tGOSSIP\tSTATE\tZONE\tCAPACITY\tUSED\n")
 			for _, n := range ns {
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, strings.Join(n.Roles, ","), n.Gossip, orDash(n.State), orDash(n.Zone),
-					configs.FormatSize(n.CapacityBytes), configs.FormatSize(n.UsedBytes))
+					approxSize(n.CapacityBytes), approxSize(n.UsedBytes))
 			}
 		})
 	case "status":
@@ -485,4 +485,25 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// approxSize prints a byte count for people: three significant figures in
+// the largest binary unit it reaches ("252 GiB", "63.2 MiB"), "-" for 0
+// (not reported).
+func approxSize(n int64) string {
+	if n <= 0 {
+		return "-"
+	}
+	units := [...]string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
+	f, i := float64(n), 0
+	for f >= 1024 && i < len(units)-1 {
+		f, i = f/1024, i+1
+	}
+	switch {
+	case i == 0 || f >= 100:
+		return fmt.Sprintf("%.0f %s", f, units[i])
+	case f >= 10:
+		return fmt.Sprintf("%.1f %s", f, units[i])
+	}
+	return fmt.Sprintf("%.2f %s", f, units[i])
 }

@@ -93,6 +93,9 @@ type nodeView struct {
 	Gossip string `json:"gossip"`
 	State  string `json:"state"`
 	Addr   string `json:"addr"`
+
+	CapacityBytes int64 `json:"capacity_bytes"`
+	UsedBytes     int64 `json:"used_bytes"`
 }
 
 func nodes(t *testing.T, p *proc) []nodeView {

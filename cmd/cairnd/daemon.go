@@ -260,6 +260,10 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	d.wg.Add(2)
 	go d.manageVoters(ctx)
 	go d.watchCatalog(ctx, expect != 1)
+	if d.store != nil {
+		d.wg.Add(1)
+		go d.reportUsage()
+	}
 	if d.budget != nil {
 		d.memory = newMemoryReleaser(d.budget)
 		d.wg.Add(1)

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"cairn/backend/volume"
 	"cairn/cluster"
@@ -75,7 +77,7 @@ func (f *replicaFailover) Exclude(ctx context.Context, nd volume.Node, cause err
 // exclude marks name stale in the catalog and switches the volume to the
 // placement without it.
 func (f *replicaFailover) exclude(ctx context.Context, name string, cause error) error {
-	cv, err := f.d.catalog.ExcludeReplica(ctx, f.name, name, f.gen)
+	cv, err := f.excludeRetrying(ctx, name)
 	if err != nil {
 		f.d.log.Error("replica failed and could not be taken out; the write fails", "volume", f.name, "node", name, "cause", cause, "err", err)
 		return err
@@ -83,6 +85,27 @@ func (f *replicaFailover) exclude(ctx context.Context, name string, cause error)
 	f.d.log.Warn("replica failed a write the others completed: taken out, the volume goes on degraded",
 		"volume", f.name, "node", name, "stale", cv.Stale, "cause", cause)
 	return f.update(cv)
+}
+
+// excludeRetrying asks the catalog to take name out, again while there
+// is no leader to take it (the failed node may have been the leader: its
+// successor is elected within a few seconds), until ctx ends. Exclusion
+// is idempotent, so a change the old leader applied and did not answer is
+// safe to send again.
+func (f *replicaFailover) excludeRetrying(ctx context.Context, name string) (cluster.Volume, error) {
+	wait := 50 * time.Millisecond
+	for {
+		cv, err := f.d.catalog.ExcludeReplica(ctx, f.name, name, f.gen)
+		if err == nil || !errors.Is(err, cluster.ErrNotLeader) {
+			return cv, err
+		}
+		select {
+		case <-ctx.Done():
+			return cv, fmt.Errorf("%w (gave up: %w)", err, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
 }
 
 // update rebuilds the placement from a catalog record whose stale list
