@@ -323,8 +323,9 @@ func (d *daemon) addMembers(ctx context.Context) {
 type peers struct {
 	mu    sync.Mutex
 	m     map[string]*wire.Client
-	addr  map[string]string // of each client in m
-	stale []*wire.Client    // replaced clients, closed at Close
+	nodes map[string]*meteredNode // each client in m, timed
+	addr  map[string]string       // of each client in m
+	stale []*wire.Client          // replaced clients, closed at Close
 }
 
 // storageNode returns the volume.Node for a storage node of the catalog:
@@ -340,7 +341,7 @@ func (d *daemon) storageNode(n cluster.Node) (volume.Node, error) {
 	defer d.peers.mu.Unlock()
 	if c, ok := d.peers.m[n.Name]; ok {
 		if d.peers.addr[n.Name] == n.Addr {
-			return c, nil
+			return d.peers.nodes[n.Name], nil
 		}
 		// The node came back at another address; volumes opened before
 		// keep the old client until they reopen.
@@ -351,10 +352,11 @@ func (d *daemon) storageNode(n cluster.Node) (volume.Node, error) {
 		return nil, fmt.Errorf("storage node %s: %w", n.Name, err)
 	}
 	if d.peers.m == nil {
-		d.peers.m, d.peers.addr = map[string]*wire.Client{}, map[string]string{}
+		d.peers.m, d.peers.nodes, d.peers.addr = map[string]*wire.Client{}, map[string]*meteredNode{}, map[string]string{}
 	}
-	d.peers.m[n.Name], d.peers.addr[n.Name] = c, n.Addr
-	return c, nil
+	mn := d.rpcMetrics.wrap(n.Name, c)
+	d.peers.m[n.Name], d.peers.nodes[n.Name], d.peers.addr[n.Name] = c, mn, n.Addr
+	return mn, nil
 }
 
 func (d *daemon) closePeers() error {
@@ -367,7 +369,7 @@ func (d *daemon) closePeers() error {
 	for _, c := range d.peers.stale {
 		errs = append(errs, c.Close())
 	}
-	d.peers.m, d.peers.stale = nil, nil
+	d.peers.m, d.peers.nodes, d.peers.stale = nil, nil, nil
 	return errors.Join(errs...)
 }
 

@@ -64,6 +64,7 @@ type daemon struct {
 	holdSeconds     prometheus.Histogram   // held-ack windows of this target's volumes
 	snapshotResults *prometheus.CounterVec // snapshots this node coordinated, by outcome
 	peers           peers                  // clients of other storage nodes
+	rpcMetrics      *rpcMetrics            // of the calls to them
 	forwardClient   *http.Client           // carries catalog changes to the leader
 	gossipTiming    membership.Timing
 
@@ -94,6 +95,7 @@ type daemon struct {
 func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency time.Duration) (_ *daemon, err error) {
 	d := &daemon{cfg: cfg, log: log, start: time.Now(), latency: latency, gossipTiming: gossipTiming}
 	d.mu.vols = map[string]*volume.Volume{}
+	d.rpcMetrics = newRPCMetrics()
 	d.mu.failovers = map[string]*replicaFailover{}
 	d.mu.snaps = map[string]*volume.Volume{}
 	d.snapLocal = snapshot.NewLocalTarget(d.volume)
@@ -195,6 +197,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		Name: "cairn_snapshots_total", Help: "Snapshots this node coordinated, by outcome (sealed or the failure reason).",
 	}, []string{"outcome"})
 	reg.MustRegister(d.holdSeconds, d.snapshotResults)
+	reg.MustRegister(d.rpcMetrics.collectors()...)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &volumeCollector{d: d}, &daemonCollector{d: d})
 
 	if sl != nil {

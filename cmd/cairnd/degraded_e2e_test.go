@@ -5,10 +5,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -169,5 +172,21 @@ func TestDegraded(t *testing.T) {
 	})
 	if so, _, code := n1.cli("node", "list"); code != 0 || !strings.Contains(so, "MiB") {
 		t.Fatalf("node list does not show the usage:\n%s", so)
+	}
+
+	// node1 timed its writes to the surviving peer, and none is left in flight.
+	peer := "node2"
+	if vname == "node2" {
+		peer = "node3"
+	}
+	resp, err := http.Get("http://" + n1.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	count := regexp.MustCompile(`(?m)^cairn_node_rpc_seconds_count\{node="` + peer + `",op="write"\} (\d+)$`).FindSubmatch(body)
+	if count == nil || string(count[1]) == "0" || !bytes.Contains(body, []byte(`cairn_node_rpc_in_flight{node="`+peer+`"} 0`)) {
+		t.Fatalf("node1's metrics of its RPC calls to %s: write count %q\n%s", peer, count, body)
 	}
 }
