@@ -114,7 +114,25 @@ type Backend interface {
 	DeleteVolume(ctx context.Context, name string, force bool) error
 	AttachVolume(ctx context.Context, name, target string) (Volume, error)
 	Nodes(ctx context.Context) ([]Node, error)
+	Node(ctx context.Context, name string) (NodeDetail, error)
 	Snapshots
+}
+
+// NodeDetail is a node and what it holds (GET /v1/nodes/{name}).
+type NodeDetail struct {
+	Node
+	// Volumes are the volumes with a replica on the node, with the bytes
+	// the node itself says it holds of each (its store's blocks visible
+	// to the live volume, asked over the node RPC).
+	Volumes []NodeVolume `json:"volumes"`
+}
+
+// NodeVolume is one volume's share of a node.
+type NodeVolume struct {
+	Name   string `json:"name"`
+	Chunks int64  `json:"chunks"` // chunks placed on the node
+	Bytes  int64  `json:"bytes"`  // -1 when the node did not answer; see Error
+	Error  string `json:"error,omitempty"`
 }
 
 // Snapshots is the part of Backend for groups and snapshots.
@@ -256,6 +274,13 @@ func Handler(b Backend) http.Handler {
 			ns = []Node{}
 		}
 		reply(w, http.StatusOK, ns, err)
+	})
+	mux.HandleFunc("GET /v1/nodes/{name}", func(w http.ResponseWriter, r *http.Request) {
+		n, err := b.Node(r.Context(), r.PathValue("name"))
+		if n.Volumes == nil {
+			n.Volumes = []NodeVolume{}
+		}
+		reply(w, http.StatusOK, n, err)
 	})
 	mux.HandleFunc("POST /v1/groups", func(w http.ResponseWriter, r *http.Request) {
 		var req GroupRequest
@@ -474,6 +499,12 @@ func (c *Client) AttachVolume(ctx context.Context, name, target string) (Volume,
 func (c *Client) Nodes(ctx context.Context) ([]Node, error) {
 	var ns []Node
 	return ns, c.do(ctx, http.MethodGet, "/v1/nodes", nil, &ns)
+}
+
+// Node shows one node and what it holds.
+func (c *Client) Node(ctx context.Context, name string) (NodeDetail, error) {
+	var n NodeDetail
+	return n, c.do(ctx, http.MethodGet, "/v1/nodes/"+url.PathEscape(name), nil, &n)
 }
 
 // CreateGroup makes a consistency group.

@@ -40,6 +40,7 @@ commands:
   volume attach NAME --target NODE         move the volume to NODE's target
   volume delete NAME [--force]             --force disconnects attached clients
   node list                                cluster members, gossip and service state
+  node show NAME                           one node: usage, and the bytes it holds of each volume (asked of the node)
   group create G --volumes a,b | group list | group delete G
   snapshot create G|VOLUME [--name N]      crash-consistent, without stopping I/O
   snapshot list [--group G] | snapshot show N | snapshot delete N
@@ -299,8 +300,21 @@ func dispatch(args []string, out io.Writer) error {
 		}
 		return fmt.Errorf("%w: unknown snapshot subcommand %q", errUsage, pos[1])
 	case "node", "nodes":
+		if len(pos) >= 2 && pos[1] == "show" {
+			if len(pos) != 3 {
+				return fmt.Errorf("%w: node show NAME", errUsage)
+			}
+			if err := allow(); err != nil {
+				return err
+			}
+			n, err := c.client.Node(ctx, pos[2])
+			if err != nil {
+				return err
+			}
+			return c.print(n, func(w io.Writer) { printNode(w, n) })
+		}
 		if len(pos) < 2 || pos[1] != "list" && pos[1] != "ls" {
-			return fmt.Errorf("%w: node needs a subcommand: list", errUsage)
+			return fmt.Errorf("%w: node needs a subcommand: list, show NAME", errUsage)
 		}
 		if err := errors.Join(nargs(2), allow()); err != nil {
 			return err
@@ -485,6 +499,27 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// printNode prints one node and the bytes it holds of each volume.
+func printNode(w io.Writer, n admin.NodeDetail) {
+	fmt.Fprintf(w, "name\t%s\nroles\t%s\ngossip\t%s\nstate\t%s\nzone\t%s\nrpc\t%s\ncapacity\t%s\nused\t%s\n",
+		n.Name, strings.Join(n.Roles, ","), n.Gossip, orDash(n.State), orDash(n.Zone), orDash(n.Addr),
+		approxSize(n.CapacityBytes), approxSize(n.UsedBytes))
+	if len(n.Volumes) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nVOLUME\tCHUNKS\tHELD\n")
+	for _, v := range n.Volumes {
+		held := approxSize(v.Bytes)
+		switch {
+		case v.Bytes == 0:
+			held = "0"
+		case v.Bytes < 0:
+			held = "unknown: " + v.Error
+		}
+		fmt.Fprintf(w, "%s\t%d\t%s\n", v.Name, v.Chunks, held)
+	}
 }
 
 // approxSize prints a byte count for people: three significant figures in

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"cairn/backend/volume"
 	"cairn/cluster"
 	"cairn/cluster/admin"
 	"cairn/cluster/membership"
@@ -240,4 +241,71 @@ func (b backend) Nodes(ctx context.Context) ([]admin.Node, error) {
 		out = append(out, *byName[name])
 	}
 	return out, nil
+}
+
+// nodeAskTimeout bounds each question `node show` asks a storage node.
+const nodeAskTimeout = 10 * time.Second
+
+func (b backend) Node(ctx context.Context, name string) (admin.NodeDetail, error) {
+	ns, err := b.Nodes(ctx)
+	if err != nil {
+		return admin.NodeDetail{}, err
+	}
+	var nd admin.NodeDetail
+	found := false
+	for _, n := range ns {
+		if n.Name == name {
+			nd.Node, found = n, true
+		}
+	}
+	if !found {
+		return admin.NodeDetail{}, fmt.Errorf("%w: node %q", admin.ErrNotFound, name)
+	}
+	var cn *cluster.Node
+	for _, n := range b.d.catalog.Nodes() {
+		if n.Name == name {
+			cn = &n
+		}
+	}
+	for _, cv := range b.d.catalog.Volumes() {
+		chunks := chunksPerNode(cv)[name]
+		local := len(cv.Placement) == 0 && name == b.d.cfg.NodeName && b.d.store != nil
+		if chunks == 0 && !local {
+			continue
+		}
+		nv := admin.NodeVolume{Name: cv.Name, Chunks: chunks, Bytes: -1}
+		if cn == nil && !local {
+			nv.Error = "not a storage node in the catalog"
+		} else if bytes, err := b.d.heldOn(ctx, cn, cv); err != nil {
+			nv.Error = err.Error()
+		} else {
+			nv.Bytes = bytes
+		}
+		nd.Volumes = append(nd.Volumes, nv)
+	}
+	return nd, nil
+}
+
+// heldOn asks a storage node (cn; nil: this one) how many bytes of cv
+// its store holds that the live volume can read.
+func (d *daemon) heldOn(ctx context.Context, cn *cluster.Node, cv cluster.Volume) (int64, error) {
+	var nd volume.Node
+	if cn == nil {
+		nd = d.node()
+	} else {
+		var err error
+		if nd, err = d.storageNode(*cn); err != nil {
+			return 0, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, nodeAskTimeout)
+	defer cancel()
+	var blocks uint64
+	err := nd.Extents(ctx, cv.ID, 0, uint64(cv.Size/int64(cv.BlockSize)), cv.Epoch, func(_, count uint64, allocated bool) bool {
+		if allocated {
+			blocks += count
+		}
+		return true
+	})
+	return int64(blocks) * int64(cv.BlockSize), err
 }

@@ -210,6 +210,33 @@ func TestCluster(t *testing.T) {
 		cancel()
 		c.Close()
 	}
+	// cairn node show: each node itself says it holds the 64 MiB copied in.
+	for _, n := range ns {
+		so, se, code := n1.cli("--json", "node", "show", n.Name)
+		if code != 0 {
+			t.Fatalf("node show %s: %s", n.Name, se)
+		}
+		var nd struct {
+			Volumes []struct {
+				Name   string `json:"name"`
+				Chunks int64  `json:"chunks"`
+				Bytes  int64  `json:"bytes"`
+			} `json:"volumes"`
+		}
+		if err := json.Unmarshal([]byte(so), &nd); err != nil {
+			t.Fatal(err)
+		}
+		ok := false
+		for _, v := range nd.Volumes {
+			ok = ok || v.Name == "cvol0" && v.Chunks == 1024 && v.Bytes == int64(len(data))
+		}
+		if !ok {
+			t.Fatalf("node show %s: %s; want cvol0 with 1024 chunks and %d bytes held", n.Name, so, len(data))
+		}
+	}
+	if _, se, code := n1.cli("node", "show", "nobody"); code == 0 || !strings.Contains(se, "not found") {
+		t.Fatalf("node show of an unknown node: exit %d, %s", code, se)
+	}
 	if sv := showVolume(t, n1, "spread"); len(sv.ChunksPerNode) != 3 {
 		t.Fatalf("R=1 volume over 3 nodes: chunks per node %v, want all three", sv.ChunksPerNode)
 	}
