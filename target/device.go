@@ -21,6 +21,10 @@ var (
 	ErrIO = errors.New("target: I/O error")
 	// ErrClosed: the device was closed or deleted under the request.
 	ErrClosed = errors.New("target: device closed")
+	// ErrReservationConflict: the requester is excluded by a reservation
+	// of the device (SCSI persistent reservations, kept by the device for
+	// every front end). iSCSI answers RESERVATION CONFLICT, NBD NBD_EPERM.
+	ErrReservationConflict = errors.New("target: reservation conflict")
 )
 
 // WriteFlags modify a write-class request.

@@ -12,6 +12,7 @@ import (
 
 	"cairn/backend/store"
 	"cairn/target"
+	"cairn/target/reservation"
 )
 
 // BlockSize is the volume's native block size in bytes.
@@ -93,6 +94,9 @@ type Options struct {
 	// RequestTimeout is the deadline of every request's node calls, from
 	// its admission; 0 = requestTimeoutDefault.
 	RequestTimeout time.Duration
+	// Reservations keeps the volume's SCSI reservations (the catalog);
+	// nil keeps them in memory. Every request is checked against them.
+	Reservations reservation.Store
 }
 
 const (
@@ -139,6 +143,8 @@ type Volume struct {
 
 	gate gate // the epoch and a snapshot's held acknowledgements
 
+	res *reservation.Unit // checked at admission; shared with the front ends
+
 	locks [stripes]sync.RWMutex
 
 	stats struct {
@@ -152,6 +158,7 @@ const lifeClosed = 1 << 63
 
 var _ target.Device = (*Volume)(nil)
 var _ target.Mapper = (*Volume)(nil)
+var _ reservation.Holder = (*Volume)(nil)
 
 // Open returns a volume over opts.Placement.
 func Open(opts Options) (*Volume, error) {
@@ -183,6 +190,7 @@ func Open(opts Options) (*Volume, error) {
 		generation:     opts.Generation,
 		requestTimeout: opts.RequestTimeout,
 		drained:        make(chan struct{}),
+		res:            reservation.NewUnit(opts.Reservations),
 	}
 	v.size.Store(opts.Size)
 	v.epoch.Store(opts.Epoch)
@@ -199,6 +207,10 @@ func (v *Volume) ID() uint64 { return v.id }
 
 // Generation returns the attachment generation the volume stamps with.
 func (v *Volume) Generation() uint64 { return v.generation }
+
+// Reservations implements reservation.Holder: the unit every request is
+// checked against, through which the iSCSI front end changes them.
+func (v *Volume) Reservations() *reservation.Unit { return v.res }
 
 // SetSize changes the size the volume reports (a grow from the catalog).
 func (v *Volume) SetSize(size int64) { v.size.Store(size) }
@@ -318,8 +330,10 @@ func (r *request) Err() error {
 // Value implements context.Context.
 func (r *request) Value(key any) any { return r.parent.Value(key) }
 
-// admit lets a request of [off, off+n) into the volume. On success the
-// caller must end it with exit.
+// admit lets a request of [off, off+n) into the volume: a write-class
+// one (write) needs write access under the volume's reservations, any
+// other read access (see reservation.Unit.Check; the requester is the
+// nexus ctx carries). On success the caller must end it with exit.
 func (v *Volume) admit(ctx context.Context, off, n int64, write bool) (*request, error) {
 	if v.life.Add(1)&lifeClosed != 0 {
 		v.leave()
@@ -328,6 +342,14 @@ func (v *Volume) admit(ctx context.Context, off, n int64, write bool) (*request,
 	if err := v.check(off, n, write); err != nil {
 		v.leave()
 		return nil, v.fail(err)
+	}
+	access := reservation.AccessRead
+	if write {
+		access = reservation.AccessWrite
+	}
+	if err := v.res.Check(ctx, access); err != nil {
+		v.leave()
+		return nil, v.fail(fmt.Errorf("volume %d: %w", v.id, err))
 	}
 	r := requestPool.Get().(*request)
 	r.parent = ctx

@@ -52,6 +52,25 @@ type Volume struct {
 	// ChunksPerNode counts, per storage node of the volume's placement
 	// set, the chunks it holds a replica of (from the catalog's placement).
 	ChunksPerNode map[string]int64 `json:"chunks_per_node,omitempty"`
+	// Reservations are the volume's SCSI persistent reservations from the
+	// catalog (shown by volume show; nil when there are none).
+	Reservations *Reservations `json:"reservations,omitempty"`
+}
+
+// Reservations is the persistent reservation state of a volume: what
+// every front end of the volume obeys.
+type Reservations struct {
+	Generation  uint32       `json:"generation"`     // PRGENERATION
+	Type        string       `json:"type,omitempty"` // the reservation's type; "" when none
+	Registrants []Registrant `json:"registrants"`
+}
+
+// Registrant is one registered initiator port (I_T nexus).
+type Registrant struct {
+	Initiator string `json:"initiator"` // initiator name
+	ISID      string `json:"isid"`      // hex
+	Key       string `json:"key"`       // reservation key, hex
+	Holder    bool   `json:"holder"`    // it holds the reservation
 }
 
 // Status is a daemon's state.

@@ -444,6 +444,20 @@ func (c *cli) printVolume(v admin.Volume) error {
 		for _, n := range nodes {
 			fmt.Fprintf(w, "chunks on %s\t%d\n", n, v.ChunksPerNode[n])
 		}
+		if r := v.Reservations; r != nil {
+			typ := r.Type
+			if typ == "" {
+				typ = "none"
+			}
+			fmt.Fprintf(w, "reservation\t%s (generation %d)\n", typ, r.Generation)
+			for _, g := range r.Registrants {
+				role := "registrant"
+				if g.Holder {
+					role = "holder"
+				}
+				fmt.Fprintf(w, "%s\t%s,i,0x%s key %s\n", role, g.Initiator, g.ISID, g.Key)
+			}
+		}
 	})
 }
 

@@ -20,16 +20,20 @@
 //     testdata/login.
 //   - Sessions (server.go, session.go) and the SCSI device server (scsi.go,
 //     inquiry.go, sense.go, rangelock.go).
-//   - Reservations: persistent reservations (SPC-4 §5.9) as a pure state
-//     machine (pr.go: PERSISTENT RESERVE OUT from I_T nexus, CDB and
-//     parameter list to a new immutable state, unit attentions and aborts;
-//     PERSISTENT RESERVE IN; the conflict table; a versioned, bounded
-//     encoding), fuzzed (FuzzPROut, FuzzDecodePRState); and reservation.go,
-//     which loads a target's state from Options.Reservations at its first
-//     command, saves every change there before acknowledging it, publishes
-//     it for lock-free conflict checks on every command, and keeps SPC-2
-//     RESERVE/RELEASE (not persistent; released by I_T nexus loss, LUN
-//     reset and target reset).
+//   - Reservations (pr.go, reservation.go): the SCSI side of the
+//     volume's reservations. The state machine, its store and the check
+//     every front end's requests pass belong to package reservation; a
+//     device that keeps its own (reservation.Holder, as a volume does) is
+//     changed through its Unit, so that a reservation taken here fences
+//     NBD clients too; for any other device a target keeps a Unit over
+//     Options.Reservations. This layer classifies commands for the
+//     conflict table (SPC-4 table 66), runs PERSISTENT RESERVE IN/OUT and
+//     SPC-2 RESERVE/RELEASE (not persistent; released by I_T nexus loss,
+//     LUN reset and target reset) against the Unit, establishes the unit
+//     attentions and PREEMPT AND ABORT aborts of an outcome, and maps
+//     reservation errors to sense data. Every command's context carries
+//     its session's I_T nexus (reservation.WithNexus), which the device
+//     checks again.
 //
 // Goroutines: Serve starts one goroutine per connection. It logs in, then
 // reads PDUs (the reader); it starts one writer goroutine, the only one
@@ -75,9 +79,9 @@
 //     is implicit (one target per unit, one portal group), so ALL_TG_PT is
 //     accepted and changes nothing. Registrations are bounded by
 //     RegistrationsMax, encoded state by ReservationStateBytesMax. A PR OUT
-//     is acknowledged only after ReservationStore.SaveReservations
-//     returned nil (else HARDWARE ERROR / INTERNAL TARGET FAILURE, and the
-//     state is reloaded from the store at the next command). State is
+//     is acknowledged only after the Unit's store saved it (else HARDWARE
+//     ERROR / INTERNAL TARGET FAILURE, and the state is reloaded from the
+//     store at the next command). State is
 //     always saved, whatever APTPL says (a cairnd restart is an I_T nexus
 //     loss, not a power loss of the volume); APTPL is refused without a
 //     store. Conflict checks come after unit attentions.

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 
 	"cairn/target"
+	"cairn/target/reservation"
 )
 
 // SCSI operation codes we know (SPC-4, SBC-3).
@@ -85,7 +86,7 @@ type lun struct {
 	// SYNCHRONIZE CACHE or FUA. When cleared by MODE SELECT, every write is
 	// sent with FUA.
 	wce atomic.Bool
-	res reservations
+	res *reservation.Unit // the device's, or the target's own
 
 	mu struct {
 		sync.Mutex
@@ -99,7 +100,7 @@ func newLUN(name string, dev target.Device, blockSize, xferMax int, store Reserv
 	}
 	u := &lun{name: name, dev: dev, blockSize: blockSize, xferMax: xferMax, locks: newRangeLock()}
 	u.mapper, _ = dev.(target.Mapper)
-	u.res.store = store
+	u.res = unitFor(name, dev, store)
 	if phys := dev.Info().BlockSize; phys > blockSize && phys%blockSize == 0 {
 		u.physExp = byte(bits.Len(uint(phys/blockSize)) - 1)
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"cairn/target"
+	"cairn/target/reservation"
 )
 
 // Task states. A task is collecting while its Data-Out arrives (owned by
@@ -116,7 +117,7 @@ type session struct {
 	lun                       *lun // nil for discovery sessions
 	targetName, initiatorName string
 	isid                      [6]byte
-	nexus                     nexus // of initiatorName and isid
+	nexus                     reservation.Nexus // of initiatorName and isid
 	tsih                      uint16
 	discovery                 bool
 	window                    int
@@ -259,7 +260,7 @@ func (s *session) login() error {
 		if step.done {
 			s.p, s.d = l.params, l.params.digests()
 			s.initiatorName, s.isid = l.initiatorName, l.isid
-			s.nexus = nexusOf(l.initiatorName, l.isid)
+			s.nexus = reservation.NewNexus(l.initiatorName, l.isid)
 			s.discovery = l.sessionType == sessionDiscovery
 			if !s.discovery {
 				dev, ok := s.srv.opts.Targets.Lookup(l.targetName)
@@ -301,6 +302,9 @@ func (s *session) login() error {
 			s.statSN = l.statSN
 			s.cmdWindow.Store(uint64(l.cmdSN)<<32 | uint64(l.cmdSN+uint32(s.window)-1))
 			s.nc.SetDeadline(time.Time{})
+			// Every device call of the session's commands carries its I_T
+			// nexus: the device checks reservations against it.
+			s.ctx = reservation.WithNexus(s.ctx, s.nexus)
 			s.log = s.log.With("initiator", s.initiatorName, "target", s.targetName, "tsih", s.tsih)
 			if s.lun != nil {
 				s.mu.lastSize = s.lun.dev.Info().Size
@@ -1309,7 +1313,7 @@ func (s *session) taskMgmt(h *header) error {
 			o.addUA(ua)
 		}
 		s.lun.wce.Store(true)
-		s.lun.releaseSPC2(nexus{}, true)
+		s.lun.releaseSPC2(reservation.Nexus{}, true)
 	case tmfClearACA, tmfTargetColdReset:
 		resp = tmfRespNotSupported
 	case tmfTaskReassign:

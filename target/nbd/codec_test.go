@@ -154,6 +154,8 @@ func TestErrno(t *testing.T) {
 		{target.ErrOutOfRange, CmdBlockStatus, EINVAL},
 		{target.ErrInvalid, CmdWrite, EINVAL},
 		{target.ErrReadOnly, CmdTrim, EPERM},
+		{fmt.Errorf("volume 1: %w", target.ErrReservationConflict), CmdWrite, EPERM},
+		{target.ErrReservationConflict, CmdRead, EPERM},
 		{target.ErrNoSpace, CmdWrite, ENOSPC},
 		{target.ErrIO, CmdRead, EIO},
 		{target.ErrClosed, CmdRead, ESHUTDOWN},
