@@ -11,6 +11,10 @@
 //     read-modify-write: sub-block writes and zero ranges hold the block's
 //     stripe lock exclusively; whole-block writes hold it shared (two
 //     whole-block writes may land in either order, as on a disk).
+//   - A compare-and-write (target.Comparer) holds the stripe locks of all
+//     its blocks exclusively from the compare to the write, so no write,
+//     zero or trim of those blocks, from any front end, lands in between.
+//     A miscompare writes nothing.
 //   - A write is acknowledged only when every replica in its chunk's set has
 //     it (durably, for FUA).
 //

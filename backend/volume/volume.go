@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -159,6 +160,7 @@ const lifeClosed = 1 << 63
 var _ target.Device = (*Volume)(nil)
 var _ target.Mapper = (*Volume)(nil)
 var _ reservation.Holder = (*Volume)(nil)
+var _ target.Comparer = (*Volume)(nil)
 
 // Open returns a volume over opts.Placement.
 func Open(opts Options) (*Volume, error) {
@@ -575,6 +577,56 @@ func fanOut(nodes []Node, fn func(Node) error) error {
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// CompareAndWrite implements target.Comparer: it holds the stripe locks of
+// every block of the range exclusively, so that no write, zero or trim of
+// those blocks (each holds them at least shared) runs between the compare
+// and the write, from any front end. A miscompare writes nothing and is
+// not stamped.
+func (v *Volume) CompareAndWrite(ctx context.Context, cmp, data []byte, off int64, flags target.WriteFlags) error {
+	if len(cmp) != len(data) {
+		return v.fail(fmt.Errorf("volume %d: compare and write of %d bytes with %d to compare: %w", v.id, len(data), len(cmp), target.ErrInvalid))
+	}
+	r, err := v.admit(ctx, off, int64(len(data)), true)
+	if err != nil {
+		return err
+	}
+	r.writeClass, r.bytes = true, int64(len(data))
+	v.stats.writes.Add(1)
+	v.stats.writeBytes.Add(uint64(len(data)))
+	if len(data) == 0 {
+		return v.exit(r, nil)
+	}
+	return v.exit(r, v.compareAndWrite(r, cmp, data, off, flags&target.FUA != 0))
+}
+
+func (v *Volume) compareAndWrite(r *request, cmp, data []byte, off int64, sync bool) error {
+	first := uint64(off >> blockShift)
+	last := uint64((off + int64(len(data)) - 1) >> blockShift)
+	r.ls.add(first, last, true)
+	v.lock(&r.ls)
+	defer v.unlock(&r.ls)
+
+	bp := target.GetBuffer(int((last - first + 1) << blockShift))
+	defer target.PutBuffer(bp)
+	buf := (*bp)[:(last-first+1)<<blockShift]
+	if err := v.readBlocks(r, first, buf, v.epoch.Load()); err != nil {
+		return err
+	}
+	have := buf[off-int64(first<<blockShift):][:len(cmp)]
+	if !bytes.Equal(have, cmp) {
+		i := 0
+		for have[i] == cmp[i] {
+			i++
+		}
+		return fmt.Errorf("volume %d: compare and write at %d: %w", v.id, off, &target.MiscompareError{Offset: int64(i)})
+	}
+	if err := v.stamp(r); err != nil {
+		return err
+	}
+	copy(have, data)
+	return v.writeBlocks(r, first, buf, sync)
 }
 
 // Zero implements target.Device. Whole blocks in the range become a zero

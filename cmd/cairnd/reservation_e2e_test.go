@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -170,5 +171,21 @@ func TestReservationFencesNBD(t *testing.T) {
 	in.prOut(0x00, 0, key, 0) // unregister
 	if show, _, _ := p.cli("volume", "show", "vol0"); strings.Contains(show, "holder") || strings.Contains(show, name) {
 		t.Errorf("volume show after unregistering:\n%s", show)
+	}
+}
+
+// TestISCSICompareAndWrite runs libiscsi's COMPARE AND WRITE suite against
+// the daemon, whose volumes compare and write under their own block locks.
+func TestISCSICompareAndWrite(t *testing.T) {
+	need(t, "iscsi-test-cu")
+	t.Parallel()
+	p := startDaemon(t)
+	out, err := shErr("iscsi-test-cu", "-d", "--test=SCSI.CompareAndWrite", "-i", "iqn.2026-11.test:caw", p.iscsiURI("vol0"))
+	if err != nil || !strings.Contains(out, "Run Summary") || regexp.MustCompile(`asserts\s+\d+\s+\d+\s+\d+\s+[1-9]`).MatchString(out) ||
+		!regexp.MustCompile(`tests\s+\d+\s+[1-9]\d*\s+[1-9]\d*\s+0`).MatchString(out) {
+		t.Fatalf("iscsi-test-cu --test=SCSI.CompareAndWrite: %v\n%s", err, out)
+	}
+	if strings.Contains(out, "[SKIPPED]") || strings.Contains(out, "not implemented") {
+		t.Errorf("iscsi-test-cu skipped COMPARE AND WRITE tests:\n%s", out)
 	}
 }

@@ -19,7 +19,7 @@
 //     SendTargets lists such targets at that portal. Transcripts in
 //     testdata/login.
 //   - Sessions (server.go, session.go) and the SCSI device server (scsi.go,
-//     inquiry.go, sense.go, rangelock.go).
+//     inquiry.go, sense.go).
 //   - Reservations (pr.go, reservation.go): the SCSI side of the
 //     volume's reservations. The state machine, its store and the check
 //     every front end's requests pass belong to package reservation; a
@@ -85,9 +85,11 @@
 //     always saved, whatever APTPL says (a cairnd restart is an I_T nexus
 //     loss, not a power loss of the volume); APTPL is refused without a
 //     store. Conflict checks come after unit attentions.
-//   - COMPARE AND WRITE holds its blocks exclusive in a per-LUN range lock
-//     that every write holds shared, so no write lands between its compare
-//     and its write.
+//   - COMPARE AND WRITE is the device's (target.Comparer): a volume holds
+//     the range's block locks exclusively, so no write from any front end
+//     lands between its compare and its write; writes take no lock here.
+//     A device that cannot compare and write gets INVALID COMMAND
+//     OPERATION CODE, and the command is not reported as supported.
 //
 // Not implemented: REGISTER AND MOVE and SPEC_I_PT (declined: INVALID
 // FIELD IN CDB / PARAMETER LIST), compatible reservation handling (CRH 0:

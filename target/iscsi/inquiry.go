@@ -98,7 +98,9 @@ func (u *lun) blockLimits() []byte {
 	b := make([]byte, 64)
 	b[1], b[3] = 0xb0, 0x3c
 	b[4] = 0x01 // WSNZ: WRITE SAME of 0 blocks is not supported
-	b[5] = compareAndWriteMax
+	if u.comparer != nil {
+		b[5] = compareAndWriteMax
+	}
 	gran := uint16(1) << u.physExp
 	binary.BigEndian.PutUint16(b[6:], gran)
 	binary.BigEndian.PutUint32(b[8:], uint32(u.xferMax/u.blockSize))
@@ -366,6 +368,12 @@ var supportedOpcodes = []opcode{
 	{sa: prRegisterIgnore, hasSA: true, usage: []byte{scsiPROut, prRegisterIgnore, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
 }
 
+// supports reports whether the unit runs op: COMPARE AND WRITE needs a
+// device that compares and writes atomically.
+func (u *lun) supports(op byte) bool {
+	return op != scsiCompareAndWrite || u.comparer != nil
+}
+
 // timeoutsDescriptor is the command timeouts descriptor (no timeouts known).
 var timeoutsDescriptor = []byte{0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 
@@ -379,6 +387,9 @@ func (u *lun) reportOpcodes(cdb []byte, r *scsiResult) error {
 	case 0:
 		b = make([]byte, 4)
 		for _, o := range supportedOpcodes {
+			if !u.supports(o.usage[0]) {
+				continue
+			}
 			var d [8]byte
 			d[0] = o.usage[0]
 			binary.BigEndian.PutUint16(d[2:], o.sa)
@@ -399,7 +410,7 @@ func (u *lun) reportOpcodes(cdb []byte, r *scsiResult) error {
 		var found *opcode
 		for i := range supportedOpcodes {
 			o := &supportedOpcodes[i]
-			if o.usage[0] != reqOp {
+			if o.usage[0] != reqOp || !u.supports(reqOp) {
 				continue
 			}
 			switch {

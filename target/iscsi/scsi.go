@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"math/bits"
 	"sync"
 	"sync/atomic"
@@ -74,14 +75,13 @@ const (
 type lun struct {
 	name      string // target IQN
 	dev       target.Device
-	mapper    target.Mapper // nil if the device does not know its map
-	blockSize int           // logical block bytes
-	physExp   byte          // log2(physical / logical block)
-	xferMax   int           // bytes of one READ or WRITE
-	serial    string        // unit serial number (VPD 0x80)
-	naa       [8]byte       // NAA locally assigned designator (VPD 0x83)
-	locks     *rangeLock
-	lockID    atomic.Uint64
+	mapper    target.Mapper   // nil if the device does not know its map
+	blockSize int             // logical block bytes
+	physExp   byte            // log2(physical / logical block)
+	xferMax   int             // bytes of one READ or WRITE
+	serial    string          // unit serial number (VPD 0x80)
+	naa       [8]byte         // NAA locally assigned designator (VPD 0x83)
+	comparer  target.Comparer // nil: COMPARE AND WRITE is not supported
 	// wce is the caching mode page's WCE: writes are volatile until
 	// SYNCHRONIZE CACHE or FUA. When cleared by MODE SELECT, every write is
 	// sent with FUA.
@@ -98,8 +98,9 @@ func newLUN(name string, dev target.Device, blockSize, xferMax int, store Reserv
 	if blockSize != 512 && blockSize != 4096 {
 		panic("iscsi: logical block size must be 512 or 4096")
 	}
-	u := &lun{name: name, dev: dev, blockSize: blockSize, xferMax: xferMax, locks: newRangeLock()}
+	u := &lun{name: name, dev: dev, blockSize: blockSize, xferMax: xferMax}
 	u.mapper, _ = dev.(target.Mapper)
+	u.comparer, _ = dev.(target.Comparer)
 	u.res = unitFor(name, dev, store)
 	if phys := dev.Info().BlockSize; phys > blockSize && phys%blockSize == 0 {
 		u.physExp = byte(bits.Len(uint(phys/blockSize)) - 1)
@@ -378,19 +379,10 @@ func (u *lun) write(ctx context.Context, info target.Info, lba uint64, n uint32,
 	if len(p) == 0 {
 		return nil
 	}
-	return u.writeAt(ctx, p, lba, n, fua)
-}
-
-// writeAt writes p at lba holding the blocks shared against COMPARE AND
-// WRITE.
-func (u *lun) writeAt(ctx context.Context, p []byte, lba uint64, n uint32, fua bool) error {
 	var f target.WriteFlags
 	if fua || !u.wce.Load() {
 		f |= target.FUA
 	}
-	id := u.lockID.Add(1)
-	u.locks.lock(lba, lba+uint64(n), false, id)
-	defer u.locks.unlock(id)
 	return u.dev.WriteAt(ctx, p, int64(lba)*int64(u.blockSize), f)
 }
 
@@ -492,9 +484,6 @@ func (u *lun) writeSame(ctx context.Context, info target.Info, flags byte, lba u
 		pattern = c.data[:u.blockSize]
 	}
 	off, length := int64(lba)*int64(u.blockSize), int64(n)*int64(u.blockSize)
-	id := u.lockID.Add(1)
-	u.locks.lock(lba, lba+uint64(n), false, id)
-	defer u.locks.unlock(id)
 	if ndob || allZero(pattern) {
 		zf := target.ZeroNoHole
 		if flags&0x08 != 0 { // UNMAP
@@ -586,20 +575,20 @@ func (u *lun) unmap(ctx context.Context, info target.Info, cdb []byte, c *scsiCm
 		if n == 0 {
 			continue
 		}
-		id := u.lockID.Add(1)
-		u.locks.lock(lba, lba+uint64(n), false, id)
-		err := u.dev.Zero(ctx, int64(lba)*int64(u.blockSize), int64(n)*int64(u.blockSize), target.ZeroDiscard)
-		u.locks.unlock(id)
-		if err != nil {
+		if err := u.dev.Zero(ctx, int64(lba)*int64(u.blockSize), int64(n)*int64(u.blockSize), target.ZeroDiscard); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// compareAndWrite implements COMPARE AND WRITE (SBC-3 §5.2), atomic against
-// every other write to the range by holding it exclusive.
+// compareAndWrite implements COMPARE AND WRITE (SBC-3 §5.2) with the
+// device's CompareAndWrite, which is atomic against every other write to
+// the range, from this front end or any other.
 func (u *lun) compareAndWrite(ctx context.Context, info target.Info, cdb []byte, c *scsiCmd, r *scsiResult) error {
+	if u.comparer == nil {
+		return senseInvalidOpcode
+	}
 	if cdb[1]>>5 != 0 {
 		return senseInvalidFieldCDB
 	}
@@ -624,27 +613,18 @@ func (u *lun) compareAndWrite(ctx context.Context, info target.Info, cdb []byte,
 	if len(c.data) != 2*total {
 		return senseInvalidFieldIU
 	}
-	want, next := c.data[:total], c.data[total:2*total]
-	buf := target.GetBuffer(total)
-	defer target.PutBuffer(buf)
-	have := (*buf)[:total]
-	id := u.lockID.Add(1)
-	u.locks.lock(lba, lba+uint64(n), true, id)
-	defer u.locks.unlock(id)
-	off := int64(lba) * int64(u.blockSize)
-	if err := u.dev.ReadAt(ctx, have, off); err != nil {
-		return err
-	}
-	if i := mismatch(have, want); i >= 0 {
-		s := senseMiscompare
-		s.info, s.infoValid = uint32(i), true
-		return s
-	}
 	var f target.WriteFlags
 	if cdb[1]&0x08 != 0 || !u.wce.Load() {
 		f = target.FUA
 	}
-	return u.dev.WriteAt(ctx, next, off, f)
+	err := u.comparer.CompareAndWrite(ctx, c.data[:total], c.data[total:2*total], int64(lba)*int64(u.blockSize), f)
+	var mis *target.MiscompareError
+	if errors.As(err, &mis) {
+		s := senseMiscompare
+		s.info, s.infoValid = uint32(mis.Offset), true
+		return s
+	}
+	return err
 }
 
 // readCapacity10 answers READ CAPACITY (10) (SBC-3 §5.15).
