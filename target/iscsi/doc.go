@@ -1,7 +1,7 @@
 // Package iscsi serves target.Devices over iSCSI (RFC 7143) as SCSI block
 // devices (SPC-4, SBC-3): each target IQN is one device, exported as LUN 0.
 //
-// It owns three layers:
+// It owns four layers:
 //
 //   - The codec (pdu.go, text.go): PDU framing (48-byte BHS, AHS, padded
 //     data segment, CRC32C header and data digests) and key=value text, as

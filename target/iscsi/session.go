@@ -102,8 +102,10 @@ const (
 
 // session is one connection and, as MaxConnections is 1, its session. Its
 // goroutine (serve) logs in and then reads PDUs; a writer goroutine sends
-// PDUs; a worker goroutine per command executes it; task management and
-// logout waits run on helper goroutines. serve owns and waits for them all.
+// PDUs; a pool of worker goroutines, started as commands need them (at
+// most window+immediateMax) and kept until the session stops, executes
+// the commands; task management and logout waits run on helper
+// goroutines. serve owns and waits for them all.
 type session struct {
 	srv *Server
 	nc  net.Conn
