@@ -329,7 +329,7 @@ func decode(r *http.Request, v any) error {
 	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, requestBytesMax))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: body: %v", ErrInvalid, err)
+		return fmt.Errorf("%w: body: %w", ErrInvalid, err)
 	}
 	if dec.More() {
 		return fmt.Errorf("%w: body: trailing data after the JSON object", ErrInvalid)
@@ -408,7 +408,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("%w: cairnd at %s: %v", ErrUnavailable, c.Addr, err)
+		return fmt.Errorf("%w: cairnd at %s: %w", ErrUnavailable, c.Addr, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))

@@ -243,7 +243,7 @@ func (s *session) login() error {
 	for {
 		var h header
 		if _, err := io.ReadFull(s.br, h[:]); err != nil {
-			return fmt.Errorf("%w: read: %v", errLoginFailed, err)
+			return fmt.Errorf("%w: read: %w", errLoginFailed, err)
 		}
 		n := wireBytes(h.ahsBytes(), h.dataBytes(), digests{}) - bhsBytes
 		if h.dataBytes() > loginDataMax {
@@ -252,11 +252,11 @@ func (s *session) login() error {
 		buf = append(buf[:0], h[:]...)
 		buf = append(buf, make([]byte, n)...)
 		if _, err := io.ReadFull(s.br, buf[bhsBytes:]); err != nil {
-			return fmt.Errorf("%w: read: %v", errLoginFailed, err)
+			return fmt.Errorf("%w: read: %w", errLoginFailed, err)
 		}
 		req, _, err := parsePDU(buf, digests{}, loginDataMax)
 		if err != nil {
-			return fmt.Errorf("%w: %v", errLoginFailed, err)
+			return fmt.Errorf("%w: %w", errLoginFailed, err)
 		}
 		step := l.step(&req)
 		if step.done {
@@ -288,7 +288,7 @@ func (s *session) login() error {
 		}
 		out := appendPDU(nil, &step.resp, digests{})
 		if _, err := s.nc.Write(out); err != nil {
-			return fmt.Errorf("%w: write: %v", errLoginFailed, err)
+			return fmt.Errorf("%w: write: %w", errLoginFailed, err)
 		}
 		if step.redirect {
 			s.log.Info("iscsi: login redirected", "initiator", l.initiatorName, "target", l.targetName,
