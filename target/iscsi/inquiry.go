@@ -225,7 +225,7 @@ func (u *lun) modeSense(info target.Info, cdb []byte, r *scsiResult) error {
 
 // modeSelect applies MODE SELECT (6) and (10): only the caching page's WCE
 // can change; any other page must equal its current value.
-func (u *lun) modeSelect(s *session, cdb []byte, c *scsiCmd, r *scsiResult) error {
+func (u *lun) modeSelect(from *nexus, cdb []byte, c *scsiCmd, r *scsiResult) error {
 	ten := cdb[0] == scsiModeSelect10
 	if cdb[1]&0x01 != 0 { // SP: cannot save
 		return senseInvalidFieldCDB
@@ -291,19 +291,15 @@ func (u *lun) modeSelect(s *session, cdb []byte, c *scsiCmd, r *scsiResult) erro
 	}
 	if newWCE != u.wce.Load() {
 		u.wce.Store(newWCE)
-		u.modeChanged(s)
+		u.modeChanged(from)
 	}
 	return nil
 }
 
-// modeChanged raises MODE PARAMETERS CHANGED on every other session.
-func (u *lun) modeChanged(except *session) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	for s := range u.mu.sessions {
-		if s != except {
-			s.addUA(uaModeParamChanged)
-		}
+// modeChanged raises MODE PARAMETERS CHANGED on every other I_T nexus.
+func (u *lun) modeChanged(except *nexus) {
+	for _, n := range u.others(except) {
+		n.addUA(uaModeParamChanged)
 	}
 }
 

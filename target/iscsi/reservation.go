@@ -92,48 +92,40 @@ func (u *lun) persistentReserveIn(ctx context.Context, cdb []byte, r *scsiResult
 
 // persistentReserveOut executes PERSISTENT RESERVE OUT: the new state is
 // saved before it is published and the command acknowledged.
-func (u *lun) persistentReserveOut(ctx context.Context, s *session, c *scsiCmd, r *scsiResult) error {
+func (u *lun) persistentReserveOut(ctx context.Context, n *nexus, c *scsiCmd, r *scsiResult) error {
 	plen := be32(c.cdb[5:])
 	r.spdtl = int(min(plen, 1<<30))
 	if uint64(len(c.data)) < uint64(plen) {
 		return senseInvalidFieldIU
 	}
-	o, err := u.res.Out(ctx, s.nexus, c.cdb, c.data[:plen])
+	o, err := u.res.Out(ctx, n.id, c.cdb, c.data[:plen])
 	if err != nil {
 		if errors.Is(err, reservation.ErrStore) {
-			s.log.Error("iscsi: persistent reservation not saved", "target", u.name, "err", err)
+			n.log.Error("iscsi: persistent reservation not saved", "target", u.name, "err", err)
 		}
 		return err
 	}
-	u.applyOutcome(ctx, s, o)
+	u.applyOutcome(ctx, n, o)
 	return nil
 }
 
 // applyOutcome establishes the unit attentions of a committed PERSISTENT
 // RESERVE OUT and aborts the tasks of the I_T nexuses it preempted with
 // PREEMPT AND ABORT, waiting for them.
-func (u *lun) applyOutcome(ctx context.Context, s *session, o reservation.Outcome) {
+func (u *lun) applyOutcome(ctx context.Context, from *nexus, o reservation.Outcome) {
 	if len(o.Attentions) == 0 && len(o.Abort) == 0 {
 		return
 	}
-	u.mu.Lock()
-	sessions := make([]*session, 0, len(u.mu.sessions))
-	for o := range u.mu.sessions {
-		if o != s {
-			sessions = append(sessions, o)
-		}
-	}
-	u.mu.Unlock()
 	var wait []*task
-	for _, o2 := range sessions {
+	for _, other := range u.others(from) {
 		for _, ua := range o.Attentions {
-			if ua.Nexus == o2.nexus {
-				o2.addUA(uaFor(ua.Cause))
+			if ua.Nexus == other.id {
+				other.addUA(uaFor(ua.Cause))
 			}
 		}
 		for _, n := range o.Abort {
-			if n == o2.nexus {
-				wait = append(wait, o2.abortAll(false, reservedTag)...)
+			if n == other.id {
+				wait = append(wait, other.tasks.abortAll(false, reservedTag)...)
 				break
 			}
 		}

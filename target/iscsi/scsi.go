@@ -90,8 +90,35 @@ type lun struct {
 
 	mu struct {
 		sync.Mutex
-		sessions map[*session]struct{}
+		nexuses map[*nexus]struct{} // of the sessions logged in to the unit
 	}
+}
+
+// attach registers the I_T nexus of a session that logged in.
+func (u *lun) attach(n *nexus) {
+	u.mu.Lock()
+	u.mu.nexuses[n] = struct{}{}
+	u.mu.Unlock()
+}
+
+// detach forgets the I_T nexus of a session that ended.
+func (u *lun) detach(n *nexus) {
+	u.mu.Lock()
+	delete(u.mu.nexuses, n)
+	u.mu.Unlock()
+}
+
+// others returns the I_T nexuses of the unit but except.
+func (u *lun) others(except *nexus) []*nexus {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	ns := make([]*nexus, 0, len(u.mu.nexuses))
+	for n := range u.mu.nexuses {
+		if n != except {
+			ns = append(ns, n)
+		}
+	}
+	return ns
 }
 
 func newLUN(name string, dev target.Device, blockSize, xferMax int, store ReservationStore) *lun {
@@ -110,7 +137,7 @@ func newLUN(name string, dev target.Device, blockSize, xferMax int, store Reserv
 	copy(u.naa[:], sum[8:16])
 	u.naa[0] = 0x30 | u.naa[0]&0x0f // NAA 3h: locally assigned
 	u.wce.Store(true)
-	u.mu.sessions = make(map[*session]struct{})
+	u.mu.nexuses = make(map[*nexus]struct{})
 	return u
 }
 
@@ -178,8 +205,8 @@ func cdbLen(op byte) int {
 
 // exec runs one command against the unit. It never panics on any CDB or
 // data; errors become CHECK CONDITION with the sense senseFor gives.
-func (u *lun) exec(ctx context.Context, s *session, c *scsiCmd, r *scsiResult) {
-	err := u.dispatch(ctx, s, c, r)
+func (u *lun) exec(ctx context.Context, n *nexus, c *scsiCmd, r *scsiResult) {
+	err := u.dispatch(ctx, n, c, r)
 	if err != nil {
 		r.release()
 		r.status, r.sense = statusFor(err, isWrite(c.cdb[0]))
@@ -195,7 +222,7 @@ func isWrite(op byte) bool {
 	return false
 }
 
-func (u *lun) dispatch(ctx context.Context, s *session, c *scsiCmd, r *scsiResult) error {
+func (u *lun) dispatch(ctx context.Context, n *nexus, c *scsiCmd, r *scsiResult) error {
 	cdb := c.cdb
 	op := cdb[0]
 	if c.lun != 0 {
@@ -217,17 +244,17 @@ func (u *lun) dispatch(ctx context.Context, s *session, c *scsiCmd, r *scsiResul
 	case scsiReportLUNs:
 		return u.reportLUNs(cdb, r)
 	case scsiRequestSense:
-		ua, ok := s.takeUA(u)
+		ua, ok := n.takeUA(u.dev.Info().Size)
 		if !ok {
 			ua = senseNoSense
 		}
 		r.reply(ua.appendFixed(nil), int(cdb[4]))
 		return nil
 	}
-	if ua, ok := s.takeUA(u); ok {
+	if ua, ok := n.takeUA(u.dev.Info().Size); ok {
 		return ua
 	}
-	if err := u.checkReservations(ctx, s.nexus, cdb); err != nil {
+	if err := u.checkReservations(ctx, n.id, cdb); err != nil {
 		return err
 	}
 	info := u.dev.Info()
@@ -235,11 +262,11 @@ func (u *lun) dispatch(ctx context.Context, s *session, c *scsiCmd, r *scsiResul
 	case scsiPRIn:
 		return u.persistentReserveIn(ctx, cdb, r)
 	case scsiPROut:
-		return u.persistentReserveOut(ctx, s, c, r)
+		return u.persistentReserveOut(ctx, n, c, r)
 	case scsiReserve6, scsiReserve10:
-		return u.reserve(ctx, s.nexus, cdb)
+		return u.reserve(ctx, n.id, cdb)
 	case scsiRelease6, scsiRelease10:
-		return u.release(ctx, s.nexus)
+		return u.release(ctx, n.id)
 	case scsiTestUnitReady, scsiStartStopUnit:
 		return nil
 	case scsiReadCapacity10:
@@ -308,7 +335,7 @@ func (u *lun) dispatch(ctx context.Context, s *session, c *scsiCmd, r *scsiResul
 	case scsiModeSense6, scsiModeSense10:
 		return u.modeSense(info, cdb, r)
 	case scsiModeSelect6, scsiModeSelect10:
-		return u.modeSelect(s, cdb, c, r)
+		return u.modeSelect(n, cdb, c, r)
 	}
 	return senseInvalidOpcode
 }

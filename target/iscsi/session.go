@@ -120,6 +120,7 @@ type session struct {
 	targetName, initiatorName string
 	isid                      [6]byte
 	nexus                     reservation.Nexus // of initiatorName and isid
+	nx                        *nexus            // what the SCSI layer sees of it; nil for discovery
 	tsih                      uint16
 	discovery                 bool
 	window                    int
@@ -171,11 +172,9 @@ type session struct {
 	mu struct {
 		sync.Mutex
 		tasks     map[uint32]*task
-		inFlight  int // non-immediate commands received and not answered
-		immediate int // immediate commands in flight
-		bytes     int // data buffer bytes reserved
-		ua        []sense
-		lastSize  int64
+		window    cmdWindow // CmdSN numbering and the counted commands in flight
+		immediate int       // immediate commands in flight
+		bytes     int       // data buffer bytes reserved
 		nextTTT   uint32
 	}
 
@@ -302,18 +301,16 @@ func (s *session) login() error {
 		}
 		if step.done {
 			s.statSN = l.statSN
-			s.cmdWindow.Store(uint64(l.cmdSN)<<32 | uint64(l.cmdSN+uint32(s.window)-1))
+			s.mu.window = newCmdWindow(l.cmdSN, s.window)
+			s.cmdWindow.Store(s.mu.window.packed())
 			s.nc.SetDeadline(time.Time{})
 			// Every device call of the session's commands carries its I_T
 			// nexus: the device checks reservations against it.
 			s.ctx = reservation.WithNexus(s.ctx, s.nexus)
 			s.log = s.log.With("initiator", s.initiatorName, "target", s.targetName, "tsih", s.tsih)
 			if s.lun != nil {
-				s.mu.lastSize = s.lun.dev.Info().Size
-				s.mu.ua = append(s.mu.ua, uaPowerOnReset)
-				s.lun.mu.Lock()
-				s.lun.mu.sessions[s] = struct{}{}
-				s.lun.mu.Unlock()
+				s.nx = newNexus(s.nexus, s.tsih, s.lun.dev.Info().Size, s.log, s)
+				s.lun.attach(s.nx)
 			}
 			s.log.Info("iscsi: login", "discovery", s.discovery, "params", s.p.String())
 			return nil
@@ -410,9 +407,9 @@ func (s *session) teardown(err error) {
 		s.releasePDU(&p)
 	}
 	if s.lun != nil {
-		s.lun.mu.Lock()
-		delete(s.lun.mu.sessions, s)
-		s.lun.mu.Unlock()
+		if s.nx != nil {
+			s.lun.detach(s.nx)
+		}
 		if s.tsih != 0 {
 			s.lun.releaseSPC2(s.nexus, false) // I_T nexus loss
 		}
@@ -549,42 +546,31 @@ func (s *session) writePDU(p *outPDU) error {
 // zeroPad pads data segments to 4 bytes; never written to.
 var zeroPad [4]byte
 
-// serialLess compares sequence numbers in serial number arithmetic (RFC
-// 1982), as RFC 7143 §4.2.2.1 requires.
-func serialLess(a, b uint32) bool { return a != b && int32(a-b) < 0 }
-
-// acceptCmdSN admits a non-immediate command's CmdSN: false (drop it
+// acceptCmdSN admits a non-immediate PDU's CmdSN: false (drop it
 // silently, RFC 7143 §4.2.2.1) if it is outside [ExpCmdSN, MaxCmdSN].
-// counted commands stay in flight until finish.
+// counted commands stay in flight until finishCounted or forget.
 func (s *session) acceptCmdSN(sn uint32, counted bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	w := s.cmdWindow.Load()
-	exp, maxSN := uint32(w>>32), uint32(w)
-	if serialLess(sn, exp) || serialLess(maxSN, sn) {
-		s.log.Debug("iscsi: CmdSN outside the window", "cmdsn", sn, "exp", exp, "max", maxSN)
+	if !s.mu.window.accept(sn, counted) {
+		s.log.Debug("iscsi: CmdSN outside the window", "cmdsn", sn, "exp", s.mu.window.exp, "max", s.mu.window.maxSN())
 		return false
 	}
-	// A gap cannot be filled on a single connection at ERL 0: skip it.
-	if counted {
-		s.mu.inFlight++
-	}
-	s.setWindowLocked(sn + 1)
+	s.cmdWindow.Store(s.mu.window.packed())
 	return true
 }
 
-// setWindowLocked publishes ExpCmdSN and the MaxCmdSN the free slots allow.
-func (s *session) setWindowLocked(exp uint32) {
-	maxSN := exp - 1 + uint32(s.window-s.mu.inFlight)
-	s.cmdWindow.Store(uint64(exp)<<32 | uint64(maxSN))
+// finishCountedLocked frees a counted command's slot in the window.
+func (s *session) finishCountedLocked() {
+	s.mu.window.finish()
+	s.cmdWindow.Store(s.mu.window.packed())
 }
 
 // finishCounted ends a non-immediate command that was counted in flight:
 // its slot in the window opens.
 func (s *session) finishCounted() {
 	s.mu.Lock()
-	s.mu.inFlight--
-	s.setWindowLocked(uint32(s.cmdWindow.Load() >> 32))
+	s.finishCountedLocked()
 	s.mu.Unlock()
 }
 
@@ -602,8 +588,7 @@ func (s *session) forgetLocked(t *task) {
 	if t.immediate {
 		s.mu.immediate--
 	} else {
-		s.mu.inFlight--
-		s.setWindowLocked(uint32(s.cmdWindow.Load() >> 32))
+		s.finishCountedLocked()
 	}
 }
 
@@ -611,41 +596,6 @@ func (s *session) forget(t *task) {
 	s.mu.Lock()
 	s.forgetLocked(t)
 	s.mu.Unlock()
-}
-
-// addUA queues a unit attention for this I_T nexus.
-func (s *session) addUA(ua sense) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, u := range s.mu.ua {
-		if u == ua {
-			return
-		}
-	}
-	if len(s.mu.ua) < 8 {
-		s.mu.ua = append(s.mu.ua, ua)
-	}
-}
-
-// takeUA returns and clears the oldest pending unit attention; a changed
-// device size raises CAPACITY DATA HAS CHANGED first.
-func (s *session) takeUA(u *lun) (sense, bool) {
-	size := u.dev.Info().Size
-	s.mu.Lock()
-	changed := size != s.mu.lastSize
-	s.mu.lastSize = size
-	s.mu.Unlock()
-	if changed {
-		s.addUA(uaCapacityChanged)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.mu.ua) == 0 {
-		return sense{}, false
-	}
-	ua := s.mu.ua[0]
-	s.mu.ua = append(s.mu.ua[:0], s.mu.ua[1:]...)
-	return ua, true
 }
 
 // readLoop reads PDUs until the connection ends.
@@ -1176,7 +1126,7 @@ func (s *session) run(t *task) {
 	defer t.ctx.cancel()
 	var r scsiResult
 	c := scsiCmd{cdb: t.cdb[:cdbLen(t.cdb[0])], lun: t.lunField, data: t.data, edtl: t.edtl}
-	s.lun.exec(&t.ctx, s, &c, &r)
+	s.lun.exec(&t.ctx, s.nx, &c, &r)
 	if t.buf != nil {
 		target.PutBuffer(t.buf)
 		t.buf, t.data = nil, nil
@@ -1302,16 +1252,8 @@ func (s *session) taskMgmt(h *header) error {
 			ua = uaBusReset
 		}
 		wait = s.abortAll(true, itt)
-		s.lun.mu.Lock()
-		others := make([]*session, 0, len(s.lun.mu.sessions))
-		for o := range s.lun.mu.sessions {
-			if o != s {
-				others = append(others, o)
-			}
-		}
-		s.lun.mu.Unlock()
-		for _, o := range others {
-			wait = append(wait, o.abortAll(false, reservedTag)...)
+		for _, o := range s.lun.others(s.nx) {
+			wait = append(wait, o.tasks.abortAll(false, reservedTag)...)
 			o.addUA(ua)
 		}
 		s.lun.wce.Store(true)
