@@ -32,13 +32,6 @@ const (
 	taskAborted
 )
 
-// dataSeq is one Data-Out sequence: unsolicited, or one R2T's burst.
-type dataSeq struct {
-	ttt       uint32
-	next, end int // buffer offsets: next expected, end of the sequence
-	dataSN    uint32
-}
-
 // task is one SCSI command of a session.
 type task struct {
 	itt       uint32
@@ -47,15 +40,10 @@ type task struct {
 	cdb       [16]byte
 	write     bool
 	edtl      int
-	reserved  int     // bytes counted against InFlightBytesMax
-	buf       *[]byte // Data-Out buffer
-	data      []byte  // (*buf)[:edtl]
-	received  int
-	unsol     dataSeq
-	unsolOpen bool
-	r2ts      []dataSeq // outstanding R2Ts
-	solicited int       // offset up to which data was solicited or sent unsolicited
-	r2tSN     uint32
+	reserved  int      // bytes counted against InFlightBytesMax
+	buf       *[]byte  // Data-Out buffer
+	data      []byte   // (*buf)[:edtl]
+	xfer      transfer // Data-Out and R2Ts, reader-owned
 	state     atomic.Int32
 	ctx       taskCtx
 	finished  event // fired when the worker is done with the task
@@ -933,25 +921,16 @@ func (s *session) scsiCommand(h *header, ahs []byte) error {
 		if err := s.readData(t.data[:n]); err != nil {
 			return err
 		}
-		t.received, t.solicited = n, n
-		if !final {
-			t.unsolOpen = true
-			t.unsol = dataSeq{ttt: reservedTag, next: n, end: min(s.p.firstBurst, t.edtl)}
-			if t.unsol.next >= t.unsol.end {
-				t.unsolOpen = false
-			}
-		}
+		t.xfer.start(t.edtl, n, final, s.p.firstBurst)
 	} else if err := s.discard(n); err != nil {
 		return err
 	}
-	if !t.write || t.received == t.edtl {
+	if !t.write || t.xfer.complete() {
 		s.dispatch(t)
 		return nil
 	}
 	s.lastData = time.Now()
-	if !t.unsolOpen {
-		s.solicit(t)
-	}
+	s.solicit(t)
 	return nil
 }
 
@@ -978,24 +957,20 @@ func (s *session) acquireBudget(n int) (bool, error) {
 
 // solicit sends R2Ts for t's missing data, up to MaxOutstandingR2T.
 func (s *session) solicit(t *task) {
-	for len(t.r2ts) < s.p.maxOutstandingR2T && t.solicited < t.edtl {
-		n := min(s.p.maxBurst, t.edtl-t.solicited)
+	for t.xfer.wantsR2T(s.p.maxOutstandingR2T) {
 		s.mu.Lock()
 		ttt := s.newTTTLocked()
 		s.mu.Unlock()
-		seq := dataSeq{ttt: ttt, next: t.solicited, end: t.solicited + n}
-		t.r2ts = append(t.r2ts, seq)
+		r := t.xfer.solicit(ttt, s.p.maxBurst)
 		var p outPDU
 		p.hdr.setOpcode(opR2T)
 		p.hdr[1] = flagFinal
 		p.hdr.setLUN(t.lunField)
 		p.hdr.setITT(t.itt)
-		p.hdr.setU32(20, ttt)
-		p.hdr.setU32(36, t.r2tSN)
-		p.hdr.setU32(40, uint32(seq.next))
-		p.hdr.setU32(44, uint32(n))
-		t.r2tSN++
-		t.solicited += n
+		p.hdr.setU32(20, r.ttt)
+		p.hdr.setU32(36, r.r2tSN)
+		p.hdr.setU32(40, uint32(r.off))
+		p.hdr.setU32(44, uint32(r.n))
 		s.send(p)
 	}
 }
@@ -1010,19 +985,8 @@ func (s *session) dataOut(h *header) error {
 		return s.discard(n) // answered or aborted already (ERL 0)
 	}
 	ttt, off, dsn := h.u32(20), int(h.u32(40)), h.u32(36)
-	var seq *dataSeq
-	if ttt == reservedTag {
-		if t.unsolOpen {
-			seq = &t.unsol
-		}
-	} else {
-		for i := range t.r2ts {
-			if t.r2ts[i].ttt == ttt {
-				seq = &t.r2ts[i]
-			}
-		}
-	}
-	if seq == nil || dsn != seq.dataSN || off != seq.next || n > seq.end-seq.next {
+	v := t.xfer.data(ttt, dsn, off, n, h.final())
+	if v == dataRefused {
 		s.log.Debug("iscsi: bad Data-Out", "itt", t.itt, "ttt", ttt, "datasn", dsn, "offset", off, "bytes", n)
 		s.failCollecting(t, senseDataPhaseError)
 		return s.discard(n)
@@ -1031,31 +995,12 @@ func (s *session) dataOut(h *header) error {
 		return err
 	}
 	s.lastData = time.Now()
-	seq.next += n
-	seq.dataSN++
-	t.received += n
-	if h.final() || seq.next == seq.end {
-		if ttt == reservedTag {
-			t.unsolOpen = false
-			t.solicited = t.received
-		} else {
-			if seq.next != seq.end {
-				s.failCollecting(t, senseDataPhaseError)
-				return nil
-			}
-			for i := range t.r2ts {
-				if t.r2ts[i].ttt == ttt {
-					t.r2ts = append(t.r2ts[:i], t.r2ts[i+1:]...)
-					break
-				}
-			}
-		}
-	}
-	if t.received == t.edtl {
+	switch {
+	case v == dataShort:
+		s.failCollecting(t, senseDataPhaseError)
+	case t.xfer.complete():
 		s.dispatch(t)
-		return nil
-	}
-	if !t.unsolOpen {
+	default:
 		s.solicit(t)
 	}
 	return nil
