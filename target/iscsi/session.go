@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -228,50 +227,13 @@ func (s *session) login() error {
 	l := newLogin(cfg)
 	var buf []byte
 	for {
-		var h header
-		if _, err := io.ReadFull(s.br, h[:]); err != nil {
-			return fmt.Errorf("%w: read: %w", errLoginFailed, err)
-		}
-		n := wireBytes(h.ahsBytes(), h.dataBytes(), digests{}) - bhsBytes
-		if h.dataBytes() > loginDataMax {
-			return fmt.Errorf("%w: login PDU of %d data bytes", errLoginFailed, h.dataBytes())
-		}
-		buf = append(buf[:0], h[:]...)
-		buf = append(buf, make([]byte, n)...)
-		if _, err := io.ReadFull(s.br, buf[bhsBytes:]); err != nil {
-			return fmt.Errorf("%w: read: %w", errLoginFailed, err)
-		}
-		req, _, err := parsePDU(buf, digests{}, loginDataMax)
+		req, err := s.readLoginPDU(&buf)
 		if err != nil {
-			return fmt.Errorf("%w: %w", errLoginFailed, err)
+			return err
 		}
 		step := l.step(&req)
 		if step.done {
-			s.p, s.d = l.params, l.params.digests()
-			s.initiatorName, s.isid = l.initiatorName, l.isid
-			s.nexus = reservation.NewNexus(l.initiatorName, l.isid)
-			s.discovery = l.sessionType == sessionDiscovery
-			if !s.discovery {
-				dev, ok := s.srv.opts.Targets.Lookup(l.targetName)
-				if !ok {
-					if node, addr, moved := s.srv.locate(l.targetName); moved {
-						l.redirectAddr = addr
-						step = l.redirect(addr, fmt.Sprintf("target %s moved to node %s at %s during login", l.targetName, node, addr))
-					} else {
-						step = l.reject(statusNotFound, "target went away during login")
-					}
-				} else {
-					s.targetName = l.targetName
-					s.lun = s.srv.lunFor(l.targetName, dev)
-				}
-			}
-			if !step.fail {
-				if err := s.srv.register(s); err != nil {
-					step = l.reject(statusTargetError, err.Error())
-				} else {
-					step.resp.hdr.setU16(14, s.tsih)
-				}
-			}
+			step = s.attachLogin(l, step)
 		}
 		out := appendPDU(nil, &step.resp, digests{})
 		if _, err := s.nc.Write(out); err != nil {
@@ -288,22 +250,83 @@ func (s *session) login() error {
 			return fmt.Errorf("%w: %s", errLoginFailed, l.failReason)
 		}
 		if step.done {
-			s.statSN = l.statSN
-			s.mu.window = newCmdWindow(l.cmdSN, s.window)
-			s.cmdWindow.Store(s.mu.window.packed())
-			s.nc.SetDeadline(time.Time{})
-			// Every device call of the session's commands carries its I_T
-			// nexus: the device checks reservations against it.
-			s.ctx = reservation.WithNexus(s.ctx, s.nexus)
-			s.log = s.log.With("initiator", s.initiatorName, "target", s.targetName, "tsih", s.tsih)
-			if s.lun != nil {
-				s.nx = newNexus(s.nexus, s.tsih, s.lun.dev.Info().Size, s.log, s)
-				s.lun.attach(s.nx)
-			}
-			s.log.Info("iscsi: login", "discovery", s.discovery, "params", s.p.String())
+			s.enterFullFeature(l)
 			return nil
 		}
 	}
+}
+
+// readLoginPDU reads one Login Request (no digests yet) into *buf.
+func (s *session) readLoginPDU(buf *[]byte) (PDU, error) {
+	var h header
+	if _, err := io.ReadFull(s.br, h[:]); err != nil {
+		return PDU{}, fmt.Errorf("%w: read: %w", errLoginFailed, err)
+	}
+	n := wireBytes(h.ahsBytes(), h.dataBytes(), digests{}) - bhsBytes
+	if h.dataBytes() > loginDataMax {
+		return PDU{}, fmt.Errorf("%w: login PDU of %d data bytes", errLoginFailed, h.dataBytes())
+	}
+	b := append((*buf)[:0], h[:]...)
+	b = append(b, make([]byte, n)...)
+	*buf = b
+	if _, err := io.ReadFull(s.br, b[bhsBytes:]); err != nil {
+		return PDU{}, fmt.Errorf("%w: read: %w", errLoginFailed, err)
+	}
+	req, _, err := parsePDU(b, digests{}, loginDataMax)
+	if err != nil {
+		return PDU{}, fmt.Errorf("%w: %w", errLoginFailed, err)
+	}
+	return req, nil
+}
+
+// attachLogin takes the negotiated parameters of a login that succeeded
+// and attaches the session to its target and to the server: the final
+// step, or a redirection or refusal if the target moved or went away or
+// the server refuses the session.
+func (s *session) attachLogin(l *login, step loginStep) loginStep {
+	s.p, s.d = l.params, l.params.digests()
+	s.initiatorName, s.isid = l.initiatorName, l.isid
+	s.nexus = reservation.NewNexus(l.initiatorName, l.isid)
+	s.discovery = l.sessionType == sessionDiscovery
+	if !s.discovery {
+		dev, ok := s.srv.opts.Targets.Lookup(l.targetName)
+		if !ok {
+			if node, addr, moved := s.srv.locate(l.targetName); moved {
+				l.redirectAddr = addr
+				return l.redirect(addr, fmt.Sprintf("target %s moved to node %s at %s during login", l.targetName, node, addr))
+			}
+			return l.reject(statusNotFound, "target went away during login")
+		}
+		s.targetName = l.targetName
+		s.lun = s.srv.lunFor(l.targetName, dev)
+	}
+	if step.fail {
+		return step
+	}
+	if err := s.srv.register(s); err != nil {
+		return l.reject(statusTargetError, err.Error())
+	}
+	step.resp.hdr.setU16(14, s.tsih)
+	return step
+}
+
+// enterFullFeature starts the full feature phase of a session that
+// logged in: the command window opens and, on a normal session, the I_T
+// nexus attaches to its unit.
+func (s *session) enterFullFeature(l *login) {
+	s.statSN = l.statSN
+	s.mu.window = newCmdWindow(l.cmdSN, s.window)
+	s.cmdWindow.Store(s.mu.window.packed())
+	s.nc.SetDeadline(time.Time{})
+	// Every device call of the session's commands carries its I_T
+	// nexus: the device checks reservations against it.
+	s.ctx = reservation.WithNexus(s.ctx, s.nexus)
+	s.log = s.log.With("initiator", s.initiatorName, "target", s.targetName, "tsih", s.tsih)
+	if s.lun != nil {
+		s.nx = newNexus(s.nexus, s.tsih, s.lun.dev.Info().Size, s.log, s)
+		s.lun.attach(s.nx)
+	}
+	s.log.Info("iscsi: login", "discovery", s.discovery, "params", s.p.String())
 }
 
 // kill drops the connection from outside its goroutines: the reader sees
@@ -675,20 +698,6 @@ func (s *session) waitReadable() error {
 	}
 }
 
-// ping sends a NOP-In that asks for a NOP-Out.
-func (s *session) ping() {
-	s.mu.Lock()
-	s.pingTTT = s.newTTTLocked()
-	s.mu.Unlock()
-	s.pingOutstanding, s.pingSent = true, time.Now()
-	var p outPDU
-	p.hdr.setOpcode(opNOPIn)
-	p.hdr[1] = flagFinal
-	p.hdr.setITT(reservedTag)
-	p.hdr.setU32(20, s.pingTTT)
-	s.send(p)
-}
-
 // newTTTLocked returns a fresh target transfer tag.
 func (s *session) newTTTLocked() uint32 {
 	s.mu.nextTTT++
@@ -771,45 +780,6 @@ func (s *session) handle(h *header, ahs []byte) error {
 	return s.discard(h.dataBytes())
 }
 
-// reject sends a Reject PDU carrying the offending header.
-func (s *session) reject(h *header, reason byte) {
-	var p outPDU
-	p.hdr.setOpcode(opReject)
-	p.hdr[1] = flagFinal
-	p.hdr[2] = reason
-	p.hdr.setITT(reservedTag)
-	p.data = append([]byte(nil), h[:]...)
-	p.advance = true
-	s.send(p)
-}
-
-// nopOut answers a ping, or takes the answer to ours.
-func (s *session) nopOut(h *header) error {
-	if h.itt() == reservedTag { // the answer to our NOP-In
-		if h.u32(20) == s.pingTTT {
-			s.pingOutstanding = false
-		}
-		return s.discard(h.dataBytes())
-	}
-	if !h.immediate() && !s.acceptCmdSN(h.cmdSN(), false) {
-		return s.discard(h.dataBytes())
-	}
-	data, err := s.readSmall(h)
-	if err != nil {
-		return err
-	}
-	var p outPDU
-	p.hdr.setOpcode(opNOPIn)
-	p.hdr[1] = flagFinal
-	p.hdr.setLUN(h.lun())
-	p.hdr.setITT(h.itt())
-	p.hdr.setU32(20, reservedTag)
-	p.data = data[:min(len(data), s.p.sendDataSegmentMax)]
-	p.advance = true
-	s.send(p)
-	return nil
-}
-
 // respondStatus sends a SCSI Response without data.
 func (s *session) respondStatus(itt uint32, status byte, sn sense, spdtl, edtl int) {
 	var p outPDU
@@ -862,25 +832,8 @@ func (s *session) scsiCommand(h *header, ahs []byte) error {
 	flags := h[1]
 	t.write = flags&0x20 != 0
 	final := flags&0x80 != 0
-	// failNow answers the command at once; its data is skipped.
-	failNow := func(status byte, sn sense) error {
-		if !immediate {
-			s.finishCounted()
-		}
-		s.respondStatus(t.itt, status, sn, 0, 0)
-		return s.discard(n)
-	}
-	switch {
-	case len(ahs) > 0: // extended CDB or bidirectional: not supported
-		return failNow(statusCheckCondition, senseInvalidOpcode)
-	case flags&0x40 != 0 && t.write:
-		return failNow(statusCheckCondition, senseInvalidFieldCDB)
-	case t.write && t.edtl > s.lun.xferMax*2+4096:
-		return failNow(statusCheckCondition, senseInvalidFieldCDB)
-	case n > 0 && (!t.write || !s.p.immediateData || n > t.edtl || n > s.p.firstBurst):
-		return failNow(statusCheckCondition, senseInvalidFieldIU)
-	case t.write && !final && s.p.initialR2T:
-		return failNow(statusCheckCondition, senseInvalidFieldIU)
+	if sn, bad := s.commandFault(t, flags, n, len(ahs)); bad {
+		return s.failCommand(t, n, statusCheckCondition, sn)
 	}
 	reserve := min(t.edtl, s.lun.xferMax*2+4096)
 	if reserve > 0 {
@@ -889,32 +842,15 @@ func (s *session) scsiCommand(h *header, ahs []byte) error {
 			return err
 		}
 		if !ok {
-			return failNow(statusTaskSetFull, sense{})
+			return s.failCommand(t, n, statusTaskSetFull, sense{})
 		}
 		t.budget.Store(int64(reserve))
 	}
-	s.mu.Lock()
-	switch {
-	case s.mu.tasks[t.itt] != nil:
-		s.mu.Unlock()
+	if status, sn, ok := s.addTask(t, reserve); !ok {
 		s.releaseBudget(t)
-		return failNow(statusCheckCondition, senseOverlapped)
-	case immediate && s.mu.immediate >= immediateMax,
-		s.mu.bytes+reserve > s.srv.opts.InFlightBytesMax && s.mu.bytes > 0:
-		s.mu.Unlock()
-		s.releaseBudget(t)
-		return failNow(statusTaskSetFull, sense{})
+		return s.failCommand(t, n, status, sn)
 	}
-	s.collecting.Add(1)
-	t.reserved = reserve
-	s.mu.bytes += reserve
-	if immediate {
-		s.mu.immediate++
-	}
-	s.mu.tasks[t.itt] = t
-	s.mu.Unlock()
 	t.ctx.parent = s.ctx
-
 	if t.write && t.edtl > 0 {
 		t.buf = target.GetBuffer(t.edtl)
 		t.data = (*t.buf)[:t.edtl]
@@ -932,6 +868,59 @@ func (s *session) scsiCommand(h *header, ahs []byte) error {
 	s.lastData = time.Now()
 	s.solicit(t)
 	return nil
+}
+
+// commandFault checks a SCSI Command PDU with flags, n bytes of immediate
+// data and ahs bytes of AHS against what the session negotiated; bad
+// means it fails at once with CHECK CONDITION and sense sn.
+func (s *session) commandFault(t *task, flags byte, n, ahs int) (sn sense, bad bool) {
+	final := flags&0x80 != 0
+	switch {
+	case ahs > 0: // extended CDB or bidirectional: not supported
+		return senseInvalidOpcode, true
+	case flags&0x40 != 0 && t.write:
+		return senseInvalidFieldCDB, true
+	case t.write && t.edtl > s.lun.xferMax*2+4096:
+		return senseInvalidFieldCDB, true
+	case n > 0 && (!t.write || !s.p.immediateData || n > t.edtl || n > s.p.firstBurst):
+		return senseInvalidFieldIU, true
+	case t.write && !final && s.p.initialR2T:
+		return senseInvalidFieldIU, true
+	}
+	return sense{}, false
+}
+
+// failCommand answers a command that was not added to the task table at
+// once, frees its window slot and skips its n bytes of data.
+func (s *session) failCommand(t *task, n int, status byte, sn sense) error {
+	if !t.immediate {
+		s.finishCounted()
+	}
+	s.respondStatus(t.itt, status, sn, 0, 0)
+	return s.discard(n)
+}
+
+// addTask enters t, collecting, in the task table with reserve bytes of
+// the session's data bound; if it cannot (its tag is in use, or the
+// session is full) it returns the status to answer with.
+func (s *session) addTask(t *task, reserve int) (byte, sense, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.mu.tasks[t.itt] != nil:
+		return statusCheckCondition, senseOverlapped, false
+	case t.immediate && s.mu.immediate >= immediateMax,
+		s.mu.bytes+reserve > s.srv.opts.InFlightBytesMax && s.mu.bytes > 0:
+		return statusTaskSetFull, sense{}, false
+	}
+	s.collecting.Add(1)
+	t.reserved = reserve
+	s.mu.bytes += reserve
+	if t.immediate {
+		s.mu.immediate++
+	}
+	s.mu.tasks[t.itt] = t
+	return 0, sense{}, true
 }
 
 // acquireBudget takes n bytes of the shared budget for a new command. It
@@ -1131,313 +1120,4 @@ func (s *session) respond(t *task, r *scsiResult) {
 		off += n
 		dataSN++
 	}
-}
-
-// Task management functions and responses (RFC 7143 §11.5, §11.6).
-const (
-	tmfAbortTask        = 1
-	tmfAbortTaskSet     = 2
-	tmfClearACA         = 3
-	tmfClearTaskSet     = 4
-	tmfLUNReset         = 5
-	tmfTargetWarmReset  = 6
-	tmfTargetColdReset  = 7
-	tmfTaskReassign     = 8
-	tmfRespComplete     = 0
-	tmfRespNoTask       = 1
-	tmfRespNoLUN        = 2
-	tmfRespNoReassign   = 4
-	tmfRespNotSupported = 5
-	tmfRespRejected     = 255
-)
-
-// taskMgmt executes a task management function. Tasks still receiving
-// data are dropped here, on the reader; running tasks are cancelled and
-// waited for on a helper goroutine, which then answers.
-func (s *session) taskMgmt(h *header) error {
-	if err := s.discard(h.dataBytes()); err != nil {
-		return err
-	}
-	if s.discovery {
-		s.reject(h, rejectProtocolError)
-		return nil
-	}
-	counted := !h.immediate()
-	if counted && !s.acceptCmdSN(h.cmdSN(), true) {
-		return nil
-	}
-	fn, itt, rtt := h[1]&0x7f, h.itt(), h.u32(20)
-	var wait []*task
-	resp := byte(tmfRespComplete)
-	switch fn {
-	case tmfAbortTask:
-		s.mu.Lock()
-		t := s.mu.tasks[rtt]
-		s.mu.Unlock()
-		if t == nil || t.lunField != h.lun() {
-			resp = tmfRespNoTask
-		} else if w, ok := s.abort(t, true); ok {
-			wait = append(wait, w...)
-		} else {
-			resp = tmfRespNoTask
-		}
-	case tmfAbortTaskSet, tmfClearTaskSet:
-		if h.lun() != 0 {
-			resp = tmfRespNoLUN
-			break
-		}
-		wait = s.abortAll(true, itt)
-	case tmfLUNReset, tmfTargetWarmReset:
-		if fn == tmfLUNReset && h.lun() != 0 {
-			resp = tmfRespNoLUN
-			break
-		}
-		ua := uaLUNReset
-		if fn == tmfTargetWarmReset {
-			ua = uaBusReset
-		}
-		wait = s.abortAll(true, itt)
-		for _, o := range s.lun.others(s.nx) {
-			wait = append(wait, o.tasks.abortAll(false, reservedTag)...)
-			o.addUA(ua)
-		}
-		s.lun.wce.Store(true)
-		s.lun.releaseSPC2(reservation.Nexus{}, true)
-	case tmfClearACA, tmfTargetColdReset:
-		resp = tmfRespNotSupported
-	case tmfTaskReassign:
-		resp = tmfRespNoReassign
-	default:
-		resp = tmfRespRejected
-	}
-	s.auxWG.Add(1)
-	go func() {
-		defer s.auxWG.Done()
-		for _, t := range wait {
-			select {
-			case <-t.finished.wait():
-			case <-s.stopping:
-				return
-			}
-		}
-		if counted {
-			s.finishCounted()
-		}
-		var p outPDU
-		p.hdr.setOpcode(opTaskMgmtResp)
-		p.hdr[1] = flagFinal
-		p.hdr[2] = resp
-		p.hdr.setITT(itt)
-		p.advance = true
-		s.send(p)
-	}()
-	return nil
-}
-
-// abort claims t so that it is never answered. owner is true on t's
-// session's reader, which alone may free a collecting task's buffer. It
-// returns the tasks to wait for and whether t was claimed.
-func (s *session) abort(t *task, owner bool) ([]*task, bool) {
-	switch {
-	case t.state.CompareAndSwap(taskCollecting, taskAborted):
-		s.collecting.Add(-1)
-		s.forget(t)
-		t.ctx.cancel()
-		t.finished.fire()
-		if owner && t.buf != nil {
-			target.PutBuffer(t.buf)
-			t.buf, t.data = nil, nil
-		}
-		// Returned here even when another session's reader aborts the
-		// task: the owner forgets its buffer (the GC takes it).
-		s.releaseBudget(t)
-		return nil, true
-	case t.state.CompareAndSwap(taskRunning, taskAborted):
-		s.forget(t)
-		t.ctx.cancel()
-		return []*task{t}, true
-	}
-	return []*task{t}, false // answering already: wait for its response to go first
-}
-
-// abortAll aborts every task of the session but the task management
-// request except.
-func (s *session) abortAll(owner bool, except uint32) []*task {
-	s.mu.Lock()
-	ts := make([]*task, 0, len(s.mu.tasks))
-	for _, t := range s.mu.tasks {
-		if t.itt != except {
-			ts = append(ts, t)
-		}
-	}
-	s.mu.Unlock()
-	var wait []*task
-	for _, t := range ts {
-		w, _ := s.abort(t, owner)
-		wait = append(wait, w...)
-	}
-	return wait
-}
-
-// textRequest answers Text Requests: SendTargets, with continuation both
-// ways (RFC 7143 §11.10, §12.3).
-func (s *session) textRequest(h *header) error {
-	data, err := s.readSmall(h)
-	if err != nil {
-		return err
-	}
-	if !h.immediate() && !s.acceptCmdSN(h.cmdSN(), false) {
-		return nil
-	}
-	itt, ttt := h.itt(), h.u32(20)
-	reply := func(data []byte, final bool, ttt uint32) {
-		var p outPDU
-		p.hdr.setOpcode(opTextResp)
-		if final {
-			p.hdr[1] = flagFinal
-		} else {
-			p.hdr[1] = 0x40 // C
-		}
-		p.hdr.setITT(itt)
-		p.hdr.setU32(20, ttt)
-		p.data = data
-		p.advance = true
-		s.send(p)
-	}
-	newTTT := func() uint32 {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.newTTTLocked()
-	}
-	if ttt != reservedTag && ttt == s.text.ttt && len(s.text.reply) > 0 && len(data) == 0 {
-		s.sendTextChunk(reply, newTTT)
-		return nil
-	}
-	s.text.reply = nil
-	if len(s.text.request)+len(data) > textBytesMax {
-		s.text.request = nil
-		s.reject(h, rejectProtocolError)
-		return nil
-	}
-	s.text.request = append(s.text.request, data...)
-	if h[1]&0x40 != 0 { // C: more request text follows
-		s.text.ttt = newTTT()
-		reply(nil, false, s.text.ttt)
-		return nil
-	}
-	pairs, err := parseText(s.text.request)
-	s.text.request = nil
-	if err != nil {
-		s.reject(h, rejectProtocolError)
-		return nil
-	}
-	var out []pair
-	for _, kv := range pairs {
-		if kv.key != "SendTargets" {
-			out = append(out, pair{kv.key, valNotUnderstood})
-			continue
-		}
-		var names []string
-		switch {
-		case kv.value == "All" && s.discovery:
-			names = s.srv.opts.Targets.List()
-		case kv.value == "All", kv.value == "":
-			if s.targetName != "" {
-				names = []string{s.targetName}
-			}
-		default:
-			if _, ok := s.srv.opts.Targets.Lookup(kv.value); ok {
-				names = []string{kv.value}
-			} else if _, _, ok := s.srv.locate(kv.value); ok {
-				names = []string{kv.value}
-			}
-		}
-		here := s.portalAddress()
-		_, locator := s.srv.opts.Targets.(target.Locator)
-		for _, n := range names {
-			// A target attached to another node is listed at that node's
-			// portal.
-			addr := here
-			if locator {
-				if _, ok := s.srv.opts.Targets.Lookup(n); !ok {
-					if _, there, ok := s.srv.locate(n); ok {
-						addr = there
-					}
-				}
-			}
-			out = append(out, pair{"TargetName", n}, pair{"TargetAddress", addr + "," + portalGroupTag})
-		}
-	}
-	s.text.reply = appendText(nil, out)
-	s.sendTextChunk(reply, newTTT)
-	return nil
-}
-
-// sendTextChunk sends the next piece of a Text Response.
-func (s *session) sendTextChunk(reply func([]byte, bool, uint32), newTTT func() uint32) {
-	r := s.text.reply
-	if len(r) <= s.p.sendDataSegmentMax {
-		s.text.reply, s.text.ttt = nil, 0
-		reply(r, true, reservedTag)
-		return
-	}
-	s.text.reply = r[s.p.sendDataSegmentMax:]
-	s.text.ttt = newTTT()
-	reply(r[:s.p.sendDataSegmentMax], false, s.text.ttt)
-}
-
-// portalAddress is the address the initiator reached us on, as TargetAddress
-// wants it.
-func (s *session) portalAddress() string {
-	a := s.nc.LocalAddr().String()
-	if tcp, ok := s.nc.LocalAddr().(*net.TCPAddr); ok && tcp.IP.To4() == nil && !strings.HasPrefix(a, "[") {
-		a = fmt.Sprintf("[%s]:%d", tcp.IP, tcp.Port)
-	}
-	return a
-}
-
-// logout ends the session: wait for the commands in flight to be answered,
-// then answer the logout and close.
-func (s *session) logout(h *header) error {
-	if err := s.discard(h.dataBytes()); err != nil {
-		return err
-	}
-	if !h.immediate() && !s.acceptCmdSN(h.cmdSN(), false) {
-		return nil
-	}
-	reason := h[1] & 0x7f
-	var p outPDU
-	p.hdr.setOpcode(opLogoutResp)
-	p.hdr[1] = flagFinal
-	p.hdr.setITT(h.itt())
-	p.advance = true
-	if reason == 2 { // remove the connection for recovery: not at ERL 0
-		p.hdr[2] = 2
-		s.send(p)
-		return nil
-	}
-	s.loggedOut = true
-	s.mu.Lock()
-	var collecting []*task
-	for _, t := range s.mu.tasks {
-		if t.state.Load() == taskCollecting {
-			collecting = append(collecting, t)
-		}
-	}
-	s.mu.Unlock()
-	for _, t := range collecting {
-		s.abort(t, true)
-	}
-	s.tasksWG.Wait()
-	s.auxWG.Wait()
-	p.closeAfter = true
-	if !s.send(p) {
-		return errLogout
-	}
-	select {
-	case <-s.flushed:
-	case <-s.stopping:
-	case <-time.After(s.srv.opts.ReplyTimeout):
-	}
-	return errLogout
 }
