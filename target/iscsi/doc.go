@@ -18,8 +18,16 @@
 //     TargetAddress=host:port,1, which libiscsi and open-iscsi follow;
 //     SendTargets lists such targets at that portal. Transcripts in
 //     testdata/login.
-//   - Sessions (server.go, session.go) and the SCSI device server (scsi.go,
-//     inquiry.go, sense.go).
+//   - Sessions and the SCSI device server. server.go accepts connections;
+//     a session (session.go: login, teardown) reads PDUs (reader.go) and
+//     sends them from one writer (writer.go); SCSI commands (command.go)
+//     are admitted through the command window (cmdsn.go) and receive
+//     their Data-Out by R2T (dataout.go), both pure state machines, then
+//     run on the session's workers; task management (taskmgmt.go) and the
+//     NOP, Text and Logout PDUs (control.go) beside them. The SCSI device
+//     server (scsi.go, inquiry.go, sense.go) sees the I_T nexus of a
+//     command (nexus.go: identity, unit attentions, last capacity), never
+//     the session.
 //   - Reservations (pr.go, reservation.go): the SCSI side of the
 //     volume's reservations. The state machine, its store and the check
 //     every front end's requests pass belong to package reservation; a
@@ -41,7 +49,8 @@
 // ExpCmdSN and MaxCmdSN on every PDU as it sends it; worker goroutines
 // that run SCSI commands, started when a command finds none idle and kept
 // until the session ends (never more than commands can be in flight); and
-// helper goroutines for task management and logout waits. The connection goroutine waits for all of them before it returns;
+// helper goroutines for task management and logout waits. The
+// connection goroutine waits for all of them before it returns;
 // Close closes every connection and waits for every connection goroutine.
 // Server methods are safe for concurrent use. Device methods are called
 // from workers, many at once, with a context cancelled when the command is
