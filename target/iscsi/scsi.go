@@ -257,8 +257,15 @@ func (u *lun) dispatch(ctx context.Context, n *nexus, c *scsiCmd, r *scsiResult)
 	if err := u.checkReservations(ctx, n.id, cdb); err != nil {
 		return err
 	}
+	return u.execute(ctx, n, c, r)
+}
+
+// execute runs a command of nexus n that passed the unit attention and
+// reservation checks.
+func (u *lun) execute(ctx context.Context, n *nexus, c *scsiCmd, r *scsiResult) error {
+	cdb := c.cdb
 	info := u.dev.Info()
-	switch op {
+	switch cdb[0] {
 	case scsiPRIn:
 		return u.persistentReserveIn(ctx, cdb, r)
 	case scsiPROut:
@@ -284,6 +291,19 @@ func (u *lun) dispatch(ctx context.Context, n *nexus, c *scsiCmd, r *scsiResult)
 			return u.reportOpcodes(cdb, r)
 		}
 		return senseInvalidFieldCDB
+	case scsiModeSense6, scsiModeSense10:
+		return u.modeSense(info, cdb, r)
+	case scsiModeSelect6, scsiModeSelect10:
+		return u.modeSelect(n, cdb, c, r)
+	}
+	return u.blockCommand(ctx, info, c, r)
+}
+
+// blockCommand runs the block commands (SBC-3): reads, writes, verifies,
+// prefetches, cache syncs, WRITE SAME, UNMAP, COMPARE AND WRITE.
+func (u *lun) blockCommand(ctx context.Context, info target.Info, c *scsiCmd, r *scsiResult) error {
+	cdb := c.cdb
+	switch op := cdb[0]; op {
 	case scsiRead6:
 		lba := uint64(cdb[1]&0x1f)<<16 | uint64(cdb[2])<<8 | uint64(cdb[3])
 		n := uint32(cdb[4])
@@ -332,10 +352,6 @@ func (u *lun) dispatch(ctx context.Context, n *nexus, c *scsiCmd, r *scsiResult)
 		return u.unmap(ctx, info, cdb, c, r)
 	case scsiCompareAndWrite:
 		return u.compareAndWrite(ctx, info, cdb, c, r)
-	case scsiModeSense6, scsiModeSense10:
-		return u.modeSense(info, cdb, r)
-	case scsiModeSelect6, scsiModeSelect10:
-		return u.modeSelect(n, cdb, c, r)
 	}
 	return senseInvalidOpcode
 }
