@@ -47,7 +47,17 @@ func (w *cmdWindow) accept(sn uint32, counted bool) bool {
 		w.inFlight++
 	}
 	w.exp = sn + 1
+	if invariants {
+		w.check()
+	}
 	return true
+}
+
+// check panics if an invariant is broken (-tags invariants).
+func (w *cmdWindow) check() {
+	if w.inFlight < 0 || w.inFlight > w.size {
+		panic(fmt.Sprintf("iscsi: command window: %d of %d slots in flight", w.inFlight, w.size))
+	}
 }
 
 // finish frees the slot of a counted command that was accepted.

@@ -1,5 +1,7 @@
 package iscsi
 
+import "fmt"
+
 // dataSeq is one Data-Out sequence: unsolicited, or one R2T's burst.
 type dataSeq struct {
 	ttt       uint32
@@ -90,6 +92,9 @@ func (x *transfer) data(ttt, dataSN uint32, off, n int, final bool) dataVerdict 
 	seq.next += n
 	seq.dataSN++
 	x.received += n
+	if invariants {
+		x.check()
+	}
 	if !final && seq.next != seq.end {
 		return dataAccepted
 	}
@@ -120,4 +125,16 @@ func (x *transfer) sequence(ttt uint32) (int, *dataSeq) {
 		}
 	}
 	return -1, nil
+}
+
+// check panics if an invariant is broken (-tags invariants).
+func (x *transfer) check() {
+	if x.received > x.edtl || x.solicited > x.edtl || x.unsolOpen && x.unsol.end > x.edtl {
+		panic(fmt.Sprintf("iscsi: transfer past EDTL: %+v", *x))
+	}
+	for _, s := range x.r2ts {
+		if s.next > s.end || s.end > x.solicited {
+			panic(fmt.Sprintf("iscsi: R2T sequence %+v outside what was solicited: %+v", s, *x))
+		}
+	}
 }
