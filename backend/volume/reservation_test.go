@@ -45,6 +45,13 @@ func TestReservationsAtAdmission(t *testing.T) {
 			return v.Extents(c, 0, 4096, func(target.Extent) bool { return true })
 		},
 		"flush": func(c context.Context) error { return v.Flush(c) },
+		"caw": func(c context.Context) error {
+			cur := make([]byte, 4096)
+			if err := v.ReadAt(hctx, cur, 8192); err != nil { // the holder always reads
+				return err
+			}
+			return v.CompareAndWrite(c, cur, cur, 8192, 0)
+		},
 	}
 	expect := func(stage string, c context.Context, refused ...string) {
 		t.Helper()
@@ -64,13 +71,13 @@ func TestReservationsAtAdmission(t *testing.T) {
 	prOut(t, v, reg, 0x00, 0, 0, 0xb)
 	expect("registered only", ctx)
 	prOut(t, v, holder, 0x01, reservation.WriteExclusiveRO, 0xa, 0) // RESERVE
-	expect("WE-RO, unregistered", ctx, "write", "partial", "zero", "trim")
+	expect("WE-RO, unregistered", ctx, "write", "partial", "zero", "trim", "caw")
 	expect("WE-RO, holder", hctx)
 	expect("WE-RO, registrant", rctx)
 	prOut(t, v, holder, 0x02, reservation.WriteExclusiveRO, 0xa, 0) // RELEASE
 	prOut(t, v, holder, 0x01, reservation.ExclusiveAccess, 0xa, 0)
-	expect("EA, unregistered", ctx, "write", "partial", "zero", "trim", "read", "extents", "flush")
-	expect("EA, registrant", rctx, "write", "partial", "zero", "trim", "read", "extents", "flush")
+	expect("EA, unregistered", ctx, "write", "partial", "zero", "trim", "caw", "read", "extents", "flush")
+	expect("EA, registrant", rctx, "write", "partial", "zero", "trim", "caw", "read", "extents", "flush")
 	expect("EA, holder", hctx)
 	prOut(t, v, holder, 0x02, reservation.ExclusiveAccess, 0xa, 0)
 	expect("released", ctx)

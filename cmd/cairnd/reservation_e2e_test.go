@@ -161,7 +161,9 @@ func TestReservationFencesNBD(t *testing.T) {
 	if st, k := in.command(w10, bytes.Repeat([]byte{0x33}, 4096)); st != 0 {
 		t.Fatalf("holder's WRITE (10): status %#x sense key %#x", st, k)
 	}
-	sh(t, "qemu-io", "-f", "raw", "-c", "read -P 0x33 0 4k", p.uri("vol0"))
+	if out := sh(t, "qemu-io", "-f", "raw", "-c", "read -P 0x33 0 4k", p.uri("vol0")); strings.Contains(out, "failed") {
+		t.Fatalf("the holder's write is not what NBD reads:\n%s", out)
+	}
 
 	in.prOut(0x02, 0x05, key, 0) // RELEASE
 	out = sh(t, "qemu-io", "-f", "raw", "-c", "write -P 0x44 0 4k", "-c", "read -P 0x44 0 4k", p.uri("vol0"))
