@@ -32,7 +32,7 @@ func (b *Binary) Get(ctx context.Context, dir string) (string, error) {
 		if b.Path != "" {
 			b.path, b.err = exec.LookPath(b.Path)
 			if b.err != nil {
-				b.err = fmt.Errorf("%w: cairnd %s: %v", ErrUnavailable, b.Path, b.err)
+				b.err = fmt.Errorf("%w: cairnd %s: %w", ErrUnavailable, b.Path, b.err)
 			}
 			return
 		}
@@ -54,7 +54,7 @@ func buildCairnd(ctx context.Context, dir string) (string, error) {
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+string(filepath.Separator), "cairn/cmd/cairnd")
 	cmd.Dir = filepath.Dir(gomod)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("%w: go build cairn/cmd/cairnd: %v: %s", ErrUnavailable, err, tail(out))
+		return "", fmt.Errorf("%w: go build cairn/cmd/cairnd: %w: %s", ErrUnavailable, err, tail(out))
 	}
 	return filepath.Join(dir, "cairnd"), nil
 }

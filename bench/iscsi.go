@@ -53,7 +53,7 @@ func runTool(ctx context.Context, timeout time.Duration, argv ...string) (toolRu
 	}
 	if err != nil {
 		if cerr := context.Cause(ctx); cerr != nil {
-			err = fmt.Errorf("%w (%v)", err, cerr)
+			err = fmt.Errorf("%w (%w)", err, cerr)
 		}
 		return r, fmt.Errorf("%s: %w: %s", argv[0], err, tail(r.out))
 	}

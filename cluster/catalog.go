@@ -174,7 +174,7 @@ func Open(opts Options) (c *Catalog, err error) {
 		return nil, fmt.Errorf("cluster: open: %w: empty Dir", ErrInvalid)
 	}
 	if _, _, err := net.SplitHostPort(opts.Bind); err != nil {
-		return nil, fmt.Errorf("cluster: open: %w: Bind: %v", ErrInvalid, err)
+		return nil, fmt.Errorf("cluster: open: %w: Bind: %w", ErrInvalid, err)
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -228,7 +228,7 @@ func Open(opts Options) (c *Catalog, err error) {
 		conf.SnapshotThreshold = opts.SnapshotThreshold
 	}
 	if err := raft.ValidateConfig(conf); err != nil {
-		return nil, fmt.Errorf("cluster: open: %w: %v", ErrInvalid, err)
+		return nil, fmt.Errorf("cluster: open: %w: %w", ErrInvalid, err)
 	}
 	existing, err := raft.HasExistingState(store, store, snaps)
 	if err != nil {
@@ -285,7 +285,7 @@ func (c *Catalog) Bootstrap(servers []Server) error {
 			return fmt.Errorf("cluster: bootstrap: %w", err)
 		}
 		if _, _, err := net.SplitHostPort(s.Address); err != nil {
-			return fmt.Errorf("cluster: bootstrap: %w: server %s: %v", ErrInvalid, s.ID, err)
+			return fmt.Errorf("cluster: bootstrap: %w: server %s: %w", ErrInvalid, s.ID, err)
 		}
 		self = self || s.ID == c.id
 		conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(s.ID), Address: raft.ServerAddress(s.Address)})
@@ -430,7 +430,7 @@ func (c *Catalog) AddVoter(ctx context.Context, s Server) error {
 		return fmt.Errorf("cluster: add voter: %w", err)
 	}
 	if _, _, err := net.SplitHostPort(s.Address); err != nil {
-		return fmt.Errorf("cluster: add voter: %w: %s: %v", ErrInvalid, s.ID, err)
+		return fmt.Errorf("cluster: add voter: %w: %s: %w", ErrInvalid, s.ID, err)
 	}
 	timeout := c.timeout(ctx)
 	if timeout <= 0 {
@@ -450,7 +450,7 @@ func (c *Catalog) AddNonvoter(ctx context.Context, s Server) error {
 		return fmt.Errorf("cluster: add nonvoter: %w", err)
 	}
 	if _, _, err := net.SplitHostPort(s.Address); err != nil {
-		return fmt.Errorf("cluster: add nonvoter: %w: %s: %v", ErrInvalid, s.ID, err)
+		return fmt.Errorf("cluster: add nonvoter: %w: %s: %w", ErrInvalid, s.ID, err)
 	}
 	timeout := c.timeout(ctx)
 	if timeout <= 0 {

@@ -129,7 +129,7 @@ func decodeForwardReply(b []byte) (outcome, uint64, error) {
 		return outcome{}, 0, fmt.Errorf("%w: %d bytes", errBadReply, len(b))
 	}
 	if err := decodeStrict(b, &r); err != nil {
-		return outcome{}, 0, fmt.Errorf("%w: %v", errBadReply, err)
+		return outcome{}, 0, fmt.Errorf("%w: %w", errBadReply, err)
 	}
 	if r.Error != "" {
 		fe := &forwardedError{msg: r.Error}

@@ -203,7 +203,7 @@ func decodeOp(data []byte) (op, any, error) {
 	}
 	var c command
 	if err := decodeStrict(data, &c); err != nil {
-		return "", nil, fmt.Errorf("%w: command: %v", ErrInvalid, err)
+		return "", nil, fmt.Errorf("%w: command: %w", ErrInvalid, err)
 	}
 	var args any
 	switch c.Op {
@@ -239,7 +239,7 @@ func decodeOp(data []byte) (op, any, error) {
 		return "", nil, fmt.Errorf("%w: unknown command %.40q", ErrInvalid, c.Op)
 	}
 	if err := decodeStrict(c.Args, args); err != nil {
-		return "", nil, fmt.Errorf("%w: %s arguments: %v", ErrInvalid, c.Op, err)
+		return "", nil, fmt.Errorf("%w: %s arguments: %w", ErrInvalid, c.Op, err)
 	}
 	return c.Op, args, nil
 }
@@ -583,13 +583,13 @@ func decodeState(r io.Reader) (state, error) {
 	}
 	var f snapshotFile
 	if err := decodeStrict(data, &f); err != nil {
-		return state{}, fmt.Errorf("%w: snapshot: %v", ErrInvalid, err)
+		return state{}, fmt.Errorf("%w: snapshot: %w", ErrInvalid, err)
 	}
 	if f.Version != snapshotVersionV1 {
 		return state{}, fmt.Errorf("%w: snapshot version %d, want %d", ErrInvalid, f.Version, snapshotVersionV1)
 	}
 	if err := f.State.check(); err != nil {
-		return state{}, fmt.Errorf("%w: snapshot: %v", ErrInvalid, err)
+		return state{}, fmt.Errorf("%w: snapshot: %w", ErrInvalid, err)
 	}
 	return f.State, nil
 }

@@ -3,6 +3,7 @@ package target
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 // Sentinel errors a Device returns, wrapped with context. Front ends classify
@@ -21,6 +22,10 @@ var (
 	ErrIO = errors.New("target: I/O error")
 	// ErrClosed: the device was closed or deleted under the request.
 	ErrClosed = errors.New("target: device closed")
+	// ErrReservationConflict: the requester is excluded by a reservation
+	// of the device (SCSI persistent reservations, kept by the device for
+	// every front end). iSCSI answers RESERVATION CONFLICT, NBD NBD_EPERM.
+	ErrReservationConflict = errors.New("target: reservation conflict")
 )
 
 // WriteFlags modify a write-class request.
@@ -68,6 +73,35 @@ type Device interface {
 	Zero(ctx context.Context, off, n int64, flags ZeroFlags) error
 	// Flush makes every write acknowledged before the call durable.
 	Flush(ctx context.Context) error
+}
+
+// ErrMiscompare: a CompareAndWrite found other data than expected and wrote
+// nothing. The error is a *MiscompareError carrying where.
+var ErrMiscompare = errors.New("target: miscompare")
+
+// MiscompareError is the error of a CompareAndWrite whose compare failed.
+// It matches ErrMiscompare.
+type MiscompareError struct {
+	// Offset is the first differing byte, from the start of the request.
+	Offset int64
+}
+
+func (e *MiscompareError) Error() string {
+	return fmt.Sprintf("target: miscompare at byte %d of the request", e.Offset)
+}
+
+// Unwrap makes a MiscompareError match ErrMiscompare.
+func (e *MiscompareError) Unwrap() error { return ErrMiscompare }
+
+// Comparer is implemented by devices that compare and write atomically
+// (SCSI COMPARE AND WRITE, the ATS lock of VMware among its users).
+type Comparer interface {
+	// CompareAndWrite compares the len(cmp) bytes at off with cmp and, if
+	// they are equal, writes data (of the same length) there. Nothing else
+	// that changes those bytes, from any front end or connection, lands
+	// between the compare and the write. On a difference it writes nothing
+	// and returns a *MiscompareError. It must not retain cmp or data.
+	CompareAndWrite(ctx context.Context, cmp, data []byte, off int64, flags WriteFlags) error
 }
 
 // Extent is a run of bytes with the same allocation state.

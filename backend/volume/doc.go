@@ -11,18 +11,35 @@
 //     read-modify-write: sub-block writes and zero ranges hold the block's
 //     stripe lock exclusively; whole-block writes hold it shared (two
 //     whole-block writes may land in either order, as on a disk).
+//   - A compare-and-write (target.Comparer) holds the stripe locks of all
+//     its blocks exclusively from the compare to the write, so no write,
+//     zero or trim of those blocks, from any front end, lands in between.
+//     A miscompare writes nothing.
 //   - A write is acknowledged only when every replica in its chunk's set has
 //     it (durably, for FUA).
 //
 // # Request lifecycle
 //
 // Every request of a front end takes one path: admit (counted in flight;
-// refused once Close began) → block locks → one stamp → node calls, whose
+// refused once Close began, or when the volume's reservations exclude the
+// requester) → block locks → one stamp → node calls, whose
 // context carries the request's deadline → unlock → exit. The stamp comes
 // after the locks so that two requests serialized on a block are stamped in
 // that order. Exit is the one place a request leaves the volume. Close
 // stops admitting and waits, bounded, for the requests inside; only after
 // it returned nil may the volume's data be dropped.
+//
+// # Reservations
+//
+// The volume keeps its SCSI reservations (a reservation.Unit over
+// Options.Reservations, the catalog in cairnd) and checks every request
+// against them at admission, whichever front end sent it: writes, zeroes
+// and trims need write access, reads, extents and flushes read access;
+// the requester is the nexus the request's context carries (none for an
+// NBD connection). The iSCSI front end changes the state through
+// Reservations. A request admitted before a change may complete after it,
+// as commands already in a SCSI task set do; PREEMPT AND ABORT aborts
+// the preempted iSCSI sessions' commands.
 //
 // Concurrency: all methods are safe for concurrent use. The Volume owns no
 // long-lived goroutines; a write or zero over several replicas runs its

@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 
 	"cairn/backend/store"
 	"cairn/target"
+	"cairn/target/reservation"
 )
 
 // BlockSize is the volume's native block size in bytes.
@@ -113,6 +115,9 @@ type Options struct {
 	// RequestTimeout is the deadline of every request's node calls, from
 	// its admission; 0 = requestTimeoutDefault.
 	RequestTimeout time.Duration
+	// Reservations keeps the volume's SCSI reservations (the catalog);
+	// nil keeps them in memory. Every request is checked against them.
+	Reservations reservation.Store
 }
 
 const (
@@ -163,6 +168,8 @@ type Volume struct {
 
 	gate gate // the epoch and a snapshot's held acknowledgements
 
+	res *reservation.Unit // checked at admission; shared with the front ends
+
 	locks [stripes]sync.RWMutex
 
 	stats struct {
@@ -177,6 +184,8 @@ const lifeClosed = 1 << 63
 
 var _ target.Device = (*Volume)(nil)
 var _ target.Mapper = (*Volume)(nil)
+var _ reservation.Holder = (*Volume)(nil)
+var _ target.Comparer = (*Volume)(nil)
 
 // Open returns a volume over opts.Placement.
 func Open(opts Options) (*Volume, error) {
@@ -208,6 +217,7 @@ func Open(opts Options) (*Volume, error) {
 		generation:     opts.Generation,
 		requestTimeout: opts.RequestTimeout,
 		drained:        make(chan struct{}),
+		res:            reservation.NewUnit(opts.Reservations),
 	}
 	v.placement.Store(&placementRef{opts.Placement})
 	v.size.Store(opts.Size)
@@ -238,6 +248,10 @@ func (v *Volume) ID() uint64 { return v.id }
 
 // Generation returns the attachment generation the volume stamps with.
 func (v *Volume) Generation() uint64 { return v.generation }
+
+// Reservations implements reservation.Holder: the unit every request is
+// checked against, through which the iSCSI front end changes them.
+func (v *Volume) Reservations() *reservation.Unit { return v.res }
 
 // SetSize changes the size the volume reports (a grow from the catalog).
 func (v *Volume) SetSize(size int64) { v.size.Store(size) }
@@ -358,8 +372,10 @@ func (r *request) Err() error {
 // Value implements context.Context.
 func (r *request) Value(key any) any { return r.parent.Value(key) }
 
-// admit lets a request of [off, off+n) into the volume. On success the
-// caller must end it with exit.
+// admit lets a request of [off, off+n) into the volume: a write-class
+// one (write) needs write access under the volume's reservations, any
+// other read access (see reservation.Unit.Check; the requester is the
+// nexus ctx carries). On success the caller must end it with exit.
 func (v *Volume) admit(ctx context.Context, off, n int64, write bool) (*request, error) {
 	if v.life.Add(1)&lifeClosed != 0 {
 		v.leave()
@@ -368,6 +384,14 @@ func (v *Volume) admit(ctx context.Context, off, n int64, write bool) (*request,
 	if err := v.check(off, n, write); err != nil {
 		v.leave()
 		return nil, v.fail(err)
+	}
+	access := reservation.AccessRead
+	if write {
+		access = reservation.AccessWrite
+	}
+	if err := v.res.Check(ctx, access); err != nil {
+		v.leave()
+		return nil, v.fail(fmt.Errorf("volume %d: %w", v.id, err))
 	}
 	r := requestPool.Get().(*request)
 	r.parent = ctx
@@ -642,6 +666,56 @@ func (v *Volume) fanOut(r *request, nodes []Node, fn func(Node) error) error {
 		v.stats.excluded.Add(1)
 	}
 	return nil
+}
+
+// CompareAndWrite implements target.Comparer: it holds the stripe locks of
+// every block of the range exclusively, so that no write, zero or trim of
+// those blocks (each holds them at least shared) runs between the compare
+// and the write, from any front end. A miscompare writes nothing and is
+// not stamped.
+func (v *Volume) CompareAndWrite(ctx context.Context, cmp, data []byte, off int64, flags target.WriteFlags) error {
+	if len(cmp) != len(data) {
+		return v.fail(fmt.Errorf("volume %d: compare and write of %d bytes with %d to compare: %w", v.id, len(data), len(cmp), target.ErrInvalid))
+	}
+	r, err := v.admit(ctx, off, int64(len(data)), true)
+	if err != nil {
+		return err
+	}
+	r.writeClass, r.bytes = true, int64(len(data))
+	v.stats.writes.Add(1)
+	v.stats.writeBytes.Add(uint64(len(data)))
+	if len(data) == 0 {
+		return v.exit(r, nil)
+	}
+	return v.exit(r, v.compareAndWrite(r, cmp, data, off, flags&target.FUA != 0))
+}
+
+func (v *Volume) compareAndWrite(r *request, cmp, data []byte, off int64, sync bool) error {
+	first := uint64(off >> blockShift)
+	last := uint64((off + int64(len(data)) - 1) >> blockShift)
+	r.ls.add(first, last, true)
+	v.lock(&r.ls)
+	defer v.unlock(&r.ls)
+
+	bp := target.GetBuffer(int((last - first + 1) << blockShift))
+	defer target.PutBuffer(bp)
+	buf := (*bp)[:(last-first+1)<<blockShift]
+	if err := v.readBlocks(r, first, buf, v.epoch.Load()); err != nil {
+		return err
+	}
+	have := buf[off-int64(first<<blockShift):][:len(cmp)]
+	if !bytes.Equal(have, cmp) {
+		i := 0
+		for have[i] == cmp[i] {
+			i++
+		}
+		return fmt.Errorf("volume %d: compare and write at %d: %w", v.id, off, &target.MiscompareError{Offset: int64(i)})
+	}
+	if err := v.stamp(r); err != nil {
+		return err
+	}
+	copy(have, data)
+	return v.writeBlocks(r, first, buf, sync)
 }
 
 // Zero implements target.Device. Whole blocks in the range become a zero

@@ -55,6 +55,25 @@ type Volume struct {
 	// Stale are the replicas taken out after they failed writes: the
 	// volume runs degraded on the others.
 	Stale []string `json:"stale,omitempty"`
+	// Reservations are the volume's SCSI persistent reservations from the
+	// catalog (shown by volume show; nil when there are none).
+	Reservations *Reservations `json:"reservations,omitempty"`
+}
+
+// Reservations is the persistent reservation state of a volume: what
+// every front end of the volume obeys.
+type Reservations struct {
+	Generation  uint32       `json:"generation"`     // PRGENERATION
+	Type        string       `json:"type,omitempty"` // the reservation's type; "" when none
+	Registrants []Registrant `json:"registrants"`
+}
+
+// Registrant is one registered initiator port (I_T nexus).
+type Registrant struct {
+	Initiator string `json:"initiator"` // initiator name
+	ISID      string `json:"isid"`      // hex
+	Key       string `json:"key"`       // reservation key, hex
+	Holder    bool   `json:"holder"`    // it holds the reservation
 }
 
 // Status is a daemon's state.
@@ -338,7 +357,7 @@ func decode(r *http.Request, v any) error {
 	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, requestBytesMax))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: body: %v", ErrInvalid, err)
+		return fmt.Errorf("%w: body: %w", ErrInvalid, err)
 	}
 	if dec.More() {
 		return fmt.Errorf("%w: body: trailing data after the JSON object", ErrInvalid)
@@ -417,7 +436,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("%w: cairnd at %s: %v", ErrUnavailable, c.Addr, err)
+		return fmt.Errorf("%w: cairnd at %s: %w", ErrUnavailable, c.Addr, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))

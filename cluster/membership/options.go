@@ -186,7 +186,7 @@ func (t Timing) validate() error {
 func hostPort(what, s string) (string, int, error) {
 	host, ps, err := net.SplitHostPort(s)
 	if err != nil {
-		return "", 0, fmt.Errorf("%w: %s %q: %v", ErrInvalid, what, s, err)
+		return "", 0, fmt.Errorf("%w: %s %q: %w", ErrInvalid, what, s, err)
 	}
 	port, err := strconv.ParseUint(ps, 10, 16)
 	if err != nil {
@@ -296,7 +296,7 @@ func (r *resolved) config(tr memberlist.Transport, logf *slogWriter) (*memberlis
 	if len(r.SecretKey) > 0 {
 		kr, err := memberlist.NewKeyring(nil, r.SecretKey)
 		if err != nil {
-			return nil, fmt.Errorf("%w: secret key: %v", ErrInvalid, err)
+			return nil, fmt.Errorf("%w: secret key: %w", ErrInvalid, err)
 		}
 		c.Keyring = kr
 		c.GossipVerifyIncoming = true

@@ -186,7 +186,7 @@ func Start(opts Options) (*Pool, error) {
 		if owned != nil {
 			_ = owned.Shutdown()
 		}
-		return nil, fmt.Errorf("%w: advertise address: %v", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: advertise address: %w", ErrInvalid, err)
 	}
 	p.addr = net.JoinHostPort(ip.String(), strconv.Itoa(port))
 
@@ -425,7 +425,7 @@ func (p *Pool) UpdateMeta(meta Meta) error {
 	p.update.meta = meta
 	p.meta.Store(&b)
 	if err := p.ml.UpdateNode(p.updateTimeout); err != nil {
-		return fmt.Errorf("%w: metadata update of %s: %v", ErrTimeout, p.name, err)
+		return fmt.Errorf("%w: metadata update of %s: %w", ErrTimeout, p.name, err)
 	}
 	return nil
 }
@@ -484,7 +484,7 @@ func (p *Pool) Leave(timeout time.Duration) error {
 		rest = time.Millisecond
 	}
 	if err := p.ml.Leave(rest); err != nil {
-		return fmt.Errorf("%w: leave of %s: %v", ErrTimeout, p.name, err)
+		return fmt.Errorf("%w: leave of %s: %w", ErrTimeout, p.name, err)
 	}
 	p.log.Info("left gossip pool")
 	return nil

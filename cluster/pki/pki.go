@@ -104,7 +104,7 @@ func LoadCA(certPEM, keyPEM []byte) (*CA, error) {
 	}
 	cert, err := x509.ParseCertificate(cb.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("pki: load ca: %w: %v", ErrInvalid, err)
+		return nil, fmt.Errorf("pki: load ca: %w: %w", ErrInvalid, err)
 	}
 	if !cert.IsCA || cert.KeyUsage&x509.KeyUsageCertSign == 0 {
 		return nil, fmt.Errorf("pki: load ca: %w: %q is not a CA certificate", ErrInvalid, cert.Subject.CommonName)
@@ -123,7 +123,7 @@ func LoadCA(certPEM, keyPEM []byte) (*CA, error) {
 		err = fmt.Errorf("PEM type %q", kb.Type)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("pki: load ca: %w: key: %v", ErrInvalid, err)
+		return nil, fmt.Errorf("pki: load ca: %w: key: %w", ErrInvalid, err)
 	}
 	ek, ok := key.(*ecdsa.PrivateKey)
 	if !ok {

@@ -98,7 +98,7 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
-			return nil, fmt.Errorf("%w: %v", errUsage, err)
+			return nil, fmt.Errorf("%w: %w", errUsage, err)
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -460,6 +460,20 @@ func (c *cli) printVolume(v admin.Volume) error {
 		}
 		if len(v.Stale) > 0 {
 			fmt.Fprintf(w, "degraded\tstale replicas on %s (they missed writes; not read from)\n", strings.Join(v.Stale, ", "))
+		}
+		if r := v.Reservations; r != nil {
+			typ := r.Type
+			if typ == "" {
+				typ = "none"
+			}
+			fmt.Fprintf(w, "reservation\t%s (generation %d)\n", typ, r.Generation)
+			for _, g := range r.Registrants {
+				role := "registrant"
+				if g.Holder {
+					role = "holder"
+				}
+				fmt.Fprintf(w, "%s\t%s,i,0x%s key %s\n", role, g.Initiator, g.ISID, g.Key)
+			}
 		}
 	})
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"cairn/cluster/membership"
 	"cairn/configs"
 	"cairn/target"
+	"cairn/target/reservation"
 )
 
 // backend implements admin.Backend over the daemon.
@@ -72,8 +74,35 @@ func (b backend) view(ctx context.Context, cv cluster.Volume, allocated bool) ad
 		v.ChunksPerNode = chunksPerNode(cv)
 		v.Stale = cv.Stale
 		v.AllocatedBytes = d.allocated(ctx, cv)
+		v.Reservations = d.reservationsView(cv.Name)
 	}
 	return v
+}
+
+// reservationsView is the catalog's reservation state of a volume for
+// the admin API; nil when there is none (or it cannot be read: volume
+// show still shows the rest, and the daemon logs why).
+func (d *daemon) reservationsView(name string) *admin.Reservations {
+	b, err := d.catalog.Reservations(name)
+	if err != nil || len(b) == 0 {
+		return nil
+	}
+	st, err := reservation.Decode(b)
+	if err != nil {
+		d.log.Error("volume show: reservations in the catalog do not decode", "volume", name, "err", err)
+		return nil
+	}
+	r := &admin.Reservations{Generation: st.Generation(), Registrants: []admin.Registrant{}}
+	if st.Type() != 0 {
+		r.Type = st.Type().String()
+	}
+	for _, g := range st.Registrations() {
+		r.Registrants = append(r.Registrants, admin.Registrant{
+			Initiator: g.Nexus.Initiator, ISID: hex.EncodeToString(g.Nexus.ISID[:]),
+			Key: fmt.Sprintf("%#x", g.Key), Holder: g.Holder,
+		})
+	}
+	return r
 }
 
 func (b backend) Volumes(ctx context.Context) ([]admin.Volume, error) {

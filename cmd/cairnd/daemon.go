@@ -221,7 +221,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 			TLS: nbdTLS, TLSMode: nbd.TLSMode(cfg.NBD.TLS),
 			ReplyTimeout: time.Duration(lim.ReplyTimeout), RequestTimeout: time.Duration(lim.RequestTimeout)})
 		d.serve("nbd server", func() error { return d.nbd.Serve(nl) })
-		d.iscsi = iscsi.NewServer(iscsi.Options{Targets: iscsiTargets{d}, Logger: log, CHAP: d.chap, Reservations: reservations{d}, BlockSize: d.scsiBlockSize,
+		d.iscsi = iscsi.NewServer(iscsi.Options{Targets: iscsiTargets{d}, Logger: log, CHAP: d.chap, BlockSize: d.scsiBlockSize,
 			Budget: d.budget, Limit: conns, ReplyTimeout: time.Duration(lim.ReplyTimeout), RequestTimeout: time.Duration(lim.RequestTimeout)})
 		d.serve("iscsi server", func() error { return d.iscsi.Serve(il) })
 	}
@@ -464,7 +464,8 @@ func (d *daemon) attach(ctx context.Context, cv cluster.Volume) error {
 	opts := volume.Options{
 		ID: av.ID, Size: av.Size, ChunkSize: av.ChunkSize,
 		Generation: av.Generation, Epoch: av.Epoch,
-		Placement: p,
+		Placement:    p,
+		Reservations: catalogReservations{d: d, name: cv.Name},
 	}
 	var fo *replicaFailover
 	if cp, ok := p.(*chunkPlacement); ok && av.Replicas > 1 {
@@ -668,38 +669,21 @@ func (t iscsiTargets) List() []string {
 // fence.
 func (d *daemon) node() volume.Node { return d.fence }
 
-// reservations keeps iSCSI persistent reservations in the catalog, so they
-// survive a restart of the daemon.
-type reservations struct{ d *daemon }
-
-func (r reservations) volume(iqn string) (string, error) {
-	v, ok := strings.CutPrefix(iqn, r.d.cfg.ISCSI.IQNPrefix+":")
-	if !ok {
-		return "", fmt.Errorf("iqn %q is outside the prefix %q", iqn, r.d.cfg.ISCSI.IQNPrefix)
-	}
-	return v, nil
+// catalogReservations keeps a volume's SCSI reservations in the catalog,
+// so that they survive a restart of the daemon and follow the volume to
+// another target. The volume checks every front end's requests against
+// them; iSCSI changes them through the volume.
+type catalogReservations struct {
+	d    *daemon
+	name string
 }
 
-func (r reservations) LoadReservations(ctx context.Context, iqn string) ([]byte, error) {
-	v, err := r.volume(iqn)
-	if err != nil {
-		return nil, err
-	}
-	if _, _, snap := splitSnapshot(v); snap {
-		return nil, nil // a read-only snapshot target starts with no reservation
-	}
-	return r.d.catalog.Reservations(v)
+func (r catalogReservations) Load(ctx context.Context) ([]byte, error) {
+	return r.d.catalog.Reservations(r.name)
 }
 
-func (r reservations) SaveReservations(ctx context.Context, iqn string, state []byte) error {
-	v, err := r.volume(iqn)
-	if err != nil {
-		return err
-	}
-	if _, _, snap := splitSnapshot(v); snap {
-		return fmt.Errorf("%s is a read-only snapshot: its reservations are not kept", iqn)
-	}
-	return r.d.catalog.SetReservations(ctx, v, state)
+func (r catalogReservations) Save(ctx context.Context, state []byte) error {
+	return r.d.catalog.SetReservations(ctx, r.name, state)
 }
 
 // scsiBlockSize is the logical block size a volume's iSCSI target presents.

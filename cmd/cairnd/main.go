@@ -1,8 +1,10 @@
 // Command cairnd is the cairn daemon: it reads one TOML file, opens the
-// node's block store and catalog, and serves every volume over NBD with an
-// admin HTTP/JSON API (and /metrics) beside it, until SIGINT or SIGTERM.
+// node's block store and catalog (a Raft group, with gossip membership in
+// a cluster), and, by its roles, serves its store to the other nodes
+// (storage) and its volumes over NBD and iSCSI (target), with an admin
+// HTTP/JSON API (and /metrics) beside them, until SIGINT or SIGTERM.
 //
-//	cairnd --config configs/single.toml [--data-dir DIR] [--nbd-listen ADDR] [--admin-listen ADDR]
+//	cairnd --config configs/single.toml [--data-dir DIR] [--nbd-listen ADDR] [--admin-listen ADDR] [--raft-bind ADDR]
 package main
 
 import (

@@ -1,7 +1,7 @@
 // Package iscsi serves target.Devices over iSCSI (RFC 7143) as SCSI block
 // devices (SPC-4, SBC-3): each target IQN is one device, exported as LUN 0.
 //
-// It owns three layers:
+// It owns four layers:
 //
 //   - The codec (pdu.go, text.go): PDU framing (48-byte BHS, AHS, padded
 //     data segment, CRC32C header and data digests) and key=value text, as
@@ -18,18 +18,30 @@
 //     TargetAddress=host:port,1, which libiscsi and open-iscsi follow;
 //     SendTargets lists such targets at that portal. Transcripts in
 //     testdata/login.
-//   - Sessions (server.go, session.go) and the SCSI device server (scsi.go,
-//     inquiry.go, sense.go, rangelock.go).
-//   - Reservations: persistent reservations (SPC-4 §5.9) as a pure state
-//     machine (pr.go: PERSISTENT RESERVE OUT from I_T nexus, CDB and
-//     parameter list to a new immutable state, unit attentions and aborts;
-//     PERSISTENT RESERVE IN; the conflict table; a versioned, bounded
-//     encoding), fuzzed (FuzzPROut, FuzzDecodePRState); and reservation.go,
-//     which loads a target's state from Options.Reservations at its first
-//     command, saves every change there before acknowledging it, publishes
-//     it for lock-free conflict checks on every command, and keeps SPC-2
-//     RESERVE/RELEASE (not persistent; released by I_T nexus loss, LUN
-//     reset and target reset).
+//   - Sessions and the SCSI device server. server.go accepts connections;
+//     a session (session.go: login, teardown) reads PDUs (reader.go) and
+//     sends them from one writer (writer.go); SCSI commands (command.go)
+//     are admitted through the command window (cmdsn.go) and receive
+//     their Data-Out by R2T (dataout.go), both pure state machines, then
+//     run on the session's workers; task management (taskmgmt.go) and the
+//     NOP, Text and Logout PDUs (control.go) beside them. The SCSI device
+//     server (scsi.go, inquiry.go, sense.go) sees the I_T nexus of a
+//     command (nexus.go: identity, unit attentions, last capacity), never
+//     the session.
+//   - Reservations (pr.go, reservation.go): the SCSI side of the
+//     volume's reservations. The state machine, its store and the check
+//     every front end's requests pass belong to package reservation; a
+//     device that keeps its own (reservation.Holder, as a volume does) is
+//     changed through its Unit, so that a reservation taken here fences
+//     NBD clients too; for any other device a target keeps a Unit over
+//     Options.Reservations. This layer classifies commands for the
+//     conflict table (SPC-4 table 66), runs PERSISTENT RESERVE IN/OUT and
+//     SPC-2 RESERVE/RELEASE (not persistent; released by I_T nexus loss,
+//     LUN reset and target reset) against the Unit, establishes the unit
+//     attentions and PREEMPT AND ABORT aborts of an outcome, and maps
+//     reservation errors to sense data. Every command's context carries
+//     its session's I_T nexus (reservation.WithNexus), which the device
+//     checks again.
 //
 // Goroutines: Serve starts one goroutine per connection. It logs in, then
 // reads PDUs (the reader); it starts one writer goroutine, the only one
@@ -37,7 +49,8 @@
 // ExpCmdSN and MaxCmdSN on every PDU as it sends it; worker goroutines
 // that run SCSI commands, started when a command finds none idle and kept
 // until the session ends (never more than commands can be in flight); and
-// helper goroutines for task management and logout waits. The connection goroutine waits for all of them before it returns;
+// helper goroutines for task management and logout waits. The
+// connection goroutine waits for all of them before it returns;
 // Close closes every connection and waits for every connection goroutine.
 // Server methods are safe for concurrent use. Device methods are called
 // from workers, many at once, with a context cancelled when the command is
@@ -75,15 +88,17 @@
 //     is implicit (one target per unit, one portal group), so ALL_TG_PT is
 //     accepted and changes nothing. Registrations are bounded by
 //     RegistrationsMax, encoded state by ReservationStateBytesMax. A PR OUT
-//     is acknowledged only after ReservationStore.SaveReservations
-//     returned nil (else HARDWARE ERROR / INTERNAL TARGET FAILURE, and the
-//     state is reloaded from the store at the next command). State is
+//     is acknowledged only after the Unit's store saved it (else HARDWARE
+//     ERROR / INTERNAL TARGET FAILURE, and the state is reloaded from the
+//     store at the next command). State is
 //     always saved, whatever APTPL says (a cairnd restart is an I_T nexus
 //     loss, not a power loss of the volume); APTPL is refused without a
 //     store. Conflict checks come after unit attentions.
-//   - COMPARE AND WRITE holds its blocks exclusive in a per-LUN range lock
-//     that every write holds shared, so no write lands between its compare
-//     and its write.
+//   - COMPARE AND WRITE is the device's (target.Comparer): a volume holds
+//     the range's block locks exclusively, so no write from any front end
+//     lands between its compare and its write; writes take no lock here.
+//     A device that cannot compare and write gets INVALID COMMAND
+//     OPERATION CODE, and the command is not reported as supported.
 //
 // Not implemented: REGISTER AND MOVE and SPEC_I_PT (declined: INVALID
 // FIELD IN CDB / PARAMETER LIST), compatible reservation handling (CRH 0:

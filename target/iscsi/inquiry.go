@@ -98,7 +98,9 @@ func (u *lun) blockLimits() []byte {
 	b := make([]byte, 64)
 	b[1], b[3] = 0xb0, 0x3c
 	b[4] = 0x01 // WSNZ: WRITE SAME of 0 blocks is not supported
-	b[5] = compareAndWriteMax
+	if u.comparer != nil {
+		b[5] = compareAndWriteMax
+	}
 	gran := uint16(1) << u.physExp
 	binary.BigEndian.PutUint16(b[6:], gran)
 	binary.BigEndian.PutUint32(b[8:], uint32(u.xferMax/u.blockSize))
@@ -223,7 +225,7 @@ func (u *lun) modeSense(info target.Info, cdb []byte, r *scsiResult) error {
 
 // modeSelect applies MODE SELECT (6) and (10): only the caching page's WCE
 // can change; any other page must equal its current value.
-func (u *lun) modeSelect(s *session, cdb []byte, c *scsiCmd, r *scsiResult) error {
+func (u *lun) modeSelect(from *nexus, cdb []byte, c *scsiCmd, r *scsiResult) error {
 	ten := cdb[0] == scsiModeSelect10
 	if cdb[1]&0x01 != 0 { // SP: cannot save
 		return senseInvalidFieldCDB
@@ -289,19 +291,15 @@ func (u *lun) modeSelect(s *session, cdb []byte, c *scsiCmd, r *scsiResult) erro
 	}
 	if newWCE != u.wce.Load() {
 		u.wce.Store(newWCE)
-		u.modeChanged(s)
+		u.modeChanged(from)
 	}
 	return nil
 }
 
-// modeChanged raises MODE PARAMETERS CHANGED on every other session.
-func (u *lun) modeChanged(except *session) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	for s := range u.mu.sessions {
-		if s != except {
-			s.addUA(uaModeParamChanged)
-		}
+// modeChanged raises MODE PARAMETERS CHANGED on every other I_T nexus.
+func (u *lun) modeChanged(except *nexus) {
+	for _, n := range u.others(except) {
+		n.addUA(uaModeParamChanged)
 	}
 }
 
@@ -366,6 +364,12 @@ var supportedOpcodes = []opcode{
 	{sa: prRegisterIgnore, hasSA: true, usage: []byte{scsiPROut, prRegisterIgnore, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
 }
 
+// supports reports whether the unit runs op: COMPARE AND WRITE needs a
+// device that compares and writes atomically.
+func (u *lun) supports(op byte) bool {
+	return op != scsiCompareAndWrite || u.comparer != nil
+}
+
 // timeoutsDescriptor is the command timeouts descriptor (no timeouts known).
 var timeoutsDescriptor = []byte{0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 
@@ -379,6 +383,9 @@ func (u *lun) reportOpcodes(cdb []byte, r *scsiResult) error {
 	case 0:
 		b = make([]byte, 4)
 		for _, o := range supportedOpcodes {
+			if !u.supports(o.usage[0]) {
+				continue
+			}
 			var d [8]byte
 			d[0] = o.usage[0]
 			binary.BigEndian.PutUint16(d[2:], o.sa)
@@ -399,7 +406,7 @@ func (u *lun) reportOpcodes(cdb []byte, r *scsiResult) error {
 		var found *opcode
 		for i := range supportedOpcodes {
 			o := &supportedOpcodes[i]
-			if o.usage[0] != reqOp {
+			if o.usage[0] != reqOp || !u.supports(reqOp) {
 				continue
 			}
 			switch {

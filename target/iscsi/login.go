@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -194,33 +195,8 @@ func (l *login) redirect(addr, why string) loginStep {
 // step consumes one Login Request and returns the response.
 func (l *login) step(req *PDU) loginStep {
 	h := &req.hdr
-	if h.opcode() != opLogin {
-		return l.reject(statusInitiatorError, "non-login PDU during login: "+opName(h.opcode()))
-	}
-	l.itt = h.itt()
-	if !l.started {
-		l.started = true
-		l.isid, l.tsih, l.cid = loginISID(h), h.u16(14), h.u16(20)
-		l.cmdSN, l.statSN = h.cmdSN(), h.expStatSN()
-		l.stage = loginCSG(h)
-		if l.cfg.refuse != "" {
-			return l.reject(statusOutOfResources, l.cfg.refuse)
-		}
-		if h[3] > 0 { // VersionMin
-			return l.reject(statusUnsupportedVersion, fmt.Sprintf("version %d-%d", h[3], h[2]))
-		}
-		if l.tsih != 0 {
-			if l.cfg.sessionExists == nil || !l.cfg.sessionExists(l.tsih) {
-				return l.reject(statusNoSession, fmt.Sprintf("unknown TSIH %#x", l.tsih))
-			}
-			return l.reject(statusTooManyConnections, fmt.Sprintf("TSIH %#x: one connection per session", l.tsih))
-		}
-	} else if loginISID(h) != l.isid || h.u16(14) != l.tsih || h.u16(20) != l.cid {
-		return l.reject(statusInitiatorError, "ISID, TSIH or CID changed during login")
-	}
-	csg := loginCSG(h)
-	if csg != l.stage || csg == 2 || csg == stageFullFeature {
-		return l.reject(statusInitiatorError, fmt.Sprintf("CSG %d in stage %d", csg, l.stage))
+	if st, bad := l.checkRequest(h); bad {
+		return st
 	}
 	if len(l.pending)+len(req.data) > textBytesMax {
 		return l.reject(statusInitiatorError, "login text too long")
@@ -252,18 +228,68 @@ func (l *login) step(req *PDU) loginStep {
 	if l.stage == stageOperational && l.credsOK && l.auth != authDone {
 		return l.reject(statusAuthFailed, "authentication required; security stage skipped")
 	}
+	reply, st, why := l.negotiate(pairs, reply)
+	if st != statusSuccess {
+		return l.reject(st, why)
+	}
+	if l.stage == stageSecurity {
+		authReply, st, why := l.authenticate(pairs)
+		if st != statusSuccess {
+			return l.reject(st, why)
+		}
+		reply = append(reply, authReply...)
+	}
+	return l.advance(h, reply)
+}
+
+// checkRequest checks a Login Request's header against the login so far
+// (the first one starts it); bad means the login fails with st.
+func (l *login) checkRequest(h *header) (st loginStep, bad bool) {
+	if h.opcode() != opLogin {
+		return l.reject(statusInitiatorError, "non-login PDU during login: "+opName(h.opcode())), true
+	}
+	l.itt = h.itt()
+	if !l.started {
+		l.started = true
+		l.isid, l.tsih, l.cid = loginISID(h), h.u16(14), h.u16(20)
+		l.cmdSN, l.statSN = h.cmdSN(), h.expStatSN()
+		l.stage = loginCSG(h)
+		if l.cfg.refuse != "" {
+			return l.reject(statusOutOfResources, l.cfg.refuse), true
+		}
+		if h[3] > 0 { // VersionMin
+			return l.reject(statusUnsupportedVersion, fmt.Sprintf("version %d-%d", h[3], h[2])), true
+		}
+		if l.tsih != 0 {
+			if l.cfg.sessionExists == nil || !l.cfg.sessionExists(l.tsih) {
+				return l.reject(statusNoSession, fmt.Sprintf("unknown TSIH %#x", l.tsih)), true
+			}
+			return l.reject(statusTooManyConnections, fmt.Sprintf("TSIH %#x: one connection per session", l.tsih)), true
+		}
+	} else if loginISID(h) != l.isid || h.u16(14) != l.tsih || h.u16(20) != l.cid {
+		return l.reject(statusInitiatorError, "ISID, TSIH or CID changed during login"), true
+	}
+	if csg := loginCSG(h); csg != l.stage || csg == 2 || csg == stageFullFeature {
+		return l.reject(statusInitiatorError, fmt.Sprintf("CSG %d in stage %d", csg, l.stage)), true
+	}
+	return loginStep{}, false
+}
+
+// negotiate answers the operational keys of a request, appending to
+// reply; a key negotiated twice fails the login.
+func (l *login) negotiate(pairs, reply []pair) ([]pair, uint16, string) {
 	for _, kv := range pairs {
 		switch kv.key {
 		case "InitiatorName", "TargetName", "SessionType", "InitiatorAlias":
-			continue // declarations, handled above
+			continue // declarations, handled by declare
 		case "AuthMethod", "CHAP_A", "CHAP_N", "CHAP_R", "CHAP_I", "CHAP_C":
-			continue // handled below, in protocol order
+			continue // handled by authenticate, in protocol order
 		case "TargetAlias", "TargetAddress", "TargetPortalGroupTag", "SendTargets":
 			reply = append(reply, pair{kv.key, valIrrelevant})
 			continue
 		}
 		if l.answered[kv.key] {
-			return l.reject(statusInitiatorError, "key negotiated twice: "+kv.key)
+			return nil, statusInitiatorError, "key negotiated twice: " + kv.key
 		}
 		r, ok := negotiateOperational(&l.params, kv.key, kv.value)
 		if !ok {
@@ -278,14 +304,12 @@ func (l *login) step(req *PDU) loginStep {
 			l.transcript = append(l.transcript, kv.key+"="+r)
 		}
 	}
-	if l.stage == stageSecurity {
-		authReply, st, why := l.authenticate(pairs)
-		if st != statusSuccess {
-			return l.reject(st, why)
-		}
-		reply = append(reply, authReply...)
-	}
+	return reply, statusSuccess, ""
+}
 
+// advance answers a complete request with reply, moving to the next stage
+// if the initiator asked to transit and may.
+func (l *login) advance(h *header, reply []pair) loginStep {
 	transit := loginTransit(h)
 	nsg := loginNSG(h)
 	if transit {
@@ -357,53 +381,18 @@ func (l *login) declare(pairs []pair) (uint16, string) {
 func (l *login) authenticate(pairs []pair) ([]pair, uint16, string) {
 	var reply []pair
 	if methods, ok := lookup(pairs, "AuthMethod"); ok {
-		if l.auth != authStart {
-			return nil, statusInitiatorError, "AuthMethod renegotiated"
+		r, st, why := l.chooseMethod(methods)
+		if st != statusSuccess {
+			return nil, st, why
 		}
-		offered := strings.Split(methods, ",")
-		has := func(m string) bool {
-			for _, o := range offered {
-				if o == m {
-					return true
-				}
-			}
-			return false
-		}
-		switch {
-		case l.credsOK && has("CHAP"):
-			reply = append(reply, pair{"AuthMethod", "CHAP"})
-			l.auth = authWaitAlg
-		case l.credsOK:
-			return nil, statusAuthFailed, "CHAP required; initiator offered " + methods
-		case has("None"):
-			reply = append(reply, pair{"AuthMethod", "None"})
-			l.auth = authDone
-		default:
-			return nil, statusAuthFailed, "no CHAP secret configured; initiator offered " + methods
-		}
+		reply = append(reply, r)
 	}
 	if algs, ok := lookup(pairs, "CHAP_A"); ok {
-		if l.auth != authWaitAlg {
-			return nil, statusInitiatorError, "CHAP_A out of order"
+		r, st, why := l.challengeCHAP(algs)
+		if st != statusSuccess {
+			return nil, st, why
 		}
-		found := false
-		for _, a := range strings.Split(algs, ",") {
-			found = found || a == chapAlgorithmMD5
-		}
-		if !found {
-			return nil, statusAuthFailed, "CHAP algorithms " + algs + " do not include MD5"
-		}
-		var r [1 + chapChallengeLen]byte
-		if _, err := io.ReadFull(l.cfg.random, r[:]); err != nil {
-			return nil, statusTargetError, "random: " + err.Error()
-		}
-		l.chapID, l.challenge = r[0], r[1:]
-		reply = append(reply,
-			pair{"CHAP_A", chapAlgorithmMD5},
-			pair{"CHAP_I", strconv.Itoa(int(l.chapID))},
-			pair{"CHAP_C", "0x" + hex.EncodeToString(l.challenge)})
-		l.auth = authWaitReply
-		return reply, statusSuccess, ""
+		return append(reply, r...), statusSuccess, ""
 	}
 	name, hasN := lookup(pairs, "CHAP_N")
 	resp, hasR := lookup(pairs, "CHAP_R")
@@ -422,6 +411,58 @@ func (l *login) authenticate(pairs []pair) ([]pair, uint16, string) {
 		subtle.ConstantTimeCompare(got, want[:]) != 1 {
 		return nil, statusAuthFailed, "CHAP: wrong user name or secret for " + name
 	}
+	r, st, why := l.mutualCHAP(pairs)
+	if st != statusSuccess {
+		return nil, st, why
+	}
+	l.auth = authDone
+	return append(reply, r...), statusSuccess, ""
+}
+
+// chooseMethod answers AuthMethod: CHAP when the target has a secret,
+// else None.
+func (l *login) chooseMethod(methods string) (pair, uint16, string) {
+	if l.auth != authStart {
+		return pair{}, statusInitiatorError, "AuthMethod renegotiated"
+	}
+	offered := strings.Split(methods, ",")
+	switch {
+	case l.credsOK && slices.Contains(offered, "CHAP"):
+		l.auth = authWaitAlg
+		return pair{"AuthMethod", "CHAP"}, statusSuccess, ""
+	case l.credsOK:
+		return pair{}, statusAuthFailed, "CHAP required; initiator offered " + methods
+	case slices.Contains(offered, "None"):
+		l.auth = authDone
+		return pair{"AuthMethod", "None"}, statusSuccess, ""
+	}
+	return pair{}, statusAuthFailed, "no CHAP secret configured; initiator offered " + methods
+}
+
+// challengeCHAP answers CHAP_A: MD5, with an identifier and a challenge.
+func (l *login) challengeCHAP(algs string) ([]pair, uint16, string) {
+	if l.auth != authWaitAlg {
+		return nil, statusInitiatorError, "CHAP_A out of order"
+	}
+	if !slices.Contains(strings.Split(algs, ","), chapAlgorithmMD5) {
+		return nil, statusAuthFailed, "CHAP algorithms " + algs + " do not include MD5"
+	}
+	var r [1 + chapChallengeLen]byte
+	if _, err := io.ReadFull(l.cfg.random, r[:]); err != nil {
+		return nil, statusTargetError, "random: " + err.Error()
+	}
+	l.chapID, l.challenge = r[0], r[1:]
+	l.auth = authWaitReply
+	return []pair{
+		{"CHAP_A", chapAlgorithmMD5},
+		{"CHAP_I", strconv.Itoa(int(l.chapID))},
+		{"CHAP_C", "0x" + hex.EncodeToString(l.challenge)},
+	}, statusSuccess, ""
+}
+
+// mutualCHAP answers the initiator's own challenge (CHAP_I, CHAP_C) when
+// the target has a mutual secret, which it then requires.
+func (l *login) mutualCHAP(pairs []pair) ([]pair, uint16, string) {
 	idText, hasI := lookup(pairs, "CHAP_I")
 	chalText, hasC := lookup(pairs, "CHAP_C")
 	switch {
@@ -431,22 +472,22 @@ func (l *login) authenticate(pairs []pair) ([]pair, uint16, string) {
 		return nil, statusAuthFailed, "mutual CHAP asked for; target has no mutual secret"
 	case !hasI && l.creds.MutualUser != "":
 		return nil, statusAuthFailed, "target requires mutual CHAP"
-	case hasI:
-		id, err1 := strconv.ParseUint(idText, 0, 8)
-		chal, err2 := decodeBinary(chalText)
-		if err1 != nil || err2 != nil || len(chal) == 0 || len(chal) > 1024 {
-			return nil, statusAuthFailed, "malformed mutual CHAP challenge"
-		}
-		if subtle.ConstantTimeCompare(chal, l.challenge) == 1 {
-			return nil, statusAuthFailed, "mutual CHAP challenge reflects ours"
-		}
-		r := chapResponse(byte(id), l.creds.MutualSecret, chal)
-		reply = append(reply,
-			pair{"CHAP_N", l.creds.MutualUser},
-			pair{"CHAP_R", "0x" + hex.EncodeToString(r[:])})
+	case !hasI:
+		return nil, statusSuccess, ""
 	}
-	l.auth = authDone
-	return reply, statusSuccess, ""
+	id, err1 := strconv.ParseUint(idText, 0, 8)
+	chal, err2 := decodeBinary(chalText)
+	if err1 != nil || err2 != nil || len(chal) == 0 || len(chal) > 1024 {
+		return nil, statusAuthFailed, "malformed mutual CHAP challenge"
+	}
+	if subtle.ConstantTimeCompare(chal, l.challenge) == 1 {
+		return nil, statusAuthFailed, "mutual CHAP challenge reflects ours"
+	}
+	r := chapResponse(byte(id), l.creds.MutualSecret, chal)
+	return []pair{
+		{"CHAP_N", l.creds.MutualUser},
+		{"CHAP_R", "0x" + hex.EncodeToString(r[:])},
+	}, statusSuccess, ""
 }
 
 // chapResponse is MD5(id || secret || challenge) (RFC 1994 §4.1).

@@ -121,19 +121,10 @@ func negotiateOperational(p *params, k, v string) (reply string, ok bool) {
 		return boolText(r)
 	}
 	switch k {
-	case "HeaderDigest", "DataDigest":
-		for _, alt := range strings.Split(v, ",") {
-			switch alt {
-			case "CRC32C", "None":
-				if k == "HeaderDigest" {
-					p.headerDigest = alt == "CRC32C"
-				} else {
-					p.dataDigest = alt == "CRC32C"
-				}
-				return alt, true
-			}
-		}
-		return valReject, true
+	case "HeaderDigest":
+		return negotiateDigest(&p.headerDigest, v), true
+	case "DataDigest":
+		return negotiateDigest(&p.dataDigest, v), true
 	case "MaxRecvDataSegmentLength": // declarative: the initiator's receive limit
 		n, ok := parseNumber(v)
 		if !ok || n < 512 || n > dataSegmentBytesMax {
@@ -173,6 +164,18 @@ func negotiateOperational(p *params, k, v string) (reply string, ok bool) {
 		return "RFC3720", true
 	}
 	return "", false
+}
+
+// negotiateDigest answers a digest key: the first of the initiator's
+// choices we support (CRC32C or None) sets *on.
+func negotiateDigest(on *bool, v string) string {
+	for _, alt := range strings.Split(v, ",") {
+		if alt == "CRC32C" || alt == "None" {
+			*on = alt == "CRC32C"
+			return alt
+		}
+	}
+	return valReject
 }
 
 // String renders the parameters for logs and transcripts.

@@ -3,17 +3,17 @@ package iscsi
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strings"
-	"sync"
-	"sync/atomic"
+
+	"cairn/target/reservation"
 )
 
 // ReservationStore keeps the persistent reservation state of each target
-// across restarts. The state is opaque bytes of at most
-// ReservationStateBytesMax. Calls for one target are never concurrent (a
-// logical unit serialises them); calls for different targets may be. Both
-// may block (a Raft round trip) and should honour ctx.
+// across restarts, for devices that keep no reservations themselves (a
+// device that implements reservation.Holder keeps its own, and this store
+// is not used for it). The state is opaque bytes of at most
+// ReservationStateBytesMax. Calls for one target are never concurrent;
+// calls for different targets may be. Both may block (a Raft round trip)
+// and should honour ctx.
 type ReservationStore interface {
 	// LoadReservations returns the state last saved for iqn, or nil and no
 	// error if none was.
@@ -24,75 +24,53 @@ type ReservationStore interface {
 	SaveReservations(ctx context.Context, iqn string, state []byte) error
 }
 
-// ErrReservationStore wraps a ReservationStore failure or an undecodable
+// ErrReservationStore wraps a reservation store failure or an undecodable
 // saved state; the command gets HARDWARE ERROR / INTERNAL TARGET FAILURE.
-var ErrReservationStore = errors.New("iscsi: reservation store")
+var ErrReservationStore = reservation.ErrStore
 
-// reservations is the reservation state of one logical unit: the persistent
-// reservations, loaded from the store at first use and published as an
-// immutable prState, and the SPC-2 RESERVE holder, which is not persistent.
-type reservations struct {
-	store ReservationStore // nil: in memory only
-	// state is nil until loaded (and again after a failed save, so that the
-	// next command reloads what the store holds).
-	state atomic.Pointer[prState]
-	// spc2 is the holder of an SPC-2 RESERVE, nil when none.
-	spc2 atomic.Pointer[nexus]
-	// mu serialises loads and every change (PERSISTENT RESERVE OUT,
-	// RESERVE, RELEASE and their saves).
-	mu sync.Mutex
+// targetStore is the reservation.Store of one target over a
+// ReservationStore.
+type targetStore struct {
+	store ReservationStore
+	iqn   string
 }
 
-// nexusOf returns the I_T nexus of a session.
-func nexusOf(initiatorName string, isid [6]byte) nexus {
-	return nexus{name: strings.ToLower(initiatorName), isid: isid}
+func (s targetStore) Load(ctx context.Context) ([]byte, error) {
+	return s.store.LoadReservations(ctx, s.iqn)
 }
 
-// load returns the current state, loading it from the store at first use.
-func (u *lun) loadReservations(ctx context.Context) (*prState, error) {
-	if st := u.res.state.Load(); st != nil {
-		return st, nil
+func (s targetStore) Save(ctx context.Context, state []byte) error {
+	return s.store.SaveReservations(ctx, s.iqn, state)
+}
+
+// unitFor returns the reservation unit of a target's device: the device's
+// own if it keeps one, else one over store (in memory if store is nil).
+func unitFor(iqn string, dev any, store ReservationStore) *reservation.Unit {
+	if h, ok := dev.(reservation.Holder); ok {
+		return h.Reservations()
 	}
-	u.res.mu.Lock()
-	defer u.res.mu.Unlock()
-	return u.loadReservationsLocked(ctx)
+	if store == nil {
+		return reservation.NewUnit(nil)
+	}
+	return reservation.NewUnit(targetStore{store: store, iqn: iqn})
 }
 
-func (u *lun) loadReservationsLocked(ctx context.Context) (*prState, error) {
-	if st := u.res.state.Load(); st != nil {
-		return st, nil
-	}
-	st := &prState{}
-	if u.res.store != nil {
-		b, err := u.res.store.LoadReservations(ctx, u.name)
-		if err != nil {
-			return nil, fmt.Errorf("%w: load %s: %v", ErrReservationStore, u.name, err)
-		}
-		if len(b) > 0 {
-			if st, err = decodePRState(b); err != nil {
-				return nil, fmt.Errorf("%w: load %s: %v", ErrReservationStore, u.name, err)
-			}
-		}
-	}
-	u.res.state.Store(st)
-	return st, nil
-}
-
-// checkReservations returns errReservationConflict if a command from n
-// conflicts with a reservation (SPC-4 §5.9.1, SPC-2 §5.5.1).
-func (u *lun) checkReservations(ctx context.Context, n nexus, cdb []byte) error {
-	st, err := u.loadReservations(ctx)
+// checkReservations returns a reservation conflict if a command from n
+// conflicts with a reservation (SPC-4 §5.9.1, SPC-2 §5.5.1). This is the
+// SCSI command table; the device checks its reads and writes again.
+func (u *lun) checkReservations(ctx context.Context, n reservation.Nexus, cdb []byte) error {
+	st, err := u.res.State(ctx)
 	if err != nil {
 		return err
 	}
-	if h := u.res.spc2.Load(); h != nil && *h != n {
+	if h, ok := u.res.SPC2Holder(); ok && h != n {
 		switch cdb[0] {
 		case scsiInquiry, scsiReportLUNs, scsiRequestSense, scsiRelease6, scsiRelease10:
 		default:
 			return errReservationConflict
 		}
 	}
-	if st.conflicts(n, cdb) {
+	if st.Conflicts(n, commandAccess(cdb)) {
 		return errReservationConflict
 	}
 	return nil
@@ -100,11 +78,11 @@ func (u *lun) checkReservations(ctx context.Context, n nexus, cdb []byte) error 
 
 // persistentReserveIn answers PERSISTENT RESERVE IN.
 func (u *lun) persistentReserveIn(ctx context.Context, cdb []byte, r *scsiResult) error {
-	st, err := u.loadReservations(ctx)
+	st, err := u.res.State(ctx)
 	if err != nil {
 		return err
 	}
-	b, err := st.in(cdb, u.res.store != nil)
+	b, err := st.In(cdb, u.res.Persistent())
 	if err != nil {
 		return err
 	}
@@ -114,66 +92,40 @@ func (u *lun) persistentReserveIn(ctx context.Context, cdb []byte, r *scsiResult
 
 // persistentReserveOut executes PERSISTENT RESERVE OUT: the new state is
 // saved before it is published and the command acknowledged.
-func (u *lun) persistentReserveOut(ctx context.Context, s *session, c *scsiCmd, r *scsiResult) error {
+func (u *lun) persistentReserveOut(ctx context.Context, n *nexus, c *scsiCmd, r *scsiResult) error {
 	plen := be32(c.cdb[5:])
 	r.spdtl = int(min(plen, 1<<30))
 	if uint64(len(c.data)) < uint64(plen) {
 		return senseInvalidFieldIU
 	}
-	u.res.mu.Lock()
-	st, err := u.loadReservationsLocked(ctx)
+	o, err := u.res.Out(ctx, n.id, c.cdb, c.data[:plen])
 	if err != nil {
-		u.res.mu.Unlock()
-		return err
-	}
-	o, err := st.out(s.nexus, c.cdb, c.data[:plen], u.res.store != nil)
-	if err == nil && o.next != nil {
-		if u.res.store != nil {
-			if serr := u.res.store.SaveReservations(ctx, u.name, o.next.encode()); serr != nil {
-				u.res.state.Store(nil) // the save may have happened: reload
-				err = fmt.Errorf("%w: save %s: %v", ErrReservationStore, u.name, serr)
-			}
-		}
-		if err == nil {
-			u.res.state.Store(o.next)
-		}
-	}
-	u.res.mu.Unlock()
-	if err != nil {
-		if errors.Is(err, ErrReservationStore) {
-			s.log.Error("iscsi: persistent reservation not saved", "err", err)
+		if errors.Is(err, reservation.ErrStore) {
+			n.log.Error("iscsi: persistent reservation not saved", "target", u.name, "err", err)
 		}
 		return err
 	}
-	u.applyOutcome(ctx, s, o)
+	u.applyOutcome(ctx, n, o)
 	return nil
 }
 
 // applyOutcome establishes the unit attentions of a committed PERSISTENT
 // RESERVE OUT and aborts the tasks of the I_T nexuses it preempted with
 // PREEMPT AND ABORT, waiting for them.
-func (u *lun) applyOutcome(ctx context.Context, s *session, o prOutcome) {
-	if len(o.uas) == 0 && len(o.abort) == 0 {
+func (u *lun) applyOutcome(ctx context.Context, from *nexus, o reservation.Outcome) {
+	if len(o.Attentions) == 0 && len(o.Abort) == 0 {
 		return
 	}
-	u.mu.Lock()
-	sessions := make([]*session, 0, len(u.mu.sessions))
-	for o := range u.mu.sessions {
-		if o != s {
-			sessions = append(sessions, o)
-		}
-	}
-	u.mu.Unlock()
 	var wait []*task
-	for _, o2 := range sessions {
-		for _, ua := range o.uas {
-			if ua.nexus == o2.nexus {
-				o2.addUA(ua.sense)
+	for _, other := range u.others(from) {
+		for _, ua := range o.Attentions {
+			if ua.Nexus == other.id {
+				other.addUA(uaFor(ua.Cause))
 			}
 		}
-		for _, n := range o.abort {
-			if n == o2.nexus {
-				wait = append(wait, o2.abortAll(false, reservedTag)...)
+		for _, n := range o.Abort {
+			if n == other.id {
+				wait = append(wait, other.tasks.abortAll(false, reservedTag)...)
 				break
 			}
 		}
@@ -189,50 +141,21 @@ func (u *lun) applyOutcome(ctx context.Context, s *session, o prOutcome) {
 
 // reserve executes RESERVE (6) and (10) (SPC-2 §7.21): with no
 // registrations (CRH 0), the logical unit is reserved for n.
-func (u *lun) reserve(ctx context.Context, n nexus, cdb []byte) error {
+func (u *lun) reserve(ctx context.Context, n reservation.Nexus, cdb []byte) error {
 	if cdb[0] == scsiReserve10 && cdb[1]&0x12 != 0 || cdb[0] == scsiReserve6 && cdb[1]&0x01 != 0 { // 3RDPTY, LONGID, extents
 		return senseInvalidFieldCDB
 	}
-	u.res.mu.Lock()
-	defer u.res.mu.Unlock()
-	st, err := u.loadReservationsLocked(ctx)
-	if err != nil {
-		return err
-	}
-	if len(st.regs) > 0 {
-		return errReservationConflict
-	}
-	if h := u.res.spc2.Load(); h != nil && *h != n {
-		return errReservationConflict
-	}
-	u.res.spc2.Store(&n)
-	return nil
+	return u.res.Reserve(ctx, n)
 }
 
 // release executes RELEASE (6) and (10): the holder's reservation ends;
 // from anyone else it does nothing.
-func (u *lun) release(ctx context.Context, n nexus) error {
-	u.res.mu.Lock()
-	defer u.res.mu.Unlock()
-	st, err := u.loadReservationsLocked(ctx)
-	if err != nil {
-		return err
-	}
-	if len(st.regs) > 0 {
-		return errReservationConflict
-	}
-	if h := u.res.spc2.Load(); h != nil && *h == n {
-		u.res.spc2.Store(nil)
-	}
-	return nil
+func (u *lun) release(ctx context.Context, n reservation.Nexus) error {
+	return u.res.Release(ctx, n)
 }
 
 // releaseSPC2 ends the SPC-2 reservation of n (its I_T nexus is lost), or
 // any SPC-2 reservation if all (a reset).
-func (u *lun) releaseSPC2(n nexus, all bool) {
-	u.res.mu.Lock()
-	defer u.res.mu.Unlock()
-	if h := u.res.spc2.Load(); h != nil && (all || *h == n) {
-		u.res.spc2.Store(nil)
-	}
+func (u *lun) releaseSPC2(n reservation.Nexus, all bool) {
+	u.res.ReleaseSPC2(n, all)
 }

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"cairn/target/reservation"
 )
 
 // memStore is a ReservationStore in memory that can be told to fail.
@@ -86,7 +88,7 @@ func loginAs(t *testing.T, addr, name string) *rawInitiator {
 	return r
 }
 
-func prOut(r *rawInitiator, sa byte, typ prType, key, sark uint64) (status, senseKey, asc byte) {
+func prOut(r *rawInitiator, sa byte, typ reservation.Type, key, sark uint64) (status, senseKey, asc byte) {
 	st, k, a, _ := r.command(proutCDB(sa, typ), prParamBytes, proutParams(key, sark, 0))
 	return st, k, a
 }
@@ -103,7 +105,7 @@ func TestReservationsPersist(t *testing.T) {
 	if st, _, _ := prOut(a, prRegister, 0, 0, 0xa); st != statusGood {
 		t.Fatalf("register: %#x", st)
 	}
-	if st, _, _ := prOut(a, prReserve, prExclusiveAccess, 0xa, 0); st != statusGood {
+	if st, _, _ := prOut(a, prReserve, reservation.ExclusiveAccess, 0xa, 0); st != statusGood {
 		t.Fatalf("reserve: %#x", st)
 	}
 	if st, _, _, _ := b.command(syncCache10, 0, nil); st != statusResConflict {
@@ -151,7 +153,7 @@ func TestPreemptUnitAttention(t *testing.T) {
 	a, b := loginAs(t, addr, "iqn.2026-01.test:a"), loginAs(t, addr, "iqn.2026-01.test:b")
 	prOut(a, prRegister, 0, 0, 0xa)
 	prOut(b, prRegister, 0, 0, 0xb)
-	if st, _, _ := prOut(b, prPreemptAbort, prWriteExclusive, 0xb, 0xa); st != statusGood {
+	if st, _, _ := prOut(b, prPreemptAbort, reservation.WriteExclusive, 0xb, 0xa); st != statusGood {
 		t.Fatalf("preempt: %#x", st)
 	}
 	if st, key, asc, _ := a.command(testUnitReady(), 0, nil); st != statusCheckCondition || key != keyUnitAttention || asc != 0x2a {

@@ -6,11 +6,13 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"math/bits"
 	"sync"
 	"sync/atomic"
 
 	"cairn/target"
+	"cairn/target/reservation"
 )
 
 // SCSI operation codes we know (SPC-4, SBC-3).
@@ -73,33 +75,60 @@ const (
 type lun struct {
 	name      string // target IQN
 	dev       target.Device
-	mapper    target.Mapper // nil if the device does not know its map
-	blockSize int           // logical block bytes
-	physExp   byte          // log2(physical / logical block)
-	xferMax   int           // bytes of one READ or WRITE
-	serial    string        // unit serial number (VPD 0x80)
-	naa       [8]byte       // NAA locally assigned designator (VPD 0x83)
-	locks     *rangeLock
-	lockID    atomic.Uint64
+	mapper    target.Mapper   // nil if the device does not know its map
+	blockSize int             // logical block bytes
+	physExp   byte            // log2(physical / logical block)
+	xferMax   int             // bytes of one READ or WRITE
+	serial    string          // unit serial number (VPD 0x80)
+	naa       [8]byte         // NAA locally assigned designator (VPD 0x83)
+	comparer  target.Comparer // nil: COMPARE AND WRITE is not supported
 	// wce is the caching mode page's WCE: writes are volatile until
 	// SYNCHRONIZE CACHE or FUA. When cleared by MODE SELECT, every write is
 	// sent with FUA.
 	wce atomic.Bool
-	res reservations
+	res *reservation.Unit // the device's, or the target's own
 
 	mu struct {
 		sync.Mutex
-		sessions map[*session]struct{}
+		nexuses map[*nexus]struct{} // of the sessions logged in to the unit
 	}
+}
+
+// attach registers the I_T nexus of a session that logged in.
+func (u *lun) attach(n *nexus) {
+	u.mu.Lock()
+	u.mu.nexuses[n] = struct{}{}
+	u.mu.Unlock()
+}
+
+// detach forgets the I_T nexus of a session that ended.
+func (u *lun) detach(n *nexus) {
+	u.mu.Lock()
+	delete(u.mu.nexuses, n)
+	u.mu.Unlock()
+}
+
+// others returns the I_T nexuses of the unit but except.
+func (u *lun) others(except *nexus) []*nexus {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	ns := make([]*nexus, 0, len(u.mu.nexuses))
+	for n := range u.mu.nexuses {
+		if n != except {
+			ns = append(ns, n)
+		}
+	}
+	return ns
 }
 
 func newLUN(name string, dev target.Device, blockSize, xferMax int, store ReservationStore) *lun {
 	if blockSize != 512 && blockSize != 4096 {
 		panic("iscsi: logical block size must be 512 or 4096")
 	}
-	u := &lun{name: name, dev: dev, blockSize: blockSize, xferMax: xferMax, locks: newRangeLock()}
+	u := &lun{name: name, dev: dev, blockSize: blockSize, xferMax: xferMax}
 	u.mapper, _ = dev.(target.Mapper)
-	u.res.store = store
+	u.comparer, _ = dev.(target.Comparer)
+	u.res = unitFor(name, dev, store)
 	if phys := dev.Info().BlockSize; phys > blockSize && phys%blockSize == 0 {
 		u.physExp = byte(bits.Len(uint(phys/blockSize)) - 1)
 	}
@@ -108,7 +137,7 @@ func newLUN(name string, dev target.Device, blockSize, xferMax int, store Reserv
 	copy(u.naa[:], sum[8:16])
 	u.naa[0] = 0x30 | u.naa[0]&0x0f // NAA 3h: locally assigned
 	u.wce.Store(true)
-	u.mu.sessions = make(map[*session]struct{})
+	u.mu.nexuses = make(map[*nexus]struct{})
 	return u
 }
 
@@ -176,8 +205,8 @@ func cdbLen(op byte) int {
 
 // exec runs one command against the unit. It never panics on any CDB or
 // data; errors become CHECK CONDITION with the sense senseFor gives.
-func (u *lun) exec(ctx context.Context, s *session, c *scsiCmd, r *scsiResult) {
-	err := u.dispatch(ctx, s, c, r)
+func (u *lun) exec(ctx context.Context, n *nexus, c *scsiCmd, r *scsiResult) {
+	err := u.dispatch(ctx, n, c, r)
 	if err != nil {
 		r.release()
 		r.status, r.sense = statusFor(err, isWrite(c.cdb[0]))
@@ -193,7 +222,7 @@ func isWrite(op byte) bool {
 	return false
 }
 
-func (u *lun) dispatch(ctx context.Context, s *session, c *scsiCmd, r *scsiResult) error {
+func (u *lun) dispatch(ctx context.Context, n *nexus, c *scsiCmd, r *scsiResult) error {
 	cdb := c.cdb
 	op := cdb[0]
 	if c.lun != 0 {
@@ -215,29 +244,36 @@ func (u *lun) dispatch(ctx context.Context, s *session, c *scsiCmd, r *scsiResul
 	case scsiReportLUNs:
 		return u.reportLUNs(cdb, r)
 	case scsiRequestSense:
-		ua, ok := s.takeUA(u)
+		ua, ok := n.takeUA(u.dev.Info().Size)
 		if !ok {
 			ua = senseNoSense
 		}
 		r.reply(ua.appendFixed(nil), int(cdb[4]))
 		return nil
 	}
-	if ua, ok := s.takeUA(u); ok {
+	if ua, ok := n.takeUA(u.dev.Info().Size); ok {
 		return ua
 	}
-	if err := u.checkReservations(ctx, s.nexus, cdb); err != nil {
+	if err := u.checkReservations(ctx, n.id, cdb); err != nil {
 		return err
 	}
+	return u.execute(ctx, n, c, r)
+}
+
+// execute runs a command of nexus n that passed the unit attention and
+// reservation checks.
+func (u *lun) execute(ctx context.Context, n *nexus, c *scsiCmd, r *scsiResult) error {
+	cdb := c.cdb
 	info := u.dev.Info()
-	switch op {
+	switch cdb[0] {
 	case scsiPRIn:
 		return u.persistentReserveIn(ctx, cdb, r)
 	case scsiPROut:
-		return u.persistentReserveOut(ctx, s, c, r)
+		return u.persistentReserveOut(ctx, n, c, r)
 	case scsiReserve6, scsiReserve10:
-		return u.reserve(ctx, s.nexus, cdb)
+		return u.reserve(ctx, n.id, cdb)
 	case scsiRelease6, scsiRelease10:
-		return u.release(ctx, s.nexus)
+		return u.release(ctx, n.id)
 	case scsiTestUnitReady, scsiStartStopUnit:
 		return nil
 	case scsiReadCapacity10:
@@ -255,6 +291,19 @@ func (u *lun) dispatch(ctx context.Context, s *session, c *scsiCmd, r *scsiResul
 			return u.reportOpcodes(cdb, r)
 		}
 		return senseInvalidFieldCDB
+	case scsiModeSense6, scsiModeSense10:
+		return u.modeSense(info, cdb, r)
+	case scsiModeSelect6, scsiModeSelect10:
+		return u.modeSelect(n, cdb, c, r)
+	}
+	return u.blockCommand(ctx, info, c, r)
+}
+
+// blockCommand runs the block commands (SBC-3): reads, writes, verifies,
+// prefetches, cache syncs, WRITE SAME, UNMAP, COMPARE AND WRITE.
+func (u *lun) blockCommand(ctx context.Context, info target.Info, c *scsiCmd, r *scsiResult) error {
+	cdb := c.cdb
+	switch op := cdb[0]; op {
 	case scsiRead6:
 		lba := uint64(cdb[1]&0x1f)<<16 | uint64(cdb[2])<<8 | uint64(cdb[3])
 		n := uint32(cdb[4])
@@ -303,10 +352,6 @@ func (u *lun) dispatch(ctx context.Context, s *session, c *scsiCmd, r *scsiResul
 		return u.unmap(ctx, info, cdb, c, r)
 	case scsiCompareAndWrite:
 		return u.compareAndWrite(ctx, info, cdb, c, r)
-	case scsiModeSense6, scsiModeSense10:
-		return u.modeSense(info, cdb, r)
-	case scsiModeSelect6, scsiModeSelect10:
-		return u.modeSelect(s, cdb, c, r)
 	}
 	return senseInvalidOpcode
 }
@@ -377,19 +422,10 @@ func (u *lun) write(ctx context.Context, info target.Info, lba uint64, n uint32,
 	if len(p) == 0 {
 		return nil
 	}
-	return u.writeAt(ctx, p, lba, n, fua)
-}
-
-// writeAt writes p at lba holding the blocks shared against COMPARE AND
-// WRITE.
-func (u *lun) writeAt(ctx context.Context, p []byte, lba uint64, n uint32, fua bool) error {
 	var f target.WriteFlags
 	if fua || !u.wce.Load() {
 		f |= target.FUA
 	}
-	id := u.lockID.Add(1)
-	u.locks.lock(lba, lba+uint64(n), false, id)
-	defer u.locks.unlock(id)
 	return u.dev.WriteAt(ctx, p, int64(lba)*int64(u.blockSize), f)
 }
 
@@ -491,9 +527,6 @@ func (u *lun) writeSame(ctx context.Context, info target.Info, flags byte, lba u
 		pattern = c.data[:u.blockSize]
 	}
 	off, length := int64(lba)*int64(u.blockSize), int64(n)*int64(u.blockSize)
-	id := u.lockID.Add(1)
-	u.locks.lock(lba, lba+uint64(n), false, id)
-	defer u.locks.unlock(id)
 	if ndob || allZero(pattern) {
 		zf := target.ZeroNoHole
 		if flags&0x08 != 0 { // UNMAP
@@ -585,20 +618,20 @@ func (u *lun) unmap(ctx context.Context, info target.Info, cdb []byte, c *scsiCm
 		if n == 0 {
 			continue
 		}
-		id := u.lockID.Add(1)
-		u.locks.lock(lba, lba+uint64(n), false, id)
-		err := u.dev.Zero(ctx, int64(lba)*int64(u.blockSize), int64(n)*int64(u.blockSize), target.ZeroDiscard)
-		u.locks.unlock(id)
-		if err != nil {
+		if err := u.dev.Zero(ctx, int64(lba)*int64(u.blockSize), int64(n)*int64(u.blockSize), target.ZeroDiscard); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// compareAndWrite implements COMPARE AND WRITE (SBC-3 §5.2), atomic against
-// every other write to the range by holding it exclusive.
+// compareAndWrite implements COMPARE AND WRITE (SBC-3 §5.2) with the
+// device's CompareAndWrite, which is atomic against every other write to
+// the range, from this front end or any other.
 func (u *lun) compareAndWrite(ctx context.Context, info target.Info, cdb []byte, c *scsiCmd, r *scsiResult) error {
+	if u.comparer == nil {
+		return senseInvalidOpcode
+	}
 	if cdb[1]>>5 != 0 {
 		return senseInvalidFieldCDB
 	}
@@ -623,27 +656,18 @@ func (u *lun) compareAndWrite(ctx context.Context, info target.Info, cdb []byte,
 	if len(c.data) != 2*total {
 		return senseInvalidFieldIU
 	}
-	want, next := c.data[:total], c.data[total:2*total]
-	buf := target.GetBuffer(total)
-	defer target.PutBuffer(buf)
-	have := (*buf)[:total]
-	id := u.lockID.Add(1)
-	u.locks.lock(lba, lba+uint64(n), true, id)
-	defer u.locks.unlock(id)
-	off := int64(lba) * int64(u.blockSize)
-	if err := u.dev.ReadAt(ctx, have, off); err != nil {
-		return err
-	}
-	if i := mismatch(have, want); i >= 0 {
-		s := senseMiscompare
-		s.info, s.infoValid = uint32(i), true
-		return s
-	}
 	var f target.WriteFlags
 	if cdb[1]&0x08 != 0 || !u.wce.Load() {
 		f = target.FUA
 	}
-	return u.dev.WriteAt(ctx, next, off, f)
+	err := u.comparer.CompareAndWrite(ctx, c.data[:total], c.data[total:2*total], int64(lba)*int64(u.blockSize), f)
+	var mis *target.MiscompareError
+	if errors.As(err, &mis) {
+		s := senseMiscompare
+		s.info, s.infoValid = uint32(mis.Offset), true
+		return s
+	}
+	return err
 }
 
 // readCapacity10 answers READ CAPACITY (10) (SBC-3 §5.15).

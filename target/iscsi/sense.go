@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"cairn/target"
+	"cairn/target/reservation"
 )
 
 // SCSI status codes (SAM-5).
@@ -94,6 +95,16 @@ func senseFor(err error, write bool) sense {
 		return s
 	case errors.Is(err, ErrReservationStore):
 		return senseInternalTargetFailure
+	case errors.Is(err, reservation.ErrInvalidField):
+		return senseInvalidFieldCDB
+	case errors.Is(err, reservation.ErrInvalidParam):
+		return senseInvalidFieldParam
+	case errors.Is(err, reservation.ErrParamListLength):
+		return senseParamListLength
+	case errors.Is(err, reservation.ErrNoResources):
+		return senseInsufficientRegistration
+	case errors.Is(err, reservation.ErrInvalidRelease):
+		return senseInvalidRelease
 	case errors.Is(err, target.ErrOutOfRange):
 		return senseLBAOutOfRange
 	case errors.Is(err, target.ErrInvalid):
@@ -112,11 +123,14 @@ func senseFor(err error, write bool) sense {
 	return senseReadError
 }
 
+// errReservationConflict ends a command with RESERVATION CONFLICT status.
+var errReservationConflict = fmt.Errorf("iscsi: %w", target.ErrReservationConflict)
+
 // statusFor maps a command handler's error to its status and sense:
 // RESERVATION CONFLICT has no sense data, everything else is CHECK
 // CONDITION with the sense senseFor gives.
 func statusFor(err error, write bool) (byte, sense) {
-	if errors.Is(err, errReservationConflict) {
+	if errors.Is(err, target.ErrReservationConflict) {
 		return statusResConflict, sense{}
 	}
 	return statusCheckCondition, senseFor(err, write)

@@ -3,77 +3,19 @@ package iscsi
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"log/slog"
 	"net"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"cairn/target"
+	"cairn/target/reservation"
 )
-
-// Task states. A task is collecting while its Data-Out arrives (owned by
-// the reader), running while a worker executes it, responding once the
-// worker claimed the right to answer, and aborted once a task management
-// function (or the end of the session) claimed it: an aborted task is never
-// answered.
-const (
-	taskCollecting int32 = iota
-	taskRunning
-	taskResponding
-	taskAborted
-)
-
-// dataSeq is one Data-Out sequence: unsolicited, or one R2T's burst.
-type dataSeq struct {
-	ttt       uint32
-	next, end int // buffer offsets: next expected, end of the sequence
-	dataSN    uint32
-}
-
-// task is one SCSI command of a session.
-type task struct {
-	itt       uint32
-	immediate bool
-	lunField  uint64
-	cdb       [16]byte
-	write     bool
-	edtl      int
-	reserved  int     // bytes counted against InFlightBytesMax
-	buf       *[]byte // Data-Out buffer
-	data      []byte  // (*buf)[:edtl]
-	received  int
-	unsol     dataSeq
-	unsolOpen bool
-	r2ts      []dataSeq // outstanding R2Ts
-	solicited int       // offset up to which data was solicited or sent unsolicited
-	r2tSN     uint32
-	state     atomic.Int32
-	ctx       taskCtx
-	finished  event // fired when the worker is done with the task
-	forgotten bool  // guarded by session.mu
-	// budget is what the task holds of Options.Budget, returned once with
-	// its data buffer (releaseBudget).
-	budget atomic.Int64
-}
-
-// outPDU is one PDU for the writer. The writer fills in StatSN, ExpCmdSN
-// and MaxCmdSN when it sends it.
-type outPDU struct {
-	hdr        header
-	data       []byte
-	advance    bool    // consumes a StatSN (a status-bearing PDU)
-	release    *[]byte // returned to the pool once written
-	budget     int64   // returned to Options.Budget once written (with release)
-	closeAfter bool    // logout response: signal logoutFlushed once written
-}
 
 // Errors that end a connection.
 var (
@@ -101,8 +43,10 @@ const (
 
 // session is one connection and, as MaxConnections is 1, its session. Its
 // goroutine (serve) logs in and then reads PDUs; a writer goroutine sends
-// PDUs; a worker goroutine per command executes it; task management and
-// logout waits run on helper goroutines. serve owns and waits for them all.
+// PDUs; a pool of worker goroutines, started as commands need them (at
+// most window+immediateMax) and kept until the session stops, executes
+// the commands; task management and logout waits run on helper
+// goroutines. serve owns and waits for them all.
 type session struct {
 	srv *Server
 	nc  net.Conn
@@ -116,7 +60,8 @@ type session struct {
 	lun                       *lun // nil for discovery sessions
 	targetName, initiatorName string
 	isid                      [6]byte
-	nexus                     nexus // of initiatorName and isid
+	nexus                     reservation.Nexus // of initiatorName and isid
+	nx                        *nexus            // what the SCSI layer sees of it; nil for discovery
 	tsih                      uint16
 	discovery                 bool
 	window                    int
@@ -168,11 +113,9 @@ type session struct {
 	mu struct {
 		sync.Mutex
 		tasks     map[uint32]*task
-		inFlight  int // non-immediate commands received and not answered
-		immediate int // immediate commands in flight
-		bytes     int // data buffer bytes reserved
-		ua        []sense
-		lastSize  int64
+		window    cmdWindow // CmdSN numbering and the counted commands in flight
+		immediate int       // immediate commands in flight
+		bytes     int       // data buffer bytes reserved
 		nextTTT   uint32
 	}
 
@@ -238,54 +181,17 @@ func (s *session) login() error {
 	l := newLogin(cfg)
 	var buf []byte
 	for {
-		var h header
-		if _, err := io.ReadFull(s.br, h[:]); err != nil {
-			return fmt.Errorf("%w: read: %v", errLoginFailed, err)
-		}
-		n := wireBytes(h.ahsBytes(), h.dataBytes(), digests{}) - bhsBytes
-		if h.dataBytes() > loginDataMax {
-			return fmt.Errorf("%w: login PDU of %d data bytes", errLoginFailed, h.dataBytes())
-		}
-		buf = append(buf[:0], h[:]...)
-		buf = append(buf, make([]byte, n)...)
-		if _, err := io.ReadFull(s.br, buf[bhsBytes:]); err != nil {
-			return fmt.Errorf("%w: read: %v", errLoginFailed, err)
-		}
-		req, _, err := parsePDU(buf, digests{}, loginDataMax)
+		req, err := s.readLoginPDU(&buf)
 		if err != nil {
-			return fmt.Errorf("%w: %v", errLoginFailed, err)
+			return err
 		}
 		step := l.step(&req)
 		if step.done {
-			s.p, s.d = l.params, l.params.digests()
-			s.initiatorName, s.isid = l.initiatorName, l.isid
-			s.nexus = nexusOf(l.initiatorName, l.isid)
-			s.discovery = l.sessionType == sessionDiscovery
-			if !s.discovery {
-				dev, ok := s.srv.opts.Targets.Lookup(l.targetName)
-				if !ok {
-					if node, addr, moved := s.srv.locate(l.targetName); moved {
-						l.redirectAddr = addr
-						step = l.redirect(addr, fmt.Sprintf("target %s moved to node %s at %s during login", l.targetName, node, addr))
-					} else {
-						step = l.reject(statusNotFound, "target went away during login")
-					}
-				} else {
-					s.targetName = l.targetName
-					s.lun = s.srv.lunFor(l.targetName, dev)
-				}
-			}
-			if !step.fail {
-				if err := s.srv.register(s); err != nil {
-					step = l.reject(statusTargetError, err.Error())
-				} else {
-					step.resp.hdr.setU16(14, s.tsih)
-				}
-			}
+			step = s.attachLogin(l, step)
 		}
 		out := appendPDU(nil, &step.resp, digests{})
 		if _, err := s.nc.Write(out); err != nil {
-			return fmt.Errorf("%w: write: %v", errLoginFailed, err)
+			return fmt.Errorf("%w: write: %w", errLoginFailed, err)
 		}
 		if step.redirect {
 			s.log.Info("iscsi: login redirected", "initiator", l.initiatorName, "target", l.targetName,
@@ -298,21 +204,83 @@ func (s *session) login() error {
 			return fmt.Errorf("%w: %s", errLoginFailed, l.failReason)
 		}
 		if step.done {
-			s.statSN = l.statSN
-			s.cmdWindow.Store(uint64(l.cmdSN)<<32 | uint64(l.cmdSN+uint32(s.window)-1))
-			s.nc.SetDeadline(time.Time{})
-			s.log = s.log.With("initiator", s.initiatorName, "target", s.targetName, "tsih", s.tsih)
-			if s.lun != nil {
-				s.mu.lastSize = s.lun.dev.Info().Size
-				s.mu.ua = append(s.mu.ua, uaPowerOnReset)
-				s.lun.mu.Lock()
-				s.lun.mu.sessions[s] = struct{}{}
-				s.lun.mu.Unlock()
-			}
-			s.log.Info("iscsi: login", "discovery", s.discovery, "params", s.p.String())
+			s.enterFullFeature(l)
 			return nil
 		}
 	}
+}
+
+// readLoginPDU reads one Login Request (no digests yet) into *buf.
+func (s *session) readLoginPDU(buf *[]byte) (PDU, error) {
+	var h header
+	if _, err := io.ReadFull(s.br, h[:]); err != nil {
+		return PDU{}, fmt.Errorf("%w: read: %w", errLoginFailed, err)
+	}
+	n := wireBytes(h.ahsBytes(), h.dataBytes(), digests{}) - bhsBytes
+	if h.dataBytes() > loginDataMax {
+		return PDU{}, fmt.Errorf("%w: login PDU of %d data bytes", errLoginFailed, h.dataBytes())
+	}
+	b := append((*buf)[:0], h[:]...)
+	b = append(b, make([]byte, n)...)
+	*buf = b
+	if _, err := io.ReadFull(s.br, b[bhsBytes:]); err != nil {
+		return PDU{}, fmt.Errorf("%w: read: %w", errLoginFailed, err)
+	}
+	req, _, err := parsePDU(b, digests{}, loginDataMax)
+	if err != nil {
+		return PDU{}, fmt.Errorf("%w: %w", errLoginFailed, err)
+	}
+	return req, nil
+}
+
+// attachLogin takes the negotiated parameters of a login that succeeded
+// and attaches the session to its target and to the server: the final
+// step, or a redirection or refusal if the target moved or went away or
+// the server refuses the session.
+func (s *session) attachLogin(l *login, step loginStep) loginStep {
+	s.p, s.d = l.params, l.params.digests()
+	s.initiatorName, s.isid = l.initiatorName, l.isid
+	s.nexus = reservation.NewNexus(l.initiatorName, l.isid)
+	s.discovery = l.sessionType == sessionDiscovery
+	if !s.discovery {
+		dev, ok := s.srv.opts.Targets.Lookup(l.targetName)
+		if !ok {
+			if node, addr, moved := s.srv.locate(l.targetName); moved {
+				l.redirectAddr = addr
+				return l.redirect(addr, fmt.Sprintf("target %s moved to node %s at %s during login", l.targetName, node, addr))
+			}
+			return l.reject(statusNotFound, "target went away during login")
+		}
+		s.targetName = l.targetName
+		s.lun = s.srv.lunFor(l.targetName, dev)
+	}
+	if step.fail {
+		return step
+	}
+	if err := s.srv.register(s); err != nil {
+		return l.reject(statusTargetError, err.Error())
+	}
+	step.resp.hdr.setU16(14, s.tsih)
+	return step
+}
+
+// enterFullFeature starts the full feature phase of a session that
+// logged in: the command window opens and, on a normal session, the I_T
+// nexus attaches to its unit.
+func (s *session) enterFullFeature(l *login) {
+	s.statSN = l.statSN
+	s.mu.window = newCmdWindow(l.cmdSN, s.window)
+	s.cmdWindow.Store(s.mu.window.packed())
+	s.nc.SetDeadline(time.Time{})
+	// Every device call of the session's commands carries its I_T
+	// nexus: the device checks reservations against it.
+	s.ctx = reservation.WithNexus(s.ctx, s.nexus)
+	s.log = s.log.With("initiator", s.initiatorName, "target", s.targetName, "tsih", s.tsih)
+	if s.lun != nil {
+		s.nx = newNexus(s.nexus, s.tsih, s.lun.dev.Info().Size, s.log, s)
+		s.lun.attach(s.nx)
+	}
+	s.log.Info("iscsi: login", "discovery", s.discovery, "params", s.p.String())
 }
 
 // kill drops the connection from outside its goroutines: the reader sees
@@ -404,345 +372,41 @@ func (s *session) teardown(err error) {
 		s.releasePDU(&p)
 	}
 	if s.lun != nil {
-		s.lun.mu.Lock()
-		delete(s.lun.mu.sessions, s)
-		s.lun.mu.Unlock()
+		if s.nx != nil {
+			s.lun.detach(s.nx)
+		}
 		if s.tsih != 0 {
 			s.lun.releaseSPC2(s.nexus, false) // I_T nexus loss
 		}
 	}
 }
 
-// releaseBudget returns what t holds of the shared budget; idempotent.
-func (s *session) releaseBudget(t *task) {
-	if n := t.budget.Swap(0); n > 0 {
-		s.srv.opts.Budget.Release(n)
-	}
-}
-
-// releasePDU returns what a sent or dropped PDU holds.
-func (s *session) releasePDU(p *outPDU) {
-	if p.release != nil {
-		target.PutBuffer(p.release)
-		p.release = nil
-	}
-	if p.budget > 0 {
-		s.srv.opts.Budget.Release(p.budget)
-		p.budget = 0
-	}
-}
-
-// send queues a PDU for the writer; false if the session is ending (the
-// caller then releases what the PDU holds).
-func (s *session) send(p outPDU) bool {
-	select {
-	case s.out <- p:
-		return true
-	case <-s.stopping:
-		return false
-	}
-}
-
-// writeLoop is the writer goroutine: the only one writing to the socket
-// after login.
-func (s *session) writeLoop() {
-	defer s.writerWG.Done()
-	for {
-		p := &s.wp
-		select {
-		case *p = <-s.out:
-		case <-s.stopping:
-			return
-		}
-		s.armWrite()
-		err := s.writePDU(p)
-		s.releasePDU(p)
-		if err == nil && (len(s.out) == 0 || p.closeAfter) {
-			err = s.bw.Flush()
-		}
-		if err != nil {
-			s.log.Debug("iscsi: write", "err", err)
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				s.replyTimedOut.Store(true)
-			}
-			s.abandon()
-			s.nc.Close() // the reader sees it and tears down
-			return
-		}
-		if p.closeAfter {
-			close(s.flushed)
-		}
-	}
-}
-
-// armWrite gives what is written next ReplyTimeout to drain, give or take
-// an eighth: the deadline moves only when it comes closer than that, which
-// keeps the per-PDU cost at one clock read. Writer goroutine only.
-func (s *session) armWrite() {
-	now, t := time.Now(), s.srv.opts.ReplyTimeout
-	if s.writeDeadline.Sub(now) < t-t/8 {
-		s.writeDeadline = now.Add(t)
-		s.nc.SetWriteDeadline(s.writeDeadline)
-	}
-}
-
-// writePDU encodes p onto the buffered writer with the current sequence
-// numbers.
-func (s *session) writePDU(p *outPDU) error {
-	h := &p.hdr
-	h.setU32(24, s.statSN)
-	if p.advance {
-		s.statSN++
-	}
-	w := s.cmdWindow.Load()
-	h.setU32(28, uint32(w>>32))
-	h.setU32(32, uint32(w))
-	h[4] = 0
-	h.setDataBytes(len(p.data))
-	if _, err := s.bw.Write(h[:]); err != nil {
-		return err
-	}
-	d := &s.wd
-	if s.d.header {
-		binary.LittleEndian.PutUint32(d[:], crc32c(h[:]))
-		if _, err := s.bw.Write(d[:]); err != nil {
-			return err
-		}
-	}
-	if len(p.data) == 0 {
-		return nil
-	}
-	// Renew the deadline as the data goes out, so that ReplyTimeout cuts
-	// off an initiator that stops reading, not one with a large
-	// MaxRecvDataSegmentLength that reads slowly.
-	for d := p.data; len(d) > 0; {
-		n := min(len(d), writeChunkBytes)
-		if _, err := s.bw.Write(d[:n]); err != nil {
-			return err
-		}
-		d = d[n:]
-		if len(d) > 0 {
-			s.armWrite()
-		}
-	}
-	padN := pad4(len(p.data))
-	if _, err := s.bw.Write(zeroPad[:padN]); err != nil {
-		return err
-	}
-	if s.d.data {
-		c := crc32.Update(0, castagnoli, p.data)
-		c = crc32.Update(c, castagnoli, zeroPad[:padN])
-		binary.LittleEndian.PutUint32(d[:], c)
-		if _, err := s.bw.Write(d[:]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// zeroPad pads data segments to 4 bytes; never written to.
-var zeroPad [4]byte
-
-// serialLess compares sequence numbers in serial number arithmetic (RFC
-// 1982), as RFC 7143 §4.2.2.1 requires.
-func serialLess(a, b uint32) bool { return a != b && int32(a-b) < 0 }
-
-// acceptCmdSN admits a non-immediate command's CmdSN: false (drop it
+// acceptCmdSN admits a non-immediate PDU's CmdSN: false (drop it
 // silently, RFC 7143 §4.2.2.1) if it is outside [ExpCmdSN, MaxCmdSN].
-// counted commands stay in flight until finish.
+// counted commands stay in flight until finishCounted or forget.
 func (s *session) acceptCmdSN(sn uint32, counted bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	w := s.cmdWindow.Load()
-	exp, maxSN := uint32(w>>32), uint32(w)
-	if serialLess(sn, exp) || serialLess(maxSN, sn) {
-		s.log.Debug("iscsi: CmdSN outside the window", "cmdsn", sn, "exp", exp, "max", maxSN)
+	if !s.mu.window.accept(sn, counted) {
+		s.log.Debug("iscsi: CmdSN outside the window", "cmdsn", sn, "exp", s.mu.window.exp, "max", s.mu.window.maxSN())
 		return false
 	}
-	// A gap cannot be filled on a single connection at ERL 0: skip it.
-	if counted {
-		s.mu.inFlight++
-	}
-	s.setWindowLocked(sn + 1)
+	s.cmdWindow.Store(s.mu.window.packed())
 	return true
 }
 
-// setWindowLocked publishes ExpCmdSN and the MaxCmdSN the free slots allow.
-func (s *session) setWindowLocked(exp uint32) {
-	maxSN := exp - 1 + uint32(s.window-s.mu.inFlight)
-	s.cmdWindow.Store(uint64(exp)<<32 | uint64(maxSN))
+// finishCountedLocked frees a counted command's slot in the window.
+func (s *session) finishCountedLocked() {
+	s.mu.window.finish()
+	s.cmdWindow.Store(s.mu.window.packed())
 }
 
 // finishCounted ends a non-immediate command that was counted in flight:
 // its slot in the window opens.
 func (s *session) finishCounted() {
 	s.mu.Lock()
-	s.mu.inFlight--
-	s.setWindowLocked(uint32(s.cmdWindow.Load() >> 32))
+	s.finishCountedLocked()
 	s.mu.Unlock()
-}
-
-// forgetLocked removes t from the task table and releases its window slot
-// and budget; idempotent.
-func (s *session) forgetLocked(t *task) {
-	if t.forgotten {
-		return
-	}
-	t.forgotten = true
-	if s.mu.tasks[t.itt] == t {
-		delete(s.mu.tasks, t.itt)
-	}
-	s.mu.bytes -= t.reserved
-	if t.immediate {
-		s.mu.immediate--
-	} else {
-		s.mu.inFlight--
-		s.setWindowLocked(uint32(s.cmdWindow.Load() >> 32))
-	}
-}
-
-func (s *session) forget(t *task) {
-	s.mu.Lock()
-	s.forgetLocked(t)
-	s.mu.Unlock()
-}
-
-// addUA queues a unit attention for this I_T nexus.
-func (s *session) addUA(ua sense) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, u := range s.mu.ua {
-		if u == ua {
-			return
-		}
-	}
-	if len(s.mu.ua) < 8 {
-		s.mu.ua = append(s.mu.ua, ua)
-	}
-}
-
-// takeUA returns and clears the oldest pending unit attention; a changed
-// device size raises CAPACITY DATA HAS CHANGED first.
-func (s *session) takeUA(u *lun) (sense, bool) {
-	size := u.dev.Info().Size
-	s.mu.Lock()
-	changed := size != s.mu.lastSize
-	s.mu.lastSize = size
-	s.mu.Unlock()
-	if changed {
-		s.addUA(uaCapacityChanged)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.mu.ua) == 0 {
-		return sense{}, false
-	}
-	ua := s.mu.ua[0]
-	s.mu.ua = append(s.mu.ua[:0], s.mu.ua[1:]...)
-	return ua, true
-}
-
-// readLoop reads PDUs until the connection ends.
-func (s *session) readLoop() error {
-	for {
-		if err := s.waitReadable(); err != nil {
-			return err
-		}
-		s.nc.SetReadDeadline(time.Now().Add(s.srv.opts.RequestTimeout))
-		h := &s.rh
-		if _, err := io.ReadFull(s.br, h[:]); err != nil {
-			return pduErr(err)
-		}
-		ahs := s.hdrAHS[:h.ahsBytes()]
-		if _, err := io.ReadFull(s.br, ahs); err != nil {
-			return pduErr(err)
-		}
-		if s.d.header {
-			var d [digestBytes]byte
-			if _, err := io.ReadFull(s.br, d[:]); err != nil {
-				return pduErr(err)
-			}
-			c := crc32.Update(crc32c(h[:]), castagnoli, ahs)
-			if binary.LittleEndian.Uint32(d[:]) != c {
-				return errHeaderDigest // ERL 0: the PDU boundary is lost
-			}
-		}
-		if h.dataBytes() > s.p.recvDataSegmentMax {
-			return fmt.Errorf("%w: %s with %d data bytes > MaxRecvDataSegmentLength %d",
-				errProtocol, opName(h.opcode()), h.dataBytes(), s.p.recvDataSegmentMax)
-		}
-		if err := s.handle(h, ahs); err != nil {
-			return pduErr(err)
-		}
-	}
-}
-
-// pduErr marks a read deadline hit in the middle of a PDU as a request
-// timeout.
-func pduErr(err error) error {
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return fmt.Errorf("%w: %w", errRequestTimeout, err)
-	}
-	return err
-}
-
-// waitReadable waits for the next PDU, pinging an idle initiator with
-// NOP-In and dropping it when the ping goes unanswered, or when a WRITE
-// waits for Data-Out that does not come within RequestTimeout.
-func (s *session) waitReadable() error {
-	interval, timeout := s.srv.opts.NopInInterval, s.srv.opts.NopInTimeout
-	for {
-		if s.br.Buffered() > 0 {
-			return nil
-		}
-		var deadline time.Time // none while pings are disabled
-		switch {
-		case interval >= 0 && s.pingOutstanding:
-			deadline = s.pingSent.Add(timeout)
-		case interval >= 0:
-			deadline = time.Now().Add(interval)
-		}
-		collecting := s.collecting.Load() > 0
-		if d := s.lastData.Add(s.srv.opts.RequestTimeout); collecting && (deadline.IsZero() || d.Before(deadline)) {
-			deadline = d
-		}
-		s.nc.SetReadDeadline(deadline)
-		_, err := s.br.Peek(1)
-		if err == nil {
-			return nil
-		}
-		var ne net.Error
-		if !errors.As(err, &ne) || !ne.Timeout() {
-			return err
-		}
-		if collecting && s.collecting.Load() > 0 && time.Since(s.lastData) >= s.srv.opts.RequestTimeout {
-			return fmt.Errorf("%w: no Data-Out for %v", errRequestTimeout, s.srv.opts.RequestTimeout)
-		}
-		if interval < 0 {
-			continue
-		}
-		if s.pingOutstanding {
-			if time.Since(s.pingSent) >= timeout {
-				return fmt.Errorf("%w within %v", errNopTimeout, timeout)
-			}
-			continue
-		}
-		s.ping()
-	}
-}
-
-// ping sends a NOP-In that asks for a NOP-Out.
-func (s *session) ping() {
-	s.mu.Lock()
-	s.pingTTT = s.newTTTLocked()
-	s.mu.Unlock()
-	s.pingOutstanding, s.pingSent = true, time.Now()
-	var p outPDU
-	p.hdr.setOpcode(opNOPIn)
-	p.hdr[1] = flagFinal
-	p.hdr.setITT(reservedTag)
-	p.hdr.setU32(20, s.pingTTT)
-	s.send(p)
 }
 
 // newTTTLocked returns a fresh target transfer tag.
@@ -752,799 +416,4 @@ func (s *session) newTTTLocked() uint32 {
 		s.mu.nextTTT = 1
 	}
 	return s.mu.nextTTT
-}
-
-// readData reads a data segment of len(dst) bytes with padding and digest
-// into dst.
-func (s *session) readData(dst []byte) error {
-	if len(dst) == 0 {
-		return nil
-	}
-	if _, err := io.ReadFull(s.br, dst); err != nil {
-		return err
-	}
-	pad := &s.rpad
-	n := pad4(len(dst))
-	tail := pad[:n]
-	if s.d.data {
-		tail = pad[:n+digestBytes]
-	}
-	if _, err := io.ReadFull(s.br, tail); err != nil {
-		return err
-	}
-	if s.d.data {
-		c := crc32.Update(crc32c(dst), castagnoli, pad[:n])
-		if binary.LittleEndian.Uint32(pad[n:]) != c {
-			return errDataDigest
-		}
-	}
-	return nil
-}
-
-// discard skips a data segment of n bytes.
-func (s *session) discard(n int) error {
-	if n == 0 {
-		return nil
-	}
-	n += pad4(n)
-	if s.d.data {
-		n += digestBytes
-	}
-	_, err := s.br.Discard(n)
-	return err
-}
-
-// readSmall reads a data segment into a new slice.
-func (s *session) readSmall(h *header) ([]byte, error) {
-	b := make([]byte, h.dataBytes())
-	return b, s.readData(b)
-}
-
-// handle processes one PDU whose header (and AHS) has been read; it reads
-// or skips the data segment.
-func (s *session) handle(h *header, ahs []byte) error {
-	if s.loggedOut {
-		return s.discard(h.dataBytes())
-	}
-	switch h.opcode() {
-	case opNOPOut:
-		return s.nopOut(h)
-	case opSCSICmd:
-		return s.scsiCommand(h, ahs)
-	case opDataOut:
-		return s.dataOut(h)
-	case opTaskMgmt:
-		return s.taskMgmt(h)
-	case opText:
-		return s.textRequest(h)
-	case opLogout:
-		return s.logout(h)
-	case opLogin:
-		s.reject(h, rejectProtocolError)
-		return s.discard(h.dataBytes())
-	}
-	s.reject(h, rejectNotSupported)
-	return s.discard(h.dataBytes())
-}
-
-// reject sends a Reject PDU carrying the offending header.
-func (s *session) reject(h *header, reason byte) {
-	var p outPDU
-	p.hdr.setOpcode(opReject)
-	p.hdr[1] = flagFinal
-	p.hdr[2] = reason
-	p.hdr.setITT(reservedTag)
-	p.data = append([]byte(nil), h[:]...)
-	p.advance = true
-	s.send(p)
-}
-
-// nopOut answers a ping, or takes the answer to ours.
-func (s *session) nopOut(h *header) error {
-	if h.itt() == reservedTag { // the answer to our NOP-In
-		if h.u32(20) == s.pingTTT {
-			s.pingOutstanding = false
-		}
-		return s.discard(h.dataBytes())
-	}
-	if !h.immediate() && !s.acceptCmdSN(h.cmdSN(), false) {
-		return s.discard(h.dataBytes())
-	}
-	data, err := s.readSmall(h)
-	if err != nil {
-		return err
-	}
-	var p outPDU
-	p.hdr.setOpcode(opNOPIn)
-	p.hdr[1] = flagFinal
-	p.hdr.setLUN(h.lun())
-	p.hdr.setITT(h.itt())
-	p.hdr.setU32(20, reservedTag)
-	p.data = data[:min(len(data), s.p.sendDataSegmentMax)]
-	p.advance = true
-	s.send(p)
-	return nil
-}
-
-// respondStatus sends a SCSI Response without data.
-func (s *session) respondStatus(itt uint32, status byte, sn sense, spdtl, edtl int) {
-	var p outPDU
-	p.hdr.setOpcode(opSCSIResp)
-	p.hdr[1] = flagFinal | residualFlags(spdtl, edtl)
-	p.hdr[3] = status
-	p.hdr.setITT(itt)
-	p.hdr.setU32(44, residual(spdtl, edtl))
-	if status == statusCheckCondition {
-		d := make([]byte, 2, 2+fixedSenseBytes)
-		binary.BigEndian.PutUint16(d, fixedSenseBytes)
-		p.data = sn.appendFixed(d)
-	}
-	p.advance = true
-	s.send(p)
-}
-
-// residualFlags returns the O/U bits for a command that wanted spdtl bytes
-// when the initiator expected edtl.
-func residualFlags(spdtl, edtl int) byte {
-	switch {
-	case spdtl > edtl:
-		return 0x04
-	case spdtl < edtl:
-		return 0x02
-	}
-	return 0
-}
-
-func residual(spdtl, edtl int) uint32 {
-	if spdtl > edtl {
-		return uint32(spdtl - edtl)
-	}
-	return uint32(edtl - spdtl)
-}
-
-// scsiCommand admits a SCSI Command PDU.
-func (s *session) scsiCommand(h *header, ahs []byte) error {
-	n := h.dataBytes()
-	if s.discovery {
-		s.reject(h, rejectProtocolError)
-		return s.discard(n)
-	}
-	immediate := h.immediate()
-	if !immediate && !s.acceptCmdSN(h.cmdSN(), true) {
-		return s.discard(n)
-	}
-	t := &task{itt: h.itt(), immediate: immediate, lunField: h.lun(), edtl: int(h.u32(20))}
-	copy(t.cdb[:], h[32:48])
-	flags := h[1]
-	t.write = flags&0x20 != 0
-	final := flags&0x80 != 0
-	// failNow answers the command at once; its data is skipped.
-	failNow := func(status byte, sn sense) error {
-		if !immediate {
-			s.finishCounted()
-		}
-		s.respondStatus(t.itt, status, sn, 0, 0)
-		return s.discard(n)
-	}
-	switch {
-	case len(ahs) > 0: // extended CDB or bidirectional: not supported
-		return failNow(statusCheckCondition, senseInvalidOpcode)
-	case flags&0x40 != 0 && t.write:
-		return failNow(statusCheckCondition, senseInvalidFieldCDB)
-	case t.write && t.edtl > s.lun.xferMax*2+4096:
-		return failNow(statusCheckCondition, senseInvalidFieldCDB)
-	case n > 0 && (!t.write || !s.p.immediateData || n > t.edtl || n > s.p.firstBurst):
-		return failNow(statusCheckCondition, senseInvalidFieldIU)
-	case t.write && !final && s.p.initialR2T:
-		return failNow(statusCheckCondition, senseInvalidFieldIU)
-	}
-	reserve := min(t.edtl, s.lun.xferMax*2+4096)
-	if reserve > 0 {
-		ok, err := s.acquireBudget(reserve)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return failNow(statusTaskSetFull, sense{})
-		}
-		t.budget.Store(int64(reserve))
-	}
-	s.mu.Lock()
-	switch {
-	case s.mu.tasks[t.itt] != nil:
-		s.mu.Unlock()
-		s.releaseBudget(t)
-		return failNow(statusCheckCondition, senseOverlapped)
-	case immediate && s.mu.immediate >= immediateMax,
-		s.mu.bytes+reserve > s.srv.opts.InFlightBytesMax && s.mu.bytes > 0:
-		s.mu.Unlock()
-		s.releaseBudget(t)
-		return failNow(statusTaskSetFull, sense{})
-	}
-	s.collecting.Add(1)
-	t.reserved = reserve
-	s.mu.bytes += reserve
-	if immediate {
-		s.mu.immediate++
-	}
-	s.mu.tasks[t.itt] = t
-	s.mu.Unlock()
-	t.ctx.parent = s.ctx
-
-	if t.write && t.edtl > 0 {
-		t.buf = target.GetBuffer(t.edtl)
-		t.data = (*t.buf)[:t.edtl]
-		if err := s.readData(t.data[:n]); err != nil {
-			return err
-		}
-		t.received, t.solicited = n, n
-		if !final {
-			t.unsolOpen = true
-			t.unsol = dataSeq{ttt: reservedTag, next: n, end: min(s.p.firstBurst, t.edtl)}
-			if t.unsol.next >= t.unsol.end {
-				t.unsolOpen = false
-			}
-		}
-	} else if err := s.discard(n); err != nil {
-		return err
-	}
-	if !t.write || t.received == t.edtl {
-		s.dispatch(t)
-		return nil
-	}
-	s.lastData = time.Now()
-	if !t.unsolOpen {
-		s.solicit(t)
-	}
-	return nil
-}
-
-// acquireBudget takes n bytes of the shared budget for a new command. It
-// waits (the reader stops reading: TCP backpressure) unless one of the
-// session's WRITEs is still receiving data, whose Data-Out only this reader
-// can read: then it does not wait, and false means TASK SET FULL. An error
-// means the connection is being dropped.
-func (s *session) acquireBudget(n int) (bool, error) {
-	b := s.srv.opts.Budget
-	if b.TryAcquire(int64(n)) {
-		return true, nil
-	}
-	if s.collecting.Load() > 0 {
-		return false, nil
-	}
-	if !b.Acquire(s.quit, int64(n)) {
-		return false, errAbandoned
-	}
-	// The wait does not count against the rest of the PDU.
-	s.nc.SetReadDeadline(time.Now().Add(s.srv.opts.RequestTimeout))
-	return true, nil
-}
-
-// solicit sends R2Ts for t's missing data, up to MaxOutstandingR2T.
-func (s *session) solicit(t *task) {
-	for len(t.r2ts) < s.p.maxOutstandingR2T && t.solicited < t.edtl {
-		n := min(s.p.maxBurst, t.edtl-t.solicited)
-		s.mu.Lock()
-		ttt := s.newTTTLocked()
-		s.mu.Unlock()
-		seq := dataSeq{ttt: ttt, next: t.solicited, end: t.solicited + n}
-		t.r2ts = append(t.r2ts, seq)
-		var p outPDU
-		p.hdr.setOpcode(opR2T)
-		p.hdr[1] = flagFinal
-		p.hdr.setLUN(t.lunField)
-		p.hdr.setITT(t.itt)
-		p.hdr.setU32(20, ttt)
-		p.hdr.setU32(36, t.r2tSN)
-		p.hdr.setU32(40, uint32(seq.next))
-		p.hdr.setU32(44, uint32(n))
-		t.r2tSN++
-		t.solicited += n
-		s.send(p)
-	}
-}
-
-// dataOut places a Data-Out PDU's data in its task's buffer.
-func (s *session) dataOut(h *header) error {
-	n := h.dataBytes()
-	s.mu.Lock()
-	t := s.mu.tasks[h.itt()]
-	s.mu.Unlock()
-	if t == nil || t.state.Load() != taskCollecting || !t.write {
-		return s.discard(n) // answered or aborted already (ERL 0)
-	}
-	ttt, off, dsn := h.u32(20), int(h.u32(40)), h.u32(36)
-	var seq *dataSeq
-	if ttt == reservedTag {
-		if t.unsolOpen {
-			seq = &t.unsol
-		}
-	} else {
-		for i := range t.r2ts {
-			if t.r2ts[i].ttt == ttt {
-				seq = &t.r2ts[i]
-			}
-		}
-	}
-	if seq == nil || dsn != seq.dataSN || off != seq.next || n > seq.end-seq.next {
-		s.log.Debug("iscsi: bad Data-Out", "itt", t.itt, "ttt", ttt, "datasn", dsn, "offset", off, "bytes", n)
-		s.failCollecting(t, senseDataPhaseError)
-		return s.discard(n)
-	}
-	if err := s.readData(t.data[off : off+n]); err != nil {
-		return err
-	}
-	s.lastData = time.Now()
-	seq.next += n
-	seq.dataSN++
-	t.received += n
-	if h.final() || seq.next == seq.end {
-		if ttt == reservedTag {
-			t.unsolOpen = false
-			t.solicited = t.received
-		} else {
-			if seq.next != seq.end {
-				s.failCollecting(t, senseDataPhaseError)
-				return nil
-			}
-			for i := range t.r2ts {
-				if t.r2ts[i].ttt == ttt {
-					t.r2ts = append(t.r2ts[:i], t.r2ts[i+1:]...)
-					break
-				}
-			}
-		}
-	}
-	if t.received == t.edtl {
-		s.dispatch(t)
-		return nil
-	}
-	if !t.unsolOpen {
-		s.solicit(t)
-	}
-	return nil
-}
-
-// failCollecting answers a task still receiving data with CHECK CONDITION.
-func (s *session) failCollecting(t *task, sn sense) {
-	if !t.state.CompareAndSwap(taskCollecting, taskResponding) {
-		return
-	}
-	s.collecting.Add(-1)
-	s.forget(t)
-	if t.buf != nil {
-		target.PutBuffer(t.buf)
-		t.buf, t.data = nil, nil
-	}
-	s.releaseBudget(t)
-	t.ctx.cancel()
-	t.finished.fire()
-	s.respondStatus(t.itt, statusCheckCondition, sn, 0, 0)
-}
-
-// dispatch hands t to an idle worker, or starts one. Only the reader
-// calls it.
-func (s *session) dispatch(t *task) {
-	if !t.state.CompareAndSwap(taskCollecting, taskRunning) {
-		return
-	}
-	s.collecting.Add(-1)
-	s.tasksWG.Add(1)
-	select {
-	case s.work <- t:
-		return
-	default:
-	}
-	if s.workers < s.window+immediateMax {
-		s.workers++
-		s.workersWG.Add(1)
-		go s.worker(t)
-		return
-	}
-	// Unreachable while the window holds (every worker has a task), but
-	// wait rather than exceed the bound.
-	select {
-	case s.work <- t:
-	case <-s.stopping:
-		s.tasksWG.Done()
-	}
-}
-
-// worker runs tasks until the session stops.
-func (s *session) worker(t *task) {
-	defer s.workersWG.Done()
-	for {
-		s.run(t)
-		select {
-		case t = <-s.work:
-		case <-s.stopping:
-			return
-		}
-	}
-}
-
-// run is a task's worker.
-func (s *session) run(t *task) {
-	defer s.tasksWG.Done()
-	defer t.finished.fire()
-	defer t.ctx.cancel()
-	var r scsiResult
-	c := scsiCmd{cdb: t.cdb[:cdbLen(t.cdb[0])], lun: t.lunField, data: t.data, edtl: t.edtl}
-	s.lun.exec(&t.ctx, s, &c, &r)
-	if t.buf != nil {
-		target.PutBuffer(t.buf)
-		t.buf, t.data = nil, nil
-	}
-	if !t.state.CompareAndSwap(taskRunning, taskResponding) {
-		r.release() // aborted: no response
-		s.releaseBudget(t)
-		return
-	}
-	s.forget(t)
-	s.respond(t, &r)
-}
-
-// respond sends a command's result: Data-In with the status collapsed into
-// the last PDU when it is GOOD, else a SCSI Response.
-func (s *session) respond(t *task, r *scsiResult) {
-	sent := min(len(r.dataIn), t.edtl)
-	if r.status != statusGood || sent == 0 {
-		r.release()
-		s.releaseBudget(t)
-		s.respondStatus(t.itt, r.status, r.sense, r.spdtl, t.edtl)
-		return
-	}
-	seg := s.p.sendDataSegmentMax
-	var dataSN uint32
-	for off := 0; off < sent; {
-		burstEnd := (off/s.p.maxBurst + 1) * s.p.maxBurst
-		n := min(seg, sent-off, burstEnd-off)
-		var p outPDU
-		p.hdr.setOpcode(opDataIn)
-		p.hdr.setLUN(t.lunField)
-		p.hdr.setITT(t.itt)
-		p.hdr.setU32(20, reservedTag)
-		p.hdr.setU32(36, dataSN)
-		p.hdr.setU32(40, uint32(off))
-		p.data = r.dataIn[off : off+n]
-		last := off+n == sent
-		if last || off+n == burstEnd {
-			p.hdr[1] |= flagFinal
-		}
-		if last {
-			p.hdr[1] |= 0x01 | residualFlags(r.spdtl, t.edtl) // S
-			p.hdr[3] = statusGood
-			p.hdr.setU32(44, residual(r.spdtl, t.edtl))
-			p.advance = true
-			p.release = r.buf
-			p.budget = t.budget.Swap(0) // the writer returns it with the buffer
-		}
-		if !s.send(p) {
-			r.release()
-			if p.budget > 0 {
-				s.srv.opts.Budget.Release(p.budget)
-			}
-			s.releaseBudget(t)
-			return
-		}
-		off += n
-		dataSN++
-	}
-}
-
-// Task management functions and responses (RFC 7143 §11.5, §11.6).
-const (
-	tmfAbortTask        = 1
-	tmfAbortTaskSet     = 2
-	tmfClearACA         = 3
-	tmfClearTaskSet     = 4
-	tmfLUNReset         = 5
-	tmfTargetWarmReset  = 6
-	tmfTargetColdReset  = 7
-	tmfTaskReassign     = 8
-	tmfRespComplete     = 0
-	tmfRespNoTask       = 1
-	tmfRespNoLUN        = 2
-	tmfRespNoReassign   = 4
-	tmfRespNotSupported = 5
-	tmfRespRejected     = 255
-)
-
-// taskMgmt executes a task management function. Tasks still receiving
-// data are dropped here, on the reader; running tasks are cancelled and
-// waited for on a helper goroutine, which then answers.
-func (s *session) taskMgmt(h *header) error {
-	if err := s.discard(h.dataBytes()); err != nil {
-		return err
-	}
-	if s.discovery {
-		s.reject(h, rejectProtocolError)
-		return nil
-	}
-	counted := !h.immediate()
-	if counted && !s.acceptCmdSN(h.cmdSN(), true) {
-		return nil
-	}
-	fn, itt, rtt := h[1]&0x7f, h.itt(), h.u32(20)
-	var wait []*task
-	resp := byte(tmfRespComplete)
-	switch fn {
-	case tmfAbortTask:
-		s.mu.Lock()
-		t := s.mu.tasks[rtt]
-		s.mu.Unlock()
-		if t == nil || t.lunField != h.lun() {
-			resp = tmfRespNoTask
-		} else if w, ok := s.abort(t, true); ok {
-			wait = append(wait, w...)
-		} else {
-			resp = tmfRespNoTask
-		}
-	case tmfAbortTaskSet, tmfClearTaskSet:
-		if h.lun() != 0 {
-			resp = tmfRespNoLUN
-			break
-		}
-		wait = s.abortAll(true, itt)
-	case tmfLUNReset, tmfTargetWarmReset:
-		if fn == tmfLUNReset && h.lun() != 0 {
-			resp = tmfRespNoLUN
-			break
-		}
-		ua := uaLUNReset
-		if fn == tmfTargetWarmReset {
-			ua = uaBusReset
-		}
-		wait = s.abortAll(true, itt)
-		s.lun.mu.Lock()
-		others := make([]*session, 0, len(s.lun.mu.sessions))
-		for o := range s.lun.mu.sessions {
-			if o != s {
-				others = append(others, o)
-			}
-		}
-		s.lun.mu.Unlock()
-		for _, o := range others {
-			wait = append(wait, o.abortAll(false, reservedTag)...)
-			o.addUA(ua)
-		}
-		s.lun.wce.Store(true)
-		s.lun.releaseSPC2(nexus{}, true)
-	case tmfClearACA, tmfTargetColdReset:
-		resp = tmfRespNotSupported
-	case tmfTaskReassign:
-		resp = tmfRespNoReassign
-	default:
-		resp = tmfRespRejected
-	}
-	s.auxWG.Add(1)
-	go func() {
-		defer s.auxWG.Done()
-		for _, t := range wait {
-			select {
-			case <-t.finished.wait():
-			case <-s.stopping:
-				return
-			}
-		}
-		if counted {
-			s.finishCounted()
-		}
-		var p outPDU
-		p.hdr.setOpcode(opTaskMgmtResp)
-		p.hdr[1] = flagFinal
-		p.hdr[2] = resp
-		p.hdr.setITT(itt)
-		p.advance = true
-		s.send(p)
-	}()
-	return nil
-}
-
-// abort claims t so that it is never answered. owner is true on t's
-// session's reader, which alone may free a collecting task's buffer. It
-// returns the tasks to wait for and whether t was claimed.
-func (s *session) abort(t *task, owner bool) ([]*task, bool) {
-	switch {
-	case t.state.CompareAndSwap(taskCollecting, taskAborted):
-		s.collecting.Add(-1)
-		s.forget(t)
-		t.ctx.cancel()
-		t.finished.fire()
-		if owner && t.buf != nil {
-			target.PutBuffer(t.buf)
-			t.buf, t.data = nil, nil
-		}
-		// Returned here even when another session's reader aborts the
-		// task: the owner forgets its buffer (the GC takes it).
-		s.releaseBudget(t)
-		return nil, true
-	case t.state.CompareAndSwap(taskRunning, taskAborted):
-		s.forget(t)
-		t.ctx.cancel()
-		return []*task{t}, true
-	}
-	return []*task{t}, false // answering already: wait for its response to go first
-}
-
-// abortAll aborts every task of the session but the task management
-// request except.
-func (s *session) abortAll(owner bool, except uint32) []*task {
-	s.mu.Lock()
-	ts := make([]*task, 0, len(s.mu.tasks))
-	for _, t := range s.mu.tasks {
-		if t.itt != except {
-			ts = append(ts, t)
-		}
-	}
-	s.mu.Unlock()
-	var wait []*task
-	for _, t := range ts {
-		w, _ := s.abort(t, owner)
-		wait = append(wait, w...)
-	}
-	return wait
-}
-
-// textRequest answers Text Requests: SendTargets, with continuation both
-// ways (RFC 7143 §11.10, §12.3).
-func (s *session) textRequest(h *header) error {
-	data, err := s.readSmall(h)
-	if err != nil {
-		return err
-	}
-	if !h.immediate() && !s.acceptCmdSN(h.cmdSN(), false) {
-		return nil
-	}
-	itt, ttt := h.itt(), h.u32(20)
-	reply := func(data []byte, final bool, ttt uint32) {
-		var p outPDU
-		p.hdr.setOpcode(opTextResp)
-		if final {
-			p.hdr[1] = flagFinal
-		} else {
-			p.hdr[1] = 0x40 // C
-		}
-		p.hdr.setITT(itt)
-		p.hdr.setU32(20, ttt)
-		p.data = data
-		p.advance = true
-		s.send(p)
-	}
-	newTTT := func() uint32 {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.newTTTLocked()
-	}
-	if ttt != reservedTag && ttt == s.text.ttt && len(s.text.reply) > 0 && len(data) == 0 {
-		s.sendTextChunk(reply, newTTT)
-		return nil
-	}
-	s.text.reply = nil
-	if len(s.text.request)+len(data) > textBytesMax {
-		s.text.request = nil
-		s.reject(h, rejectProtocolError)
-		return nil
-	}
-	s.text.request = append(s.text.request, data...)
-	if h[1]&0x40 != 0 { // C: more request text follows
-		s.text.ttt = newTTT()
-		reply(nil, false, s.text.ttt)
-		return nil
-	}
-	pairs, err := parseText(s.text.request)
-	s.text.request = nil
-	if err != nil {
-		s.reject(h, rejectProtocolError)
-		return nil
-	}
-	var out []pair
-	for _, kv := range pairs {
-		if kv.key != "SendTargets" {
-			out = append(out, pair{kv.key, valNotUnderstood})
-			continue
-		}
-		var names []string
-		switch {
-		case kv.value == "All" && s.discovery:
-			names = s.srv.opts.Targets.List()
-		case kv.value == "All", kv.value == "":
-			if s.targetName != "" {
-				names = []string{s.targetName}
-			}
-		default:
-			if _, ok := s.srv.opts.Targets.Lookup(kv.value); ok {
-				names = []string{kv.value}
-			} else if _, _, ok := s.srv.locate(kv.value); ok {
-				names = []string{kv.value}
-			}
-		}
-		here := s.portalAddress()
-		_, locator := s.srv.opts.Targets.(target.Locator)
-		for _, n := range names {
-			// A target attached to another node is listed at that node's
-			// portal.
-			addr := here
-			if locator {
-				if _, ok := s.srv.opts.Targets.Lookup(n); !ok {
-					if _, there, ok := s.srv.locate(n); ok {
-						addr = there
-					}
-				}
-			}
-			out = append(out, pair{"TargetName", n}, pair{"TargetAddress", addr + "," + portalGroupTag})
-		}
-	}
-	s.text.reply = appendText(nil, out)
-	s.sendTextChunk(reply, newTTT)
-	return nil
-}
-
-// sendTextChunk sends the next piece of a Text Response.
-func (s *session) sendTextChunk(reply func([]byte, bool, uint32), newTTT func() uint32) {
-	r := s.text.reply
-	if len(r) <= s.p.sendDataSegmentMax {
-		s.text.reply, s.text.ttt = nil, 0
-		reply(r, true, reservedTag)
-		return
-	}
-	s.text.reply = r[s.p.sendDataSegmentMax:]
-	s.text.ttt = newTTT()
-	reply(r[:s.p.sendDataSegmentMax], false, s.text.ttt)
-}
-
-// portalAddress is the address the initiator reached us on, as TargetAddress
-// wants it.
-func (s *session) portalAddress() string {
-	a := s.nc.LocalAddr().String()
-	if tcp, ok := s.nc.LocalAddr().(*net.TCPAddr); ok && tcp.IP.To4() == nil && !strings.HasPrefix(a, "[") {
-		a = fmt.Sprintf("[%s]:%d", tcp.IP, tcp.Port)
-	}
-	return a
-}
-
-// logout ends the session: wait for the commands in flight to be answered,
-// then answer the logout and close.
-func (s *session) logout(h *header) error {
-	if err := s.discard(h.dataBytes()); err != nil {
-		return err
-	}
-	if !h.immediate() && !s.acceptCmdSN(h.cmdSN(), false) {
-		return nil
-	}
-	reason := h[1] & 0x7f
-	var p outPDU
-	p.hdr.setOpcode(opLogoutResp)
-	p.hdr[1] = flagFinal
-	p.hdr.setITT(h.itt())
-	p.advance = true
-	if reason == 2 { // remove the connection for recovery: not at ERL 0
-		p.hdr[2] = 2
-		s.send(p)
-		return nil
-	}
-	s.loggedOut = true
-	s.mu.Lock()
-	var collecting []*task
-	for _, t := range s.mu.tasks {
-		if t.state.Load() == taskCollecting {
-			collecting = append(collecting, t)
-		}
-	}
-	s.mu.Unlock()
-	for _, t := range collecting {
-		s.abort(t, true)
-	}
-	s.tasksWG.Wait()
-	s.auxWG.Wait()
-	p.closeAfter = true
-	if !s.send(p) {
-		return errLogout
-	}
-	select {
-	case <-s.flushed:
-	case <-s.stopping:
-	case <-time.After(s.srv.opts.ReplyTimeout):
-	}
-	return errLogout
 }

@@ -154,6 +154,8 @@ func TestErrno(t *testing.T) {
 		{target.ErrOutOfRange, CmdBlockStatus, EINVAL},
 		{target.ErrInvalid, CmdWrite, EINVAL},
 		{target.ErrReadOnly, CmdTrim, EPERM},
+		{fmt.Errorf("volume 1: %w", target.ErrReservationConflict), CmdWrite, EPERM},
+		{target.ErrReservationConflict, CmdRead, EPERM},
 		{target.ErrNoSpace, CmdWrite, ENOSPC},
 		{target.ErrIO, CmdRead, EIO},
 		{target.ErrClosed, CmdRead, ESHUTDOWN},
@@ -188,21 +190,4 @@ func TestCodecAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per request", allocs)
 	}
 	_ = sink
-}
-
-func TestBufferPool(t *testing.T) {
-	if raceEnabled {
-		t.Skip("the race detector makes sync.Pool drop items")
-	}
-	for _, n := range []int{1, 4096, 4097, 1 << 20, 32 << 20} {
-		p := target.GetBuffer(n)
-		if len(*p) < n || len(*p)&(len(*p)-1) != 0 {
-			t.Fatalf("buffer of %d for %d", len(*p), n)
-		}
-		target.PutBuffer(p)
-	}
-	allocs := testing.AllocsPerRun(100, func() { target.PutBuffer(target.GetBuffer(64 << 10)) })
-	if allocs != 0 {
-		t.Fatalf("%v allocations per get/put", allocs)
-	}
 }

@@ -11,7 +11,8 @@ import (
 // the only place that does; nil maps to 0.
 //
 // Out-of-range requests follow proto.md's guidance: writes (CmdWrite,
-// CmdWriteZeroes) past the end get ENOSPC, every other command EINVAL.
+// CmdWriteZeroes) past the end get ENOSPC, every other command EINVAL. A
+// request a reservation of the device refuses gets EPERM.
 func Errno(err error, cmd uint16) uint32 {
 	switch {
 	case err == nil:
@@ -23,7 +24,9 @@ func Errno(err error, cmd uint16) uint32 {
 		return EINVAL
 	case errors.Is(err, target.ErrInvalid):
 		return EINVAL
-	case errors.Is(err, target.ErrReadOnly):
+	case errors.Is(err, target.ErrReadOnly), errors.Is(err, target.ErrReservationConflict):
+		// A reservation fences this connection (it is a nexus that cannot
+		// register): "operation not permitted", as for a read-only export.
 		return EPERM
 	case errors.Is(err, target.ErrNoSpace):
 		return ENOSPC

@@ -109,6 +109,8 @@ func (d *MemDevice) Allocated() int {
 	return len(d.mu.blocks)
 }
 
+var _ target.Comparer = (*MemDevice)(nil)
+
 func (d *MemDevice) Info() target.Info { return d.info }
 
 // enter applies latency, context and faults, then checks the range.
@@ -142,8 +144,16 @@ func (d *MemDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := d.enter(ctx, OpRead, off, int64(len(p))); err != nil {
 		return err
 	}
-	bs := int64(d.info.BlockSize)
 	d.mu.RLock()
+	d.readLocked(p, off)
+	d.mu.RUnlock()
+	d.reads.Add(1)
+	return nil
+}
+
+// readLocked copies [off, off+len(p)) into p; d.mu is held.
+func (d *MemDevice) readLocked(p []byte, off int64) {
+	bs := int64(d.info.BlockSize)
 	for done := 0; done < len(p); {
 		pos := off + int64(done)
 		b, in := pos/bs, pos%bs
@@ -155,9 +165,6 @@ func (d *MemDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
 		}
 		done += int(n)
 	}
-	d.mu.RUnlock()
-	d.reads.Add(1)
-	return nil
 }
 
 func (d *MemDevice) WriteAt(ctx context.Context, p []byte, off int64, flags target.WriteFlags) error {
@@ -167,8 +174,19 @@ func (d *MemDevice) WriteAt(ctx context.Context, p []byte, off int64, flags targ
 	if d.info.ReadOnly {
 		return fmt.Errorf("targettest: write: %w", target.ErrReadOnly)
 	}
-	bs := int64(d.info.BlockSize)
 	d.mu.Lock()
+	d.writeLocked(p, off)
+	d.mu.Unlock()
+	d.writes.Add(1)
+	if flags&target.FUA != 0 {
+		d.fuaWrites.Add(1)
+	}
+	return nil
+}
+
+// writeLocked copies p to [off, off+len(p)); d.mu is held exclusively.
+func (d *MemDevice) writeLocked(p []byte, off int64) {
+	bs := int64(d.info.BlockSize)
 	for done := 0; done < len(p); {
 		pos := off + int64(done)
 		b, in := pos/bs, pos%bs
@@ -181,6 +199,29 @@ func (d *MemDevice) WriteAt(ctx context.Context, p []byte, off int64, flags targ
 		copy(blk[in:in+n], p[done:done+int(n)])
 		done += int(n)
 	}
+}
+
+// CompareAndWrite implements target.Comparer under the device's lock.
+func (d *MemDevice) CompareAndWrite(ctx context.Context, cmp, data []byte, off int64, flags target.WriteFlags) error {
+	if len(cmp) != len(data) {
+		return fmt.Errorf("targettest: compare and write: %d bytes to compare, %d to write: %w", len(cmp), len(data), target.ErrInvalid)
+	}
+	if err := d.enter(ctx, OpWrite, off, int64(len(data))); err != nil {
+		return err
+	}
+	if d.info.ReadOnly {
+		return fmt.Errorf("targettest: compare and write: %w", target.ErrReadOnly)
+	}
+	have := make([]byte, len(cmp))
+	d.mu.Lock()
+	d.readLocked(have, off)
+	for i := range have {
+		if have[i] != cmp[i] {
+			d.mu.Unlock()
+			return &target.MiscompareError{Offset: int64(i)}
+		}
+	}
+	d.writeLocked(data, off)
 	d.mu.Unlock()
 	d.writes.Add(1)
 	if flags&target.FUA != 0 {

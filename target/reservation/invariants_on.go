@@ -1,0 +1,6 @@
+//go:build invariants
+
+package reservation
+
+// invariants turns on expensive self-checks (go test -tags invariants).
+const invariants = true
