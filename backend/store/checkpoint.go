@@ -82,6 +82,7 @@ type counters struct {
 	recordsReplayed atomic.Uint64
 	cleanerBytes    atomic.Uint64
 	segmentsCleaned atomic.Uint64
+	flattenedBlocks atomic.Uint64
 }
 
 // Stats are the store's counters and gauges.
@@ -97,6 +98,7 @@ type Stats struct {
 	LowSpace        bool   // writes fail with ErrNoSpace (see Options.ReserveBytes)
 	CleanerBytes    uint64 // bytes of live blocks the cleaner copied
 	SegmentsCleaned uint64 // segments the cleaner emptied
+	FlattenedBlocks uint64 // blocks Flatten copied from parents
 }
 
 // Stats returns the store's statistics.
@@ -110,6 +112,7 @@ func (s *Store) Stats() Stats {
 		LowSpace:        s.space.low.Load(),
 		CleanerBytes:    s.stats.cleanerBytes.Load(),
 		SegmentsCleaned: s.stats.segmentsCleaned.Load(),
+		FlattenedBlocks: s.stats.flattenedBlocks.Load(),
 	}
 	for _, sg := range *s.seg.tab.Load() {
 		st.Segments++

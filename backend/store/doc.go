@@ -33,7 +33,10 @@
 //     make reads above a rollback's epoch see the snapshot it went back to
 //     (lineage.go). Read and Extents honour both; a volume without a
 //     lineage pays one atomic load for it. SetRetained and SetLineage are
-//     durable (pebble synced) when they return nil.
+//     durable (pebble synced) when they return nil. Changed (changed.go)
+//     compares two epochs from the index alone. Flatten (flatten.go)
+//     copies what a fork reads through its parent into the fork, stamped
+//     (0, 0) below every real version, so that its Parent can be cleared.
 //   - Zero costs O(1) records and keys whatever its length: one range
 //     record (or, under 64 blocks, per-block zero versions) plus, when no
 //     retained epoch is below its epoch, the removal of every older version
@@ -79,7 +82,8 @@
 // # Concurrency
 //
 // All methods are safe for concurrent use from any goroutine. Close waits
-// for calls in progress and stops the background checkpointer. The volume
+// for calls in progress and stops the background checkpointer; a
+// throttled Flatten waiting then returns ErrClosed. The volume
 // layer above must not issue a Write that overlaps a Zero in flight, nor
 // any call on a volume being dropped.
 package store

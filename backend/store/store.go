@@ -96,6 +96,9 @@ type Options struct {
 	// cleaner: a write fails with ErrNoSpace while the file system has
 	// less available. 0: reserveBytesDefault.
 	ReserveBytes int64
+	// FlattenBytesPerSec throttles the copies of Flatten; 0:
+	// flattenBytesPerSecDefault (64 MiB/s).
+	FlattenBytesPerSec int64
 }
 
 // Store is a node-local versioned block store. All methods are safe for
@@ -110,7 +113,9 @@ type Store struct {
 	fs         vfs.FS
 	dir        string
 	reserve    int64 // Options.ReserveBytes
-	space      space
+	// flattenRate is Options.FlattenBytesPerSec.
+	flattenRate int64
+	space       space
 
 	// failed holds the fatal error once pebble or a segment sync failed
 	// (see ErrFailed).
@@ -180,8 +185,12 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.FS == nil {
 		opts.FS = vfs.Default
 	}
-	if opts.CacheBytes < 0 || opts.SegmentBytes < 0 || opts.IndexBytes < 0 || opts.ReserveBytes < 0 {
-		return nil, fmt.Errorf("store: open %s: %w: CacheBytes %d, SegmentBytes %d, IndexBytes %d, ReserveBytes %d", dir, ErrInvalid, opts.CacheBytes, opts.SegmentBytes, opts.IndexBytes, opts.ReserveBytes)
+	if opts.CacheBytes < 0 || opts.SegmentBytes < 0 || opts.IndexBytes < 0 || opts.ReserveBytes < 0 || opts.FlattenBytesPerSec < 0 {
+		return nil, fmt.Errorf("store: open %s: %w: CacheBytes %d, SegmentBytes %d, IndexBytes %d, ReserveBytes %d, FlattenBytesPerSec %d",
+			dir, ErrInvalid, opts.CacheBytes, opts.SegmentBytes, opts.IndexBytes, opts.ReserveBytes, opts.FlattenBytesPerSec)
+	}
+	if opts.FlattenBytesPerSec == 0 {
+		opts.FlattenBytesPerSec = flattenBytesPerSecDefault
 	}
 	if opts.ReserveBytes == 0 {
 		opts.ReserveBytes = reserveBytesDefault
@@ -199,13 +208,14 @@ func Open(dir string, opts Options) (*Store, error) {
 		opts.Logger = slog.Default()
 	}
 	s := &Store{
-		log:      opts.Logger.With("component", "store", "dir", dir),
-		indexMax: opts.IndexBytes,
-		fs:       opts.FS,
-		dir:      dir,
-		reserve:  opts.ReserveBytes,
-		kick:     make(chan struct{}, 1),
-		done:     make(chan struct{}),
+		log:         opts.Logger.With("component", "store", "dir", dir),
+		indexMax:    opts.IndexBytes,
+		fs:          opts.FS,
+		dir:         dir,
+		reserve:     opts.ReserveBytes,
+		flattenRate: opts.FlattenBytesPerSec,
+		kick:        make(chan struct{}, 1),
+		done:        make(chan struct{}),
 	}
 	s.vols.m = make(map[uint64]*volume)
 	cache := pebble.NewCache(opts.CacheBytes)
