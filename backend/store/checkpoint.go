@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -83,6 +84,7 @@ type counters struct {
 	cleanerBytes    atomic.Uint64
 	segmentsCleaned atomic.Uint64
 	flattenedBlocks atomic.Uint64
+	gcCounters
 }
 
 // Stats are the store's counters and gauges.
@@ -99,6 +101,12 @@ type Stats struct {
 	CleanerBytes    uint64 // bytes of live blocks the cleaner copied
 	SegmentsCleaned uint64 // segments the cleaner emptied
 	FlattenedBlocks uint64 // blocks Flatten copied from parents
+	// GC (gc.go): passes run, versions dropped, and bytes of block data
+	// they held (no longer live; the cleaner and the checkpoint give the
+	// space back, counted in BytesReclaimed).
+	GCPasses          uint64
+	GCVersionsDropped uint64
+	GCBytesDropped    uint64
 }
 
 // Stats returns the store's statistics.
@@ -113,6 +121,10 @@ func (s *Store) Stats() Stats {
 		CleanerBytes:    s.stats.cleanerBytes.Load(),
 		SegmentsCleaned: s.stats.segmentsCleaned.Load(),
 		FlattenedBlocks: s.stats.flattenedBlocks.Load(),
+
+		GCPasses:          s.stats.gcPasses.Load(),
+		GCVersionsDropped: s.stats.gcVersions.Load(),
+		GCBytesDropped:    s.stats.gcBytes.Load(),
 	}
 	for _, sg := range *s.seg.tab.Load() {
 		st.Segments++
@@ -129,10 +141,20 @@ func (s *Store) background() {
 	defer t.Stop()
 	ct := time.NewTicker(cleanInterval)
 	defer ct.Stop()
+	gt := time.NewTicker(gcInterval)
+	defer gt.Stop()
 	for {
 		select {
 		case <-s.done:
 			return
+		case <-gt.C:
+			if s.failed.Load() != nil {
+				continue
+			}
+			if _, err := s.gc(context.Background()); err != nil && !errors.Is(err, ErrClosed) {
+				s.log.Error("gc", "err", err)
+			}
+			continue
 		case <-ct.C:
 			if s.failed.Load() != nil {
 				continue
