@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -82,6 +83,8 @@ type counters struct {
 	recordsReplayed atomic.Uint64
 	cleanerBytes    atomic.Uint64
 	segmentsCleaned atomic.Uint64
+	flattenedBlocks atomic.Uint64
+	gcCounters
 }
 
 // Stats are the store's counters and gauges.
@@ -97,6 +100,13 @@ type Stats struct {
 	LowSpace        bool   // writes fail with ErrNoSpace (see Options.ReserveBytes)
 	CleanerBytes    uint64 // bytes of live blocks the cleaner copied
 	SegmentsCleaned uint64 // segments the cleaner emptied
+	FlattenedBlocks uint64 // blocks Flatten copied from parents
+	// GC (gc.go): passes run, versions dropped, and bytes of block data
+	// they held (no longer live; the cleaner and the checkpoint give the
+	// space back, counted in BytesReclaimed).
+	GCPasses          uint64
+	GCVersionsDropped uint64
+	GCBytesDropped    uint64
 }
 
 // Stats returns the store's statistics.
@@ -110,6 +120,11 @@ func (s *Store) Stats() Stats {
 		LowSpace:        s.space.low.Load(),
 		CleanerBytes:    s.stats.cleanerBytes.Load(),
 		SegmentsCleaned: s.stats.segmentsCleaned.Load(),
+		FlattenedBlocks: s.stats.flattenedBlocks.Load(),
+
+		GCPasses:          s.stats.gcPasses.Load(),
+		GCVersionsDropped: s.stats.gcVersions.Load(),
+		GCBytesDropped:    s.stats.gcBytes.Load(),
 	}
 	for _, sg := range *s.seg.tab.Load() {
 		st.Segments++
@@ -126,10 +141,20 @@ func (s *Store) background() {
 	defer t.Stop()
 	ct := time.NewTicker(cleanInterval)
 	defer ct.Stop()
+	gt := time.NewTicker(gcInterval)
+	defer gt.Stop()
 	for {
 		select {
 		case <-s.done:
 			return
+		case <-gt.C:
+			if s.failed.Load() != nil {
+				continue
+			}
+			if _, err := s.gc(context.Background()); err != nil && !errors.Is(err, ErrClosed) {
+				s.log.Error("gc", "err", err)
+			}
+			continue
 		case <-ct.C:
 			if s.failed.Load() != nil {
 				continue
@@ -258,6 +283,7 @@ func (s *Store) checkpoint() (err error) {
 			_ = b.DeleteRange(volPrefix(k[:], tag, vol), volEnd(tag, vol), nil)
 		}
 		_ = b.Delete(volPrefix(k[:], tagRetained, vol), nil)
+		_ = b.Delete(volPrefix(k[:], tagLineage, vol), nil)
 	}
 	for _, g := range groups {
 		for _, op := range g.ops {
@@ -286,7 +312,6 @@ func (s *Store) checkpoint() (err error) {
 	if err := s.commit(b, true); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
-	s.metaDirty.Store(false)
 	s.ck.last = end
 	s.stats.checkpoints.Add(1)
 	var freed int64
@@ -479,6 +504,20 @@ func (s *Store) load() error {
 		return nil
 	}); err != nil {
 		return fmt.Errorf("load retained: %w", err)
+	}
+	if err := s.scan(tagLineage, func(k, v []byte) error {
+		if len(k) != volPrefixLen {
+			return fmt.Errorf("%w: key %x", ErrCorrupt, k)
+		}
+		vol := binary.BigEndian.Uint64(k[1:])
+		l, err := decodeLineage(vol, v)
+		if err != nil {
+			return err
+		}
+		s.volume(vol).lin.Store(l)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("load lineage: %w", err)
 	}
 
 	segs, err := s.seg.openExisting()
