@@ -166,7 +166,14 @@ func (s *Store) gcVolume(ctx context.Context, v *volume, forkEpochs []uint64, li
 // retainedFresh reports whether the retained list was set since Open
 // and since the newest epoch written to v appeared. Caller holds v.mu.
 func (v *volume) retainedFresh() bool {
-	return v.retainedSet && v.epochHigh.Load() <= v.retainedAt
+	return v.retainedSet && (v.through != 0 || v.epochHigh.Load() <= v.retainedAt)
+}
+
+// mayDrop reports whether a version stamped epoch may be dropped at all:
+// not when a reader the retained list does not know of yet may see it
+// (see SetRetainedThrough). Caller holds v.mu.
+func (v *volume) mayDrop(epoch uint64) bool {
+	return v.through == 0 || epoch <= v.through
 }
 
 // gcMarkOf returns v's state for the skip test. Caller holds v.mu.
@@ -188,6 +195,12 @@ func (s *Store) gcPages(v *volume, keys []uint64, forkEpochs []uint64, res *gcRe
 	}
 	readers := make([]uint64, 0, len(v.retained)+len(forkEpochs)+1)
 	readers = append(append(append(readers, v.retained...), forkEpochs...), math.MaxUint64)
+	if v.through != 0 {
+		// What an unknown reader at through or above may see: what a read
+		// at through sees, and the versions stamped above it (kept by
+		// mayDrop).
+		readers = append(readers, v.through)
+	}
 	slices.Sort(readers)
 	readers = slices.Compact(readers)
 	rbs := v.lin.Load().rollbacks()
@@ -222,11 +235,11 @@ func (s *Store) gcPages(v *volume, keys []uint64, forkEpochs []uint64, res *gcRe
 				}
 			}
 			drop = drop[:0]
-			if !slices.Contains(keep, p.v[i].epoch) {
+			if !slices.Contains(keep, p.v[i].epoch) && v.mayDrop(p.v[i].epoch) {
 				drop = append(drop, p.v[i].epoch)
 			}
 			for _, o := range x.older[block] {
-				if !slices.Contains(keep, o.epoch) {
+				if !slices.Contains(keep, o.epoch) && v.mayDrop(o.epoch) {
 					drop = append(drop, o.epoch)
 				}
 			}

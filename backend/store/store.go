@@ -184,6 +184,10 @@ type volume struct {
 	// retainedAt (under mu). GC waits for a call that saw the newest epoch.
 	retainedSet bool
 	retainedAt  uint64
+	// through: the retained list is complete below this epoch, and
+	// epochs from it on may be read too (SetRetainedThrough); 0: no bound
+	// given, the guard above applies. Under mu.
+	through uint64
 	// lin is the volume's lineage, nil for none; replaced, never mutated
 	// (written under mu).
 	lin atomic.Pointer[Lineage]
@@ -478,6 +482,21 @@ func checkBuf(n int) error {
 // made since Open and after the first Write or Zero of vol's newest epoch
 // (see gc.go): call it again after each epoch change.
 func (s *Store) SetRetained(vol uint64, epochs []uint64) error {
+	return s.SetRetainedThrough(vol, epochs, 0)
+}
+
+// SetRetainedThrough is SetRetained for a list known complete below the
+// epoch through: the caller's catalog shows vol at write epoch through,
+// and epochs holds every snapshot (and fork base) epoch below it. Epochs
+// from through on may have readers the caller does not know of yet (a
+// snapshot reserved after the catalog state the list came from), so
+// every version that a read at some epoch ≥ through can see is kept: what
+// a read at through sees and every version stamped above through, and a
+// Zero stamped above through reclaims nothing. A
+// list that lags is then only less space returned, never lost data; the
+// epochHigh guard of SetRetained is not needed. through = 0: no bound
+// (SetRetained).
+func (s *Store) SetRetainedThrough(vol uint64, epochs []uint64, through uint64) error {
 	es := slices.Clone(epochs)
 	slices.Sort(es)
 	es = slices.Compact(es)
@@ -502,7 +521,7 @@ func (s *Store) SetRetained(vol uint64, epochs []uint64) error {
 		return fmt.Errorf("store: set retained of vol %d: %w", vol, err)
 	}
 	v.retained = es
-	v.retainedSet, v.retainedAt = true, v.epochHigh.Load()
+	v.retainedSet, v.retainedAt, v.through = true, v.epochHigh.Load(), through
 	v.gcGen.Add(1)
 	return nil
 }
@@ -520,5 +539,8 @@ func (v *volume) raiseEpoch(epoch uint64) {
 // reclaimable reports whether a Zero at epoch may drop older versions: no
 // retained epoch is below it. Caller holds v.mu.
 func (v *volume) reclaimable(epoch uint64) bool {
+	if v.through != 0 && epoch > v.through {
+		return false // readers in [through, epoch) may exist
+	}
 	return len(v.retained) == 0 || v.retained[0] >= epoch
 }
