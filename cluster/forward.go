@@ -42,6 +42,7 @@ var errorKinds = []struct {
 	{"not_leader", ErrNotLeader},
 	{"timeout", ErrTimeout},
 	{"closed", ErrClosed},
+	{"busy", ErrBusy},
 }
 
 // forwardedError is an error the leader reported; it matches its sentinel.
