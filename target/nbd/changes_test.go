@@ -34,7 +34,7 @@ func (d *changeDev) WriteAt(ctx context.Context, p []byte, off int64, f target.W
 	return d.MemDevice.WriteAt(ctx, p, off, f)
 }
 
-func (d *changeDev) ChangeBases() []string            { return []string{"s1", "s2"} }
+func (d *changeDev) ChangeBases() []string          { return []string{"s1", "s2"} }
 func (d *changeDev) HasChangeBase(base string) bool { return slices.Contains(d.ChangeBases(), base) }
 
 func (d *changeDev) Changes(ctx context.Context, base string, off, n int64, fn func(target.ChangeExtent) bool) error {

@@ -8,7 +8,6 @@ import (
 	"os"
 	"testing"
 	"time"
-
 )
 
 func FuzzParseOption(f *testing.F) {
