@@ -258,6 +258,7 @@ func (s *Store) checkpoint() (err error) {
 			_ = b.DeleteRange(volPrefix(k[:], tag, vol), volEnd(tag, vol), nil)
 		}
 		_ = b.Delete(volPrefix(k[:], tagRetained, vol), nil)
+		_ = b.Delete(volPrefix(k[:], tagLineage, vol), nil)
 	}
 	for _, g := range groups {
 		for _, op := range g.ops {
@@ -286,7 +287,6 @@ func (s *Store) checkpoint() (err error) {
 	if err := s.commit(b, true); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
-	s.metaDirty.Store(false)
 	s.ck.last = end
 	s.stats.checkpoints.Add(1)
 	var freed int64
@@ -479,6 +479,20 @@ func (s *Store) load() error {
 		return nil
 	}); err != nil {
 		return fmt.Errorf("load retained: %w", err)
+	}
+	if err := s.scan(tagLineage, func(k, v []byte) error {
+		if len(k) != volPrefixLen {
+			return fmt.Errorf("%w: key %x", ErrCorrupt, k)
+		}
+		vol := binary.BigEndian.Uint64(k[1:])
+		l, err := decodeLineage(vol, v)
+		if err != nil {
+			return err
+		}
+		s.volume(vol).lin.Store(l)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("load lineage: %w", err)
 	}
 
 	segs, err := s.seg.openExisting()

@@ -43,7 +43,7 @@ func TestModelClean(t *testing.T) {
 						retained = retained[1:]
 					}
 				}
-				s.SetRetained(3, retained)
+				mustRetain(t, s, 3, retained)
 				epoch++
 				limit := []float64{0.3, 0.7, 1}[rng.IntN(3)]
 				if _, err := s.clean(limit); err != nil {

@@ -7,7 +7,8 @@
 //
 // A Store owns its directory: pebble's files (the durable copy of the block
 // index, zero-range records, each volume's retained snapshot epochs; see
-// keys.go) and dir/segments, the log of records (record.go): data records
+// keys.go; each volume's lineage: the parent it was forked from and its
+// rollbacks, lineage.go) and dir/segments, the log of records (record.go): data records
 // (a header with a crc32c per block, then the 4 KiB-aligned blocks), zero
 // records, drop records and the cleaner's copy records. In memory it holds the block index (index.go:
 // per volume, pages of 64 blocks, (block, epoch) -> (segment, page, seq,
@@ -26,6 +27,13 @@
 //     blocks stored one after the other; every block is checked against
 //     its crc32c, and a mismatch is an error wrapping ErrIO and ErrCorrupt,
 //     never data.
+//   - A volume with a lineage (SetLineage) reads, where none of its own
+//     versions is visible, through its parent at the fork epoch (forks of
+//     forks up to lineageDepthMax deep, ErrLimit past it); its rollbacks
+//     make reads above a rollback's epoch see the snapshot it went back to
+//     (lineage.go). Read and Extents honour both; a volume without a
+//     lineage pays one atomic load for it. SetRetained and SetLineage are
+//     durable (pebble synced) when they return nil.
 //   - Zero costs O(1) records and keys whatever its length: one range
 //     record (or, under 64 blocks, per-block zero versions) plus, when no
 //     retained epoch is below its epoch, the removal of every older version

@@ -153,19 +153,25 @@ func TestSyncFailureFailsStore(t *testing.T) {
 }
 
 // Pebble treats a failed WAL sync as fatal (Logger.Fatalf); the store
-// turns it into an error wrapping ErrIO and ErrFailed, here on Sync after
-// SetRetained wrote to pebble.
+// turns it into an error wrapping ErrIO and ErrFailed, here on SetRetained
+// and SetLineage, which sync pebble before they return.
 func TestWALFailureFailsStore(t *testing.T) {
-	inj := injectOn(".log", errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo)
-	s := openFaulty(t, inj)
-	s.SetRetained(1, []uint64{3})
-	inj.On()
-	err := s.Sync(ctx)
-	inj.Off()
-	if !errors.Is(err, ErrIO) || !errors.Is(err, ErrFailed) {
-		t.Fatalf("Sync with failing WAL: %v, want ErrIO and ErrFailed", err)
-	}
-	if err := s.Read(ctx, 1, 0, make([]byte, BlockSize), 1); !errors.Is(err, ErrFailed) {
-		t.Fatalf("read on failed store: %v", err)
+	for name, call := range map[string]func(s *Store) error{
+		"retained": func(s *Store) error { return s.SetRetained(1, []uint64{3}) },
+		"lineage":  func(s *Store) error { return s.SetLineage(1, Lineage{Parent: 2, ParentEpoch: 3}) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			inj := injectOn(".log", errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo)
+			s := openFaulty(t, inj)
+			inj.On()
+			err := call(s)
+			inj.Off()
+			if !errors.Is(err, ErrIO) || !errors.Is(err, ErrFailed) {
+				t.Fatalf("call with failing WAL: %v, want ErrIO and ErrFailed", err)
+			}
+			if err := s.Read(ctx, 1, 0, make([]byte, BlockSize), 1); !errors.Is(err, ErrFailed) {
+				t.Fatalf("read on failed store: %v", err)
+			}
+		})
 	}
 }

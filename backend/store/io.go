@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"sync"
-
-	"github.com/cockroachdb/pebble/v2"
 )
 
 // cursor holds the per-call buffers of a read-side call; pooled so that
@@ -17,6 +15,7 @@ type cursor struct {
 	ranges []zrange
 	vers   []version
 	keys   []uint64
+	spans  []span
 }
 
 var cursorPool = sync.Pool{New: func() any { return &cursor{ranges: make([]zrange, 0, 8), vers: make([]version, 0, 256)} }}
@@ -142,6 +141,13 @@ func (s *Store) Read(ctx context.Context, vol, block uint64, p []byte, epoch uin
 		clear(p)
 		return nil
 	}
+	if v.lin.Load() != nil {
+		if err := s.readLineage(v, block, p, epoch); err != nil {
+			clear(p)
+			return fmt.Errorf("store: read vol %d: %w", vol, err)
+		}
+		return nil
+	}
 	c := cursorPool.Get().(*cursor)
 	defer c.release()
 	c.ranges = v.ranges.Load().overlapping(c.ranges[:0], block, block+n, epoch)
@@ -159,22 +165,31 @@ func (s *Store) Read(ctx context.Context, vol, block uint64, p []byte, epoch uin
 		c.vers = append(c.vers, ver)
 	}
 	v.idx.RUnlock()
-	tab := *s.seg.tab.Load()
-	for i := 0; i < len(c.vers); {
-		ver := c.vers[i]
+	if err := readVersions(*s.seg.tab.Load(), p, c.vers, block); err != nil {
+		clear(p)
+		return fmt.Errorf("store: read vol %d: %w", vol, err)
+	}
+	return nil
+}
+
+// readVersions fills p with the blocks of vers (those of kind kindData are
+// read from their segment, the others are zeros), the first of them block;
+// one ReadAt per run of blocks stored one after the other. Caller holds
+// s.seg.files for reading since it looked the versions up.
+func readVersions(tab map[uint32]*segment, p []byte, vers []version, block uint64) error {
+	for i := 0; i < len(vers); {
+		ver := vers[i]
 		if ver.kind != kindData {
 			clear(p[i*BlockSize : (i+1)*BlockSize])
 			i++
 			continue
 		}
-		// One ReadAt for a run of blocks stored one after the other.
 		j := i + 1
-		for j < len(c.vers) && c.vers[j].kind == kindData && c.vers[j].seg == ver.seg && c.vers[j].page == c.vers[j-1].page+1 {
+		for j < len(vers) && vers[j].kind == kindData && vers[j].seg == ver.seg && vers[j].page == vers[j-1].page+1 {
 			j++
 		}
-		if err := readRun(tab[ver.seg], p[i*BlockSize:j*BlockSize], c.vers[i:j]); err != nil {
-			clear(p)
-			return fmt.Errorf("store: read vol %d block %d: %w", vol, block+uint64(i), err)
+		if err := readRun(tab[ver.seg], p[i*BlockSize:j*BlockSize], vers[i:j]); err != nil {
+			return fmt.Errorf("block %d: %w", block+uint64(i), err)
 		}
 		i = j
 	}
@@ -286,7 +301,7 @@ func (s *Store) Zero(ctx context.Context, vol, block, n uint64, st Stamp, sync b
 }
 
 // Sync makes every write and zero that returned before the call durable
-// (one SyncData shared with concurrent syncs), and the retained epochs.
+// (one SyncData shared with concurrent syncs).
 func (s *Store) Sync(ctx context.Context) (err error) {
 	if err := s.enter(ctx); err != nil {
 		return fmt.Errorf("store: sync: %w", err)
@@ -294,19 +309,6 @@ func (s *Store) Sync(ctx context.Context) (err error) {
 	defer s.life.RUnlock()
 	if err := s.seg.syncTo(s.seg.end()); err != nil {
 		return fmt.Errorf("store: sync: %w", s.ioErr(err))
-	}
-	if s.metaDirty.Swap(false) {
-		if err := s.syncMeta(); err != nil {
-			return fmt.Errorf("store: sync: %w", err)
-		}
-	}
-	return nil
-}
-
-func (s *Store) syncMeta() (err error) {
-	defer s.recoverFatal(&err)
-	if err := s.db.LogData(nil, pebble.Sync); err != nil {
-		return fmt.Errorf("%w: %w", ErrIO, err)
 	}
 	return nil
 }
@@ -330,6 +332,14 @@ func (s *Store) Extents(ctx context.Context, vol, block, n, epoch uint64, fn fun
 	v := s.lookup(vol)
 	if v == nil {
 		fn(block, n, false)
+		return nil
+	}
+	if v.lin.Load() != nil {
+		r := runs{fn: fn}
+		if _, err := s.extentsLineage(v, block, end, epoch, 0, &r); err != nil {
+			return fmt.Errorf("store: extents vol %d: %w", vol, err)
+		}
+		r.flush()
 		return nil
 	}
 	c := cursorPool.Get().(*cursor)
@@ -407,7 +417,7 @@ func (s *Store) Allocated(ctx context.Context, vol, epoch uint64) (blocks uint64
 	return blocks, nil
 }
 
-// DropVolume removes every version, zero record and retained list of vol:
+// DropVolume removes every version, zero record, retained list and lineage of vol:
 // a drop record in the log (synced), the index forgotten, pebble's copy
 // deleted with range deletions (O(1) keys) at the next checkpoint. No
 // other call on vol may be in flight.

@@ -19,6 +19,8 @@ import (
 //	range key   'z' | vol(8) | ^epoch(8) | ^seq(8)             (25 bytes)
 //	range value start(8) | end(8)                              (16 bytes, start < end)
 //	retained    'r' | vol(8) -> epoch(8)*k, ascending          (k <= retainedEpochsMax)
+//	lineage     'l' | vol(8) -> parent(8) | parentEpoch(8) | (from(8) | to(8))*k
+//	                                                           (k <= rollbacksMax; see lineage.go)
 //	watermark   'w' -> seg(4) | off(8)                         (the log position the index reflects)
 //	format      'f' -> formatName
 //
@@ -32,6 +34,7 @@ const (
 	tagPoint     = 'b'
 	tagRange     = 'z'
 	tagRetained  = 'r'
+	tagLineage   = 'l'
 	tagWatermark = 'w'
 	tagFormat    = 'f'
 

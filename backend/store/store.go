@@ -137,9 +137,6 @@ type Store struct {
 	drops   []uint64
 	// dirty counts the dirty index entries of every volume.
 	dirty atomic.Int64
-	// metaDirty: SetRetained wrote to pebble without a sync since the last
-	// Sync.
-	metaDirty atomic.Bool
 
 	ck struct {
 		sync.Mutex // one checkpoint at a time
@@ -168,7 +165,12 @@ type volume struct {
 	// mu serializes Zero, SetRetained and DropVolume on this volume.
 	mu       sync.Mutex
 	retained []uint64 // ascending; guarded by mu
-	idx      index
+	// lin is the volume's lineage, nil for none; replaced, never mutated
+	// (written under mu).
+	lin atomic.Pointer[Lineage]
+	// gcGen counts the changes that may make versions unreachable (see gc.go).
+	gcGen atomic.Uint64
+	idx   index
 }
 
 // Open opens (creating if needed) the store in dir: pebble's files in dir,
@@ -432,24 +434,27 @@ func checkBuf(n int) error {
 	return nil
 }
 
-// SetRetained records the snapshot epochs of vol that must stay readable
-// (none by default). A Zero at epoch e reclaims the space of older versions
-// only when no retained epoch is below e. The list is persisted (without a
-// sync of its own; the next sync write or Sync makes it durable) and capped
-// at retainedEpochsMax, keeping the oldest epochs.
-func (s *Store) SetRetained(vol uint64, epochs []uint64) {
-	if err := s.enter(context.Background()); err != nil {
-		s.log.Error("set retained", "vol", vol, "err", err)
-		return
-	}
-	defer s.life.RUnlock()
+// SetRetained records the snapshot epochs of vol that must stay readable; durable when it returns nil.
+//
+// Reads at these epochs, and at the live epoch, keep seeing what they saw:
+// a Zero at epoch e reclaims older versions only when no retained epoch is
+// below e, and GC drops only versions that neither the live volume nor a
+// retained epoch can see. The list replaces the previous one; more than
+// retainedEpochsMax distinct epochs fail with ErrLimit and change nothing.
+// Caller contract: the list holds the epoch of every snapshot of vol that
+// is sealed or may still be sealed (pending snapshots too), and the
+// ParentEpoch of every fork of vol (see SetLineage).
+func (s *Store) SetRetained(vol uint64, epochs []uint64) error {
 	es := slices.Clone(epochs)
 	slices.Sort(es)
 	es = slices.Compact(es)
 	if len(es) > retainedEpochsMax {
-		s.log.Error("too many retained epochs; keeping the oldest", "vol", vol, "epochs", len(es), "max", retainedEpochsMax)
-		es = es[:retainedEpochsMax]
+		return fmt.Errorf("store: set retained of vol %d: %w: %d epochs, at most %d", vol, ErrLimit, len(es), retainedEpochsMax)
 	}
+	if err := s.enter(context.Background()); err != nil {
+		return fmt.Errorf("store: set retained of vol %d: %w", vol, err)
+	}
+	defer s.life.RUnlock()
 	v := s.volume(vol)
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -460,12 +465,12 @@ func (s *Store) SetRetained(vol uint64, epochs []uint64) {
 	} else {
 		_ = b.Set(k, encodeRetained(es), nil)
 	}
-	if err := s.commit(b, false); err != nil {
-		// Keep the in-memory list anyway: it only restricts reclaiming.
-		s.log.Error("set retained: persist", "vol", vol, "err", err)
+	if err := s.commit(b, true); err != nil {
+		return fmt.Errorf("store: set retained of vol %d: %w", vol, err)
 	}
-	s.metaDirty.Store(true)
 	v.retained = es
+	v.gcGen.Add(1)
+	return nil
 }
 
 // reclaimable reports whether a Zero at epoch may drop older versions: no

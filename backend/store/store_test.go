@@ -103,6 +103,14 @@ func expect(ops []op, block, epoch uint64) byte {
 	return best.id
 }
 
+// mustRetain sets the retained epochs of vol.
+func mustRetain(t testing.TB, s *Store, vol uint64, epochs []uint64) {
+	t.Helper()
+	if err := s.SetRetained(vol, epochs); err != nil {
+		t.Fatalf("set retained of vol %d: %v", vol, err)
+	}
+}
+
 // readID reads one block and returns the id of its content, 0 for zeros.
 func readID(t testing.TB, s *Store, vol, block, epoch uint64) byte {
 	t.Helper()
@@ -213,7 +221,7 @@ func TestSemantics(t *testing.T) {
 			perm := slices.Clone(tc.ops)
 			permute(perm, 0, func(order []op) {
 				s := openMem(t, nil)
-				s.SetRetained(1, []uint64{0})
+				mustRetain(t, s, 1, []uint64{0})
 				for _, o := range order {
 					apply(t, s, 1, o)
 				}
@@ -346,7 +354,7 @@ func TestModelAnyOrder(t *testing.T) {
 			rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 			fs := vfs.NewMem()
 			s := openMem(t, fs)
-			s.SetRetained(7, []uint64{0})
+			mustRetain(t, s, 7, []uint64{0})
 			for _, o := range order {
 				apply(t, s, 7, o)
 			}
@@ -380,7 +388,7 @@ func TestModelReclaim(t *testing.T) {
 				ops = append(ops, more...)
 				if round%2 == 1 {
 					retained = append(retained, epoch)
-					s.SetRetained(3, retained)
+					mustRetain(t, s, 3, retained)
 				}
 				epoch++
 				checkModel(t, s, 3, ops, blocks, append(slices.Clone(retained), epoch))
@@ -486,7 +494,7 @@ func TestRetainedBlocksReclaim(t *testing.T) {
 	if err := s.Write(ctx, 1, 5, buf, Stamp{1, 1}, false); err != nil {
 		t.Fatal(err)
 	}
-	s.SetRetained(1, []uint64{1})
+	mustRetain(t, s, 1, []uint64{1})
 	// Retained epochs survive a reopen.
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -502,7 +510,7 @@ func TestRetainedBlocksReclaim(t *testing.T) {
 		t.Fatalf("live @2 = %q", got)
 	}
 	// Without retained epochs the next zero reclaims.
-	s.SetRetained(1, nil)
+	mustRetain(t, s, 1, nil)
 	if err := s.Zero(ctx, 1, 0, 1000, Stamp{3, 3}, false); err != nil {
 		t.Fatal(err)
 	}
@@ -547,7 +555,7 @@ func TestDropVolume(t *testing.T) {
 		if err := s.Zero(ctx, vol, 100, 1000, Stamp{1, 3}, false); err != nil {
 			t.Fatal(err)
 		}
-		s.SetRetained(vol, []uint64{1})
+		mustRetain(t, s, vol, []uint64{1})
 	}
 	for _, vol := range []uint64{1, ^uint64(0)} {
 		if err := s.DropVolume(vol); err != nil {
@@ -615,12 +623,17 @@ func TestInvalidAndClosed(t *testing.T) {
 			t.Errorf("%s after close: %v, want ErrClosed", name, err)
 		}
 	}
-	s.SetRetained(1, []uint64{1}) // logs, no panic
+	if err := s.SetRetained(1, []uint64{1}); !errors.Is(err, ErrClosed) {
+		t.Errorf("set retained after close: %v, want ErrClosed", err)
+	}
+	if err := s.SetLineage(1, Lineage{Parent: 2}); !errors.Is(err, ErrClosed) {
+		t.Errorf("set lineage after close: %v, want ErrClosed", err)
+	}
 }
 
 func TestRangeLimit(t *testing.T) {
 	s := openMem(t, nil)
-	s.SetRetained(1, []uint64{0}) // no reclaim: ranges of different epochs pile up
+	mustRetain(t, s, 1, []uint64{0}) // no reclaim: ranges of different epochs pile up
 	v := s.volume(1)
 	// Pretend the volume is at its bound.
 	full := make([]zrange, rangesPerVolumeMax)
@@ -785,7 +798,10 @@ func TestConcurrent(t *testing.T) {
 				errc <- err
 				return
 			}
-			s.SetRetained(99, []uint64{uint64(i)})
+			if err := s.SetRetained(99, []uint64{uint64(i)}); err != nil {
+				errc <- err
+				return
+			}
 		}
 	}()
 	for range workers {
