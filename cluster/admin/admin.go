@@ -52,6 +52,10 @@ type Volume struct {
 	// ChunksPerNode counts, per storage node of the volume's placement
 	// set, the chunks it holds a replica of (from the catalog's placement).
 	ChunksPerNode map[string]int64 `json:"chunks_per_node,omitempty"`
+	// Parent is "volume@snapshot" for a fork not yet flattened.
+	Parent string `json:"parent,omitempty"`
+	// Rollbacks counts the rollbacks the volume had.
+	Rollbacks int `json:"rollbacks,omitempty"`
 }
 
 // Status is a daemon's state.
@@ -112,6 +116,7 @@ type Backend interface {
 	AttachVolume(ctx context.Context, name, target string) (Volume, error)
 	Nodes(ctx context.Context) ([]Node, error)
 	Snapshots
+	Lineage
 }
 
 // Snapshots is the part of Backend for groups and snapshots.
@@ -303,6 +308,7 @@ func Handler(b Backend) http.Handler {
 		}
 		reply(w, http.StatusNoContent, nil, b.DeleteVolume(r.Context(), r.PathValue("name"), force))
 	})
+	handleLineage(mux, b)
 	return http.TimeoutHandler(mux, requestTimeout, `{"error":"admin request timed out","kind":"unavailable"}`)
 }
 

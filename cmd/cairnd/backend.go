@@ -32,6 +32,8 @@ func apiError(err error) error {
 		return fmt.Errorf("%w: %w", admin.ErrInvalid, err)
 	case errors.Is(err, cluster.ErrNotLeader):
 		return fmt.Errorf("%w: %w", admin.ErrUnavailable, err)
+	case errors.Is(err, cluster.ErrBusy):
+		return fmt.Errorf("%w: %w", admin.ErrConflict, err)
 	}
 	return err
 }
@@ -67,6 +69,7 @@ func (b backend) view(ctx context.Context, cv cluster.Volume, allocated bool) ad
 	n, i := d.sessions(cv.Name)
 	v.Connections = n + i
 	v.AttachedTo = cv.AttachedTo
+	d.lineageView(cv, &v)
 	if allocated {
 		v.ChunksPerNode = chunksPerNode(cv)
 		v.AllocatedBytes = d.allocated(ctx, cv)

@@ -59,6 +59,7 @@ type daemon struct {
 	tlsServer, tlsClient *tls.Config  // from [tls]; nil without
 	unlockDir            func() error // releases the data_dir lock
 
+	lin             lineageState           // what this node's store was given; flattens
 	snapLocal       *snapshot.LocalTarget  // this target's part of snapshots
 	holdSeconds     prometheus.Histogram   // held-ack windows of this target's volumes
 	snapshotResults *prometheus.CounterVec // snapshots this node coordinated, by outcome
@@ -92,6 +93,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	d := &daemon{cfg: cfg, log: log, start: time.Now(), latency: latency, gossipTiming: gossipTiming}
 	d.mu.vols = map[string]*volume.Volume{}
 	d.mu.snaps = map[string]*volume.Volume{}
+	d.lin.init()
 	d.snapLocal = snapshot.NewLocalTarget(d.volume)
 	d.forwardClient = &http.Client{Timeout: forwardTimeout}
 	ctx, d.cancel = context.WithCancel(ctx)
@@ -191,6 +193,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		Name: "cairn_snapshots_total", Help: "Snapshots this node coordinated, by outcome (sealed or the failure reason).",
 	}, []string{"outcome"})
 	reg.MustRegister(d.holdSeconds, d.snapshotResults)
+	reg.MustRegister(d.lin.collectors()...)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &volumeCollector{d: d}, &daemonCollector{d: d})
 
 	if sl != nil {
@@ -253,9 +256,10 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		return nil
 	})
 
-	d.wg.Add(2)
+	d.wg.Add(3)
 	go d.manageVoters(ctx)
 	go d.watchCatalog(ctx, expect != 1)
+	go d.runFlattens(ctx)
 
 	log.Info("cairnd serving", "node", cfg.NodeName, "roles", strings.Join(cfg.Roles, ","), "nbd", d.nbdAddr, "iscsi", d.iscsiAddr, "admin", d.adminAddr,
 		"storage", d.storageAddr, "gossip", d.gossip.Addr(), "raft", d.catalog.Status().Address,
@@ -347,13 +351,16 @@ func (d *daemon) watchCatalog(ctx context.Context, joining bool) {
 		// Take the channel before reconciling, so that a change applied
 		// while we reconcile wakes us again.
 		changed := d.catalog.Changes()
+		var retry <-chan time.Time
 		if err := d.reconcile(ctx); err != nil {
 			d.log.Error("reconcile volumes with catalog", "err", err)
+			retry = time.After(reconcileRetry) // what failed is tried again
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-changed:
+		case <-retry:
 		}
 	}
 }
@@ -411,6 +418,7 @@ func (d *daemon) reconcile(ctx context.Context) error {
 	}
 	if d.fence != nil {
 		errs = append(errs, d.reconcileStorage(all))
+		errs = append(errs, d.reconcileLineage(ctx, all))
 	}
 	errs = append(errs, d.reconcileSnapshots())
 	for _, name := range add {
@@ -425,9 +433,17 @@ func (d *daemon) reconcile(ctx context.Context) error {
 // fencing generation (so this attachment's writes carry higher seqs than
 // any earlier one's and nodes refuse the old target's), and opens it.
 func (d *daemon) attach(ctx context.Context, cv cluster.Volume) error {
+	// Served only once every storage node holding it has its lineage:
+	// their reports are catalog changes, which run reconcile again.
+	if _, ok := d.lineageReady(cv.Name); !ok {
+		return nil
+	}
 	av, err := d.catalog.Attach(ctx, cv.Name, d.cfg.NodeName)
 	if err != nil {
 		return fmt.Errorf("attach volume %q: %w", cv.Name, err)
+	}
+	if ok, _ := av.LineageReady(); !ok {
+		return nil // changed under us (a rollback): the next round opens it
 	}
 	p, err := d.placement(av)
 	if err != nil {
