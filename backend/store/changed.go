@@ -1,9 +1,8 @@
 package store
 
 import (
-	"fmt"
-
 	"context"
+	"fmt"
 )
 
 // Changed reports, over [block, block+n) of vol, consecutive runs of blocks
@@ -18,7 +17,9 @@ import (
 // fork epoch). It is reported changed, though its bytes may be equal, when
 // the two reads see different versions: a block rewritten with the same
 // data, or a block of a fork's own against its parent's. Runs are maximal
-// and cover the range in order. The cost is O(index pages in the range)
+// and cover the range in order. from and to must each be the live epoch
+// or an epoch retained on vol (SetRetained): GC drops the versions only
+// other epochs see. The cost is O(index pages in the range)
 // plus, where one read falls through to the parent and the other sees
 // zeros, the parent's Extents over those blocks; it reads no data.
 func (s *Store) Changed(ctx context.Context, vol, block, n, from, to uint64, fn func(start, count uint64, changed bool) bool) error {

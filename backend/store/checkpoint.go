@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -82,6 +83,8 @@ type counters struct {
 	recordsReplayed atomic.Uint64
 	cleanerBytes    atomic.Uint64
 	segmentsCleaned atomic.Uint64
+	flattenedBlocks atomic.Uint64
+	gcCounters
 }
 
 // Stats are the store's counters and gauges.
@@ -97,6 +100,13 @@ type Stats struct {
 	LowSpace        bool   // writes fail with ErrNoSpace (see Options.ReserveBytes)
 	CleanerBytes    uint64 // bytes of live blocks the cleaner copied
 	SegmentsCleaned uint64 // segments the cleaner emptied
+	FlattenedBlocks uint64 // blocks Flatten copied from parents
+	// GC (gc.go): passes run, versions dropped, and bytes of block data
+	// they held (no longer live; the cleaner and the checkpoint give the
+	// space back, counted in BytesReclaimed).
+	GCPasses          uint64
+	GCVersionsDropped uint64
+	GCBytesDropped    uint64
 }
 
 // Stats returns the store's statistics.
@@ -110,6 +120,11 @@ func (s *Store) Stats() Stats {
 		LowSpace:        s.space.low.Load(),
 		CleanerBytes:    s.stats.cleanerBytes.Load(),
 		SegmentsCleaned: s.stats.segmentsCleaned.Load(),
+		FlattenedBlocks: s.stats.flattenedBlocks.Load(),
+
+		GCPasses:          s.stats.gcPasses.Load(),
+		GCVersionsDropped: s.stats.gcVersions.Load(),
+		GCBytesDropped:    s.stats.gcBytes.Load(),
 	}
 	for _, sg := range *s.seg.tab.Load() {
 		st.Segments++
@@ -126,10 +141,20 @@ func (s *Store) background() {
 	defer t.Stop()
 	ct := time.NewTicker(cleanInterval)
 	defer ct.Stop()
+	gt := time.NewTicker(gcInterval)
+	defer gt.Stop()
 	for {
 		select {
 		case <-s.done:
 			return
+		case <-gt.C:
+			if s.failed.Load() != nil {
+				continue
+			}
+			if _, err := s.gc(context.Background()); err != nil && !errors.Is(err, ErrClosed) {
+				s.log.Error("gc", "err", err)
+			}
+			continue
 		case <-ct.C:
 			if s.failed.Load() != nil {
 				continue

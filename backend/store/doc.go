@@ -33,7 +33,14 @@
 //     make reads above a rollback's epoch see the snapshot it went back to
 //     (lineage.go). Read and Extents honour both; a volume without a
 //     lineage pays one atomic load for it. SetRetained and SetLineage are
-//     durable (pebble synced) when they return nil.
+//     durable (pebble synced) when they return nil. Changed (changed.go)
+//     compares two epochs from the index alone. Flatten (flatten.go)
+//     copies what a fork reads through its parent into the fork, stamped
+//     (0, 0) below every real version, so that its Parent can be cleared.
+//   - GC (gc.go), in the background goroutine, drops the versions that no
+//     reader sees: not the live volume, a retained epoch, nor a fork's
+//     ParentEpoch, through the rollbacks. Callers must keep every epoch
+//     that may still be read in the retained list (see SetRetained).
 //   - Zero costs O(1) records and keys whatever its length: one range
 //     record (or, under 64 blocks, per-block zero versions) plus, when no
 //     retained epoch is below its epoch, the removal of every older version
@@ -79,7 +86,8 @@
 // # Concurrency
 //
 // All methods are safe for concurrent use from any goroutine. Close waits
-// for calls in progress and stops the background checkpointer. The volume
+// for calls in progress and stops the background goroutine (checkpoints,
+// cleaning, GC); a throttled Flatten waiting then returns ErrClosed. The volume
 // layer above must not issue a Write that overlaps a Zero in flight, nor
 // any call on a volume being dropped.
 package store

@@ -62,6 +62,9 @@ type index struct {
 	// ops are the pebble edits of zero ranges and reclaims since the last
 	// checkpoint, in order.
 	ops []ckOp
+	// olderAdds counts the versions put into older: GC looks at a volume
+	// again only when it or the volume's metadata changed (see gc.go).
+	olderAdds uint64
 }
 
 // lookup returns the version of block visible at epoch: the one with the
@@ -119,6 +122,7 @@ func (x *index) put(block uint64, nv version) (old version, displaced, stored bo
 	if len(list) == 0 {
 		grew += olderBytes
 	}
+	x.olderAdds++
 	if nv.epoch > cur.epoch {
 		x.older[block] = slices.Insert(list, 0, *cur)
 		*cur = nv
@@ -138,6 +142,52 @@ func (x *index) put(block uint64, nv version) (old version, displaced, stored bo
 	}
 	x.older[block] = slices.Insert(list, j, nv)
 	return version{}, false, true, grew + versionBytes
+}
+
+// remove drops the version of block at exactly epoch, if there is one, and
+// returns it and the index bytes freed. The next older version, if any,
+// takes the page slot, so that an empty slot still means no version.
+func (x *index) remove(block, epoch uint64) (old version, ok bool, freed int64) {
+	key := block >> pageShift
+	p := x.pages[key]
+	if p == nil {
+		return version{}, false, 0
+	}
+	cur := &p.v[block&(pageBlocks-1)]
+	if cur.kind == 0 {
+		return version{}, false, 0
+	}
+	list := x.older[block]
+	j := -1
+	if cur.epoch == epoch {
+		old = *cur
+		if len(list) == 0 {
+			*cur = version{}
+			if p.empty() {
+				delete(x.pages, key)
+				freed += pageBytes
+			}
+			return old, true, freed
+		}
+		*cur, j = list[0], 0
+	} else {
+		for i := range list {
+			if list[i].epoch == epoch {
+				old, j = list[i], i
+				break
+			}
+		}
+		if j < 0 {
+			return version{}, false, 0
+		}
+	}
+	freed += versionBytes
+	if len(list) == 1 {
+		delete(x.older, block)
+		return old, true, freed + olderBytes
+	}
+	x.older[block] = slices.Delete(list, j, j+1)
+	return old, true, freed
 }
 
 // dropOlder drops the older versions of block, calling fn for each, and

@@ -73,6 +73,7 @@ func (s *Store) Write(ctx context.Context, vol, block uint64, data []byte, st St
 	}
 	v := s.volume(vol)
 	v.raiseSeq(st.Seq)
+	v.raiseEpoch(st.Epoch)
 	hb := hdrPool.Get().(*hdrBuf)
 	defer hdrPool.Put(hb)
 	hdr := hb.b[:headerBytes(recData, n)]
@@ -241,6 +242,7 @@ func (s *Store) Zero(ctx context.Context, vol, block, n uint64, st Stamp, sync b
 	s.volEnter(vol, true)
 	defer s.volExit(vol)
 	v := s.volume(vol)
+	v.raiseEpoch(st.Epoch)
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	h := recHeader{typ: recZero, vol: vol, block: block, n: n, epoch: st.Epoch, seq: st.Seq}
@@ -441,6 +443,7 @@ func (s *Store) DropVolume(vol uint64) (err error) {
 	}
 	s.applyDrop(vol)
 	s.apply.RUnlock()
+	s.linGen.Add(1)
 	if err := s.seg.syncTo(end); err != nil {
 		return fmt.Errorf("store: drop vol %d: %w", vol, s.ioErr(err))
 	}

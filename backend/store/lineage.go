@@ -142,6 +142,7 @@ func (s *Store) SetLineage(vol uint64, l Lineage) error {
 		v.lin.Store(&l)
 	}
 	v.gcGen.Add(1)
+	s.linGen.Add(1)
 	return nil
 }
 

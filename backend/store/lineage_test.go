@@ -201,7 +201,8 @@ func (h *linHistory) epochs() []uint64 {
 // TestModelLineage runs random histories of forks of forks, rollbacks,
 // writes and zeros, and checks every block of every volume at every epoch,
 // and Extents, against the model; again after a reopen. Reclaiming is off
-// (epoch 0 retained): reads at every epoch are checked.
+// (epoch 0 retained) and GC waits (the retained list is set before the
+// first write, see gc.go): reads at every epoch are checked.
 func TestModelLineage(t *testing.T) {
 	const blocks = 160
 	for seed := range uint64(12) {

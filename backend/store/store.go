@@ -96,6 +96,12 @@ type Options struct {
 	// cleaner: a write fails with ErrNoSpace while the file system has
 	// less available. 0: reserveBytesDefault.
 	ReserveBytes int64
+	// FlattenBytesPerSec throttles the copies of Flatten; 0:
+	// flattenBytesPerSecDefault (64 MiB/s).
+	FlattenBytesPerSec int64
+	// GCBytesPerSec throttles the background GC pass by the bytes of block
+	// versions it examines (see gc.go); 0: gcBytesPerSecDefault.
+	GCBytesPerSec int64
 }
 
 // Store is a node-local versioned block store. All methods are safe for
@@ -110,7 +116,10 @@ type Store struct {
 	fs         vfs.FS
 	dir        string
 	reserve    int64 // Options.ReserveBytes
-	space      space
+	// flattenRate and gcRate are Options.FlattenBytesPerSec and
+	// Options.GCBytesPerSec.
+	flattenRate, gcRate int64
+	space               space
 
 	// failed holds the fatal error once pebble or a segment sync failed
 	// (see ErrFailed).
@@ -145,9 +154,13 @@ type Store struct {
 		groups     []ckGroup
 	}
 	cleanMu sync.Mutex // one cleaning pass at a time
-	kick    chan struct{}
-	done    chan struct{}
-	wg      sync.WaitGroup
+	gcMu    sync.Mutex // one GC pass at a time
+	// linGen counts SetLineage and DropVolume calls: a fork's lineage
+	// changes the readers of its parent (see gc.go).
+	linGen atomic.Uint64
+	kick   chan struct{}
+	done   chan struct{}
+	wg     sync.WaitGroup
 
 	stats counters
 
@@ -162,15 +175,23 @@ type volume struct {
 	// seqHigh is the highest seq of a point version written since Open; a
 	// Zero with a lower seq does not reclaim (see Zero).
 	seqHigh atomic.Uint64
+	// epochHigh is the highest epoch of a Write or Zero since Open.
+	epochHigh atomic.Uint64
 	// mu serializes Zero, SetRetained and DropVolume on this volume.
 	mu       sync.Mutex
 	retained []uint64 // ascending; guarded by mu
+	// retainedSet: SetRetained was called since Open, when epochHigh was
+	// retainedAt (under mu). GC waits for a call that saw the newest epoch.
+	retainedSet bool
+	retainedAt  uint64
 	// lin is the volume's lineage, nil for none; replaced, never mutated
 	// (written under mu).
 	lin atomic.Pointer[Lineage]
 	// gcGen counts the changes that may make versions unreachable (see gc.go).
 	gcGen atomic.Uint64
-	idx   index
+	// gcLast is the volume as the last GC pass saw it (under mu).
+	gcLast gcMark
+	idx    index
 }
 
 // Open opens (creating if needed) the store in dir: pebble's files in dir,
@@ -180,8 +201,15 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.FS == nil {
 		opts.FS = vfs.Default
 	}
-	if opts.CacheBytes < 0 || opts.SegmentBytes < 0 || opts.IndexBytes < 0 || opts.ReserveBytes < 0 {
-		return nil, fmt.Errorf("store: open %s: %w: CacheBytes %d, SegmentBytes %d, IndexBytes %d, ReserveBytes %d", dir, ErrInvalid, opts.CacheBytes, opts.SegmentBytes, opts.IndexBytes, opts.ReserveBytes)
+	if opts.CacheBytes < 0 || opts.SegmentBytes < 0 || opts.IndexBytes < 0 || opts.ReserveBytes < 0 || opts.FlattenBytesPerSec < 0 || opts.GCBytesPerSec < 0 {
+		return nil, fmt.Errorf("store: open %s: %w: CacheBytes %d, SegmentBytes %d, IndexBytes %d, ReserveBytes %d, FlattenBytesPerSec %d, GCBytesPerSec %d",
+			dir, ErrInvalid, opts.CacheBytes, opts.SegmentBytes, opts.IndexBytes, opts.ReserveBytes, opts.FlattenBytesPerSec, opts.GCBytesPerSec)
+	}
+	if opts.FlattenBytesPerSec == 0 {
+		opts.FlattenBytesPerSec = flattenBytesPerSecDefault
+	}
+	if opts.GCBytesPerSec == 0 {
+		opts.GCBytesPerSec = gcBytesPerSecDefault
 	}
 	if opts.ReserveBytes == 0 {
 		opts.ReserveBytes = reserveBytesDefault
@@ -199,13 +227,15 @@ func Open(dir string, opts Options) (*Store, error) {
 		opts.Logger = slog.Default()
 	}
 	s := &Store{
-		log:      opts.Logger.With("component", "store", "dir", dir),
-		indexMax: opts.IndexBytes,
-		fs:       opts.FS,
-		dir:      dir,
-		reserve:  opts.ReserveBytes,
-		kick:     make(chan struct{}, 1),
-		done:     make(chan struct{}),
+		log:         opts.Logger.With("component", "store", "dir", dir),
+		indexMax:    opts.IndexBytes,
+		fs:          opts.FS,
+		dir:         dir,
+		reserve:     opts.ReserveBytes,
+		flattenRate: opts.FlattenBytesPerSec,
+		gcRate:      opts.GCBytesPerSec,
+		kick:        make(chan struct{}, 1),
+		done:        make(chan struct{}),
 	}
 	s.vols.m = make(map[uint64]*volume)
 	cache := pebble.NewCache(opts.CacheBytes)
@@ -443,7 +473,10 @@ func checkBuf(n int) error {
 // retainedEpochsMax distinct epochs fail with ErrLimit and change nothing.
 // Caller contract: the list holds the epoch of every snapshot of vol that
 // is sealed or may still be sealed (pending snapshots too), and the
-// ParentEpoch of every fork of vol (see SetLineage).
+// ParentEpoch of every fork of vol (see SetLineage). As a guard against a
+// list that lags the epochs, GC leaves vol alone until a SetRetained call
+// made since Open and after the first Write or Zero of vol's newest epoch
+// (see gc.go): call it again after each epoch change.
 func (s *Store) SetRetained(vol uint64, epochs []uint64) error {
 	es := slices.Clone(epochs)
 	slices.Sort(es)
@@ -469,8 +502,19 @@ func (s *Store) SetRetained(vol uint64, epochs []uint64) error {
 		return fmt.Errorf("store: set retained of vol %d: %w", vol, err)
 	}
 	v.retained = es
+	v.retainedSet, v.retainedAt = true, v.epochHigh.Load()
 	v.gcGen.Add(1)
 	return nil
+}
+
+// raiseEpoch records that a Write or Zero stamped epoch arrived.
+func (v *volume) raiseEpoch(epoch uint64) {
+	for {
+		cur := v.epochHigh.Load()
+		if epoch <= cur || v.epochHigh.CompareAndSwap(cur, epoch) {
+			return
+		}
+	}
 }
 
 // reclaimable reports whether a Zero at epoch may drop older versions: no

@@ -802,6 +802,16 @@ func TestConcurrent(t *testing.T) {
 				errc <- err
 				return
 			}
+			// GC runs beside the writers: the workers read at their
+			// current epoch, which it keeps.
+			if err := s.SetRetained(1, nil); err != nil {
+				errc <- err
+				return
+			}
+			if _, err := s.gc(ctx); err != nil {
+				errc <- err
+				return
+			}
 		}
 	}()
 	for range workers {

@@ -254,12 +254,44 @@ func (c *Client) Sync(ctx context.Context) error {
 // the node needs (at most ExtentRunsMax runs each), until the range is
 // covered or fn returns false. fn runs on the calling goroutine.
 func (c *Client) Extents(ctx context.Context, vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) error {
+	err := c.runs(ctx, OpExtents, block, n, func(b []byte, block, n uint64) int {
+		(&ExtentsRequest{Vol: vol, Block: block, Blocks: n, Epoch: epoch}).Put(b)
+		return ExtentsRequestSize
+	}, fn)
+	if err != nil {
+		return fmt.Errorf("wire: extents vol %d blocks [%d, +%d) on %s: %w", vol, block, n, c.addr, err)
+	}
+	return nil
+}
+
+// Changed reports, as store.Store.Changed does on the node, the runs of
+// blocks [block, block+n) of vol whose content at epoch to may differ from
+// their content at epoch from (from < to; math.MaxUint64 for the live
+// volume), in as many calls as the node needs, until the range is covered
+// or fn returns false. fn runs on the calling goroutine. A node whose
+// backend cannot answer fails it with ErrUnsupported.
+func (c *Client) Changed(ctx context.Context, vol, block, n, from, to uint64, fn func(start, count uint64, changed bool) bool) error {
+	err := c.runs(ctx, OpChanged, block, n, func(b []byte, block, n uint64) int {
+		(&ChangedRequest{Vol: vol, Block: block, Blocks: n, From: from, To: to}).Put(b)
+		return ChangedRequestSize
+	}, fn)
+	if err != nil {
+		return fmt.Errorf("wire: changed vol %d blocks [%d, +%d) epochs %d to %d on %s: %w", vol, block, n, from, to, c.addr, err)
+	}
+	return nil
+}
+
+// runs makes the calls of an Extents or Changed walk: put encodes the
+// request for [block, block+n) and returns its length.
+func (c *Client) runs(ctx context.Context, op Op, block, n uint64, put func(b []byte, block, n uint64) int, fn func(start, count uint64, state bool) bool) error {
 	bp := target.GetBuffer(ExtentsReplyBytesMax)
 	defer target.PutBuffer(bp)
 	for {
-		next, more, err := c.extentsPart(ctx, (*bp)[:ExtentsReplyBytesMax], vol, block, n, epoch, fn)
+		a := args{op: op, reply: (*bp)[:ExtentsReplyBytesMax]}
+		a.fixedLen = put(a.fixed[:], block, n)
+		next, more, err := c.runsPart(ctx, &a, block, n, fn)
 		if err != nil {
-			return fmt.Errorf("wire: extents vol %d blocks [%d, +%d) on %s: %w", vol, block, n, c.addr, err)
+			return err
 		}
 		if !more {
 			return nil
@@ -269,13 +301,12 @@ func (c *Client) Extents(ctx context.Context, vol, block, n, epoch uint64, fn fu
 	}
 }
 
-// extentsPart makes one Extents call for [block, block+n), its reply in
-// buf, and hands the runs to fn. It returns where the runs stopped and
-// whether the node has more of the range (false too when fn stopped).
-func (c *Client) extentsPart(ctx context.Context, buf []byte, vol, block, n, epoch uint64, fn func(start, count uint64, allocated bool) bool) (next uint64, more bool, err error) {
-	a := args{op: OpExtents, fixedLen: ExtentsRequestSize, reply: buf}
-	(&ExtentsRequest{Vol: vol, Block: block, Blocks: n, Epoch: epoch}).Put(a.fixed[:])
-	m, more, err := c.do(ctx, &a)
+// runsPart makes one call of a walk for [block, block+n) and hands the
+// runs to fn. It returns where the runs stopped and whether the node has
+// more of the range (false too when fn stopped).
+func (c *Client) runsPart(ctx context.Context, a *args, block, n uint64, fn func(start, count uint64, state bool) bool) (next uint64, more bool, err error) {
+	buf := a.reply
+	m, more, err := c.do(ctx, a)
 	if err != nil {
 		return 0, false, err
 	}
@@ -307,7 +338,7 @@ type args struct {
 	fixed    [ZeroRequestSize]byte
 	fixedLen int
 	data     []byte // Write: sent after the fixed part
-	reply    []byte // Read: filled with the data; Extents: receives the runs
+	reply    []byte // Read: filled with the data; Extents, Changed: receive the runs
 }
 
 // do runs one call: a connection, a slot, the request, the reply or the

@@ -219,6 +219,32 @@ func ParseExtentsRequest(b []byte) (ExtentsRequest, error) {
 	return ExtentsRequest{Vol: be.Uint64(b), Block: be.Uint64(b[8:]), Blocks: be.Uint64(b[16:]), Epoch: be.Uint64(b[24:])}, nil
 }
 
+// ChangedRequest is the body of OpChanged: the blocks of [Block,
+// Block+Blocks) of Vol whose content at epoch To may differ from that at
+// From. Its reply is runs as for Extents, Allocated meaning changed.
+type ChangedRequest struct {
+	Vol, Block, Blocks, From, To uint64
+}
+
+// Put encodes r into b[:ChangedRequestSize].
+func (r *ChangedRequest) Put(b []byte) {
+	_ = b[ChangedRequestSize-1]
+	be.PutUint64(b, r.Vol)
+	be.PutUint64(b[8:], r.Block)
+	be.PutUint64(b[16:], r.Blocks)
+	be.PutUint64(b[24:], r.From)
+	be.PutUint64(b[32:], r.To)
+}
+
+// ParseChangedRequest decodes an OpChanged body. The node's store checks
+// the blocks and epochs (from below to).
+func ParseChangedRequest(b []byte) (ChangedRequest, error) {
+	if len(b) != ChangedRequestSize {
+		return ChangedRequest{}, fmt.Errorf("%w: changed request of %d bytes", ErrProtocol, len(b))
+	}
+	return ChangedRequest{Vol: be.Uint64(b), Block: be.Uint64(b[8:]), Blocks: be.Uint64(b[16:]), From: be.Uint64(b[24:]), To: be.Uint64(b[32:])}, nil
+}
+
 // ExtentRun is one run of an Extents reply: blocks [Start, Start+Count)
 // share one allocation state.
 type ExtentRun struct {

@@ -11,7 +11,7 @@
 //	     0    4 magic 0x43524e57 ("CRNW")
 //	     4    1 version (1)
 //	     5    1 op
-//	     6    2 flags: 1 reply, 2 sync (FUA), 4 more (Extents reply)
+//	     6    2 flags: 1 reply, 2 sync (FUA), 4 more (Extents, Changed reply)
 //	     8    8 request id, chosen by the client, echoed by the reply
 //	    16    4 payload length, at most PayloadBytesMax (16 MiB + 32)
 //	    20    2 status: 0 or an error Code (replies only)
@@ -35,6 +35,9 @@
 //	 6  Extents   vol, block, blocks, epoch u64                     runs of start u64, count u64
 //	                                                                (bit 63 = allocated), at most
 //	                                                                4096; flag more if not covered
+//	 7  Changed   vol, block, blocks, from, to u64                  runs as for Extents, bit 63 =
+//	                                                                content at to may differ from
+//	                                                                at from; flag more likewise
 //	16–21         reserved, answered CodeUnsupported: versions-since-seq (replica
 //	              catch-up), set-retained (GC), snapshot hold, snapshot release,
 //	              fence generation, drop volume
@@ -45,8 +48,10 @@
 // the client), so errors.Is(err, store.ErrInvalid) and the like hold across
 // the wire, and volume's classify sorts them as it would a local store's.
 // The first frame each way is a Hello; the node's carries its limits, which
-// the client obeys. An Extents reply that stops before the end of the range
-// sets FlagMore; the client asks again from the end of its last run.
+// the client obeys. An Extents or Changed reply that stops before the end
+// of the range sets FlagMore; the client asks again from the end of its
+// last run. A node whose Backend does not implement Changer answers
+// Changed with CodeUnsupported.
 //
 // What the server does with a bad frame: a header whose magic or checksum
 // is wrong, or a payload whose checksum is wrong, cannot be trusted, so the

@@ -32,6 +32,10 @@ func FuzzDecode(f *testing.F) {
 	f.Add(frame(OpExtents, 0, 0, b[:ExtentsRequestSize]))
 	(&ExtentRun{Start: 1, Count: 2, Allocated: true}).Put(b[:])
 	f.Add(frame(OpExtents, FlagReply|FlagMore, 0, b[:ExtentRunSize]))
+	(&ChangedRequest{Vol: 1, Block: 2, Blocks: 3, From: 4, To: 5}).Put(b[:])
+	f.Add(frame(OpChanged, 0, 0, b[:ChangedRequestSize]))
+	(&ExtentRun{Start: 7, Count: 9}).Put(b[:])
+	f.Add(frame(OpChanged, FlagReply|FlagMore, 0, b[:ExtentRunSize]))
 	f.Add(frame(OpHello, 0, 0, AppendHello(nil, Hello{Name: "node-a", InFlightMax: 128})))
 	f.Add(frame(OpSync, FlagReply, CodeInvalid, []byte("store: invalid request")))
 	f.Add(frame(OpSync, 0, 0, nil))
@@ -81,6 +85,12 @@ func checkBodies(t *testing.T, p []byte) {
 			t.Fatalf("extents %+v re-encodes differently", r)
 		}
 	}
+	if r, err := ParseChangedRequest(p); err == nil {
+		r.Put(re[:])
+		if !bytes.Equal(re[:ChangedRequestSize], p) {
+			t.Fatalf("changed %+v re-encodes differently", r)
+		}
+	}
 	if h, err := ParseHello(p); err == nil {
 		if !bytes.Equal(AppendHello(nil, h), p) {
 			t.Fatalf("hello %+v re-encodes differently", h)
@@ -111,6 +121,10 @@ func FuzzServerConn(f *testing.F) {
 	f.Add(append(frame(OpZero, 0, 0, b[:ZeroRequestSize]), frame(OpSync, 0, 0, nil)...))
 	(&ExtentsRequest{Vol: 1, Block: 0, Blocks: 10, Epoch: 4}).Put(b[:])
 	f.Add(frame(OpExtents, 0, 0, b[:ExtentsRequestSize]))
+	(&ChangedRequest{Vol: 1, Block: 0, Blocks: 10, From: 1, To: 4}).Put(b[:])
+	f.Add(frame(OpChanged, 0, 0, b[:ChangedRequestSize]))
+	f.Add(frame(OpChanged, FlagSync, 0, b[:ChangedRequestSize]))
+	f.Add(frame(OpChanged, 0, 0, b[:ExtentsRequestSize]))
 	f.Add(frame(OpFence, 0, 0, []byte("xyz")))
 	f.Add(frame(OpHello, 0, 0, AppendHello(nil, Hello{Name: "again"})))
 	f.Add([]byte("garbage that is not a frame at all, 32 bytes+"))

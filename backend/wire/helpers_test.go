@@ -30,6 +30,7 @@ var (
 	_ volume.Node = (*Client)(nil)
 	_ Backend     = (*store.Store)(nil)
 	_ Backend     = (*Client)(nil) // a server can proxy to another node
+	_ Changer     = (*Client)(nil)
 )
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -241,6 +242,11 @@ func (r *runsBackend) Extents(_ context.Context, _, block, n, _ uint64, fn func(
 		fn(end, block+n-end, false)
 	}
 	return nil
+}
+
+// Changed reports the same alternating runs, as changed/unchanged.
+func (r *runsBackend) Changed(ctx context.Context, vol, block, n, _, _ uint64, fn func(start, count uint64, changed bool) bool) error {
+	return r.Extents(ctx, vol, block, n, 0, fn)
 }
 
 // pki is an ephemeral certificate authority with one leaf certificate for

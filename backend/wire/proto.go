@@ -46,9 +46,16 @@ const (
 	WriteRequestSize   = 32 // vol, block, epoch, seq u64; then data
 	ZeroRequestSize    = 40 // vol, block, blocks, epoch, seq u64
 	ExtentsRequestSize = 32 // vol, block, blocks, epoch u64
-	ExtentRunSize      = 16 // start u64; count u64 with bit 63 = allocated
-	HelloSizeMin       = 17 // features u64, request bytes max u32, in-flight max u32, name length u8; then name
+	ChangedRequestSize = 40 // vol, block, blocks, from, to u64
+	// fixedBodyMax is the largest fixed request body (the request buffers
+	// of the client and the server hold ZeroRequestSize bytes).
+	fixedBodyMax  = ZeroRequestSize
+	ExtentRunSize = 16 // start u64; count u64 with bit 63 = allocated
+	HelloSizeMin  = 17 // features u64, request bytes max u32, in-flight max u32, name length u8; then name
 )
+
+// The request buffers hold every fixed body (a compile error otherwise).
+const _ = uint(fixedBodyMax-ChangedRequestSize) + uint(fixedBodyMax-ExtentsRequestSize) + uint(fixedBodyMax-ReadRequestSize) + uint(fixedBodyMax-WriteRequestSize)
 
 // Op is a frame's operation. A reply carries the op of its request.
 type Op uint8
@@ -62,6 +69,7 @@ const (
 	OpZero    Op = 4 // ZeroRequest, FlagSync → empty (TRIM and WRITE ZEROES are Zero at the store)
 	OpSync    Op = 5 // empty → empty
 	OpExtents Op = 6 // ExtentsRequest → runs, FlagMore if the range is not covered
+	OpChanged Op = 7 // ChangedRequest → runs (bit 63: changed), FlagMore as for OpExtents
 
 	// Reserved for what comes next (not implemented; CodeUnsupported).
 	OpVersionsSince Op = 16 // replica catch-up: versions of a chunk's blocks with seq above a bound, streamed
@@ -86,6 +94,8 @@ func (o Op) String() string {
 		return "sync"
 	case OpExtents:
 		return "extents"
+	case OpChanged:
+		return "changed"
 	case OpVersionsSince:
 		return "versions-since"
 	case OpSetRetained:
@@ -108,7 +118,7 @@ type Flags uint16
 const (
 	FlagReply Flags = 1 << 0 // the frame is a reply
 	FlagSync  Flags = 1 << 1 // Write, Zero: durable before the reply (FUA)
-	FlagMore  Flags = 1 << 2 // Extents reply: the runs stop before the end of the range
+	FlagMore  Flags = 1 << 2 // Extents, Changed reply: the runs stop before the end of the range
 
 	flagsKnown = FlagReply | FlagSync | FlagMore
 )

@@ -53,13 +53,14 @@ type request struct {
 	vol    uint64
 	block  uint64
 	blocks uint64
-	epoch  uint64
+	epoch  uint64 // Read, Extents; Changed: from
+	to     uint64 // Changed
 	stamp  store.Stamp
 	buf    *[]byte // pooled payload buffer, or nil
-	data   []byte  // Write: the data; Read: the reply data; Extents: the reply runs
+	data   []byte  // Write: the data; Read: the reply data; Extents, Changed: the reply runs
 	budget int     // payload bytes charged to the in-flight budget
 	sum    uint32  // reply payload checksum
-	more   bool    // Extents: the runs stop before the end of the range
+	more   bool    // Extents, Changed: the runs stop before the end of the range
 	err    error
 	hdr    [HeaderSize]byte
 }
@@ -255,6 +256,8 @@ func (c *sconn) dispatch(h Header) string {
 		fixed = ZeroRequestSize
 	case OpExtents:
 		fixed = ExtentsRequestSize
+	case OpChanged:
+		fixed = ChangedRequestSize
 	case OpSync:
 	case OpHello:
 		return c.skip(h, fmt.Errorf("%w: hello after the handshake", ErrProtocol))
@@ -295,6 +298,11 @@ func (c *sconn) dispatch(h Header) string {
 		var q ExtentsRequest
 		q, err = ParseExtentsRequest(r.fixed[:fixed])
 		r.vol, r.block, r.blocks, r.epoch = q.Vol, q.Block, q.Blocks, q.Epoch
+		n = ExtentsReplyBytesMax
+	case OpChanged:
+		var q ChangedRequest
+		q, err = ParseChangedRequest(r.fixed[:fixed])
+		r.vol, r.block, r.blocks, r.epoch, r.to = q.Vol, q.Block, q.Blocks, q.From, q.To
 		n = ExtentsReplyBytesMax
 	}
 	if err != nil {
@@ -369,22 +377,37 @@ func (c *sconn) execute(r *request) {
 	case OpSync:
 		r.err = b.Sync(c.ctx)
 	case OpExtents:
-		r.err = c.extents(r)
+		r.err = c.runs(r, func(fn func(start, count uint64, state bool) bool) error {
+			return b.Extents(c.ctx, r.vol, r.block, r.blocks, r.epoch, fn)
+		})
+		if r.err == nil {
+			r.sum = Checksum(r.data)
+		}
+	case OpChanged:
+		ch, ok := b.(Changer)
+		if !ok {
+			r.err = fmt.Errorf("%w: %s", ErrUnsupported, r.h.Op)
+			return
+		}
+		r.err = c.runs(r, func(fn func(start, count uint64, state bool) bool) error {
+			return ch.Changed(c.ctx, r.vol, r.block, r.blocks, r.epoch, r.to, fn)
+		})
 		if r.err == nil {
 			r.sum = Checksum(r.data)
 		}
 	}
 }
 
-// extents fills r.data with at most ExtentRunsMax runs.
-func (c *sconn) extents(r *request) error {
+// runs fills r.data with at most ExtentRunsMax runs that walk reports
+// (Extents or Changed).
+func (c *sconn) runs(r *request, walk func(fn func(start, count uint64, state bool) bool) error) error {
 	end := r.block + r.blocks
 	if end < r.block {
 		end = ^uint64(0)
 	}
 	k, last := 0, uint64(0)
 	var bad error
-	err := c.s.backend.Extents(c.ctx, r.vol, r.block, r.blocks, r.epoch, func(start, count uint64, allocated bool) bool {
+	err := walk(func(start, count uint64, allocated bool) bool {
 		if k == ExtentRunsMax { // a backend calling on after false
 			return false
 		}
@@ -446,7 +469,7 @@ func (c *sconn) writeReply(r *request) error {
 	switch r.h.Op {
 	case OpRead:
 		payload = r.data
-	case OpExtents:
+	case OpExtents, OpChanged:
 		payload = r.data
 		if r.more {
 			h.Flags |= FlagMore

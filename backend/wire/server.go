@@ -29,6 +29,20 @@ type Backend interface {
 	Sync(ctx context.Context) error
 }
 
+// Changer is what a Backend also implements to serve OpChanged
+// (*store.Store does): the runs of blocks whose content at epoch to may
+// differ from that at from, as store.Store.Changed reports them. A Server
+// whose Backend does not implement it answers OpChanged with
+// CodeUnsupported. fn runs on the calling goroutine.
+type Changer interface {
+	Changed(ctx context.Context, vol, block, n, from, to uint64, fn func(start, count uint64, changed bool) bool) error
+}
+
+var (
+	_ Backend = (*store.Store)(nil)
+	_ Changer = (*store.Store)(nil)
+)
+
 // Defaults of ServerOptions and ClientOptions (the one place they live).
 const (
 	inFlightMaxDefault      = 128

@@ -772,3 +772,103 @@ func TestConnsMax(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// collectChanged returns Changed's runs through c.
+func collectChanged(t *testing.T, c interface {
+	Changed(ctx context.Context, vol, block, n, from, to uint64, fn func(start, count uint64, changed bool) bool) error
+}, vol, blk, n, from, to uint64) []extent {
+	t.Helper()
+	var got []extent
+	if err := c.Changed(context.Background(), vol, blk, n, from, to, func(s, cnt uint64, ch bool) bool {
+		got = append(got, extent{s, cnt, ch})
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// TestChanged: Changed over the wire reports what the node's store
+// reports, for plain volumes and forks, over small and whole ranges; bad
+// epochs come back as store.ErrInvalid.
+func TestChanged(t *testing.T) {
+	st := openStore(t)
+	addr, _ := startServer(t, st, ServerOptions{})
+	c := newClient(t, addr, ClientOptions{})
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(3, 3))
+	seq := uint64(0)
+	for epoch := uint64(1); epoch <= 4; epoch++ {
+		for range 40 {
+			seq++
+			b := rng.Uint64N(1 << 12)
+			if rng.IntN(5) == 0 {
+				if err := c.Zero(ctx, 1, b, 1+rng.Uint64N(100), store.Stamp{Epoch: epoch, Seq: seq}, false); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			if err := c.Write(ctx, 1, b, block(byte(seq), 1+rng.IntN(3)), store.Stamp{Epoch: epoch, Seq: seq}, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := st.SetLineage(2, store.Lineage{Parent: 1, ParentEpoch: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Write(ctx, 2, 100, block(9, 8), store.Stamp{Epoch: 3, Seq: 1}, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, vol := range []uint64{1, 2} {
+		for _, r := range [][2]uint64{{1, 2}, {1, 4}, {2, 3}, {0, ^uint64(0)}, {3, ^uint64(0)}} {
+			for _, span := range [][2]uint64{{0, 1 << 12}, {77, 500}, {0, store.BlocksMax}} {
+				got := collectChanged(t, c, vol, span[0], span[1], r[0], r[1])
+				want := collectChanged(t, st, vol, span[0], span[1], r[0], r[1])
+				if fmt.Sprint(got) != fmt.Sprint(want) {
+					t.Fatalf("vol %d blocks %v epochs %v: wire %v, store %v", vol, span, r, got, want)
+				}
+				if vol == 1 && len(got) < 2 && span[1] == 1<<12 && r[0] < 4 && r[1] > 1 {
+					t.Fatalf("vol %d epochs %v: %v, want changes", vol, r, got)
+				}
+			}
+		}
+	}
+	if err := c.Changed(ctx, 1, 0, 10, 3, 3, func(uint64, uint64, bool) bool { return true }); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("changed with from = to: %v, want store.ErrInvalid", err)
+	}
+	// The connection goes on after the error.
+	if got := collectChanged(t, c, 1, 0, 10, 0, 1); len(got) == 0 {
+		t.Fatal("no runs after an error reply")
+	}
+}
+
+// TestChangedContinuation: more runs than one reply holds are fetched in
+// several calls; a backend without Changer answers ErrUnsupported.
+func TestChangedContinuation(t *testing.T) {
+	const runs = 2*ExtentRunsMax + 100
+	b := &runsBackend{memBackend: *newMemBackend(), runs: runs}
+	addr, _ := startServer(t, b, ServerOptions{})
+	c := newClient(t, addr, ClientOptions{})
+	got := collectChanged(t, c, 1, 0, runs+50, 1, 2)
+	if len(got) != runs+1 {
+		t.Fatalf("%d runs, want %d", len(got), runs+1)
+	}
+	for i, e := range got[:runs] {
+		if e != (extent{uint64(i), 1, i%2 == 0}) {
+			t.Fatalf("run %d: %+v", i, e)
+		}
+	}
+	if calls := b.calls.Load(); calls != 3 {
+		t.Fatalf("%d Changed calls on the node, want 3", calls)
+	}
+
+	addr, _ = startServer(t, newMemBackend(), ServerOptions{})
+	c = newClient(t, addr, ClientOptions{})
+	err := c.Changed(context.Background(), 1, 0, 10, 1, 2, func(uint64, uint64, bool) bool { return true })
+	if !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("changed on a backend without it: %v, want ErrUnsupported", err)
+	}
+	if err := c.Sync(context.Background()); err != nil {
+		t.Fatalf("sync after an unsupported op: %v", err)
+	}
+}

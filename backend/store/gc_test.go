@@ -1,0 +1,281 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// TestModelGC: random histories of forks of forks, rollbacks, writes and
+// zeros with everything retained; then each volume keeps a random subset
+// of its epochs (the parents' fork epochs left out for some: GC keeps them
+// itself), GC runs, and every block of every volume reads as the model says
+// at the live epoch and at each retained epoch, and the forks at theirs;
+// again after a checkpoint and a crash. GC keeps exactly the point versions
+// some reader sees (counted by the model), and the live bytes of the
+// segments are those versions' data.
+func TestModelGC(t *testing.T) {
+	const blocks = 200
+	for seed := range uint64(8) {
+		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
+			fs := vfs.NewCrashableMem()
+			s, err := Open("db", crashOpts(fs))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = s.Close() }()
+			h := newLinHistory(seed + 300)
+			for _, vol := range []uint64{1, 2, 3} {
+				mustRetain(t, s, vol, []uint64{0})
+			}
+			for range 400 {
+				h.step(t, s, blocks)
+			}
+			readers := map[uint64][]uint64{}
+			for _, vol := range h.vols {
+				var rs []uint64
+				for e := uint64(0); e <= h.epoch; e++ {
+					if h.rng.IntN(4) == 0 {
+						rs = append(rs, e)
+					}
+				}
+				mustRetain(t, s, vol, rs)
+				readers[vol] = append(readers[vol], rs...)
+				readers[vol] = append(readers[vol], math.MaxUint64)
+			}
+			for _, vol := range h.vols {
+				if l := h.m.lin[vol]; l.Parent != 0 {
+					readers[l.Parent] = append(readers[l.Parent], l.ParentEpoch)
+				}
+			}
+			before := s.Stats()
+			res, err := s.gc(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// What GC must keep, by the model: the point versions (one per
+			// block and epoch, the highest seq) some reader sees.
+			type key struct{ vol, block, epoch uint64 }
+			seen := map[key]bool{}
+			var dataBytes int64
+			for _, vol := range h.vols {
+				for b := range uint64(blocks) {
+					for _, e := range readers[vol] {
+						o := h.m.find(vol, b, e)
+						if o == nil || !ownOp(h.m, vol, o) || (o.zero && o.n >= zeroRangeBlocksMin) {
+							continue
+						}
+						k := key{vol, b, o.st.Epoch}
+						if !seen[k] && !o.zero {
+							dataBytes += BlockSize
+						}
+						seen[k] = true
+					}
+				}
+			}
+			count := 0
+			for _, vol := range h.vols {
+				s.lookup(vol).idx.each(func(version) { count++ })
+			}
+			if count != len(seen) {
+				t.Fatalf("after gc the index holds %d versions, readers see %d", count, len(seen))
+			}
+			after := s.Stats()
+			if after.LiveBytes != dataBytes {
+				t.Fatalf("live bytes %d after gc, the seen versions hold %d", after.LiveBytes, dataBytes)
+			}
+			if after.GCVersionsDropped-before.GCVersionsDropped != res.dropped || res.dropped == 0 ||
+				int64(after.GCBytesDropped-before.GCBytesDropped) != before.LiveBytes-after.LiveBytes {
+				t.Fatalf("gc dropped %d versions, stats %+v -> %+v", res.dropped, before, after)
+			}
+			check := func(s *Store) {
+				t.Helper()
+				for _, vol := range h.vols {
+					checkReads(t, s, h.m, vol, blocks, readers[vol])
+				}
+			}
+			check(s)
+			// A second pass finds nothing to do.
+			if res, err := s.gc(ctx); err != nil || res.dropped != 0 || res.examined != 0 {
+				t.Fatalf("second gc pass: %+v, %v", res, err)
+			}
+			if err := s.checkpoint(); err != nil {
+				t.Fatal(err)
+			}
+			crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+			s2, err := Open("db", crashOpts(crashed))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = s2.Close() }()
+			check(s2)
+			count = 0
+			for _, vol := range h.vols {
+				s2.lookup(vol).idx.each(func(version) { count++ })
+			}
+			if count != len(seen) {
+				t.Fatalf("after a crash the index holds %d versions, want %d", count, len(seen))
+			}
+		})
+	}
+}
+
+// TestGCSpace: write churn over several epochs with a snapshot retained at
+// each; once the snapshots are released, GC and the cleaner bring the
+// bytes on disk back to within 10% of the live data, and every block reads
+// its newest data.
+func TestGCSpace(t *testing.T) {
+	const (
+		blocks = 1024 // 4 MiB of live data
+		epochs = 6
+		chunk  = 64 // blocks per write
+	)
+	opts := Options{FS: vfs.NewMem(), Logger: quiet, SegmentBytes: 512 << 10}
+	s, err := Open("db", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	buf := make([]byte, chunk*BlockSize)
+	var retained []uint64
+	seq := uint64(0)
+	for e := uint64(1); e <= epochs; e++ {
+		for b := uint64(0); b < blocks; b += chunk {
+			for i := range uint64(chunk) {
+				fill(buf[i*BlockSize:(i+1)*BlockSize], byte(e), b+i)
+			}
+			seq++
+			if err := s.Write(ctx, 1, b, buf, Stamp{e, seq}, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		retained = append(retained, e)
+		mustRetain(t, s, 1, retained)
+	}
+	if err := s.checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Stats()
+	if _, err := s.gc(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.GCVersionsDropped != 0 {
+		t.Fatalf("gc dropped %d versions every snapshot sees", st.GCVersionsDropped)
+	}
+	mustRetain(t, s, 1, nil)
+	if _, err := s.gc(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.clean(0.9); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	after := s.Stats()
+	live := int64(blocks * BlockSize)
+	t.Logf("before gc: %d bytes in %d segments, %d live; after gc and cleaning: %d bytes in %d segments, %d live (%.1f%% over the live data); gc dropped %d versions, %d bytes",
+		before.SegmentBytes, before.Segments, before.LiveBytes, after.SegmentBytes, after.Segments, after.LiveBytes,
+		100*float64(after.SegmentBytes-live)/float64(live), after.GCVersionsDropped, after.GCBytesDropped)
+	if after.LiveBytes != live || after.GCVersionsDropped != blocks*(epochs-1) || after.GCBytesDropped != uint64(blocks*(epochs-1)*BlockSize) {
+		t.Fatalf("after gc: %+v", after)
+	}
+	if float64(after.SegmentBytes) > 1.1*float64(live) {
+		t.Fatalf("%d bytes on disk for %d live", after.SegmentBytes, live)
+	}
+	for b := range uint64(blocks) {
+		if got := readID(t, s, 1, b, math.MaxUint64); got != epochs {
+			t.Fatalf("block %d = %d, want %d", b, got, epochs)
+		}
+	}
+}
+
+// TestGCWaitsForRetained: GC leaves a volume alone while its retained
+// list may lag its epochs: after a write of a new epoch, and after a
+// reopen, until SetRetained is called again.
+func TestGCWaitsForRetained(t *testing.T) {
+	fs := vfs.NewMem()
+	s := openMem(t, fs)
+	buf := make([]byte, BlockSize)
+	write := func(s *Store, e uint64) {
+		t.Helper()
+		fill(buf, byte(e), 0)
+		if err := s.Write(ctx, 1, 0, buf, Stamp{e, e}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dropped := func(s *Store) uint64 {
+		t.Helper()
+		res, err := s.gc(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.dropped
+	}
+	write(s, 1)
+	mustRetain(t, s, 1, nil)
+	// Epoch 2 starts (a snapshot at 1 is being taken, its epoch not
+	// pushed yet): version 1 must stay.
+	write(s, 2)
+	if n := dropped(s); n != 0 {
+		t.Fatalf("gc before the retained list saw epoch 2 dropped %d", n)
+	}
+	if got := readID(t, s, 1, 0, 1); got != 1 {
+		t.Fatalf("snapshot at 1 reads %d", got)
+	}
+	mustRetain(t, s, 1, []uint64{1})
+	write(s, 3) // version 2 is garbage once the list is pushed again
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openMem(t, fs)
+	if n := dropped(s); n != 0 {
+		t.Fatalf("gc after a reopen, before SetRetained, dropped %d", n)
+	}
+	mustRetain(t, s, 1, []uint64{1})
+	if n := dropped(s); n != 1 {
+		t.Fatalf("gc dropped %d versions, want 1 (epoch 2)", n)
+	}
+	for _, c := range []check{{0, 1, 1}, {0, 2, 1}, {0, 3, 3}, {0, math.MaxUint64, 3}} {
+		if got := readID(t, s, 1, c.block, c.epoch); got != c.want {
+			t.Fatalf("block %d @%d = %d, want %d", c.block, c.epoch, got, c.want)
+		}
+	}
+}
+
+// TestGCClose: Close while a throttled GC pass waits ends the pass with
+// ErrClosed instead of waiting out the throttle.
+func TestGCClose(t *testing.T) {
+	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: quiet, GCBytesPerSec: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, BlockSize)
+	for vol := uint64(1); vol <= 2; vol++ {
+		for e := uint64(1); e <= 2; e++ {
+			if err := s.Write(ctx, vol, 0, buf, Stamp{e, e}, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mustRetain(t, s, vol, nil)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := s.gc(ctx)
+		errc <- err
+	}()
+	// The pass drops volume 1's garbage, then waits a long time.
+	for s.Stats().GCVersionsDropped == 0 {
+		runtime.Gosched()
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; !errors.Is(err, ErrClosed) {
+		t.Fatalf("gc across close: %v, want ErrClosed", err)
+	}
+}
