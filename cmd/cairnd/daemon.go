@@ -556,7 +556,11 @@ type exports struct{ d *daemon }
 func (e exports) Lookup(name string) (target.Device, bool) {
 	if vol, snap, ok := splitSnapshot(name); ok {
 		if v, ok := e.d.snapshotExport(vol, snap); ok {
-			return v, true
+			sn, _, ok := e.d.sealedSnapshot(vol, snap)
+			if !ok {
+				return nil, false // deleted since it was opened
+			}
+			return changeExport{Volume: v, d: e.d, name: vol, epoch: sn.Epoch}, true
 		}
 		return nil, false
 	}
@@ -564,7 +568,7 @@ func (e exports) Lookup(name string) (target.Device, bool) {
 	if !ok {
 		return nil, false
 	}
-	return v, true
+	return changeExport{Volume: v, d: e.d, name: name}, true
 }
 
 func (e exports) List() []string {

@@ -177,3 +177,16 @@ func (f *fence) Extents(ctx context.Context, vol, block, n, epoch uint64, fn fun
 }
 
 func (f *fence) Sync(ctx context.Context) error { return f.node.Sync(ctx) }
+
+// Changed implements volume.Changer over the node behind the fence.
+func (f *fence) Changed(ctx context.Context, vol, block, n, from, to uint64, fn func(start, count uint64, changed bool) bool) error {
+	c, ok := f.node.(volume.Changer)
+	if !ok {
+		return volume.ErrNoChanges
+	}
+	if v := f.vol(vol, true); v != nil {
+		v.RLock()
+		defer v.RUnlock()
+	}
+	return c.Changed(ctx, vol, block, n, from, to, fn)
+}
