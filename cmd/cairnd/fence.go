@@ -124,6 +124,22 @@ func (f *fence) drop(id uint64) error {
 	return nil
 }
 
+// hold keeps volume id from being dropped until release is called (a
+// drop waits for it); it fails if the volume is dropped already. For calls
+// into the store that bypass the fence, such as a flatten.
+func (f *fence) hold(id uint64) (release func(), err error) {
+	v := f.vol(id, true)
+	if v == nil {
+		return nil, fmt.Errorf("volume %d: %w", id, errFenceFull)
+	}
+	v.RLock()
+	if v.dropped {
+		v.RUnlock()
+		return nil, fmt.Errorf("volume %d: %w", id, errDropped)
+	}
+	return v.RUnlock, nil
+}
+
 func (f *fence) admitWrite(id uint64, st store.Stamp) (*fenceVol, error) {
 	v := f.vol(id, true)
 	if v == nil {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -11,29 +10,16 @@ import (
 
 // Flattens on this storage node: a job owned by the daemon (started by
 // start, stopped by Close through its context) copies, volume by volume,
-// what the forks it holds read through to, throttled, reporting progress
-// to the catalog. It is resumable: after a restart the catalog still says
+// what the forks it holds read through to, throttled by the store
+// ([storage] flatten_rate), reporting progress to the catalog. It is resumable: after a restart the catalog still says
 // this node has not finished, and the store's Flatten picks up where it
 // stopped.
-
-// flattenBlocksPerSecond throttles this node's flattens: blocks visited per
-// second (64 MiB/s of 4 KiB blocks), so that a flatten leaves the disk to
-// the volumes' own I/O.
-var flattenBlocksPerSecond uint64 = 16384
 
 // flattenReportInterval is how often a running flatten reports progress.
 const flattenReportInterval = time.Second
 
 // flattenReportTimeout bounds one progress report's catalog change.
 const flattenReportTimeout = 10 * time.Second
-
-// flattenStore is the part of the store a flatten uses.
-type flattenStore interface {
-	Flatten(ctx context.Context, vol uint64, progress func(done, total uint64)) error
-}
-
-// errNoFlatten: the store cannot flatten.
-var errNoFlatten = errors.New("this node's store cannot flatten")
 
 // wakeFlattens makes the flatten job look at the catalog again.
 func (d *daemon) wakeFlattens() {
@@ -90,12 +76,24 @@ func (d *daemon) flattenDue(cv cluster.Volume) bool {
 		d.lin.applied(cv.ID) >= cv.Lineage.Version
 }
 
-// flatten runs the store's flatten of cv, throttled, reports progress at
-// most every flattenReportInterval, syncs, and reports it finished.
+// flatten runs the store's flatten of cv (throttled by the store), reports
+// progress at most every flattenReportInterval, syncs, and reports it
+// finished.
 func (d *daemon) flatten(ctx context.Context, cv cluster.Volume) error {
-	fs, ok := any(d.store).(flattenStore)
-	if !ok {
-		return errNoFlatten
+	// The store's flatten writes into the fork bypassing the fence: hold
+	// off a drop of the fork while it runs, and stop when the fork is
+	// deleted (or its flatten is no longer running), so the drop waits
+	// for one chunk at most.
+	release, err := d.fence.hold(cv.ID)
+	if err != nil {
+		return fmt.Errorf("volume %q: flatten: %w", cv.Name, err)
+	}
+	defer release()
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stillDue := func() bool {
+		cur, err := d.catalog.Volume(cv.Name)
+		return err == nil && cur.ID == cv.ID && cur.Flatten != nil && cur.Flatten.Completed.IsZero()
 	}
 	me := d.cfg.NodeName
 	start := time.Now()
@@ -116,17 +114,9 @@ func (d *daemon) flatten(ctx context.Context, cv cluster.Volume) error {
 			d.lin.flattened.Add(float64(n - done))
 		}
 		done, total = n, t
-		// Throttle: no faster than flattenBlocksPerSecond on average.
-		if rate := flattenBlocksPerSecond; rate > 0 {
-			ahead := time.Duration(float64(done)/float64(rate)*float64(time.Second)) - time.Since(start)
-			if ahead > 0 {
-				t := time.NewTimer(min(ahead, flattenReportInterval))
-				select {
-				case <-ctx.Done():
-				case <-t.C:
-				}
-				t.Stop()
-			}
+		if !stillDue() {
+			cancel()
+			return
 		}
 		if time.Since(lastReport) >= flattenReportInterval {
 			lastReport = time.Now()
@@ -135,7 +125,11 @@ func (d *daemon) flatten(ctx context.Context, cv cluster.Volume) error {
 			}
 		}
 	}
-	if err := fs.Flatten(ctx, cv.ID, progress); err != nil {
+	if err := d.store.Flatten(fctx, cv.ID, progress); err != nil {
+		if ctx.Err() == nil && !stillDue() {
+			d.log.Info("flatten abandoned: the fork is gone or its flatten is over", "volume", cv.Name, "id", cv.ID)
+			return nil
+		}
 		return fmt.Errorf("volume %q: flatten: %w", cv.Name, err)
 	}
 	// The copies are durable before the catalog hears this node is done:
