@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -132,5 +134,73 @@ func TestFlatten(t *testing.T) {
 	}
 	if _, se, code := p.cli("volume", "flatten", "f1"); code == 0 || !strings.Contains(se, "not a fork") {
 		t.Fatalf("flatten of a flattened volume: exit %d: %s", code, se)
+	}
+}
+
+// TestClusterForks: on three nodes with a volume of two replicas spread
+// over them, the changed-block map crosses the node RPC, a fork is served
+// only once every node holding it has its lineage and reads through to
+// its parent's snapshot inside each node's store, and a flatten finishes
+// only when every holder has copied its share, after which the parent's
+// snapshot goes and the fork reads the same.
+func TestClusterForks(t *testing.T) {
+	need(t, "nbdcopy", "qemu-io", "nbdinfo")
+	procs := startCluster(t)
+	n1 := procs[0]
+	ok := okCLI(t, n1)
+	const M = 1 << 20
+	ok("volume", "create", "cv", "--size", "64MiB", "--replicas", "2")
+	waitFor(t, n1, "cv served by node1", func() bool { _, err := shErr("nbdinfo", "--size", n1.uri("cv")); return err == nil })
+	data := make([]byte, 32*M)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(t.TempDir(), "src")
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sh(t, "nbdcopy", "--flush", src, n1.uri("cv"))
+	ok("snapshot", "create", "cv", "--name", "s1")
+	write(t, n1.uri("cv"), "write -P 0x77 8M 1M")
+	write(t, n1.uri("cv"), "write -P 0x78 40M 64k")
+	if got, want := changedExtents(t, n1, "cv", "s1"), [][2]int64{{8 * M, M}, {40 * M, 64 << 10}}; !slices.Equal(got, want) {
+		t.Fatalf("changed since s1 across the nodes: %v, want %v", got, want)
+	}
+
+	ok("volume", "fork", "cv@s1", "f")
+	waitFor(t, n1, "the fork served", func() bool { _, err := shErr("nbdinfo", "--size", n1.uri("f")); return err == nil })
+	write(t, n1.uri("f"), "write -P 0x31 2M 1M")
+	want := make([]byte, 64*M)
+	copy(want, data)
+	copy(want[2*M:3*M], bytes.Repeat([]byte{0x31}, M))
+	if got := dump(t, n1, "f"); !bytes.Equal(got, want) {
+		t.Fatal("the fork does not read as its parent's snapshot plus its own write")
+	}
+	if got := dump(t, n1, "cv@s1"); !bytes.Equal(got[:32*M], data) {
+		t.Fatal("the parent's snapshot changed")
+	}
+
+	out := ok("--json", "volume", "flatten", "f")
+	var st struct {
+		State string          `json:"state"`
+		Nodes map[string]bool `json:"nodes"`
+	}
+	dec := json.NewDecoder(strings.NewReader(out))
+	for dec.More() {
+		if err := dec.Decode(&st); err != nil {
+			t.Fatalf("flatten --json: %v\n%s", err, out)
+		}
+	}
+	if st.State != "complete" || len(st.Nodes) != 3 {
+		t.Fatalf("flatten: %+v, want complete on 3 holders\n%s", st, out)
+	}
+	for n, fin := range st.Nodes {
+		if !fin {
+			t.Fatalf("flatten complete with %s not finished: %+v", n, st)
+		}
+	}
+	ok("snapshot", "delete", "s1")
+	if got := dump(t, n1, "f"); !bytes.Equal(got, want) {
+		t.Fatal("the flattened fork reads differently once its parent's snapshot is gone")
 	}
 }
