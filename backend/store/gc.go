@@ -42,7 +42,8 @@ import (
 // BlockSize bytes), and skips volumes where nothing changed since its last
 // look (no new versions at new epochs, zero ranges, retained epochs or
 // lineages). It holds the volume's mu (which Zero, SetRetained, SetLineage
-// and DropVolume take) and index lock for gcBatchPages pages at a time.
+// and DropVolume take) and index lock for gcBatchPages pages at a time,
+// fewer when the volume has many readers (gcLookupsMax).
 // Zero ranges themselves are not collected (they are bounded per volume
 // and cost no block space).
 
@@ -51,9 +52,15 @@ const (
 	// gcBytesPerSecDefault: 1 GiB/s of blocks examined, about 262144
 	// blocks a second.
 	gcBytesPerSecDefault = 1 << 30
-	// gcBatchPages is the most index pages one lock hold examines.
-	gcBatchPages = 64
+	// gcLookupsMax is the most (block, reader epoch) visibility lookups
+	// one lock hold makes when a volume has many readers (at least one
+	// page; see gcBatchPages).
+	gcLookupsMax = 1 << 16
 )
+
+// gcBatchPages is the most index pages one lock hold examines (a variable
+// so that tests can make it small).
+var gcBatchPages = 64
 
 // gcInterval is how often the background goroutine runs a GC pass (a
 // variable so that tests can change it).
@@ -108,6 +115,8 @@ func (s *Store) gcVolume(ctx context.Context, v *volume, forkEpochs []uint64, li
 	v.mu.Lock()
 	mark := s.gcMarkOf(v, lin)
 	skip := v.gcLast == mark || s.lookup(v.id) != v || !v.retainedFresh()
+	// Bound the lookups one lock hold makes: blocks x readers.
+	per := max(1, min(gcBatchPages, gcLookupsMax/(pageBlocks*(len(v.retained)+len(forkEpochs)+1))))
 	v.mu.Unlock()
 	if skip {
 		return nil
@@ -131,7 +140,7 @@ func (s *Store) gcVolume(ctx context.Context, v *volume, forkEpochs []uint64, li
 	slices.Sort(keys)
 	keys = slices.Compact(keys)
 	for len(keys) > 0 {
-		batch := keys[:min(len(keys), gcBatchPages)]
+		batch := keys[:min(len(keys), per)]
 		keys = keys[len(batch):]
 		select {
 		case <-s.done:
