@@ -29,6 +29,13 @@
 //     that bad requests fail without a log entry.
 //   - Volume IDs are never reused; Epoch starts at 1 and Generation at 0, and
 //     both only grow.
+//   - Lineage (lineage.go): a fork has its parent's placement key,
+//     placement set, chunk size, replicas and block sizes; while it reads
+//     through, its parent volume and that snapshot exist (deleting either
+//     is ErrBusy, naming the forks) and the snapshot's epoch is retained.
+//     Rollbacks are ascending by To, each From < To < the volume's epoch.
+//     Lineage.Version grows with every change of the parent or rollbacks,
+//     and a target serves a volume only once every holder reported it.
 //   - Unknown ops and fields are errors, not skipped: during a rolling
 //     upgrade, upgrade every manager before using a new command.
 //

@@ -44,6 +44,7 @@ var errorKinds = []struct {
 	{"closed", ErrClosed},
 	{"stale_attachment", ErrStaleAttachment},
 	{"last_replica", ErrLastReplica},
+	{"busy", ErrBusy},
 }
 
 // forwardedError is an error the leader reported; it matches its sentinel.

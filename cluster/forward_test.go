@@ -77,6 +77,37 @@ func TestForwardToLeader(t *testing.T) {
 			t.Fatalf("4 replicas over 3 nodes through %s: %v, want ErrInvalid", c.id, err)
 		}
 	}
+	// Forks, rollbacks and flattens go through followers too, and their
+	// refusals keep their sentinel across the hop.
+	sn, err := cats[0].ReserveSnapshot(ctx, "v0", "s")
+	if err == nil {
+		_, err = cats[0].EndSnapshot(ctx, sn.ID, SnapshotSealed, "")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cats {
+		name := fmt.Sprintf("f%d", i)
+		fk, err := c.Fork(ctx, "v0", "s", name, "")
+		if err != nil || fk.Lineage.Parent == 0 || fk.PlacementKey == 0 {
+			t.Fatalf("fork through %s: %+v %v", c.id, fk, err)
+		}
+		if _, err := c.Rollback(ctx, "v0", "s", false); !errors.Is(err, ErrBusy) {
+			t.Fatalf("rollback of an attached volume through %s: %v, want ErrBusy", c.id, err)
+		}
+		if v, err := c.Rollback(ctx, "v0", "s", true); err != nil || len(v.Lineage.Rollbacks) != i+1 {
+			t.Fatalf("forced rollback through %s: %+v %v", c.id, v, err)
+		}
+		if v, err := c.Flatten(ctx, name); err != nil || v.Flatten == nil {
+			t.Fatalf("flatten through %s: %+v %v", c.id, v, err)
+		}
+		if _, err := c.ReportLineage(ctx, name, fk.ID, "s0", 1); err != nil {
+			t.Fatalf("lineage report through %s: %v", c.id, err)
+		}
+		if err := c.DeleteSnapshot(ctx, sn.ID); !errors.Is(err, ErrBusy) {
+			t.Fatalf("delete of a forked snapshot through %s: %v, want ErrBusy", c.id, err)
+		}
+	}
 	var leader *Catalog
 	var alive []*Catalog
 	for _, c := range cats {

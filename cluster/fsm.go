@@ -48,6 +48,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	v, err := f.mu.st.apply(cmd)
+	v.Volume = v.Volume.clone() // the caller's copy shares nothing with the state
 	if invariants {
 		if cerr := f.mu.st.check(); cerr != nil {
 			panic(fmt.Sprintf("cluster: log index %d: state invariant broken after %T: %v", l.Index, cmd, cerr))
@@ -101,7 +102,7 @@ func (f *fsm) volume(name string) (Volume, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	v, ok := f.mu.st.Volumes[name]
-	return v, ok
+	return v.clone(), ok
 }
 
 // reservations returns a copy of a volume's reservation state (nil if

@@ -56,10 +56,12 @@ type Placer struct {
 	nzones   int
 }
 
-// NewPlacer returns the placer of v. A volume without a placement set (a
+// NewPlacer returns the placer of v, which hashes v's placement key (its
+// ID unless it is a fork: then its parent's key, so that every chunk of a
+// fork lives on its parent's nodes). A volume without a placement set (a
 // record from before placement) has none: Replicas returns nil.
 func NewPlacer(v Volume) *Placer {
-	p := &Placer{id: v.ID, replicas: v.Replicas, members: slices.Clone(v.Placement)}
+	p := &Placer{id: v.placementKey(), replicas: v.Replicas, members: slices.Clone(v.Placement)}
 	zoneIdx := map[string]int{}
 	for _, m := range p.members {
 		h := fnv.New64a()

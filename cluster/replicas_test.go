@@ -70,3 +70,45 @@ func TestExcludeReplica(t *testing.T) {
 		t.Fatalf("stale after snapshot and restore: %v", got)
 	}
 }
+
+// TestForkKeepsStale: a fork of a degraded volume reads through to its
+// parent's replicas, so it leaves out the ones the parent left out.
+func TestForkKeepsStale(t *testing.T) {
+	f := newFSM()
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if _, err := applyTo(t, f, mustEncode(t, opRegisterNode, registerNodeArgs{Name: n})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	steps := []struct {
+		o    op
+		args any
+	}{
+		{opCreateVolume, createVolumeArgs{Name: "a", Size: 1 << 30, Replicas: 3, Created: t0, Target: "n1"}},
+		{opExcludeReplica, excludeReplicaArgs{"a", "n2", 1}},
+		{opReserveSnapshot, reserveSnapshotArgs{Group: "a", Name: "s", Created: t0}},
+	}
+	var sn Snapshot
+	for _, s := range steps {
+		r := f.Apply(rlog(mustEncode(t, s.o, s.args))).(result)
+		if r.err != nil {
+			t.Fatalf("%s: %v", s.o, r.err)
+		}
+		sn = r.out.Snapshot
+	}
+	if _, err := applyTo(t, f, mustEncode(t, opEndSnapshot, endSnapshotArgs{ID: sn.ID, State: SnapshotSealed})); err != nil {
+		t.Fatal(err)
+	}
+	fork, err := applyTo(t, f, mustEncode(t, opForkVolume, forkVolumeArgs{Volume: "a", Snapshot: "s", Name: "f", Created: t0}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(fork.Stale, []string{"n2"}) {
+		t.Fatalf("fork's stale replicas %v, want [n2]", fork.Stale)
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if err := f.mu.st.check(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -299,7 +299,9 @@ func (s *state) checkSnapshots() error {
 }
 
 // RetainedEpochs returns, per volume id, the epochs of its pending and
-// sealed snapshots, ascending: what storage nodes must keep readable.
+// sealed snapshots, the base epochs of its forks and the epochs its
+// rollbacks returned to, ascending and without repeats: what storage
+// nodes must keep readable.
 func (c *Catalog) RetainedEpochs() map[uint64][]uint64 {
 	return c.fsm.retained()
 }
@@ -383,8 +385,7 @@ func (f *fsm) retained() map[uint64][]uint64 {
 			out[v.ID] = append(out[v.ID], sn.Epoch)
 		}
 	}
-	for id := range out {
-		slices.Sort(out[id])
-	}
+	f.mu.st.retainedLineage(out)
+	sortedUnique(out)
 	return out
 }

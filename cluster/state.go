@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"time"
 )
@@ -53,6 +54,37 @@ type Volume struct {
 	// failed writes the others completed (sorted; see opExcludeReplica):
 	// they miss data, and no target reads from or writes to them.
 	Stale []string `json:"stale,omitempty"`
+	// PlacementKey is what placement hashes instead of ID: 0 means ID. A
+	// fork takes its parent's key, so that its chunks land on its parent's
+	// nodes and reads fall through inside each node's store.
+	PlacementKey uint64 `json:"placement_key,omitempty"`
+	// Lineage says where reads of blocks this volume never wrote fall
+	// through to, and which of its own versions rollbacks hide (see
+	// lineage.go). Zero: none.
+	Lineage Lineage `json:"lineage,omitzero"`
+	// Flatten is the state of a flatten of this fork; nil when none was
+	// requested.
+	Flatten *Flatten `json:"flatten,omitempty"`
+}
+
+// placementKey is the key NewPlacer hashes.
+func (v Volume) placementKey() uint64 {
+	if v.PlacementKey != 0 {
+		return v.PlacementKey
+	}
+	return v.ID
+}
+
+// clone returns a copy of v that shares no slice or map with it.
+func (v Volume) clone() Volume {
+	v.Placement = slices.Clone(v.Placement)
+	v.Stale = slices.Clone(v.Stale)
+	v.Lineage = v.Lineage.clone()
+	if v.Flatten != nil {
+		f := v.Flatten.clone()
+		v.Flatten = &f
+	}
+	return v
 }
 
 // SCSIBlockSize returns the logical block size iSCSI presents.
@@ -235,6 +267,16 @@ func decodeOp(data []byte) (op, any, error) {
 		args = &endSnapshotArgs{}
 	case opDeleteSnapshot:
 		args = &deleteSnapshotArgs{}
+	case opForkVolume:
+		args = &forkVolumeArgs{}
+	case opRollbackVolume:
+		args = &rollbackVolumeArgs{}
+	case opFlattenVolume:
+		args = &flattenVolumeArgs{}
+	case opFlattenReport:
+		args = &flattenReportArgs{}
+	case opLineageApplied:
+		args = &lineageAppliedArgs{}
 	default:
 		return "", nil, fmt.Errorf("%w: unknown command %.40q", ErrInvalid, c.Op)
 	}
@@ -269,6 +311,9 @@ func (s *state) apply(cmd any) (outcome, error) {
 		v, ok := s.Volumes[a.Name]
 		if !ok {
 			return outcome{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
+		}
+		if err := s.refuseDependents(v); err != nil {
+			return outcome{}, err
 		}
 		delete(s.Volumes, a.Name)
 		delete(s.Reservations, a.Name)
@@ -340,8 +385,26 @@ func (s *state) apply(cmd any) (outcome, error) {
 		if !ok {
 			return outcome{}, fmt.Errorf("snapshot %d: %w", a.ID, ErrNotFound)
 		}
+		if err := s.refuseSnapshotDependents(sn); err != nil {
+			return outcome{}, err
+		}
 		delete(s.Snapshots, a.ID)
 		return outcome{Snapshot: sn}, nil
+	case *forkVolumeArgs:
+		v, err := s.forkVolume(a)
+		return outcome{Volume: v}, err
+	case *rollbackVolumeArgs:
+		v, err := s.rollbackVolume(a)
+		return outcome{Volume: v}, err
+	case *flattenVolumeArgs:
+		v, err := s.flattenVolume(a)
+		return outcome{Volume: v}, err
+	case *flattenReportArgs:
+		v, err := s.flattenReport(a)
+		return outcome{Volume: v}, err
+	case *lineageAppliedArgs:
+		v, err := s.lineageApplied(a)
+		return outcome{Volume: v}, err
 	case *setNodeStateArgs:
 		n, ok := s.Nodes[a.Name]
 		if !ok {
@@ -473,7 +536,7 @@ func (s *state) registerNode(a *registerNodeArgs) (Node, error) {
 func (s *state) sorted() []Volume {
 	vs := make([]Volume, 0, len(s.Volumes))
 	for _, v := range s.Volumes {
-		vs = append(vs, v)
+		vs = append(vs, v.clone())
 	}
 	sort.Slice(vs, func(i, j int) bool { return vs[i].Name < vs[j].Name })
 	return vs
@@ -517,6 +580,9 @@ func (s *state) check() error {
 		}
 	}
 	if err := s.checkSnapshots(); err != nil {
+		return err
+	}
+	if err := s.checkLineage(); err != nil {
 		return err
 	}
 	ids := make(map[uint64]string, len(s.Volumes))

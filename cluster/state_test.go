@@ -325,6 +325,11 @@ func FuzzFSMApply(f *testing.F) {
 		{opResizeVolume, resizeVolumeArgs{"a", 2 << 30}},
 		{opAttach, attachArgs{"a", "node1"}},
 		{opExcludeReplica, excludeReplicaArgs{"b", "n2", 1}},
+		{opForkVolume, forkVolumeArgs{Volume: "a", Snapshot: "s", Name: "f", Created: t0}},
+		{opRollbackVolume, rollbackVolumeArgs{Name: "a", Snapshot: "s", Force: true}},
+		{opFlattenVolume, flattenVolumeArgs{Name: "f", Requested: t0}},
+		{opFlattenReport, flattenReportArgs{Name: "f", ID: 5, Node: "n1", Done: 1, Total: 2, Finished: true, Updated: t0}},
+		{opLineageApplied, lineageAppliedArgs{Name: "f", ID: 5, Node: "n1", Version: 1}},
 	} {
 		f.Add(mustEncode(f, c.o, c.args))
 	}

@@ -184,12 +184,18 @@ type Storage struct {
 	// CacheSize (cache_size) bounds the block store's read cache, e.g.
 	// "1GiB". Memory is taken as blocks are read, up to this.
 	CacheSize Size `toml:"cache_size"`
+	// FlattenRate (flatten_rate) throttles this node's flattens of forks:
+	// bytes copied per second, e.g. "64MiB", so that a flatten leaves the
+	// disk to the volumes' own I/O.
+	FlattenRate Size `toml:"flatten_rate"`
 }
 
-// Bounds of storage.cache_size.
+// Bounds of storage.cache_size and storage.flatten_rate (per second).
 const (
-	cacheSizeMin = 8 << 20
-	cacheSizeMax = 1 << 40
+	cacheSizeMin   = 8 << 20
+	cacheSizeMax   = 1 << 40
+	flattenRateMin = 1 << 20
+	flattenRateMax = 1 << 40
 )
 
 // Size is a byte count that decodes from "1GiB" (see ParseSize) or an
@@ -231,7 +237,7 @@ func Default() *Config {
 		ISCSI:    ISCSI{Listen: "127.0.0.1:3260", IQNPrefix: "iqn.2026-11.dev.cairn"},
 		Gossip:   Gossip{Bind: "127.0.0.1:7946", Join: []string{}},
 		Raft:     Raft{Bind: "127.0.0.1:7947", BootstrapExpect: 1},
-		Storage:  Storage{Listen: "127.0.0.1:7950", CacheSize: 1 << 30},
+		Storage:  Storage{Listen: "127.0.0.1:7950", CacheSize: 1 << 30, FlattenRate: 64 << 20},
 		Limits: Limits{
 			InflightBytes:  1 << 30,
 			ReplyTimeout:   Duration(30 * time.Second),
@@ -424,6 +430,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Storage.CacheSize < cacheSizeMin || c.Storage.CacheSize > cacheSizeMax {
 		p.add("storage.cache_size", ErrInvalid, "%s: want %s to %s", FormatSize(int64(c.Storage.CacheSize)), FormatSize(cacheSizeMin), FormatSize(cacheSizeMax))
+	}
+	if c.Storage.FlattenRate < flattenRateMin || c.Storage.FlattenRate > flattenRateMax {
+		p.add("storage.flatten_rate", ErrInvalid, "%s per second: want %s to %s", FormatSize(int64(c.Storage.FlattenRate)), FormatSize(flattenRateMin), FormatSize(flattenRateMax))
 	}
 	if c.DataDir == "" {
 		p.add("data_dir", ErrInvalid, "must not be empty")

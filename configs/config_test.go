@@ -348,6 +348,21 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
+func TestFlattenRate(t *testing.T) {
+	c, err := Parse([]byte("[storage]\nflatten_rate = \"8MiB\"\n"), "")
+	if err != nil || c.Storage.FlattenRate != 8<<20 {
+		t.Fatalf("flatten_rate 8MiB: %v %v", c, err)
+	}
+	if c, _ := Parse(nil, ""); c.Storage.FlattenRate != 64<<20 {
+		t.Fatalf("default flatten_rate %d, want 64MiB", c.Storage.FlattenRate)
+	}
+	for _, bad := range []string{"\"512KiB\"", "\"fast\"", "\"2TiB\"", "0"} {
+		if _, err := Parse([]byte("[storage]\nflatten_rate = "+bad+"\n"), ""); err == nil || !strings.Contains(err.Error(), "flatten_rate") {
+			t.Errorf("flatten_rate = %s: %v, want an error naming storage.flatten_rate", bad, err)
+		}
+	}
+}
+
 func TestCacheSize(t *testing.T) {
 	c, err := Parse([]byte("[storage]\ncache_size = \"2GiB\"\n"), "")
 	if err != nil || c.Storage.CacheSize != 2<<30 {

@@ -52,6 +52,10 @@ type Volume struct {
 	// ChunksPerNode counts, per storage node of the volume's placement
 	// set, the chunks it holds a replica of (from the catalog's placement).
 	ChunksPerNode map[string]int64 `json:"chunks_per_node,omitempty"`
+	// Parent is "volume@snapshot" for a fork not yet flattened.
+	Parent string `json:"parent,omitempty"`
+	// Rollbacks counts the rollbacks the volume had.
+	Rollbacks int `json:"rollbacks,omitempty"`
 	// Stale are the replicas taken out after they failed writes: the
 	// volume runs degraded on the others.
 	Stale []string `json:"stale,omitempty"`
@@ -135,6 +139,7 @@ type Backend interface {
 	Nodes(ctx context.Context) ([]Node, error)
 	Node(ctx context.Context, name string) (NodeDetail, error)
 	Snapshots
+	Lineage
 }
 
 // NodeDetail is a node and what it holds (GET /v1/nodes/{name}).
@@ -350,6 +355,7 @@ func Handler(b Backend) http.Handler {
 		}
 		reply(w, http.StatusNoContent, nil, b.DeleteVolume(r.Context(), r.PathValue("name"), force))
 	})
+	handleLineage(mux, b)
 	return http.TimeoutHandler(mux, requestTimeout, `{"error":"admin request timed out","kind":"unavailable"}`)
 }
 

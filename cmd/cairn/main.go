@@ -7,6 +7,9 @@
 //	cairn volume show NAME
 //	cairn volume resize NAME --size 20GiB
 //	cairn volume delete NAME [--force]
+//	cairn volume fork VOLUME@SNAP NEWVOL [--target NODE]
+//	cairn volume rollback VOLUME SNAP [--force]
+//	cairn volume flatten VOLUME [--no-wait]
 //
 // Errors are one line on stderr and exit status 1 (2 for usage errors).
 package main
@@ -39,6 +42,19 @@ commands:
   volume resize NAME --size SIZE           grow; NBD clients see it on reconnect
   volume attach NAME --target NODE         move the volume to NODE's target
   volume delete NAME [--force]             --force disconnects attached clients
+  volume fork VOLUME@SNAP NEWVOL [--target NODE]
+                                           a writable clone of a sealed snapshot, at
+                                           once whatever the size: it reads through to
+                                           the snapshot until flattened
+  volume rollback VOLUME SNAP [--force]    make the volume read as its snapshot SNAP,
+                                           at once; snapshots taken since stay. A
+                                           volume with clients needs --force, which
+                                           disconnects them and fences its target
+  volume flatten VOLUME [--no-wait]        copy what a fork reads through into it, in
+                                           the background; waits with a progress bar
+                                           (--json: a line per update with percent and
+                                           eta_seconds). Afterwards the parent's snapshot
+                                           may be deleted
   node list                                cluster members, gossip and service state
   node show NAME                           one node: usage, and the bytes it holds of each volume (asked of the node)
   group create G --volumes a,b | group list | group delete G
@@ -159,6 +175,7 @@ func dispatch(args []string, out io.Writer) error {
 	nameFlag := fs.String("name", "", "snapshot name (default: the time)")
 	groupFlag := fs.String("group", "", "only this group's snapshots")
 	force := fs.Bool("force", false, "disconnect attached clients")
+	noWait := fs.Bool("no-wait", false, "start the flatten and return")
 	help := fs.Bool("help", false, "")
 	fs.BoolVar(help, "h", false, "")
 	pos, err := parse(fs, args)
@@ -421,6 +438,40 @@ func dispatch(args []string, out io.Writer) error {
 				return err
 			}
 			return c.printVolume(v)
+		case "fork":
+			if err := errors.Join(nargs(4), allow("target")); err != nil {
+				return err
+			}
+			vol, snap, ok := strings.Cut(pos[2], "@")
+			if !ok || vol == "" || snap == "" {
+				return fmt.Errorf("%w: volume fork takes VOLUME@SNAPSHOT NEWVOL, not %q", errUsage, pos[2])
+			}
+			v, err := c.client.ForkVolume(ctx, vol, admin.ForkRequest{Snapshot: snap, Name: pos[3], Target: *targetNode})
+			if err != nil {
+				return err
+			}
+			return c.printVolume(v)
+		case "rollback":
+			if err := errors.Join(nargs(4), allow("force")); err != nil {
+				return err
+			}
+			v, err := c.client.RollbackVolume(ctx, pos[2], admin.RollbackRequest{Snapshot: pos[3], Force: *force})
+			if err != nil {
+				return err
+			}
+			return c.printVolume(v)
+		case "flatten":
+			if err := errors.Join(nargs(3), allow("no-wait")); err != nil {
+				return err
+			}
+			st, err := c.client.FlattenVolume(ctx, pos[2])
+			if err != nil {
+				return err
+			}
+			if *noWait {
+				return c.printFlatten(st)
+			}
+			return c.waitFlatten(pos[2], st)
 		case "delete", "rm":
 			if err := errors.Join(nargs(3), allow("force")); err != nil {
 				return err
@@ -449,6 +500,12 @@ func (c *cli) printVolume(v admin.Volume) error {
 		fmt.Fprintf(w, "epoch\t%d\ngeneration\t%d\ncreated\t%s\nconnections\t%d\nnbd\t%s\niscsi\t%s\n", v.Epoch, v.Generation, v.Created.Format(time.RFC3339), v.Connections, v.NBD, v.ISCSI)
 		if v.AttachedTo != "" {
 			fmt.Fprintf(w, "attached to\t%s\n", v.AttachedTo)
+		}
+		if v.Parent != "" {
+			fmt.Fprintf(w, "fork of\t%s\n", v.Parent)
+		}
+		if v.Rollbacks > 0 {
+			fmt.Fprintf(w, "rollbacks\t%d\n", v.Rollbacks)
 		}
 		nodes := make([]string, 0, len(v.ChunksPerNode))
 		for n := range v.ChunksPerNode {

@@ -35,6 +35,8 @@ func apiError(err error) error {
 		return fmt.Errorf("%w: %w", admin.ErrInvalid, err)
 	case errors.Is(err, cluster.ErrNotLeader):
 		return fmt.Errorf("%w: %w", admin.ErrUnavailable, err)
+	case errors.Is(err, cluster.ErrBusy):
+		return fmt.Errorf("%w: %w", admin.ErrConflict, err)
 	}
 	return err
 }
@@ -70,6 +72,7 @@ func (b backend) view(ctx context.Context, cv cluster.Volume, allocated bool) ad
 	n, i := d.sessions(cv.Name)
 	v.Connections = n + i
 	v.AttachedTo = cv.AttachedTo
+	d.lineageView(cv, &v)
 	if allocated {
 		v.ChunksPerNode = chunksPerNode(cv)
 		v.Stale = cv.Stale

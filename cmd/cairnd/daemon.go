@@ -60,6 +60,7 @@ type daemon struct {
 	tlsServer, tlsClient *tls.Config  // from [tls]; nil without
 	unlockDir            func() error // releases the data_dir lock
 
+	lin             lineageState           // what this node's store was given; flattens
 	snapLocal       *snapshot.LocalTarget  // this target's part of snapshots
 	holdSeconds     prometheus.Histogram   // held-ack windows of this target's volumes
 	snapshotResults *prometheus.CounterVec // snapshots this node coordinated, by outcome
@@ -98,6 +99,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	d.rpcMetrics = newRPCMetrics()
 	d.mu.failovers = map[string]*replicaFailover{}
 	d.mu.snaps = map[string]*volume.Volume{}
+	d.lin.init()
 	d.snapLocal = snapshot.NewLocalTarget(d.volume)
 	d.forwardClient = &http.Client{Timeout: forwardTimeout}
 	ctx, d.cancel = context.WithCancel(ctx)
@@ -198,6 +200,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	}, []string{"outcome"})
 	reg.MustRegister(d.holdSeconds, d.snapshotResults)
 	reg.MustRegister(d.rpcMetrics.collectors()...)
+	reg.MustRegister(d.lin.collectors()...)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &volumeCollector{d: d}, &daemonCollector{d: d})
 
 	if sl != nil {
@@ -260,9 +263,10 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		return nil
 	})
 
-	d.wg.Add(2)
+	d.wg.Add(3)
 	go d.manageVoters(ctx)
 	go d.watchCatalog(ctx, expect != 1)
+	go d.runFlattens(ctx)
 	if d.store != nil {
 		d.wg.Add(1)
 		go d.reportUsage()
@@ -302,7 +306,7 @@ func (d *daemon) openStorage() (err error) {
 	if !d.cfg.Has(configs.RoleStorage) {
 		return nil
 	}
-	if d.store, err = store.Open(filepath.Join(d.cfg.DataDir, "blocks"), store.Options{Logger: d.log, CacheBytes: int64(d.cfg.Storage.CacheSize)}); err != nil {
+	if d.store, err = store.Open(filepath.Join(d.cfg.DataDir, "blocks"), store.Options{Logger: d.log, CacheBytes: int64(d.cfg.Storage.CacheSize), FlattenBytesPerSec: int64(d.cfg.Storage.FlattenRate)}); err != nil {
 		return fmt.Errorf("open block store: %w", err)
 	}
 	var n volume.Node = d.store
@@ -366,13 +370,16 @@ func (d *daemon) watchCatalog(ctx context.Context, joining bool) {
 		// Take the channel before reconciling, so that a change applied
 		// while we reconcile wakes us again.
 		changed := d.catalog.Changes()
+		var retry <-chan time.Time
 		if err := d.reconcile(ctx); err != nil {
 			d.log.Error("reconcile volumes with catalog", "err", err)
+			retry = time.After(reconcileRetry) // what failed is tried again
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-changed:
+		case <-retry:
 		}
 	}
 }
@@ -439,6 +446,7 @@ func (d *daemon) reconcile(ctx context.Context) error {
 	}
 	if d.fence != nil {
 		errs = append(errs, d.reconcileStorage(all))
+		errs = append(errs, d.reconcileLineage(ctx, all))
 	}
 	errs = append(errs, d.reconcileSnapshots())
 	for _, name := range add {
@@ -453,9 +461,17 @@ func (d *daemon) reconcile(ctx context.Context) error {
 // fencing generation (so this attachment's writes carry higher seqs than
 // any earlier one's and nodes refuse the old target's), and opens it.
 func (d *daemon) attach(ctx context.Context, cv cluster.Volume) error {
+	// Served only once every storage node holding it has its lineage:
+	// their reports are catalog changes, which run reconcile again.
+	if _, ok := d.lineageReady(cv.Name); !ok {
+		return nil
+	}
 	av, err := d.catalog.Attach(ctx, cv.Name, d.cfg.NodeName)
 	if err != nil {
 		return fmt.Errorf("attach volume %q: %w", cv.Name, err)
+	}
+	if ok, _ := av.LineageReady(); !ok {
+		return nil // changed under us (a rollback): the next round opens it
 	}
 	p, err := d.placement(av)
 	if err != nil {
@@ -584,7 +600,11 @@ type exports struct{ d *daemon }
 func (e exports) Lookup(name string) (target.Device, bool) {
 	if vol, snap, ok := splitSnapshot(name); ok {
 		if v, ok := e.d.snapshotExport(vol, snap); ok {
-			return v, true
+			sn, _, ok := e.d.sealedSnapshot(vol, snap)
+			if !ok {
+				return nil, false // deleted since it was opened
+			}
+			return changeExport{Volume: v, d: e.d, name: vol, epoch: sn.Epoch}, true
 		}
 		return nil, false
 	}
@@ -592,7 +612,7 @@ func (e exports) Lookup(name string) (target.Device, bool) {
 	if !ok {
 		return nil, false
 	}
-	return v, true
+	return changeExport{Volume: v, d: e.d, name: name}, true
 }
 
 func (e exports) List() []string {

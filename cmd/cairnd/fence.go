@@ -124,6 +124,22 @@ func (f *fence) drop(id uint64) error {
 	return nil
 }
 
+// hold keeps volume id from being dropped until release is called (a
+// drop waits for it); it fails if the volume is dropped already. For calls
+// into the store that bypass the fence, such as a flatten.
+func (f *fence) hold(id uint64) (release func(), err error) {
+	v := f.vol(id, true)
+	if v == nil {
+		return nil, fmt.Errorf("volume %d: %w", id, errFenceFull)
+	}
+	v.RLock()
+	if v.dropped {
+		v.RUnlock()
+		return nil, fmt.Errorf("volume %d: %w", id, errDropped)
+	}
+	return v.RUnlock, nil
+}
+
 func (f *fence) admitWrite(id uint64, st store.Stamp) (*fenceVol, error) {
 	v := f.vol(id, true)
 	if v == nil {
@@ -177,3 +193,16 @@ func (f *fence) Extents(ctx context.Context, vol, block, n, epoch uint64, fn fun
 }
 
 func (f *fence) Sync(ctx context.Context) error { return f.node.Sync(ctx) }
+
+// Changed implements volume.Changer over the node behind the fence.
+func (f *fence) Changed(ctx context.Context, vol, block, n, from, to uint64, fn func(start, count uint64, changed bool) bool) error {
+	c, ok := f.node.(volume.Changer)
+	if !ok {
+		return volume.ErrNoChanges
+	}
+	if v := f.vol(vol, true); v != nil {
+		v.RLock()
+		defer v.RUnlock()
+	}
+	return c.Changed(ctx, vol, block, n, from, to, fn)
+}

@@ -43,10 +43,11 @@ const (
 	rpcZero
 	rpcExtents
 	rpcSync
+	rpcChanged
 	rpcOps
 )
 
-var rpcOpNames = [rpcOps]string{"read", "write", "zero", "extents", "sync"}
+var rpcOpNames = [rpcOps]string{"read", "write", "zero", "extents", "sync", "changed"}
 
 // meteredNode is a storage node's RPC client that times its calls. Its
 // observers are resolved once, so a call costs two clock reads and three
@@ -57,7 +58,10 @@ type meteredNode struct {
 	inFlight prometheus.Gauge
 }
 
-var _ volume.Node = (*meteredNode)(nil)
+var (
+	_ volume.Node    = (*meteredNode)(nil)
+	_ volume.Changer = (*meteredNode)(nil)
+)
 
 func (m *rpcMetrics) wrap(name string, c *wire.Client) *meteredNode {
 	n := &meteredNode{c: c, inFlight: m.inFlight.WithLabelValues(name)}
@@ -101,4 +105,9 @@ func (n *meteredNode) Extents(ctx context.Context, vol, block, cnt, epoch uint64
 func (n *meteredNode) Sync(ctx context.Context) error {
 	defer n.end(rpcSync, n.begin())
 	return n.c.Sync(ctx)
+}
+
+func (n *meteredNode) Changed(ctx context.Context, vol, block, cnt, from, to uint64, fn func(start, count uint64, changed bool) bool) error {
+	defer n.end(rpcChanged, n.begin())
+	return n.c.Changed(ctx, vol, block, cnt, from, to, fn)
 }

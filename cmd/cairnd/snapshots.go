@@ -59,8 +59,8 @@ func (d *daemon) snapshotExport(vol, snap string) (*volume.Volume, bool) {
 	if !ok || sv.ID != live.ID() {
 		return nil, false
 	}
-	cv, err := d.catalog.Volume(vol)
-	if err != nil {
+	cv, ok := d.lineageReady(vol)
+	if !ok {
 		return nil, false
 	}
 	p, err := d.placement(cv)
@@ -114,10 +114,7 @@ func (d *daemon) reconcileSnapshots() error {
 		}
 	}
 	if d.store != nil {
-		retained := d.catalog.RetainedEpochs()
-		for _, cv := range d.catalog.Volumes() {
-			d.store.SetRetained(cv.ID, retained[cv.ID])
-		}
+		errs = append(errs, d.pushRetained(d.catalog.Volumes()))
 	}
 	return errors.Join(errs...)
 }

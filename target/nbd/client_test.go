@@ -202,7 +202,11 @@ type result struct {
 	errno   uint32
 	data    []byte      // READ data, reassembled
 	extents [][2]uint32 // BLOCK_STATUS descriptors
-	chunks  []StructuredReply
+	// contexts are the context ids of the BLOCK_STATUS chunks, in order;
+	// byContext their descriptors.
+	contexts  []uint32
+	byContext map[uint32][][2]uint32
+	chunks    []StructuredReply
 }
 
 // recv reads one whole reply (all chunks of one structured reply, assuming
@@ -233,8 +237,14 @@ func (c *client) recv() result {
 		case ReplyOffsetData:
 			res.data = append(res.data, p[8:]...)
 		case ReplyBlockStatus:
+			id := be.Uint32(p)
+			res.contexts = append(res.contexts, id)
+			if res.byContext == nil {
+				res.byContext = map[uint32][][2]uint32{}
+			}
 			for d := p[4:]; len(d) >= 8; d = d[8:] {
 				res.extents = append(res.extents, [2]uint32{be.Uint32(d), be.Uint32(d[4:])})
+				res.byContext[id] = append(res.byContext[id], [2]uint32{be.Uint32(d), be.Uint32(d[4:])})
 			}
 		case ReplyError, ReplyErrorOffset:
 			res.errno = be.Uint32(p)

@@ -64,6 +64,8 @@ type conn struct {
 	mapper     target.Mapper // nil if dev has no allocation map
 	structured bool
 	allocation bool
+	changed    string              // base of the cairn:changed context, or ""
+	changer    target.ChangeMapper // dev, when changed is set
 
 	requests uint64 // requests read; reader goroutine only
 
@@ -82,6 +84,7 @@ type request struct {
 	Request
 	buf      *[]byte // pooled payload buffer, or nil
 	data     []byte  // READ, WRITE: the payload; BLOCK_STATUS: the reply payload
+	split    int     // BLOCK_STATUS with two contexts: where the second's chunk begins
 	budget   int     // payload bytes charged to the in-flight budget
 	err      error   // why the request failed
 	atOffset bool    // err came from the device at r.Offset
@@ -200,6 +203,9 @@ func (c *conn) dispatch(req Request) string {
 		n = int(req.Length)
 	case req.Type == CmdBlockStatus:
 		n = blockStatusBytes
+		if c.allocation && c.changed != "" {
+			n *= 2 // one chunk per context
+		}
 	}
 	c.inflight.Acquire(n)
 	if n > 0 && !c.s.opts.Budget.Acquire(c.quit, int64(n)) {
@@ -276,8 +282,8 @@ func (c *conn) check(r Request) error {
 			return fmt.Errorf("export is read-only: %w", target.ErrReadOnly)
 		}
 	case CmdBlockStatus:
-		if !c.allocation {
-			return fmt.Errorf("block status without base:allocation selected: %w", target.ErrInvalid)
+		if !c.allocation && c.changed == "" {
+			return fmt.Errorf("block status without a meta context selected: %w", target.ErrInvalid)
 		}
 		if r.Length == 0 {
 			return fmt.Errorf("block status of 0 bytes: %w", target.ErrInvalid)
@@ -351,16 +357,64 @@ func (c *conn) execute(r *request) {
 	}
 }
 
-// blockStatus fills r.data with the base:allocation reply payload.
+// blockStatus fills r.data with the reply payloads of the selected
+// contexts: base:allocation's, then cairn:changed's (from r.split when
+// both are selected).
 func (c *conn) blockStatus(r *request) error {
+	n := 0
+	r.split = 0
+	if c.allocation {
+		k, err := c.allocationStatus(r, r.data)
+		if err != nil {
+			return err
+		}
+		n = k
+	}
+	if c.changed != "" {
+		k, err := c.changedStatus(r, r.data[n:])
+		if err != nil {
+			return err
+		}
+		r.split = n
+		n += k
+	}
+	r.data = r.data[:n]
+	return nil
+}
+
+// extentRun collects the block descriptors of one context's reply into d
+// (of room for extentsMax): runs of one status are merged.
+type extentRun struct {
+	d      []byte
+	count  int
+	last   uint32
+	reqOne bool
+}
+
+// add appends l bytes of status st; false when there is no room left.
+func (x *extentRun) add(l int64, st uint32) bool {
+	if x.count > 0 && st == x.last {
+		i := (x.count - 1) * BlockDescriptorSize
+		be.PutUint32(x.d[i:], be.Uint32(x.d[i:])+uint32(l))
+		return true
+	}
+	if x.count == extentsMax || (x.reqOne && x.count == 1) {
+		return false
+	}
+	PutBlockDescriptor(x.d[x.count*BlockDescriptorSize:], uint32(l), st)
+	x.count++
+	x.last = st
+	return true
+}
+
+// allocationStatus writes the base:allocation payload into d and returns
+// its length.
+func (c *conn) allocationStatus(r *request, d []byte) (int, error) {
 	off, end := int64(r.Offset), int64(r.Offset)+int64(r.Length)
-	be.PutUint32(r.data, metaContextID)
-	d := r.data[4:]
-	count := 0
-	var last uint32
+	be.PutUint32(d, metaContextID)
+	x := extentRun{d: d[4:], reqOne: r.Flags&CmdFlagReqOne != 0}
 	if c.mapper != nil {
 		pos := off
-		reqOne := r.Flags&CmdFlagReqOne != 0
 		err := c.mapper.Extents(c.ctx, off, end-off, func(e target.Extent) bool {
 			if e.Length <= 0 || pos >= end {
 				return false
@@ -373,30 +427,55 @@ func (c *conn) blockStatus(r *request) error {
 			if e.Zero {
 				st |= StateZero
 			}
-			if count > 0 && st == last {
-				be.PutUint32(d[(count-1)*BlockDescriptorSize:], be.Uint32(d[(count-1)*BlockDescriptorSize:])+uint32(l))
-			} else {
-				if count == extentsMax || (reqOne && count == 1) {
-					return false
-				}
-				PutBlockDescriptor(d[count*BlockDescriptorSize:], uint32(l), st)
-				count++
-				last = st
+			if !x.add(l, st) {
+				return false
 			}
 			pos += l
 			return pos < end
 		})
 		if err != nil {
-			return err
+			return 0, err
 		}
 	}
-	if count == 0 {
+	if x.count == 0 {
 		// No map: status 0 (allocated, contents unknown) is always true.
-		PutBlockDescriptor(d, r.Length, 0)
-		count = 1
+		PutBlockDescriptor(x.d, r.Length, 0)
+		x.count = 1
 	}
-	r.data = r.data[:4+count*BlockDescriptorSize]
-	return nil
+	return 4 + x.count*BlockDescriptorSize, nil
+}
+
+// changedStatus writes the cairn:changed payload into d and returns its
+// length.
+func (c *conn) changedStatus(r *request, d []byte) (int, error) {
+	off, end := int64(r.Offset), int64(r.Offset)+int64(r.Length)
+	be.PutUint32(d, changedContextID)
+	x := extentRun{d: d[4:], reqOne: r.Flags&CmdFlagReqOne != 0}
+	pos := off
+	err := c.changer.Changes(c.ctx, c.changed, off, end-off, func(e target.ChangeExtent) bool {
+		if e.Length <= 0 || pos >= end {
+			return false
+		}
+		l := min(e.Length, end-pos)
+		var st uint32
+		if e.Changed {
+			st = StateChanged
+		}
+		if !x.add(l, st) {
+			return false
+		}
+		pos += l
+		return pos < end
+	})
+	if err != nil {
+		return 0, err
+	}
+	if x.count == 0 {
+		// Nothing reported: changed is the answer that is always safe.
+		PutBlockDescriptor(x.d, r.Length, StateChanged)
+		x.count = 1
+	}
+	return 4 + x.count*BlockDescriptorSize, nil
 }
 
 // writer sends replies in completion order until c.replies is closed,
@@ -510,11 +589,22 @@ func (c *conn) writeReply(r *request) error {
 		c.bw.Write(h[:StructuredReplySize+8])
 		return c.writeData(r.data)
 	case r.Type == CmdBlockStatus:
-		sr := StructuredReply{Flags: ReplyFlagDone, Type: ReplyBlockStatus, Cookie: r.Cookie, Length: uint32(len(r.data))}
-		sr.Put(h)
-		c.bw.Write(h[:StructuredReplySize])
-		_, err := c.bw.Write(r.data)
-		return err
+		chunks := [2][]byte{r.data[:r.split], r.data[r.split:]}
+		for i, p := range chunks {
+			if len(p) == 0 {
+				continue
+			}
+			sr := StructuredReply{Type: ReplyBlockStatus, Cookie: r.Cookie, Length: uint32(len(p))}
+			if i == len(chunks)-1 {
+				sr.Flags = ReplyFlagDone
+			}
+			sr.Put(h)
+			c.bw.Write(h[:StructuredReplySize])
+			if _, err := c.bw.Write(p); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	PutSimpleReply(h, 0, r.Cookie)
 	c.bw.Write(h[:SimpleReplySize])

@@ -14,7 +14,14 @@
 // Negotiation supports EXPORT_NAME, INFO, GO (NBD_INFO_EXPORT, _NAME,
 // _BLOCK_SIZE: 512 / device block size / RequestBytesMax), LIST, ABORT,
 // STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT with
-// base:allocation, and STARTTLS; anything else gets NBD_REP_ERR_UNSUP.
+// base:allocation and, for a device that is a target.ChangeMapper,
+// cairn:changed:<base> (one per base the device names; "cairn:" and
+// "cairn:changed:" list them all; a set selects the first known one asked
+// for), and STARTTLS; anything else gets NBD_REP_ERR_UNSUP. In a
+// cairn:changed reply, status flag 1 (StateChanged) marks blocks that
+// changed since the base; 0, blocks that read as they did at it. With both
+// contexts selected, BLOCK_STATUS answers base:allocation's chunk (id 1)
+// then cairn:changed's (id 2, with NBD_REPLY_FLAG_DONE).
 //
 // TLS (Options.TLS, Options.TLSMode): off (STARTTLS refused), optional (a
 // client may upgrade) or require (the document's FORCEDTLS: before TLS,

@@ -8,14 +8,13 @@ import (
 	"os"
 	"testing"
 	"time"
-
-	"cairn/target/targettest"
 )
 
 func FuzzParseOption(f *testing.F) {
 	f.Add(OptGo, AppendInfoRequest(nil, "disk", InfoBlockSize))
 	f.Add(OptSetMetaContext, AppendMetaContextRequest(nil, "disk", "base:allocation"))
 	f.Add(OptListMetaContext, AppendMetaContextRequest(nil, "", "base:", "x-y:z"))
+	f.Add(OptSetMetaContext, AppendMetaContextRequest(nil, "disk", "cairn:changed:s1", "cairn:", "cairn:changed:"))
 	f.Add(OptExportName, []byte("vol"))
 	f.Add(uint32(0xffffffff), []byte{0xff})
 	f.Fuzz(func(t *testing.T, code uint32, data []byte) {
@@ -44,7 +43,7 @@ func FuzzParseOption(f *testing.F) {
 		// And the negotiation handles it without panicking, whatever the
 		// TLS mode.
 		for _, mode := range []TLSMode{TLSOff, TLSOptional, TLSRequire} {
-			n := negotiation{exports: mapExports{"disk": targettest.NewMemDevice(targettest.MemOptions{Size: 1 << 20})},
+			n := negotiation{exports: mapExports{"disk": newChangeDev()},
 				requestBytesMax: RequestBytesMaxDefault, structured: code&1 == 0, tlsMode: mode, tlsConfigured: true}
 			n.option(code, data)
 		}
@@ -103,7 +102,7 @@ func FuzzServer(f *testing.F) {
 	f.Add(append([]byte{0x80, 0, 0, 0, 3}, AppendOption(nil, OptList, nil)...))
 	f.Add(append([]byte{0x80, 0, 0, 0, 1}, AppendOption(nil, OptExportName, []byte("disk"))...))
 
-	dev := targettest.NewMemDevice(targettest.MemOptions{Size: 1 << 20})
+	dev := newChangeDev()
 	s := NewServer(Options{Exports: mapExports{"disk": dev}, InFlightMax: 8, RequestBytesMax: 64 << 10})
 	s.handshakeTimeout = 2 * time.Second
 	f.Cleanup(func() { s.Close() })
@@ -114,7 +113,7 @@ func FuzzServer(f *testing.F) {
 		h = be.AppendUint32(h, ClientFlagFixedNewstyle|ClientFlagNoZeroes)
 		if i == 1 {
 			h = AppendOption(h, OptStructuredReply, nil)
-			h = AppendOption(h, OptSetMetaContext, AppendMetaContextRequest(nil, "disk", MetaContextAllocation))
+			h = AppendOption(h, OptSetMetaContext, AppendMetaContextRequest(nil, "disk", MetaContextAllocation, MetaContextChangedPrefix+"s1"))
 		}
 		handshake[i] = AppendOption(h, OptGo, AppendInfoRequest(nil, "disk"))
 	}

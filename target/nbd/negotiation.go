@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"cairn/target"
@@ -13,6 +14,9 @@ const (
 	optionDrainBytesMax = 1 << 20  // larger option data is skipped and refused with RepErrTooBig up to this; past it the client is hung up on
 	optionsMax          = 4096     // options per connection before the client is hung up on
 	listExportsMax      = 16384    // RepServer replies to one OptList
+	// optionRepliesBytesMax bounds the meta context replies to one
+	// OptListMetaContext.
+	optionRepliesBytesMax = 1 << 20
 )
 
 // Block size constraints advertised with InfoBlockSize.
@@ -21,8 +25,12 @@ const (
 	blockBytesPreferred = 4096
 )
 
-// metaContextID is the id under which base:allocation is selected.
-const metaContextID = 1
+// metaContextID is the id under which base:allocation is selected;
+// changedContextID that of the cairn:changed:<base> context.
+const (
+	metaContextID    = 1
+	changedContextID = 2
+)
 
 // next says what the connection does after a negotiation step.
 type next int
@@ -49,6 +57,7 @@ type export struct {
 	flags      uint16 // transmission flags sent to the client
 	structured bool   // structured replies negotiated
 	allocation bool   // base:allocation selected for this export
+	changed    string // base of the cairn:changed context selected for it, or ""
 }
 
 // negotiation is the option-haggling state machine of one connection. It
@@ -68,6 +77,7 @@ type negotiation struct {
 	structured bool
 	metaExport string // export named by the last successful OptSetMetaContext
 	allocation bool   // base:allocation selected by it
+	changed    string // base of the cairn:changed context selected by it, or ""
 
 	chosen export // set when next == nextTransmit
 }
@@ -117,7 +127,7 @@ func (n *negotiation) tlsRequired(code uint32) bool {
 // forgotten: the client negotiates it again over TLS.
 func (n *negotiation) startedTLS() {
 	n.tls = true
-	n.structured, n.metaExport, n.allocation = false, "", false
+	n.structured, n.metaExport, n.allocation, n.changed = false, "", false, ""
 }
 
 // startTLS answers OptStartTLS.
@@ -187,7 +197,7 @@ func (n *negotiation) option(code uint32, data []byte) step {
 			return step{next: nextHangUp, reason: "NBD_OPT_EXPORT_NAME before TLS on a TLS-only server"}
 		}
 		if code == OptSetMetaContext {
-			n.metaExport, n.allocation = "", false
+			n.metaExport, n.allocation, n.changed = "", false, ""
 		}
 		return step{reply: errReply(nil, code, RepErrTLSReqd, "TLS required: send NBD_OPT_STARTTLS first")}
 	}
@@ -197,7 +207,7 @@ func (n *negotiation) option(code uint32, data []byte) step {
 			return step{next: nextHangUp, reason: err.Error()}
 		}
 		if code == OptSetMetaContext {
-			n.metaExport, n.allocation = "", false
+			n.metaExport, n.allocation, n.changed = "", false, ""
 		}
 		return step{reply: errReply(nil, code, RepErrInvalid, err.Error())}
 	}
@@ -249,6 +259,9 @@ func (n *negotiation) choose(name string, dev target.Device) {
 		structured: n.structured,
 		allocation: n.structured && n.allocation && n.metaExport == name,
 	}
+	if n.structured && n.metaExport == name {
+		n.chosen.changed = n.changed
+	}
 }
 
 // info answers OptInfo and OptGo.
@@ -281,45 +294,83 @@ func (n *negotiation) info(o Option) step {
 	return step{reply: out, next: nextTransmit}
 }
 
-// metaContext answers OptListMetaContext and OptSetMetaContext.
+// metaContext answers OptListMetaContext and OptSetMetaContext: the
+// contexts are base:allocation and, on a device that is a
+// target.ChangeMapper, cairn:changed:<base> for each of its bases. A set
+// selects base:allocation if asked and the first cairn:changed context
+// asked for that names a known base.
 func (n *negotiation) metaContext(o Option) step {
 	set := o.Code == OptSetMetaContext
 	if set {
 		// A set replaces the selection even when it fails.
-		n.metaExport, n.allocation = "", false
+		n.metaExport, n.allocation, n.changed = "", false, ""
 	}
 	if !n.structured {
 		return step{reply: errReply(nil, o.Code, RepErrInvalid, "structured replies not negotiated")}
 	}
-	name, _, ok := n.lookup(o.Name)
+	name, dev, ok := n.lookup(o.Name)
 	if !ok {
 		return step{reply: errReply(nil, o.Code, RepErrUnknown, n.unknown(n.canonical(o.Name)))}
 	}
-	match := !set && len(o.Queries) == 0 // an empty list lists everything
+	cm, _ := dev.(target.ChangeMapper)
+	all := !set && len(o.Queries) == 0 // an empty list lists everything
+	allocation := all
+	var changed []string // bases, in reply order
+	listChanged := func() {
+		if cm != nil && len(changed) == 0 {
+			changed = cm.ChangeBases()
+		}
+	}
+	if all {
+		listChanged()
+	}
 	for _, q := range o.Queries {
 		ns, leaf, ok := strings.Cut(q, ":")
 		if !ok || ns == "" {
 			return step{reply: errReply(nil, o.Code, RepErrInvalid, fmt.Sprintf("query %q has no namespace", q))}
 		}
-		if ns != "base" {
-			continue // unknown namespaces are ignored
+		switch ns {
+		case "base":
+			switch leaf {
+			case "allocation":
+				allocation = true
+			case "":
+				// "base:" lists every base context, selects none.
+				allocation = allocation || !set
+			}
+		case MetaContextNamespace:
+			base, isChanged := strings.CutPrefix(leaf, "changed:")
+			switch {
+			case (leaf == "" || leaf == "changed:") && !set:
+				listChanged() // "cairn:" and "cairn:changed:" list them all
+			case isChanged && base != "" && cm != nil && cm.HasChangeBase(base):
+				if !slices.Contains(changed, base) && (!set || len(changed) == 0) {
+					changed = append(changed, base)
+				}
+			}
 		}
-		switch leaf {
-		case "allocation":
-			match = true
-		case "":
-			// "base:" lists every base context, selects none.
-			match = match || !set
-		}
+		// Unknown namespaces are ignored.
 	}
 	var out []byte
-	if match {
+	if allocation {
 		id := uint32(0) // reserved in list replies
 		if set {
 			id = metaContextID
 			n.metaExport, n.allocation = name, true
 		}
 		out = AppendOptionReply(out, o.Code, RepMetaContext, AppendMetaContext(nil, id, MetaContextAllocation))
+	}
+	for _, base := range changed {
+		ctxName := MetaContextChangedPrefix + base
+		if len(ctxName) > StringBytesMax || len(out) > optionRepliesBytesMax {
+			break
+		}
+		id := uint32(0)
+		if set {
+			id = changedContextID
+			n.metaExport, n.changed = name, base
+		}
+		out = AppendOptionReply(out, o.Code, RepMetaContext, AppendMetaContext(nil, id, ctxName))
 	}
 	return step{reply: AppendOptionReply(out, o.Code, RepAck, nil)}
 }

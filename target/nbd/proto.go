@@ -136,8 +136,18 @@ const (
 	StateZero uint32 = 1 << 1
 )
 
-// MetaContextAllocation is the one metadata context this server knows.
+// MetaContextAllocation is the allocation metadata context.
 const MetaContextAllocation = "base:allocation"
+
+// The cairn namespace's metadata contexts: cairn:changed:<base> reports,
+// for a device that is a target.ChangeMapper, which blocks changed since
+// base (a snapshot). Status flag StateChanged set: the blocks changed
+// (they may read differently than at base); clear: they read as at base.
+const (
+	MetaContextNamespace            = "cairn"
+	MetaContextChangedPrefix        = "cairn:changed:"
+	StateChanged             uint32 = 1 << 0
+)
 
 // Sizes of fixed-size messages, in bytes.
 const (

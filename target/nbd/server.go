@@ -155,7 +155,7 @@ func (o Options) withDefaults() Options {
 	if o.InFlightBytesMax == 0 {
 		o.InFlightBytesMax = InFlightBytesMaxDefault
 	}
-	o.InFlightBytesMax = max(o.InFlightBytesMax, o.RequestBytesMax, blockStatusBytes)
+	o.InFlightBytesMax = max(o.InFlightBytesMax, o.RequestBytesMax, 2*blockStatusBytes)
 	if o.ReplyTimeout == 0 {
 		o.ReplyTimeout = target.ReplyTimeoutDefault
 	}
@@ -521,10 +521,13 @@ func (c *conn) attach(e export) string {
 	c.nc.SetDeadline(time.Time{})
 	c.export, c.dev, c.structured, c.allocation = e.name, e.dev, e.structured, e.allocation
 	c.mapper, _ = e.dev.(target.Mapper)
+	if cm, ok := e.dev.(target.ChangeMapper); ok && e.changed != "" {
+		c.changed, c.changer = e.changed, cm
+	}
 	c.attached = true
 	c.s.mu.Unlock()
 	c.s.log.Info("nbd: connection attached", "remote", c.nc.RemoteAddr().String(), "export", e.name,
-		"tls", c.tlsConn != nil, "structured", e.structured, "base_allocation", e.allocation, "flags", fmt.Sprintf("%#x", e.flags))
+		"tls", c.tlsConn != nil, "structured", e.structured, "base_allocation", e.allocation, "changed_since", e.changed, "flags", fmt.Sprintf("%#x", e.flags))
 	return ""
 }
 
