@@ -43,7 +43,7 @@ type lineageState struct {
 	mu struct {
 		sync.Mutex
 		retained map[uint64]retainedPush // by volume id: what was last set
-		lineage  map[uint64]uint64   // by volume id: the lineage version set
+		lineage  map[uint64]uint64       // by volume id: the lineage version set
 	}
 	// applyErrors counts failures to apply catalog metadata to the store,
 	// by what: retained, lineage, report.
