@@ -94,8 +94,11 @@ func decodeLineage(vol uint64, v []byte) (*Lineage, error) {
 			l.Rollbacks[i] = Rollback{From: binary.BigEndian.Uint64(v[16+16*i:]), To: binary.BigEndian.Uint64(v[24+16*i:])}
 		}
 	}
-	if err := l.check(vol); err != nil || l.isZero() || (l.Parent == 0 && l.ParentEpoch != 0) {
-		return nil, fmt.Errorf("%w: lineage of volume %d: %v", ErrCorrupt, vol, err)
+	if err := l.check(vol); err != nil {
+		return nil, fmt.Errorf("%w: lineage of volume %d: %w", ErrCorrupt, vol, err)
+	}
+	if l.isZero() || (l.Parent == 0 && l.ParentEpoch != 0) {
+		return nil, fmt.Errorf("%w: lineage of volume %d: empty, or a parent epoch without a parent", ErrCorrupt, vol)
 	}
 	return l, nil
 }
