@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 
 	"cairn/target"
+	"cairn/target/reservation"
 )
 
 // Version descriptors (SPC-4 Table 21): SAM-5, iSCSI, SPC-4, SBC-3.
@@ -351,17 +352,17 @@ var supportedOpcodes = []opcode{
 	{usage: []byte{scsiRelease6, 0, 0, 0, 0, 0}},
 	{usage: []byte{scsiReserve10, 0, 0, 0, 0, 0, 0, 0, 0, 0}},
 	{usage: []byte{scsiRelease10, 0, 0, 0, 0, 0, 0, 0, 0, 0}},
-	{sa: prReadKeys, hasSA: true, usage: []byte{scsiPRIn, prReadKeys, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
-	{sa: prReadReservation, hasSA: true, usage: []byte{scsiPRIn, prReadReservation, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
-	{sa: prReportCapabilities, hasSA: true, usage: []byte{scsiPRIn, prReportCapabilities, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
-	{sa: prReadFullStatus, hasSA: true, usage: []byte{scsiPRIn, prReadFullStatus, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
-	{sa: prRegister, hasSA: true, usage: []byte{scsiPROut, prRegister, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
-	{sa: prReserve, hasSA: true, usage: []byte{scsiPROut, prReserve, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
-	{sa: prRelease, hasSA: true, usage: []byte{scsiPROut, prRelease, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
-	{sa: prClear, hasSA: true, usage: []byte{scsiPROut, prClear, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
-	{sa: prPreempt, hasSA: true, usage: []byte{scsiPROut, prPreempt, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
-	{sa: prPreemptAbort, hasSA: true, usage: []byte{scsiPROut, prPreemptAbort, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
-	{sa: prRegisterIgnore, hasSA: true, usage: []byte{scsiPROut, prRegisterIgnore, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{sa: reservation.InReadKeys, hasSA: true, usage: []byte{scsiPRIn, reservation.InReadKeys, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
+	{sa: reservation.InReadReservation, hasSA: true, usage: []byte{scsiPRIn, reservation.InReadReservation, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
+	{sa: reservation.InReportCapabilities, hasSA: true, usage: []byte{scsiPRIn, reservation.InReportCapabilities, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
+	{sa: reservation.InReadFullStatus, hasSA: true, usage: []byte{scsiPRIn, reservation.InReadFullStatus, 0, 0, 0, 0, 0, 0xff, 0xff, 0}},
+	{sa: reservation.OutRegister, hasSA: true, usage: []byte{scsiPROut, reservation.OutRegister, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{sa: reservation.OutReserve, hasSA: true, usage: []byte{scsiPROut, reservation.OutReserve, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{sa: reservation.OutRelease, hasSA: true, usage: []byte{scsiPROut, reservation.OutRelease, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{sa: reservation.OutClear, hasSA: true, usage: []byte{scsiPROut, reservation.OutClear, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{sa: reservation.OutPreempt, hasSA: true, usage: []byte{scsiPROut, reservation.OutPreempt, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{sa: reservation.OutPreemptAbort, hasSA: true, usage: []byte{scsiPROut, reservation.OutPreemptAbort, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
+	{sa: reservation.OutRegisterIgnore, hasSA: true, usage: []byte{scsiPROut, reservation.OutRegisterIgnore, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0}},
 }
 
 // supports reports whether the unit runs op: COMPARE AND WRITE needs a

@@ -19,26 +19,6 @@ const (
 	scsiPROut     = 0x5f
 )
 
-// PERSISTENT RESERVE OUT service actions (SPC-4 §6.16.2).
-const (
-	prRegister       = 0x00
-	prReserve        = 0x01
-	prRelease        = 0x02
-	prClear          = 0x03
-	prPreempt        = 0x04
-	prPreemptAbort   = 0x05
-	prRegisterIgnore = 0x06
-	prRegisterMove   = 0x07
-)
-
-// PERSISTENT RESERVE IN service actions (SPC-4 §6.15.1).
-const (
-	prReadKeys           = 0x00
-	prReadReservation    = 0x01
-	prReportCapabilities = 0x02
-	prReadFullStatus     = 0x03
-)
-
 // Bounds of the reservation state of one logical unit.
 const (
 	// RegistrationsMax bounds the registrations of one logical unit; a

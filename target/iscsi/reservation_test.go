@@ -102,10 +102,10 @@ func TestReservationsPersist(t *testing.T) {
 	store := &memStore{states: map[string][]byte{}}
 	s1, addr, _ := testServer(t, Options{Reservations: store})
 	a, b := loginAs(t, addr, "iqn.2026-01.test:a"), loginAs(t, addr, "iqn.2026-01.test:b")
-	if st, _, _ := prOut(a, prRegister, 0, 0, 0xa); st != statusGood {
+	if st, _, _ := prOut(a, reservation.OutRegister, 0, 0, 0xa); st != statusGood {
 		t.Fatalf("register: %#x", st)
 	}
-	if st, _, _ := prOut(a, prReserve, reservation.ExclusiveAccess, 0xa, 0); st != statusGood {
+	if st, _, _ := prOut(a, reservation.OutReserve, reservation.ExclusiveAccess, 0xa, 0); st != statusGood {
 		t.Fatalf("reserve: %#x", st)
 	}
 	if st, _, _, _ := b.command(syncCache10, 0, nil); st != statusResConflict {
@@ -127,7 +127,7 @@ func TestReservationsPersist(t *testing.T) {
 
 	store.setFail(true)
 	saves := store.saves
-	if st, key, asc := prOut(a, prRegister, 0, 0xa, 0xb); st != statusCheckCondition || key != keyHardwareError || asc != 0x44 {
+	if st, key, asc := prOut(a, reservation.OutRegister, 0, 0xa, 0xb); st != statusCheckCondition || key != keyHardwareError || asc != 0x44 {
 		t.Fatalf("unsaved register: status %#x sense %#x/%#x, want HARDWARE ERROR 44h", st, key, asc)
 	}
 	// The state is reloaded from the store: while it is down, commands fail
@@ -136,7 +136,7 @@ func TestReservationsPersist(t *testing.T) {
 		t.Fatalf("with the store down: status %#x key %#x", st, key)
 	}
 	store.setFail(false)
-	readKeys := []byte{scsiPRIn, prReadKeys, 0, 0, 0, 0, 0, 0, 64, 0}
+	readKeys := []byte{scsiPRIn, reservation.InReadKeys, 0, 0, 0, 0, 0, 0, 64, 0}
 	st, _, _, in := a.command(readKeys, 64, nil)
 	if st != statusGood || len(in) != 16 || binary.BigEndian.Uint64(in[8:]) != 0xa || store.saves != saves {
 		t.Fatalf("after a failed save: status %#x keys % x (saves %d→%d), want key a only", st, in, saves, store.saves)
@@ -151,15 +151,15 @@ func TestReservationsPersist(t *testing.T) {
 func TestPreemptUnitAttention(t *testing.T) {
 	_, addr, _ := testServer(t, Options{})
 	a, b := loginAs(t, addr, "iqn.2026-01.test:a"), loginAs(t, addr, "iqn.2026-01.test:b")
-	prOut(a, prRegister, 0, 0, 0xa)
-	prOut(b, prRegister, 0, 0, 0xb)
-	if st, _, _ := prOut(b, prPreemptAbort, reservation.WriteExclusive, 0xb, 0xa); st != statusGood {
+	prOut(a, reservation.OutRegister, 0, 0, 0xa)
+	prOut(b, reservation.OutRegister, 0, 0, 0xb)
+	if st, _, _ := prOut(b, reservation.OutPreemptAbort, reservation.WriteExclusive, 0xb, 0xa); st != statusGood {
 		t.Fatalf("preempt: %#x", st)
 	}
 	if st, key, asc, _ := a.command(testUnitReady(), 0, nil); st != statusCheckCondition || key != keyUnitAttention || asc != 0x2a {
 		t.Fatalf("preempted nexus: status %#x sense %#x/%#x, want REGISTRATIONS PREEMPTED", st, key, asc)
 	}
-	if st, _, _ := prOut(b, prRegister, 0, 0xb, 0); st != statusGood {
+	if st, _, _ := prOut(b, reservation.OutRegister, 0, 0xb, 0); st != statusGood {
 		t.Fatal("unregister")
 	}
 	reserve6 := []byte{scsiReserve6, 0, 0, 0, 0, 0}

@@ -14,24 +14,25 @@ import (
 // causes; PERSISTENT RESERVE IN and the conflict check only read. No I/O
 // here: unit.go loads, saves and publishes states.
 
-// PERSISTENT RESERVE OUT service actions (SPC-4 §6.16.2).
+// PERSISTENT RESERVE OUT service actions (SPC-4 §6.16.2), for the
+// front end that decodes the commands and for Apply.
 const (
-	prRegister       = 0x00
-	prReserve        = 0x01
-	prRelease        = 0x02
-	prClear          = 0x03
-	prPreempt        = 0x04
-	prPreemptAbort   = 0x05
-	prRegisterIgnore = 0x06
-	prRegisterMove   = 0x07
+	OutRegister       = 0x00
+	OutReserve        = 0x01
+	OutRelease        = 0x02
+	OutClear          = 0x03
+	OutPreempt        = 0x04
+	OutPreemptAbort   = 0x05
+	OutRegisterIgnore = 0x06
+	OutRegisterMove   = 0x07
 )
 
 // PERSISTENT RESERVE IN service actions (SPC-4 §6.15.1).
 const (
-	prReadKeys           = 0x00
-	prReadReservation    = 0x01
-	prReportCapabilities = 0x02
-	prReadFullStatus     = 0x03
+	InReadKeys           = 0x00
+	InReadReservation    = 0x01
+	InReportCapabilities = 0x02
+	InReadFullStatus     = 0x03
 )
 
 // Type is a persistent reservation type (SPC-4 §6.15.3.4); 0 means no
@@ -282,7 +283,7 @@ func (s *State) Out(n Nexus, cdb, param []byte, persistent bool) (Outcome, error
 	sa := cdb[1] & 0x1f
 	scope, typ := cdb[2]>>4, Type(cdb[2]&0x0f)
 	switch sa {
-	case prRegister, prRegisterIgnore, prReserve, prRelease, prClear, prPreempt, prPreemptAbort:
+	case OutRegister, OutRegisterIgnore, OutReserve, OutRelease, OutClear, OutPreempt, OutPreemptAbort:
 	default: // REGISTER AND MOVE and unknown service actions
 		return Outcome{}, ErrInvalidField
 	}
@@ -291,20 +292,20 @@ func (s *State) Out(n Nexus, cdb, param []byte, persistent bool) (Outcome, error
 		return Outcome{}, err
 	}
 	switch sa {
-	case prReserve, prRelease, prPreempt, prPreemptAbort:
+	case OutReserve, OutRelease, OutPreempt, OutPreemptAbort:
 		if scope != scopeLU {
 			return Outcome{}, ErrInvalidField
 		}
 	}
 	i := s.find(n)
-	if sa == prRegister || sa == prRegisterIgnore {
-		return s.register(n, i, sa == prRegisterIgnore, p, persistent)
+	if sa == OutRegister || sa == OutRegisterIgnore {
+		return s.register(n, i, sa == OutRegisterIgnore, p, persistent)
 	}
 	if i < 0 || s.regs[i].key != p.key {
 		return Outcome{}, errConflict
 	}
 	switch sa {
-	case prReserve:
+	case OutReserve:
 		if !typ.valid() {
 			return Outcome{}, ErrInvalidField
 		}
@@ -320,7 +321,7 @@ func (s *State) Out(n Nexus, cdb, param []byte, persistent bool) (Outcome, error
 			next.holder = n
 		}
 		return Outcome{Next: next}, nil
-	case prRelease:
+	case OutRelease:
 		if !s.isHolder(n) {
 			return Outcome{}, nil
 		}
@@ -334,14 +335,14 @@ func (s *State) Out(n Nexus, cdb, param []byte, persistent bool) (Outcome, error
 			o.Attentions = next.uaAll(n, ReservationsReleased)
 		}
 		return o, nil
-	case prClear:
+	case OutClear:
 		next := s.clone()
 		o := Outcome{Next: next, Attentions: next.uaAll(n, ReservationsPreempted)}
 		next.regs, next.resType, next.holder = nil, 0, Nexus{}
 		next.generation++
 		return o, nil
 	}
-	return s.preempt(n, typ, p, sa == prPreemptAbort)
+	return s.preempt(n, typ, p, sa == OutPreemptAbort)
 }
 
 // register executes REGISTER and REGISTER AND IGNORE EXISTING KEY from n,
@@ -486,12 +487,12 @@ func (s *State) uaAll(n Nexus, ua Cause) []Attention {
 func (s *State) In(cdb []byte, persistent bool) ([]byte, error) {
 	var b []byte
 	switch cdb[1] & 0x1f {
-	case prReadKeys:
+	case InReadKeys:
 		b = make([]byte, 8, 8+8*len(s.regs))
 		for _, r := range s.regs {
 			b = binary.BigEndian.AppendUint64(b, r.key)
 		}
-	case prReadReservation:
+	case InReadReservation:
 		b = make([]byte, 8, 24)
 		if s.resType != 0 {
 			var d [16]byte
@@ -501,7 +502,7 @@ func (s *State) In(cdb []byte, persistent bool) ([]byte, error) {
 			d[13] = scopeLU<<4 | byte(s.resType)
 			b = append(b, d[:]...)
 		}
-	case prReportCapabilities:
+	case InReportCapabilities:
 		b = make([]byte, 8)
 		b[1] = 8
 		b[2] = 0x04 // ATP_C: one target port, so all of them
@@ -515,7 +516,7 @@ func (s *State) In(cdb []byte, persistent bool) ([]byte, error) {
 		b[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02 // WR_EX_AR, EX_AC_RO, WR_EX_RO, EX_AC, WR_EX
 		b[5] = 0x01                             // EX_AC_AR
 		return b, nil
-	case prReadFullStatus:
+	case InReadFullStatus:
 		b = make([]byte, 8)
 		for _, r := range s.regs {
 			tid := r.nexus.transportID()

@@ -54,77 +54,77 @@ func TestPROut(t *testing.T) {
 		steps []prStep
 	}{
 		{"register", []prStep{
-			{who: nxA, sa: prRegister, key: 1, sark: 2, err: errConflict},
-			{who: nxA, sa: prRegister, sark: 0}, // nothing to do
-			{who: nxA, sa: prRegister, sark: 10, keys: []uint64{10}, gen: 1},
-			{who: nxA, sa: prRegister, key: 11, sark: 12, err: errConflict, keys: []uint64{10}, gen: 1},
-			{who: nxA, sa: prRegister, key: 10, sark: 12, keys: []uint64{12}, gen: 2},
-			{who: nxA2, sa: prRegisterIgnore, key: 99, sark: 12, keys: []uint64{12, 12}, gen: 3}, // other ISID, other nexus
-			{who: nxA, sa: prRegisterIgnore, key: 99, sark: 13, keys: []uint64{13, 12}, gen: 4},
-			{who: nxA, sa: prRegister, key: 13, sark: 0, keys: []uint64{12}, gen: 5},
-			{who: nxA, sa: prRegisterMove, key: 13, err: ErrInvalidField, keys: []uint64{12}, gen: 5},
+			{who: nxA, sa: OutRegister, key: 1, sark: 2, err: errConflict},
+			{who: nxA, sa: OutRegister, sark: 0}, // nothing to do
+			{who: nxA, sa: OutRegister, sark: 10, keys: []uint64{10}, gen: 1},
+			{who: nxA, sa: OutRegister, key: 11, sark: 12, err: errConflict, keys: []uint64{10}, gen: 1},
+			{who: nxA, sa: OutRegister, key: 10, sark: 12, keys: []uint64{12}, gen: 2},
+			{who: nxA2, sa: OutRegisterIgnore, key: 99, sark: 12, keys: []uint64{12, 12}, gen: 3}, // other ISID, other nexus
+			{who: nxA, sa: OutRegisterIgnore, key: 99, sark: 13, keys: []uint64{13, 12}, gen: 4},
+			{who: nxA, sa: OutRegister, key: 13, sark: 0, keys: []uint64{12}, gen: 5},
+			{who: nxA, sa: OutRegisterMove, key: 13, err: ErrInvalidField, keys: []uint64{12}, gen: 5},
 			{who: nxA, sa: 0x1f, err: ErrInvalidField, keys: []uint64{12}, gen: 5},
 		}},
 		{"reserve release", []prStep{
-			{who: nxA, sa: prReserve, typ: ExclusiveAccess, key: 1, err: errConflict},
-			{who: nxA, sa: prRegister, sark: 1, keys: []uint64{1}, gen: 1},
-			{who: nxB, sa: prRegister, sark: 2, keys: []uint64{1, 2}, gen: 2},
-			{who: nxA, sa: prReserve, typ: 2, key: 1, err: ErrInvalidField, keys: []uint64{1, 2}, gen: 2},
-			{who: nxA, sa: prReserve, typ: ExclusiveAccess, key: 2, err: errConflict, keys: []uint64{1, 2}, gen: 2},
-			{who: nxA, sa: prReserve, typ: ExclusiveAccess, key: 1, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2},
-			{who: nxA, sa: prReserve, typ: ExclusiveAccess, key: 1, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2},
-			{who: nxA, sa: prReserve, typ: WriteExclusive, key: 1, err: errConflict, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2},
-			{who: nxB, sa: prReserve, typ: ExclusiveAccess, key: 2, err: errConflict, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2},
-			{who: nxB, sa: prRelease, typ: ExclusiveAccess, key: 2, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2}, // not the holder: nothing
-			{who: nxA, sa: prRelease, typ: WriteExclusive, key: 1, err: ErrInvalidRelease, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2},
-			{who: nxA, sa: prRelease, typ: ExclusiveAccess, key: 1, keys: []uint64{1, 2}, gen: 2},
-			{who: nxA, sa: prReserve, typ: WriteExclusiveRO, key: 1, keys: []uint64{1, 2}, res: WriteExclusiveRO, holder: nxA, gen: 2},
-			{who: nxA, sa: prRelease, typ: WriteExclusiveRO, key: 1, keys: []uint64{1, 2}, gen: 2, uas: []Attention{ua(nxB, ReservationsReleased)}},
+			{who: nxA, sa: OutReserve, typ: ExclusiveAccess, key: 1, err: errConflict},
+			{who: nxA, sa: OutRegister, sark: 1, keys: []uint64{1}, gen: 1},
+			{who: nxB, sa: OutRegister, sark: 2, keys: []uint64{1, 2}, gen: 2},
+			{who: nxA, sa: OutReserve, typ: 2, key: 1, err: ErrInvalidField, keys: []uint64{1, 2}, gen: 2},
+			{who: nxA, sa: OutReserve, typ: ExclusiveAccess, key: 2, err: errConflict, keys: []uint64{1, 2}, gen: 2},
+			{who: nxA, sa: OutReserve, typ: ExclusiveAccess, key: 1, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2},
+			{who: nxA, sa: OutReserve, typ: ExclusiveAccess, key: 1, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2},
+			{who: nxA, sa: OutReserve, typ: WriteExclusive, key: 1, err: errConflict, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2},
+			{who: nxB, sa: OutReserve, typ: ExclusiveAccess, key: 2, err: errConflict, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2},
+			{who: nxB, sa: OutRelease, typ: ExclusiveAccess, key: 2, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2}, // not the holder: nothing
+			{who: nxA, sa: OutRelease, typ: WriteExclusive, key: 1, err: ErrInvalidRelease, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2},
+			{who: nxA, sa: OutRelease, typ: ExclusiveAccess, key: 1, keys: []uint64{1, 2}, gen: 2},
+			{who: nxA, sa: OutReserve, typ: WriteExclusiveRO, key: 1, keys: []uint64{1, 2}, res: WriteExclusiveRO, holder: nxA, gen: 2},
+			{who: nxA, sa: OutRelease, typ: WriteExclusiveRO, key: 1, keys: []uint64{1, 2}, gen: 2, uas: []Attention{ua(nxB, ReservationsReleased)}},
 		}},
 		{"holder unregisters", []prStep{
-			{who: nxA, sa: prRegister, sark: 1, keys: []uint64{1}, gen: 1},
-			{who: nxB, sa: prRegister, sark: 2, keys: []uint64{1, 2}, gen: 2},
-			{who: nxA, sa: prReserve, typ: ExclusiveAccessRO, key: 1, keys: []uint64{1, 2}, res: ExclusiveAccessRO, holder: nxA, gen: 2},
-			{who: nxA, sa: prRegister, key: 1, keys: []uint64{2}, gen: 3, uas: []Attention{ua(nxB, ReservationsReleased)}},
-			{who: nxB, sa: prReserve, typ: WriteExclusiveAR, key: 2, keys: []uint64{2}, res: WriteExclusiveAR, gen: 3},
-			{who: nxA, sa: prRegister, sark: 1, keys: []uint64{2, 1}, res: WriteExclusiveAR, gen: 4},
-			{who: nxA, sa: prReserve, typ: WriteExclusiveAR, key: 1, keys: []uint64{2, 1}, res: WriteExclusiveAR, gen: 4}, // a holder too
-			{who: nxB, sa: prRegister, key: 2, keys: []uint64{1}, res: WriteExclusiveAR, gen: 5},                          // stays: A is registered
-			{who: nxA, sa: prRegister, key: 1, gen: 6},                                                                    // last one: released
+			{who: nxA, sa: OutRegister, sark: 1, keys: []uint64{1}, gen: 1},
+			{who: nxB, sa: OutRegister, sark: 2, keys: []uint64{1, 2}, gen: 2},
+			{who: nxA, sa: OutReserve, typ: ExclusiveAccessRO, key: 1, keys: []uint64{1, 2}, res: ExclusiveAccessRO, holder: nxA, gen: 2},
+			{who: nxA, sa: OutRegister, key: 1, keys: []uint64{2}, gen: 3, uas: []Attention{ua(nxB, ReservationsReleased)}},
+			{who: nxB, sa: OutReserve, typ: WriteExclusiveAR, key: 2, keys: []uint64{2}, res: WriteExclusiveAR, gen: 3},
+			{who: nxA, sa: OutRegister, sark: 1, keys: []uint64{2, 1}, res: WriteExclusiveAR, gen: 4},
+			{who: nxA, sa: OutReserve, typ: WriteExclusiveAR, key: 1, keys: []uint64{2, 1}, res: WriteExclusiveAR, gen: 4}, // a holder too
+			{who: nxB, sa: OutRegister, key: 2, keys: []uint64{1}, res: WriteExclusiveAR, gen: 5},                          // stays: A is registered
+			{who: nxA, sa: OutRegister, key: 1, gen: 6},                                                                    // last one: released
 		}},
 		{"clear", []prStep{
-			{who: nxA, sa: prRegister, sark: 1, keys: []uint64{1}, gen: 1},
-			{who: nxB, sa: prRegister, sark: 2, keys: []uint64{1, 2}, gen: 2},
-			{who: nxA, sa: prReserve, typ: ExclusiveAccess, key: 1, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2},
-			{who: nxC, sa: prClear, key: 3, err: errConflict, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2},
-			{who: nxB, sa: prClear, key: 2, gen: 3, uas: []Attention{ua(nxA, ReservationsPreempted)}},
+			{who: nxA, sa: OutRegister, sark: 1, keys: []uint64{1}, gen: 1},
+			{who: nxB, sa: OutRegister, sark: 2, keys: []uint64{1, 2}, gen: 2},
+			{who: nxA, sa: OutReserve, typ: ExclusiveAccess, key: 1, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2},
+			{who: nxC, sa: OutClear, key: 3, err: errConflict, keys: []uint64{1, 2}, res: ExclusiveAccess, holder: nxA, gen: 2},
+			{who: nxB, sa: OutClear, key: 2, gen: 3, uas: []Attention{ua(nxA, ReservationsPreempted)}},
 		}},
 		{"preempt", []prStep{
-			{who: nxA, sa: prRegister, sark: 1, keys: []uint64{1}, gen: 1},
-			{who: nxB, sa: prRegister, sark: 2, keys: []uint64{1, 2}, gen: 2},
-			{who: nxC, sa: prRegister, sark: 3, keys: []uint64{1, 2, 3}, gen: 3},
+			{who: nxA, sa: OutRegister, sark: 1, keys: []uint64{1}, gen: 1},
+			{who: nxB, sa: OutRegister, sark: 2, keys: []uint64{1, 2}, gen: 2},
+			{who: nxC, sa: OutRegister, sark: 3, keys: []uint64{1, 2, 3}, gen: 3},
 			// No reservation: removes registrations only.
-			{who: nxB, sa: prPreempt, typ: ExclusiveAccess, key: 2, sark: 9, err: errConflict, keys: []uint64{1, 2, 3}, gen: 3},
-			{who: nxB, sa: prPreempt, typ: ExclusiveAccess, key: 2, sark: 1, keys: []uint64{2, 3}, gen: 4, uas: []Attention{ua(nxA, RegistrationsPreempted)}},
-			{who: nxA, sa: prRegister, sark: 1, keys: []uint64{2, 3, 1}, gen: 5},
-			{who: nxA, sa: prReserve, typ: WriteExclusive, key: 1, keys: []uint64{2, 3, 1}, res: WriteExclusive, holder: nxA, gen: 5},
+			{who: nxB, sa: OutPreempt, typ: ExclusiveAccess, key: 2, sark: 9, err: errConflict, keys: []uint64{1, 2, 3}, gen: 3},
+			{who: nxB, sa: OutPreempt, typ: ExclusiveAccess, key: 2, sark: 1, keys: []uint64{2, 3}, gen: 4, uas: []Attention{ua(nxA, RegistrationsPreempted)}},
+			{who: nxA, sa: OutRegister, sark: 1, keys: []uint64{2, 3, 1}, gen: 5},
+			{who: nxA, sa: OutReserve, typ: WriteExclusive, key: 1, keys: []uint64{2, 3, 1}, res: WriteExclusive, holder: nxA, gen: 5},
 			// Not the holder's key: registrations only; zero is invalid.
-			{who: nxB, sa: prPreempt, typ: ExclusiveAccess, key: 2, sark: 0, err: ErrInvalidParam, keys: []uint64{2, 3, 1}, res: WriteExclusive, holder: nxA, gen: 5},
-			{who: nxB, sa: prPreempt, typ: ExclusiveAccess, key: 2, sark: 3, keys: []uint64{2, 1}, res: WriteExclusive, holder: nxA, gen: 6, uas: []Attention{ua(nxC, RegistrationsPreempted)}},
+			{who: nxB, sa: OutPreempt, typ: ExclusiveAccess, key: 2, sark: 0, err: ErrInvalidParam, keys: []uint64{2, 3, 1}, res: WriteExclusive, holder: nxA, gen: 5},
+			{who: nxB, sa: OutPreempt, typ: ExclusiveAccess, key: 2, sark: 3, keys: []uint64{2, 1}, res: WriteExclusive, holder: nxA, gen: 6, uas: []Attention{ua(nxC, RegistrationsPreempted)}},
 			// The holder's key: the reservation moves, with its new type.
-			{who: nxB, sa: prPreemptAbort, typ: ExclusiveAccess, key: 2, sark: 1, keys: []uint64{2}, res: ExclusiveAccess, holder: nxB, gen: 7,
+			{who: nxB, sa: OutPreemptAbort, typ: ExclusiveAccess, key: 2, sark: 1, keys: []uint64{2}, res: ExclusiveAccess, holder: nxB, gen: 7,
 				uas: []Attention{ua(nxA, RegistrationsPreempted)}, abort: []Nexus{nxA}},
-			{who: nxB, sa: prPreempt, typ: ExclusiveAccess, key: 2, sark: 1, err: errConflict, keys: []uint64{2}, res: ExclusiveAccess, holder: nxB, gen: 7},
+			{who: nxB, sa: OutPreempt, typ: ExclusiveAccess, key: 2, sark: 1, err: errConflict, keys: []uint64{2}, res: ExclusiveAccess, holder: nxB, gen: 7},
 			// Self-preempt changes the type and keeps the registration.
-			{who: nxC, sa: prRegister, sark: 3, keys: []uint64{2, 3}, res: ExclusiveAccess, holder: nxB, gen: 8},
-			{who: nxB, sa: prPreempt, typ: WriteExclusiveAR, key: 2, sark: 2, keys: []uint64{2, 3}, res: WriteExclusiveAR, gen: 9,
+			{who: nxC, sa: OutRegister, sark: 3, keys: []uint64{2, 3}, res: ExclusiveAccess, holder: nxB, gen: 8},
+			{who: nxB, sa: OutPreempt, typ: WriteExclusiveAR, key: 2, sark: 2, keys: []uint64{2, 3}, res: WriteExclusiveAR, gen: 9,
 				uas: []Attention{ua(nxC, ReservationsReleased)}},
 			// All registrants, SARK 0: everyone else goes.
-			{who: nxA, sa: prRegister, sark: 1, keys: []uint64{2, 3, 1}, res: WriteExclusiveAR, gen: 10},
-			{who: nxC, sa: prPreempt, typ: ExclusiveAccess, key: 3, sark: 0, keys: []uint64{3}, res: ExclusiveAccess, holder: nxC, gen: 11,
+			{who: nxA, sa: OutRegister, sark: 1, keys: []uint64{2, 3, 1}, res: WriteExclusiveAR, gen: 10},
+			{who: nxC, sa: OutPreempt, typ: ExclusiveAccess, key: 3, sark: 0, keys: []uint64{3}, res: ExclusiveAccess, holder: nxC, gen: 11,
 				uas: []Attention{ua(nxB, RegistrationsPreempted), ua(nxA, RegistrationsPreempted)}},
-			{who: nxC, sa: prPreempt, typ: ExclusiveAccess, key: 3, sark: 3, keys: []uint64{3}, res: ExclusiveAccess, holder: nxC, gen: 12},
-			{who: nxC, sa: prPreempt, typ: 2, key: 3, sark: 3, err: ErrInvalidField, keys: []uint64{3}, res: ExclusiveAccess, holder: nxC, gen: 12},
+			{who: nxC, sa: OutPreempt, typ: ExclusiveAccess, key: 3, sark: 3, keys: []uint64{3}, res: ExclusiveAccess, holder: nxC, gen: 12},
+			{who: nxC, sa: OutPreempt, typ: 2, key: 3, sark: 3, err: ErrInvalidField, keys: []uint64{3}, res: ExclusiveAccess, holder: nxC, gen: 12},
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -206,20 +206,20 @@ func TestPROutParams(t *testing.T) {
 		{32, append(proutParams(0, 1, 0x08), make([]byte, 8)...), ErrInvalidParam}, // SPEC_I_PT
 		{24, proutParams(0, 1, 0x01), ErrInvalidParam},                             // APTPL, not persistent
 	} {
-		cdb := proutCDB(prRegister, 0)
+		cdb := proutCDB(OutRegister, 0)
 		binary.BigEndian.PutUint32(cdb[5:], tc.plen)
 		if _, err := (&State{}).Out(nxA, cdb, tc.param, false); err != tc.err {
 			t.Errorf("plen %d flags %#x: %v, want %v", tc.plen, tc.param[min(20, len(tc.param)-1)], err, tc.err)
 		}
 	}
-	o, err := (&State{}).Out(nxA, proutCDB(prRegister, 0), proutParams(0, 1, 0x05), true)
+	o, err := (&State{}).Out(nxA, proutCDB(OutRegister, 0), proutParams(0, 1, 0x05), true)
 	if err != nil || !o.Next.aptpl || !o.Next.regs[0].allTgPt {
 		t.Fatalf("APTPL and ALL_TG_PT when persistent: %v %+v", err, o.Next)
 	}
-	if _, err := (&State{}).Out(nxA, proutCDB(prReserve, ExclusiveAccess)[:], proutParams(1, 0, 0), false); err != errConflict {
+	if _, err := (&State{}).Out(nxA, proutCDB(OutReserve, ExclusiveAccess)[:], proutParams(1, 0, 0), false); err != errConflict {
 		t.Fatal(err)
 	}
-	cdb := proutCDB(prReserve, ExclusiveAccess)
+	cdb := proutCDB(OutReserve, ExclusiveAccess)
 	cdb[2] |= 0x10 // scope
 	if _, err := (&State{}).Out(nxA, cdb, proutParams(1, 0, 0), false); err != ErrInvalidField {
 		t.Fatal(err)
@@ -231,7 +231,7 @@ func TestPRRegistrationsMax(t *testing.T) {
 	long := strings.Repeat("n", initiatorNameBytesMax)
 	for i := range RegistrationsMax + 1 {
 		n := Nexus{Initiator: long, ISID: [6]byte{byte(i >> 8), byte(i)}}
-		o, err := st.Out(n, proutCDB(prRegister, 0), proutParams(0, uint64(i+1), 0), true)
+		o, err := st.Out(n, proutCDB(OutRegister, 0), proutParams(0, uint64(i+1), 0), true)
 		if i == RegistrationsMax {
 			if err != ErrNoResources {
 				t.Fatalf("registration %d: %v", i, err)
@@ -246,7 +246,7 @@ func TestPRRegistrationsMax(t *testing.T) {
 	if n := len(st.Encode()); n > StateBytesMax {
 		t.Fatalf("full state encodes to %d bytes > %d", n, StateBytesMax)
 	}
-	if _, err := st.Out(Nexus{Initiator: long + "x"}, proutCDB(prRegisterIgnore, 0), proutParams(0, 1, 0), true); err != ErrNoResources {
+	if _, err := st.Out(Nexus{Initiator: long + "x"}, proutCDB(OutRegisterIgnore, 0), proutParams(0, 1, 0), true); err != ErrNoResources {
 		t.Fatalf("name too long: %v", err)
 	}
 }
@@ -261,16 +261,16 @@ func TestPRIn(t *testing.T) {
 		}
 		return b
 	}
-	if b := in(prReadKeys); !bytes.Equal(b, []byte{0, 0, 0, 7, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0x11, 0, 0, 0, 0, 0, 0, 0, 0x22}) {
+	if b := in(InReadKeys); !bytes.Equal(b, []byte{0, 0, 0, 7, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0x11, 0, 0, 0, 0, 0, 0, 0, 0x22}) {
 		t.Errorf("READ KEYS % x", b)
 	}
-	if b := in(prReadReservation); len(b) != 24 || be32(b[4:]) != 16 || be64(b[8:]) != 0x22 || b[21] != 0x03 {
+	if b := in(InReadReservation); len(b) != 24 || be32(b[4:]) != 16 || be64(b[8:]) != 0x22 || b[21] != 0x03 {
 		t.Errorf("READ RESERVATION % x", b)
 	}
-	if b := in(prReportCapabilities); !bytes.Equal(b, []byte{0, 8, 0x05, 0xb0, 0xea, 0x01, 0, 0}) {
+	if b := in(InReportCapabilities); !bytes.Equal(b, []byte{0, 8, 0x05, 0xb0, 0xea, 0x01, 0, 0}) {
 		t.Errorf("REPORT CAPABILITIES % x", b)
 	}
-	b := in(prReadFullStatus)
+	b := in(InReadFullStatus)
 	if int(be32(b[4:])) != len(b)-8 {
 		t.Fatalf("READ FULL STATUS length % x", b)
 	}
@@ -314,9 +314,9 @@ func TestPRStateDecodeRejects(t *testing.T) {
 // panic on any CDB and parameter list, keep the state's invariants, and
 // every state they produce survives encode and decode.
 func FuzzPROut(f *testing.F) {
-	f.Add(byte(prRegister), byte(0), proutParams(0, 1, 0), byte(0), byte(prReserve), byte(ExclusiveAccess), proutParams(1, 0, 0))
-	f.Add(byte(prRegisterIgnore), byte(0), proutParams(0, 2, 5), byte(1), byte(prPreempt), byte(WriteExclusiveAR), proutParams(2, 1, 0))
-	f.Add(byte(prClear), byte(0), make([]byte, 32), byte(2), byte(prRelease), byte(0x13), proutParams(1, 1, 8))
+	f.Add(byte(OutRegister), byte(0), proutParams(0, 1, 0), byte(0), byte(OutReserve), byte(ExclusiveAccess), proutParams(1, 0, 0))
+	f.Add(byte(OutRegisterIgnore), byte(0), proutParams(0, 2, 5), byte(1), byte(OutPreempt), byte(WriteExclusiveAR), proutParams(2, 1, 0))
+	f.Add(byte(OutClear), byte(0), make([]byte, 32), byte(2), byte(OutRelease), byte(0x13), proutParams(1, 1, 8))
 	f.Fuzz(func(t *testing.T, sa1, st1 byte, p1 []byte, who2, sa2, st2 byte, p2 []byte) {
 		nexuses := []Nexus{nxA, nxB, nxC}
 		st := &State{regs: []registration{{nexus: nxB, key: 1}, {nexus: nxC, key: 2}}}

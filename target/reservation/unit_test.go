@@ -70,7 +70,7 @@ func TestUnitCheck(t *testing.T) {
 		sa      byte
 		typ     Type
 		key, sk uint64
-	}{{nxA, prRegister, 0, 0, 1}, {nxB, prRegister, 0, 0, 2}, {nxA, prReserve, WriteExclusiveRO, 1, 0}} {
+	}{{nxA, OutRegister, 0, 0, 1}, {nxB, OutRegister, 0, 0, 2}, {nxA, OutReserve, WriteExclusiveRO, 1, 0}} {
 		if err := out(t, u, step.n, step.sa, step.typ, step.key, step.sk); err != nil {
 			t.Fatal(err)
 		}
@@ -94,14 +94,14 @@ func TestUnitCheck(t *testing.T) {
 	if err := u2.Check(ctx, AccessWrite); !errors.Is(err, target.ErrReservationConflict) {
 		t.Fatalf("reloaded unit: %v", err)
 	}
-	if err := out(t, u2, nxA, prRelease, WriteExclusiveRO, 1, 0); err != nil {
+	if err := out(t, u2, nxA, OutRelease, WriteExclusiveRO, 1, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := u2.Check(ctx, AccessWrite); err != nil {
 		t.Fatalf("released: %v", err)
 	}
 	// Exclusive Access fences reads too.
-	if err := out(t, u2, nxB, prReserve, ExclusiveAccess, 2, 0); err != nil {
+	if err := out(t, u2, nxB, OutReserve, ExclusiveAccess, 2, 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := u2.Check(ctxA, AccessRead); !errors.Is(err, target.ErrReservationConflict) {
@@ -146,7 +146,7 @@ func TestUnitSPC2(t *testing.T) {
 	if err := u.Check(ctx, AccessWrite); err != nil {
 		t.Fatalf("after reset: %v", err)
 	}
-	if err := out(t, u, nxA, prRegister, 0, 0, 1); err != nil {
+	if err := out(t, u, nxA, OutRegister, 0, 0, 1); err != nil {
 		t.Fatal(err)
 	}
 	if err := u.Reserve(ctx, nxA); !errors.Is(err, target.ErrReservationConflict) {
@@ -161,11 +161,11 @@ func TestUnitStoreFailure(t *testing.T) {
 	ctx := context.Background()
 	store := &memStore{}
 	u := NewUnit(store)
-	if err := out(t, u, nxA, prRegister, 0, 0, 1); err != nil {
+	if err := out(t, u, nxA, OutRegister, 0, 0, 1); err != nil {
 		t.Fatal(err)
 	}
 	store.setFail(true)
-	if err := out(t, u, nxA, prReserve, WriteExclusive, 1, 0); !errors.Is(err, ErrStore) {
+	if err := out(t, u, nxA, OutReserve, WriteExclusive, 1, 0); !errors.Is(err, ErrStore) {
 		t.Fatalf("reserve with the store down: %v", err)
 	}
 	if err := u.Check(ctx, AccessWrite); !errors.Is(err, ErrStore) {
@@ -192,10 +192,10 @@ func TestUnitStoreFailure(t *testing.T) {
 func TestCheckAllocs(t *testing.T) {
 	u := NewUnit(nil)
 	ctx := WithNexus(context.Background(), nxA)
-	if err := out(t, u, nxA, prRegister, 0, 0, 1); err != nil {
+	if err := out(t, u, nxA, OutRegister, 0, 0, 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := out(t, u, nxA, prReserve, WriteExclusive, 1, 0); err != nil {
+	if err := out(t, u, nxA, OutReserve, WriteExclusive, 1, 0); err != nil {
 		t.Fatal(err)
 	}
 	if a := testing.AllocsPerRun(100, func() { _ = u.Check(ctx, AccessWrite) }); a != 0 {
