@@ -410,7 +410,7 @@ func TestClusterNodeConfig(t *testing.T) {
 func TestSmokeCluster(t *testing.T) {
 	requireTools(t, "fio")
 	t.Parallel()
-	rep, _ := smoke(t, "--systems", "cairn-3node-r3,cairn-nbd", "--workloads", "randwrite-4k-qd32,randread-4k-qd1")
+	rep, out := smoke(t, "--systems", "cairn-3node-r3,cairn-nbd", "--workloads", "randwrite-4k-qd32,randread-4k-qd1")
 	if ran := rep.ranSystems(); len(ran) != 2 {
 		t.Fatalf("systems that ran: %v (%+v)", ran, rep.Systems)
 	}
@@ -422,6 +422,10 @@ func TestSmokeCluster(t *testing.T) {
 	}
 	if found != 2 {
 		t.Fatalf("ratios of cairn-3node-r3 to cairn-nbd: %d, want one per workload (%+v)", found, rep.Ratios)
+	}
+	md, err := os.ReadFile(filepath.Join(out, "results.md"))
+	if err != nil || !bytes.Contains(md, []byte("## Ratios cairn-3node-r3 / peer")) || !bytes.Contains(md, []byte("| vs cairn-nbd |")) {
+		t.Fatalf("results.md lacks the cluster's ratios to one node (%v):\n%s", err, md)
 	}
 }
 

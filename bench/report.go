@@ -92,6 +92,11 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 				peers = append(peers, p)
 			}
 		}
+		for _, v := range rep.system(sub).Versus { // compared as if a peer
+			if vs := rep.system(v); vs.Name != "" && vs.Skipped == "" && comparable(rep.system(sub), vs) {
+				peers = append(peers, v)
+			}
+		}
 		if len(peers) == 0 {
 			continue
 		}
