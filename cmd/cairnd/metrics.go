@@ -45,8 +45,8 @@ func (c *volumeCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // daemonCollector exports the daemon-wide gauges and counters: the
-// in-flight budget, front-end connections and disconnects, the node RPC
-// and the gossip pool.
+// in-flight budget, front-end connections and disconnects, the node RPC,
+// the gossip pool and the block store (space, GC, cleaner).
 type daemonCollector struct{ d *daemon }
 
 var (
@@ -59,10 +59,17 @@ var (
 	gossipDesc       = prometheus.NewDesc("cairn_gossip_members", "Gossip members this node knows, by state.", []string{"state"}, nil)
 	gossipDropDesc   = prometheus.NewDesc("cairn_gossip_events_dropped_total", "Membership events a slow subscriber missed.", nil, nil)
 	memReleaseDesc   = prometheus.NewDesc("cairn_memory_releases_total", "Times the free heap was returned to the OS after a burst of in-flight bytes.", nil, nil)
+
+	storeBytesDesc    = prometheus.NewDesc("cairn_store_bytes", "The block store's bytes: segments on disk, block data the index points at (live), index memory.", []string{"kind"}, nil)
+	storeSegmentsDesc = prometheus.NewDesc("cairn_store_segments", "Segment files of the block store.", nil, nil)
+	storeGCDesc       = prometheus.NewDesc("cairn_store_gc_dropped_total", "What GC dropped: versions no reader sees, and their block data bytes.", []string{"what"}, nil)
+	storeReclaimDesc  = prometheus.NewDesc("cairn_store_reclaimed_bytes_total", "Bytes of segment files deleted (space returned to the filesystem).", nil, nil)
+	storeCleanerDesc  = prometheus.NewDesc("cairn_store_cleaner_copied_bytes_total", "Bytes of live blocks the cleaner copied out of emptying segments.", nil, nil)
 )
 
 func (c *daemonCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{inflightDesc, inflightPeakDesc, budgetDesc, budgetWaitDesc, connsDesc, disconnectsDesc, gossipDesc, gossipDropDesc, memReleaseDesc} {
+	for _, d := range []*prometheus.Desc{inflightDesc, inflightPeakDesc, budgetDesc, budgetWaitDesc, connsDesc, disconnectsDesc, gossipDesc, gossipDropDesc, memReleaseDesc,
+		storeBytesDesc, storeSegmentsDesc, storeGCDesc, storeReclaimDesc, storeCleanerDesc} {
 		ch <- d
 	}
 }
@@ -98,5 +105,16 @@ func (c *daemonCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(gossipDesc, prometheus.GaugeValue, float64(st.Dead), "dead")
 		ch <- prometheus.MustNewConstMetric(gossipDesc, prometheus.GaugeValue, float64(st.Left), "left")
 		ch <- prometheus.MustNewConstMetric(gossipDropDesc, prometheus.CounterValue, float64(st.EventsDropped))
+	}
+	if d.store != nil {
+		st := d.store.Stats()
+		ch <- prometheus.MustNewConstMetric(storeBytesDesc, prometheus.GaugeValue, float64(st.SegmentBytes), "segments")
+		ch <- prometheus.MustNewConstMetric(storeBytesDesc, prometheus.GaugeValue, float64(st.LiveBytes), "live")
+		ch <- prometheus.MustNewConstMetric(storeBytesDesc, prometheus.GaugeValue, float64(st.IndexBytes), "index")
+		ch <- prometheus.MustNewConstMetric(storeSegmentsDesc, prometheus.GaugeValue, float64(st.Segments))
+		ch <- prometheus.MustNewConstMetric(storeGCDesc, prometheus.CounterValue, float64(st.GCVersionsDropped), "versions")
+		ch <- prometheus.MustNewConstMetric(storeGCDesc, prometheus.CounterValue, float64(st.GCBytesDropped), "bytes")
+		ch <- prometheus.MustNewConstMetric(storeReclaimDesc, prometheus.CounterValue, float64(st.BytesReclaimed))
+		ch <- prometheus.MustNewConstMetric(storeCleanerDesc, prometheus.CounterValue, float64(st.CleanerBytes))
 	}
 }
