@@ -2,7 +2,6 @@ package volume
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 
@@ -22,7 +21,8 @@ type Changer interface {
 var ErrNoChanges = fmt.Errorf("volume: node cannot report changed blocks: %w", target.ErrIO)
 
 // Changed reports which bytes of [off, off+n) read differently now than
-// at epoch from, from the first replica of each chunk, as consecutive
+// at epoch from, from each chunk's first replica (the next one when a
+// replica fails), as consecutive
 // extents starting at off (see target.ChangeMapper.Changes). "Now" is the
 // live volume, or for a read-only volume (a snapshot export) its epoch.
 func (v *Volume) Changed(ctx context.Context, off, n int64, from uint64, fn func(target.ChangeExtent) bool) error {
@@ -44,53 +44,15 @@ func (v *Volume) changed(r *request, off, n int64, from uint64, fn func(target.C
 	if from >= to {
 		return fmt.Errorf("volume %d: changes since epoch %d at epoch %d: %w", v.id, from, to, target.ErrInvalid)
 	}
-	end := off + n
-	first := uint64(off >> blockShift)
-	last := uint64((end - 1) >> blockShift)
-	pos := off // next byte to report
-	var pending target.ChangeExtent
-	stop := false
-	emit := func(e target.ChangeExtent) {
-		if pending.Length > 0 && pending.Changed == e.Changed {
-			pending.Length += e.Length
-			return
-		}
-		if pending.Length > 0 && !fn(pending) {
-			stop = true
-		}
-		pending = e
-	}
-	err := v.eachChunk(first, last-first+1, math.MaxUint64, func(b, cnt uint64, nodes []Node) error {
-		if stop {
-			return nil
-		}
-		c, ok := nodes[0].(Changer)
+	return v.blockRuns(r, off, n, "changes", func(nd Node, b, cnt uint64, each func(start, count uint64, changed bool) bool) error {
+		c, ok := nd.(Changer)
 		if !ok {
-			return fmt.Errorf("volume %d: changes [%d, +%d): %w", v.id, b, cnt, ErrNoChanges)
+			return ErrNoChanges
 		}
-		err := c.Changed(r, v.id, b, cnt, from, to, func(s, k uint64, changed bool) bool {
-			e := min(int64((s+k)<<blockShift), end)
-			if e > pos {
-				emit(target.ChangeExtent{Length: e - pos, Changed: changed})
-				pos = e
-			}
-			return !stop
-		})
-		if err != nil {
-			if errors.Is(err, ErrNoChanges) {
-				return err
-			}
-			return fmt.Errorf("volume %d: changes [%d, +%d): %w", v.id, b, cnt, classify(err))
-		}
-		return nil
+		return c.Changed(r, v.id, b, cnt, from, to, each)
+	}, func(length int64, changed bool) bool {
+		return fn(target.ChangeExtent{Length: length, Changed: changed})
 	})
-	if err != nil {
-		return err
-	}
-	if !stop && pending.Length > 0 {
-		fn(pending)
-	}
-	return nil
 }
 
 // Changed implements Changer when the node behind does.

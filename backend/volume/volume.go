@@ -816,53 +816,69 @@ func (v *Volume) Extents(ctx context.Context, off, n int64, fn func(target.Exten
 }
 
 func (v *Volume) extents(r *request, off, n int64, fn func(target.Extent) bool) error {
+	epoch := v.epoch.Load()
+	return v.blockRuns(r, off, n, "extents", func(nd Node, b, cnt uint64, each func(start, count uint64, allocated bool) bool) error {
+		return nd.Extents(r, v.id, b, cnt, epoch, each)
+	}, func(length int64, allocated bool) bool {
+		return fn(target.Extent{Length: length, Hole: !allocated, Zero: !allocated})
+	})
+}
+
+// runQuery asks node nd for the runs of a per-block flag over [b, b+cnt),
+// as Node.Extents reports allocation.
+type runQuery func(nd Node, b, cnt uint64, each func(start, count uint64, flag bool) bool) error
+
+// blockRuns reports the bytes [off, off+n) as consecutive runs of a
+// per-block flag, neighbours with the same flag joined, each chunk asked
+// of its first replica and of the next one when a replica fails. fn
+// returning false stops it. what names the query in errors.
+func (v *Volume) blockRuns(r *request, off, n int64, what string, q runQuery, fn func(length int64, flag bool) bool) error {
 	if n == 0 {
 		return nil
 	}
-	epoch := v.epoch.Load()
 	end := off + n
 	first := uint64(off >> blockShift)
 	last := uint64((end - 1) >> blockShift)
 	pos := off // next byte to report
-	var pending target.Extent
-	stop := false
-	emit := func(e target.Extent) {
-		if pending.Length > 0 && pending.Hole == e.Hole {
-			pending.Length += e.Length
+	var pending int64
+	var pendingFlag, stop bool
+	emit := func(length int64, flag bool) {
+		if pending > 0 && pendingFlag == flag {
+			pending += length
 			return
 		}
-		if pending.Length > 0 && !fn(pending) {
+		if pending > 0 && !fn(pending, pendingFlag) {
 			stop = true
 		}
-		pending = e
+		pending, pendingFlag = length, flag
 	}
 	err := v.eachChunk(first, last-first+1, math.MaxUint64, func(b, cnt uint64, nodes []Node) error {
 		if stop {
 			return nil
 		}
-		each := func(s, c uint64, allocated bool) bool {
+		each := func(s, c uint64, flag bool) bool {
 			e := min(int64((s+c)<<blockShift), end)
 			if e > pos { // a retry on the next replica reports only what is left
-				emit(target.Extent{Length: e - pos, Hole: !allocated, Zero: !allocated})
+				emit(e-pos, flag)
 				pos = e
 			}
 			return !stop
 		}
-		err := nodes[0].Extents(r, v.id, b, cnt, epoch, each)
+		err := q(nodes[0], b, cnt, each)
 		for i := 1; err != nil && i < len(nodes) && replicaFault(err) && r.Err() == nil; i++ {
 			v.stats.readRetries.Add(1)
-			err = nodes[i].Extents(r, v.id, b, cnt, epoch, each)
+			err = q(nodes[i], b, cnt, each)
 		}
 		if err != nil {
-			return fmt.Errorf("volume %d: extents [%d, +%d): %w", v.id, b, cnt, classify(err))
+			return fmt.Errorf("volume %d: %s [%d, +%d): %w", v.id, what, b, cnt, classify(err))
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	if !stop && pending.Length > 0 {
-		fn(pending)
+	if !stop && pending > 0 {
+		fn(pending, pendingFlag)
 	}
 	return nil
 }
