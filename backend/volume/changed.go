@@ -22,9 +22,9 @@ var ErrNoChanges = fmt.Errorf("volume: node cannot report changed blocks: %w", t
 
 // Changed reports which bytes of [off, off+n) read differently now than
 // at epoch from, from each chunk's first replica (the next one when a
-// replica fails), as consecutive
-// extents starting at off (see target.ChangeMapper.Changes). "Now" is the
-// live volume, or for a read-only volume (a snapshot export) its epoch.
+// replica fails), as consecutive extents starting at off (see
+// target.ChangeMapper.Changes). "Now" is the live volume, or for a
+// read-only volume (a snapshot export) its epoch.
 func (v *Volume) Changed(ctx context.Context, off, n int64, from uint64, fn func(target.ChangeExtent) bool) error {
 	r, err := v.admit(ctx, off, n, false)
 	if err != nil {
