@@ -432,7 +432,7 @@ func newChunkPlacement(cv cluster.Volume, nodes map[string]volume.Node, local st
 		placer:   cluster.NewPlacer(cv),
 		nodes:    nodes,
 		local:    local,
-		stale:    cv.Stale,
+		stale:    slices.Clone(cv.Stale),
 		setIndex: map[string]uint32{},
 	}
 	chunks := min(uint64(64<<40)/uint64(cv.ChunkSize), placementChunksMax)

@@ -26,7 +26,6 @@ type replicaFailover struct {
 
 	mu       sync.Mutex
 	pl       *chunkPlacement       // the volume's placement now
-	stale    []string              // the stale list pl was built from
 	inflight map[string]*exclusion // by node name: one catalog change per node
 }
 
@@ -40,7 +39,7 @@ type exclusion struct {
 var _ volume.Failover = (*replicaFailover)(nil)
 
 func newReplicaFailover(d *daemon, cv cluster.Volume, pl *chunkPlacement) *replicaFailover {
-	return &replicaFailover{d: d, name: cv.Name, gen: cv.Generation, pl: pl, stale: slices.Clone(cv.Stale), inflight: map[string]*exclusion{}}
+	return &replicaFailover{d: d, name: cv.Name, gen: cv.Generation, pl: pl, inflight: map[string]*exclusion{}}
 }
 
 // Exclude implements volume.Failover.
@@ -113,7 +112,7 @@ func (f *replicaFailover) excludeRetrying(ctx context.Context, name string) (clu
 func (f *replicaFailover) update(cv cluster.Volume) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if slices.Equal(cv.Stale, f.stale) {
+	if slices.Equal(cv.Stale, f.pl.stale) {
 		return nil
 	}
 	p, err := f.d.placement(cv)
@@ -125,6 +124,6 @@ func (f *replicaFailover) update(cv cluster.Volume) error {
 		return fmt.Errorf("volume %q: stale replicas on a volume without a placement set", f.name)
 	}
 	f.v.SetPlacement(pl)
-	f.pl, f.stale = pl, slices.Clone(cv.Stale)
+	f.pl = pl
 	return nil
 }
