@@ -21,23 +21,31 @@ import (
 // log is synced up to that position: pebble never points at data that is
 // not durable. Open loads pebble's copy and replays the records from the
 // watermark on, in log order, stopping in each segment at the first record
-// that is torn or fails its CRC (a sealed segment was synced before the
-// next one got its first record, so what follows a bad record in the last
-// segment was never acknowledged as durable).
+// that is torn or fails its CRC. Every sync covers every segment written
+// since the last one, so what follows a bad record was never acknowledged
+// as durable; later segments may still hold valid records (sealing does
+// not sync), which are writes that were not flushed: replaying them
+// applies some of the unflushed writes, each whole, which a disk may do.
 //
 // A segment with no live block that lies wholly before a durable
 // watermark is never read again (replay starts after it, no index entry
-// points into it) and is deleted.
+// points into it) and is deleted; one that no sync ever covered is
+// deleted as soon as its last block dies (segLog.reap), with no
+// checkpoint.
 
 // Checkpoint triggers (variables so that tests can make them small).
 var (
 	// ckDirtyMax: a checkpoint starts when this many index entries are
-	// dirty; a writer finding 4x as many runs one itself (backpressure).
-	ckDirtyMax int64 = 1 << 18
-	// ckLogBytes: a checkpoint starts when the log grew this much since the
-	// last one, which bounds replay at Open. A checkpoint syncs the log, so
-	// it is also how much unsynced data may pile up in the page cache.
-	ckLogBytes int64 = 1 << 30
+	// dirty (2 GiB of distinct blocks; about 40 bytes of memory each); a
+	// writer finding 4x as many runs one itself (backpressure).
+	ckDirtyMax int64 = 1 << 19
+	// ckLogBytes: a checkpoint starts when the log past the last one holds
+	// this much (reaped segments do not count), which bounds replay at
+	// Open. A checkpoint syncs the log, so it is also how much unsynced
+	// data may pile up in the page cache; it is above a 1 GiB volume
+	// overwritten again and again, whose dead segments are reaped before
+	// anything writes them.
+	ckLogBytes int64 = 2 << 30
 	// ckInterval: idle checkpoints, so that a quiet store is not left with
 	// a long replay.
 	ckInterval = 10 * time.Second
@@ -83,6 +91,7 @@ type counters struct {
 	recordsReplayed atomic.Uint64
 	cleanerBytes    atomic.Uint64
 	segmentsCleaned atomic.Uint64
+	segmentsReaped  atomic.Uint64
 	flattenedBlocks atomic.Uint64
 	gcCounters
 }
@@ -94,7 +103,8 @@ type Stats struct {
 	LiveBytes       int64  // bytes of block data the index points at
 	IndexBytes      int64  // memory of the block index
 	Checkpoints     uint64 // index checkpoints written
-	SegmentsRemoved uint64 // segments deleted
+	SegmentsRemoved uint64 // segments deleted (SegmentsReaped included)
+	SegmentsReaped  uint64 // segments deleted dead before any sync wrote them
 	BytesReclaimed  uint64 // bytes of segments deleted
 	RecordsReplayed uint64 // records replayed at Open
 	LowSpace        bool   // writes fail with ErrNoSpace (see Options.ReserveBytes)
@@ -115,6 +125,7 @@ func (s *Store) Stats() Stats {
 		IndexBytes:      s.indexBytes.Load(),
 		Checkpoints:     s.stats.checkpoints.Load(),
 		SegmentsRemoved: s.stats.segmentsRemoved.Load(),
+		SegmentsReaped:  s.stats.segmentsReaped.Load(),
 		BytesReclaimed:  s.stats.bytesReclaimed.Load(),
 		RecordsReplayed: s.stats.recordsReplayed.Load(),
 		LowSpace:        s.space.low.Load(),
@@ -165,6 +176,14 @@ func (s *Store) background() {
 				s.log.Error("clean", "err", err)
 			}
 			continue
+		case <-s.seg.sealed:
+			if s.failed.Load() != nil {
+				continue
+			}
+			if err := s.reap(); err != nil {
+				s.log.Error("reap segments", "err", err)
+			}
+			continue
 		case <-s.kick:
 		case <-t.C:
 			if s.dirty.Load() == 0 && !s.logGrew(1) {
@@ -180,18 +199,34 @@ func (s *Store) background() {
 	}
 }
 
-// logGrew reports whether the log grew by at least n bytes since the last
-// checkpoint.
+// logGrew reports whether the log past the last checkpoint holds at least
+// n bytes (reaped segments, gone from the disk, do not count).
 func (s *Store) logGrew(n int64) bool {
-	e := s.seg.end()
 	s.ck.Lock()
-	last := s.ck.last
+	from := s.ck.appended - s.ck.reaped
 	s.ck.Unlock()
-	grown := e.off - last.off
-	if e.seg != last.seg {
-		grown += int64(e.seg-last.seg) * s.seg.segBytes
+	return s.seg.appended.Load()-s.seg.reaped.Load()-from >= n
+}
+
+// reap deletes the sealed segments that died before any sync wrote them
+// (segLog.reap), between checkpoints.
+func (s *Store) reap() error {
+	s.cleanMu.Lock()
+	defer s.cleanMu.Unlock()
+	s.ck.Lock()
+	defer s.ck.Unlock()
+	n, bytes, err := s.seg.reap(func() func() {
+		// Appends hold apply for reading until the index points at them.
+		s.apply.Lock()
+		return s.apply.Unlock
+	})
+	if n > 0 {
+		s.stats.segmentsReaped.Add(uint64(n))
+		s.stats.segmentsRemoved.Add(uint64(n))
+		s.stats.bytesReclaimed.Add(uint64(bytes))
+		s.log.Debug("segments reaped", "segments", n, "bytes", bytes)
 	}
-	return grown >= n
+	return err
 }
 
 // kickCheckpoint asks the background goroutine for a checkpoint when one is
@@ -243,7 +278,8 @@ func (s *Store) checkpoint() (err error) {
 	// Under the apply lock, only copy what changed; the batch is built
 	// after, so that writers wait for a memory copy, not for pebble.
 	s.apply.Lock()
-	end := s.seg.end()
+	end, appended := s.seg.endAppended()
+	reaped := s.seg.reaped.Load() // stable: reap takes ck
 	s.dropsMu.Lock()
 	drops := s.drops
 	s.drops = nil
@@ -259,9 +295,12 @@ func (s *Store) checkpoint() (err error) {
 		}
 		g := ckGroup{vol: vol, ops: x.ops, from: len(ents)}
 		x.ops = nil
-		for dk := range x.dirty {
-			ver, ok := x.exact(dk.block, dk.epoch)
-			ents = append(ents, ckEnt{dk: dk, ver: ver, ok: ok})
+		for dk, bits := range x.dirty {
+			for ; bits != 0; bits &= bits - 1 {
+				block := dk.block<<pageShift | uint64(trailingZeros(bits))
+				ver, ok := x.exact(block, dk.epoch)
+				ents = append(ents, ckEnt{dk: dkey{block, dk.epoch}, ver: ver, ok: ok})
+			}
 		}
 		g.to = len(ents)
 		groups = append(groups, g)
@@ -312,7 +351,7 @@ func (s *Store) checkpoint() (err error) {
 	if err := s.commit(b, true); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
-	s.ck.last = end
+	s.ck.last, s.ck.appended, s.ck.reaped = end, appended, reaped
 	s.stats.checkpoints.Add(1)
 	var freed int64
 	for _, sg := range dead {
@@ -358,6 +397,7 @@ func (s *Store) applyData(v *volume, h *recHeader, first uint32, crcs []byte) {
 	d := liveDelta{tab: *s.seg.tab.Load()}
 	var grew int64
 	x := &v.idx
+	var dr dirtyRun
 	x.Lock()
 	for i := range h.n {
 		nv := version{epoch: h.epoch, seq: h.seq, seg: h.seg, page: first + uint32(i), crc: binary.BigEndian.Uint32(crcs[4*i:]), kind: kindData}
@@ -368,19 +408,50 @@ func (s *Store) applyData(v *volume, h *recHeader, first uint32, crcs []byte) {
 		}
 		if stored {
 			d.add(nv.seg, 1)
-			s.markDirty(x, h.block+i, h.epoch)
+			dr.mark(s, x, h.block+i, h.epoch)
 		}
 	}
+	dr.flush(s, x)
 	x.Unlock()
 	d.flush()
 	s.indexBytes.Add(grew)
 }
 
+// markDirty marks (block, epoch) of x for the next checkpoint. Caller
+// holds x's lock.
 func (s *Store) markDirty(x *index, block, epoch uint64) {
-	dk := dkey{block, epoch}
-	if _, ok := x.dirty[dk]; !ok {
-		x.dirty[dk] = struct{}{}
-		s.dirty.Add(1)
+	s.markDirtyBits(x, dkey{block >> pageShift, epoch}, 1<<(block&(pageBlocks-1)))
+}
+
+// markDirtyBits marks the blocks of page key dk.block whose bits are set.
+func (s *Store) markDirtyBits(x *index, dk dkey, bits uint64) {
+	m := x.dirty[dk]
+	if add := bits &^ m; add != 0 {
+		x.dirty[dk] = m | bits
+		s.dirty.Add(int64(popcount(add)))
+	}
+}
+
+// dirtyRun gathers the blocks of one page that a loop over consecutive
+// blocks marks, so that the dirty map is touched once per page, not once
+// per block.
+type dirtyRun struct {
+	dk   dkey
+	bits uint64
+}
+
+func (r *dirtyRun) mark(s *Store, x *index, block, epoch uint64) {
+	if k := (dkey{block >> pageShift, epoch}); k != r.dk {
+		r.flush(s, x)
+		r.dk = k
+	}
+	r.bits |= 1 << (block & (pageBlocks - 1))
+}
+
+func (r *dirtyRun) flush(s *Store, x *index) {
+	if r.bits != 0 {
+		s.markDirtyBits(x, r.dk, r.bits)
+		r.bits = 0
 	}
 }
 
@@ -455,7 +526,11 @@ func (s *Store) applyDrop(vol uint64) {
 	d := liveDelta{tab: *s.seg.tab.Load()}
 	x := &v.idx
 	x.Lock()
-	s.dirty.Add(-int64(len(x.dirty)))
+	var marked int64
+	for _, bits := range x.dirty {
+		marked += int64(popcount(bits))
+	}
+	s.dirty.Add(-marked)
 	freed := x.bytes()
 	x.each(func(old version) {
 		if old.kind == kindData {

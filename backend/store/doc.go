@@ -56,14 +56,16 @@
 //   - The log is the order of mutations: appends are serialized, so every
 //     byte before the log's end is written. A write or Zero with sync, and
 //     every call that returned before a Sync, is durable when the call
-//     returns (one SyncData of the active segment shared by every waiter;
-//     a sealed segment was synced before the next one got a record).
+//     returns (one SyncData per segment written since the last sync,
+//     shared by every waiter; sealing a segment does not sync it, so data
+//     that dies before a sync is never written to the disk: segLog).
 //   - Pebble never points at data that is not durable: a checkpoint
 //     (checkpoint.go) syncs the log up to a position, then commits the
 //     index entries changed before it with that position (the watermark).
 //     Open replays the records after the watermark in log order and stops
 //     in each segment at the first torn or corrupt record, so the state
-//     after a crash is a prefix of the history holding every durable call.
+//     after a crash holds every durable call and some of the others, each
+//     whole (as a disk keeps some unflushed writes, in no order).
 //
 // # Failures
 //

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"math/bits"
 	"slices"
 	"sync"
 	"unsafe"
@@ -46,9 +47,12 @@ var (
 	olderBytes   = int64(unsafe.Sizeof([]version{})) + 16 // a side map entry
 )
 
-// dkey names a (block, epoch) whose version changed since the last
-// checkpoint.
+// dkey names a (block, epoch); as a key of index.dirty, block is a page
+// key (block >> pageShift) and the value has a bit per block of the page.
 type dkey struct{ block, epoch uint64 }
+
+func popcount(x uint64) int      { return bits.OnesCount64(x) }
+func trailingZeros(x uint64) int { return bits.TrailingZeros64(x) }
 
 // index is a volume's block index. Guarded by its mutex; the checkpoint
 // takes dirty and ops.
@@ -58,7 +62,9 @@ type index struct {
 	// older holds per block the versions of epochs below the one in its
 	// page slot, epochs descending.
 	older map[uint64][]version
-	dirty map[dkey]struct{}
+	// dirty holds the (block, epoch)s changed since the last checkpoint,
+	// a bit per block by (page key, epoch).
+	dirty map[dkey]uint64
 	// ops are the pebble edits of zero ranges and reclaims since the last
 	// checkpoint, in order.
 	ops []ckOp

@@ -21,6 +21,12 @@ type segment struct {
 	live atomic.Int64
 	// bytes is the size written (a sealed segment's final size).
 	bytes atomic.Int64
+	// meta: the segment holds a zero or drop record, whose effect no
+	// live count shows, so it is never reaped (see segLog.reap).
+	meta atomic.Bool
+	// synced: a sync covered some of the segment (while it was active), so
+	// records in it may be durable and it is never reaped.
+	synced atomic.Bool
 }
 
 // pos is a position in the log: a byte offset in a segment. Positions
@@ -35,7 +41,17 @@ func (p pos) less(q pos) bool { return p.seg < q.seg || (p.seg == q.seg && p.off
 // segLog is the store's log of records over segment files in one
 // directory. Appends are serialized (one write call per record part, in
 // log order), so every byte before the current end is written; Sync makes
-// a prefix durable with one SyncData shared by every waiter (group commit).
+// a prefix durable with one SyncData per segment written since the last
+// one, shared by every waiter (group commit).
+//
+// Sealing a segment does not sync it: a sealed segment joins unsynced,
+// and the next syncTo syncs every one of them (and the directory) before
+// the active segment. Until then its bytes are only in the page cache, so
+// a sealed segment that was never synced and whose blocks all died (every
+// one overwritten, zeroed or dropped from the index) can be deleted at
+// once (reap) and the kernel never writes it: under overwrites, the log
+// then costs the disk what a file overwritten in place costs, not every
+// byte ever written.
 type segLog struct {
 	fs       vfs.FS
 	dir      string
@@ -44,13 +60,23 @@ type segLog struct {
 	// mu serializes appends and guards the active segment.
 	mu     sync.Mutex
 	active *segment
-	off    int64 // end of the active segment
-	// written is where writeback was last started in the active segment.
-	written int64
-	nextID  uint32 // id of the next segment
+	off    int64  // end of the active segment
+	nextID uint32 // id of the next segment
 	// roll: the active segment must be sealed before the next append (a
 	// write into it failed, or a roll did).
 	roll bool
+	// unsynced holds the sealed segments not synced since they were
+	// sealed, ascending; dirDirty: a segment was created since the
+	// directory was last synced.
+	unsynced []*segment
+	dirDirty bool
+	// appended counts every byte appended, reaped every byte of reaped
+	// segments: the log's size past a checkpoint that is still on disk
+	// (see Store.logGrew).
+	appended, reaped atomic.Int64
+	// sealed is signalled (without blocking) when a segment is sealed, so
+	// that the background goroutine reaps.
+	sealed chan struct{}
 
 	// tab maps ids to segments; replaced, never mutated (under mu).
 	tab atomic.Pointer[map[uint32]*segment]
@@ -68,16 +94,12 @@ type segLog struct {
 }
 
 func newSegLog(fs vfs.FS, dir string, segBytes int64) *segLog {
-	l := &segLog{fs: fs, dir: dir, segBytes: segBytes}
+	l := &segLog{fs: fs, dir: dir, segBytes: segBytes, sealed: make(chan struct{}, 1)}
 	l.sync.cond = sync.NewCond(&l.sync.Mutex)
 	m := map[uint32]*segment{}
 	l.tab.Store(&m)
 	return l
 }
-
-// writebackBytes: every this many bytes appended, writeback of the active
-// segment is started (as pebble's BytesPerSync does for its files).
-const writebackBytes = 4 << 20
 
 func segName(id uint32) string { return fmt.Sprintf("%08x.seg", id) }
 
@@ -160,14 +182,16 @@ type errSync struct{ err error }
 func (e errSync) Error() string { return "segment sync: " + e.err.Error() }
 func (e errSync) Unwrap() error { return e.err }
 
-// rollLocked seals the active segment (synced) and starts a new one whose
-// directory entry is durable. Caller holds mu.
+// rollLocked seals the active segment (to unsynced: syncTo syncs it) and
+// starts a new one; the directory is synced by the next syncTo. Caller
+// holds mu.
 func (l *segLog) rollLocked() error {
 	if a := l.active; a != nil && l.off > 0 {
-		if err := a.f.SyncData(); err != nil {
-			return errSync{fmt.Errorf("segment %s: %w", segName(a.id), err)}
+		l.unsynced = append(l.unsynced, a)
+		select {
+		case l.sealed <- struct{}{}:
+		default:
 		}
-		l.markDurable(pos{a.id, l.off})
 	}
 	id := l.nextID
 	f, err := l.fs.OpenReadWrite(l.path(id), vfs.WriteCategoryUnspecified)
@@ -175,16 +199,11 @@ func (l *segLog) rollLocked() error {
 		l.roll = true
 		return fmt.Errorf("create segment %s: %w", segName(id), err)
 	}
-	if err := syncDir(l.fs, l.dir); err != nil {
-		_ = f.Close()
-		_ = l.fs.Remove(l.path(id))
-		l.roll = true
-		return fmt.Errorf("create segment %s: sync dir: %w", segName(id), err)
-	}
 	l.nextID++
+	l.dirDirty = true
 	s := &segment{id: id, f: f}
 	l.publish(s, false)
-	l.active, l.off, l.written, l.roll = s, 0, 0, false
+	l.active, l.off, l.roll = s, 0, false
 	return nil
 }
 
@@ -215,6 +234,9 @@ func (l *segLog) append(h *recHeader, rec, data []byte) (at, end pos, err error)
 	}
 	a := l.active
 	h.seg, h.off = a.id, l.off
+	if h.typ == recZero || h.typ == recDrop {
+		a.meta.Store(true)
+	}
 	encodeHeader(rec, h)
 	if n, err := a.f.WriteAt(rec, l.off); err != nil {
 		// Nothing written (ENOSPC, typically): the next record may go to
@@ -232,14 +254,21 @@ func (l *segLog) append(h *recHeader, rec, data []byte) (at, end pos, err error)
 	at = pos{a.id, l.off}
 	l.off += size
 	a.bytes.Store(l.off)
-	if l.off-l.written >= writebackBytes {
-		// Start writeback of what was appended (sync_file_range, no wait),
-		// so that a later SyncData (a FLUSH, a checkpoint) finds little
-		// left to write. Advisory: errors are ignored.
-		_, _ = a.f.SyncTo(l.off)
-		l.written = l.off
-	}
+	l.appended.Add(size)
+	// No writeback is started here: what dies before a sync is never
+	// written (see reap); the kernel's own writeback and the next sync
+	// take the rest.
 	return at, pos{a.id, l.off}, nil
+}
+
+// endAppended returns the end of the log and the bytes appended up to it.
+func (l *segLog) endAppended() (pos, int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.active == nil {
+		return pos{}, l.appended.Load()
+	}
+	return pos{l.active.id, l.off}, l.appended.Load()
 }
 
 // end returns the end of the log.
@@ -252,18 +281,10 @@ func (l *segLog) end() pos {
 	return pos{l.active.id, l.off}
 }
 
-func (l *segLog) markDurable(p pos) {
-	l.sync.Lock()
-	if l.sync.durable.less(p) {
-		l.sync.durable = p
-	}
-	l.sync.Unlock()
-}
-
-// syncTo makes every record before target durable: one SyncData of the
-// active segment serves every waiter whose target it covers (sealed
-// segments were synced when they were sealed). A failed sync is sticky and
-// wraps errSync.
+// syncTo makes every record before target durable: every sealed segment
+// not yet synced, the directory if a segment was created, then the active
+// segment, one SyncData each, shared by every waiter whose target they
+// cover (group commit). A failed sync is sticky and wraps errSync.
 func (l *segLog) syncTo(target pos) error {
 	l.sync.Lock()
 	defer l.sync.Unlock()
@@ -286,16 +307,46 @@ func (l *segLog) syncTo(target pos) error {
 	if a != nil {
 		e = pos{a.id, l.off}
 	}
+	sealed := slices.Clone(l.unsynced)
+	dir := l.dirDirty
+	l.dirDirty = false
 	l.mu.Unlock()
 	var err error
-	if a != nil {
-		err = a.f.SyncData()
+	for _, sg := range sealed {
+		if err = sg.f.SyncData(); err != nil {
+			err = fmt.Errorf("segment %s: %w", segName(sg.id), err)
+			break
+		}
+	}
+	if err == nil && dir {
+		if err = syncDir(l.fs, l.dir); err != nil {
+			err = fmt.Errorf("segments directory: %w", err)
+		}
+	}
+	if err == nil && a != nil {
+		a.synced.Store(true)
+		if err = a.f.SyncData(); err != nil {
+			err = fmt.Errorf("segment %s: %w", segName(a.id), err)
+		}
+	}
+	if err == nil && len(sealed) > 0 {
+		// Only a reap (which waits for syncing to end) or a roll (which
+		// appends) changes unsynced meanwhile: the synced ones are its
+		// first len(sealed).
+		l.mu.Lock()
+		l.unsynced = slices.Delete(l.unsynced, 0, len(sealed))
+		l.mu.Unlock()
 	}
 	l.sync.Lock()
 	l.sync.syncing = false
 	l.sync.cond.Broadcast()
 	if err != nil {
-		l.sync.err = errSync{fmt.Errorf("segment %s: %w", segName(a.id), err)}
+		if dir {
+			l.mu.Lock()
+			l.dirDirty = true
+			l.mu.Unlock()
+		}
+		l.sync.err = errSync{err}
 		return l.sync.err
 	}
 	if l.sync.durable.less(e) {
@@ -308,19 +359,80 @@ func (l *segLog) syncTo(target pos) error {
 	return nil
 }
 
+// reap deletes the sealed segments that no sync ever covered and hold no
+// live block and no zero or drop record, and returns them (closed and
+// removed) with their bytes. Such a segment is in no durable state: no
+// checkpoint points into it (a checkpoint syncs the log first) and no
+// sync covered it, so every write in it was unflushed, and each of them
+// is dead in the index. A crash may lose those writes, which is allowed;
+// without one, nothing reads them. Their superseding versions are later
+// in the log, and are durable exactly when a later sync says so. Callers
+// serialize reap with checkpoints (the checkpoint lock: a checkpoint
+// that copied index entries pointing into a segment must sync it before
+// it can be reaped) and with the cleaner (which reads segments it chose
+// earlier).
+//
+// stable is called with the sync lock held and no sync running, and must
+// return once no append that has not updated the index yet is in flight
+// (a segment's live count is 0 from its first append until the index
+// points at it); the func it returns is called when reap is done choosing.
+func (l *segLog) reap(stable func() (done func())) (n int, bytes int64, err error) {
+	l.sync.Lock()
+	for l.sync.syncing {
+		l.sync.cond.Wait()
+	}
+	if l.sync.err != nil {
+		l.sync.Unlock()
+		return 0, 0, nil
+	}
+	done := stable()
+	defer done()
+	l.files.Lock()
+	l.mu.Lock()
+	var dead []*segment
+	keep := l.unsynced[:0]
+	for _, sg := range l.unsynced {
+		if sg.live.Load() == 0 && !sg.meta.Load() && !sg.synced.Load() {
+			dead = append(dead, sg)
+			l.publish(sg, true)
+			continue
+		}
+		keep = append(keep, sg)
+	}
+	clear(l.unsynced[len(keep):])
+	l.unsynced = keep
+	l.mu.Unlock()
+	l.files.Unlock()
+	l.sync.Unlock()
+	var errs []error
+	for _, sg := range dead {
+		bytes += sg.bytes.Load()
+		if err := sg.f.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := l.fs.Remove(l.path(sg.id)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	l.reaped.Add(bytes)
+	return len(dead), bytes, errors.Join(errs...)
+}
+
 // remove deletes segments (none of them active or referenced): readers in
 // ReadAt finish first.
 func (l *segLog) remove(segs []*segment) error {
 	if len(segs) == 0 {
 		return nil
 	}
+	// Out of the table under files: a reader holds files from before its
+	// index lookup until its ReadAt ends, so none finds a segment gone.
+	l.files.Lock()
 	l.mu.Lock()
 	for _, s := range segs {
 		l.publish(s, true)
 	}
 	l.mu.Unlock()
-	l.files.Lock()
-	defer l.files.Unlock()
+	l.files.Unlock()
 	var errs []error
 	for _, s := range segs {
 		if err := s.f.Close(); err != nil {

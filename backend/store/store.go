@@ -150,8 +150,10 @@ type Store struct {
 	ck struct {
 		sync.Mutex // one checkpoint at a time
 		last       pos
-		ents       []ckEnt
-		groups     []ckGroup
+		// appended and reaped are the log's counters at last.
+		appended, reaped int64
+		ents             []ckEnt
+		groups           []ckGroup
 	}
 	cleanMu sync.Mutex // one cleaning pass at a time
 	gcMu    sync.Mutex // one GC pass at a time
@@ -357,7 +359,7 @@ func (s *Store) volume(vol uint64) *volume {
 	if v = s.vols.m[vol]; v == nil {
 		v = &volume{id: vol}
 		v.idx.pages = make(map[uint64]*page)
-		v.idx.dirty = make(map[dkey]struct{})
+		v.idx.dirty = make(map[dkey]uint64)
 		s.vols.m[vol] = v
 	}
 	return v
