@@ -400,7 +400,7 @@ func (s *Store) applyData(v *volume, h *recHeader, first uint32, crcs []byte) {
 	var dr dirtyRun
 	x.Lock()
 	for i := range h.n {
-		nv := version{epoch: h.epoch, seq: h.seq, seg: h.seg, page: first + uint32(i), crc: binary.BigEndian.Uint32(crcs[4*i:]), kind: kindData}
+		nv := version{epoch: h.epoch, seq: h.seq, seg: h.seg, page: first + uint32(i)*blockUnits, crc: binary.BigEndian.Uint32(crcs[4*i:]), kind: kindData}
 		old, displaced, stored, g := x.put(h.block+i, nv)
 		grew += g
 		if displaced && old.kind == kindData {
@@ -778,16 +778,16 @@ func readRecord(sg *segment, off int64, buf []byte, verify bool) (h recHeader, f
 		}
 		return false, err
 	}
-	if ok, err := read(buf[:BlockSize], off); !ok {
+	if ok, err := read(buf[:recAlign], off); !ok {
 		return h, 0, 0, false, err
 	}
-	fh, hl, perr := parseFixed(buf[:BlockSize])
+	fh, hl, perr := parseFixed(buf[:recAlign])
 	if perr != nil || fh.seg != sg.id || fh.off != off {
 		return h, 0, 0, false, nil
 	}
 	hb := headerBytes(fh.typ, fh.n)
-	if hl > BlockSize {
-		if ok, err := read(buf[BlockSize:hb], off+BlockSize); !ok {
+	if hl > recAlign {
+		if ok, err := read(buf[recAlign:hb], off+recAlign); !ok {
 			return h, 0, 0, false, err
 		}
 	}
@@ -795,10 +795,10 @@ func readRecord(sg *segment, off int64, buf []byte, verify bool) (h recHeader, f
 		return h, 0, 0, false, nil
 	}
 	next = off + h.recordBytes()
-	if next/BlockSize > 1<<32-1 {
+	if next/recAlign > 1<<32-1 {
 		return h, 0, 0, false, nil
 	}
-	first = uint32((off + int64(hb)) / BlockSize)
+	first = uint32((off + int64(hb)) / recAlign)
 	if hasData(h.typ) && verify {
 		data := buf[hb : hb+int(h.n)*BlockSize]
 		if ok, err := read(data, off+int64(hb)); !ok {

@@ -104,7 +104,7 @@ func (s *Store) cleanSegment(sg *segment) (copied int64, err error) {
 		}
 		return cmp.Compare(a.e.epoch, b.e.epoch)
 	})
-	buf := make([]byte, BlockSize+copyBlocksMax*BlockSize)
+	buf := make([]byte, headerBytes(recCopy, copyBlocksMax)+copyBlocksMax*BlockSize)
 	for len(refs) > 0 {
 		k := 1
 		for k < len(refs) && k < copyBlocksMax && refs[k].vol == refs[0].vol {
@@ -164,7 +164,7 @@ func (s *Store) liveRefs(sg *segment) ([]liveRef, error) {
 			if h.typ == recCopy {
 				e = getCopyEntry(hdr, i)
 			}
-			page := first + uint32(i)
+			page := first + uint32(i)*blockUnits
 			if cur, ok := v.idx.exact(e.block, e.epoch); ok && cur.kind == kindData && cur.seg == sg.id && cur.page == page {
 				refs = append(refs, liveRef{vol: h.vol, e: e, page: page})
 			}
@@ -178,17 +178,18 @@ func (s *Store) liveRefs(sg *segment) ([]liveRef, error) {
 // and appends them as one copy record.
 func (s *Store) copyBatch(sg *segment, batch []liveRef, buf []byte) (int64, error) {
 	n := len(batch)
-	if err := s.checkSpace(int64(BlockSize+n*BlockSize), s.reserve/2); err != nil {
+	hb := headerBytes(recCopy, uint64(n))
+	if err := s.checkSpace(int64(hb+n*BlockSize), s.reserve/2); err != nil {
 		return 0, fmt.Errorf("clean segment %s: %w", segName(sg.id), err)
 	}
-	rec := buf[:BlockSize+n*BlockSize]
+	rec := buf[:hb+n*BlockSize]
 	s.seg.files.RLock()
 	if s.seg.segment(sg.id) != sg {
 		s.seg.files.RUnlock()
 		return 0, nil // removed meanwhile: nothing in it was live
 	}
 	for i, r := range batch {
-		dst := rec[BlockSize+i*BlockSize : BlockSize+(i+1)*BlockSize]
+		dst := rec[hb+i*BlockSize : hb+(i+1)*BlockSize]
 		if err := readRun(sg, dst, []version{{seg: sg.id, page: r.page, crc: r.e.crc}}); err != nil {
 			s.seg.files.RUnlock()
 			return 0, fmt.Errorf("clean segment %s: vol %d block %d: %w", segName(sg.id), r.vol, r.e.block, err)
@@ -203,7 +204,7 @@ func (s *Store) copyBatch(sg *segment, batch []liveRef, buf []byte) (int64, erro
 		s.apply.RUnlock()
 		return 0, fmt.Errorf("clean segment %s: %w", segName(sg.id), s.ioErr(err))
 	}
-	s.applyCopy(&h, uint32(at.off/BlockSize)+1, rec)
+	s.applyCopy(&h, uint32((at.off+int64(hb))/recAlign), rec)
 	s.apply.RUnlock()
 	return int64(n) * BlockSize, nil
 }
@@ -225,7 +226,7 @@ func (s *Store) applyCopy(h *recHeader, first uint32, hdr []byte) {
 			continue
 		}
 		d.add(cur.seg, -1)
-		cur.seg, cur.page = h.seg, first+uint32(i)
+		cur.seg, cur.page = h.seg, first+uint32(i)*blockUnits
 		d.add(cur.seg, 1)
 		s.markDirty(x, e.block, e.epoch)
 	}

@@ -9,7 +9,7 @@
 // index, zero-range records, each volume's retained snapshot epochs; see
 // keys.go; each volume's lineage: the parent it was forked from and its
 // rollbacks, lineage.go) and dir/segments, the log of records (record.go): data records
-// (a header with a crc32c per block, then the 4 KiB-aligned blocks), zero
+// (a header with a crc32c per block, then the blocks; 512-byte aligned), zero
 // records, drop records and the cleaner's copy records. In memory it holds the block index (index.go:
 // per volume, pages of 64 blocks, (block, epoch) -> (segment, page, seq,
 // crc); 32.4 bytes of heap per block, about 8.1 GiB per TiB written, bounded

@@ -93,7 +93,7 @@ func (s *Store) Write(ctx context.Context, vol, block uint64, data []byte, st St
 		s.apply.RUnlock()
 		return fmt.Errorf("store: write vol %d blocks [%d, +%d): %w", vol, block, n, s.ioErr(err))
 	}
-	s.applyData(v, &h, uint32((at.off+int64(len(hdr)))/BlockSize), hdr[recFixedLen:])
+	s.applyData(v, &h, uint32((at.off+int64(len(hdr)))/recAlign), hdr[recFixedLen:])
 	s.apply.RUnlock()
 	if err := s.kickCheckpoint(); err != nil {
 		return fmt.Errorf("store: write vol %d blocks [%d, +%d): %w", vol, block, n, err)
@@ -186,7 +186,7 @@ func readVersions(tab map[uint32]*segment, p []byte, vers []version, block uint6
 			continue
 		}
 		j := i + 1
-		for j < len(vers) && vers[j].kind == kindData && vers[j].seg == ver.seg && vers[j].page == vers[j-1].page+1 {
+		for j < len(vers) && vers[j].kind == kindData && vers[j].seg == ver.seg && vers[j].page == vers[j-1].page+blockUnits {
 			j++
 		}
 		if err := readRun(tab[ver.seg], p[i*BlockSize:j*BlockSize], vers[i:j]); err != nil {
@@ -203,7 +203,7 @@ func readRun(sg *segment, p []byte, vers []version) error {
 	if sg == nil {
 		return fmt.Errorf("%w: %w: segment %s missing", ErrIO, ErrCorrupt, segName(vers[0].seg))
 	}
-	k, err := sg.f.ReadAt(p, int64(vers[0].page)*BlockSize)
+	k, err := sg.f.ReadAt(p, int64(vers[0].page)*recAlign)
 	if k < len(p) {
 		if err == nil || errors.Is(err, io.EOF) {
 			return fmt.Errorf("%w: %w: segment %s: short read at page %d", ErrIO, ErrCorrupt, segName(sg.id), vers[0].page)

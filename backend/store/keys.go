@@ -38,7 +38,7 @@ const (
 	tagWatermark = 'w'
 	tagFormat    = 'f'
 
-	formatName    = "cairn.store.segments.v1"
+	formatName    = "cairn.store.segments.v2" // v2: records 512-byte aligned
 	indexValueLen = 21
 	watermarkLen  = 12
 

@@ -7,8 +7,10 @@ import (
 )
 
 // Segment records. A segment file is a sequence of records, each starting
-// on a BlockSize boundary: a header of one or more pages, then (data records
-// only) n pages of block data. Every integer is big-endian.
+// on a recAlign (512-byte) boundary: a header padded to a multiple of
+// recAlign, then (data and copy records) n blocks of data. Every integer
+// is big-endian. Positions of block data (version.page) count recAlign
+// units, so a 4 KiB write costs 4.5 KiB of log, not 8.
 //
 //	0  magic u32        recMagic
 //	4  type u8          recData, recZero or recDrop
@@ -28,7 +30,7 @@ import (
 //	72 entry * n        recCopy only: block u64 | epoch u64 | seq u64 |
 //	                    crc u32 | zero u32 (copyEntryLen bytes each)
 //
-// The header is padded with zeros to a multiple of BlockSize. The header
+// The header is padded with zeros to a multiple of recAlign. The header
 // CRC covers the per-block CRCs, which cover the data, so a record is valid
 // when its header parses and every block matches; seg and off make a record
 // copied to the wrong place (or left over from elsewhere) invalid.
@@ -44,13 +46,17 @@ const (
 	flagPoints  = 2 // recZero: stored as per-block zero versions, not a range
 
 	recFixedLen = 72
+	// recAlign is the alignment of records and of the block data in them.
+	recAlign = 512
+	// blockUnits is a block's length in recAlign units.
+	blockUnits = BlockSize / recAlign
 	// recDataBlocksMax bounds the blocks of one data record (one Write).
 	recDataBlocksMax = RequestBytesMax / BlockSize
 	copyEntryLen     = 32
 	// copyBlocksMax: a copy record's header fits one page.
 	copyBlocksMax = (BlockSize - recFixedLen) / copyEntryLen
 	// recHeaderBytesMax is the largest header, padded.
-	recHeaderBytesMax = (recFixedLen + 4*recDataBlocksMax + BlockSize - 1) / BlockSize * BlockSize
+	recHeaderBytesMax = (recFixedLen + 4*recDataBlocksMax + recAlign - 1) / recAlign * recAlign
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -116,7 +122,7 @@ func getCopyEntry(hdr []byte, i int) copyEntry {
 }
 
 func headerBytes(typ uint8, n uint64) int {
-	return (headerLen(typ, n) + BlockSize - 1) / BlockSize * BlockSize
+	return (headerLen(typ, n) + recAlign - 1) / recAlign * recAlign
 }
 
 // recordBytes is the size of the whole record on disk.
@@ -179,7 +185,7 @@ func parseFixed(b []byte) (recHeader, int, error) {
 	if binary.BigEndian.Uint16(b[6:8]) != 0 || binary.BigEndian.Uint32(b[12:16]) != 0 || binary.BigEndian.Uint32(b[68:72]) != 0 {
 		return recHeader{}, 0, fmt.Errorf("%w: record header padding", ErrCorrupt)
 	}
-	if h.off < 0 || h.off%BlockSize != 0 {
+	if h.off < 0 || h.off%recAlign != 0 {
 		return recHeader{}, 0, fmt.Errorf("%w: record offset %d", ErrCorrupt, h.off)
 	}
 	switch h.typ {

@@ -57,8 +57,9 @@ func TestFlippedByte(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	// The record: one header page, then blocks 10..13; flip in block 12.
-	flipByte(t, fs, BlockSize+2*BlockSize+100)
+	// The record: a header of recAlign bytes, then blocks 10..13; flip in
+	// block 12.
+	flipByte(t, fs, recAlign+2*BlockSize+100)
 	s = openMem(t, fs)
 	got := make([]byte, 4*BlockSize)
 	err := s.Read(ctx, 1, 10, got, 1)
@@ -82,15 +83,16 @@ func TestFlippedByte(t *testing.T) {
 // CRC ends the replay of its segment: neither it nor any later record is
 // applied, and the older versions stay readable.
 func TestReplayStopsAtCorruptRecord(t *testing.T) {
-	for _, flipAt := range []int64{2*BlockSize + 8, 2*BlockSize + 73, 3*BlockSize + 4000} { // record 2: header, its crc array, data
+	const rec = recAlign + BlockSize // a one-block record: header, data
+	for _, flipAt := range []int64{rec + 8, rec + 73, rec + recAlign + 4000} { // record 2: header, its crc array, data
 		fs := vfs.NewCrashableMem()
 		s, err := Open("db", Options{FS: fs, Logger: quiet})
 		if err != nil {
 			t.Fatal(err)
 		}
 		buf := make([]byte, BlockSize)
-		// Record 1 (pages 0-1) is checkpointed by Sync+checkpoint; records
-		// 2 (pages 2-3) and 3 (4-5) are synced but only in the log.
+		// Record 1 is checkpointed by Sync+checkpoint; records 2 and 3
+		// are synced but only in the log.
 		fill(buf, 'a', 1)
 		if err := s.Write(ctx, 1, 1, buf, Stamp{1, 1}, true); err != nil {
 			t.Fatal(err)
