@@ -184,9 +184,10 @@ func (s *Store) background() {
 // checkpoint.
 func (s *Store) logGrew(n int64) bool {
 	e := s.seg.end()
-	s.ck.Lock()
-	last := s.ck.last
-	s.ck.Unlock()
+	var last pos // before the first checkpoint of a new store
+	if p := s.ck.last.Load(); p != nil {
+		last = *p
+	}
 	grown := e.off - last.off
 	if e.seg != last.seg {
 		grown += int64(e.seg-last.seg) * s.seg.segBytes
@@ -312,7 +313,7 @@ func (s *Store) checkpoint() (err error) {
 	if err := s.commit(b, true); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
-	s.ck.last = end
+	s.ck.last.Store(&end)
 	s.stats.checkpoints.Add(1)
 	var freed int64
 	for _, sg := range dead {
@@ -558,7 +559,7 @@ func (s *Store) load() error {
 	} else if !errors.Is(err, pebble.ErrNotFound) {
 		return fmt.Errorf("load watermark: %w: %w", ErrIO, err)
 	}
-	s.ck.last = wm
+	s.ck.last.Store(&wm)
 	buf := make([]byte, recHeaderBytesMax+RequestBytesMax)
 	for _, sg := range segs {
 		if sg.id < wm.seg {

@@ -149,9 +149,13 @@ type Store struct {
 
 	ck struct {
 		sync.Mutex // one checkpoint at a time
-		last       pos
-		ents       []ckEnt
-		groups     []ckGroup
+		// last is the watermark of the last checkpoint, stored under the
+		// mutex and read without it: every Write asks logGrew, and a
+		// checkpoint holds the mutex across a sync and a commit, which
+		// stalled every write of the store for as long (issue 8).
+		last   atomic.Pointer[pos]
+		ents   []ckEnt
+		groups []ckGroup
 	}
 	cleanMu sync.Mutex // one cleaning pass at a time
 	gcMu    sync.Mutex // one GC pass at a time
