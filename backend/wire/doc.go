@@ -114,7 +114,10 @@
 // A Client starts one reader goroutine per connection, which matches
 // replies to calls, and one short-lived goroutine per dial. Calls run on
 // their callers' goroutines: they write their request under the
-// connection's write lock and wait for the reader's signal. Close fails
+// connection's write lock and wait for the reader's signal. StartWrite
+// (volume.Starter) splits a Write in two: it sends the request and
+// returns, the call holding its slot, and the result's Wait waits; so a
+// volume fans a write out to several nodes from one goroutine. Close fails
 // every pending call with ErrClosed and waits for the readers and dials.
 // All methods of Client and Server are safe for concurrent use.
 //
