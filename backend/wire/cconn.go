@@ -16,7 +16,7 @@ import (
 // count the slot's uses, so that a late reply never matches a later call.
 const slotBits = 16
 
-// cconn is one connection of a Client. Callers write requests under wmu;
+// cconn is one connection of a Client. Callers write requests through w;
 // one reader goroutine matches replies to slots.
 type cconn struct {
 	c               *Client
@@ -26,11 +26,7 @@ type cconn struct {
 	br  *bufio.Reader // reader goroutine only
 	rdl deadline      // reader goroutine only
 
-	wmu     sync.Mutex
-	bw      *bufio.Writer                      // under wmu
-	wdl     deadline                           // under wmu
-	hbuf    [HeaderSize + ZeroRequestSize]byte // under wmu
-	writers atomic.Int32                       // callers between wanting wmu and leaving it; the last one flushes
+	w frameWriter // requests
 
 	slots []*slot    // fixed at creation; index = id's low bits
 	free  chan *slot // slots not in use
@@ -69,8 +65,9 @@ type slot struct {
 	op    Op
 	p     []byte // where the reply payload goes (Read, Extents)
 
-	// The request's fixed part, copied off the caller's stack (checksumming
-	// it there would move args to the heap); caller only.
+	// The request's header and fixed part, off the caller's stack
+	// (checksumming there would move args to the heap); caller only.
+	hdr   [HeaderSize]byte
 	fixed [ZeroRequestSize]byte
 
 	// The call between start and wait; caller only.
@@ -89,9 +86,9 @@ type slot struct {
 
 func newCconn(c *Client, nc net.Conn, slots int) *cconn {
 	cc := &cconn{c: c, nc: nc, requestBytesMax: RequestBytesMax,
-		slots: make([]*slot, slots), free: make(chan *slot, slots), dead: make(chan struct{}),
-		wdl: deadline{write: true}}
-	cc.br, cc.bw = newBufio(nc)
+		slots: make([]*slot, slots), free: make(chan *slot, slots), dead: make(chan struct{})}
+	cc.br = newReader(nc)
+	cc.w.init(nc, c.opts.FrameTimeout)
 	for i := range cc.slots {
 		t := time.NewTimer(time.Hour)
 		t.Stop()
@@ -140,7 +137,7 @@ func (cc *cconn) start(ctx context.Context, a *args, hasDeadline bool, start tim
 	}
 	copy(s.fixed[:], a.fixed[:a.fixedLen])
 	s.sent = time.Now()
-	cc.send(id, s.fixed[:a.fixedLen], a)
+	cc.send(id, s.hdr[:], s.fixed[:a.fixedLen], a)
 	return s, nil
 }
 
@@ -222,32 +219,17 @@ func (cc *cconn) acquire(ctx context.Context, hasDeadline bool, start time.Time)
 	}
 }
 
-// send writes a request. The last of the callers queued on wmu flushes, so
-// that concurrent calls share a syscall. A write error breaks the
-// connection, which completes the call.
-func (cc *cconn) send(id uint64, fixed []byte, a *args) {
+// send writes a request (its header encoded into hb), or queues it behind
+// the request being written (see frameWriter). A write error breaks the connection, which completes
+// the call.
+func (cc *cconn) send(id uint64, hb, fixed []byte, a *args) {
 	sum := UpdateChecksum(0, fixed)
 	if len(a.data) > 0 {
 		sum = UpdateChecksum(sum, a.data)
 	}
 	h := Header{Op: a.op, Flags: a.flags, ID: id, Length: uint32(a.fixedLen + len(a.data)), Sum: sum}
-	cc.writers.Add(1)
-	cc.wmu.Lock()
-	var err error
-	if !cc.broken.Load() {
-		cc.wdl.arm(cc.nc, cc.c.opts.FrameTimeout)
-		h.Put(cc.hbuf[:])
-		copy(cc.hbuf[HeaderSize:], fixed)
-		_, err = cc.bw.Write(cc.hbuf[:HeaderSize+a.fixedLen])
-		if err == nil && len(a.data) > 0 {
-			_, err = cc.bw.Write(a.data)
-		}
-	}
-	if cc.writers.Add(-1) == 0 && err == nil && !cc.broken.Load() {
-		err = cc.bw.Flush()
-	}
-	cc.wmu.Unlock()
-	if err != nil {
+	h.Put(hb)
+	if err := cc.w.write(hb, fixed, a.data); err != nil {
 		cc.fail(fmt.Errorf("write: %w", err))
 	}
 }
