@@ -99,15 +99,6 @@ func newCconn(c *Client, nc net.Conn, slots int) *cconn {
 	return cc
 }
 
-// call sends a's request and waits for its reply or its deadline.
-func (cc *cconn) call(ctx context.Context, a *args, hasDeadline bool, start time.Time) (int, bool, error) {
-	s, err := cc.start(ctx, a, hasDeadline, start)
-	if err != nil {
-		return 0, false, err
-	}
-	return cc.wait(s)
-}
-
 // start takes a slot and sends a's request; unless it failed, the caller
 // owns the slot and must end the call with wait. a's data is not
 // referenced once start returned.
