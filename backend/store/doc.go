@@ -54,7 +54,9 @@
 //     or trims the records it dominates, and a volume holds at most
 //     rangesPerVolumeMax of them (ErrLimit past that).
 //   - The log is the order of mutations: appends are serialized, so every
-//     byte before the log's end is written. A write or Zero with sync, and
+//     byte before the log's end is written. Small records appended at the
+//     same time are written together, in one write call by one of their
+//     appenders (group append, segment.go). A write or Zero with sync, and
 //     every call that returned before a Sync, is durable when the call
 //     returns (one SyncData per segment written since the last sync,
 //     shared by every waiter; sealing a segment does not sync it, so data

@@ -39,8 +39,9 @@ type pos struct {
 func (p pos) less(q pos) bool { return p.seg < q.seg || (p.seg == q.seg && p.off < q.off) }
 
 // segLog is the store's log of records over segment files in one
-// directory. Appends are serialized (one write call per record part, in
-// log order), so every byte before the current end is written; Sync makes
+// directory. Appends are serialized (one write call per record part, or
+// per batch of small records, in log order), so every byte before the
+// current end is written; Sync makes
 // a prefix durable with one SyncData per segment written since the last
 // one, shared by every waiter (group commit).
 //
@@ -77,6 +78,15 @@ type segLog struct {
 	// sealed is signalled (without blocking) when a segment is sealed, so
 	// that the background goroutine reaps.
 	sealed chan struct{}
+
+	// group is the queue of group appends (see appendGrouped).
+	group struct {
+		sync.Mutex
+		pending []*appendReq // queued, in arrival order
+		spare   []*appendReq // the last batch's slice, for reuse
+		leading bool         // an appender is writing batches
+		buf     []byte       // the leader's batch; under mu
+	}
 
 	// tab maps ids to segments; replaced, never mutated (under mu).
 	tab atomic.Pointer[map[uint32]*segment]
@@ -223,14 +233,23 @@ func syncDir(fs vfs.FS, dir string) error {
 // may hold the data after it already; data, if not nil, follows. It returns the position of the record and the end of the log after
 // it. A failed write leaves a torn record that recovery stops at; the next
 // append starts a new segment.
+//
+// A record in one piece of at most groupRecordMax bytes (every 4 KiB
+// write's) is appended with the others waiting at the same time: one of
+// them writes them all with one write call (see appendGrouped).
 func (l *segLog) append(h *recHeader, rec, data []byte) (at, end pos, err error) {
+	if data == nil && len(rec) <= groupRecordMax {
+		return l.appendGrouped(h, rec)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.appendLocked(h, rec, data)
+}
+
+func (l *segLog) appendLocked(h *recHeader, rec, data []byte) (at, end pos, err error) {
 	size := int64(len(rec) + len(data))
-	if l.roll || l.active == nil || (l.off > 0 && l.off+size > l.segBytes) {
-		if err := l.rollLocked(); err != nil {
-			return pos{}, pos{}, err
-		}
+	if err := l.rollIfLocked(size); err != nil {
+		return pos{}, pos{}, err
 	}
 	a := l.active
 	h.seg, h.off = a.id, l.off
@@ -252,13 +271,178 @@ func (l *segLog) append(h *recHeader, rec, data []byte) (at, end pos, err error)
 		}
 	}
 	at = pos{a.id, l.off}
+	l.advanceLocked(size)
+	return at, pos{a.id, l.off}, nil
+}
+
+// rollIfLocked starts a new segment if the active one must be sealed or
+// has no room for size more bytes. Caller holds mu.
+func (l *segLog) rollIfLocked(size int64) error {
+	if l.roll || l.active == nil || (l.off > 0 && l.off+size > l.segBytes) {
+		return l.rollLocked()
+	}
+	return nil
+}
+
+// advanceLocked moves the end of the active segment past size bytes just
+// written. Caller holds mu.
+func (l *segLog) advanceLocked(size int64) {
 	l.off += size
-	a.bytes.Store(l.off)
+	l.active.bytes.Store(l.off)
 	l.appended.Add(size)
 	// No writeback is started here: what dies before a sync is never
 	// written (see reap); the kernel's own writeback and the next sync
 	// take the rest.
-	return at, pos{a.id, l.off}, nil
+}
+
+// Group appends. Appenders of small records queue; the first one finding
+// no leader leads: it takes the queue, lays the records out one after the
+// other in a buffer, writes it with one write call under mu and completes
+// each appender, and goes on while the queue refills, at most
+// groupRoundsMax times before it hands the lead to the oldest appender
+// waiting. With many writes in flight (a replicated volume, a queue depth
+// of 32) this turns one write call per record, each a hand-off of mu,
+// into one per batch.
+const (
+	// groupRecordMax: records up to this size (a 64 KiB write with its
+	// header) are grouped.
+	groupRecordMax = smallRecordBytes + recHeaderBytesMax
+	// groupBytesMax bounds one batch's write; a larger batch is written in
+	// several.
+	groupBytesMax = 1 << 20
+	// groupRoundsMax bounds the batches one leader writes before it hands
+	// the lead on, so that its own append returns.
+	groupRoundsMax = 4
+)
+
+// appendReq is one queued append; its done is signalled once it is
+// complete (or, with lead set, when its appender is to lead).
+type appendReq struct {
+	h        recHeader // a copy: the caller's stays on its stack
+	rec      []byte
+	at, end  pos
+	err      error
+	lead     bool
+	finished bool
+	done     chan struct{} // capacity 1
+}
+
+var appendReqPool = sync.Pool{New: func() any { return &appendReq{done: make(chan struct{}, 1)} }}
+
+func (l *segLog) appendGrouped(h *recHeader, rec []byte) (at, end pos, err error) {
+	q := appendReqPool.Get().(*appendReq)
+	q.h, q.rec = *h, rec
+	g := &l.group
+	g.Lock()
+	g.pending = append(g.pending, q)
+	if !g.leading {
+		g.leading = true
+		l.lead() // unlocks g
+	} else {
+		g.Unlock()
+	}
+	for {
+		<-q.done
+		if q.finished {
+			break
+		}
+		// Handed the lead: q is still queued.
+		g.Lock()
+		q.lead = false
+		l.lead()
+	}
+	at, end, err = q.at, q.end, q.err
+	h.seg, h.off = q.h.seg, q.h.off
+	*q = appendReq{done: q.done}
+	appendReqPool.Put(q)
+	return at, end, err
+}
+
+// lead writes the queued records, batch by batch, then gives up the lead
+// or hands it on. Caller holds l.group, which lead unlocks.
+func (l *segLog) lead() {
+	g := &l.group
+	for round := 0; len(g.pending) > 0; round++ {
+		if round == groupRoundsMax {
+			next := g.pending[0]
+			next.lead = true
+			g.Unlock()
+			next.done <- struct{}{} // g.leading stays set: next leads
+			return
+		}
+		batch := g.pending
+		g.pending = g.spare[:0]
+		g.Unlock()
+		l.writeBatch(batch)
+		clear(batch)
+		g.Lock()
+		g.spare = batch[:0]
+	}
+	g.leading = false
+	g.Unlock()
+}
+
+// writeBatch appends the records of batch in order and completes each.
+func (l *segLog) writeBatch(batch []*appendReq) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := 0; i < len(batch); {
+		j := i + 1
+		if err := l.rollIfLocked(int64(len(batch[i].rec))); err != nil {
+			l.finish(batch[i:j], err)
+			i = j
+			continue
+		}
+		a := l.active
+		// The records that fit in the active segment and in one write.
+		size := int64(len(batch[i].rec))
+		for j < len(batch) {
+			n := int64(len(batch[j].rec))
+			if l.off+size+n > l.segBytes || size+n > groupBytesMax {
+				break
+			}
+			size += n
+			j++
+		}
+		buf := l.group.buf[:0]
+		off := l.off
+		for _, q := range batch[i:j] {
+			q.h.seg, q.h.off = a.id, off
+			if q.h.typ == recZero || q.h.typ == recDrop {
+				a.meta.Store(true)
+			}
+			encodeHeader(q.rec, &q.h)
+			buf = append(buf, q.rec...)
+			q.at = pos{a.id, off}
+			off += int64(len(q.rec))
+			q.end = pos{a.id, off}
+		}
+		if cap(buf) <= groupBytesMax+groupRecordMax {
+			l.group.buf = buf[:0]
+		}
+		if n, err := a.f.WriteAt(buf, l.off); err != nil {
+			// As for one record: nothing written, the next batch may go
+			// to the same place; else the torn batch ends its segment.
+			l.roll = n > 0
+			l.finish(batch[i:j], fmt.Errorf("segment %s: write at %d: %w", segName(a.id), l.off, err))
+			i = j
+			continue
+		}
+		l.advanceLocked(size)
+		l.finish(batch[i:j], nil)
+		i = j
+	}
+}
+
+// finish completes appends with err (their positions are set when nil).
+func (l *segLog) finish(qs []*appendReq, err error) {
+	for _, q := range qs {
+		if err != nil {
+			q.at, q.end = pos{}, pos{}
+		}
+		q.err, q.finished = err, true
+		q.done <- struct{}{}
+	}
 }
 
 // endAppended returns the end of the log and the bytes appended up to it.

@@ -83,8 +83,10 @@ func TestFlippedByte(t *testing.T) {
 // CRC ends the replay of its segment: neither it nor any later record is
 // applied, and the older versions stay readable.
 func TestReplayStopsAtCorruptRecord(t *testing.T) {
-	const rec = recAlign + BlockSize // a one-block record: header, data
-	for _, flipAt := range []int64{rec + 8, rec + 73, rec + recAlign + 4000} { // record 2: header, its crc array, data
+	// A one-block record is a header and the block; flip in record 2's
+	// header, its crc array, its data.
+	const rec = recAlign + BlockSize
+	for _, flipAt := range []int64{rec + 8, rec + 73, rec + recAlign + 4000} {
 		fs := vfs.NewCrashableMem()
 		s, err := Open("db", Options{FS: fs, Logger: quiet})
 		if err != nil {

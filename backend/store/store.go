@@ -150,10 +150,12 @@ type Store struct {
 	ck struct {
 		sync.Mutex // one checkpoint at a time
 		last       pos
-		// appended and reaped are the log's counters at last.
-		appended, reaped int64
-		ents             []ckEnt
-		groups           []ckGroup
+		// base is the log's appended minus reaped bytes at last, read
+		// without the mutex (logGrew: every Write asks, and a checkpoint
+		// holds the mutex across a sync and a commit).
+		base   atomic.Int64
+		ents   []ckEnt
+		groups []ckGroup
 	}
 	cleanMu sync.Mutex // one cleaning pass at a time
 	gcMu    sync.Mutex // one GC pass at a time

@@ -42,6 +42,10 @@
 // the preempted iSCSI sessions' commands.
 //
 // Concurrency: all methods are safe for concurrent use. The Volume owns no
-// long-lived goroutines; a write or zero over several replicas runs its
-// node calls on goroutines that end before the request returns.
+// long-lived goroutines. A write over several replicas starts its call on
+// each Starter (the node RPC client sends the request and returns), makes
+// the call of the one node that is not (the local store) on the request's
+// goroutine meanwhile, then waits for the started ones: no goroutine per
+// replica. Other sets, and zeroes and flushes over several nodes, run
+// their node calls on goroutines that end before the request returns.
 package volume

@@ -62,6 +62,22 @@ type Node interface {
 	Sync(ctx context.Context) error
 }
 
+// Starter is a Node that can send a write and collect its result later,
+// as the node RPC client does: a write fans out to such replicas with no
+// goroutine per replica. StartWrite does what Write does up to sending the
+// request and must not reference data once it returned. Unless it failed,
+// the caller calls Wait on the result exactly once, with ctx still valid
+// (ctx is the request, as for Node).
+type Starter interface {
+	StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) (Pending, error)
+}
+
+// Pending is a call begun by a Starter; Wait returns its result, as the
+// synchronous call would have returned it.
+type Pending interface {
+	Wait() error
+}
+
 // Placement names the replicas of each chunk.
 type Placement interface {
 	// Replicas returns the nodes holding chunk c, first the one to read from.
@@ -616,13 +632,63 @@ func (v *Volume) writeBlocks(r *request, block uint64, p []byte, sync bool) erro
 		if len(nodes) == 1 { // no closure on the single-replica hot path
 			return v.writeNode(r, nodes[0], b, q, sync)
 		}
+		if ok, err := v.writeReplicas(r, nodes, b, q, sync); ok {
+			return err
+		}
 		return v.fanOut(r, nodes, func(nd Node) error { return v.writeNode(r, nd, b, q, sync) })
 	})
 }
 
+// fanMax is the most replicas writeReplicas serves.
+const fanMax = 8
+
+// writeReplicas writes blocks to every node, as fanOut does, on this
+// goroutine only: it starts the write on each Starter (the node RPC),
+// writes to the one node that is not (the local store) meanwhile, then
+// waits for the started ones. ok is false, and nothing done, when the
+// set has more than one node that is not a Starter or more than fanMax.
+func (v *Volume) writeReplicas(r *request, nodes []Node, b uint64, q []byte, sync bool) (ok bool, err error) {
+	if len(nodes) > fanMax {
+		return false, nil
+	}
+	local := -1
+	for i, nd := range nodes {
+		if _, ok := nd.(Starter); !ok {
+			if local >= 0 {
+				return false, nil
+			}
+			local = i
+		}
+	}
+	var pend [fanMax]Pending
+	var errs [fanMax]error
+	for i, nd := range nodes {
+		if i != local {
+			if pend[i], errs[i] = nd.(Starter).StartWrite(r, v.id, b, q, r.st, sync); errs[i] != nil {
+				errs[i] = v.writeErr(b, q, errs[i])
+			}
+		}
+	}
+	if local >= 0 {
+		errs[local] = v.writeNode(r, nodes[local], b, q, sync)
+	}
+	for i, p := range pend[:len(nodes)] {
+		if p != nil {
+			if err := p.Wait(); err != nil {
+				errs[i] = v.writeErr(b, q, err)
+			}
+		}
+	}
+	return true, v.settle(r, nodes, errs[:len(nodes)])
+}
+
+func (v *Volume) writeErr(b uint64, q []byte, err error) error {
+	return fmt.Errorf("volume %d: write blocks [%d, +%d): %w", v.id, b, len(q)>>blockShift, classify(err))
+}
+
 func (v *Volume) writeNode(r *request, nd Node, b uint64, q []byte, sync bool) error {
 	if err := nd.Write(r, v.id, b, q, r.st, sync); err != nil {
-		return fmt.Errorf("volume %d: write blocks [%d, +%d): %w", v.id, b, len(q)>>blockShift, classify(err))
+		return v.writeErr(b, q, err)
 	}
 	return nil
 }
@@ -641,6 +707,13 @@ func (v *Volume) fanOut(r *request, nodes []Node, fn func(Node) error) error {
 		}()
 	}
 	wg.Wait()
+	return v.settle(r, nodes, errs)
+}
+
+// settle is the result of a write-class call on every node of a set,
+// errs[i] that of nodes[i]: nil if every node succeeded, or if some did
+// and the volume's Failover took each of the others out.
+func (v *Volume) settle(r *request, nodes []Node, errs []error) error {
 	failed := 0
 	for _, err := range errs {
 		if err != nil {

@@ -16,7 +16,7 @@ import (
 // count the slot's uses, so that a late reply never matches a later call.
 const slotBits = 16
 
-// cconn is one connection of a Client. Callers write requests under wmu;
+// cconn is one connection of a Client. Callers write requests through w;
 // one reader goroutine matches replies to slots.
 type cconn struct {
 	c               *Client
@@ -26,11 +26,7 @@ type cconn struct {
 	br  *bufio.Reader // reader goroutine only
 	rdl deadline      // reader goroutine only
 
-	wmu     sync.Mutex
-	bw      *bufio.Writer                      // under wmu
-	wdl     deadline                           // under wmu
-	hbuf    [HeaderSize + ZeroRequestSize]byte // under wmu
-	writers atomic.Int32                       // callers between wanting wmu and leaving it; the last one flushes
+	w frameWriter // requests
 
 	slots []*slot    // fixed at creation; index = id's low bits
 	free  chan *slot // slots not in use
@@ -57,6 +53,7 @@ const (
 // acquiring it off free until it puts it back, except that while the state
 // is slotPending or slotReceiving the reader (or fail) may complete it.
 type slot struct {
+	cc    *cconn
 	idx   uint64
 	done  chan struct{} // capacity 1: one signal per completed call
 	timer *time.Timer   // the default call deadline; caller only
@@ -68,9 +65,17 @@ type slot struct {
 	op    Op
 	p     []byte // where the reply payload goes (Read, Extents)
 
-	// The request's fixed part, copied off the caller's stack (checksumming
-	// it there would move args to the heap); caller only.
+	// The request's header and fixed part, off the caller's stack
+	// (checksumming there would move args to the heap); caller only.
+	hdr   [HeaderSize]byte
 	fixed [ZeroRequestSize]byte
+
+	// The call between start and wait; caller only.
+	ctx  context.Context
+	tc   <-chan time.Time // the default deadline's timer, when ctx has none
+	sent time.Time
+	// What a write begun by StartWrite was, for Wait's error.
+	vol, block, blocks uint64
 
 	// Written by the completer before done is signalled, read by the
 	// caller after.
@@ -81,24 +86,26 @@ type slot struct {
 
 func newCconn(c *Client, nc net.Conn, slots int) *cconn {
 	cc := &cconn{c: c, nc: nc, requestBytesMax: RequestBytesMax,
-		slots: make([]*slot, slots), free: make(chan *slot, slots), dead: make(chan struct{}),
-		wdl: deadline{write: true}}
-	cc.br, cc.bw = newBufio(nc)
+		slots: make([]*slot, slots), free: make(chan *slot, slots), dead: make(chan struct{})}
+	cc.br = newReader(nc)
+	cc.w.init(nc, c.opts.FrameTimeout)
 	for i := range cc.slots {
 		t := time.NewTimer(time.Hour)
 		t.Stop()
-		s := &slot{idx: uint64(i), done: make(chan struct{}, 1), timer: t}
+		s := &slot{cc: cc, idx: uint64(i), done: make(chan struct{}, 1), timer: t}
 		cc.slots[i] = s
 		cc.free <- s
 	}
 	return cc
 }
 
-// call sends a's request and waits for its reply or its deadline.
-func (cc *cconn) call(ctx context.Context, a *args, hasDeadline bool, start time.Time) (int, bool, error) {
+// start takes a slot and sends a's request; unless it failed, the caller
+// owns the slot and must end the call with wait. a's data is not
+// referenced once start returned.
+func (cc *cconn) start(ctx context.Context, a *args, hasDeadline bool, start time.Time) (*slot, error) {
 	s, err := cc.acquire(ctx, hasDeadline, start)
 	if err != nil {
-		return 0, false, err
+		return nil, err
 	}
 	s.mu.Lock()
 	if cc.broken.Load() {
@@ -106,7 +113,7 @@ func (cc *cconn) call(ctx context.Context, a *args, hasDeadline bool, start time
 		// finds the slot pending and completes it.
 		s.mu.Unlock()
 		cc.free <- s
-		return 0, false, cc.failErr
+		return nil, cc.failErr
 	}
 	s.uses++
 	s.id = s.uses<<slotBits | s.idx
@@ -114,26 +121,33 @@ func (cc *cconn) call(ctx context.Context, a *args, hasDeadline bool, start time
 	id := s.id
 	s.mu.Unlock()
 
-	var tc <-chan time.Time
+	s.ctx, s.tc = ctx, nil
 	if !hasDeadline {
 		s.timer.Reset(cc.c.opts.CallTimeout - time.Since(start))
-		tc = s.timer.C
+		s.tc = s.timer.C
 	}
 	copy(s.fixed[:], a.fixed[:a.fixedLen])
-	sent := time.Now()
-	cc.send(id, s.fixed[:a.fixedLen], a)
+	s.sent = time.Now()
+	cc.send(id, s.hdr[:], s.fixed[:a.fixedLen], a)
+	return s, nil
+}
 
+// wait waits for the reply to the call started on s, or its deadline, and
+// puts s back.
+func (cc *cconn) wait(s *slot) (int, bool, error) {
 	var timeout error
 	select {
 	case <-s.done:
-	case <-ctx.Done():
-		timeout = ctx.Err()
-	case <-tc:
+	case <-s.ctx.Done():
+		timeout = s.ctx.Err()
+	case <-s.tc:
 		timeout = context.DeadlineExceeded
 	}
-	if tc != nil {
+	if s.tc != nil {
 		s.timer.Stop()
 	}
+	op, sent := s.op, s.sent
+	s.ctx, s.tc = nil, nil
 	if timeout != nil {
 		s.mu.Lock()
 		if s.state == slotPending {
@@ -147,7 +161,7 @@ func (cc *cconn) call(ctx context.Context, a *args, hasDeadline bool, start time
 				// a node that vanished without closing the connection.
 				cc.fail(fmt.Errorf("no reply frame for %v with calls pending", waited.Round(time.Millisecond)))
 			}
-			return 0, false, fmt.Errorf("wire: %s on %s: no reply in time: %w", a.op, cc.c.addr, timeout)
+			return 0, false, fmt.Errorf("wire: %s on %s: no reply in time: %w", op, cc.c.addr, timeout)
 		}
 		// The reply is being read into p: wait for it (bounded by
 		// FrameTimeout) so that p is not written after we return.
@@ -160,6 +174,18 @@ func (cc *cconn) call(ctx context.Context, a *args, hasDeadline bool, start time
 	s.mu.Unlock()
 	cc.free <- s
 	return n, more, err
+}
+
+// Wait implements volume.Pending for a write begun by Client.StartWrite:
+// it waits for the reply or the call's deadline and returns what Write
+// would have.
+func (s *slot) Wait() error {
+	cc, vol, block, blocks := s.cc, s.vol, s.block, s.blocks
+	_, _, err := cc.wait(s) // s is another call's from here on
+	if err = cc.c.ended(err); err != nil {
+		return fmt.Errorf("wire: write vol %d blocks [%d, +%d) to %s: %w", vol, block, blocks, cc.c.addr, err)
+	}
+	return nil
 }
 
 // acquire takes a free slot, waiting (bounded by the call's deadline) when
@@ -184,32 +210,17 @@ func (cc *cconn) acquire(ctx context.Context, hasDeadline bool, start time.Time)
 	}
 }
 
-// send writes a request. The last of the callers queued on wmu flushes, so
-// that concurrent calls share a syscall. A write error breaks the
-// connection, which completes the call.
-func (cc *cconn) send(id uint64, fixed []byte, a *args) {
+// send writes a request (its header encoded into hb), or queues it behind
+// the request being written (see frameWriter). A write error breaks the connection, which completes
+// the call.
+func (cc *cconn) send(id uint64, hb, fixed []byte, a *args) {
 	sum := UpdateChecksum(0, fixed)
 	if len(a.data) > 0 {
 		sum = UpdateChecksum(sum, a.data)
 	}
 	h := Header{Op: a.op, Flags: a.flags, ID: id, Length: uint32(a.fixedLen + len(a.data)), Sum: sum}
-	cc.writers.Add(1)
-	cc.wmu.Lock()
-	var err error
-	if !cc.broken.Load() {
-		cc.wdl.arm(cc.nc, cc.c.opts.FrameTimeout)
-		h.Put(cc.hbuf[:])
-		copy(cc.hbuf[HeaderSize:], fixed)
-		_, err = cc.bw.Write(cc.hbuf[:HeaderSize+a.fixedLen])
-		if err == nil && len(a.data) > 0 {
-			_, err = cc.bw.Write(a.data)
-		}
-	}
-	if cc.writers.Add(-1) == 0 && err == nil && !cc.broken.Load() {
-		err = cc.bw.Flush()
-	}
-	cc.wmu.Unlock()
-	if err != nil {
+	h.Put(hb)
+	if err := cc.w.write(hb, fixed, a.data); err != nil {
 		cc.fail(fmt.Errorf("write: %w", err))
 	}
 }

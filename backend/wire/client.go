@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"cairn/backend/store"
+	"cairn/backend/volume"
 	"cairn/target"
 )
 
@@ -47,6 +48,8 @@ type ClientOptions struct {
 	// Logger receives one line per connection event; nil: slog.Default().
 	Logger *slog.Logger
 }
+
+var _ volume.Starter = (*Client)(nil)
 
 // Client is a storage node's data RPC client: a volume.Node over the wire.
 // Calls are pipelined on one or a few connections, matched to their replies
@@ -225,6 +228,28 @@ func (c *Client) Write(ctx context.Context, vol, block uint64, data []byte, st s
 	return nil
 }
 
+// StartWrite implements volume.Starter: it sends the request Write would
+// and returns with the call in flight; the result's Wait returns what
+// Write would have. data is not referenced once StartWrite returned.
+// Unless StartWrite failed, Wait must be called, once, while ctx is still
+// valid: until then the call holds one of the connection's slots.
+func (c *Client) StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) (volume.Pending, error) {
+	if len(data)%BlockSize != 0 || len(data) > RequestBytesMax {
+		return nil, fmt.Errorf("wire: write vol %d block %d: %w: buffer of %d bytes", vol, block, store.ErrInvalid, len(data))
+	}
+	a := args{op: OpWrite, fixedLen: WriteRequestSize, data: data}
+	if sync {
+		a.flags = FlagSync
+	}
+	(&WriteRequest{Vol: vol, Block: block, Stamp: st}).Put(a.fixed[:])
+	s, err := c.start(ctx, &a)
+	if err != nil {
+		return nil, fmt.Errorf("wire: write vol %d blocks [%d, +%d) to %s: %w", vol, block, len(data)/BlockSize, c.addr, err)
+	}
+	s.vol, s.block, s.blocks = vol, block, uint64(len(data)/BlockSize)
+	return s, nil
+}
+
 // Zero implements volume.Node: blocks [block, block+n) of vol read as zeros
 // from stamp st on.
 func (c *Client) Zero(ctx context.Context, vol, block, n uint64, st store.Stamp, sync bool) error {
@@ -344,20 +369,36 @@ type args struct {
 // do runs one call: a connection, a slot, the request, the reply or the
 // deadline. It returns the reply's payload length and FlagMore.
 func (c *Client) do(ctx context.Context, a *args) (int, bool, error) {
+	s, err := c.start(ctx, a)
+	if err != nil {
+		return 0, false, err
+	}
+	n, more, err := s.cc.wait(s)
+	return n, more, c.ended(err)
+}
+
+// start counts a call and sends its request; unless it failed, the caller
+// must end it with s.cc.wait and pass the result to ended.
+func (c *Client) start(ctx context.Context, a *args) (*slot, error) {
 	c.stats.calls.Add(1)
-	n, more, err := c.do1(ctx, a)
+	s, err := c.start1(ctx, a)
+	return s, c.ended(err)
+}
+
+// ended counts a call's failure.
+func (c *Client) ended(err error) error {
 	if err != nil {
 		c.stats.errors.Add(1)
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			c.stats.timeouts.Add(1)
 		}
 	}
-	return n, more, err
+	return err
 }
 
-func (c *Client) do1(ctx context.Context, a *args) (int, bool, error) {
+func (c *Client) start1(ctx context.Context, a *args) (*slot, error) {
 	if err := ctx.Err(); err != nil {
-		return 0, false, err
+		return nil, err
 	}
 	_, hasDeadline := ctx.Deadline()
 	var start time.Time
@@ -366,12 +407,12 @@ func (c *Client) do1(ctx context.Context, a *args) (int, bool, error) {
 	}
 	cc, err := c.conn(ctx, hasDeadline, start)
 	if err != nil {
-		return 0, false, err
+		return nil, err
 	}
 	if len(a.data) > cc.requestBytesMax || len(a.reply) > cc.requestBytesMax && a.op == OpRead {
-		return 0, false, fmt.Errorf("%w: %d bytes, the node takes at most %d", store.ErrInvalid, max(len(a.data), len(a.reply)), cc.requestBytesMax)
+		return nil, fmt.Errorf("%w: %d bytes, the node takes at most %d", store.ErrInvalid, max(len(a.data), len(a.reply)), cc.requestBytesMax)
 	}
-	return cc.call(ctx, a, hasDeadline, start)
+	return cc.start(ctx, a, hasDeadline, start)
 }
 
 // conn returns a healthy connection, dialing if needed.

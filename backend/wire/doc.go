@@ -86,16 +86,21 @@
 //
 // The codec works on slices its caller owns and keeps none. The server
 // reads each request's data into, and builds each reply in, a buffer from
-// target.GetBuffer, returned when the reply is written; Backend methods
-// must not retain them. The client writes a Write's data straight from the
-// caller's slice to the socket before Write can return, and the reader
+// target.GetBuffer, returned when the reply is written or queued; Backend
+// methods must not retain them. Frames go out through a frame writer per
+// connection (framewriter.go): a frame written while another write is on
+// the socket is copied into the next one and its writer goes on, the
+// writer on the socket sending everything queued meanwhile; data over
+// 64 KiB is not copied but written from the caller's slice once the
+// socket is free. So the client has copied or written a Write's data
+// before Write (or StartWrite) returns, and the reader
 // goroutine reads a Read's reply straight into the caller's slice: a call
 // that gives up on its deadline first withdraws its slot (a later reply
 // then matches nothing and is discarded), or, if the reply is already being
 // read, waits for that read (bounded by FrameTimeout) — so a caller's
 // buffer is never touched after its call returned. A call may therefore
-// outlast its deadline by as long as writing its request (behind the
-// requests queued before it on the write lock) or reading a reply already
+// outlast its deadline by as long as writing its request (a large one
+// waits for the socket write before it) or reading a reply already
 // started takes; both are bounded by FrameTimeout, past which the
 // connection breaks. Neither side allocates per
 // request on the hot path (TestHotPathAllocs).
@@ -105,16 +110,20 @@
 // Server.Serve runs the accept loop on the caller's goroutine and starts
 // one goroutine per connection, which reads requests and owns that
 // connection's workers (started on demand, at most InFlightMax): each
-// worker executes a request on the Backend and writes its reply under the
-// connection's write lock, the last writer in line flushing. The connection
+// worker executes a request on the Backend and writes its reply through
+// the connection's frame writer (the reply joins the socket write in
+// progress, if any). The connection
 // goroutine waits for its workers before it returns; Close closes the
 // listeners and connections (the Backend sees its context cancelled) and
 // waits for every connection goroutine.
 //
 // A Client starts one reader goroutine per connection, which matches
 // replies to calls, and one short-lived goroutine per dial. Calls run on
-// their callers' goroutines: they write their request under the
-// connection's write lock and wait for the reader's signal. Close fails
+// their callers' goroutines: they write their request through the
+// connection's frame writer and wait for the reader's signal. StartWrite
+// (volume.Starter) splits a Write in two: it sends the request and
+// returns, the call holding its slot, and the result's Wait waits; so a
+// volume fans a write out to several nodes from one goroutine. Close fails
 // every pending call with ErrClosed and waits for the readers and dials.
 // All methods of Client and Server are safe for concurrent use.
 //

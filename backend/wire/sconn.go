@@ -21,7 +21,8 @@ import (
 // sconn is one client connection of a Server. The goroutine that runs serve
 // owns it and reads requests; workers (started on demand, at most
 // InFlightMax) execute them and write their replies, in completion order,
-// under wmu; the last of the workers queued on wmu flushes.
+// through w (a reply that completes while another is being written joins
+// the next socket write).
 type sconn struct {
 	s      *Server
 	raw    net.Conn // the accepted connection; kill closes it
@@ -34,9 +35,7 @@ type sconn struct {
 
 	rdl deadline // reader goroutine only
 
-	wmu     sync.Mutex
-	wdl     deadline     // under wmu (the handshake before transmission)
-	writers atomic.Int32 // repliers between wanting wmu and leaving it
+	w frameWriter // replies, once the handshake is done
 
 	work     chan *request // reader → workers
 	workers  int           // reader goroutine only
@@ -77,7 +76,7 @@ func putRequest(r *request) {
 func newSconn(s *Server, nc net.Conn) *sconn {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &sconn{s: s, raw: nc, nc: nc, ctx: ctx, cancel: cancel,
-		log: s.log.With("remote", nc.RemoteAddr().String()), wdl: deadline{write: true}}
+		log: s.log.With("remote", nc.RemoteAddr().String())}
 }
 
 // kill breaks the connection from any goroutine: backend calls see their
@@ -184,6 +183,7 @@ func (c *sconn) answerFailed(hb []byte, err error) {
 func (c *sconn) transmit() (reason string) {
 	c.work = make(chan *request)
 	c.inflight.Init(c.s.opts.InFlightMax, c.s.opts.InFlightBytesMax)
+	c.w.init(c.nc, c.s.opts.FrameTimeout)
 
 	reason = c.read()
 
@@ -429,31 +429,21 @@ func (c *sconn) runs(r *request, walk func(fn func(start, count uint64, state bo
 	return err
 }
 
-// reply writes r's reply and releases r. The last of the repliers queued
-// on wmu flushes, so that replies completing together share a syscall. A
-// failed write breaks the connection; later replies are dropped.
+// reply writes r's reply, or queues it behind the reply being written
+// (see frameWriter), and releases r. A failed write breaks the
+// connection; later replies are dropped.
 func (c *sconn) reply(r *request) {
-	c.writers.Add(1)
-	c.wmu.Lock()
-	var err error
 	if !c.broken.Load() {
-		c.wdl.arm(c.nc, c.s.opts.FrameTimeout)
-		err = c.writeReply(r)
+		if err := c.writeReply(r); err != nil && !c.broken.Swap(true) {
+			// The reader notices the closed connection; requests still in
+			// flight are dropped as they complete.
+			c.kill()
+		}
 	}
-	if c.writers.Add(-1) == 0 && err == nil && !c.broken.Load() {
-		err = c.bw.Flush()
-	}
-	if err != nil && !c.broken.Load() {
-		// The reader notices the closed connection; requests still in
-		// flight are dropped as they complete.
-		c.broken.Store(true)
-		c.kill()
-	}
-	c.wmu.Unlock()
 	c.release(r)
 }
 
-// writeReply encodes r's reply into the buffered writer.
+// writeReply encodes r's reply and writes it.
 func (c *sconn) writeReply(r *request) error {
 	h := Header{Op: r.h.Op, Flags: FlagReply, ID: r.h.ID}
 	if r.err != nil {
@@ -461,9 +451,7 @@ func (c *sconn) writeReply(r *request) error {
 		msg := errorMessage(r.err)
 		h.Status, h.Length, h.Sum = codeOf(r.err), uint32(len(msg)), Checksum([]byte(msg))
 		h.Put(r.hdr[:])
-		c.bw.Write(r.hdr[:])
-		_, err := c.bw.WriteString(msg)
-		return err
+		return c.w.write(r.hdr[:], nil, []byte(msg))
 	}
 	var payload []byte
 	switch r.h.Op {
@@ -477,11 +465,7 @@ func (c *sconn) writeReply(r *request) error {
 	}
 	h.Length, h.Sum = uint32(len(payload)), r.sum
 	h.Put(r.hdr[:])
-	_, err := c.bw.Write(r.hdr[:])
-	if len(payload) > 0 {
-		_, err = c.bw.Write(payload)
-	}
-	return err
+	return c.w.write(r.hdr[:], nil, payload)
 }
 
 // release returns r's resources.

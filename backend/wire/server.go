@@ -288,5 +288,7 @@ func (d *deadline) disarm(nc net.Conn) {
 
 // newBufio returns a connection's buffered reader and writer.
 func newBufio(nc net.Conn) (*bufio.Reader, *bufio.Writer) {
-	return bufio.NewReaderSize(nc, bufferBytes), bufio.NewWriterSize(nc, bufferBytes)
+	return newReader(nc), bufio.NewWriterSize(nc, bufferBytes)
 }
+
+func newReader(nc net.Conn) *bufio.Reader { return bufio.NewReaderSize(nc, bufferBytes) }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"cairn/backend/store"
 	"cairn/backend/volume"
 	"cairn/target"
 )
@@ -90,5 +91,69 @@ func TestVolumeOverWire(t *testing.T) {
 	node.Close()
 	if err := remote.ReadAt(ctx, make([]byte, 4096), 0); !errors.Is(err, target.ErrClosed) {
 		t.Fatalf("read from a node with a closed store: %v, want target.ErrClosed", err)
+	}
+}
+
+// TestReplicatedVolumeOverWire: a volume with every chunk on three nodes, a
+// local store and two stores behind the node RPC, as cairnd places an R=3
+// volume: after seeded random writes (whole and partial blocks, some FUA)
+// each replica, read directly from its store, holds what was written; a
+// write that one replica cannot take fails (no Failover) instead of being
+// acknowledged by the other two.
+func TestReplicatedVolumeOverWire(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 8))
+	stores := []*store.Store{openStore(t), openStore(t), openStore(t)}
+	nodes := []volume.Node{stores[0]}
+	var servers []*Server
+	for _, st := range stores[1:] {
+		addr, srv := startServer(t, st, ServerOptions{})
+		servers = append(servers, srv)
+		nodes = append(nodes, newClient(t, addr, ClientOptions{Conns: 2}))
+	}
+	const size = 4 << 20
+	v, err := volume.Open(volume.Options{ID: 5, Size: size, ChunkSize: 256 << 10, Generation: 1, Epoch: 1, Placement: threeNodes{nodes}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Close() })
+	ctx := context.Background()
+	model := make([]byte, size)
+	for i := range 200 {
+		off := rng.Int64N(size - 1)
+		if rng.IntN(2) == 0 {
+			off &^= BlockSize - 1
+		}
+		n := min(1+rng.Int64N(64<<10), size-off)
+		p := make([]byte, n)
+		for j := range p {
+			p[j] = byte(rng.Uint32())
+		}
+		flags := target.WriteFlags(0)
+		if rng.IntN(8) == 0 {
+			flags = target.FUA
+		}
+		if err := v.WriteAt(ctx, p, off, flags); err != nil {
+			t.Fatalf("seed %d: op %d: write [%d, +%d): %v", seed, i, off, n, err)
+		}
+		copy(model[off:], p)
+	}
+	for i, st := range stores {
+		got := make([]byte, size)
+		for b := 0; b < size; b += 1 << 20 {
+			if err := st.Read(ctx, 5, uint64(b/BlockSize), got[b:b+1<<20], 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !bytes.Equal(got, model) {
+			t.Fatalf("seed %d: replica %d differs from what was written", seed, i)
+		}
+	}
+
+	servers[1].Close()
+	err = v.WriteAt(ctx, make([]byte, BlockSize), 0, 0)
+	if !errors.Is(err, target.ErrIO) {
+		t.Fatalf("write with a replica down: %v, want target.ErrIO", err)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,6 +62,7 @@ type meteredNode struct {
 var (
 	_ volume.Node    = (*meteredNode)(nil)
 	_ volume.Changer = (*meteredNode)(nil)
+	_ volume.Starter = (*meteredNode)(nil)
 )
 
 func (m *rpcMetrics) wrap(name string, c *wire.Client) *meteredNode {
@@ -85,6 +87,37 @@ func (n *meteredNode) end(op int, start time.Time) {
 func (n *meteredNode) Write(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) error {
 	defer n.end(rpcWrite, n.begin())
 	return n.c.Write(ctx, vol, block, data, st, sync)
+}
+
+// StartWrite times a write from its start to the end of its Wait.
+func (n *meteredNode) StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) (volume.Pending, error) {
+	start := n.begin()
+	p, err := n.c.StartWrite(ctx, vol, block, data, st, sync)
+	if err != nil {
+		n.end(rpcWrite, start)
+		return nil, err
+	}
+	m := meteredCallPool.Get().(*meteredCall)
+	m.n, m.p, m.start = n, p, start
+	return m, nil
+}
+
+// meteredCall is a write of a meteredNode in flight, pooled so that the
+// replicated write path allocates nothing for it.
+type meteredCall struct {
+	n     *meteredNode
+	p     volume.Pending
+	start time.Time
+}
+
+var meteredCallPool = sync.Pool{New: func() any { return new(meteredCall) }}
+
+func (m *meteredCall) Wait() error {
+	err := m.p.Wait()
+	m.n.end(rpcWrite, m.start)
+	*m = meteredCall{}
+	meteredCallPool.Put(m)
+	return err
 }
 
 func (n *meteredNode) Read(ctx context.Context, vol, block uint64, p []byte, epoch uint64) error {

@@ -1,0 +1,115 @@
+package wire
+
+import (
+	"net"
+	"sync"
+	"time"
+)
+
+// Frame writing. Many goroutines write frames to one connection (callers
+// their requests, workers their replies). A frameWriter copies each frame
+// into a buffer under a short lock; the first writer that finds nobody
+// writing to the socket becomes the flusher: it writes the buffer out
+// outside the lock and goes on while other writers refill it, so a frame
+// that arrives during a socket write joins the next one and its writer
+// goes on at once, neither blocked behind that syscall nor making one of
+// its own.
+const (
+	// inlineBytesMax: data up to this size is copied into the buffer;
+	// larger data (a 1 MiB write or read reply) is written from the
+	// caller's slice by the caller, once the socket is free.
+	inlineBytesMax = 64 << 10
+	// keepBytesMax bounds the buffers kept for reuse.
+	keepBytesMax = 1 << 20
+)
+
+type frameWriter struct {
+	nc      net.Conn
+	timeout time.Duration // a socket write must finish within it
+
+	mu       sync.Mutex
+	idle     sync.Cond // signalled when flushing ends
+	buf      []byte    // frames not yet written, in order; under mu
+	spare    []byte    // the last written buffer, for reuse; under mu
+	flushing bool      // a writer is writing to the socket; under mu
+	err      error     // the first write error: sticky; under mu
+
+	dl deadline // the flusher's
+
+	frames, writes uint64 // under mu; for tests
+}
+
+func (w *frameWriter) init(nc net.Conn, timeout time.Duration) {
+	w.nc, w.timeout = nc, timeout
+	w.idle.L = &w.mu
+	w.dl = deadline{write: true}
+}
+
+// write sends one frame: hdr, then fixed, then data. It returns once the
+// frame is written or queued behind the flusher's current write (data is
+// then copied, so the caller may reuse every slice at once), or with the
+// connection's first write error.
+func (w *frameWriter) write(hdr, fixed, data []byte) error {
+	w.mu.Lock()
+	big := len(data) > inlineBytesMax
+	for big && w.flushing && w.err == nil {
+		w.idle.Wait() // bounded: the flusher's writes have a deadline
+	}
+	if w.err != nil {
+		err := w.err
+		w.mu.Unlock()
+		return err
+	}
+	w.frames++
+	w.buf = append(w.buf, hdr...)
+	w.buf = append(w.buf, fixed...)
+	if !big {
+		w.buf = append(w.buf, data...)
+		data = nil
+	}
+	if w.flushing {
+		w.mu.Unlock()
+		return nil
+	}
+	w.flushing = true
+	err := w.flush(data)
+	w.flushing = false
+	w.idle.Broadcast()
+	w.mu.Unlock()
+	return err
+}
+
+// flush writes the buffer, then big, then whatever was queued meanwhile,
+// until nothing is left. Caller holds mu and set flushing; flush drops mu
+// around each socket write.
+func (w *frameWriter) flush(big []byte) error {
+	for len(w.buf) > 0 {
+		b := w.buf
+		w.buf = w.spare[:0]
+		w.writes++
+		w.mu.Unlock()
+		w.dl.arm(w.nc, w.timeout)
+		_, err := w.nc.Write(b)
+		if err == nil && big != nil {
+			_, err = w.nc.Write(big)
+		}
+		big = nil
+		w.mu.Lock()
+		if cap(b) <= keepBytesMax {
+			w.spare = b[:0]
+		}
+		if err != nil {
+			w.err = err
+			w.buf = nil
+			return err
+		}
+	}
+	return nil
+}
+
+// stats returns the frames written and the socket writes they took.
+func (w *frameWriter) stats() (frames, writes uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.frames, w.writes
+}

@@ -1,0 +1,90 @@
+package wire
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// waitFlushing waits until a writer of w is in a socket write.
+func waitFlushing(t *testing.T, w *frameWriter) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; runtime.Gosched() {
+		w.mu.Lock()
+		f := w.flushing
+		w.mu.Unlock()
+		if f {
+			return
+		}
+		if time.Now().After(deadline) { // a bound on a hang, not a timing assertion
+			t.Fatal("no writer started writing")
+		}
+	}
+}
+
+// TestFrameWriterCoalesces: frames written while another write is on the
+// socket are queued (their writers return at once) and go out together in
+// the next socket write, after it and in order; a frame with data too large
+// to copy waits for the socket and is written from its own slice.
+func TestFrameWriterCoalesces(t *testing.T) {
+	a, b := net.Pipe() // a write blocks until the other end reads it
+	defer a.Close()
+	defer b.Close()
+	var w frameWriter
+	w.init(a, time.Minute)
+
+	frame := func(i int, n int) []byte { return bytes.Repeat([]byte{byte('a' + i)}, n) }
+	var want bytes.Buffer
+	first := make(chan error, 1)
+	go func() { first <- w.write(frame(0, 8), nil, frame(0, 100)) }()
+	want.Write(frame(0, 8))
+	want.Write(frame(0, 100))
+	waitFlushing(t, &w)
+	for i := 1; i <= 4; i++ { // queued behind the first: return at once
+		if err := w.write(frame(i, 8), frame(i, 3), frame(i, 50)); err != nil {
+			t.Fatal(err)
+		}
+		want.Write(frame(i, 8))
+		want.Write(frame(i, 3))
+		want.Write(frame(i, 50))
+	}
+	big := make(chan error, 1)
+	go func() { big <- w.write(frame(5, 8), nil, frame(5, inlineBytesMax+1)) }()
+
+	got := make([]byte, want.Len())
+	if _, err := io.ReadFull(b, got); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want.Bytes()) {
+		t.Fatal("the queued frames arrived out of order or damaged")
+	}
+	tail := make([]byte, 8+inlineBytesMax+1)
+	if _, err := io.ReadFull(b, tail); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-big; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(tail, append(frame(5, 8), frame(5, inlineBytesMax+1)...)) {
+		t.Fatal("the large frame arrived damaged")
+	}
+	// The first frame, the four queued behind it, the large one.
+	if frames, writes := w.stats(); frames != 6 || writes != 3 {
+		t.Fatalf("%d frames in %d socket writes, want 6 in 3", frames, writes)
+	}
+
+	// A write error is sticky: later frames fail at once.
+	b.Close()
+	if err := w.write(frame(6, 8), nil, nil); err == nil {
+		t.Fatal("write to a closed pipe succeeded")
+	}
+	if err := w.write(frame(7, 8), nil, nil); err == nil {
+		t.Fatal("write after a failed write succeeded")
+	}
+}
