@@ -60,8 +60,9 @@ var latencyWorkloads = []string{"randread-4k-qd32", "randwrite-4k-qd32"}
 
 // Scenarios returns the standard scenarios, subjects first; cairnd
 // scenarios share bin. Ratios compare a subject with the peers on its
-// front end at the same injected latency; the in-process scenarios are the
-// yardstick for what each front end costs.
+// front end at the same injected latency, and with the scenarios it names
+// in Versus; the in-process scenarios are the yardstick for what each
+// front end costs.
 //
 // A new scenario is one more entry, for example
 //
