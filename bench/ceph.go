@@ -36,6 +36,9 @@ const (
 	// (RocksDB, and fresh space for redirected overwrites): each OSD of a
 	// pool of size N holds the whole image.
 	cephBlockSlackBytes = 1 << 30
+	// cephSpareBytes is what must stay free beside the block files (the
+	// monitor's store, logs, the other systems' exports).
+	cephSpareBytes = 2 << 30
 	// cephOSDMemoryTargetBytes is each OSD's memory target (its caches).
 	cephOSDMemoryTargetBytes = 2 << 30
 	// cephStepTimeout bounds one ceph, rbd or mkfs command; the first I/O
@@ -99,14 +102,6 @@ func (c CephRBD) Start(ctx context.Context, o StartOptions) (_ Instance, err err
 	case o.SizeBytes <= 0 || o.SizeBytes%(1<<20) != 0:
 		return nil, fmt.Errorf("%w: RBD image size %d is not a positive multiple of 1 MiB", ErrUsage, o.SizeBytes)
 	}
-	bins := map[string]string{}
-	for _, t := range cephTools {
-		p, err := lookTool(t)
-		if err != nil {
-			return nil, fmt.Errorf("%w (%s)", err, cephInstallHint)
-		}
-		bins[t] = p
-	}
 	dir, err := filepath.Abs(o.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("ceph dir: %w", err)
@@ -123,6 +118,20 @@ func (c CephRBD) Start(ctx context.Context, o StartOptions) (_ Instance, err err
 		BlockBytes: 2*o.SizeBytes + cephBlockSlackBytes}
 	if err := cfg.check(); err != nil {
 		return nil, err
+	}
+	// The block files are written in full: refuse before filling the disk.
+	need := int64(n)*cfg.BlockBytes + cephSpareBytes
+	if avail, err := availBytes(dir); err == nil && avail < need {
+		return nil, fmt.Errorf("%w: ceph: %d OSDs of %d MiB need %d MiB free in %s, have %d MiB",
+			ErrUnavailable, n, cfg.BlockBytes>>20, need>>20, dir, avail>>20)
+	}
+	bins := map[string]string{}
+	for _, t := range cephTools {
+		p, err := lookTool(t)
+		if err != nil {
+			return nil, fmt.Errorf("%w (%s)", err, cephInstallHint)
+		}
+		bins[t] = p
 	}
 	ci := &cephInstance{name: o.Name, bins: bins, conf: filepath.Join(dir, "ceph.conf")}
 	defer func() {

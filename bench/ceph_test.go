@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -247,6 +248,15 @@ func TestCephStartRefuses(t *testing.T) {
 		if _, err := tc.c.Start(ctx, tc.o); !errors.Is(err, tc.want) {
 			t.Errorf("%+v %+v: %v, want %v", tc.c, tc.o, err, tc.want)
 		}
+	}
+	// Block files that would not fit are refused before anything runs.
+	dir := t.TempDir()
+	_, err := CephRBD{OSDs: 3}.Start(ctx, StartOptions{Dir: dir, FrontEnd: RBD, SizeBytes: 1 << 50})
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "free in "+dir) {
+		t.Errorf("1 PiB image: %v", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("refused start left %d files in %s", len(ents), dir)
 	}
 }
 
