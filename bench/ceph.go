@@ -564,8 +564,11 @@ func (ci *cephInstance) createImage(ctx context.Context, size int, o StartOption
 	if i := bytes.IndexByte(out, '{'); i >= 0 {
 		out = out[i:]
 	}
-	if err := json.Unmarshal(out, &got); err != nil || got.Size != size {
-		return fmt.Errorf("ceph pool %s: size %q, want %d (%v)", cephPool, bytes.TrimSpace(out), size, err)
+	if err := json.Unmarshal(out, &got); err != nil {
+		return fmt.Errorf("ceph pool %s size: %w", cephPool, err)
+	}
+	if got.Size != size {
+		return fmt.Errorf("ceph pool %s: size %d, want %d", cephPool, got.Size, size)
 	}
 	rbd := []string{ci.bins["rbd"], "-c", ci.conf, "--id", cephClient}
 	for _, args := range [][]string{
