@@ -94,7 +94,11 @@ func TestFIOArgs(t *testing.T) {
 		{w: Workload{Name: "m", RW: "randrw", ReadPercent: 70, BlockBytes: 4096, QueueDepth: 32}, want: []string{"--rwmixread=70"}},
 		{w: fill, want: []string{"--rw=write", "--bs=1048576"}, wantNone: []string{"--time_based", "--runtime"}},
 	} {
-		args := strings.Join(FIO{}.args(tg, tc.w, o, "/out.json"), " ")
+		argv, err := FIO{}.args(tg, tc.w, o, "/out.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		args := strings.Join(argv, " ")
 		for _, a := range tc.want {
 			if !strings.Contains(args, a) {
 				t.Errorf("%s: %q missing from %s", tc.w.Name, a, args)

@@ -3,18 +3,30 @@
 //
 // It owns the comparison: it starts cairnd and peer servers on loopback
 // with exports of one size on one filesystem — over NBD nbdkit memory and
-// file, qemu-nbd and nbd-server; over iSCSI tgtd with a file LUN — plus
-// cairn's own volume and store in process (Embedded), which shows what the
-// storage costs without a front end. It fills every export, drives the
-// standard workloads (Workloads) against each with a Driver (fio's nbd
-// engine; iscsi-perf for iSCSI reads and qemu-img bench for iSCSI writes;
-// a Go load generator on the device interface in process), interleaving
-// systems run by run and rotating the order each repetition, and reports
-// medians, min–max spreads and subject/peer ratios as Markdown, JSON and
-// charts (gonum/plot). Ratios only compare systems on one front end at one
-// injected latency; front ends are set against cairn in process, and
-// injected-latency runs against their pipelining limit (in flight /
-// latency). Each run carries the host's state around it (load, CPU busy
+// file, qemu-nbd and nbd-server; over iSCSI tgtd with a file LUN; Ceph RBD
+// (CephRBD: a throwaway cluster of one ceph-mon and 1 or 3 BlueStore OSDs,
+// pool size = OSDs, when Ceph is installed) — plus cairn's own volume and
+// store in process (Embedded), which shows what the storage costs without
+// a front end. It fills every export, drives the standard workloads
+// (Workloads) against each with a Driver (fio's nbd engine, and its rbd
+// engine for Ceph; iscsi-perf for iSCSI reads and qemu-img bench for
+// iSCSI writes; a Go load generator on the device interface in process),
+// interleaving systems run by run and rotating the order each repetition,
+// and reports medians, min–max spreads and subject/peer ratios as
+// Markdown, JSON and charts (gonum/plot). Ratios compare systems on one
+// front end at one injected latency, and a subject with the systems its
+// scenario names in Versus (cairn-nbd with ceph-rbd, cairn-3node-r3 with
+// cairn-nbd and ceph-rbd-r3) on the workloads one driver measured on both;
+// front ends are set against cairn in process, and injected-latency runs
+// against their pipelining limit (in flight / latency).
+//
+// Ceph is driven as cairn is: fio without --direct or flushes, so a write
+// is acknowledged before it is durable — by cairn once every replica has
+// it in its store, by librbd (its cache on, as by default; writearound in
+// Pacific) once librbd has taken it, up to rbd_cache_max_dirty bytes.
+// That is the mode that matches cairn without FUA; --direct=1 would make
+// librbd wait for every OSD's commit, which cairn does only for FUA and
+// FLUSH. Reads are not cached by librbd in either mode. Each run carries the host's state around it (load, CPU busy
 // before it, steal during it) and is flagged when the host was busy.
 //
 // What is compared is declared, not coded: a Scenario names a System (how
@@ -28,7 +40,11 @@
 //     cancelled) and, on Linux, when the harness dies; nbd-server, which
 //     must daemonize, is tracked by its pid file and killed the same way;
 //     tgtd runs on a control socket of its own (never a system tgtd's) and
-//     is stopped with tgtadm before its group is killed.
+//     is stopped with tgtadm before its group is killed; a Ceph cluster's
+//     daemons run in the foreground and keep everything (configuration,
+//     keyrings, data, logs, admin sockets) in the system's directory,
+//     never /etc/ceph, /var/lib/ceph or /var/run/ceph, and bind 127.0.0.1
+//     only.
 //   - A run that measures nothing is an error (ErrNoNumbers), never a zero
 //     in the table.
 //   - Ratios are subject/peer of medians of the headline metric (IOPS or
@@ -40,5 +56,7 @@
 // The in-process system runs in the harness's process, so its storage
 // goroutines run beside every other measurement (idle then).
 // Linux only in practice (/proc, NBD and iSCSI tools; tgtd needs root); it
-// builds elsewhere.
+// builds elsewhere. Ceph is optional: without ceph-osd and friends
+// (apt-get install ceph-mon ceph-osd ceph-common) the Ceph systems are
+// skipped with that hint, like any missing peer.
 package bench

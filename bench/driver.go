@@ -17,13 +17,17 @@ const (
 	// (target.Device) in the harness's own process, which shows what the
 	// storage costs without any protocol.
 	InProc FrontEnd = "inproc"
+	// RBD is a Ceph RBD image reached with librbd in the driver's own
+	// process (fio's rbd engine), which talks to the OSDs directly.
+	RBD FrontEnd = "rbd"
 )
 
 // Target is a running system as a driver sees it.
 type Target struct {
 	FrontEnd FrontEnd
-	// URI names the export: nbd://127.0.0.1:10809/vol0 or
-	// iscsi://127.0.0.1:3260/iqn.../0.
+	// URI names the export: nbd://127.0.0.1:10809/vol0,
+	// iscsi://127.0.0.1:3260/iqn.../0 or, as QEMU writes it,
+	// rbd:pool/image:id=admin:conf=/path/ceph.conf.
 	URI string
 	// SizeBytes is the export size.
 	SizeBytes int64
@@ -44,7 +48,7 @@ type RunOptions struct {
 }
 
 // Driver generates a workload against a target and measures it: fio with
-// its nbd engine (FIO), iscsi-perf (ISCSIPerf) and qemu-img bench
+// its nbd and rbd engines (FIO), iscsi-perf (ISCSIPerf) and qemu-img bench
 // (QemuImgBench) over iSCSI, and a Go load generator on the device
 // interface in process (Loadgen).
 //

@@ -28,7 +28,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("cairn bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: cairn bench [flags]\n\nRuns cairnd and peer servers side by side on loopback — NBD (fio) against nbdkit,\nqemu-nbd and nbd-server; iSCSI (iscsi-perf, qemu-img bench) against tgtd; cairn's\nstorage in process (Go load generator); and the same with latency injected below\nthe front ends — and reports medians, spreads and cairn/peer ratios (results.md,\nresults.json, bars.png, latency.png).\n\nflags:\n")
+		fmt.Fprintf(stderr, "usage: cairn bench [flags]\n\nRuns cairnd and peer servers side by side on loopback — NBD (fio) against nbdkit,\nqemu-nbd and nbd-server; iSCSI (iscsi-perf, qemu-img bench) against tgtd; Ceph RBD\n(fio's rbd engine) when Ceph is installed; cairn's storage in process (Go load\ngenerator); and the same with latency injected below the front ends — and reports\nmedians, spreads and cairn/peer ratios (results.md, results.json, bars.png,\nlatency.png).\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	d := DefaultOptions()

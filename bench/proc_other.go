@@ -3,6 +3,7 @@
 package bench
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"syscall"
@@ -33,3 +34,6 @@ func killPID(pid int, sig syscall.Signal) error {
 }
 
 func processGone(pid int) bool { return killPID(pid, 0) != nil }
+
+// availBytes is not known here; callers treat the error as "unknown".
+func availBytes(dir string) (int64, error) { return 0, errors.ErrUnsupported }

@@ -28,7 +28,7 @@ func ReadReport(r io.Reader) (*Report, error) {
 func (rep *Report) WriteMarkdown(w io.Writer) error {
 	var b strings.Builder
 	ran := rep.ranSystems()
-	subjects, allPeers := rep.roles()
+	subjects, _ := rep.roles()
 	m := rep.Machine
 	fmt.Fprintf(&b, "# cairn bench — %s on %s\n\n", rep.Started.Format("2006-01-02 15:04 MST"), m.Hostname)
 	if rep.Settings.Smoke {
@@ -86,21 +86,11 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	}
 
 	for _, sub := range subjects {
-		var peers []string
-		for _, p := range allPeers {
-			if comparable(rep.system(sub), rep.system(p)) {
-				peers = append(peers, p)
-			}
-		}
-		for _, v := range rep.system(sub).Versus { // compared as if a peer
-			if vs := rep.system(v); vs.Name != "" && vs.Skipped == "" && comparable(rep.system(sub), vs) {
-				peers = append(peers, v)
-			}
-		}
+		peers := rep.peersOf(sub)
 		if len(peers) == 0 {
 			continue
 		}
-		fmt.Fprintf(&b, "\n## Ratios %s / peer\n\nRatio of medians (low–high over the spreads); above 1.00× %s is faster. Peers on the same front end (so the same drivers) only.\n\n| workload |", sub, sub)
+		fmt.Fprintf(&b, "\n## Ratios %s / peer\n\nRatio of medians (low–high over the spreads); above 1.00× %s is faster. Peers on the same front end (so the same drivers), and the systems the subject is declared against (its Versus) on the workloads one driver measured on both.\n\n| workload |", sub, sub)
 		for _, p := range peers {
 			fmt.Fprintf(&b, " vs %s |", p)
 		}

@@ -25,7 +25,10 @@ type Scenario struct {
 	// Optional scenarios run only when --systems names them.
 	Optional bool
 	// Versus names scenarios this subject is also compared with, as if
-	// they were its peers (a 3-node cluster against one node).
+	// they were its peers (a 3-node cluster against one node), at the same
+	// injected latency and on the workloads one driver measured on both —
+	// also across front ends (cairn over NBD against Ceph over librbd,
+	// both with fio).
 	Versus []string
 	// During, when set, runs beside every measured run until its context
 	// ends (a snapshot storm, a node kill); an error from it fails the run.
@@ -57,8 +60,9 @@ var latencyWorkloads = []string{"randread-4k-qd32", "randwrite-4k-qd32"}
 
 // Scenarios returns the standard scenarios, subjects first; cairnd
 // scenarios share bin. Ratios compare a subject with the peers on its
-// front end at the same injected latency; the in-process scenarios are the
-// yardstick for what each front end costs.
+// front end at the same injected latency, and with the scenarios it names
+// in Versus; the in-process scenarios are the yardstick for what each
+// front end costs.
 //
 // A new scenario is one more entry, for example
 //
@@ -67,7 +71,7 @@ var latencyWorkloads = []string{"randread-4k-qd32", "randwrite-4k-qd32"}
 func Scenarios(bin *Binary) []Scenario {
 	const lat = time.Millisecond
 	return []Scenario{
-		{Name: "cairn-nbd", System: Cairnd{Bin: bin}, Subject: true},
+		{Name: "cairn-nbd", System: Cairnd{Bin: bin}, Subject: true, Versus: []string{"ceph-rbd"}},
 		{Name: "cairn-iscsi", System: Cairnd{Bin: bin}, FrontEnd: ISCSI, Subject: true},
 		{Name: "cairn-inproc", System: Embedded{}, FrontEnd: InProc, Subject: true},
 		// Show how well each front end pipelines: at qd32 and 1 ms per
@@ -78,7 +82,7 @@ func Scenarios(bin *Binary) []Scenario {
 		// Three processes on this host, every chunk on all three: what
 		// replication costs beside one node, and how well the replica
 		// fan-out pipelines at 1 ms per storage operation.
-		{Name: "cairn-3node-r3", System: Cairnd{Bin: bin, Nodes: 3, Replicas: 3}, Subject: true, Optional: true, Versus: []string{"cairn-nbd"}},
+		{Name: "cairn-3node-r3", System: Cairnd{Bin: bin, Nodes: 3, Replicas: 3}, Subject: true, Optional: true, Versus: []string{"cairn-nbd", "ceph-rbd-r3"}},
 		{Name: "cairn-3node-r3-lat1ms", System: Cairnd{Bin: bin, Nodes: 3, Replicas: 3}, Latency: lat, Workloads: latencyWorkloads,
 			Subject: true, Optional: true, Versus: []string{"cairn-lat1ms"}},
 		{Name: "nbdkit-memory", System: NBDKit{Plugin: "memory"}},
@@ -86,6 +90,12 @@ func Scenarios(bin *Binary) []Scenario {
 		{Name: "qemu-nbd", System: QemuNBD{}},
 		{Name: "nbd-server", System: NBDServer{}},
 		{Name: "tgtd", System: TGTD{}, FrontEnd: ISCSI},
+		// What users would run instead: Ceph RBD through librbd (fio's
+		// rbd engine), one OSD against one cairn node and three OSDs
+		// with every object on each against the 3-node R=3 cluster.
+		// Another front end, so compared only as their subjects' Versus.
+		{Name: "ceph-rbd", System: CephRBD{OSDs: 1}, FrontEnd: RBD},
+		{Name: "ceph-rbd-r3", System: CephRBD{OSDs: 3}, FrontEnd: RBD, Optional: true},
 	}
 }
 

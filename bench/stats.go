@@ -129,17 +129,10 @@ func summarize(rep *Report) {
 		}
 	}
 	rep.FrontEnds, rep.Pipelining = nil, nil
-	subjects, peers := rep.roles()
+	subjects, _ := rep.roles()
 	for _, sub := range subjects {
-		for _, peer := range peers {
-			if comparable(rep.system(sub), rep.system(peer)) {
-				rep.Ratios = append(rep.Ratios, rep.ratios(sub, peer)...)
-			}
-		}
-		for _, v := range rep.system(sub).Versus {
-			if vs := rep.system(v); vs.Name != "" && vs.Skipped == "" && comparable(rep.system(sub), vs) {
-				rep.Ratios = append(rep.Ratios, rep.ratios(sub, v)...)
-			}
+		for _, peer := range rep.peersOf(sub) {
+			rep.Ratios = append(rep.Ratios, rep.ratios(sub, peer, true)...)
 		}
 	}
 	// What the front end costs: cairn over it against cairn in process.
@@ -150,7 +143,7 @@ func summarize(rep *Report) {
 		}
 		for _, in := range subjects {
 			if i := rep.system(in); i.FrontEnd == InProc && i.LatencyNs == s.LatencyNs {
-				rep.FrontEnds = append(rep.FrontEnds, rep.ratios(sub, in)...)
+				rep.FrontEnds = append(rep.FrontEnds, rep.ratios(sub, in, false)...)
 			}
 		}
 	}
@@ -177,12 +170,34 @@ func comparable(a, b SystemInfo) bool {
 	return a.FrontEnd == b.FrontEnd && a.LatencyNs == b.LatencyNs
 }
 
-// ratios returns a/b for every workload both have numbers for.
-func (rep *Report) ratios(a, b string) []Ratio {
+// peersOf returns what subject sub is compared with, in order: the peers
+// that ran on its front end at its injected latency, then the systems it
+// names in Versus that ran at its latency (see Scenario.Versus: they may
+// be on another front end, hence the ratios of one driver only).
+func (rep *Report) peersOf(sub string) []string {
+	s := rep.system(sub)
+	_, peers := rep.roles()
+	var out []string
+	for _, p := range peers {
+		if comparable(s, rep.system(p)) {
+			out = append(out, p)
+		}
+	}
+	for _, v := range s.Versus {
+		if vs := rep.system(v); vs.Name != "" && vs.Skipped == "" && vs.LatencyNs == s.LatencyNs && v != sub && !contains(out, v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// ratios returns a/b for every workload both have numbers for (with
+// sameDriver, numbers from one driver).
+func (rep *Report) ratios(a, b string, sameDriver bool) []Ratio {
 	var out []Ratio
 	for _, w := range rep.Work {
 		x, y := rep.cell(a, w.Name), rep.cell(b, w.Name)
-		if x == nil || y == nil || y.Median == 0 || y.Min == 0 || y.Max == 0 {
+		if x == nil || y == nil || y.Median == 0 || y.Min == 0 || y.Max == 0 || (sameDriver && x.Driver != y.Driver) {
 			continue
 		}
 		out = append(out, Ratio{Subject: a, Peer: b, Workload: w.Name,

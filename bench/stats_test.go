@@ -6,29 +6,39 @@ import (
 )
 
 // TestSummarizeFrontEnds checks that ratios stay within a front end and a
-// latency, that each front end is set against cairn in process at its
+// latency (a declared Versus may cross front ends, within one driver), that each front end is set against cairn in process at its
 // latency, and the pipelining limit.
 func TestSummarizeFrontEnds(t *testing.T) {
 	w := Workloads()[3] // randwrite-4k-qd32
 	rep := &Report{Work: []Workload{w}, Systems: []SystemInfo{
-		{Name: "cairn-nbd", FrontEnd: NBD, Subject: true},
+		{Name: "cairn-nbd", FrontEnd: NBD, Subject: true, Versus: []string{"ceph-rbd", "nbdkit", "cairn-nbd"}},
 		{Name: "cairn-iscsi", FrontEnd: ISCSI, Subject: true},
 		{Name: "cairn-inproc", FrontEnd: InProc, Subject: true},
 		{Name: "cairn-lat1ms", FrontEnd: NBD, LatencyNs: time.Millisecond, Subject: true},
 		{Name: "cairn-inproc-lat1ms", FrontEnd: InProc, LatencyNs: time.Millisecond, Subject: true},
-		{Name: "cairn-3node", FrontEnd: NBD, Subject: true, Versus: []string{"cairn-nbd", "cairn-lat1ms", "absent"}},
+		{Name: "cairn-3node", FrontEnd: NBD, Subject: true, Versus: []string{"cairn-nbd", "cairn-lat1ms", "absent", "ceph-other"}},
 		{Name: "nbdkit", FrontEnd: NBD},
 		{Name: "tgtd", FrontEnd: ISCSI},
+		{Name: "ceph-rbd", FrontEnd: RBD},
+		{Name: "ceph-other", FrontEnd: RBD},
 	}}
 	iops := map[string]float64{"cairn-nbd": 50e3, "cairn-iscsi": 40e3, "cairn-inproc": 100e3,
-		"cairn-lat1ms": 16e3, "cairn-inproc-lat1ms": 24e3, "nbdkit": 25e3, "tgtd": 80e3, "cairn-3node": 20e3}
+		"cairn-lat1ms": 16e3, "cairn-inproc-lat1ms": 24e3, "nbdkit": 25e3, "tgtd": 80e3, "cairn-3node": 20e3,
+		"ceph-rbd": 10e3, "ceph-other": 5e3}
 	for s, v := range iops {
-		rep.Runs = append(rep.Runs, RunRecord{System: s, Workload: w.Name, Driver: "d", Result: &Measurement{IOPS: v, BytesPerSec: v * 4096}})
+		d := "d"
+		if s == "ceph-other" {
+			d = "other"
+		}
+		rep.Runs = append(rep.Runs, RunRecord{System: s, Workload: w.Name, Driver: d, Result: &Measurement{IOPS: v, BytesPerSec: v * 4096}})
 	}
 	summarize(rep)
 	// cairn-3node against its peer and the one of its Versus that is
-	// comparable (cairn-lat1ms is at another latency; absent never ran).
-	want := map[[2]string]float64{{"cairn-nbd", "nbdkit"}: 2, {"cairn-iscsi", "tgtd"}: 0.5,
+	// comparable (cairn-lat1ms is at another latency; absent never ran;
+	// ceph-other was measured by another driver); cairn-nbd against its
+	// Versus on another front end, nbdkit once though named twice, never
+	// against itself.
+	want := map[[2]string]float64{{"cairn-nbd", "nbdkit"}: 2, {"cairn-nbd", "ceph-rbd"}: 5, {"cairn-iscsi", "tgtd"}: 0.5,
 		{"cairn-3node", "nbdkit"}: 0.8, {"cairn-3node", "cairn-nbd"}: 0.4}
 	if len(rep.Ratios) != len(want) {
 		t.Fatalf("ratios %+v", rep.Ratios)
