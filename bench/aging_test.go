@@ -208,3 +208,30 @@ func TestSmokeAged(t *testing.T) {
 		t.Fatalf("results.md lacks the aging (%v):\n%s", err, md)
 	}
 }
+
+func TestSpaceMarkdown(t *testing.T) {
+	rep := syntheticReport()
+	rep.Settings.Aged = true
+	rep.Aging = []Aging{{System: "cairn", Driver: "fio", Bytes: 3 << 30, Elapsed: 90e9, IOPS: 8738}}
+	rep.Space = []Space{
+		{System: "cairn", When: "after aging", DiskBytes: 1536 << 20, Settled: true, Waited: 4e9,
+			Store: &StoreSpace{SegmentBytes: 1280 << 20, LiveBytes: 1 << 30, IndexBytes: 8 << 20, Segments: 20, CleanerBytes: 2 << 30}},
+		{System: "peer", When: "after aging", DiskBytes: 1 << 30, Settled: true},
+		{System: "cairn", When: "end", Error: "metrics: connection refused | x"},
+	}
+	var md bytes.Buffer
+	if err := rep.WriteMarkdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"- **Aged**: after its fill every export took 3×",
+		"| cairn | fio | 3072.0 MiB | 1m30s | 8738 |",
+		"| cairn | after aging | 1536.0 MiB | 1280.0 MiB | 1024.0 MiB | 8.0 MiB | 20 | 2048.0 MiB | 1.50× | 1.25× | yes (4s) |",
+		"| peer | after aging | 1024.0 MiB | — | — | — | — | — | — | — | yes (0s) |",
+		`no (0s) — metrics: connection refused \| x |`,
+	} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md.String())
+		}
+	}
+}
