@@ -127,7 +127,22 @@ func (c Cairnd) Start(ctx context.Context, o StartOptions) (Instance, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &procInstance{p: p, target: cairnTarget(o.FrontEnd, addrs.nbd, addrs.iscsi, o)}, nil
+	return &cairndInstance{procInstance: procInstance{p: p, target: cairnTarget(o.FrontEnd, addrs.nbd, addrs.iscsi, o)},
+		admin: addrs.admin, dataDir: filepath.Join(o.Dir, "data")}, nil
+}
+
+// cairndInstance is one cairnd: its process, and where its store's space
+// is seen (/metrics on the admin listener, the data directory).
+type cairndInstance struct {
+	procInstance
+	admin, dataDir string
+}
+
+var _ storeInstance = (*cairndInstance)(nil)
+
+func (c *cairndInstance) storeSpace(ctx context.Context) (StoreSpace, []string, error) {
+	sp, err := metricsSpace(ctx, c.admin)
+	return sp, []string{c.dataDir}, err
 }
 
 // clusterNodesMax bounds a bench cluster: every node runs on this host.

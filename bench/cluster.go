@@ -64,6 +64,8 @@ func (c Cairnd) startCluster(ctx context.Context, o StartOptions, bin string) (_
 			return nil, fmt.Errorf("cluster node %s: %w", name, err)
 		}
 		ci.procs = append(ci.procs, p)
+		ci.admins = append(ci.admins, na.admin)
+		ci.dataDirs = append(ci.dataDirs, filepath.Join(dir, "data"))
 		if i == 0 {
 			first = na
 		}
@@ -128,8 +130,26 @@ func nodeConfig(name, adminAddr, nbdAddr, iscsiAddr, gossip, raft string, seeds 
 // clusterInstance is a running bench cluster: its processes, the first
 // serving the export.
 type clusterInstance struct {
-	procs  []*proc
-	target Target
+	procs []*proc
+	// admins and dataDirs are every node's admin listener and data
+	// directory, in the order of procs.
+	admins, dataDirs []string
+	target           Target
+}
+
+var _ storeInstance = (*clusterInstance)(nil)
+
+// storeSpace sums the nodes' stores (so live bytes count every replica).
+func (ci *clusterInstance) storeSpace(ctx context.Context) (StoreSpace, []string, error) {
+	var sum StoreSpace
+	for i, a := range ci.admins {
+		sp, err := metricsSpace(ctx, a)
+		if err != nil {
+			return StoreSpace{}, nil, fmt.Errorf("node %s: %w", ci.procs[i].name, err)
+		}
+		sum = sum.add(sp)
+	}
+	return sum, ci.dataDirs, nil
 }
 
 func (ci *clusterInstance) Target() Target { return ci.target }

@@ -29,6 +29,15 @@
 // FLUSH. Reads are not cached by librbd in either mode. Each run carries the host's state around it (load, CPU busy
 // before it, steal during it) and is flagged when the host was busy.
 //
+// With --aged (Options.Aged) every export, once filled, also takes three
+// times its size of 4 KiB random overwrites (fio with a fixed seed over
+// NBD, qemu-img bench's scattered order over iSCSI, the load generator in
+// process) before anything is measured, and the report gives each
+// system's aging time and space after aging and at the end: for cairn its
+// store's own figures (/metrics, Stats in process), sampled once the
+// cleaner has gone quiet (bounded), beside du of its data directory, as
+// on-disk / live.
+//
 // What is compared is declared, not coded: a Scenario names a System (how
 // to start it), its front end, injected latency, workload subset and an
 // optional activity to run beside every measurement; Scenarios lists the

@@ -85,7 +85,6 @@ func (f FIO) args(t Target, w Workload, o RunOptions, out string) ([]string, err
 		"--numjobs=" + strconv.FormatInt(conns, 10),
 		"--group_reporting",
 		"--norandommap",
-		"--randrepeat=0",
 		"--output-format=json",
 		"--output=" + out,
 		// Total latency (lat = slat + clat): with libnbd the submission
@@ -94,8 +93,16 @@ func (f FIO) args(t Target, w Workload, o RunOptions, out string) ([]string, err
 		"--lat_percentiles=1",
 		"--percentile_list=" + joinFloats(percentileList, ":"),
 	}...)
+	if w.Seed != 0 {
+		a = append(a, "--randrepeat=1", "--randseed="+strconv.FormatUint(w.Seed, 10))
+	} else {
+		a = append(a, "--randrepeat=0")
+	}
 	if w.RW == "randrw" {
 		a = append(a, "--rwmixread="+strconv.Itoa(w.ReadPercent))
+	}
+	if w.Once && w.IOBytes > 0 {
+		a = append(a, "--io_size="+strconv.FormatInt(w.IOBytes/conns/int64(w.BlockBytes)*int64(w.BlockBytes), 10))
 	}
 	if conns > 1 {
 		// Each connection works on its own slice of the device.

@@ -73,13 +73,14 @@ func (Embedded) Start(ctx context.Context, o StartOptions) (Instance, error) {
 		logf.Close()
 		return nil, fmt.Errorf("in-process volume: %w", err)
 	}
-	return &inprocInstance{v: v, st: st, delayed: delayed, logf: logf,
+	return &inprocInstance{v: v, st: st, dir: dir, delayed: delayed, logf: logf,
 		target: Target{FrontEnd: InProc, URI: "inproc:" + dir, SizeBytes: o.SizeBytes, Device: v}}, nil
 }
 
 type inprocInstance struct {
 	v       *volume.Volume
 	st      *store.Store
+	dir     string          // the store's directory
 	delayed *volume.Latency // nil without injected latency
 	logf    *os.File
 	target  Target
@@ -88,6 +89,15 @@ type inprocInstance struct {
 }
 
 func (i *inprocInstance) Target() Target { return i.target }
+
+var _ storeInstance = (*inprocInstance)(nil)
+
+func (i *inprocInstance) storeSpace(context.Context) (StoreSpace, []string, error) {
+	st := i.st.Stats()
+	return StoreSpace{SegmentBytes: int64(st.SegmentBytes), LiveBytes: int64(st.LiveBytes), IndexBytes: int64(st.IndexBytes),
+		Segments: int64(st.Segments), CleanerBytes: int64(st.CleanerBytes), GCBytesDropped: int64(st.GCBytesDropped),
+		ReclaimedBytes: int64(st.BytesReclaimed)}, []string{i.dir}, nil
+}
 
 // PIDs is the harness's own process: the storage runs in it.
 func (i *inprocInstance) PIDs() []int { return []int{os.Getpid()} }
@@ -158,6 +168,19 @@ func (Loadgen) Run(ctx context.Context, t Target, w Workload, o RunOptions) (Mea
 	hists := make([]loadHists, workers)
 	cursors := make([]atomic.Int64, conns)
 	seed := uint64(start.UnixNano())
+	if w.Seed != 0 {
+		seed = w.Seed
+	}
+	// A Once workload at random offsets issues IOBytes (else the device's
+	// size) in requests, shared by all workers.
+	var issued atomic.Int64
+	budget := int64(-1)
+	if w.Once && (w.RW == "randread" || w.RW == "randwrite" || w.RW == "randrw") {
+		budget = slots * conns
+		if w.IOBytes > 0 {
+			budget = w.IOBytes / bs
+		}
+	}
 	var wg sync.WaitGroup
 	for i := range workers {
 		wg.Add(1)
@@ -175,6 +198,9 @@ func (Loadgen) Run(ctx context.Context, t Target, w Workload, o RunOptions) (Mea
 				var slot int64
 				switch w.RW {
 				case "randread", "randwrite", "randrw":
+					if budget >= 0 && issued.Add(1) > budget {
+						return
+					}
 					slot = rng.Int64N(slots)
 				default:
 					slot = cursors[c].Add(1) - 1

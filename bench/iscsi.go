@@ -315,6 +315,21 @@ func (q QemuImgBench) Run(ctx context.Context, t Target, w Workload, o RunOption
 			return q.args(t, w, count, int64(i)*slice)
 		})
 	}
+	if w.Once && w.IOBytes > 0 {
+		// The aging job: IOBytes in all, over and over the device in the
+		// scattered order of qemuStep (qemu-img bench has no random
+		// offsets, so no seed either).
+		count := w.IOBytes / conns / bs
+		start := time.Now()
+		runs, err := run(count, fioOnceTimeout)
+		if err != nil {
+			return Measurement{}, fmt.Errorf("qemu-img bench %s on %s: %w", w.Name, t.URI, err)
+		}
+		elapsed := time.Since(start)
+		iops := float64(count*conns) / elapsed.Seconds()
+		return withSide(Measurement{Elapsed: elapsed, DriverCPUPct: cpuPct(runs, elapsed)}, w,
+			meanOnlySide(iops, w.BlockBytes, w.QueueDepth*int(conns), elapsed)), nil
+	}
 	if w.Once {
 		// Offsets wrap before the last request: write it separately.
 		n := t.SizeBytes / bs

@@ -44,6 +44,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	cairnd := fs.String("cairnd", "", "cairnd binary (default: go build cairn/cmd/cairnd)")
 	baseline := fs.String("baseline-cairnd", "", "another cairnd binary, run as the peers cairn-nbd-baseline and cairn-iscsi-baseline (an A/B of two builds in one run)")
 	fs.Var(&settle, "settle", fmt.Sprintf("longest wait for a quiet host before each run (default %s; 0 with --smoke)", d.Settle))
+	aged := fs.Bool("aged", false, fmt.Sprintf("age every export after its fill (%d× its size of 4 KiB random overwrites at queue depth 32, fixed seed) before measuring, and report the space cairn's stores take after aging and at the end", agingOverwrites))
 	workDir := fs.String("workdir", "", "keep backing files and server logs here (default: a temporary directory, removed)")
 	list := fs.Bool("list", false, "list systems and workloads and exit")
 	if err := fs.Parse(args); err != nil {
@@ -108,7 +109,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if *systems != "" {
 		o.Systems = *systems
 	}
-	o.Workloads, o.WorkDir, o.Log = *workloads, *workDir, stderr
+	o.Workloads, o.WorkDir, o.Log, o.Aged = *workloads, *workDir, stderr, *aged
 
 	if _, err := lookTool("fio"); err != nil {
 		fmt.Fprintf(stderr, "cairn bench: %v (apt-get install fio)\n", err)

@@ -38,6 +38,9 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		orDash(m.CPUModel), m.Cores, float64(m.MemBytes)/(1<<30), orDash(m.Kernel), m.GoVersion, fmtLoad(m.Load), fmtLoad(m.LoadEnd))
 	fmt.Fprintf(&b, "- Settings: %d repetition(s) of %s (after %s ramp) per workload and system, interleaved across systems; exports of %s filled before measuring; driver %s; took %s.\n",
 		rep.Settings.Repeat, rep.Settings.Runtime, rep.Settings.Ramp, fmtBytes(rep.Settings.SizeBytes), rep.Settings.Driver, rep.Duration.Round(time.Second))
+	if rep.Settings.Aged {
+		fmt.Fprintf(&b, "- **Aged**: after its fill every export took %d× its size of 4 KiB random overwrites (queue depth 32, fixed seed) before anything was measured; see Aging and space.\n", agingOverwrites)
+	}
 	if d := rep.driverSummary(); d != "" {
 		b.WriteString("- Drivers: " + d + ".\n")
 	}
@@ -123,6 +126,10 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		for _, p := range rep.Pipelining {
 			fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %s | %.0f%% |\n", p.System, p.Workload, p.LatencyNs, p.InFlight, fmtNum(p.LimitIOPS), fmtNum(p.IOPS), 100*p.Fraction)
 		}
+	}
+
+	if len(rep.Aging) > 0 || len(rep.Space) > 0 {
+		rep.writeSpace(&b)
 	}
 
 	anyLatency := false
@@ -287,4 +294,50 @@ func oneLine(s string) string {
 		s = s[:300] + "…"
 	}
 	return s
+}
+
+// writeSpace writes the aging job's times and the systems' space.
+func (rep *Report) writeSpace(b *strings.Builder) {
+	b.WriteString("\n## Aging and space\n\n")
+	if len(rep.Aging) > 0 {
+		b.WriteString("The aging job per system (it counts in the run's time).\n\n| system | driver | written | took | IOPS |\n|---|---|---:|---:|---:|\n")
+		for _, a := range rep.Aging {
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", a.System, a.Driver, fmtMiB(a.Bytes), a.Elapsed.Round(100*time.Millisecond), fmtNum(a.IOPS))
+		}
+		b.WriteString("\n")
+	}
+	if len(rep.Space) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "Space after aging and at the end of the run, sampled once the store's cleaner had gone quiet (segment bytes no longer falling, nothing copied or dropped for %d polls %s apart; at most %s). On disk is what du counts under the system's storage (cairn's data directory; a peer's backing file); live is the block data the store's index points at; a cluster sums its nodes, so live counts every replica.\n\n",
+		spaceQuietPolls, spacePollEvery, spaceSettleMax)
+	b.WriteString("| system | when | on disk | segments | live | index | segment files | cleaner copied | on-disk / live | segments / live | settled |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	for _, sp := range rep.Space {
+		settled := "no"
+		if sp.Settled {
+			settled = "yes"
+		}
+		settled += " (" + sp.Waited.Round(time.Second).String() + ")"
+		if sp.Error != "" {
+			settled += " — " + strings.ReplaceAll(oneLine(sp.Error), "|", "\\|")
+		}
+		if sp.Store == nil {
+			fmt.Fprintf(b, "| %s | %s | %s | — | — | — | — | — | — | — | %s |\n", sp.System, sp.When, fmtMiB(sp.DiskBytes), settled)
+			continue
+		}
+		st := sp.Store
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %d | %s | %s | %s | %s |\n", sp.System, sp.When, fmtMiB(sp.DiskBytes),
+			fmtMiB(st.SegmentBytes), fmtMiB(st.LiveBytes), fmtMiB(st.IndexBytes), st.Segments, fmtMiB(st.CleanerBytes),
+			fmtRatio(sp.DiskPerLive()), fmtRatio(sp.SegmentsPerLive()), settled)
+	}
+}
+
+// fmtMiB formats bytes in MiB with one decimal.
+func fmtMiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+func fmtRatio(r float64) string {
+	if r == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f×", r)
 }

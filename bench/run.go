@@ -45,6 +45,10 @@ type Options struct {
 	// Smoke falls back to nbdkit memory as the subject when cairnd cannot
 	// start, instead of failing.
 	Smoke bool
+	// Aged ages every export after its fill (agingOverwrites times its
+	// size of 4 KiB random overwrites) before anything is measured, and
+	// reports the space cairn's stores take after aging and at the end.
+	Aged bool
 	// WorkDir holds backing files and logs; "" makes (and removes) a
 	// temporary directory.
 	WorkDir string
@@ -137,9 +141,13 @@ type Report struct {
 	// the same injected latency (Subject over, Peer in process).
 	FrontEnds []Ratio `json:"front_ends,omitempty"`
 	// Pipelining is how close each injected-latency run came to its limit.
-	Pipelining []Pipelining  `json:"pipelining,omitempty"`
-	Notes      []string      `json:"notes,omitempty"`
-	Duration   time.Duration `json:"duration_ns"`
+	Pipelining []Pipelining `json:"pipelining,omitempty"`
+	// Aging is the aging job per system, when the run was aged; Space
+	// the systems' space after it and at the end.
+	Aging    []Aging       `json:"aging,omitempty"`
+	Space    []Space       `json:"space,omitempty"`
+	Notes    []string      `json:"notes,omitempty"`
+	Duration time.Duration `json:"duration_ns"`
 }
 
 // Settings are the options a report was made with.
@@ -150,6 +158,8 @@ type Settings struct {
 	SizeBytes int64         `json:"size_bytes"`
 	Smoke     bool          `json:"smoke"`
 	Driver    string        `json:"driver"`
+	// Aged: every export was aged before measuring (Report.Aging).
+	Aged bool `json:"aged"`
 }
 
 // SystemInfo describes a scenario as it ran (or why it did not).
@@ -180,6 +190,8 @@ type RunRecord struct {
 type running struct {
 	sc   Scenario
 	inst Instance
+	// dir is the system's own directory (StartOptions.Dir).
+	dir string
 }
 
 // Run starts the selected scenarios, fills their exports, runs every
@@ -200,7 +212,7 @@ func Run(ctx context.Context, all []Scenario, o Options) (rep *Report, err error
 		return nil, err
 	}
 	rep = &Report{Started: time.Now(), Machine: machine(), Work: workloads,
-		Settings: Settings{Repeat: o.Repeat, Runtime: o.Runtime, Ramp: o.Ramp, SizeBytes: o.SizeBytes, Smoke: o.Smoke, Driver: names(o.Drivers, Driver.Name)}}
+		Settings: Settings{Repeat: o.Repeat, Runtime: o.Runtime, Ramp: o.Ramp, SizeBytes: o.SizeBytes, Smoke: o.Smoke, Driver: names(o.Drivers, Driver.Name), Aged: o.Aged}}
 	logf := func(format string, args ...any) { fmt.Fprintf(o.Log, "bench: "+format+"\n", args...) }
 
 	dir := o.WorkDir
@@ -246,7 +258,7 @@ func Run(ctx context.Context, all []Scenario, o Options) (rep *Report, err error
 			rep.Systems = append(rep.Systems, info)
 			continue
 		}
-		live = append(live, running{sc: sc, inst: inst})
+		live = append(live, running{sc: sc, inst: inst, dir: sdir})
 		rep.Systems = append(rep.Systems, info)
 	}
 	if o.Smoke && !anySubject(live) {
@@ -267,6 +279,11 @@ func Run(ctx context.Context, all []Scenario, o Options) (rep *Report, err error
 		logf("fill %s (%d MiB)", r.sc.Name, o.SizeBytes>>20)
 		if _, err := d.Run(ctx, r.inst.Target(), fill, RunOptions{Dir: dir}); err != nil {
 			return rep, fmt.Errorf("fill %s: %w", r.sc.Name, err)
+		}
+	}
+	if o.Aged {
+		if err := age(ctx, live, rep, o, dir, logf); err != nil {
+			return rep, err
 		}
 	}
 
@@ -306,6 +323,9 @@ func Run(ctx context.Context, all []Scenario, o Options) (rep *Report, err error
 				rep.Runs = append(rep.Runs, rec)
 			}
 		}
+	}
+	if o.Aged {
+		recordSpace(ctx, live, rep, "end", logf)
 	}
 	rep.Finished = time.Now()
 	rep.Duration = rep.Finished.Sub(rep.Started)
@@ -390,7 +410,7 @@ func addFallbackSubject(ctx context.Context, live *[]running, rep *Report, dir s
 	if err != nil {
 		return fmt.Errorf("smoke fallback %s: %w", sc.Name, err)
 	}
-	*live = append([]running{{sc: sc, inst: inst}}, *live...)
+	*live = append([]running{{sc: sc, inst: inst, dir: sdir}}, *live...)
 	rep.Systems = append([]SystemInfo{{Name: sc.Name, Describe: sc.System.Describe(ctx), FrontEnd: NBD, Subject: true}}, rep.Systems...)
 	rep.Notes = append(rep.Notes, "smoke: nbdkit-memory stands in for cairn")
 	return nil
@@ -400,6 +420,45 @@ func markSubject(rep *Report, name string) {
 	for i := range rep.Systems {
 		if rep.Systems[i].Name == name {
 			rep.Systems[i].Subject = true
+		}
+	}
+}
+
+// age runs the aging job on every live system, one after the other in the
+// order they were filled, then records their space once the cleaners have
+// gone quiet.
+func age(ctx context.Context, live []running, rep *Report, o Options, dir string, logf func(string, ...any)) error {
+	w := agingWorkload(o.SizeBytes)
+	for _, r := range live {
+		d := pickDriver(o.Drivers, r.sc.frontEnd(), w)
+		if d == nil {
+			return fmt.Errorf("%w: no driver for %s over %s", ErrUnavailable, w.Name, r.sc.frontEnd())
+		}
+		logf("age %s (%d MiB of 4 KiB random overwrites, %s)", r.sc.Name, w.IOBytes>>20, d.Name())
+		m, err := d.Run(ctx, r.inst.Target(), w, RunOptions{Dir: dir})
+		if err != nil {
+			return fmt.Errorf("age %s: %w", r.sc.Name, err)
+		}
+		rep.Aging = append(rep.Aging, Aging{System: r.sc.Name, Driver: d.Name(), Bytes: w.IOBytes, Elapsed: m.Elapsed, IOPS: m.IOPS})
+		logf("aged %s in %s (%.0f IOPS)", r.sc.Name, m.Elapsed.Round(time.Millisecond), m.IOPS)
+	}
+	recordSpace(ctx, live, rep, "after aging", logf)
+	return ctx.Err()
+}
+
+// recordSpace samples every live system's space into rep.
+func recordSpace(ctx context.Context, live []running, rep *Report, when string, logf func(string, ...any)) {
+	for _, r := range live {
+		sp := measureSpace(ctx, r, when)
+		rep.Space = append(rep.Space, sp)
+		switch {
+		case sp.Error != "":
+			logf("space %s (%s): %s", r.sc.Name, when, sp.Error)
+		case sp.Store != nil:
+			logf("space %s (%s): on disk %d MiB, segments %d MiB, live %d MiB: on-disk/live %.2f (settled %v after %s)",
+				r.sc.Name, when, sp.DiskBytes>>20, sp.Store.SegmentBytes>>20, sp.Store.LiveBytes>>20, sp.DiskPerLive(), sp.Settled, sp.Waited.Round(time.Second))
+		default:
+			logf("space %s (%s): on disk %d MiB", r.sc.Name, when, sp.DiskBytes>>20)
 		}
 	}
 }

@@ -47,6 +47,12 @@ type Workload struct {
 	// Once runs the pattern over the whole device once instead of for the
 	// runtime (the fill that precedes measurement).
 	Once bool
+	// IOBytes, for a Once workload, is the bytes it transfers in all
+	// (over and over the device: the aging job); 0 covers the device once.
+	IOBytes int64
+	// Seed fixes the random offsets (fio's randseed, the load
+	// generator's); 0 seeds from the clock.
+	Seed uint64
 }
 
 // Connections returns the number of connections, at least 1.
