@@ -21,6 +21,9 @@ type segment struct {
 	live atomic.Int64
 	// bytes is the size written (a sealed segment's final size).
 	bytes atomic.Int64
+	// punched is the bytes of dead pages punched out (punch.go);
+	// punchedLive the live count when they were found.
+	punched, punchedLive atomic.Int64
 }
 
 // pos is a position in the log: a byte offset in a segment. Positions

@@ -121,6 +121,9 @@ type Store struct {
 	flattenRate, gcRate int64
 	space               space
 
+	// punchOff: punching holes failed (not supported); see punch.go.
+	punchOff atomic.Bool
+
 	// failed holds the fatal error once pebble or a segment sync failed
 	// (see ErrFailed).
 	failed atomic.Pointer[error]
@@ -267,6 +270,8 @@ func Open(dir string, opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
+	// A store opened on a full disk says so now, not at the first write.
+	_ = s.checkSpace(0, s.reserve)
 	s.wg.Add(1)
 	go s.background()
 	s.log.Info("store opened", "volumes", len(s.vols.m), "segments", len(*s.seg.tab.Load()), "index_bytes", s.indexBytes.Load())
