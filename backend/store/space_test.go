@@ -1,7 +1,11 @@
 package store
 
 import (
+	"bytes"
 	"errors"
+	"io"
+	"log/slog"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -231,4 +235,79 @@ func mustList(t *testing.T, fs vfs.FS, dir string) []string {
 		t.Fatal(err)
 	}
 	return names
+}
+
+// TestLowSpaceHysteresis: once a write is refused, smaller writes that
+// would still fit above the reserve are refused too, and the low state is
+// logged once however the write sizes alternate; it ends once a quarter of
+// the reserve more is free.
+func TestLowSpaceHysteresis(t *testing.T) {
+	old := spaceCheckInterval
+	spaceCheckInterval = 0
+	defer func() { spaceCheckInterval = old }()
+	var logBuf bytes.Buffer
+	var logMu sync.Mutex
+	log := slog.New(slog.NewTextHandler(&lockedWriter{w: &logBuf, mu: &logMu}, nil))
+	fs := &capFS{FS: vfs.NewMem(), capacity: 24 << 20}
+	s, err := Open("db", Options{FS: fs, Logger: log, SegmentBytes: 1 << 20, ReserveBytes: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	big := make([]byte, 64*BlockSize)
+	var written, seq uint64
+	for seq = 1; ; seq++ {
+		if err := s.Write(ctx, 1, written, big, Stamp{1, seq}, false); err != nil {
+			if !errors.Is(err, ErrNoSpace) {
+				t.Fatal(err)
+			}
+			break
+		}
+		written += 64
+	}
+	for i := range 20 {
+		seq++
+		if err := s.Write(ctx, 1, written, big[:BlockSize], Stamp{1, seq}, false); !errors.Is(err, ErrNoSpace) {
+			t.Fatalf("small write %d while low (%d bytes available): %v, want ErrNoSpace", i, s.space.avail, err)
+		}
+		seq++
+		if err := s.Write(ctx, 1, written, big, Stamp{1, seq}, false); !errors.Is(err, ErrNoSpace) {
+			t.Fatalf("big write %d while low: %v, want ErrNoSpace", i, err)
+		}
+	}
+	logMu.Lock()
+	lows, backs := strings.Count(logBuf.String(), "store low on space"), strings.Count(logBuf.String(), "store has space again")
+	logMu.Unlock()
+	if lows != 1 || backs != 0 || !s.Stats().LowSpace {
+		t.Fatalf("low space logged %d times, space back %d times (stats %+v); want 1 and 0", lows, backs, s.Stats())
+	}
+	// Free most of it: the state ends and writes work.
+	seq++
+	if err := s.Zero(ctx, 1, 0, written, Stamp{1, seq}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	seq++
+	if err := s.Write(ctx, 1, 0, big, Stamp{1, seq}, false); err != nil {
+		t.Fatalf("write after freeing: %v", err)
+	}
+	logMu.Lock()
+	backs = strings.Count(logBuf.String(), "store has space again")
+	logMu.Unlock()
+	if backs != 1 || s.Stats().LowSpace {
+		t.Fatalf("space back logged %d times, low %v", backs, s.Stats().LowSpace)
+	}
+}
+
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
