@@ -25,7 +25,6 @@ var (
 	spaceCheckBytes    int64 = 4 << 20
 )
 
-
 type space struct {
 	since atomic.Int64 // bytes appended since the last sample
 	low   atomic.Bool
