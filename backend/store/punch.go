@@ -80,15 +80,12 @@ func (s *Store) punch() (punched int64, err error) {
 		if j.sg.id >= wm.seg || s.seg.segment(j.sg.id) != j.sg {
 			continue
 		}
-		for _, r := range j.runs {
-			off, n := int64(r.page)*BlockSize, int64(r.n)*BlockSize
-			if err := punchHole(j.sg.f.Fd(), off, n); err != nil {
-				// Not supported here: the cleaner is left. Said once.
-				if !s.punchOff.Swap(true) {
-					s.log.Warn("cannot punch holes in segments; space comes back only by cleaning", "segment", segName(j.sg.id), "err", err)
-				}
-				return punched, nil
+		if err := s.punchRuns(j.sg, j.runs); err != nil {
+			// Not supported here: the cleaner is left. Said once.
+			if !s.punchOff.Swap(true) {
+				s.log.Warn("cannot punch holes in segments; space comes back only by cleaning", "segment", segName(j.sg.id), "err", err)
 			}
+			return punched, nil
 		}
 		// The dead set only grows, and each pass punches all of it.
 		dead := deadBytes(j.runs)
@@ -102,6 +99,27 @@ func (s *Store) punch() (punched int64, err error) {
 		s.log.Debug("holes punched", "bytes", punched, "segments", len(jobs))
 	}
 	return punched, nil
+}
+
+// punchRuns punches runs out of sg through a file opened for writing (a
+// segment sealed before Open is open read-only, and fallocate needs write
+// access). Caller holds s.seg.files for reading.
+func (s *Store) punchRuns(sg *segment, runs []punchRun) error {
+	f, err := s.fs.OpenReadWrite(s.seg.path(sg.id), vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", segName(sg.id), err)
+	}
+	defer func() { _ = f.Close() }()
+	fd := f.Fd()
+	if fd == vfs.InvalidFd {
+		return fmt.Errorf("segment %s: no file descriptor", segName(sg.id))
+	}
+	for _, r := range runs {
+		if err := punchHole(fd, int64(r.page)*BlockSize, int64(r.n)*BlockSize); err != nil {
+			return fmt.Errorf("segment %s: punch %d pages at page %d: %w", segName(sg.id), r.n, r.page, err)
+		}
+	}
+	return nil
 }
 
 func deadBytes(runs []punchRun) (n int64) {
