@@ -311,3 +311,53 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// TestOpenOnFullDisk: pebble's Open flushes the WALs it replays and
+// retries a failed flush forever, so on a disk without room for that the
+// store refuses to open with ErrNoSpace instead of never returning; with
+// room it opens, reports low space at once, and reads.
+func TestOpenOnFullDisk(t *testing.T) {
+	fs := &capFS{FS: vfs.NewMem(), capacity: 64 << 20}
+	opts := Options{FS: fs, Logger: quiet, SegmentBytes: 1 << 20, ReserveBytes: 8 << 20}
+	s, err := Open("db", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16*BlockSize)
+	for i := range uint64(16) {
+		fill(buf[i*BlockSize:(i+1)*BlockSize], 'f', i)
+	}
+	if err := s.Write(ctx, 1, 0, buf, Stamp{1, 1}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fs.mu.Lock()
+	used := fs.used()
+	fs.capacity = used + 64<<10
+	fs.mu.Unlock()
+	if s, err := Open("db", opts); !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "free space") {
+		if err == nil {
+			_ = s.Close()
+		}
+		t.Fatalf("open with %d bytes free: %v, want ErrNoSpace saying to free space", 64<<10, err)
+	}
+	fs.mu.Lock()
+	fs.capacity = used + 4<<20
+	fs.mu.Unlock()
+	s, err = Open("db", opts)
+	if err != nil {
+		t.Fatalf("open with 4 MiB free: %v", err)
+	}
+	defer func() { _ = s.Close() }()
+	if !s.Stats().LowSpace {
+		t.Fatalf("opened below the reserve, stats %+v; want LowSpace", s.Stats())
+	}
+	if got := readID(t, s, 1, 15, 1); got != 'f' {
+		t.Fatalf("read on a full disk: %q", got)
+	}
+	if err := s.Write(ctx, 1, 16, buf, Stamp{1, 2}, false); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("write on a full disk: %v", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -259,6 +260,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err := opts.FS.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("store: open %s: %w: %w", dir, ErrIO, err)
 	}
+	if err := checkOpenSpace(opts.FS, dir); err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", dir, err)
+	}
 	db, err := openDB(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w: %w", dir, ErrIO, err)
@@ -276,6 +280,39 @@ func Open(dir string, opts Options) (*Store, error) {
 	go s.background()
 	s.log.Info("store opened", "volumes", len(s.vols.m), "segments", len(*s.seg.tab.Load()), "index_bytes", s.indexBytes.Load())
 	return s, nil
+}
+
+// openSpaceSlackBytes is the room pebble's Open needs besides the flush of
+// its WALs: a new WAL, OPTIONS and MANIFEST files.
+const openSpaceSlackBytes = 1 << 20
+
+// checkOpenSpace fails with ErrNoSpace when the file system of dir has no
+// room for pebble's Open, which flushes the WALs it replays and retries a
+// failed flush forever (logging each try): on a full disk Open would never
+// return. It needs twice the WALs' bytes, plus openSpaceSlackBytes. A file
+// system that does not report its usage passes.
+func checkOpenSpace(fs vfs.FS, dir string) error {
+	du, err := fs.GetDiskUsage(dir)
+	if err != nil {
+		return nil
+	}
+	names, err := fs.List(dir)
+	if err != nil {
+		return fmt.Errorf("%w: list: %w", ErrIO, err)
+	}
+	var wal int64
+	for _, name := range names {
+		if strings.HasSuffix(name, ".log") {
+			if fi, err := fs.Stat(fs.PathJoin(dir, name)); err == nil {
+				wal += fi.Size()
+			}
+		}
+	}
+	if need := 2*wal + openSpaceSlackBytes; du.AvailBytes < uint64(need) {
+		return fmt.Errorf("%w: %d bytes available, recovery needs %d (its %d bytes of WAL flushed, and new metadata files): free space on this file system and start again",
+			ErrNoSpace, du.AvailBytes, need, wal)
+	}
+	return nil
 }
 
 // openDB calls pebble.Open, turning a fatal error during recovery into an
