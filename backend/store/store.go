@@ -282,15 +282,17 @@ func Open(dir string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// openSpaceSlackBytes is the room pebble's Open needs besides the flush of
-// its WALs: a new WAL, OPTIONS and MANIFEST files.
-const openSpaceSlackBytes = 1 << 20
+// openSpaceSlackBytes is the room pebble's Open needs besides the bytes of
+// its WALs: the index blocks of the table it flushes them to, a new WAL,
+// OPTIONS and MANIFEST files.
+const openSpaceSlackBytes = 2 << 20
 
 // checkOpenSpace fails with ErrNoSpace when the file system of dir has no
 // room for pebble's Open, which flushes the WALs it replays and retries a
 // failed flush forever (logging each try): on a full disk Open would never
-// return. It needs twice the WALs' bytes, plus openSpaceSlackBytes. A file
-// system that does not report its usage passes.
+// return. It needs the WALs' bytes (recycled WAL files count too, so this
+// errs on the safe side), plus openSpaceSlackBytes. A file system that does
+// not report its usage passes.
 func checkOpenSpace(fs vfs.FS, dir string) error {
 	du, err := fs.GetDiskUsage(dir)
 	if err != nil {
@@ -308,7 +310,7 @@ func checkOpenSpace(fs vfs.FS, dir string) error {
 			}
 		}
 	}
-	if need := 2*wal + openSpaceSlackBytes; du.AvailBytes < uint64(need) {
+	if need := wal + openSpaceSlackBytes; du.AvailBytes < uint64(need) {
 		return fmt.Errorf("%w: %d bytes available, recovery needs %d (its %d bytes of WAL flushed, and new metadata files): free space on this file system and start again",
 			ErrNoSpace, du.AvailBytes, need, wal)
 	}
