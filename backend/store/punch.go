@@ -29,10 +29,14 @@ import (
 // punchRun is a run of dead data pages of one segment.
 type punchRun struct{ page, n uint32 }
 
-// punchSegmentRunsMax bounds the runs one pass keeps per segment; a
-// segment with more (many small records, each with a dead page) is
-// punched in part and looked at again by the next pass.
-const punchSegmentRunsMax = 1 << 16
+// Bounds of one pass: the runs kept per segment (a segment with more, many
+// small records each with a dead page, is punched in part) and the
+// segments punched (the others wait for the next pass, a second later):
+// at most 64 × 64 Ki runs of 8 bytes, 32 MiB.
+const (
+	punchSegmentRunsMax = 1 << 16
+	punchSegmentsMax    = 64
+)
 
 // punch runs a pass (see above) and returns the bytes punched.
 func (s *Store) punch() (punched int64, err error) {
@@ -50,6 +54,9 @@ func (s *Store) punch() (punched int64, err error) {
 		case <-s.done:
 			return 0, nil
 		default:
+		}
+		if len(jobs) >= punchSegmentsMax {
+			break
 		}
 		live := sg.live.Load()
 		if id >= active || live == sg.punchedLive.Load() || s.punchOff.Load() || sg.f.Fd() == vfs.InvalidFd {
