@@ -92,13 +92,13 @@ func chunkOff(i int) int64 { return fillBase + int64(i)*fillChunk }
 
 var wroteRE = regexp.MustCompile(`wrote \d+/\d+ bytes at offset (\d+)`)
 
-// fillFrom writes chunks from..fillChunks-1 in one qemu-io session, then
-// flushes; it returns the chunks written (acknowledged, then flushed) and
-// the session's output.
-func fillFrom(t *testing.T, uri string, from int) (map[int]bool, string) {
+// fill writes chunks in order in one qemu-io session, then flushes; it
+// returns the chunks written (acknowledged, then flushed) and the
+// session's output.
+func fill(t *testing.T, uri string, chunks []int) (map[int]bool, string) {
 	t.Helper()
 	args := []string{"-f", "raw"}
-	for i := from; i < fillChunks; i++ {
+	for _, i := range chunks {
 		args = append(args, "-c", fmt.Sprintf("write -P 0x%02x %d %d", 0x20+i, chunkOff(i), fillChunk))
 	}
 	args = append(args, "-c", "flush", uri)
@@ -154,7 +154,11 @@ func TestFullDisk(t *testing.T) {
 	}
 
 	// Fill it.
-	ok, out := fillFrom(t, p.uri("vol0"), 0)
+	all := make([]int, fillChunks)
+	for i := range all {
+		all[i] = i
+	}
+	ok, out := fill(t, p.uri("vol0"), all)
 	if !strings.Contains(out, "write failed: No space left on device") || len(ok) == 0 || len(ok) == fillChunks {
 		t.Fatalf("filling a 300 MiB disk: %d of %d chunks written; want ENOSPC past the space:\n%s", len(ok), fillChunks, lastLines(out, 20))
 	}
@@ -164,8 +168,8 @@ func TestFullDisk(t *testing.T) {
 	}
 	// More refused writes, over NBD and iSCSI, of the size that found no
 	// room (a smaller one may still fit in what is left above the reserve).
-	free := fillChunks - 1 // a chunk never written
-	refused := fmt.Sprintf("write -P 0x11 %d %d", chunkOff(free), fillChunk)
+	// (at a chunk never written nor checked).
+	refused := fmt.Sprintf("write -P 0x11 %d %d", chunkOff(fillChunks), fillChunk)
 	for range 5 {
 		out, err := shErr("qemu-io", "-f", "raw", "-c", refused, p.uri("vol0"))
 		if err == nil || !strings.Contains(out, "No space left on device") {
@@ -176,9 +180,11 @@ func TestFullDisk(t *testing.T) {
 	if err == nil || !strings.Contains(out, "SENSE KEY:DATA PROTECTION(7)") || !strings.Contains(out, "(0x2707)") {
 		t.Fatalf("write over iSCSI on a full disk: want DATA PROTECT, 27h/07h: %v\n%s", err, out)
 	}
+	refusedWrites := fillChunks - len(ok) + 6
 	if n := strings.Count(p.logs(), lowSpaceLog); n != 1 {
 		t.Errorf("low space logged %d times, want once:\n%s", n, lastLines(p.logs(), 30))
 	}
+	t.Logf("%d writes refused, %d 'low on space' log lines, %d log lines in all", refusedWrites, strings.Count(p.logs(), lowSpaceLog), strings.Count(p.logs(), "\n"))
 	// Reads go on.
 	check := func(ok map[int]bool, zeroed map[int]bool, when string) {
 		t.Helper()
@@ -231,22 +237,21 @@ func TestFullDisk(t *testing.T) {
 	if n := strings.Count(p.logs(), spaceAgainLog); n != 1 {
 		t.Errorf("space back logged %d times, want once", n)
 	}
-	delete(ok, free)
 	check(ok, zeroed, "after TRIM")
 
-	// Fill it again, into the freed chunks and past them.
-	refill := 0
+	// Fill it again, into the freed chunks and those never written (no
+	// overwrite: the restart below must find little to reclaim).
+	var again []int
 	for i := range fillChunks {
-		if zeroed[i] {
-			refill = i
-			break
+		if zeroed[i] || !ok[i] {
+			again = append(again, i)
 		}
 	}
-	ok2, out := fillFrom(t, p.uri("vol0"), refill)
+	ok2, out := fill(t, p.uri("vol0"), again)
 	if !strings.Contains(out, "No space left on device") {
 		t.Fatalf("refilling: no ENOSPC:\n%s", lastLines(out, 10))
 	}
-	for i := refill; i < fillChunks; i++ {
+	for _, i := range again {
 		if ok2[i] {
 			ok[i], zeroed[i] = true, false
 		} else if zeroed[i] {
@@ -262,35 +267,53 @@ func TestFullDisk(t *testing.T) {
 	if p.exitErr != nil || !strings.Contains(p.logs(), `msg="store closed"`) {
 		t.Fatalf("cairnd on SIGTERM with a full disk: %v\n%s", p.exitErr, lastLines(p.logs(), 30))
 	}
-	// Shutting down may give space back (segments the cleaner emptied);
-	// fill the disk with a file, as other data on it would, to 8 MiB free
-	// (the store keeps 64 MiB; pebble frees recycled WAL files at Open), so
-	// that the restart is on a disk where the store refuses writes.
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(mnt, &st); err != nil {
-		t.Fatal(err)
+	// Fill the disk with files, as other data on it would, to 8 MiB free
+	// (the store keeps 64 MiB), so that the restart is on a disk where the
+	// store refuses writes.
+	fillers := 0
+	topUp := func() {
+		t.Helper()
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(mnt, &st); err != nil {
+			t.Fatal(err)
+		}
+		if avail := int64(st.Bavail) * st.Bsize; avail > 8<<20 {
+			fillers++
+			sh(t, "fallocate", "-l", fmt.Sprint(avail-8<<20), filepath.Join(mnt, fmt.Sprint("filler", fillers)))
+		}
 	}
-	if avail := int64(st.Bavail) * st.Bsize; avail > 8<<20 {
-		sh(t, "fallocate", "-l", fmt.Sprint(avail-8<<20), filepath.Join(mnt, "filler"))
-	}
+	topUp()
 	p.log.Reset()
 	p.run()
 	t.Logf("restarted: %d bytes in use", usedBytes(t, mnt))
+	if l := p.logs(); !strings.Contains(l[:strings.Index(l, `msg="cairnd serving"`)], lowSpaceLog) {
+		t.Errorf("restart on a full disk: low space not logged at start:\n%s", grepLines(l, "store"))
+	}
+	check(ok, zeroed, "after a restart on a full disk")
+	// The store may still find space to reclaim (pebble's recycled WAL
+	// files, blocks the cleaner moved): top the disk up until a write is
+	// refused, then the state must show.
+	waitFor(t, p, "a write refused after a restart on a full disk", func() bool {
+		topUp()
+		_, err := shErr("qemu-io", "-f", "raw", "-c", refused, p.uri("vol0"))
+		return err != nil
+	})
 	if v := metricValue(t, p, "cairn_store_low_space"); v != 1 {
 		t.Errorf("cairn_store_low_space = %v after a restart on a full disk, want 1\n%s", v, grepLines(p.logs(), "space"))
 	}
-	check(ok, zeroed, "after a restart on a full disk")
 	for range 3 {
 		if _, err := shErr("qemu-io", "-f", "raw", "-c", refused, p.uri("vol0")); err == nil {
 			t.Fatal("a write on a full disk after restart succeeded")
 		}
 	}
-	if n := strings.Count(p.logs(), lowSpaceLog); n != 1 {
-		t.Errorf("after restart: low space logged %d times, want once:\n%s", n, lastLines(p.logs(), 30))
+	// Logged once per change of state, not per request.
+	if lows, backs := strings.Count(p.logs(), lowSpaceLog), strings.Count(p.logs(), spaceAgainLog); lows != backs+1 {
+		t.Errorf("after restart: low space logged %d times, space back %d times; want one more low than back:\n%s", lows, backs, grepLines(p.logs(), "space"))
 	}
 	if lines := strings.Count(p.logs(), "\n"); lines > 200 {
 		t.Errorf("after restart: %d log lines:\n%s", lines, lastLines(p.logs(), 30))
 	}
+	t.Logf("after restart on a full disk (%d filler files): %d 'low on space' log lines, %d log lines in all", fillers, strings.Count(p.logs(), lowSpaceLog), strings.Count(p.logs(), "\n"))
 	p.stop(syscall.SIGTERM)
 	if p.exitErr != nil {
 		t.Fatalf("cairnd on SIGTERM after a restart on a full disk: %v\n%s", p.exitErr, lastLines(p.logs(), 30))
@@ -298,16 +321,17 @@ func TestFullDisk(t *testing.T) {
 
 	// With no byte free, recovery cannot flush: cairnd exits at once with
 	// a clear error (it used to retry forever). Freed, it starts again.
+	var st syscall.Statfs_t
 	if err := syscall.Statfs(mnt, &st); err != nil {
 		t.Fatal(err)
 	}
-	sh(t, "fallocate", "-l", fmt.Sprint(int64(st.Bavail)*st.Bsize), filepath.Join(mnt, "filler2"))
+	sh(t, "fallocate", "-l", fmt.Sprint(int64(st.Bavail)*st.Bsize), filepath.Join(mnt, "filler-all"))
 	out, err = shErr(filepath.Join(binDir, "cairnd"), "--config", filepath.Join(p.dir, "cairn.toml"))
 	if err == nil || !strings.Contains(out, "free space on this file system") || strings.Count(out, "\n") > 100 {
 		t.Fatalf("cairnd on a disk with no byte free: %v, want a clear error:\n%s", err, lastLines(out, 20))
 	}
 	t.Logf("on a disk with no byte free: %s", lastLines(out, 1))
-	if err := os.Remove(filepath.Join(mnt, "filler2")); err != nil {
+	if err := os.Remove(filepath.Join(mnt, "filler-all")); err != nil {
 		t.Fatal(err)
 	}
 	p.log.Reset()
