@@ -93,19 +93,21 @@ type counters struct {
 	segmentsCleaned atomic.Uint64
 	segmentsReaped  atomic.Uint64
 	flattenedBlocks atomic.Uint64
+	bytesPunched    atomic.Uint64
 	gcCounters
 }
 
 // Stats are the store's counters and gauges.
 type Stats struct {
 	Segments        int    // segment files
-	SegmentBytes    int64  // bytes in segment files
+	SegmentBytes    int64  // bytes in segment files, less the holes punched in them
 	LiveBytes       int64  // bytes of block data the index points at
 	IndexBytes      int64  // memory of the block index
 	Checkpoints     uint64 // index checkpoints written
 	SegmentsRemoved uint64 // segments deleted (SegmentsReaped included)
 	SegmentsReaped  uint64 // segments deleted dead before any sync wrote them
-	BytesReclaimed  uint64 // bytes of segments deleted
+	BytesReclaimed  uint64 // bytes of segments deleted (less what was punched out of them)
+	BytesPunched    uint64 // bytes of dead blocks punched out of segments (punch.go)
 	RecordsReplayed uint64 // records replayed at Open
 	LowSpace        bool   // writes fail with ErrNoSpace (see Options.ReserveBytes)
 	CleanerBytes    uint64 // bytes of live blocks the cleaner copied
@@ -127,6 +129,7 @@ func (s *Store) Stats() Stats {
 		SegmentsRemoved: s.stats.segmentsRemoved.Load(),
 		SegmentsReaped:  s.stats.segmentsReaped.Load(),
 		BytesReclaimed:  s.stats.bytesReclaimed.Load(),
+		BytesPunched:    s.stats.bytesPunched.Load(),
 		RecordsReplayed: s.stats.recordsReplayed.Load(),
 		LowSpace:        s.space.low.Load(),
 		CleanerBytes:    s.stats.cleanerBytes.Load(),
@@ -139,7 +142,7 @@ func (s *Store) Stats() Stats {
 	}
 	for _, sg := range *s.seg.tab.Load() {
 		st.Segments++
-		st.SegmentBytes += sg.bytes.Load()
+		st.SegmentBytes += sg.bytes.Load() - sg.punched.Load()
 		st.LiveBytes += sg.live.Load() * BlockSize
 	}
 	return st
@@ -169,6 +172,14 @@ func (s *Store) background() {
 		case <-ct.C:
 			if s.failed.Load() != nil {
 				continue
+			}
+			if s.space.low.Load() {
+				// The cleaner needs room for what it copies; punching
+				// dead blocks needs none.
+				if _, err := s.punch(); err != nil && !errors.Is(err, ErrNoSpace) {
+					s.log.Error("punch", "err", err)
+				}
+				_ = s.checkSpace(0, s.reserve) // the low state ends here if it can
 			}
 			if _, err := s.clean(cleanLiveMax); err != nil && !errors.Is(err, ErrNoSpace) {
 				// (Out of space, the cleaner waits for a Zero to free some;
@@ -355,7 +366,7 @@ func (s *Store) checkpoint() (err error) {
 	s.stats.checkpoints.Add(1)
 	var freed int64
 	for _, sg := range dead {
-		freed += sg.bytes.Load()
+		freed += sg.bytes.Load() - sg.punched.Load()
 	}
 	if err := s.seg.remove(dead); err != nil {
 		s.log.Error("remove segments", "err", err)

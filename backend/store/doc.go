@@ -77,8 +77,14 @@
 // that finds less than Options.ReserveBytes available, or hits ENOSPC,
 // returns an error wrapping ErrNoSpace (and not ErrIO); reads go on, Zero
 // and DropVolume (whose records fit in the reserve) free space, which the
-// next checkpoint gives back, and writes succeed again. The low state is
-// logged when it starts and ends and shown in Stats. A failed
+// next checkpoint gives back, and writes succeed again. While space is low
+// the background goroutine also punches the dead blocks out of sealed
+// segments (punch.go), which needs no room, unlike the cleaner's copies.
+// The low state is checked at Open, logged when it starts and ends (it
+// has hysteresis: once a write is refused, writes are refused until a
+// quarter of the reserve more is free, see space.go) and shown in Stats.
+// Open refuses a disk without room for pebble's recovery with ErrNoSpace
+// (pebble would retry its flush forever). A failed
 // segment sync, or a fatal pebble error (pebble calls Logger.Fatalf on a
 // failed WAL write or sync; the store's logger panics and the committing
 // call recovers it), marks the store failed: that call returns an error

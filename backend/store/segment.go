@@ -27,6 +27,9 @@ type segment struct {
 	// synced: a sync covered some of the segment (while it was active), so
 	// records in it may be durable and it is never reaped.
 	synced atomic.Bool
+	// punched is the bytes of dead pages punched out (punch.go);
+	// punchedLive the live count when they were found.
+	punched, punchedLive atomic.Int64
 }
 
 // pos is a position in the log: a byte offset in a segment. Positions

@@ -14,6 +14,12 @@ import (
 // available bytes are sampled at most every spaceCheckInterval or
 // spaceCheckBytes appended, and the low state is logged when it starts and
 // ends, not per request.
+//
+// The low state has hysteresis, so that it does not flap with the sizes of
+// the writes (a 16 MiB write finds no room where a 4 KiB one still does):
+// it starts when a write is refused, and while it lasts every write is
+// refused until the available bytes are a quarter of the reserve (16 MiB by
+// default) above what the write needs.
 var (
 	spaceCheckInterval       = 100 * time.Millisecond
 	spaceCheckBytes    int64 = 4 << 20
@@ -41,7 +47,8 @@ func (sp *space) setLow(s *Store, low bool, avail uint64) {
 }
 
 // checkSpace returns an error wrapping ErrNoSpace when n more bytes would
-// leave less than reserve available.
+// leave less than reserve available (or, while low with the store's
+// reserve, less than reserve*5/4).
 func (s *Store) checkSpace(n, reserve int64) error {
 	sp := &s.space
 	if sp.since.Add(n) < spaceCheckBytes && !sp.low.Load() {
@@ -65,10 +72,14 @@ func (s *Store) checkSpace(n, reserve int64) error {
 	if !known {
 		return nil
 	}
-	low := avail < uint64(reserve+n)
+	need := reserve + n
 	if reserve == s.reserve {
-		sp.setLow(s, low, avail)
+		if sp.low.Load() {
+			need += reserve / 4
+		}
+		sp.setLow(s, avail < uint64(need), avail)
 	}
+	low := avail < uint64(need)
 	if low {
 		return fmt.Errorf("%w: %d bytes available, %d reserved", ErrNoSpace, avail, reserve)
 	}

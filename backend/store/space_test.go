@@ -1,7 +1,11 @@
 package store
 
 import (
+	"bytes"
 	"errors"
+	"io"
+	"log/slog"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -231,4 +235,129 @@ func mustList(t *testing.T, fs vfs.FS, dir string) []string {
 		t.Fatal(err)
 	}
 	return names
+}
+
+// TestLowSpaceHysteresis: once a write is refused, smaller writes that
+// would still fit above the reserve are refused too, and the low state is
+// logged once however the write sizes alternate; it ends once a quarter of
+// the reserve more is free.
+func TestLowSpaceHysteresis(t *testing.T) {
+	old := spaceCheckInterval
+	spaceCheckInterval = 0
+	defer func() { spaceCheckInterval = old }()
+	var logBuf bytes.Buffer
+	var logMu sync.Mutex
+	log := slog.New(slog.NewTextHandler(&lockedWriter{w: &logBuf, mu: &logMu}, nil))
+	fs := &capFS{FS: vfs.NewMem(), capacity: 24 << 20}
+	s, err := Open("db", Options{FS: fs, Logger: log, SegmentBytes: 1 << 20, ReserveBytes: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	big := make([]byte, 64*BlockSize)
+	var written, seq uint64
+	for seq = 1; ; seq++ {
+		if err := s.Write(ctx, 1, written, big, Stamp{1, seq}, false); err != nil {
+			if !errors.Is(err, ErrNoSpace) {
+				t.Fatal(err)
+			}
+			break
+		}
+		written += 64
+	}
+	for i := range 20 {
+		seq++
+		if err := s.Write(ctx, 1, written, big[:BlockSize], Stamp{1, seq}, false); !errors.Is(err, ErrNoSpace) {
+			t.Fatalf("small write %d while low (%d bytes available): %v, want ErrNoSpace", i, s.space.avail, err)
+		}
+		seq++
+		if err := s.Write(ctx, 1, written, big, Stamp{1, seq}, false); !errors.Is(err, ErrNoSpace) {
+			t.Fatalf("big write %d while low: %v, want ErrNoSpace", i, err)
+		}
+	}
+	logMu.Lock()
+	lows, backs := strings.Count(logBuf.String(), "store low on space"), strings.Count(logBuf.String(), "store has space again")
+	logMu.Unlock()
+	if lows != 1 || backs != 0 || !s.Stats().LowSpace {
+		t.Fatalf("low space logged %d times, space back %d times (stats %+v); want 1 and 0", lows, backs, s.Stats())
+	}
+	// Free most of it: the state ends and writes work.
+	seq++
+	if err := s.Zero(ctx, 1, 0, written, Stamp{1, seq}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	seq++
+	if err := s.Write(ctx, 1, 0, big, Stamp{1, seq}, false); err != nil {
+		t.Fatalf("write after freeing: %v", err)
+	}
+	logMu.Lock()
+	backs = strings.Count(logBuf.String(), "store has space again")
+	logMu.Unlock()
+	if backs != 1 || s.Stats().LowSpace {
+		t.Fatalf("space back logged %d times, low %v", backs, s.Stats().LowSpace)
+	}
+}
+
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// TestOpenOnFullDisk: pebble's Open flushes the WALs it replays and
+// retries a failed flush forever, so on a disk without room for that the
+// store refuses to open with ErrNoSpace instead of never returning; with
+// room it opens, reports low space at once, and reads.
+func TestOpenOnFullDisk(t *testing.T) {
+	fs := &capFS{FS: vfs.NewMem(), capacity: 64 << 20}
+	opts := Options{FS: fs, Logger: quiet, SegmentBytes: 1 << 20, ReserveBytes: 8 << 20}
+	s, err := Open("db", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16*BlockSize)
+	for i := range uint64(16) {
+		fill(buf[i*BlockSize:(i+1)*BlockSize], 'f', i)
+	}
+	if err := s.Write(ctx, 1, 0, buf, Stamp{1, 1}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fs.mu.Lock()
+	used := fs.used()
+	fs.capacity = used + 64<<10
+	fs.mu.Unlock()
+	if s, err := Open("db", opts); !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "free space") {
+		if err == nil {
+			_ = s.Close()
+		}
+		t.Fatalf("open with %d bytes free: %v, want ErrNoSpace saying to free space", 64<<10, err)
+	}
+	fs.mu.Lock()
+	fs.capacity = used + 4<<20
+	fs.mu.Unlock()
+	s, err = Open("db", opts)
+	if err != nil {
+		t.Fatalf("open with 4 MiB free: %v", err)
+	}
+	defer func() { _ = s.Close() }()
+	if !s.Stats().LowSpace {
+		t.Fatalf("opened below the reserve, stats %+v; want LowSpace", s.Stats())
+	}
+	if got := readID(t, s, 1, 15, 1); got != 'f' {
+		t.Fatalf("read on a full disk: %q", got)
+	}
+	if err := s.Write(ctx, 1, 16, buf, Stamp{1, 2}, false); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("write on a full disk: %v", err)
+	}
 }

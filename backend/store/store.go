@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -120,6 +121,9 @@ type Store struct {
 	// Options.GCBytesPerSec.
 	flattenRate, gcRate int64
 	space               space
+
+	// punchOff: punching holes failed (not supported); see punch.go.
+	punchOff atomic.Bool
 
 	// failed holds the fatal error once pebble or a segment sync failed
 	// (see ErrFailed).
@@ -260,6 +264,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err := opts.FS.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("store: open %s: %w: %w", dir, ErrIO, err)
 	}
+	if err := checkOpenSpace(opts.FS, dir); err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", dir, err)
+	}
 	db, err := openDB(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w: %w", dir, ErrIO, err)
@@ -271,10 +278,47 @@ func Open(dir string, opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
+	// A store opened on a full disk says so now, not at the first write.
+	_ = s.checkSpace(0, s.reserve)
 	s.wg.Add(1)
 	go s.background()
 	s.log.Info("store opened", "volumes", len(s.vols.m), "segments", len(*s.seg.tab.Load()), "index_bytes", s.indexBytes.Load())
 	return s, nil
+}
+
+// openSpaceSlackBytes is the room pebble's Open needs besides the bytes of
+// its WALs: the index blocks of the table it flushes them to, a new WAL,
+// OPTIONS and MANIFEST files.
+const openSpaceSlackBytes = 2 << 20
+
+// checkOpenSpace fails with ErrNoSpace when the file system of dir has no
+// room for pebble's Open, which flushes the WALs it replays and retries a
+// failed flush forever (logging each try): on a full disk Open would never
+// return. It needs the WALs' bytes (recycled WAL files count too, so this
+// errs on the safe side), plus openSpaceSlackBytes. A file system that does
+// not report its usage passes.
+func checkOpenSpace(fs vfs.FS, dir string) error {
+	du, err := fs.GetDiskUsage(dir)
+	if err != nil {
+		return nil
+	}
+	names, err := fs.List(dir)
+	if err != nil {
+		return fmt.Errorf("%w: list: %w", ErrIO, err)
+	}
+	var wal int64
+	for _, name := range names {
+		if strings.HasSuffix(name, ".log") {
+			if fi, err := fs.Stat(fs.PathJoin(dir, name)); err == nil {
+				wal += fi.Size()
+			}
+		}
+	}
+	if need := wal + openSpaceSlackBytes; du.AvailBytes < uint64(need) {
+		return fmt.Errorf("%w: %d bytes available, recovery needs %d (its %d bytes of WAL flushed, and new metadata files): free space on this file system and start again",
+			ErrNoSpace, du.AvailBytes, need, wal)
+	}
+	return nil
 }
 
 // openDB calls pebble.Open, turning a fatal error during recovery into an

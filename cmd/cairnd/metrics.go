@@ -65,11 +65,13 @@ var (
 	storeGCDesc       = prometheus.NewDesc("cairn_store_gc_dropped_total", "What GC dropped: versions no reader sees, and their block data bytes.", []string{"what"}, nil)
 	storeReclaimDesc  = prometheus.NewDesc("cairn_store_reclaimed_bytes_total", "Bytes of segment files deleted (space returned to the filesystem).", nil, nil)
 	storeCleanerDesc  = prometheus.NewDesc("cairn_store_cleaner_copied_bytes_total", "Bytes of live blocks the cleaner copied out of emptying segments.", nil, nil)
+	storePunchedDesc  = prometheus.NewDesc("cairn_store_punched_bytes_total", "Bytes of dead blocks punched out of segments while space was low.", nil, nil)
+	storeLowSpaceDesc = prometheus.NewDesc("cairn_store_low_space", "1 while the block store's file system has less free space than its reserve: writes fail with ENOSPC until space is freed.", nil, nil)
 )
 
 func (c *daemonCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{inflightDesc, inflightPeakDesc, budgetDesc, budgetWaitDesc, connsDesc, disconnectsDesc, gossipDesc, gossipDropDesc, memReleaseDesc,
-		storeBytesDesc, storeSegmentsDesc, storeGCDesc, storeReclaimDesc, storeCleanerDesc} {
+		storeBytesDesc, storeSegmentsDesc, storeGCDesc, storeReclaimDesc, storeCleanerDesc, storePunchedDesc, storeLowSpaceDesc} {
 		ch <- d
 	}
 }
@@ -116,5 +118,11 @@ func (c *daemonCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(storeGCDesc, prometheus.CounterValue, float64(st.GCBytesDropped), "bytes")
 		ch <- prometheus.MustNewConstMetric(storeReclaimDesc, prometheus.CounterValue, float64(st.BytesReclaimed))
 		ch <- prometheus.MustNewConstMetric(storeCleanerDesc, prometheus.CounterValue, float64(st.CleanerBytes))
+		ch <- prometheus.MustNewConstMetric(storePunchedDesc, prometheus.CounterValue, float64(st.BytesPunched))
+		low := 0.0
+		if st.LowSpace {
+			low = 1
+		}
+		ch <- prometheus.MustNewConstMetric(storeLowSpaceDesc, prometheus.GaugeValue, low)
 	}
 }
