@@ -21,9 +21,13 @@ import (
 const snapshotPathPrefix = "/internal/v1/snapshot/"
 
 // snapshotCatalog is the coordinator's catalog for one named snapshot.
+// It keeps the record the leader returned when it ended the snapshot: the
+// local replica may not have applied that change yet when the request
+// that took the snapshot answers.
 type snapshotCatalog struct {
-	d    *daemon
-	name string
+	d     *daemon
+	name  string
+	ended *cluster.Snapshot
 }
 
 func (c snapshotCatalog) Reserve(ctx context.Context, group string) (snapshot.Reservation, error) {
@@ -39,12 +43,18 @@ func (c snapshotCatalog) Reserve(ctx context.Context, group string) (snapshot.Re
 }
 
 func (c snapshotCatalog) Seal(ctx context.Context, id uint64) error {
-	_, err := c.d.catalog.EndSnapshot(ctx, id, cluster.SnapshotSealed, "")
+	sn, err := c.d.catalog.EndSnapshot(ctx, id, cluster.SnapshotSealed, "")
+	if err == nil {
+		*c.ended = sn
+	}
 	return err
 }
 
 func (c snapshotCatalog) Fail(ctx context.Context, id uint64, reason string) error {
-	_, err := c.d.catalog.EndSnapshot(ctx, id, cluster.SnapshotFailed, reason)
+	sn, err := c.d.catalog.EndSnapshot(ctx, id, cluster.SnapshotFailed, reason)
+	if err == nil {
+		*c.ended = sn
+	}
 	return err
 }
 
@@ -173,7 +183,8 @@ func (b backend) CreateSnapshot(ctx context.Context, req admin.SnapshotRequest) 
 	if req.Name == "" {
 		req.Name = time.Now().UTC().Format("20060102-150405.000")
 	}
-	c, err := snapshot.New(snapshot.Options{Catalog: snapshotCatalog{d: d, name: req.Name}, Targets: d.snapshotTarget})
+	var ended cluster.Snapshot
+	c, err := snapshot.New(snapshot.Options{Catalog: snapshotCatalog{d: d, name: req.Name, ended: &ended}, Targets: d.snapshotTarget})
 	if err != nil {
 		return admin.Snapshot{}, err
 	}
@@ -183,9 +194,13 @@ func (b backend) CreateSnapshot(ctx context.Context, req admin.SnapshotRequest) 
 		return admin.Snapshot{}, apiError(err)
 	}
 	var view admin.Snapshot
-	for _, sn := range d.catalog.Snapshots() {
-		if sn.ID == res.SnapshotID {
-			view = b.snapshotView(sn)
+	if ended.ID == res.SnapshotID {
+		view = b.snapshotView(ended)
+	} else {
+		for _, sn := range d.catalog.Snapshots() {
+			if sn.ID == res.SnapshotID {
+				view = b.snapshotView(sn)
+			}
 		}
 	}
 	var heldMax int64
