@@ -485,6 +485,8 @@ bind = "127.0.0.1:0"
 join = [%q]
 [raft]
 bind = "127.0.0.1:%d"
+[storage]
+listen = "127.0.0.1:0"
 `, name, m[1], freePort(t))
 	if err := os.WriteFile(filepath.Join(dir, "cairn.toml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
