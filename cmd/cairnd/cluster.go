@@ -240,6 +240,7 @@ func (d *daemon) manageVoters(ctx context.Context) {
 		}
 		if d.catalog.IsLeader() {
 			d.addMembers(ctx)
+			d.failAbandoned(ctx)
 		}
 		select {
 		case <-ctx.Done():

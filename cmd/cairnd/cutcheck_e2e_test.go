@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -514,6 +515,11 @@ listen = "127.0.0.1:0"
 // holds end within them (its hold-window metric), no write at node2 errs;
 // after SIGCONT node4's writers go on without error (its hold ended) and
 // snapshots of h seal as consistent cuts again.
+//
+// Last, a target-only node5 coordinates a snapshot of h while node4 does
+// not answer and is SIGKILLed with the record pending: node2's hold ends
+// at its own deadline (its writers go on), the catalog leader fails the
+// record as abandoned, and the next snapshot of h seals.
 func TestClusterCutCheck(t *testing.T) {
 	procs := startCluster(t)
 	n1, n2 := procs[0], procs[1]
@@ -688,6 +694,87 @@ func TestClusterCutCheck(t *testing.T) {
 		}
 	}
 	h.progress("every writer of h at the end", []int{0, 1, 2, 3}, h.ackedNow())
+
+	// Part 3: a coordinator dies mid-protocol. node5, a target alone,
+	// takes a snapshot of h while node4 does not answer, and is killed
+	// while the record is pending: node2's hold ends at its own deadline
+	// and the catalog leader fails the record.
+	n5 := targetOnly(t, "node5", n1)
+	waitFor(t, n5, "node5 follows the catalog and sees node2 and node4 alive", func() bool {
+		if so, _, code := n5.cli("volume", "list"); code != 0 || !strings.Contains(so, "ccd") {
+			return false // no leader known yet: the reservation could not be forwarded
+		}
+		alive := 0
+		for _, n := range nodes(t, n5) {
+			if (n.Name == "node2" || n.Name == "node4") && n.Gossip == "alive" {
+				alive++
+			}
+		}
+		return alive == 2
+	})
+	if err := n4.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped = true
+	orphan := make(chan string, 1)
+	go func() {
+		cmd := exec.Command(filepath.Join(binDir, "cairn"), "--addr", n5.admin, "snapshot", "create", "h", "--name", "h-orphan")
+		cmd.Dir = n5.dir
+		cmd.Env = append(os.Environ(), "CAIRN_TOKEN=", "CAIRN_TOKEN_FILE=")
+		out, err := cmd.CombinedOutput()
+		orphan <- fmt.Sprintf("%v: %s", err, out)
+	}()
+	a = h.ackedNow()
+	snapState := func(name string) (admin.Snapshot, bool) {
+		so, _, code := n1.cli("--json", "snapshot", "list")
+		var ss []admin.Snapshot
+		if code != 0 || json.Unmarshal([]byte(so), &ss) != nil {
+			return admin.Snapshot{}, false
+		}
+		for _, s := range ss {
+			if s.Name == name {
+				return s, true
+			}
+		}
+		return admin.Snapshot{}, false
+	}
+	var early string
+	waitFor(t, n1, "h-orphan reserved", func() bool {
+		select {
+		case early = <-orphan:
+			return true // the create ended before it was seen pending
+		default:
+		}
+		s, ok := snapState("h-orphan")
+		return ok && s.State == "pending"
+	})
+	if early != "" {
+		t.Fatalf("snapshot create at node5 ended before its coordinator was killed: %s\n%s", early, lastLines(n5.logs(), 30))
+	}
+	n5.stop(syscall.SIGKILL)
+	killed := time.Now()
+	t.Logf("coordinator node5 killed with h-orphan pending; its CLI: %s", strings.TrimSpace(<-orphan))
+	if err := n4.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	stopped = false
+	h.progress("node2's writers after their coordinator died", atNode2, a)
+	h.progress("node4's writers after SIGCONT", atNode4, a)
+	var abandoned admin.Snapshot
+	waitFor(t, n1, "the leader fails h-orphan", func() bool {
+		s, ok := snapState("h-orphan")
+		abandoned = s
+		return ok && s.State != "pending"
+	})
+	if abandoned.State != "failed" || abandoned.Reason != snapshot.ReasonAbandoned {
+		t.Fatalf("h-orphan after its coordinator died: %s (%s), want failed (%s)", abandoned.State, abandoned.Reason, snapshot.ReasonAbandoned)
+	}
+	t.Logf("h-orphan failed (%s) %v after its coordinator was killed", abandoned.Reason, time.Since(killed).Round(time.Millisecond))
+	if s, _, err := h.create(n1, "h-after-orphan"); err != nil {
+		t.Fatal(err)
+	} else if err := h.check(s, reps, hPlacers); err != nil {
+		t.Fatal(err)
+	}
 	h.halt()
 	t.Logf("group h: %d snapshots failed with node4 stopped, by reason %v; after SIGCONT %d failed (by reason %v) before %d sealed and checked; %s; coordinator outcomes: sealed %v, timeout %v, target %v",
 		stopSnapshots, stopReasons, sum(afterFailures), afterFailures, len(after), heldWindows(after),

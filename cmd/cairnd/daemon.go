@@ -197,7 +197,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
 	})
 	d.snapshotResults = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "cairn_snapshots_total", Help: "Snapshots this node coordinated, by outcome (sealed or the failure reason).",
+		Name: "cairn_snapshots_total", Help: "Snapshots this node coordinated, by outcome (sealed or the failure reason); abandoned: pending snapshots of dead coordinators this node failed as the catalog leader.",
 	}, []string{"outcome"})
 	reg.MustRegister(d.holdSeconds, d.snapshotResults)
 	reg.MustRegister(d.rpcMetrics.collectors()...)

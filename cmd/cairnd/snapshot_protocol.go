@@ -18,6 +18,10 @@ import (
 // node RPC (backend/wire's snapshot ops), which every node with the
 // target role serves.
 
+// stepTimeout bounds the leader's catalog change that fails an abandoned
+// snapshot (the coordinator's own step deadline).
+const stepTimeout = 2 * time.Second
+
 // snapshotCatalog is the coordinator's catalog for one named snapshot.
 // It keeps the record the leader returned when it ended the snapshot: the
 // local replica may not have applied that change yet when the request
@@ -203,6 +207,38 @@ func (b backend) CreateSnapshot(ctx context.Context, req admin.SnapshotRequest) 
 	}
 	d.log.Info("snapshot sealed", "group", req.Group, "snapshot", req.Name, "epoch", res.Epoch, "held_window", res.Window, "total", res.Total)
 	return view, nil
+}
+
+// snapshotAbandonAfter is the age past which a pending snapshot has no
+// live coordinator: each of the protocol's steps (reserve, hold, release,
+// drain, seal or fail) ends at its deadline, 2 s, so a coordinator that
+// still runs has returned after 12 s; the rest is margin for the clock of
+// the node that reserved (the record's Created) against the leader's.
+const snapshotAbandonAfter = 15 * time.Second
+
+// failAbandoned, on the catalog leader, fails the snapshots left pending
+// by a coordinator that died mid-protocol, so that their epochs stop
+// pinning versions on the storage nodes and their names can be reused.
+// Failing is the only safe end: nothing tells the leader whether every
+// target switched before any hold ended, which a seal needs. The targets'
+// holds ended at their own deadline already. A coordinator that was only
+// paused and comes back finds the record no longer pending and fails.
+func (d *daemon) failAbandoned(ctx context.Context) {
+	now := time.Now()
+	for _, sn := range d.catalog.Snapshots() {
+		if sn.State != cluster.SnapshotPending || now.Sub(sn.Created) < snapshotAbandonAfter {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, stepTimeout)
+		_, err := d.catalog.EndSnapshot(cctx, sn.ID, cluster.SnapshotFailed, snapshot.ReasonAbandoned)
+		cancel()
+		if err != nil {
+			d.log.Warn("failing an abandoned snapshot", "snapshot", sn.Name, "group", sn.Group, "id", sn.ID, "err", err)
+			continue
+		}
+		d.snapshotResults.WithLabelValues(snapshot.ReasonAbandoned).Inc()
+		d.log.Warn("snapshot abandoned by its coordinator: failed", "snapshot", sn.Name, "group", sn.Group, "id", sn.ID, "epoch", sn.Epoch, "age", now.Sub(sn.Created).Round(time.Millisecond))
+	}
 }
 
 func resultLabel(r snapshot.Result) string {
