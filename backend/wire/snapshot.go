@@ -349,6 +349,9 @@ func (c *Client) TargetHold(ctx context.Context, volumes []string, next uint64, 
 // error is the release's (a hold that ended before it, say) with the holds
 // still returned, or the call's with none.
 func (c *Client) TargetRelease(ctx context.Context, volumes []string, next uint64) ([]VolumeHold, error) {
+	if len(volumes) == 0 || len(volumes) > TargetVolumesMax {
+		return nil, fmt.Errorf("wire: target release on %s: %w: %d volumes, want 1 to %d", c.addr, store.ErrInvalid, len(volumes), TargetVolumesMax)
+	}
 	bp := target.GetBuffer(releaseReplyBytes(len(volumes)))
 	defer target.PutBuffer(bp)
 	n, err := c.target(ctx, OpTargetRelease, TargetRequest{Epoch: next, Volumes: volumes}, *bp)
