@@ -178,7 +178,8 @@ type Raft struct {
 	BootstrapExpect int `toml:"bootstrap_expect"`
 }
 
-// Storage is the [storage] table: the data RPC listener of a storage node.
+// Storage is the [storage] table: the node RPC listener of a storage node
+// (its data) or a target (the snapshot protocol's calls to it).
 type Storage struct {
 	Listen string `toml:"listen"` // host:port
 	// CacheSize (cache_size) bounds the block store's read cache, e.g.

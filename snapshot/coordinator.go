@@ -44,6 +44,10 @@ const (
 	ReasonDrain   = "drain"   // writes stamped ≤ e still in flight at the seal deadline
 	ReasonSeal    = "seal"    // the catalog did not seal
 	ReasonInvalid = "invalid" // the reservation was malformed
+	// ReasonAbandoned is not the coordinator's: the catalog's leader fails
+	// a record left pending past every step's deadline (its coordinator
+	// died mid-protocol; the targets' holds ended at their own deadline).
+	ReasonAbandoned = "abandoned"
 )
 
 // VolumeRef is a volume of a group as the catalog knows it.

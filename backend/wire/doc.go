@@ -41,6 +41,21 @@
 //	16–21         reserved, answered CodeUnsupported: versions-since-seq (replica
 //	              catch-up), set-retained (GC), snapshot hold, snapshot release,
 //	              fence generation, drop volume
+//	32  TargetHold     budget ns, epoch, hold timeout ns u64,       empty
+//	                   volumes u16, per volume len u8 + name
+//	33  TargetRelease  the same, hold timeout 0                 volumes u16, per volume window ns,
+//	                                                            held u64, drained u8, reason len u8
+//	                                                            + reason; error len u16 + text
+//	34  TargetDrained  the same, epoch = the cut, timeout 0     1 byte: 1 drained, 0 not
+//
+// Ops 32–34 are a snapshot coordinator's calls to a target's part of the
+// protocol (snapshot.go), served by a node with ServerOptions.Snapshot
+// (any node with the target role; one without answers CodeUnsupported).
+// The budget is the caller's remaining deadline: the node runs the call
+// under a context with that timeout, so a hold call never waits past the
+// coordinator's step deadline even when its reply is lost. A release
+// reply carries its error text beside the holds, since a hold that ended
+// before the release is both a report and an error.
 //
 // A reply with a non-zero status carries the node's error text (at most
 // ErrorMessageMax bytes) instead of its payload. Codes map to the store's

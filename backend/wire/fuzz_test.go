@@ -39,6 +39,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add(frame(OpHello, 0, 0, AppendHello(nil, Hello{Name: "node-a", InFlightMax: 128})))
 	f.Add(frame(OpSync, FlagReply, CodeInvalid, []byte("store: invalid request")))
 	f.Add(frame(OpSync, 0, 0, nil))
+	f.Add(frame(OpTargetHold, 0, 0, AppendTargetRequest(nil, TargetRequest{Budget: time.Second, Epoch: 3, Timeout: 2 * time.Second, Volumes: []string{"a", "bb"}})))
+	f.Add(frame(OpTargetRelease, FlagReply, 0, AppendReleaseReply(nil, ReleaseReply{Volumes: []VolumeHold{{Window: 5, Held: 1, Drained: true, Reason: "released"}}, Err: "x"})))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		h, err := ParseHeader(data)
 		if err != nil {
@@ -96,6 +98,16 @@ func checkBodies(t *testing.T, p []byte) {
 			t.Fatalf("hello %+v re-encodes differently", h)
 		}
 	}
+	if r, err := ParseTargetRequest(p); err == nil {
+		if !bytes.Equal(AppendTargetRequest(nil, r), p) {
+			t.Fatalf("target request %+v re-encodes differently", r)
+		}
+	}
+	if r, err := ParseReleaseReply(p); err == nil {
+		if !bytes.Equal(AppendReleaseReply(nil, r), p) {
+			t.Fatalf("release reply %+v re-encodes differently", r)
+		}
+	}
 	if n, err := CheckExtentsReply(p); err == nil {
 		out := make([]byte, len(p))
 		for i := range n {
@@ -128,8 +140,15 @@ func FuzzServerConn(f *testing.F) {
 	f.Add(frame(OpFence, 0, 0, []byte("xyz")))
 	f.Add(frame(OpHello, 0, 0, AppendHello(nil, Hello{Name: "again"})))
 	f.Add([]byte("garbage that is not a frame at all, 32 bytes+"))
+	tq := TargetRequest{Budget: time.Second, Epoch: 3, Timeout: 2 * time.Second, Volumes: []string{"a"}}
+	f.Add(frame(OpTargetHold, 0, 0, AppendTargetRequest(nil, tq)))
+	tq.Timeout = 0
+	f.Add(append(frame(OpTargetRelease, 0, 0, AppendTargetRequest(nil, tq)), frame(OpTargetDrained, 0, 0, AppendTargetRequest(nil, tq))...))
+	f.Add(frame(OpTargetHold, 0, 0, AppendTargetRequest(nil, tq))) // a hold without its timeout
+	f.Add(frame(OpTargetDrained, FlagSync, 0, AppendTargetRequest(nil, tq)))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		s, err := NewServer(&runsBackend{memBackend: *newMemBackend(), runs: 5}, ServerOptions{Logger: quietLogger(), InFlightMax: 4})
+		rt := &recTarget{holds: []VolumeHold{{Reason: "released"}}, drained: true}
+		s, err := NewServer(&runsBackend{memBackend: *newMemBackend(), runs: 5}, ServerOptions{Logger: quietLogger(), InFlightMax: 4, Snapshot: rt})
 		if err != nil {
 			t.Fatal(err)
 		}

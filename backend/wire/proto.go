@@ -78,6 +78,12 @@ const (
 	OpRelease       Op = 19 // snapshot release: drop a pin taken by OpHold
 	OpFence         Op = 20 // fence generation: refuse writes of a volume with a lower attachment generation
 	OpDropVolume    Op = 21 // delete every version of a volume
+
+	// A snapshot coordinator's calls to a target (snapshot.go); served by
+	// nodes with ServerOptions.Snapshot.
+	OpTargetHold    Op = 32 // TargetRequest → empty: switch the volumes to the epoch and hold their acks
+	OpTargetRelease Op = 33 // TargetRequest → ReleaseReply: let the held acks go, report each hold
+	OpTargetDrained Op = 34 // TargetRequest → 1 byte: nothing stamped ≤ the epoch in flight
 )
 
 func (o Op) String() string {
@@ -108,6 +114,12 @@ func (o Op) String() string {
 		return "fence"
 	case OpDropVolume:
 		return "drop-volume"
+	case OpTargetHold:
+		return "target-hold"
+	case OpTargetRelease:
+		return "target-release"
+	case OpTargetDrained:
+		return "target-drained"
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }

@@ -261,6 +261,8 @@ func (c *sconn) dispatch(h Header) string {
 	case OpSync:
 	case OpHello:
 		return c.skip(h, fmt.Errorf("%w: hello after the handshake", ErrProtocol))
+	case OpTargetHold, OpTargetRelease, OpTargetDrained:
+		return c.dispatchTarget(h)
 	default:
 		return c.skip(h, fmt.Errorf("%w: %s", ErrUnsupported, h.Op))
 	}
@@ -337,6 +339,13 @@ func (c *sconn) dispatch(h Header) string {
 		c.reply(r)
 		return ""
 	}
+	c.work1(r)
+	return ""
+}
+
+// work1 hands r to a worker, starting one if none is idle and fewer than
+// InFlightMax run.
+func (c *sconn) work1(r *request) {
 	select {
 	case c.work <- r:
 	default:
@@ -347,7 +356,6 @@ func (c *sconn) dispatch(h Header) string {
 		}
 		c.work <- r
 	}
-	return ""
 }
 
 // worker executes requests until c.work is closed.
@@ -395,6 +403,8 @@ func (c *sconn) execute(r *request) {
 		if r.err == nil {
 			r.sum = Checksum(r.data)
 		}
+	case OpTargetHold, OpTargetRelease, OpTargetDrained:
+		c.executeTarget(r)
 	}
 }
 
@@ -455,7 +465,7 @@ func (c *sconn) writeReply(r *request) error {
 	}
 	var payload []byte
 	switch r.h.Op {
-	case OpRead:
+	case OpRead, OpTargetRelease, OpTargetDrained:
 		payload = r.data
 	case OpExtents, OpChanged:
 		payload = r.data

@@ -86,6 +86,9 @@ type ServerOptions struct {
 	ConnsMax int
 	// Logger receives one line per connection event; nil: slog.Default().
 	Logger *slog.Logger
+	// Snapshot, if set, serves the snapshot ops (OpTargetHold, …): the
+	// node's target. nil answers them CodeUnsupported.
+	Snapshot SnapshotTarget
 }
 
 // Server serves a Backend to Clients. Its methods are safe for concurrent

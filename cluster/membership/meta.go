@@ -67,7 +67,7 @@ type Meta struct {
 
 // Addrs are the service addresses a node announces.
 type Addrs struct {
-	Storage string // data RPC (backend/wire)
+	Storage string // node RPC (backend/wire): a storage node's data, a target's snapshot calls
 	Raft    string // catalog Raft transport (managers)
 	Admin   string // admin HTTP/JSON API
 	NBD     string

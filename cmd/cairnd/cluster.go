@@ -240,6 +240,7 @@ func (d *daemon) manageVoters(ctx context.Context) {
 		}
 		if d.catalog.IsLeader() {
 			d.addMembers(ctx)
+			d.failAbandoned(ctx)
 		}
 		select {
 		case <-ctx.Done():
@@ -337,26 +338,45 @@ func (d *daemon) storageNode(n cluster.Node) (volume.Node, error) {
 	if n.Addr == "" {
 		return nil, fmt.Errorf("storage node %s has no RPC address in the catalog", n.Name)
 	}
-	d.peers.mu.Lock()
-	defer d.peers.mu.Unlock()
-	if c, ok := d.peers.m[n.Name]; ok {
-		if d.peers.addr[n.Name] == n.Addr {
-			return d.peers.nodes[n.Name], nil
-		}
-		// The node came back at another address; volumes opened before
-		// keep the old client until they reopen.
-		d.peers.stale = append(d.peers.stale, c)
-	}
-	c, err := wire.NewClient(n.Addr, wire.ClientOptions{Name: d.cfg.NodeName, Conns: 2, Logger: d.log, TLS: d.tlsClient})
+	_, mn, err := d.peerLocked(n.Name, n.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("storage node %s: %w", n.Name, err)
+	}
+	return mn, nil
+}
+
+// peer returns the node RPC client of another node at addr (storage
+// nodes' data calls and targets' snapshot calls share it).
+func (d *daemon) peer(name, addr string) (*wire.Client, error) {
+	c, _, err := d.peerLocked(name, addr)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", name, err)
+	}
+	return c, nil
+}
+
+// peerLocked returns the client of a node and its metered view, making
+// them on first use or when the node moved to another address (volumes
+// opened before keep the old client until they reopen).
+func (d *daemon) peerLocked(name, addr string) (*wire.Client, *meteredNode, error) {
+	d.peers.mu.Lock()
+	defer d.peers.mu.Unlock()
+	if c, ok := d.peers.m[name]; ok {
+		if d.peers.addr[name] == addr {
+			return c, d.peers.nodes[name], nil
+		}
+		d.peers.stale = append(d.peers.stale, c)
+	}
+	c, err := wire.NewClient(addr, wire.ClientOptions{Name: d.cfg.NodeName, Conns: 2, Logger: d.log, TLS: d.tlsClient})
+	if err != nil {
+		return nil, nil, err
 	}
 	if d.peers.m == nil {
 		d.peers.m, d.peers.nodes, d.peers.addr = map[string]*wire.Client{}, map[string]*meteredNode{}, map[string]string{}
 	}
-	mn := d.rpcMetrics.wrap(n.Name, c)
-	d.peers.m[n.Name], d.peers.nodes[n.Name], d.peers.addr[n.Name] = c, mn, n.Addr
-	return mn, nil
+	mn := d.rpcMetrics.wrap(name, c)
+	d.peers.m[name], d.peers.nodes[name], d.peers.addr[name] = c, mn, addr
+	return c, mn, nil
 }
 
 func (d *daemon) closePeers() error {

@@ -456,6 +456,22 @@ func TestClusterTLS(t *testing.T) {
 	if o, err := shErr("nbdinfo", "--size", n1.uri("tvol")); err == nil {
 		t.Fatalf("plain nbd:// to a TLS-only export worked: %s", o)
 	}
+	// A snapshot of a group with a volume at node2: node1 coordinates and
+	// reaches node2's target over the node RPC's mutual TLS.
+	if _, se, code := tlsCLI(n1, "volume", "create", "tvol2", "--size", "64MiB", "--replicas", "2", "--target", "node2"); code != 0 {
+		t.Fatalf("create tvol2 at node2: %s", se)
+	}
+	if _, se, code := tlsCLI(n1, "group", "create", "tg", "--volumes", "tvol,tvol2"); code != 0 {
+		t.Fatalf("group create: %s", se)
+	}
+	var sealed string
+	waitFor(t, n1, "a snapshot of tvol and tvol2 sealed", func() bool {
+		so, se, code := tlsCLI(n1, "--json", "snapshot", "create", "tg")
+		sealed = so + se
+		return code == 0 && strings.Contains(so, `"state": "sealed"`) && strings.Contains(so, "tvol2@")
+	})
+	t.Logf("snapshot over TLS:\n%s", sealed)
+
 	// The node RPC refuses a client without a certificate.
 	var addr string
 	for _, n := range nodes(t, n1) {

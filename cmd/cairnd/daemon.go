@@ -137,7 +137,8 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		return l, nil
 	}
 	var sl, nl, il net.Listener
-	if cfg.Has(configs.RoleStorage) {
+	if cfg.Has(configs.RoleStorage) || cfg.Has(configs.RoleTarget) {
+		// The node RPC: a storage node's data, a target's snapshot calls.
 		if sl, err = listen("storage", cfg.Storage.Listen, &d.storageAddr); err != nil {
 			return nil, err
 		}
@@ -196,7 +197,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
 	})
 	d.snapshotResults = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "cairn_snapshots_total", Help: "Snapshots this node coordinated, by outcome (sealed or the failure reason).",
+		Name: "cairn_snapshots_total", Help: "Snapshots this node coordinated, by outcome (sealed or the failure reason); abandoned: pending snapshots of dead coordinators this node failed as the catalog leader.",
 	}, []string{"outcome"})
 	reg.MustRegister(d.holdSeconds, d.snapshotResults)
 	reg.MustRegister(d.rpcMetrics.collectors()...)
@@ -204,7 +205,15 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &volumeCollector{d: d}, &daemonCollector{d: d})
 
 	if sl != nil {
-		if d.rpc, err = wire.NewServer(d.fence, wire.ServerOptions{Name: cfg.NodeName, Logger: log, TLS: d.tlsServer}); err != nil {
+		var b wire.Backend = noStore{}
+		if d.fence != nil {
+			b = d.fence
+		}
+		opts := wire.ServerOptions{Name: cfg.NodeName, Logger: log, TLS: d.tlsServer}
+		if cfg.Has(configs.RoleTarget) {
+			opts.Snapshot = targetRPC{localTarget{d}}
+		}
+		if d.rpc, err = wire.NewServer(b, opts); err != nil {
 			return nil, err
 		}
 		d.serve("node rpc", func() error { return d.rpc.Serve(sl) })
@@ -246,7 +255,6 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	top := http.NewServeMux()
 	top.HandleFunc("POST "+forwardPath, d.serveForward)
-	top.HandleFunc("POST "+snapshotPathPrefix+"{step}", d.serveTarget)
 	top.Handle("/", admin.RequireToken(token, mux))
 	d.admin = &http.Server{Handler: top, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
 	if d.tlsServer != nil {

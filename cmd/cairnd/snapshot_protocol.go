@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"time"
 
+	"cairn/backend/store"
+	"cairn/backend/wire"
 	"cairn/cluster"
 	"cairn/cluster/admin"
 	"cairn/snapshot"
@@ -15,15 +15,21 @@ import (
 // The snapshot protocol as cairnd runs it: the node that takes the
 // request coordinates (catalog changes go to the leader); each target's
 // part runs on its own volumes' gates, locally or through the target's
-// admin listener (loopback peers only, like forwarded changes, until the
-// cluster transports carry TLS).
+// node RPC (backend/wire's snapshot ops), which every node with the
+// target role serves.
 
-const snapshotPathPrefix = "/internal/v1/snapshot/"
+// stepTimeout bounds the leader's catalog change that fails an abandoned
+// snapshot (the coordinator's own step deadline).
+const stepTimeout = 2 * time.Second
 
 // snapshotCatalog is the coordinator's catalog for one named snapshot.
+// It keeps the record the leader returned when it ended the snapshot: the
+// local replica may not have applied that change yet when the request
+// that took the snapshot answers.
 type snapshotCatalog struct {
-	d    *daemon
-	name string
+	d     *daemon
+	name  string
+	ended *cluster.Snapshot
 }
 
 func (c snapshotCatalog) Reserve(ctx context.Context, group string) (snapshot.Reservation, error) {
@@ -39,12 +45,18 @@ func (c snapshotCatalog) Reserve(ctx context.Context, group string) (snapshot.Re
 }
 
 func (c snapshotCatalog) Seal(ctx context.Context, id uint64) error {
-	_, err := c.d.catalog.EndSnapshot(ctx, id, cluster.SnapshotSealed, "")
+	sn, err := c.d.catalog.EndSnapshot(ctx, id, cluster.SnapshotSealed, "")
+	if err == nil {
+		*c.ended = sn
+	}
 	return err
 }
 
 func (c snapshotCatalog) Fail(ctx context.Context, id uint64, reason string) error {
-	_, err := c.d.catalog.EndSnapshot(ctx, id, cluster.SnapshotFailed, reason)
+	sn, err := c.d.catalog.EndSnapshot(ctx, id, cluster.SnapshotFailed, reason)
+	if err == nil {
+		*c.ended = sn
+	}
 	return err
 }
 
@@ -71,101 +83,86 @@ func (t localTarget) Drained(ctx context.Context, names []string, epoch uint64) 
 	return t.d.snapLocal.Drained(ctx, names, epoch)
 }
 
-// remoteTarget is another node's target, through its admin listener.
+// remoteTarget is another node's target, through its node RPC (mutual
+// TLS in a TLS cluster). Each call's deadline goes with it: the node
+// works on a call no longer than the coordinator's step allows.
 type remoteTarget struct {
-	d    *daemon
-	addr string
-}
-
-type targetCall struct {
-	Volumes   []string      `json:"volumes"`
-	Next      uint64        `json:"next,omitempty"`
-	Epoch     uint64        `json:"epoch,omitempty"`
-	TimeoutNS time.Duration `json:"timeout_ns,omitempty"`
-}
-
-type targetReply struct {
-	Error   string              `json:"error,omitempty"`
-	Report  snapshot.HoldReport `json:"report"`
-	Drained bool                `json:"drained"`
-}
-
-func (t remoteTarget) call(ctx context.Context, what string, in targetCall) (targetReply, error) {
-	body, err := json.Marshal(in)
-	if err != nil {
-		return targetReply{}, err
-	}
-	b, err := t.d.postInternal(ctx, t.addr, snapshotPathPrefix+what, body)
-	if err != nil {
-		return targetReply{}, fmt.Errorf("target at %s: %w", t.addr, err)
-	}
-	var out targetReply
-	if err := json.Unmarshal(b, &out); err != nil {
-		return targetReply{}, fmt.Errorf("target at %s: %s: %w", t.addr, what, err)
-	}
-	if out.Error != "" {
-		return out, fmt.Errorf("target at %s: %s: %s", t.addr, what, out.Error)
-	}
-	return out, nil
+	node string
+	c    *wire.Client
 }
 
 func (t remoteTarget) Hold(ctx context.Context, names []string, next uint64, timeout time.Duration) error {
-	_, err := t.call(ctx, "hold", targetCall{Volumes: names, Next: next, TimeoutNS: timeout})
-	return err
+	if err := t.c.TargetHold(ctx, names, next, timeout); err != nil {
+		return fmt.Errorf("target %s: %w", t.node, err)
+	}
+	return nil
 }
 
 func (t remoteTarget) Release(ctx context.Context, names []string, next uint64) (snapshot.HoldReport, error) {
-	r, err := t.call(ctx, "release", targetCall{Volumes: names, Next: next})
-	return r.Report, err
+	holds, err := t.c.TargetRelease(ctx, names, next)
+	var rep snapshot.HoldReport
+	for i, h := range holds {
+		rep.Volumes = append(rep.Volumes, snapshot.VolumeHold{Volume: names[i], Window: h.Window, Held: h.Held, Reason: h.Reason, Drained: h.Drained})
+	}
+	if err != nil {
+		return rep, fmt.Errorf("target %s: %w", t.node, err)
+	}
+	return rep, nil
 }
 
 func (t remoteTarget) Drained(ctx context.Context, names []string, epoch uint64) (bool, error) {
-	r, err := t.call(ctx, "drained", targetCall{Volumes: names, Epoch: epoch})
-	return r.Drained, err
-}
-
-// serveTarget runs a coordinator's call on this node's target.
-func (d *daemon) serveTarget(w http.ResponseWriter, r *http.Request) {
-	if !d.peerAllowed(r) {
-		http.Error(w, "snapshot calls are taken from cluster nodes only", http.StatusForbidden)
-		return
-	}
-	var in targetCall
-	var err error
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, forwardBytesMax)).Decode(&in); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	t := localTarget{d}
-	var out targetReply
-	switch r.PathValue("step") {
-	case "hold":
-		err = t.Hold(r.Context(), in.Volumes, in.Next, in.TimeoutNS)
-	case "release":
-		out.Report, err = t.Release(r.Context(), in.Volumes, in.Next)
-	case "drained":
-		out.Drained, err = t.Drained(r.Context(), in.Volumes, in.Epoch)
-	default:
-		http.Error(w, "unknown snapshot step", http.StatusNotFound)
-		return
-	}
+	ok, err := t.c.TargetDrained(ctx, names, epoch)
 	if err != nil {
-		out.Error = err.Error()
+		return false, fmt.Errorf("target %s: %w", t.node, err)
 	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(out)
+	return ok, nil
 }
 
-// snapshotTarget finds a node's target for the coordinator.
+// targetRPC serves a coordinator's calls from the node RPC on this node's
+// target.
+type targetRPC struct{ t localTarget }
+
+var _ wire.SnapshotTarget = targetRPC{}
+
+func (r targetRPC) Hold(ctx context.Context, names []string, next uint64, timeout time.Duration) error {
+	return r.t.Hold(ctx, names, next, timeout)
+}
+
+func (r targetRPC) Release(ctx context.Context, names []string, next uint64) ([]wire.VolumeHold, error) {
+	rep, err := r.t.Release(ctx, names, next)
+	if len(rep.Volumes) != len(names) {
+		// Refused as a whole (too many volumes): no report.
+		return nil, err
+	}
+	holds := make([]wire.VolumeHold, len(rep.Volumes))
+	for i, h := range rep.Volumes {
+		holds[i] = wire.VolumeHold{Window: h.Window, Held: h.Held, Reason: h.Reason, Drained: h.Drained}
+	}
+	return holds, err
+}
+
+func (r targetRPC) Drained(ctx context.Context, names []string, epoch uint64) (bool, error) {
+	return r.t.Drained(ctx, names, epoch)
+}
+
+// snapshotTarget finds a node's target for the coordinator: this node's,
+// or a client of the node RPC address the node announces in gossip.
 func (d *daemon) snapshotTarget(node string) (snapshot.Target, error) {
 	if node == d.cfg.NodeName {
 		return localTarget{d}, nil
 	}
 	m, ok := d.member(node)
-	if !ok || m.Meta.Addrs.Admin == "" {
+	if !ok {
 		return nil, fmt.Errorf("target %s is not alive in gossip", node)
 	}
-	return remoteTarget{d: d, addr: m.Meta.Addrs.Admin}, nil
+	if m.Meta.Addrs.Storage == "" {
+		return nil, fmt.Errorf("target %s announces no node RPC address", node)
+	}
+	c, err := d.peer(node, m.Meta.Addrs.Storage)
+	if err != nil {
+		return nil, err
+	}
+	return remoteTarget{node: node, c: c}, nil
 }
 
 func (b backend) CreateSnapshot(ctx context.Context, req admin.SnapshotRequest) (admin.Snapshot, error) {
@@ -173,7 +170,8 @@ func (b backend) CreateSnapshot(ctx context.Context, req admin.SnapshotRequest) 
 	if req.Name == "" {
 		req.Name = time.Now().UTC().Format("20060102-150405.000")
 	}
-	c, err := snapshot.New(snapshot.Options{Catalog: snapshotCatalog{d: d, name: req.Name}, Targets: d.snapshotTarget})
+	var ended cluster.Snapshot
+	c, err := snapshot.New(snapshot.Options{Catalog: snapshotCatalog{d: d, name: req.Name, ended: &ended}, Targets: d.snapshotTarget})
 	if err != nil {
 		return admin.Snapshot{}, err
 	}
@@ -183,9 +181,13 @@ func (b backend) CreateSnapshot(ctx context.Context, req admin.SnapshotRequest) 
 		return admin.Snapshot{}, apiError(err)
 	}
 	var view admin.Snapshot
-	for _, sn := range d.catalog.Snapshots() {
-		if sn.ID == res.SnapshotID {
-			view = b.snapshotView(sn)
+	if ended.ID == res.SnapshotID {
+		view = b.snapshotView(ended)
+	} else {
+		for _, sn := range d.catalog.Snapshots() {
+			if sn.ID == res.SnapshotID {
+				view = b.snapshotView(sn)
+			}
 		}
 	}
 	var heldMax int64
@@ -207,6 +209,38 @@ func (b backend) CreateSnapshot(ctx context.Context, req admin.SnapshotRequest) 
 	return view, nil
 }
 
+// snapshotAbandonAfter is the age past which a pending snapshot has no
+// live coordinator: each of the protocol's steps (reserve, hold, release,
+// drain, seal or fail) ends at its deadline, 2 s, so a coordinator that
+// still runs has returned after 12 s; the rest is margin for the clock of
+// the node that reserved (the record's Created) against the leader's.
+const snapshotAbandonAfter = 15 * time.Second
+
+// failAbandoned, on the catalog leader, fails the snapshots left pending
+// by a coordinator that died mid-protocol, so that their epochs stop
+// pinning versions on the storage nodes and their names can be reused.
+// Failing is the only safe end: nothing tells the leader whether every
+// target switched before any hold ended, which a seal needs. The targets'
+// holds ended at their own deadline already. A coordinator that was only
+// paused and comes back finds the record no longer pending and fails.
+func (d *daemon) failAbandoned(ctx context.Context) {
+	now := time.Now()
+	for _, sn := range d.catalog.Snapshots() {
+		if sn.State != cluster.SnapshotPending || now.Sub(sn.Created) < snapshotAbandonAfter {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, stepTimeout)
+		_, err := d.catalog.EndSnapshot(cctx, sn.ID, cluster.SnapshotFailed, snapshot.ReasonAbandoned)
+		cancel()
+		if err != nil {
+			d.log.Warn("failing an abandoned snapshot", "snapshot", sn.Name, "group", sn.Group, "id", sn.ID, "err", err)
+			continue
+		}
+		d.snapshotResults.WithLabelValues(snapshot.ReasonAbandoned).Inc()
+		d.log.Warn("snapshot abandoned by its coordinator: failed", "snapshot", sn.Name, "group", sn.Group, "id", sn.ID, "epoch", sn.Epoch, "age", now.Sub(sn.Created).Round(time.Millisecond))
+	}
+}
+
 func resultLabel(r snapshot.Result) string {
 	if r.Sealed {
 		return "sealed"
@@ -216,3 +250,21 @@ func resultLabel(r snapshot.Result) string {
 	}
 	return r.Reason
 }
+
+// noStore is the node RPC backend of a node without the storage role: it
+// serves the snapshot ops only and refuses every data call.
+type noStore struct{}
+
+var errNoStore = fmt.Errorf("%w: this node has no storage role", wire.ErrUnsupported)
+
+func (noStore) Write(context.Context, uint64, uint64, []byte, store.Stamp, bool) error {
+	return errNoStore
+}
+func (noStore) Read(context.Context, uint64, uint64, []byte, uint64) error { return errNoStore }
+func (noStore) Zero(context.Context, uint64, uint64, uint64, store.Stamp, bool) error {
+	return errNoStore
+}
+func (noStore) Extents(context.Context, uint64, uint64, uint64, uint64, func(uint64, uint64, bool) bool) error {
+	return errNoStore
+}
+func (noStore) Sync(context.Context) error { return errNoStore }
