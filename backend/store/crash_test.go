@@ -229,16 +229,3 @@ func survivingSubset(ops []op, durable int, got []byte, epoch uint64) ([]op, boo
 	}
 	return kept, true
 }
-
-func matches(best []*op, got []byte) bool {
-	for b, o := range best {
-		want := byte(0)
-		if o != nil && !o.zero {
-			want = o.id
-		}
-		if got[b] != want {
-			return false
-		}
-	}
-	return true
-}
