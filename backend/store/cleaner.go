@@ -136,42 +136,63 @@ func (s *Store) cleanSegment(sg *segment) (copied int64, err error) {
 // index points at.
 func (s *Store) liveRefs(sg *segment) ([]liveRef, error) {
 	var refs []liveRef
+	err := s.eachDataBlock(sg, "clean", func(vol uint64, e copyEntry, page uint32, live bool) bool {
+		if live {
+			refs = append(refs, liveRef{vol: vol, e: e, page: page})
+		}
+		return true
+	})
+	return refs, err
+}
+
+// eachDataBlock calls fn for every data block of sg's records, in log
+// order, with whether the index points at it (live), until fn returns
+// false. It holds the segment files for reading; a segment removed
+// meanwhile has no blocks. op names the caller in errors.
+func (s *Store) eachDataBlock(sg *segment, op string, fn func(vol uint64, e copyEntry, page uint32, live bool) bool) error {
 	hdr := make([]byte, recHeaderBytesMax)
 	s.seg.files.RLock()
 	defer s.seg.files.RUnlock()
 	if s.seg.segment(sg.id) != sg {
-		return nil, nil // removed meanwhile: it was empty
+		return nil
 	}
 	for off := int64(0); ; {
 		h, first, next, ok, err := readRecord(sg, off, hdr, false)
 		if err != nil {
-			return nil, fmt.Errorf("clean segment %s at %d: %w: %w", segName(sg.id), off, ErrIO, err)
+			return fmt.Errorf("%s segment %s at %d: %w: %w", op, segName(sg.id), off, ErrIO, err)
 		}
 		if !ok {
-			break
+			return nil
 		}
 		off = next
 		if !hasData(h.typ) {
 			continue
 		}
 		v := s.lookup(h.vol)
-		if v == nil {
-			continue
+		if v != nil {
+			v.idx.RLock()
 		}
-		v.idx.RLock()
-		for i := range int(h.n) {
+		more := true
+		for i := 0; i < int(h.n) && more; i++ {
 			e := copyEntry{block: h.block + uint64(i), epoch: h.epoch, seq: h.seq, crc: crcOf(h.typ, hdr, i)}
 			if h.typ == recCopy {
 				e = getCopyEntry(hdr, i)
 			}
 			page := first + uint32(i)*blockUnits
-			if cur, ok := v.idx.exact(e.block, e.epoch); ok && cur.kind == kindData && cur.seg == sg.id && cur.page == page {
-				refs = append(refs, liveRef{vol: h.vol, e: e, page: page})
+			live := false
+			if v != nil {
+				cur, ok := v.idx.exact(e.block, e.epoch)
+				live = ok && cur.kind == kindData && cur.seg == sg.id && cur.page == page
 			}
+			more = fn(h.vol, e, page, live)
 		}
-		v.idx.RUnlock()
+		if v != nil {
+			v.idx.RUnlock()
+		}
+		if !more {
+			return nil
+		}
 	}
-	return refs, nil
 }
 
 // copyBatch reads the blocks of batch (one volume) from sg, checks them

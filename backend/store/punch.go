@@ -160,48 +160,19 @@ func deadBytes(runs []punchRun) (n int64) {
 // point at.
 func (s *Store) deadRuns(sg *segment) ([]punchRun, error) {
 	var runs []punchRun
-	hdr := make([]byte, recHeaderBytesMax)
-	s.seg.files.RLock()
-	defer s.seg.files.RUnlock()
-	if s.seg.segment(sg.id) != sg {
-		return nil, nil
-	}
-	for off := int64(0); len(runs) < punchSegmentRunsMax; {
-		h, first, next, ok, err := readRecord(sg, off, hdr, false)
-		if err != nil {
-			return nil, fmt.Errorf("punch segment %s at %d: %w: %w", segName(sg.id), off, ErrIO, err)
+	err := s.eachDataBlock(sg, "punch", func(_ uint64, _ copyEntry, page uint32, live bool) bool {
+		if live {
+			return true
 		}
-		if !ok {
-			break
+		if k := len(runs) - 1; k >= 0 && runs[k].page+runs[k].n*blockUnits == page {
+			runs[k].n++
+		} else {
+			runs = append(runs, punchRun{page: page, n: 1})
 		}
-		off = next
-		if !hasData(h.typ) {
-			continue
-		}
-		v := s.lookup(h.vol)
-		if v != nil {
-			v.idx.RLock()
-		}
-		for i := range int(h.n) {
-			page := first + uint32(i)*blockUnits
-			if v != nil {
-				e := copyEntry{block: h.block + uint64(i), epoch: h.epoch}
-				if h.typ == recCopy {
-					e = getCopyEntry(hdr, i)
-				}
-				if cur, ok := v.idx.exact(e.block, e.epoch); ok && cur.kind == kindData && cur.seg == sg.id && cur.page == page {
-					continue // live
-				}
-			}
-			if k := len(runs) - 1; k >= 0 && runs[k].page+runs[k].n*blockUnits == page {
-				runs[k].n++
-			} else {
-				runs = append(runs, punchRun{page: page, n: 1})
-			}
-		}
-		if v != nil {
-			v.idx.RUnlock()
-		}
+		return len(runs) < punchSegmentRunsMax
+	})
+	if err != nil {
+		return nil, err
 	}
 	return runs, nil
 }
