@@ -49,6 +49,10 @@ var (
 	// ckInterval: idle checkpoints, so that a quiet store is not left with
 	// a long replay.
 	ckInterval = 10 * time.Second
+	// ckIntervalMax: a checkpoint at least this often under writes, which
+	// bounds how old the durable index is (replay length is bounded by
+	// ckLogBytes).
+	ckIntervalMax = time.Minute
 )
 
 // ckEnt is a dirty index entry as a checkpoint copied it.
@@ -85,34 +89,38 @@ func (o ckOp) apply(b *pebble.Batch) {
 
 // counters are the store's exported statistics (see Stats).
 type counters struct {
-	checkpoints     atomic.Uint64
-	segmentsRemoved atomic.Uint64
-	bytesReclaimed  atomic.Uint64
-	recordsReplayed atomic.Uint64
-	cleanerBytes    atomic.Uint64
-	segmentsCleaned atomic.Uint64
-	segmentsReaped  atomic.Uint64
-	flattenedBlocks atomic.Uint64
-	bytesPunched    atomic.Uint64
+	checkpoints      atomic.Uint64
+	segmentsRemoved  atomic.Uint64
+	bytesReclaimed   atomic.Uint64
+	recordsReplayed  atomic.Uint64
+	cleanerBytes     atomic.Uint64
+	segmentsCleaned  atomic.Uint64
+	segmentsReaped   atomic.Uint64
+	segmentsRelogged atomic.Uint64
+	relogBytes       atomic.Uint64
+	flattenedBlocks  atomic.Uint64
+	bytesPunched     atomic.Uint64
 	gcCounters
 }
 
 // Stats are the store's counters and gauges.
 type Stats struct {
-	Segments        int    // segment files
-	SegmentBytes    int64  // bytes in segment files, less the holes punched in them
-	LiveBytes       int64  // bytes of block data the index points at
-	IndexBytes      int64  // memory of the block index
-	Checkpoints     uint64 // index checkpoints written
-	SegmentsRemoved uint64 // segments deleted (SegmentsReaped included)
-	SegmentsReaped  uint64 // segments deleted dead before any sync wrote them
-	BytesReclaimed  uint64 // bytes of segments deleted (less what was punched out of them)
-	BytesPunched    uint64 // bytes of dead blocks punched out of segments (punch.go)
-	RecordsReplayed uint64 // records replayed at Open
-	LowSpace        bool   // writes fail with ErrNoSpace (see Options.ReserveBytes)
-	CleanerBytes    uint64 // bytes of live blocks the cleaner copied
-	SegmentsCleaned uint64 // segments the cleaner emptied
-	FlattenedBlocks uint64 // blocks Flatten copied from parents
+	Segments         int    // segment files
+	SegmentBytes     int64  // bytes in segment files, less the holes punched in them
+	LiveBytes        int64  // bytes of block data the index points at
+	IndexBytes       int64  // memory of the block index
+	Checkpoints      uint64 // index checkpoints written
+	SegmentsRemoved  uint64 // segments deleted (SegmentsReaped included)
+	SegmentsReaped   uint64 // segments deleted dead before any sync wrote them
+	SegmentsRelogged uint64 // unsynced segments emptied by moving their live records (relog.go)
+	RelogBytes       uint64 // bytes of the records relog moved
+	BytesReclaimed   uint64 // bytes of segments deleted (less what was punched out of them)
+	BytesPunched     uint64 // bytes of dead blocks punched out of segments (punch.go)
+	RecordsReplayed  uint64 // records replayed at Open
+	LowSpace         bool   // writes fail with ErrNoSpace (see Options.ReserveBytes)
+	CleanerBytes     uint64 // bytes of live blocks the cleaner copied
+	SegmentsCleaned  uint64 // segments the cleaner emptied
+	FlattenedBlocks  uint64 // blocks Flatten copied from parents
 	// GC (gc.go): passes run, versions dropped, and bytes of block data
 	// they held (no longer live; the cleaner and the checkpoint give the
 	// space back, counted in BytesReclaimed).
@@ -124,17 +132,19 @@ type Stats struct {
 // Stats returns the store's statistics.
 func (s *Store) Stats() Stats {
 	st := Stats{
-		IndexBytes:      s.indexBytes.Load(),
-		Checkpoints:     s.stats.checkpoints.Load(),
-		SegmentsRemoved: s.stats.segmentsRemoved.Load(),
-		SegmentsReaped:  s.stats.segmentsReaped.Load(),
-		BytesReclaimed:  s.stats.bytesReclaimed.Load(),
-		BytesPunched:    s.stats.bytesPunched.Load(),
-		RecordsReplayed: s.stats.recordsReplayed.Load(),
-		LowSpace:        s.space.low.Load(),
-		CleanerBytes:    s.stats.cleanerBytes.Load(),
-		SegmentsCleaned: s.stats.segmentsCleaned.Load(),
-		FlattenedBlocks: s.stats.flattenedBlocks.Load(),
+		IndexBytes:       s.indexBytes.Load(),
+		Checkpoints:      s.stats.checkpoints.Load(),
+		SegmentsRemoved:  s.stats.segmentsRemoved.Load(),
+		SegmentsReaped:   s.stats.segmentsReaped.Load(),
+		SegmentsRelogged: s.stats.segmentsRelogged.Load(),
+		RelogBytes:       s.stats.relogBytes.Load(),
+		BytesReclaimed:   s.stats.bytesReclaimed.Load(),
+		BytesPunched:     s.stats.bytesPunched.Load(),
+		RecordsReplayed:  s.stats.recordsReplayed.Load(),
+		LowSpace:         s.space.low.Load(),
+		CleanerBytes:     s.stats.cleanerBytes.Load(),
+		SegmentsCleaned:  s.stats.segmentsCleaned.Load(),
+		FlattenedBlocks:  s.stats.flattenedBlocks.Load(),
 
 		GCPasses:          s.stats.gcPasses.Load(),
 		GCVersionsDropped: s.stats.gcVersions.Load(),
@@ -153,6 +163,7 @@ func (s *Store) background() {
 	defer s.wg.Done()
 	t := time.NewTicker(ckInterval)
 	defer t.Stop()
+	lastAppended := s.seg.appended.Load()
 	ct := time.NewTicker(cleanInterval)
 	defer ct.Stop()
 	gt := time.NewTicker(gcInterval)
@@ -181,7 +192,7 @@ func (s *Store) background() {
 				}
 				_ = s.checkSpace(0, s.reserve) // the low state ends here if it can
 			}
-			if _, err := s.clean(cleanLiveMax); err != nil && !errors.Is(err, ErrNoSpace) {
+			if _, err := s.cleanPass(cleanLiveMax, s.space.low.Load()); err != nil && !errors.Is(err, ErrNoSpace) {
 				// (Out of space, the cleaner waits for a Zero to free some;
 				// the low state is logged once by checkSpace.)
 				s.log.Error("clean", "err", err)
@@ -194,10 +205,25 @@ func (s *Store) background() {
 			if err := s.reap(); err != nil {
 				s.log.Error("reap segments", "err", err)
 			}
+			if moved, err := s.relog(); err != nil {
+				s.log.Error("relog segments", "err", err)
+			} else if moved {
+				if err := s.reap(); err != nil {
+					s.log.Error("reap segments", "err", err)
+				}
+			}
 			continue
 		case <-s.kick:
 		case <-t.C:
 			if s.dirty.Load() == 0 && !s.logGrew(1) {
+				continue
+			}
+			// Idle, or ckIntervalMax since the last one: a store under
+			// writes checkpoints by ckLogBytes and ckDirtyMax, so that
+			// its log is not synced (written to the device) every
+			// interval while overwrites still kill most of it in memory.
+			if a := s.seg.appended.Load(); a != lastAppended && time.Since(time.Unix(0, s.ck.when.Load())) < ckIntervalMax {
+				lastAppended = a
 				continue
 			}
 		}
@@ -363,6 +389,7 @@ func (s *Store) checkpoint() (err error) {
 	}
 	s.ck.last = end
 	s.ck.base.Store(appended - reaped)
+	s.ck.when.Store(time.Now().UnixNano())
 	s.stats.checkpoints.Add(1)
 	var freed int64
 	for _, sg := range dead {

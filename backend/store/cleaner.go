@@ -43,9 +43,14 @@ func (s *Store) victim(limit float64, skip map[uint32]bool, active uint32) *segm
 		if id >= active || skip[id] {
 			continue
 		}
-		size := sg.bytes.Load()
-		if size == 0 {
+		if !sg.synced.Load() && !s.space.low.Load() {
+			// Never synced: relog or reap frees it without a sync (the
+			// cleaner's checkpoint would write it to the device).
 			continue
+		}
+		size := sg.bytes.Load()
+		if size == 0 || sg.live.Load() == 0 {
+			continue // nothing to copy: a checkpoint deletes it
 		}
 		frac := float64(sg.live.Load()*BlockSize) / float64(size)
 		if frac < bestFrac || (frac == bestFrac && best != nil && sg.id < best.id) {
@@ -59,6 +64,14 @@ func (s *Store) victim(limit float64, skip map[uint32]bool, active uint32) *segm
 // or done closes, then checkpoints so that they are deleted. It returns the
 // bytes copied.
 func (s *Store) clean(limit float64) (copied int64, err error) {
+	return s.cleanPass(limit, true)
+}
+
+// cleanPass is clean; without ck, the emptied segments are deleted by the
+// next checkpoint, not by one of its own: a checkpoint syncs the whole log,
+// and under overwrites most of the log not synced yet dies in memory (see
+// relog.go), so the background cleaner forces one only when space is low.
+func (s *Store) cleanPass(limit float64, ck bool) (copied int64, err error) {
 	s.cleanMu.Lock()
 	defer s.cleanMu.Unlock()
 	tried := map[uint32]bool{}
@@ -82,8 +95,8 @@ func (s *Store) clean(limit float64) (copied int64, err error) {
 			return copied, err
 		}
 	}
-	if len(tried) == 0 {
-		return 0, nil
+	if len(tried) == 0 || !ck {
+		return copied, nil
 	}
 	return copied, s.checkpoint()
 }

@@ -24,8 +24,9 @@ var (
 // reach the disk, and the store keeps none: see segLog). Several crashes
 // per seed. Segments are
 // small (so records span rolls) and a goroutine runs the cleaner and
-// checkpoints (which delete dead segments) throughout, so the crash also
-// lands mid-record, mid-roll, mid-cleaning and mid-checkpoint.
+// checkpoints (which delete dead segments) throughout, or in half the
+// rounds relogs and reaps unsynced segments (relog.go), so the crash also
+// lands mid-record, mid-roll, mid-cleaning, mid-relog and mid-checkpoint.
 func TestCrash(t *testing.T) {
 	n := *crashSeeds
 	if n == 0 {
@@ -34,6 +35,8 @@ func TestCrash(t *testing.T) {
 			n = 6
 		}
 	}
+	defer func(b int64, l float64) { relogBytes, relogLiveMax = b, l }(relogBytes, relogLiveMax)
+	relogBytes, relogLiveMax = 96<<10, 0.9 // a segment and a half
 	seeds := make([]uint64, 0, n)
 	if *crashSeed != 0 {
 		seeds = append(seeds, *crashSeed)
@@ -67,6 +70,8 @@ func crashRun(t *testing.T, seed uint64) {
 	fs := vfs.NewCrashableMem()
 	var ops []op // history that survived so far, plus this round's
 	epoch := uint64(1)
+	var relogged uint64
+	defer func() { t.Logf("segments relogged: %d", relogged) }()
 	for round := range crashes {
 		s, err := Open("db", crashOpts(fs))
 		if err != nil {
@@ -74,13 +79,28 @@ func crashRun(t *testing.T, seed uint64) {
 		}
 		stop := make(chan struct{})
 		ckDone := make(chan struct{})
+		relogging := rng.IntN(2) == 0
 		go func() {
 			defer close(ckDone)
-			for {
+			for i := 0; ; i++ {
 				select {
 				case <-stop:
 					return
 				default:
+				}
+				if relogging && i%8 != 0 {
+					// Unsynced segments moved and reaped, as under
+					// overwrites with no flush, and a checkpoint now and
+					// then.
+					if _, err := s.relog(); err != nil {
+						t.Error(err)
+						return
+					}
+					if err := s.reap(); err != nil {
+						t.Error(err)
+						return
+					}
+					continue
 				}
 				if _, err := s.clean(0.7); err != nil {
 					t.Error(err)
@@ -112,6 +132,7 @@ func crashRun(t *testing.T, seed uint64) {
 		crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: pct, RNG: rand.New(rand.NewPCG(seed, uint64(round)))})
 		close(stop)
 		<-ckDone
+		relogged += s.Stats().SegmentsRelogged
 		_ = s.Close()
 		fs = crashed
 

@@ -48,8 +48,13 @@
 //     checkpoint). A segment whose blocks are all dead is deleted once a
 //     checkpoint past it is durable; the cleaner (cleaner.go) empties
 //     sealed segments less than half live by copying their live blocks,
-//     sorted by (volume, block), to the active segment, throttled. See
-//     Store.Zero for the contract this puts on callers.
+//     sorted by (volume, block), to the active segment, throttled; it
+//     leaves segments no sync has covered to relog (relog.go), which moves
+//     the whole live records of the emptiest of them to the head of the log
+//     once 1.5 GiB are unsynced, so that they are deleted before the kernel
+//     writes them: overwrites cost the device what they cost a file
+//     overwritten in place, not every byte written. See Store.Zero for the
+//     contract this puts on callers.
 //   - The zero-range records of a volume stay bounded: a new record deletes
 //     or trims the records it dominates, and a volume holds at most
 //     rangesPerVolumeMax of them (ErrLimit past that).

@@ -24,8 +24,9 @@ type segment struct {
 	// meta: the segment holds a zero or drop record, whose effect no
 	// live count shows, so it is never reaped (see segLog.reap).
 	meta atomic.Bool
-	// synced: a sync covered some of the segment (while it was active), so
-	// records in it may be durable and it is never reaped.
+	// synced: a sync covered some of the segment (while it was active, or
+	// sealed), so records in it may be durable and it is never reaped or
+	// relogged.
 	synced atomic.Bool
 	// punched is the bytes of dead pages punched out (punch.go);
 	// punchedLive the live count when they were found.
@@ -500,6 +501,7 @@ func (l *segLog) syncTo(target pos) error {
 	l.mu.Unlock()
 	var err error
 	for _, sg := range sealed {
+		sg.synced.Store(true)
 		if err = sg.f.SyncData(); err != nil {
 			err = fmt.Errorf("segment %s: %w", segName(sg.id), err)
 			break
@@ -603,6 +605,21 @@ func (l *segLog) reap(stable func() (done func())) (n int, bytes int64, err erro
 	}
 	l.reaped.Add(bytes)
 	return len(dead), bytes, errors.Join(errs...)
+}
+
+// unsyncedSealed returns the sealed segments that no sync has covered and
+// that hold no zero or drop record (those relog may move), and the bytes
+// of every sealed segment a sync would have to write.
+func (l *segLog) unsyncedSealed() (segs []*segment, total int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, sg := range l.unsynced {
+		total += sg.bytes.Load()
+		if !sg.meta.Load() && !sg.synced.Load() {
+			segs = append(segs, sg)
+		}
+	}
+	return segs, total
 }
 
 // remove deletes segments (none of them active or referenced): readers in

@@ -158,6 +158,7 @@ type Store struct {
 		// without the mutex (logGrew: every Write asks, and a checkpoint
 		// holds the mutex across a sync and a commit).
 		base   atomic.Int64
+		when   atomic.Int64 // unix nanoseconds of the last checkpoint
 		ents   []ckEnt
 		groups []ckGroup
 	}
