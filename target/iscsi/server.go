@@ -38,6 +38,7 @@ const (
 
 	immediateMax    = 16               // immediate commands in flight beyond the window
 	writeChunkBytes = 64 << 10         // PDU data written between write deadline renewals
+	directDataBytes = 32 << 10         // PDU data from this size on is written to the socket unbuffered
 	reinstateWait   = 10 * time.Second // for an old session to end on reinstatement
 	outQueuePDUs    = 256              // PDUs queued for the writer
 	loginDataMax    = 64 << 10

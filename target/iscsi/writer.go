@@ -118,10 +118,25 @@ func (s *session) writePDU(p *outPDU) error {
 	}
 	// Renew the deadline as the data goes out, so that ReplyTimeout cuts
 	// off an initiator that stops reading, not one with a large
-	// MaxRecvDataSegmentLength that reads slowly.
+	// MaxRecvDataSegmentLength that reads slowly. Data of directDataBytes
+	// or more goes to the socket straight from p once the header is out:
+	// through the buffer (the header in it kept bufio from writing
+	// directly), every byte was copied once more.
+	direct := len(p.data) >= directDataBytes
+	if direct {
+		if err := s.bw.Flush(); err != nil {
+			return err
+		}
+	}
 	for d := p.data; len(d) > 0; {
 		n := min(len(d), writeChunkBytes)
-		if _, err := s.bw.Write(d[:n]); err != nil {
+		var err error
+		if direct {
+			_, err = s.nc.Write(d[:n])
+		} else {
+			_, err = s.bw.Write(d[:n])
+		}
+		if err != nil {
 			return err
 		}
 		d = d[n:]
