@@ -202,15 +202,17 @@ func (b backend) CreateSnapshot(ctx context.Context, req admin.SnapshotRequest) 
 		}
 	}
 	var heldMax int64
+	var holds []admin.SnapshotHold
 	for _, t := range res.Targets {
 		for _, h := range t.Report.Volumes {
 			heldMax = max(heldMax, h.Held)
+			holds = append(holds, admin.SnapshotHold{Target: t.Node, Volume: h.Volume, WindowSeconds: h.Window.Seconds(), Held: h.Held, Reason: h.Reason})
 		}
 	}
 	view.Protocol = &admin.SnapshotProtocol{
 		ReserveSeconds: res.Reserve.Seconds(), HoldSeconds: res.Hold.Seconds(),
 		ReleaseSeconds: res.Release.Seconds(), SealSeconds: res.Seal.Seconds(),
-		HeldWindowMaxSeconds: res.Window.Seconds(), HeldMax: heldMax,
+		HeldWindowMaxSeconds: res.Window.Seconds(), HeldMax: heldMax, Holds: holds,
 	}
 	if err != nil {
 		d.log.Warn("snapshot failed", "group", req.Group, "snapshot", req.Name, "reason", res.Reason, "err", err)
