@@ -322,7 +322,8 @@ func (d *daemon) openStorage() (err error) {
 	if !d.cfg.Has(configs.RoleStorage) {
 		return nil
 	}
-	if d.store, err = store.Open(filepath.Join(d.cfg.DataDir, "blocks"), store.Options{Logger: d.log, CacheBytes: int64(d.cfg.Storage.CacheSize), FlattenBytesPerSec: int64(d.cfg.Storage.FlattenRate)}); err != nil {
+	if d.store, err = store.Open(filepath.Join(d.cfg.DataDir, "blocks"), store.Options{Logger: d.log, CacheBytes: int64(d.cfg.Storage.CacheSize), FlattenBytesPerSec: int64(d.cfg.Storage.FlattenRate),
+		SegmentBytes: int64(d.cfg.Storage.SegmentSize)}); err != nil {
 		return fmt.Errorf("open block store: %w", err)
 	}
 	var n volume.Node = d.store
