@@ -52,6 +52,8 @@ type TargetWindows struct {
 	P50Ns  int64  `json:"p50_ns"`
 	P99Ns  int64  `json:"p99_ns"`
 	MaxNs  int64  `json:"max_ns"`
+	// HeldMax is the most acknowledgements held at once in one hold.
+	HeldMax int64 `json:"held_max"`
 	// MetricHolds and the MetricP* bounds are from the histogram; a bound
 	// is 0 when the quantile fell in no finite bucket.
 	MetricHolds   int64            `json:"metric_holds"`
@@ -125,6 +127,7 @@ func snapshotCell(system, workload string, runs []RunRecord) SnapshotCell {
 	var p99 []float64
 	windows := map[string][]int64{}
 	hist := map[string]HoldHistogram{}
+	heldMax := map[string]int64{}
 	ended := map[string]map[string]int64{}
 	var order []string
 	var creates []int64
@@ -150,6 +153,7 @@ func snapshotCell(system, workload string, runs []RunRecord) SnapshotCell {
 				ended[t.Target] = map[string]int64{}
 			}
 			windows[t.Target] = append(windows[t.Target], t.WindowsNs...)
+			heldMax[t.Target] = max(heldMax[t.Target], t.HeldMax)
 			hist[t.Target] = hist[t.Target].add(t.Metric)
 			for how, n := range t.EndedBy {
 				ended[t.Target][how] += n
@@ -162,7 +166,7 @@ func snapshotCell(system, workload string, runs []RunRecord) SnapshotCell {
 	}
 	sort.Strings(order)
 	for _, t := range order {
-		tw := TargetWindows{Target: t, Holds: len(windows[t])}
+		tw := TargetWindows{Target: t, Holds: len(windows[t]), HeldMax: heldMax[t]}
 		if p50, p99, mx, ok := windowStats(windows[t]); ok {
 			tw.P50Ns, tw.P99Ns, tw.MaxNs = int64(p50), int64(p99), int64(mx)
 		}
@@ -201,12 +205,12 @@ func (rep *Report) writeSnapshots(b *strings.Builder) {
 			fmt.Fprintf(b, "%s %s | %s | %.2f× |\n", row, v.Peer, us(v.WriteP99Ns), v.Ratio)
 		}
 	}
-	b.WriteString("\nHeld-acknowledgement window per target (goal p99 ≤ 1 ms with 4 targets on loopback), pooled over the runs. *Exact*: order statistics (nearest rank) of every hold of the sealed snapshots as the target reported it at release (the create replies). *Metric*: the change of the target's `cairn_snapshot_hold_seconds` over each run — it also counts holds of failed snapshots and holds that ended at their own deadline — where a quantile is the upper bound of its bucket (≤; buckets 100 µs apart up to 1 ms); ended by is `cairn_snapshot_holds_total`.\n\n")
-	b.WriteString("| system | workload | target | holds | p50 µs | p99 µs | max µs | metric holds | p50 ≤ µs | p99 ≤ µs | max ≤ µs | mean µs | ended by |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	b.WriteString("\nHeld-acknowledgement window per target (goal p99 ≤ 1 ms with 4 targets on loopback), pooled over the runs. *Exact*: order statistics (nearest rank) of every hold of the sealed snapshots as the target reported it at release (the create replies). Most held: the most acknowledgements one hold kept waiting. *Metric*: the change of the target's `cairn_snapshot_hold_seconds` over each run — it also counts holds of failed snapshots and holds that ended at their own deadline — where a quantile is the upper bound of its bucket (≤; buckets 100 µs apart up to 1 ms); ended by is `cairn_snapshot_holds_total`.\n\n")
+	b.WriteString("| system | workload | target | holds | p50 µs | p99 µs | max µs | most held | metric holds | p50 ≤ µs | p99 ≤ µs | max ≤ µs | mean µs | ended by |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, c := range rep.Snapshots {
 		for _, t := range c.Targets {
-			fmt.Fprintf(b, "| %s | %s | %s | %d | %s | %s | %s | %d | %s | %s | %s | %s | %s |\n", c.System, c.Workload, t.Target, t.Holds,
-				us(float64(t.P50Ns)), us(float64(t.P99Ns)), us(float64(t.MaxNs)), t.MetricHolds,
+			fmt.Fprintf(b, "| %s | %s | %s | %d | %s | %s | %s | %d | %d | %s | %s | %s | %s | %s |\n", c.System, c.Workload, t.Target, t.Holds,
+				us(float64(t.P50Ns)), us(float64(t.P99Ns)), us(float64(t.MaxNs)), t.HeldMax, t.MetricHolds,
 				us(float64(t.MetricP50Ns)), us(float64(t.MetricP99Ns)), us(float64(t.MetricMaxNs)), us(float64(t.MetricMeanNs)), fmtCounts(t.MetricEndedBy))
 		}
 	}

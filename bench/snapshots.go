@@ -79,6 +79,9 @@ type TargetHolds struct {
 	// WindowsNs are the exact windows of its volumes' holds in the sealed
 	// snapshots (the create replies).
 	WindowsNs []int64 `json:"windows_ns"`
+	// HeldMax is the most acknowledgements its volumes held at once in
+	// any of those holds (0: no write was in flight at any cut).
+	HeldMax int64 `json:"held_max"`
 	// Metric is the change of its cairn_snapshot_hold_seconds over the run.
 	Metric HoldHistogram `json:"metric"`
 	// EndedBy is the change of cairn_snapshot_holds_total by how the
@@ -291,7 +294,8 @@ func (l snapshotLoad) run(ctx context.Context, inst Instance, dir string) (*Duri
 
 // startLightWriters starts one rate-limited fio writer (4 KiB random
 // writes at queue depth 1, lightWriterIOPS) on each target, and returns
-// what stops them: an error if one exited before it was stopped.
+// what stops them: an error if one exited before it was stopped. The
+// caller must call it (also when ctx ends).
 func startLightWriters(ctx context.Context, ts []Target, dir string) (func() error, int, error) {
 	var ps []*proc
 	stop := func() error {
@@ -311,7 +315,9 @@ func startLightWriters(ctx context.Context, ts []Target, dir string) (func() err
 			_ = stop()
 			return nil, 0, fmt.Errorf("%w: light writers over %s", ErrUnavailable, t.FrontEnd)
 		}
-		p, err := startProc(ctx, dir, fmt.Sprintf("light-writer-%d", i+1), nil, FIO{}.bin(),
+		// Not ended by ctx: only stop ends them, so that one that exits
+		// before is seen as the failure it is.
+		p, err := startProc(context.WithoutCancel(ctx), dir, fmt.Sprintf("light-writer-%d", i+1), nil, FIO{}.bin(),
 			"--name=light", "--ioengine=nbd", "--uri="+t.URI, "--rw=randwrite", "--bs=4096", "--iodepth=1",
 			"--rate_iops="+strconv.Itoa(lightWriterIOPS), "--norandommap", "--randrepeat=0",
 			"--size="+strconv.FormatInt(t.SizeBytes, 10), "--time_based", "--runtime=24h")
@@ -346,6 +352,7 @@ func takeSnapshots(ctx context.Context, s snapshotSetup, every time.Duration) (*
 		}
 	}
 	windows := map[string][]int64{}
+	heldMax := map[string]int64{}
 	var kept []string
 	prefix := fmt.Sprintf("bench-%x", time.Now().UnixNano())
 	start := time.Now()
@@ -371,6 +378,7 @@ func takeSnapshots(ctx context.Context, s snapshotSetup, every time.Duration) (*
 				if sn.Protocol != nil {
 					for _, h := range sn.Protocol.Holds {
 						windows[h.Target] = append(windows[h.Target], int64(h.WindowSeconds*float64(time.Second)))
+						heldMax[h.Target] = max(heldMax[h.Target], h.Held)
 					}
 				}
 			case errors.Is(err, admin.ErrConflict):
@@ -407,7 +415,7 @@ func takeSnapshots(ctx context.Context, s snapshotSetup, every time.Duration) (*
 		run.Deleted++
 	}
 	for i, t := range s.targets {
-		th := TargetHolds{Target: t.name, WindowsNs: windows[t.name]}
+		th := TargetHolds{Target: t.name, WindowsNs: windows[t.name], HeldMax: heldMax[t.name]}
 		after, err := scrapeHolds(bg, t.admin)
 		if err == nil {
 			th.Metric, err = after.hist.sub(before[i].hist)

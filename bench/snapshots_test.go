@@ -93,7 +93,7 @@ func TestSummarizeSnapshots(t *testing.T) {
 	snaps := func(windows ...int64) *DuringReport {
 		return &DuringReport{Snapshots: &SnapshotRun{Taken: 3, Sealed: 2, Failed: 1, FailedBy: map[string]int{"timeout": 1},
 			CreatesNs: []int64{int64(time.Millisecond)},
-			Targets:   []TargetHolds{{Target: "n1", WindowsNs: windows, Metric: m.hist, EndedBy: map[string]int64{"released": 2, "deadline": 1}}}}}
+			Targets:   []TargetHolds{{Target: "n1", WindowsNs: windows, HeldMax: int64(len(windows)), Metric: m.hist, EndedBy: map[string]int64{"released": 2, "deadline": 1}}}}}
 	}
 	rep := &Report{Settings: Settings{Repeat: 2}, Work: []Workload{w},
 		Systems: []SystemInfo{{Name: "snap", Subject: true, FrontEnd: NBD, Versus: []string{"plain"}}, {Name: "plain", Subject: true, FrontEnd: NBD}},
@@ -126,7 +126,7 @@ func TestSummarizeSnapshots(t *testing.T) {
 	if err := rep.WriteMarkdown(&b); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"## Snapshots during the runs", "| snap | randwrite-4k-qd1 | 2 | 6 | 4 | 2 (timeout 2) | ", "| plain | 200.0 | 2.00× |", "| snap | randwrite-4k-qd1 | n1 | 4 | 200.0 | 900.0 | 900.0 | 22 | 1000.0 |"} {
+	for _, want := range []string{"## Snapshots during the runs", "| snap | randwrite-4k-qd1 | 2 | 6 | 4 | 2 (timeout 2) | ", "| plain | 200.0 | 2.00× |", "| snap | randwrite-4k-qd1 | n1 | 4 | 200.0 | 900.0 | 900.0 | 2 | 22 | 1000.0 |"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("results.md lacks %q:\n%s", want, b.String())
 		}
@@ -164,6 +164,7 @@ func TestSmokeSnapshots(t *testing.T) {
 			t.Fatalf("snapshots beside the run: %+v", sr)
 		}
 		for _, th := range sr.Targets {
+			t.Logf("target %s: %d holds, most held at once %d", th.Target, len(th.WindowsNs), th.HeldMax)
 			if len(th.WindowsNs) != sr.Sealed || th.Metric.Count < int64(sr.Sealed) || th.EndedBy["released"] < int64(sr.Sealed) {
 				t.Errorf("target %s: %d exact windows, metric %d holds (%v), for %d sealed snapshots", th.Target, len(th.WindowsNs), th.Metric.Count, th.EndedBy, sr.Sealed)
 			}
