@@ -219,33 +219,43 @@ func diskBytes(dir string) (int64, error) {
 
 // metricsSpace reads a cairnd's store space from its /metrics.
 func metricsSpace(ctx context.Context, adminAddr string) (StoreSpace, error) {
+	body, err := fetchMetrics(ctx, adminAddr)
+	if err != nil {
+		return StoreSpace{}, err
+	}
+	sp, err := parseStoreMetrics(body)
+	if err != nil {
+		return StoreSpace{}, fmt.Errorf("http://%s/metrics: %w", adminAddr, err)
+	}
+	return sp, nil
+}
+
+// fetchMetrics returns a cairnd's Prometheus text exposition (at most
+// metricsBytesMax, within metricsTimeout).
+func fetchMetrics(ctx context.Context, adminAddr string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, metricsTimeout)
 	defer cancel()
 	url := "http://" + adminAddr + "/metrics"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return StoreSpace{}, fmt.Errorf("metrics: %w", err)
+		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return StoreSpace{}, fmt.Errorf("metrics: %w", err)
+		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, metricsBytesMax+1))
 	if err != nil {
-		return StoreSpace{}, fmt.Errorf("%s: %w", url, err)
+		return nil, fmt.Errorf("%s: %w", url, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return StoreSpace{}, fmt.Errorf("%s: %s: %s", url, resp.Status, tail(body))
+		return nil, fmt.Errorf("%s: %s: %s", url, resp.Status, tail(body))
 	}
 	if len(body) > metricsBytesMax {
-		return StoreSpace{}, fmt.Errorf("%s: more than %d bytes", url, metricsBytesMax)
+		return nil, fmt.Errorf("%s: more than %d bytes", url, metricsBytesMax)
 	}
-	sp, err := parseStoreMetrics(body)
-	if err != nil {
-		return StoreSpace{}, fmt.Errorf("%s: %w", url, err)
-	}
-	return sp, nil
+	return body, nil
 }
 
 // parseStoreMetrics reads the store's space out of Prometheus text

@@ -69,6 +69,11 @@ type Cairnd struct {
 	Nodes int
 	// Replicas is the volume's replication factor; 0 is cairnd's default.
 	Replicas int
+	// VolumePerNode, on a cluster, gives every node's target one volume
+	// of the export's size besides the export (the first node's): vol0-2
+	// at the second node and so on, all in one group with the export, so
+	// that a snapshot of the group holds at every target.
+	VolumePerNode bool
 }
 
 func (c Cairnd) Describe(ctx context.Context) string {
@@ -104,6 +109,8 @@ func (c Cairnd) Start(ctx context.Context, o StartOptions) (Instance, error) {
 		return nil, fmt.Errorf("%w: %d cairnd nodes (at most %d)", ErrUsage, c.Nodes, clusterNodesMax)
 	case c.Replicas > max(c.Nodes, 1):
 		return nil, fmt.Errorf("%w: %d replicas over %d node(s)", ErrUsage, c.Replicas, max(c.Nodes, 1))
+	case c.VolumePerNode && (max(c.Nodes, 1) < 2 || o.FrontEnd != NBD):
+		return nil, fmt.Errorf("%w: a volume per node needs a cluster over NBD", ErrUsage)
 	case o.FrontEnd != NBD && o.FrontEnd != ISCSI:
 		return nil, fmt.Errorf("%w: cairnd over %s", ErrUnavailable, o.FrontEnd)
 	case o.Latency < 0 || o.Latency > time.Second:
@@ -128,7 +135,7 @@ func (c Cairnd) Start(ctx context.Context, o StartOptions) (Instance, error) {
 		return nil, err
 	}
 	return &cairndInstance{procInstance: procInstance{p: p, target: cairnTarget(o.FrontEnd, addrs.nbd, addrs.iscsi, o)},
-		admin: addrs.admin, dataDir: filepath.Join(o.Dir, "data")}, nil
+		admin: addrs.admin, dataDir: filepath.Join(o.Dir, "data"), node: o.Name, export: o.Export}, nil
 }
 
 // cairndInstance is one cairnd: its process, and where its store's space
@@ -136,9 +143,19 @@ func (c Cairnd) Start(ctx context.Context, o StartOptions) (Instance, error) {
 type cairndInstance struct {
 	procInstance
 	admin, dataDir string
+	node, export   string // its node name, the volume it serves
 }
 
-var _ storeInstance = (*cairndInstance)(nil)
+var (
+	_ storeInstance  = (*cairndInstance)(nil)
+	_ snapshotSystem = (*cairndInstance)(nil)
+)
+
+// snapshotSetup: the export is its own group, at this node's target.
+func (c *cairndInstance) snapshotSetup() snapshotSetup {
+	return snapshotSetup{admin: c.admin, tokenFile: filepath.Join(c.dataDir, "admin.token"), group: c.export,
+		targets: []nodeAdmin{{c.node, c.admin}}}
+}
 
 func (c *cairndInstance) storeSpace(ctx context.Context) (StoreSpace, []string, error) {
 	sp, err := metricsSpace(ctx, c.admin)

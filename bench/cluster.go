@@ -32,8 +32,18 @@ func (c Cairnd) startCluster(ctx context.Context, o StartOptions, bin string) (_
 			ci.Close()
 		}
 	}()
-	attached := make(chan struct{})
-	attachedLine := fmt.Sprintf("msg=\"volume attached\" volume=%s ", o.Export)
+	// Node i serves vols[i]: the export at the first, with VolumePerNode
+	// one more volume at each other node.
+	vols := []string{o.Export}
+	if c.VolumePerNode {
+		for i := 1; i < n; i++ {
+			vols = append(vols, fmt.Sprintf("%s-%d", o.Export, i+1))
+		}
+	}
+	attached := make([]chan struct{}, len(vols))
+	for i := range attached {
+		attached[i] = make(chan struct{})
+	}
 	var first nodeAddrs
 	for i := range n {
 		name := fmt.Sprintf("%s-n%d", o.Name, i+1)
@@ -50,12 +60,14 @@ func (c Cairnd) startCluster(ctx context.Context, o StartOptions, bin string) (_
 		a := addrs[5*i : 5*i+5]
 		cfg := nodeConfig(name, a[0], a[1], a[2], a[3], a[4], seeds, n)
 		var onLine func(string)
-		if i == 0 {
+		if i < len(vols) {
 			once := false
-			onLine = func(line string) {
-				if !once && strings.Contains(line, attachedLine) {
+			line := fmt.Sprintf("msg=\"volume attached\" volume=%s ", vols[i])
+			ch := attached[i]
+			onLine = func(l string) {
+				if !once && strings.Contains(l, line) {
 					once = true
-					close(attached)
+					close(ch)
 				}
 			}
 		}
@@ -66,30 +78,64 @@ func (c Cairnd) startCluster(ctx context.Context, o StartOptions, bin string) (_
 		ci.procs = append(ci.procs, p)
 		ci.admins = append(ci.admins, na.admin)
 		ci.dataDirs = append(ci.dataDirs, filepath.Join(dir, "data"))
+		ci.names = append(ci.names, name)
+		ci.nbds = append(ci.nbds, na.nbd)
 		if i == 0 {
 			first = na
 		}
 	}
-	if err := c.createClusterVolume(ctx, o, first.admin, filepath.Join(o.Dir, o.Name+"-n1", "data", "admin.token"), o.Name+"-n1"); err != nil {
-		return nil, err
+	ci.tokenFile = filepath.Join(o.Dir, o.Name+"-n1", "data", "admin.token")
+	for i, v := range vols {
+		if err := c.createClusterVolume(ctx, o, first.admin, ci.tokenFile, v, ci.names[i]); err != nil {
+			return nil, err
+		}
 	}
-	select {
-	case <-attached:
-	case <-ci.procs[0].exited:
-		return nil, fmt.Errorf("cairnd %s exited: %v: %s", ci.procs[0].name, ci.procs[0].waitErr, ci.procs[0].logTail())
-	case <-time.After(readyTimeout):
-		return nil, fmt.Errorf("cairnd %s: volume %s not attached after %s: %s", ci.procs[0].name, o.Export, readyTimeout, ci.procs[0].logTail())
-	case <-ctx.Done():
-		return nil, context.Cause(ctx)
+	ci.group = o.Export
+	if len(vols) > 1 {
+		ci.group = o.Export + "-group"
+		if err := createGroup(ctx, first.admin, ci.tokenFile, admin.Group{Name: ci.group, Volumes: vols}); err != nil {
+			return nil, err
+		}
 	}
+	timeout := time.After(readyTimeout)
+	for i, v := range vols {
+		select {
+		case <-attached[i]:
+		case <-ci.procs[i].exited:
+			return nil, fmt.Errorf("cairnd %s exited: %v: %s", ci.procs[i].name, ci.procs[i].waitErr, ci.procs[i].logTail())
+		case <-timeout:
+			return nil, fmt.Errorf("cairnd %s: volume %s not attached after %s: %s", ci.procs[i].name, v, readyTimeout, ci.procs[i].logTail())
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+		if i > 0 {
+			ci.others = append(ci.others, Target{FrontEnd: NBD, URI: nbdURI(ci.nbds[i], v), SizeBytes: o.SizeBytes})
+		}
+	}
+	ci.vols = len(vols)
 	ci.target = cairnTarget(o.FrontEnd, first.nbd, first.iscsi, o)
 	return ci, nil
+}
+
+// createGroup creates a consistency group through a node's admin API.
+func createGroup(ctx context.Context, adminAddr, tokenFile string, g admin.Group) error {
+	tok, err := admin.ReadToken(tokenFile)
+	if err != nil {
+		return fmt.Errorf("cairnd cluster: group %s: %w", g.Name, err)
+	}
+	cl := &admin.Client{Addr: adminAddr, Token: tok}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := cl.CreateGroup(rctx, g); err != nil {
+		return fmt.Errorf("cairnd cluster: group %s of %v: %w", g.Name, g.Volumes, err)
+	}
+	return nil
 }
 
 // createClusterVolume creates the export through the first node's admin
 // API, retrying while the cluster is still forming (no leader yet, fewer
 // storage nodes in service than replicas).
-func (c Cairnd) createClusterVolume(ctx context.Context, o StartOptions, adminAddr, tokenFile, target string) error {
+func (c Cairnd) createClusterVolume(ctx context.Context, o StartOptions, adminAddr, tokenFile, name, target string) error {
 	deadline := time.Now().Add(readyTimeout)
 	var last error
 	for time.Now().Before(deadline) {
@@ -97,7 +143,7 @@ func (c Cairnd) createClusterVolume(ctx context.Context, o StartOptions, adminAd
 		if err == nil {
 			cl := &admin.Client{Addr: adminAddr, Token: tok}
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_, err = cl.CreateVolume(rctx, admin.CreateRequest{Name: o.Export, Size: o.SizeBytes, Replicas: c.Replicas, Target: target})
+			_, err = cl.CreateVolume(rctx, admin.CreateRequest{Name: name, Size: o.SizeBytes, Replicas: c.Replicas, Target: target})
 			cancel()
 			if err == nil || errors.Is(err, admin.ErrExists) {
 				return nil
@@ -110,7 +156,7 @@ func (c Cairnd) createClusterVolume(ctx context.Context, o StartOptions, adminAd
 		case <-time.After(10 * probeEvery):
 		}
 	}
-	return fmt.Errorf("cairnd cluster: create volume %s (%d replicas): %w", o.Export, c.Replicas, last)
+	return fmt.Errorf("cairnd cluster: create volume %s (%d replicas): %w", name, c.Replicas, last)
 }
 
 // nodeConfig is one cluster node's TOML configuration.
@@ -134,10 +180,30 @@ type clusterInstance struct {
 	// admins and dataDirs are every node's admin listener and data
 	// directory, in the order of procs.
 	admins, dataDirs []string
+	// names and nbds are every node's name and NBD listener; the first
+	// vols nodes serve a volume of group (see Cairnd.VolumePerNode),
+	// others those besides the export.
+	names, nbds      []string
+	vols             int
+	group, tokenFile string
+	others           []Target
 	target           Target
 }
 
-var _ storeInstance = (*clusterInstance)(nil)
+var (
+	_ storeInstance  = (*clusterInstance)(nil)
+	_ snapshotSystem = (*clusterInstance)(nil)
+)
+
+// snapshotSetup: the first node coordinates; the targets are the nodes
+// serving the group's volumes.
+func (ci *clusterInstance) snapshotSetup() snapshotSetup {
+	s := snapshotSetup{admin: ci.admins[0], tokenFile: ci.tokenFile, group: ci.group, others: ci.others}
+	for i := range ci.vols {
+		s.targets = append(s.targets, nodeAdmin{ci.names[i], ci.admins[i]})
+	}
+	return s
+}
 
 // storeSpace sums the nodes' stores (so live bytes count every replica).
 func (ci *clusterInstance) storeSpace(ctx context.Context) (StoreSpace, []string, error) {

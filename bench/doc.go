@@ -38,6 +38,16 @@
 // cleaner has gone quiet (bounded), beside du of its data directory, as
 // on-disk / live.
 //
+// The snapshot scenarios (cairn-snap100ms against cairn-nbd; four targets
+// of a four-node cluster, cairn-4target-snap100ms against cairn-4target)
+// take a snapshot of the measured volume's group every 100 ms beside each
+// measured run (snapshotLoad), keeping the last 8; each run records the
+// snapshots taken, sealed and failed and, per target, the exact held
+// windows of the sealed snapshots (the create replies) beside the change
+// of the target's cairn_snapshot_hold_seconds histogram, and the report
+// sets write p99 against the same system without snapshots measured in
+// the same run.
+//
 // What is compared is declared, not coded: a Scenario names a System (how
 // to start it), its front end, injected latency, workload subset and an
 // optional activity to run beside every measurement; Scenarios lists the

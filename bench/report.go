@@ -131,6 +131,9 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 	if len(rep.Aging) > 0 || len(rep.Space) > 0 {
 		rep.writeSpace(&b)
 	}
+	if len(rep.Snapshots) > 0 {
+		rep.writeSnapshots(&b)
+	}
 
 	anyLatency := false
 	for _, wl := range rep.Work {

@@ -144,10 +144,13 @@ type Report struct {
 	Pipelining []Pipelining `json:"pipelining,omitempty"`
 	// Aging is the aging job per system, when the run was aged; Space
 	// the systems' space after it and at the end.
-	Aging    []Aging       `json:"aging,omitempty"`
-	Space    []Space       `json:"space,omitempty"`
-	Notes    []string      `json:"notes,omitempty"`
-	Duration time.Duration `json:"duration_ns"`
+	Aging []Aging `json:"aging,omitempty"`
+	Space []Space `json:"space,omitempty"`
+	// Snapshots summarise the snapshot scenarios' activity (see
+	// snapshotLoad): per system and workload, and over all workloads.
+	Snapshots []SnapshotCell `json:"snapshots,omitempty"`
+	Notes     []string       `json:"notes,omitempty"`
+	Duration  time.Duration  `json:"duration_ns"`
 }
 
 // Settings are the options a report was made with.
@@ -183,7 +186,9 @@ type RunRecord struct {
 	Start    time.Time    `json:"start"`
 	Result   *Measurement `json:"result,omitempty"`
 	Host     HostSample   `json:"host"`
-	Error    string       `json:"error,omitempty"`
+	// During is what the scenario's During activity did beside the run.
+	During *DuringReport `json:"during,omitempty"`
+	Error  string        `json:"error,omitempty"`
 }
 
 // running is a started scenario.
@@ -352,17 +357,26 @@ func runOne(ctx context.Context, d Driver, r running, w Workload, o Options, dir
 	rec.Start = time.Now()
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	duringErr := make(chan error, 1)
+	type during struct {
+		rep *DuringReport
+		err error
+	}
+	duringDone := make(chan during, 1)
 	if r.sc.During != nil {
-		go func() { duringErr <- r.sc.During(rctx, r.inst.Target()) }()
+		go func() {
+			rep, err := r.sc.During(rctx, r.inst, r.dir)
+			duringDone <- during{rep, err}
+		}()
 	} else {
-		duringErr <- nil
+		duringDone <- during{}
 	}
 	m, err := d.Run(rctx, r.inst.Target(), w, RunOptions{Runtime: o.Runtime, Ramp: o.Ramp, Dir: dir})
 	cancel()
 	rec.Host = probe.done()
-	if derr := <-duringErr; err == nil && derr != nil && !errors.Is(derr, context.Canceled) {
-		err = fmt.Errorf("during %s: %w", r.sc.Name, derr)
+	dr := <-duringDone
+	rec.During = dr.rep
+	if err == nil && dr.err != nil && !errors.Is(dr.err, context.Canceled) {
+		err = fmt.Errorf("during %s: %w", r.sc.Name, dr.err)
 	}
 	if err != nil {
 		rec.Error = err.Error()

@@ -31,8 +31,10 @@ type Scenario struct {
 	// both with fio).
 	Versus []string
 	// During, when set, runs beside every measured run until its context
-	// ends (a snapshot storm, a node kill); an error from it fails the run.
-	During func(ctx context.Context, t Target) error
+	// ends (a snapshot storm, a node kill) and reports what it did, which
+	// the run records; an error from it fails the run. dir is a scratch
+	// directory for whatever it starts.
+	During func(ctx context.Context, inst Instance, dir string) (*DuringReport, error)
 }
 
 func (s Scenario) frontEnd() FrontEnd {
@@ -54,6 +56,9 @@ func (s Scenario) wants(w Workload) bool {
 	return false
 }
 
+// snapshotCadence is the snapshot scenarios' cadence (issue 10's).
+const snapshotCadence = 100 * time.Millisecond
+
 // latencyWorkloads are what the injected-latency scenarios run: at queue
 // depth 32 and latency L per storage operation the limit is 32/L IOPS.
 var latencyWorkloads = []string{"randread-4k-qd32", "randwrite-4k-qd32"}
@@ -64,12 +69,12 @@ var latencyWorkloads = []string{"randread-4k-qd32", "randwrite-4k-qd32"}
 // in Versus; the in-process scenarios are the yardstick for what each
 // front end costs.
 //
-// A new scenario is one more entry, for example
-//
-//	{Name: "cairn-snapstorm", System: Cairnd{Bin: bin}, Subject: true, Optional: true,
-//		During: snapshotEvery(time.Second)},
+// A new scenario is one more entry; the snapshot scenarios are examples
+// of one with an activity beside every run.
 func Scenarios(bin *Binary) []Scenario {
 	const lat = time.Millisecond
+	snap100ms := snapshotLoad{every: snapshotCadence}
+	fourTargets := Cairnd{Bin: bin, Nodes: 4, Replicas: 1, VolumePerNode: true}
 	return []Scenario{
 		{Name: "cairn-nbd", System: Cairnd{Bin: bin}, Subject: true, Versus: []string{"ceph-rbd"}},
 		{Name: "cairn-iscsi", System: Cairnd{Bin: bin}, FrontEnd: ISCSI, Subject: true},
@@ -85,6 +90,16 @@ func Scenarios(bin *Binary) []Scenario {
 		{Name: "cairn-3node-r3", System: Cairnd{Bin: bin, Nodes: 3, Replicas: 3}, Subject: true, Optional: true, Versus: []string{"cairn-nbd", "ceph-rbd-r3"}},
 		{Name: "cairn-3node-r3-lat1ms", System: Cairnd{Bin: bin, Nodes: 3, Replicas: 3}, Latency: lat, Workloads: latencyWorkloads,
 			Subject: true, Optional: true, Versus: []string{"cairn-lat1ms"}},
+		// What a snapshot every 100 ms costs the writes: the same system
+		// without the snapshots is its Versus, measured in the same run
+		// (the report's snapshot section sets write p99 against it). One
+		// node, and four targets on loopback each serving one volume of
+		// the group (fio on the first, light writers on the others, with
+		// and without snapshots).
+		{Name: "cairn-snap100ms", System: Cairnd{Bin: bin}, Subject: true, Optional: true, Versus: []string{"cairn-nbd"}, During: snap100ms.run},
+		{Name: "cairn-4target", System: fourTargets, Subject: true, Optional: true, During: snapshotLoad{writers: true}.run},
+		{Name: "cairn-4target-snap100ms", System: fourTargets, Subject: true, Optional: true, Versus: []string{"cairn-4target"},
+			During: snapshotLoad{every: snapshotCadence, writers: true}.run},
 		{Name: "nbdkit-memory", System: NBDKit{Plugin: "memory"}},
 		{Name: "nbdkit-file", System: NBDKit{Plugin: "file"}},
 		{Name: "qemu-nbd", System: QemuNBD{}},

@@ -128,6 +128,7 @@ func summarize(rep *Report) {
 			rep.Cells = append(rep.Cells, c)
 		}
 	}
+	summarizeSnapshots(rep)
 	rep.FrontEnds, rep.Pipelining = nil, nil
 	subjects, _ := rep.roles()
 	for _, sub := range subjects {

@@ -189,14 +189,22 @@ type Storage struct {
 	// bytes copied per second, e.g. "64MiB", so that a flatten leaves the
 	// disk to the volumes' own I/O.
 	FlattenRate Size `toml:"flatten_rate"`
+	// SegmentSize (segment_size) is the size at which the block store
+	// seals a segment file and starts the next, e.g. "64MiB"; the cleaner
+	// reclaims whole sealed segments, so it is also the granularity of
+	// space given back. Unset: the store's default (64 MiB).
+	SegmentSize Size `toml:"segment_size"`
 }
 
-// Bounds of storage.cache_size and storage.flatten_rate (per second).
+// Bounds of storage.cache_size, storage.flatten_rate (per second) and
+// storage.segment_size (when set).
 const (
 	cacheSizeMin   = 8 << 20
 	cacheSizeMax   = 1 << 40
 	flattenRateMin = 1 << 20
 	flattenRateMax = 1 << 40
+	segmentSizeMin = 1 << 20
+	segmentSizeMax = 1 << 30
 )
 
 // Size is a byte count that decodes from "1GiB" (see ParseSize) or an
@@ -434,6 +442,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Storage.FlattenRate < flattenRateMin || c.Storage.FlattenRate > flattenRateMax {
 		p.add("storage.flatten_rate", ErrInvalid, "%s per second: want %s to %s", FormatSize(int64(c.Storage.FlattenRate)), FormatSize(flattenRateMin), FormatSize(flattenRateMax))
+	}
+	if c.Storage.SegmentSize != 0 && (c.Storage.SegmentSize < segmentSizeMin || c.Storage.SegmentSize > segmentSizeMax) {
+		p.add("storage.segment_size", ErrInvalid, "%s: want %s to %s", FormatSize(int64(c.Storage.SegmentSize)), FormatSize(segmentSizeMin), FormatSize(segmentSizeMax))
 	}
 	if c.DataDir == "" {
 		p.add("data_dir", ErrInvalid, "must not be empty")

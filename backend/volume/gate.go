@@ -78,11 +78,14 @@ type hold struct {
 	heldMax         atomic.Int64 // most at once
 }
 
-// end ends the hold once, for reason.
-func (h *hold) end(reason string) {
+// end ends the hold once, for reason, and reports it to onEnd when set.
+func (h *hold) end(reason string, onEnd func(HoldResult)) {
 	h.once.Do(func() {
 		h.reason.Store(&reason)
 		close(h.release)
+		if onEnd != nil {
+			onEnd(HoldResult{Window: time.Since(h.start), Held: h.heldMax.Load(), Reason: reason, Epoch: h.cut})
+		}
 	})
 }
 
@@ -118,7 +121,7 @@ func (v *Volume) Hold(next uint64, timeout time.Duration) error {
 		return fmt.Errorf("volume %d: %d requests of epoch %d still in flight: %w", v.id, n, g.epoch-1, ErrHoldBusy)
 	}
 	h := &hold{cut: g.epoch, seq: g.seq.Add(1), start: time.Now(), release: make(chan struct{})}
-	h.timer = time.AfterFunc(timeout, func() { h.end(HoldDeadline) })
+	h.timer = time.AfterFunc(timeout, func() { h.end(HoldDeadline, v.onHoldEnd) })
 	g.epoch = next
 	v.epoch.Store(next)
 	g.hold.Store(h)
@@ -138,7 +141,7 @@ func (v *Volume) Release() (HoldResult, error) {
 		return HoldResult{}, fmt.Errorf("volume %d: release without a hold", v.id)
 	}
 	h.timer.Stop()
-	h.end(HoldReleased)
+	h.end(HoldReleased, v.onHoldEnd)
 	r := HoldResult{Window: time.Since(h.start), Held: h.heldMax.Load(), Reason: *h.reason.Load(), Epoch: h.cut, Drained: v.Drained(h.cut)}
 	if r.Reason != HoldReleased {
 		return r, fmt.Errorf("volume %d: hold of epoch %d ended by %s: %w", v.id, h.cut, r.Reason, ErrHoldFailed)
@@ -196,7 +199,7 @@ func (v *Volume) holdAck(r *request) {
 		}
 	}
 	if n > heldRequestsMax || b > heldBytesMax {
-		h.end(HoldBound)
+		h.end(HoldBound, v.onHoldEnd)
 	}
 	<-h.release // closed at release, deadline, bound or Close: bounded
 	h.held.Add(-1)

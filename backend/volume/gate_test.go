@@ -210,3 +210,88 @@ func TestDrained(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestOnHoldEnd: every hold is reported once when it ends, however it
+// ends — at Release, at its deadline with nobody releasing, past a bound,
+// at Close — with its reason and epoch; a Release after the deadline
+// reports nothing more.
+func TestOnHoldEnd(t *testing.T) {
+	ended := make(chan HoldResult, 8)
+	v, err := Open(Options{ID: 1, Size: 1 << 30, Generation: 1, Epoch: 5, Placement: NewLocal(nopNode{}),
+		OnHoldEnd: func(r HoldResult) { ended <- r }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func(want string, epoch uint64) HoldResult {
+		t.Helper()
+		select {
+		case r := <-ended:
+			if r.Reason != want || r.Epoch != epoch || r.Window <= 0 {
+				t.Fatalf("hold ended %+v, want reason %s, epoch %d, a window", r, want, epoch)
+			}
+			return r
+		case <-time.After(time.Minute):
+			t.Fatalf("no end reported for the hold of epoch %d (%s)", epoch, want)
+		}
+		return HoldResult{}
+	}
+	none := func() {
+		t.Helper()
+		select {
+		case r := <-ended:
+			t.Fatalf("a hold reported twice: %+v", r)
+		default:
+		}
+	}
+
+	if err := v.Hold(6, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Release(); err != nil {
+		t.Fatal(err)
+	}
+	next(HoldReleased, 5)
+	none()
+
+	// Nobody releases: the deadline ends it and it is reported then.
+	if err := v.Hold(7, 20*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	r := next(HoldDeadline, 6)
+	if r.Window < 20*time.Millisecond {
+		t.Fatalf("deadline hold window %v, below its 20ms deadline", r.Window)
+	}
+	if _, err := v.Release(); !errors.Is(err, ErrHoldFailed) {
+		t.Fatalf("release after the deadline: %v", err)
+	}
+	none()
+
+	if err := v.Hold(8, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range heldRequestsMax + 1 {
+		wg.Go(func() {
+			if err := v.WriteAt(ctx, make([]byte, 4096), int64(i%1024)*4096, 0); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if r := next(HoldBound, 7); r.Held <= heldRequestsMax {
+		t.Fatalf("bound hold reported %d held, want > %d", r.Held, heldRequestsMax)
+	}
+	if _, err := v.Release(); !errors.Is(err, ErrHoldFailed) {
+		t.Fatalf("release after the bound: %v", err)
+	}
+	none()
+
+	if err := v.Hold(9, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	next(HoldClosed, 8)
+	none()
+}

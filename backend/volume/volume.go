@@ -134,6 +134,13 @@ type Options struct {
 	// Reservations keeps the volume's SCSI reservations (the catalog);
 	// nil keeps them in memory. Every request is checked against them.
 	Reservations reservation.Store
+	// OnHoldEnd, if set, is called once for every hold of the gate when
+	// it ends, however it ended (Release, deadline, bound, Close), with
+	// Window from the switch to that end and Drained unset. It is called
+	// on the goroutine that ended the hold — Release's caller, a timer, or
+	// a request's exit past a bound — so it must be quick and must not
+	// call the volume.
+	OnHoldEnd func(HoldResult)
 }
 
 const (
@@ -169,6 +176,7 @@ type Volume struct {
 	placement      atomic.Pointer[placementRef]
 	failover       Failover
 	requestTimeout time.Duration
+	onHoldEnd      func(HoldResult) // Options.OnHoldEnd
 
 	size       atomic.Int64
 	epoch      atomic.Uint64
@@ -232,6 +240,7 @@ func Open(opts Options) (*Volume, error) {
 		failover:       opts.Failover,
 		generation:     opts.Generation,
 		requestTimeout: opts.RequestTimeout,
+		onHoldEnd:      opts.OnHoldEnd,
 		drained:        make(chan struct{}),
 		res:            reservation.NewUnit(opts.Reservations),
 	}
@@ -294,7 +303,7 @@ func (v *Volume) Close() error {
 		v.drain()
 	}
 	if h := v.gate.hold.Load(); h != nil {
-		h.end(HoldClosed) // nobody waits on a closing volume's snapshot
+		h.end(HoldClosed, v.onHoldEnd) // nobody waits on a closing volume's snapshot
 	}
 	wait := v.requestTimeout + min(closeGrace, v.requestTimeout)
 	t := time.NewTimer(wait)

@@ -210,6 +210,18 @@ type SnapshotProtocol struct {
 	// HeldWindowMaxSeconds is the longest a target held acknowledgements.
 	HeldWindowMaxSeconds float64 `json:"held_window_max_seconds"`
 	HeldMax              int64   `json:"held_max"` // most acknowledgements held at one target
+	// Holds are every volume's hold as its target reported it at release,
+	// sorted by target: the exact held windows this snapshot caused.
+	Holds []SnapshotHold `json:"holds,omitempty"`
+}
+
+// SnapshotHold is one volume's hold in one snapshot.
+type SnapshotHold struct {
+	Target        string  `json:"target"` // the node whose target held it
+	Volume        string  `json:"volume"`
+	WindowSeconds float64 `json:"window_seconds"` // from the epoch switch to the release
+	Held          int64   `json:"held"`           // most acknowledgements held at once
+	Reason        string  `json:"reason"`         // how the hold ended: released, deadline, bound, closed
 }
 
 // Node is a storage node or cluster member as the admin API shows it.

@@ -716,6 +716,8 @@ func TestClusterCutCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopped = true
+	deadlineHolds := `cairn_snapshot_holds_total{ended="deadline"}`
+	deadline0 := metric(t, n2, deadlineHolds)
 	orphan := make(chan string, 1)
 	go func() {
 		cmd := exec.Command(filepath.Join(binDir, "cairn"), "--addr", n5.admin, "snapshot", "create", "h", "--name", "h-orphan")
@@ -770,6 +772,11 @@ func TestClusterCutCheck(t *testing.T) {
 		t.Fatalf("h-orphan after its coordinator died: %s (%s), want failed (%s)", abandoned.State, abandoned.Reason, snapshot.ReasonAbandoned)
 	}
 	t.Logf("h-orphan failed (%s) %v after its coordinator was killed", abandoned.Reason, time.Since(killed).Round(time.Millisecond))
+	// node2's hold had nobody to release it: it ended at its deadline
+	// and counts in the metrics as such.
+	if d := metric(t, n2, deadlineHolds) - deadline0; d < 1 {
+		t.Errorf("node2's hold of h-orphan is not in %s (%v more)", deadlineHolds, d)
+	}
 	if s, _, err := h.create(n1, "h-after-orphan"); err != nil {
 		t.Fatal(err)
 	} else if err := h.check(s, reps, hPlacers); err != nil {

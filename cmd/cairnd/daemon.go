@@ -63,6 +63,7 @@ type daemon struct {
 	lin             lineageState           // what this node's store was given; flattens
 	snapLocal       *snapshot.LocalTarget  // this target's part of snapshots
 	holdSeconds     prometheus.Histogram   // held-ack windows of this target's volumes
+	holdsEnded      *prometheus.CounterVec // their holds, by how each ended
 	snapshotResults *prometheus.CounterVec // snapshots this node coordinated, by outcome
 	peers           peers                  // clients of other storage nodes
 	rpcMetrics      *rpcMetrics            // of the calls to them
@@ -101,6 +102,17 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	d.mu.snaps = map[string]*volume.Volume{}
 	d.lin.init()
 	d.snapLocal = snapshot.NewLocalTarget(d.volume)
+	// Before any volume opens: every hold's end goes to them.
+	d.holdSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "cairn_snapshot_hold_seconds", Help: "How long a snapshot held a volume's acknowledgements at this target, from the epoch switch to the hold's end, however it ended (cairn_snapshot_holds_total says how).",
+		Buckets: holdBuckets,
+	})
+	d.holdsEnded = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cairn_snapshot_holds_total", Help: "Holds of a volume's acknowledgements at this target, by how they ended: released (by the coordinator), deadline (their own, the coordinator gone or late), bound (too many held), closed (the volume closed).",
+	}, []string{"ended"})
+	for _, r := range []string{volume.HoldReleased, volume.HoldDeadline, volume.HoldBound, volume.HoldClosed} {
+		d.holdsEnded.WithLabelValues(r)
+	}
 	d.forwardClient = &http.Client{Timeout: forwardTimeout}
 	ctx, d.cancel = context.WithCancel(ctx)
 	d.ctx = ctx
@@ -192,14 +204,10 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	}
 
 	reg := prometheus.NewRegistry()
-	d.holdSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "cairn_snapshot_hold_seconds", Help: "How long a snapshot held a volume's acknowledgements at this target.",
-		Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
-	})
 	d.snapshotResults = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "cairn_snapshots_total", Help: "Snapshots this node coordinated, by outcome (sealed or the failure reason); abandoned: pending snapshots of dead coordinators this node failed as the catalog leader.",
 	}, []string{"outcome"})
-	reg.MustRegister(d.holdSeconds, d.snapshotResults)
+	reg.MustRegister(d.holdSeconds, d.holdsEnded, d.snapshotResults)
 	reg.MustRegister(d.rpcMetrics.collectors()...)
 	reg.MustRegister(d.lin.collectors()...)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &volumeCollector{d: d}, &daemonCollector{d: d})
@@ -314,7 +322,8 @@ func (d *daemon) openStorage() (err error) {
 	if !d.cfg.Has(configs.RoleStorage) {
 		return nil
 	}
-	if d.store, err = store.Open(filepath.Join(d.cfg.DataDir, "blocks"), store.Options{Logger: d.log, CacheBytes: int64(d.cfg.Storage.CacheSize), FlattenBytesPerSec: int64(d.cfg.Storage.FlattenRate)}); err != nil {
+	if d.store, err = store.Open(filepath.Join(d.cfg.DataDir, "blocks"), store.Options{Logger: d.log, CacheBytes: int64(d.cfg.Storage.CacheSize), FlattenBytesPerSec: int64(d.cfg.Storage.FlattenRate),
+		SegmentBytes: int64(d.cfg.Storage.SegmentSize)}); err != nil {
 		return fmt.Errorf("open block store: %w", err)
 	}
 	var n volume.Node = d.store
@@ -490,6 +499,7 @@ func (d *daemon) attach(ctx context.Context, cv cluster.Volume) error {
 		Generation: av.Generation, Epoch: av.Epoch,
 		Placement:    p,
 		Reservations: catalogReservations{d: d, name: cv.Name},
+		OnHoldEnd:    d.holdEnded,
 	}
 	var fo *replicaFailover
 	if cp, ok := p.(*chunkPlacement); ok && av.Replicas > 1 {

@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -152,8 +155,20 @@ func TestForkAndRollback(t *testing.T) {
 // TestLineageOpsConstantTime: create, snapshot, fork and rollback of a
 // 1 GiB and a 1 TiB thin volume are catalog changes whatever the size; the
 // durations are logged (the lead compares them; no timed assertion).
+// CAIRN_LINEAGE_REPEAT=N repeats each size N times, alternating sizes, and
+// logs the median and range of each operation:
+//
+//	CAIRN_LINEAGE_REPEAT=20 go test -v -run TestLineageOpsConstantTime ./cmd/cairnd/
 func TestLineageOpsConstantTime(t *testing.T) {
 	need(t, "qemu-io")
+	reps := 1
+	if v := os.Getenv("CAIRN_LINEAGE_REPEAT"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			t.Fatalf("CAIRN_LINEAGE_REPEAT=%q: want 1 to 1000", v)
+		}
+		reps = n
+	}
 	p := startDaemon(t)
 	ok := okCLI(t, p)
 	timed := func(args ...string) time.Duration {
@@ -162,15 +177,36 @@ func TestLineageOpsConstantTime(t *testing.T) {
 		ok(args...)
 		return time.Since(start)
 	}
-	for _, sz := range []string{"1GiB", "1TiB"} {
-		name := "thin" + strings.ToLower(strings.TrimSuffix(sz, "iB"))
-		create := timed("volume", "create", name, "--size", sz)
-		write(t, p.uri(name), "write -P 0x61 0 64k")
-		snapshot := timed("snapshot", "create", name, "--name", "s")
-		fork := timed("volume", "fork", name+"@s", name+"-fork")
-		rollback := timed("volume", "rollback", name, "s", "--force")
-		verify(t, p.uri(name+"-fork"), "read -P 0x61 0 64k")
-		verify(t, p.uri(name), "read -P 0x61 0 64k")
-		t.Logf("%s thin volume: create %v, snapshot %v, fork %v, rollback %v", sz, create, snapshot, fork, rollback)
+	sizes := []string{"1GiB", "1TiB"}
+	ops := []string{"create", "snapshot", "fork", "rollback"}
+	took := map[string][]time.Duration{} // size/op
+	for r := range reps {
+		for _, sz := range sizes {
+			name := fmt.Sprintf("thin%s-%d", strings.ToLower(strings.TrimSuffix(sz, "iB")), r)
+			create := timed("volume", "create", name, "--size", sz)
+			write(t, p.uri(name), "write -P 0x61 0 64k")
+			snapshot := timed("snapshot", "create", name, "--name", "s")
+			fork := timed("volume", "fork", name+"@s", name+"-fork")
+			rollback := timed("volume", "rollback", name, "s", "--force")
+			verify(t, p.uri(name+"-fork"), "read -P 0x61 0 64k")
+			verify(t, p.uri(name), "read -P 0x61 0 64k")
+			for i, d := range []time.Duration{create, snapshot, fork, rollback} {
+				took[sz+"/"+ops[i]] = append(took[sz+"/"+ops[i]], d)
+			}
+			if reps == 1 {
+				t.Logf("%s thin volume: create %v, snapshot %v, fork %v, rollback %v", sz, create, snapshot, fork, rollback)
+			}
+		}
+	}
+	if reps > 1 {
+		for _, op := range ops {
+			line := op + ":"
+			for _, sz := range sizes {
+				d := took[sz+"/"+op]
+				slices.Sort(d)
+				line += fmt.Sprintf(" %s median %v [%v–%v];", sz, d[len(d)/2], d[0], d[len(d)-1])
+			}
+			t.Logf("%s (%d each, through the CLI)", line, reps)
+		}
 	}
 }

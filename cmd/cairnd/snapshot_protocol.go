@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"cairn/backend/store"
+	"cairn/backend/volume"
 	"cairn/backend/wire"
 	"cairn/cluster"
 	"cairn/cluster/admin"
@@ -61,8 +62,8 @@ func (c snapshotCatalog) Fail(ctx context.Context, id uint64, reason string) err
 }
 
 // localTarget is this node's target: snapshot.LocalTarget over the gates
-// of its open volumes (one per daemon: it serializes the gate calls),
-// recording each held window in the metrics.
+// of its open volumes (one per daemon: it serializes the gate calls). The
+// volumes report each held window to the metrics themselves (holdEnded).
 type localTarget struct{ d *daemon }
 
 func (t localTarget) Hold(ctx context.Context, names []string, next uint64, timeout time.Duration) error {
@@ -70,17 +71,27 @@ func (t localTarget) Hold(ctx context.Context, names []string, next uint64, time
 }
 
 func (t localTarget) Release(ctx context.Context, names []string, next uint64) (snapshot.HoldReport, error) {
-	rep, err := t.d.snapLocal.Release(ctx, names, next)
-	for _, h := range rep.Volumes {
-		if h.Window > 0 {
-			t.d.holdSeconds.Observe(h.Window.Seconds())
-		}
-	}
-	return rep, err
+	return t.d.snapLocal.Release(ctx, names, next)
 }
 
 func (t localTarget) Drained(ctx context.Context, names []string, epoch uint64) (bool, error) {
 	return t.d.snapLocal.Drained(ctx, names, epoch)
+}
+
+// holdBuckets resolve the held-ack window around its goal (p99 ≤ 1 ms):
+// 100 µs steps up to 1 ms, then coarser up to past the longest deadline.
+var holdBuckets = []float64{
+	25e-6, 50e-6, 100e-6, 200e-6, 300e-6, 400e-6, 500e-6, 600e-6, 700e-6, 800e-6, 900e-6,
+	1e-3, 1.25e-3, 1.5e-3, 2e-3, 2.5e-3, 3e-3, 4e-3, 5e-3, 7.5e-3, 10e-3, 25e-3, 50e-3,
+	0.1, 0.25, 0.5, 1, 2, 2.5, 5, 10, 30, 60,
+}
+
+// holdEnded records a volume's hold as it ends (volume.Options.OnHoldEnd):
+// every hold counts, also one that ended at its own deadline with no
+// coordinator to release it.
+func (d *daemon) holdEnded(r volume.HoldResult) {
+	d.holdSeconds.Observe(r.Window.Seconds())
+	d.holdsEnded.WithLabelValues(r.Reason).Inc()
 }
 
 // remoteTarget is another node's target, through its node RPC (mutual
@@ -191,15 +202,17 @@ func (b backend) CreateSnapshot(ctx context.Context, req admin.SnapshotRequest) 
 		}
 	}
 	var heldMax int64
+	var holds []admin.SnapshotHold
 	for _, t := range res.Targets {
 		for _, h := range t.Report.Volumes {
 			heldMax = max(heldMax, h.Held)
+			holds = append(holds, admin.SnapshotHold{Target: t.Node, Volume: h.Volume, WindowSeconds: h.Window.Seconds(), Held: h.Held, Reason: h.Reason})
 		}
 	}
 	view.Protocol = &admin.SnapshotProtocol{
 		ReserveSeconds: res.Reserve.Seconds(), HoldSeconds: res.Hold.Seconds(),
 		ReleaseSeconds: res.Release.Seconds(), SealSeconds: res.Seal.Seconds(),
-		HeldWindowMaxSeconds: res.Window.Seconds(), HeldMax: heldMax,
+		HeldWindowMaxSeconds: res.Window.Seconds(), HeldMax: heldMax, Holds: holds,
 	}
 	if err != nil {
 		d.log.Warn("snapshot failed", "group", req.Group, "snapshot", req.Name, "reason", res.Reason, "err", err)
