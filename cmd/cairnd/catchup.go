@@ -38,7 +38,8 @@ import (
 //     record mask only what its stamp beats, whatever the arrival order,
 //     so copies and forwarded writes may land in any order and the replica
 //     ends up as the source at every epoch the source keeps. Throttled
-//     (catchupBytesPerSec), one request in flight, one buffer per stream.
+//     ([storage] catchup_rate), one request in flight, one buffer per
+//     stream.
 //  3. Include. A sync on the replica, then the catalog removes it from the
 //     stale list (opIncludeReplica, generation-checked) and the target
 //     rebuilds its placement: reads go to it only from then on. Once the
@@ -74,8 +75,6 @@ const (
 	catchupPoll = time.Second
 	// catchupRetry is the pause after a failed catch-up.
 	catchupRetry = 2 * time.Second
-	// catchupBytesPerSec throttles a catch-up's copy.
-	catchupBytesPerSec = 64 << 20
 	// catchupCallTimeout bounds each node call of a catch-up, and the
 	// include in the catalog.
 	catchupCallTimeout = 30 * time.Second
@@ -380,6 +379,7 @@ func (f *replicaFailover) catchUp(ctx context.Context, node string) (err error) 
 	if err != nil {
 		return err
 	}
+	f.d.log.Info("replica catch-up: forwarding new writes to it", "volume", f.name, "node", node)
 	bctx, bcancel := context.WithTimeout(ctx, catchupCallTimeout+time.Minute)
 	err = f.v.Barrier(bctx)
 	bcancel()
@@ -501,7 +501,7 @@ func (f *replicaFailover) includeRetrying(ctx context.Context, node string) (clu
 }
 
 // copyChunk copies the versions of blocks [block, block+n) from src to
-// dst, a reply at a time, throttled to catchupBytesPerSec since start.
+// dst, a reply at a time, throttled to [storage] catchup_rate since start.
 func (f *replicaFailover) copyChunk(ctx context.Context, cu *catchup, vol uint64, src, dst versionPeer, block, n uint64, buf []byte, start time.Time) error {
 	end := block + n
 	for block < end {
@@ -522,7 +522,7 @@ func (f *replicaFailover) copyChunk(ctx context.Context, cu *catchup, vol uint64
 		}
 		copied := cu.bytes.Add(uint64(len(recs)))
 		f.d.catchupBytes.Add(float64(len(recs)))
-		if ahead := time.Duration(float64(copied)/catchupBytesPerSec*float64(time.Second)) - time.Since(start); ahead > 0 {
+		if ahead := time.Duration(float64(copied)/float64(f.d.cfg.Storage.CatchupRate)*float64(time.Second)) - time.Since(start); ahead > 0 {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
