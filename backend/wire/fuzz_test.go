@@ -190,7 +190,7 @@ func FuzzServerConn(f *testing.F) {
 	f.Add(frame(OpTargetDrained, FlagSync, 0, AppendTargetRequest(nil, tq)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rt := &recTarget{holds: []VolumeHold{{Reason: "released"}}, drained: true}
-		s, err := NewServer(&runsBackend{memBackend: *newMemBackend(), runs: 5}, ServerOptions{Logger: quietLogger(), InFlightMax: 4, Snapshot: rt})
+		s, err := NewServer(&versionsBackend{runsBackend{memBackend: *newMemBackend(), runs: 5}}, ServerOptions{Logger: quietLogger(), InFlightMax: 4, Snapshot: rt})
 		if err != nil {
 			t.Fatal(err)
 		}
