@@ -57,6 +57,17 @@ import (
 // never correctness; a recorded exclusion point would only let the copy
 // skip what the replica is proven to hold, see the package notes below.
 //
+// Snapshots during a catch-up: a forwarded write is part of its request,
+// so it carries the epoch the gate stamped and is counted by the gate
+// until it exits (hold, release and the drained report are unchanged). A
+// copy carries the epoch of the version it copies. Per (block, epoch) the
+// replica thus gets the same set of versions as the source, so at every
+// epoch the source keeps it reads the same; and it is read from only
+// after the include, when every copy is applied and synced.
+// A version the source's GC drops during the copy is one no reader sees:
+// what shadows it is either copied or a write admitted after the barrier,
+// which is forwarded.
+//
 // Retained epochs: each storage node sets them from its own catalog
 // replica (pushRetained, store.SetRetainedThrough), so a replica that
 // lags keeps more, never less; and its GC leaves a volume alone until a
