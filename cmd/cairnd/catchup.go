@@ -84,8 +84,10 @@ const (
 	// catchupPoll is how often a degraded volume's supervisor looks for a
 	// stale replica that is back.
 	catchupPoll = time.Second
-	// catchupRetry is the pause after a failed catch-up.
-	catchupRetry = 2 * time.Second
+	// catchupRetry is the pause after a failed catch-up, doubled after
+	// each failure in a row up to catchupRetryMax.
+	catchupRetry    = 2 * time.Second
+	catchupRetryMax = time.Minute
 	// catchupCallTimeout bounds each node call of a catch-up, and the
 	// include in the catalog.
 	catchupCallTimeout = 30 * time.Second
@@ -290,6 +292,7 @@ func (f *replicaFailover) supervise(ctx context.Context) {
 	defer f.sup.wg.Done()
 	t := time.NewTicker(catchupPoll)
 	defer t.Stop()
+	retry := catchupRetry
 	for {
 		select {
 		case <-ctx.Done():
@@ -310,14 +313,16 @@ func (f *replicaFailover) supervise(ctx context.Context) {
 			}
 			if err != nil {
 				f.d.catchupRuns.WithLabelValues("failed").Inc()
-				f.d.log.Warn("replica catch-up failed; it starts again", "volume", f.name, "node", node, "err", err)
+				f.d.log.Warn("replica catch-up failed; it starts again", "volume", f.name, "node", node, "err", err, "retry_in", retry)
 				select {
 				case <-ctx.Done():
 					return
-				case <-time.After(catchupRetry):
+				case <-time.After(retry):
 				}
+				retry = min(2*retry, catchupRetryMax)
 			} else {
 				f.d.catchupRuns.WithLabelValues("included").Inc()
+				retry = catchupRetry
 			}
 			break
 		}
@@ -485,7 +490,11 @@ func (f *replicaFailover) undo(ctx context.Context, cu *catchup, cause error, in
 	if !included {
 		return cause
 	}
-	if _, err := f.excludeRetrying(ctx, cu.node); err != nil {
+	// Not the run's context: a stop must not leave an include that may
+	// miss writes in place (stop waits for this, bounded).
+	xctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), catchupCallTimeout)
+	defer cancel()
+	if _, err := f.excludeRetrying(xctx, cu.node); err != nil {
 		f.d.log.Error("replica catch-up: the include may have been applied and the replica could not be taken out again; it may miss writes",
 			"volume", f.name, "node", cu.node, "cause", cause, "err", err)
 		return errors.Join(cause, err)
