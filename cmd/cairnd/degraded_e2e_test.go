@@ -36,8 +36,9 @@ import (
 // Then the victim catches up: more writes and trims while it is down,
 // then it restarts, and while fio goes on writing (and verifying) and
 // trims go on elsewhere, the target forwards the new writes to it and
-// copies what it missed from the others; it leaves the stale list, and
-// all three replicas hold, block for block, what the target serves.
+// copies what it missed from the others (a snapshot is taken meanwhile);
+// it leaves the stale list, and all three replicas hold, block for block,
+// what the target serves, live and at the snapshot's epoch.
 func TestDegraded(t *testing.T) {
 	need(t, "nbdcopy", "fio", "qemu-io")
 	// The catch-up copies about 60 MiB: at 8 MiB/s it runs for several of
@@ -146,7 +147,7 @@ func TestDegraded(t *testing.T) {
 	if err != nil || !bytes.Equal(served[:len(base)], base) {
 		t.Fatalf("dvol's first 16 MiB are not what nbdcopy wrote before the kill (%v)", err)
 	}
-	checkReplicas(t, nodeList, id, served[:64<<20], vname)
+	checkReplicas(t, nodeList, id, served[:64<<20], 1<<63, vname)
 
 	// The survivors report what their stores hold: at least the 16 MiB
 	// copied in and the 32 MiB fio wrote, on a filesystem at least as big.
@@ -227,6 +228,18 @@ func catchUp(t *testing.T, n1, victim *proc, vname string, id uint64) {
 		}
 	}()
 	victim.run()
+	// A snapshot while the copy runs (and fio writes): once included, the
+	// victim's replica holds it as the others do.
+	waitFor(t, n1, "the catch-up copying", func() bool { return strings.Contains(n1.logs(), "replica catch-up started") })
+	if _, se, code := n1.cli("snapshot", "create", "dvol", "--name", "mid"); code != 0 {
+		t.Fatalf("snapshot during the catch-up: %s", se)
+	}
+	var snap struct {
+		Epoch uint64 `json:"epoch"`
+	}
+	if so, se, code := n1.cli("--json", "snapshot", "show", "mid"); code != 0 || json.Unmarshal([]byte(so), &snap) != nil || snap.Epoch == 0 {
+		t.Fatalf("snapshot show mid: %s%s", so, se)
+	}
 	waitFor(t, n1, vname+" caught up and out of the stale list", func() bool {
 		var v struct {
 			Stale []string `json:"stale"`
@@ -277,13 +290,23 @@ func catchUp(t *testing.T, n1, victim *proc, vname string, id uint64) {
 			t.Fatalf("dvol at %d MiB +%d does not read %#x", r.off>>20, r.n, r.b)
 		}
 	}
-	checkReplicas(t, nodes(t, n1), id, served, "")
+	checkReplicas(t, nodes(t, n1), id, served, 1<<63, "")
+	waitFor(t, n1, "snapshot mid sealed", func() bool {
+		so, _, code := n1.cli("snapshot", "show", "mid")
+		return code == 0 && strings.Contains(so, "sealed")
+	})
+	sh(t, "nbdcopy", n1.uri("dvol@mid"), out2)
+	if served, err = os.ReadFile(out2); err != nil {
+		t.Fatal(err)
+	}
+	checkReplicas(t, nodes(t, n1), id, served, snap.Epoch, "")
 }
 
 // checkReplicas reads every node's replica of volume id (all its chunks:
-// the volume has a replica of each on every node) over the node RPC and
-// compares it, block for block, with want; skip names a node left out.
-func checkReplicas(t *testing.T, ns []nodeView, id uint64, want []byte, skip string) {
+// the volume has a replica of each on every node) at epoch over the node
+// RPC and compares it, block for block, with want; skip names a node left
+// out.
+func checkReplicas(t *testing.T, ns []nodeView, id uint64, want []byte, epoch uint64, skip string) {
 	t.Helper()
 	buf := make([]byte, 1<<20)
 	for _, n := range ns {
@@ -296,12 +319,12 @@ func checkReplicas(t *testing.T, ns []nodeView, id uint64, want []byte, skip str
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		for off := 0; off < len(want); off += len(buf) {
-			if err := c.Read(ctx, id, uint64(off/store.BlockSize), buf, 1<<63); err != nil {
+			if err := c.Read(ctx, id, uint64(off/store.BlockSize), buf, epoch); err != nil {
 				t.Fatalf("%s: read its replica at %d: %v", n.Name, off, err)
 			}
 			for b := 0; b < len(buf); b += store.BlockSize {
 				if !bytes.Equal(buf[b:b+store.BlockSize], want[off+b:off+b+store.BlockSize]) {
-					t.Fatalf("%s: its replica of block %d differs from what the target serves", n.Name, (off+b)/store.BlockSize)
+					t.Fatalf("%s: its replica of block %d at epoch %d differs from what the target serves", n.Name, (off+b)/store.BlockSize, epoch)
 				}
 			}
 		}
