@@ -13,6 +13,7 @@ import (
 	"cairn/backend/volume"
 	"cairn/backend/wire"
 	"cairn/cluster"
+	"cairn/cluster/admin"
 	"cairn/target"
 )
 
@@ -570,4 +571,20 @@ func (f *replicaFailover) progress() (catchupProgress, bool) {
 		return catchupProgress{}, false
 	}
 	return catchupProgress{node: cu.node, copied: cu.copied.Load(), total: cu.total.Load(), running: f.cu == cu}, true
+}
+
+// catchUpView is the catch-up progress of volume name for the admin API
+// when it is attached here; nil when there is none.
+func (d *daemon) catchUpView(name string) *admin.CatchUp {
+	d.mu.Lock()
+	fo := d.mu.failovers[name]
+	d.mu.Unlock()
+	if fo == nil {
+		return nil
+	}
+	p, ok := fo.progress()
+	if !ok {
+		return nil
+	}
+	return &admin.CatchUp{Node: p.node, ChunksCopied: p.copied, ChunksTotal: p.total, Running: p.running}
 }

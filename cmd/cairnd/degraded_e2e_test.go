@@ -257,6 +257,21 @@ func catchUp(t *testing.T, n1, victim *proc, vname string, id uint64) {
 		t.Fatalf("writes under the catch-up: %v\n%s", err, lastLines(n1.logs(), 30))
 	}
 	t.Logf("%s caught up under %d fio passes", vname, passes)
+	var shown struct {
+		CatchUp struct {
+			Node         string `json:"node"`
+			ChunksCopied uint64 `json:"chunks_copied"`
+			ChunksTotal  uint64 `json:"chunks_total"`
+			Running      bool   `json:"running"`
+		} `json:"catch_up"`
+	}
+	if so, se, code := n1.cli("--json", "volume", "show", "dvol"); code != 0 || json.Unmarshal([]byte(so), &shown) != nil ||
+		shown.CatchUp.Node != vname || shown.CatchUp.ChunksTotal != 128 || shown.CatchUp.ChunksCopied != 128 || shown.CatchUp.Running {
+		t.Fatalf("volume show after the catch-up: %+v\n%s%s", shown, so, se)
+	}
+	if so, _, _ := n1.cli("volume", "show", "dvol"); !strings.Contains(so, "128 of 128 chunks copied (done)") {
+		t.Fatalf("volume show does not show the catch-up:\n%s", so)
+	}
 	if !strings.Contains(n1.logs(), "replica caught up and back in service") {
 		t.Fatalf("node1 did not log the catch-up\n%s", lastLines(n1.logs(), 30))
 	}
