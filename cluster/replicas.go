@@ -13,7 +13,9 @@ import (
 // the volume for good, or a later reader could be sent to a replica that
 // misses it: it records them as stale with opExcludeReplica, through Raft,
 // and then goes on with the replicas left. A stale replica is skipped by
-// every target until it has caught up.
+// every target until it has caught up: the attached target copies what
+// it missed while sending it every new write, and once it has all of it
+// (durably) takes it back with opIncludeReplica.
 
 // opExcludeReplica marks a placement member of a volume stale.
 const opExcludeReplica op = "volume.replica.exclude"
@@ -66,6 +68,49 @@ func (s *state) excludeReplica(a *excludeReplicaArgs) (Volume, error) {
 	return v, nil
 }
 
+// opIncludeReplica takes a stale member of a volume back among its
+// replicas, once it caught up.
+const opIncludeReplica op = "volume.replica.include"
+
+type includeReplicaArgs struct {
+	Name string `json:"name"`
+	Node string `json:"node"`
+	// Generation is the attachment generation of the target that brought
+	// the replica up to date; it must be the volume's current one (a
+	// target fenced off since cannot vouch for what the node holds).
+	Generation uint64 `json:"generation"`
+}
+
+// includeReplica removes a.Node from the stale list of volume a.Name. A
+// node that is not stale changes nothing and succeeds (a retried
+// change). It refuses a target of another attachment generation and a
+// node outside the placement set.
+func (s *state) includeReplica(a *includeReplicaArgs) (Volume, error) {
+	v, ok := s.Volumes[a.Name]
+	if !ok {
+		return Volume{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
+	}
+	if a.Generation != v.Generation {
+		if a.Generation < v.Generation {
+			return Volume{}, fmt.Errorf("volume %q: generation %d, the catalog's is %d: %w", a.Name, a.Generation, v.Generation, ErrStaleAttachment)
+		}
+		return Volume{}, fmt.Errorf("%w: volume %q: generation %d is ahead of the catalog's %d", ErrInvalid, a.Name, a.Generation, v.Generation)
+	}
+	if !slices.ContainsFunc(v.Placement, func(m Member) bool { return m.Node == a.Node }) {
+		return Volume{}, fmt.Errorf("%w: volume %q: node %q is not in its placement", ErrInvalid, a.Name, a.Node)
+	}
+	i := slices.Index(v.Stale, a.Node)
+	if i < 0 {
+		return v, nil
+	}
+	v.Stale = slices.Delete(slices.Clone(v.Stale), i, i+1)
+	if len(v.Stale) == 0 {
+		v.Stale = nil
+	}
+	s.Volumes[a.Name] = v
+	return v, nil
+}
+
 // checkStale is the invariant check of a volume's stale list.
 func checkStale(v Volume) error {
 	if len(v.Stale) == 0 {
@@ -93,6 +138,18 @@ func (c *Catalog) ExcludeReplica(ctx context.Context, name, node string, gen uin
 	out, err := c.apply(ctx, opExcludeReplica, &excludeReplicaArgs{Name: name, Node: node, Generation: gen})
 	if err != nil {
 		return Volume{}, fmt.Errorf("cluster: exclude replica %s of %q: %w", node, name, err)
+	}
+	return out.Volume, nil
+}
+
+// IncludeReplica takes node back among volume name's replicas as the
+// target of attachment generation gen that brought it up to date, through
+// the Raft log. It returns once this replica of the catalog has applied
+// the change, with the volume as it is now.
+func (c *Catalog) IncludeReplica(ctx context.Context, name, node string, gen uint64) (Volume, error) {
+	out, err := c.apply(ctx, opIncludeReplica, &includeReplicaArgs{Name: name, Node: node, Generation: gen})
+	if err != nil {
+		return Volume{}, fmt.Errorf("cluster: include replica %s of %q: %w", node, name, err)
 	}
 	return out.Volume, nil
 }

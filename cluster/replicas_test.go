@@ -112,3 +112,48 @@ func TestForkKeepsStale(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestIncludeReplica: a target of the current generation takes a caught-up
+// replica back (again: no change); a fenced target, an unknown volume or
+// a node outside the placement cannot; after it, the node may be taken
+// out again.
+func TestIncludeReplica(t *testing.T) {
+	f := newFSM()
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if _, err := applyTo(t, f, mustEncode(t, opRegisterNode, registerNodeArgs{Name: n})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := applyTo(t, f, mustEncode(t, opCreateVolume, createVolumeArgs{Name: "a", Size: 1 << 30, Replicas: 3, Created: t0, Target: "n1"})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := applyTo(t, f, mustEncode(t, opExcludeReplica, excludeReplicaArgs{"a", "n2", 1})); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range []struct {
+		args  includeReplicaArgs
+		err   error
+		stale []string
+	}{
+		{includeReplicaArgs{"zz", "n2", 1}, ErrNotFound, []string{"n2"}},
+		{includeReplicaArgs{"a", "n9", 1}, ErrInvalid, []string{"n2"}},
+		{includeReplicaArgs{"a", "n2", 0}, ErrStaleAttachment, []string{"n2"}},
+		{includeReplicaArgs{"a", "n2", 2}, ErrInvalid, []string{"n2"}},
+		{includeReplicaArgs{"a", "n2", 1}, nil, nil},
+		{includeReplicaArgs{"a", "n2", 1}, nil, nil}, // again: no change
+	} {
+		_, err := applyTo(t, f, mustEncode(t, opIncludeReplica, s.args))
+		if !errors.Is(err, s.err) || (s.err == nil) != (err == nil) {
+			t.Fatalf("step %d %+v: %v, want %v", i, s.args, err, s.err)
+		}
+		f.mu.RLock()
+		got := f.mu.st.Volumes["a"].Stale
+		f.mu.RUnlock()
+		if !slices.Equal(got, s.stale) {
+			t.Fatalf("step %d: stale %v, want %v", i, got, s.stale)
+		}
+	}
+	if _, err := applyTo(t, f, mustEncode(t, opExcludeReplica, excludeReplicaArgs{"a", "n3", 1})); err != nil {
+		t.Fatalf("exclude after the include: %v", err)
+	}
+}

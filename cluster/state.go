@@ -257,6 +257,8 @@ func decodeOp(data []byte) (op, any, error) {
 		args = &nodeUsageArgs{}
 	case opExcludeReplica:
 		args = &excludeReplicaArgs{}
+	case opIncludeReplica:
+		args = &includeReplicaArgs{}
 	case opCreateGroup:
 		args = &createGroupArgs{}
 	case opDeleteGroup:
@@ -367,6 +369,9 @@ func (s *state) apply(cmd any) (outcome, error) {
 		return outcome{Node: n}, err
 	case *excludeReplicaArgs:
 		v, err := s.excludeReplica(a)
+		return outcome{Volume: v}, err
+	case *includeReplicaArgs:
+		v, err := s.includeReplica(a)
 		return outcome{Volume: v}, err
 	case *createGroupArgs:
 		return s.createGroup(a)

@@ -194,9 +194,14 @@ type Storage struct {
 	// reclaims whole sealed segments, so it is also the granularity of
 	// space given back. Unset: the store's default (64 MiB).
 	SegmentSize Size `toml:"segment_size"`
+	// CatchupRate (catchup_rate) throttles the catch-ups of stale
+	// replicas this node's target runs: bytes of block versions copied
+	// per second, per volume, e.g. "64MiB".
+	CatchupRate Size `toml:"catchup_rate"`
 }
 
-// Bounds of storage.cache_size, storage.flatten_rate (per second) and
+// Bounds of storage.cache_size, storage.flatten_rate and
+// storage.catchup_rate (per second, the same bounds), and
 // storage.segment_size (when set).
 const (
 	cacheSizeMin   = 8 << 20
@@ -246,7 +251,7 @@ func Default() *Config {
 		ISCSI:    ISCSI{Listen: "127.0.0.1:3260", IQNPrefix: "iqn.2026-11.dev.cairn"},
 		Gossip:   Gossip{Bind: "127.0.0.1:7946", Join: []string{}},
 		Raft:     Raft{Bind: "127.0.0.1:7947", BootstrapExpect: 1},
-		Storage:  Storage{Listen: "127.0.0.1:7950", CacheSize: 1 << 30, FlattenRate: 64 << 20},
+		Storage:  Storage{Listen: "127.0.0.1:7950", CacheSize: 1 << 30, FlattenRate: 64 << 20, CatchupRate: 64 << 20},
 		Limits: Limits{
 			InflightBytes:  1 << 30,
 			ReplyTimeout:   Duration(30 * time.Second),
@@ -445,6 +450,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Storage.SegmentSize != 0 && (c.Storage.SegmentSize < segmentSizeMin || c.Storage.SegmentSize > segmentSizeMax) {
 		p.add("storage.segment_size", ErrInvalid, "%s: want %s to %s", FormatSize(int64(c.Storage.SegmentSize)), FormatSize(segmentSizeMin), FormatSize(segmentSizeMax))
+	}
+	if c.Storage.CatchupRate < flattenRateMin || c.Storage.CatchupRate > flattenRateMax {
+		p.add("storage.catchup_rate", ErrInvalid, "%s per second: want %s to %s", FormatSize(int64(c.Storage.CatchupRate)), FormatSize(flattenRateMin), FormatSize(flattenRateMax))
 	}
 	if c.DataDir == "" {
 		p.add("data_dir", ErrInvalid, "must not be empty")

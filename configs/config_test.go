@@ -348,6 +348,21 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
+func TestCatchupRate(t *testing.T) {
+	c, err := Parse([]byte("[storage]\ncatchup_rate = \"8MiB\"\n"), "")
+	if err != nil || c.Storage.CatchupRate != 8<<20 {
+		t.Fatalf("catchup_rate 8MiB: %v %v", c, err)
+	}
+	if c, _ := Parse(nil, ""); c.Storage.CatchupRate != 64<<20 {
+		t.Fatalf("default catchup_rate %d, want 64MiB", c.Storage.CatchupRate)
+	}
+	for _, bad := range []string{"\"512KiB\"", "\"2TiB\"", "0"} {
+		if _, err := Parse([]byte("[storage]\ncatchup_rate = "+bad+"\n"), ""); err == nil || !strings.Contains(err.Error(), "catchup_rate") {
+			t.Errorf("catchup_rate = %s: %v, want an error naming storage.catchup_rate", bad, err)
+		}
+	}
+}
+
 func TestFlattenRate(t *testing.T) {
 	c, err := Parse([]byte("[storage]\nflatten_rate = \"8MiB\"\n"), "")
 	if err != nil || c.Storage.FlattenRate != 8<<20 {

@@ -55,6 +55,12 @@
 //     writes them: overwrites cost the device what they cost a file
 //     overwritten in place, not every byte written. See Store.Zero for the
 //     contract this puts on callers.
+//   - VersionsSince (versions.go) reports a range's versions with seq ≥
+//     a bound, every kept epoch, data and zero records, for a replica
+//     catch-up; Apply stores such a copy with its original stamp (a
+//     copied zero record never reclaims). Applied in any order, mixed
+//     with new writes, the copies leave the replica reading as the source
+//     does at every epoch the source keeps (TestVersionsCatchUp).
 //   - The zero-range records of a volume stay bounded: a new record deletes
 //     or trims the records it dominates, and a volume holds at most
 //     rangesPerVolumeMax of them (ErrLimit past that).

@@ -232,6 +232,11 @@ func readRun(sg *segment, p []byte, vers []version) error {
 // a guard, Zero does not reclaim when this process has stored a point
 // version of vol with a seq above st.Seq since Open.
 func (s *Store) Zero(ctx context.Context, vol, block, n uint64, st Stamp, sync bool) (err error) {
+	return s.zero(ctx, vol, block, n, st, sync, true)
+}
+
+// zero is Zero; reclaim false never drops older versions (Apply).
+func (s *Store) zero(ctx context.Context, vol, block, n uint64, st Stamp, sync, reclaim bool) (err error) {
 	if err := checkBlocks(block, n); err != nil {
 		return fmt.Errorf("store: zero vol %d: %w", vol, err)
 	}
@@ -246,7 +251,7 @@ func (s *Store) Zero(ctx context.Context, vol, block, n uint64, st Stamp, sync b
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	h := recHeader{typ: recZero, vol: vol, block: block, n: n, epoch: st.Epoch, seq: st.Seq}
-	if v.reclaimable(st.Epoch) && v.seqHigh.Load() <= st.Seq {
+	if reclaim && v.reclaimable(st.Epoch) && v.seqHigh.Load() <= st.Seq {
 		h.flags |= flagReclaim
 	}
 	points := n < zeroRangeBlocksMin

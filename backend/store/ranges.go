@@ -108,8 +108,10 @@ func planRange(cur []zrange, n zrange, reclaim bool) rangeEdit {
 	dup, redundant := false, false
 	ed.next = make([]zrange, 0, len(cur)+1)
 	for _, r := range cur {
-		if r.epoch == n.epoch && r.seq == n.seq {
-			// Same stamp: a replay of the same Zero, already recorded.
+		if r.epoch == n.epoch && r.seq == n.seq && r.start <= n.start && n.end <= r.end {
+			// Same stamp and covered: a replay of the same Zero, already
+			// recorded. (One stamp over other blocks is another part of
+			// the same request, such as the next chunk's: recorded too.)
 			dup = true
 			ed.next = append(ed.next, r)
 			continue

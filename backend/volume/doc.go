@@ -28,6 +28,9 @@
 // that order. Exit is the one place a request leaves the volume. Close
 // stops admitting and waits, bounded, for the requests inside; only after
 // it returned nil may the volume's data be dropped.
+// Barrier waits, bounded by its context, for the requests admitted before
+// it: after SetPlacement and Barrier no request uses an older placement
+// (a replica catch-up relies on it, see cmd/cairnd/catchup.go).
 //
 // # Reservations
 //

@@ -173,3 +173,75 @@ func TestRequestContextCanceled(t *testing.T) {
 		t.Fatalf("canceled write allocated %d blocks", n)
 	}
 }
+
+// blockGates blocks each write until the channel of its first block is
+// closed.
+type blockGates struct {
+	nopNode
+	entered chan uint64
+	gates   map[uint64]chan struct{}
+}
+
+func (b *blockGates) Write(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) error {
+	b.entered <- block
+	<-b.gates[block]
+	return nil
+}
+
+// TestBarrier: Barrier waits for the requests admitted before it, not for
+// those admitted after it began, and gives up with its context; a later
+// Barrier still waits for a request an earlier one gave up on.
+func TestBarrier(t *testing.T) {
+	g := &blockGates{entered: make(chan uint64, 8), gates: map[uint64]chan struct{}{0: make(chan struct{}), 1: make(chan struct{}), 2: make(chan struct{})}}
+	v, err := Open(Options{ID: 1, Size: 1 << 20, Generation: 1, Epoch: 1, Placement: NewLocal(g)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrote := make(chan error, 3)
+	write := func(block uint64) {
+		go func() { wrote <- v.WriteAt(ctx, make([]byte, 4096), int64(block)*4096, 0) }()
+		if got := <-g.entered; got != block {
+			t.Fatalf("write of block %d entered, want %d", got, block)
+		}
+	}
+	write(0) // before every barrier
+	short, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := v.Barrier(short); !errors.Is(err, context.Canceled) {
+		t.Fatalf("barrier with a request older inside and a done context: %v", err)
+	}
+	write(1) // after a barrier that gave up
+	barred := make(chan error, 1)
+	go func() { barred <- v.Barrier(ctx) }()
+	notYet := func(what string) {
+		select {
+		case err := <-barred:
+			t.Fatalf("barrier returned (%v) with %s inside", err, what)
+		default:
+		}
+	}
+	notYet("the write the last barrier gave up on")
+	close(g.gates[0])
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	for v.barrier.gen.Load() != 2 {
+		time.Sleep(time.Millisecond)
+	}
+	write(2) // admitted after the barrier began: not waited for
+	notYet("a write admitted before it")
+	close(g.gates[1])
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-barred; err != nil {
+		t.Fatalf("barrier with only a newer write inside: %v", err)
+	}
+	close(g.gates[2])
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

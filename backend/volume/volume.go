@@ -192,6 +192,14 @@ type Volume struct {
 
 	gate gate // the epoch and a snapshot's held acknowledgements
 
+	// barrier: the requests inside, counted by the parity of the barrier
+	// generation they were admitted under (see Barrier).
+	barrier struct {
+		sync.Mutex // one Barrier at a time
+		gen        atomic.Uint64
+		inside     [2]atomic.Int64
+	}
+
 	res *reservation.Unit // checked at admission; shared with the front ends
 
 	locks [stripes]sync.RWMutex
@@ -263,6 +271,39 @@ func (v *Volume) SetPlacement(p Placement) {
 		panic("volume: SetPlacement(nil)")
 	}
 	v.placement.Store(&placementRef{p})
+}
+
+// barrierPoll is how often Barrier looks at the requests left.
+const barrierPoll = 2 * time.Millisecond
+
+// Barrier returns once every request admitted before it was called has
+// left the volume, or with ctx's error. After SetPlacement then Barrier,
+// no request inside uses an older placement: a replica catch-up sends
+// new writes to a rejoining node through the placement, and copies what
+// came before only after this. Barriers are serialized; a request costs
+// two more atomic adds for it.
+func (v *Volume) Barrier(ctx context.Context) error {
+	v.barrier.Lock()
+	defer v.barrier.Unlock()
+	t := time.NewTicker(barrierPoll)
+	defer t.Stop()
+	wait := func(slot uint64) error {
+		for v.barrier.inside[slot&1].Load() != 0 {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("volume %d: barrier: %d older requests still inside: %w", v.id, v.barrier.inside[slot&1].Load(), ctx.Err())
+			case <-t.C:
+			}
+		}
+		return nil
+	}
+	// The slot new requests are about to use may still count requests of
+	// a generation before the last (a Barrier that gave up): wait for
+	// them first, then move on and wait for the current one.
+	if err := wait(v.barrier.gen.Load() + 1); err != nil {
+		return err
+	}
+	return wait(v.barrier.gen.Add(1) - 1)
 }
 
 // SeqGeneration returns the attachment generation a write's seq carries.
@@ -366,6 +407,7 @@ type request struct {
 	writeClass bool   // a write, zero, trim or flush: its ack may be held
 	admitSeq   uint64 // the gate's switch count at admission
 	bytes      int64  // payload bytes, for the hold's bound
+	barrierGen uint64 // the barrier generation at admission
 	ls         lockSet
 }
 
@@ -419,6 +461,15 @@ func (v *Volume) admit(ctx context.Context, off, n int64, write bool) (*request,
 		return nil, v.fail(fmt.Errorf("volume %d: %w", v.id, err))
 	}
 	r := requestPool.Get().(*request)
+	for {
+		g := v.barrier.gen.Load()
+		v.barrier.inside[g&1].Add(1)
+		if v.barrier.gen.Load() == g {
+			r.barrierGen = g
+			break
+		}
+		v.barrier.inside[g&1].Add(-1) // a Barrier began: count under the next
+	}
 	r.parent = ctx
 	r.deadline = time.Now().Add(v.requestTimeout)
 	r.admitSeq = v.gate.seq.Load()
@@ -429,6 +480,7 @@ func (v *Volume) admit(ctx context.Context, off, n int64, write bool) (*request,
 // request's locks must have been released.
 func (v *Volume) exit(r *request, err error) error {
 	v.holdAck(r)
+	v.barrier.inside[r.barrierGen&1].Add(-1)
 	r.parent = nil
 	r.st = store.Stamp{}
 	r.stamped, r.writeClass, r.bytes = false, false, 0

@@ -310,11 +310,11 @@ func (cc *cconn) payload(h Header, p, msg []byte) (n int, callErr, connErr error
 		return 0, &remoteError{op: h.Op, code: h.Status, msg: string(m)}, nil
 	}
 	switch {
-	case h.Flags&FlagMore != 0 && h.Op != OpExtents && h.Op != OpChanged:
+	case h.Flags&FlagMore != 0 && h.Op != OpExtents && h.Op != OpChanged && h.Op != OpVersionsSince:
 		return 0, nil, fmt.Errorf("%w: flag more on a %s reply", ErrProtocol, h.Op)
 	case h.Op == OpRead && int(h.Length) != len(p),
-		(h.Op == OpExtents || h.Op == OpChanged || targetOp(h.Op)) && int(h.Length) > len(p),
-		h.Op != OpRead && h.Op != OpExtents && h.Op != OpChanged && !targetOp(h.Op) && h.Length != 0:
+		(h.Op == OpExtents || h.Op == OpChanged || h.Op == OpVersionsSince || targetOp(h.Op)) && int(h.Length) > len(p),
+		h.Op != OpRead && h.Op != OpExtents && h.Op != OpChanged && h.Op != OpVersionsSince && !targetOp(h.Op) && h.Length != 0:
 		return 0, nil, fmt.Errorf("%w: %s reply of %d bytes", ErrProtocol, h.Op, h.Length)
 	}
 	q := p[:h.Length]

@@ -38,9 +38,13 @@
 //	 7  Changed   vol, block, blocks, from, to u64                  runs as for Extents, bit 63 =
 //	                                                                content at to may differ from
 //	                                                                at from; flag more likewise
-//	16–21         reserved, answered CodeUnsupported: versions-since-seq (replica
-//	              catch-up), set-retained (GC), snapshot hold, snapshot release,
-//	              fence generation, drop volume
+//	16  VersionsSince  vol, block, blocks, seq min u64          next block u64, then version
+//	                                                            records (versions.go), at most
+//	                                                            4 MiB; flag more if not covered
+//	22  ApplyVersions  generation, vol u64, version records;    empty
+//	                   flag sync
+//	17–21         reserved, answered CodeUnsupported: set-retained (GC), snapshot
+//	              hold, snapshot release, fence generation, drop volume
 //	32  TargetHold     budget ns, epoch, hold timeout ns u64,       empty
 //	                   volumes u16, per volume len u8 + name
 //	33  TargetRelease  the same, hold timeout 0                 volumes u16, per volume window ns,

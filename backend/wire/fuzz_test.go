@@ -36,6 +36,11 @@ func FuzzDecode(f *testing.F) {
 	f.Add(frame(OpChanged, 0, 0, b[:ChangedRequestSize]))
 	(&ExtentRun{Start: 7, Count: 9}).Put(b[:])
 	f.Add(frame(OpChanged, FlagReply|FlagMore, 0, b[:ExtentRunSize]))
+	(&VersionsRequest{Vol: 1, Block: 2, Blocks: 3, SeqMin: 4}).Put(b[:])
+	f.Add(frame(OpVersionsSince, 0, 0, b[:VersionsRequestSize]))
+	f.Add(frame(OpVersionsSince, FlagReply|FlagMore, 0, versionsSeed()))
+	(&ApplyRequest{Generation: 1, Vol: 2}).Put(b[:])
+	f.Add(frame(OpApplyVersions, FlagSync, 0, append(b[:ApplyRequestSize:ApplyRequestSize], versionsSeed()[8:]...)))
 	f.Add(frame(OpHello, 0, 0, AppendHello(nil, Hello{Name: "node-a", InFlightMax: 128})))
 	f.Add(frame(OpSync, FlagReply, CodeInvalid, []byte("store: invalid request")))
 	f.Add(frame(OpSync, 0, 0, nil))
@@ -93,6 +98,39 @@ func checkBodies(t *testing.T, p []byte) {
 			t.Fatalf("changed %+v re-encodes differently", r)
 		}
 	}
+	if r, err := ParseVersionsRequest(p); err == nil {
+		r.Put(re[:])
+		if !bytes.Equal(re[:VersionsRequestSize], p) {
+			t.Fatalf("versions %+v re-encodes differently", r)
+		}
+	}
+	if r, err := ParseApplyRequest(p); err == nil {
+		r.Put(re[:])
+		if !bytes.Equal(re[:ApplyRequestSize], p) {
+			t.Fatalf("apply %+v re-encodes differently", r)
+		}
+	}
+	var recs []byte
+	if err := ParseRecords(p, func(v store.Version) error {
+		if v.Blocks == 0 || v.Zero == (v.Data != nil) || !v.Zero && uint64(len(v.Data)) != v.Blocks*BlockSize {
+			t.Fatalf("record %+v accepted", v)
+		}
+		k := len(recs)
+		recs = append(recs, make([]byte, RecordSize(v))...)
+		PutRecord(recs[k:], v)
+		return nil
+	}); err == nil && !bytes.Equal(recs, p) {
+		t.Fatal("version records re-encode differently")
+	} else if err != nil && !errors.Is(err, ErrProtocol) {
+		t.Fatalf("records error %v does not wrap ErrProtocol", err)
+	}
+	if len(p) >= 8 {
+		for _, more := range []bool{false, true} {
+			if _, next, err := checkVersionsReply(p, 1, 1<<20, more); err == nil && (next <= 1 || next > 1+1<<20) {
+				t.Fatalf("versions reply resuming at %d accepted", next)
+			}
+		}
+	}
 	if h, err := ParseHello(p); err == nil {
 		if !bytes.Equal(AppendHello(nil, h), p) {
 			t.Fatalf("hello %+v re-encodes differently", h)
@@ -138,6 +176,10 @@ func FuzzServerConn(f *testing.F) {
 	f.Add(frame(OpChanged, FlagSync, 0, b[:ChangedRequestSize]))
 	f.Add(frame(OpChanged, 0, 0, b[:ExtentsRequestSize]))
 	f.Add(frame(OpFence, 0, 0, []byte("xyz")))
+	(&VersionsRequest{Vol: 1, Block: 0, Blocks: 10}).Put(b[:])
+	f.Add(frame(OpVersionsSince, 0, 0, b[:VersionsRequestSize]))
+	(&ApplyRequest{Generation: 1, Vol: 1}).Put(b[:])
+	f.Add(frame(OpApplyVersions, FlagSync, 0, append(b[:ApplyRequestSize:ApplyRequestSize], versionsSeed()[8:]...)))
 	f.Add(frame(OpHello, 0, 0, AppendHello(nil, Hello{Name: "again"})))
 	f.Add([]byte("garbage that is not a frame at all, 32 bytes+"))
 	tq := TargetRequest{Budget: time.Second, Epoch: 3, Timeout: 2 * time.Second, Volumes: []string{"a"}}
@@ -148,7 +190,7 @@ func FuzzServerConn(f *testing.F) {
 	f.Add(frame(OpTargetDrained, FlagSync, 0, AppendTargetRequest(nil, tq)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rt := &recTarget{holds: []VolumeHold{{Reason: "released"}}, drained: true}
-		s, err := NewServer(&runsBackend{memBackend: *newMemBackend(), runs: 5}, ServerOptions{Logger: quietLogger(), InFlightMax: 4, Snapshot: rt})
+		s, err := NewServer(&versionsBackend{runsBackend{memBackend: *newMemBackend(), runs: 5}}, ServerOptions{Logger: quietLogger(), InFlightMax: 4, Snapshot: rt})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -193,4 +235,19 @@ func FuzzServerConn(f *testing.F) {
 			got = got[HeaderSize+int(h.Length):]
 		}
 	})
+}
+
+// versionsSeed is a VersionsSince reply: the next block, a data record of
+// one block and a zero record.
+func versionsSeed() []byte {
+	b := make([]byte, 8, 8+2*VersionRecordSize+BlockSize)
+	be.PutUint64(b, 7)
+	d := store.Version{Block: 2, Blocks: 1, Stamp: store.Stamp{Epoch: 1, Seq: 9}, Data: bytes.Repeat([]byte{5}, BlockSize)}
+	z := store.Version{Block: 3, Blocks: 4, Stamp: store.Stamp{Epoch: 1, Seq: 10}, Zero: true}
+	for _, v := range []store.Version{d, z} {
+		k := len(b)
+		b = append(b, make([]byte, RecordSize(v))...)
+		PutRecord(b[k:], v)
+	}
+	return b
 }

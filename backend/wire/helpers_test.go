@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -325,4 +326,30 @@ func (p pki) load(t testing.TB) (server, client *tls.Config) {
 		t.Fatal(err)
 	}
 	return s, c
+}
+
+// versionsBackend is a runsBackend that also reports, for the first
+// blocks of a VersionsSince range, a data version and a zero record each,
+// and checks the records it is given to apply.
+type versionsBackend struct{ runsBackend }
+
+var _ Versioner = (*versionsBackend)(nil)
+
+func (b *versionsBackend) VersionsSince(_ context.Context, _, block, n, seqMin uint64, fn func(uint64, []store.Version) bool) (uint64, error) {
+	data := make([]byte, BlockSize)
+	for i := range min(n, 8) {
+		vs := []store.Version{{Block: block + i, Blocks: 1, Stamp: store.Stamp{Epoch: 1, Seq: seqMin + 1}, Data: data},
+			{Block: block + i, Blocks: 1, Stamp: store.Stamp{Epoch: 1, Seq: seqMin}, Zero: true}}
+		if !fn(block+i, vs) {
+			return block + i + 1, nil
+		}
+	}
+	return block + n, nil
+}
+
+func (b *versionsBackend) Apply(_ context.Context, _ uint64, v store.Version, _ bool) error {
+	if v.Blocks == 0 || v.Zero == (v.Data != nil) || !v.Zero && uint64(len(v.Data)) != v.Blocks*BlockSize {
+		panic(fmt.Sprintf("apply of a malformed version %+v", v))
+	}
+	return nil
 }

@@ -71,13 +71,16 @@ const (
 	OpExtents Op = 6 // ExtentsRequest → runs, FlagMore if the range is not covered
 	OpChanged Op = 7 // ChangedRequest → runs (bit 63: changed), FlagMore as for OpExtents
 
+	// Replica catch-up (versions.go); served by a Backend that implements Versioner.
+	OpVersionsSince Op = 16 // VersionsRequest → next block u64 + version records, FlagMore if the range is not covered
+	OpApplyVersions Op = 22 // ApplyRequest + version records, FlagSync → empty
+
 	// Reserved for what comes next (not implemented; CodeUnsupported).
-	OpVersionsSince Op = 16 // replica catch-up: versions of a chunk's blocks with seq above a bound, streamed
-	OpSetRetained   Op = 17 // the retained snapshot epochs of a volume, for GC of unreachable versions
-	OpHold          Op = 18 // snapshot hold: pin an epoch of a volume while a snapshot is sealed
-	OpRelease       Op = 19 // snapshot release: drop a pin taken by OpHold
-	OpFence         Op = 20 // fence generation: refuse writes of a volume with a lower attachment generation
-	OpDropVolume    Op = 21 // delete every version of a volume
+	OpSetRetained Op = 17 // the retained snapshot epochs of a volume, for GC of unreachable versions
+	OpHold        Op = 18 // snapshot hold: pin an epoch of a volume while a snapshot is sealed
+	OpRelease     Op = 19 // snapshot release: drop a pin taken by OpHold
+	OpFence       Op = 20 // fence generation: refuse writes of a volume with a lower attachment generation
+	OpDropVolume  Op = 21 // delete every version of a volume
 
 	// A snapshot coordinator's calls to a target (snapshot.go); served by
 	// nodes with ServerOptions.Snapshot.
@@ -114,6 +117,8 @@ func (o Op) String() string {
 		return "fence"
 	case OpDropVolume:
 		return "drop-volume"
+	case OpApplyVersions:
+		return "apply-versions"
 	case OpTargetHold:
 		return "target-hold"
 	case OpTargetRelease:
@@ -130,7 +135,7 @@ type Flags uint16
 const (
 	FlagReply Flags = 1 << 0 // the frame is a reply
 	FlagSync  Flags = 1 << 1 // Write, Zero: durable before the reply (FUA)
-	FlagMore  Flags = 1 << 2 // Extents, Changed reply: the runs stop before the end of the range
+	FlagMore  Flags = 1 << 2 // Extents, Changed, VersionsSince reply: the answer stops before the end of the range
 
 	flagsKnown = FlagReply | FlagSync | FlagMore
 )
@@ -138,7 +143,7 @@ const (
 // requestFlags are the flags each op accepts in a request (FlagReply aside).
 func requestFlags(op Op) Flags {
 	switch op {
-	case OpWrite, OpZero:
+	case OpWrite, OpZero, OpApplyVersions:
 		return FlagSync
 	}
 	return 0

@@ -52,14 +52,14 @@ type request struct {
 	vol    uint64
 	block  uint64
 	blocks uint64
-	epoch  uint64 // Read, Extents; Changed: from
-	to     uint64 // Changed
+	epoch  uint64 // Read, Extents; Changed: from; VersionsSince: seq min
+	to     uint64 // Changed; ApplyVersions: the generation
 	stamp  store.Stamp
 	buf    *[]byte // pooled payload buffer, or nil
 	data   []byte  // Write: the data; Read: the reply data; Extents, Changed: the reply runs
 	budget int     // payload bytes charged to the in-flight budget
 	sum    uint32  // reply payload checksum
-	more   bool    // Extents, Changed: the runs stop before the end of the range
+	more   bool    // Extents, Changed, VersionsSince: the answer stops before the end of the range
 	err    error
 	hdr    [HeaderSize]byte
 }
@@ -258,6 +258,10 @@ func (c *sconn) dispatch(h Header) string {
 		fixed = ExtentsRequestSize
 	case OpChanged:
 		fixed = ChangedRequestSize
+	case OpVersionsSince:
+		fixed = VersionsRequestSize
+	case OpApplyVersions:
+		fixed = ApplyRequestSize
 	case OpSync:
 	case OpHello:
 		return c.skip(h, fmt.Errorf("%w: hello after the handshake", ErrProtocol))
@@ -269,7 +273,8 @@ func (c *sconn) dispatch(h Header) string {
 	if bad := h.Flags &^ requestFlags(h.Op); bad != 0 {
 		return c.skip(h, fmt.Errorf("%w: flags %#x on %s", ErrProtocol, uint16(bad), h.Op))
 	}
-	if h.Op == OpWrite && int(h.Length) < fixed || h.Op != OpWrite && int(h.Length) != fixed {
+	variable := h.Op == OpWrite || h.Op == OpApplyVersions // data follows the fixed part
+	if variable && int(h.Length) < fixed || !variable && int(h.Length) != fixed {
 		return c.skip(h, fmt.Errorf("%w: %s request of %d bytes", ErrProtocol, h.Op, h.Length))
 	}
 	r := getRequest()
@@ -306,12 +311,22 @@ func (c *sconn) dispatch(h Header) string {
 		q, err = ParseChangedRequest(r.fixed[:fixed])
 		r.vol, r.block, r.blocks, r.epoch, r.to = q.Vol, q.Block, q.Blocks, q.From, q.To
 		n = ExtentsReplyBytesMax
+	case OpVersionsSince:
+		var q VersionsRequest
+		q, err = ParseVersionsRequest(r.fixed[:fixed])
+		r.vol, r.block, r.blocks, r.epoch = q.Vol, q.Block, q.Blocks, q.SeqMin
+		n = VersionsReplyBytesMax
+	case OpApplyVersions:
+		var q ApplyRequest
+		q, err = ParseApplyRequest(r.fixed[:fixed])
+		r.to, r.vol = q.Generation, q.Vol
+		n = int(h.Length) - fixed
 	}
 	if err != nil {
 		// The fixed parts parse whenever their size is right, but for a
 		// Read over its bound.
 		r.err, n = err, 0
-		if h.Op == OpWrite {
+		if variable {
 			n = int(h.Length) - fixed
 		}
 	}
@@ -321,7 +336,7 @@ func (c *sconn) dispatch(h Header) string {
 		r.buf = target.GetBuffer(n)
 		r.data = (*r.buf)[:n]
 	}
-	if h.Op == OpWrite {
+	if variable {
 		c.rdl.arm(c.nc, c.s.opts.FrameTimeout)
 		if _, err := io.ReadFull(c.br, r.data); err != nil {
 			c.release(r)
@@ -403,9 +418,40 @@ func (c *sconn) execute(r *request) {
 		if r.err == nil {
 			r.sum = Checksum(r.data)
 		}
+	case OpVersionsSince, OpApplyVersions:
+		c.executeVersions(r, sync)
 	case OpTargetHold, OpTargetRelease, OpTargetDrained:
 		c.executeTarget(r)
 	}
+}
+
+// executeVersions runs a catch-up op (versions.go).
+func (c *sconn) executeVersions(r *request, sync bool) {
+	vb, ok := c.s.backend.(Versioner)
+	if !ok {
+		r.err = fmt.Errorf("%w: %s", ErrUnsupported, r.h.Op)
+		return
+	}
+	if r.h.Op == OpVersionsSince {
+		var k int
+		var next uint64
+		k, next, r.err = FillVersions(c.ctx, vb, r.vol, r.block, r.blocks, r.epoch, r.data)
+		if r.err == nil {
+			r.data = r.data[:k]
+			r.more = next < r.block+r.blocks
+			r.sum = Checksum(r.data)
+		}
+		return
+	}
+	if f, ok := c.s.backend.(Fencer); ok {
+		release, err := f.AdmitGeneration(r.vol, r.to)
+		if err != nil {
+			r.err = err
+			return
+		}
+		defer release()
+	}
+	r.err = ApplyRecords(c.ctx, vb, r.vol, r.data, sync)
 }
 
 // runs fills r.data with at most ExtentRunsMax runs that walk reports
@@ -467,7 +513,7 @@ func (c *sconn) writeReply(r *request) error {
 	switch r.h.Op {
 	case OpRead, OpTargetRelease, OpTargetDrained:
 		payload = r.data
-	case OpExtents, OpChanged:
+	case OpExtents, OpChanged, OpVersionsSince:
 		payload = r.data
 		if r.more {
 			h.Flags |= FlagMore

@@ -59,9 +59,20 @@ type Volume struct {
 	// Stale are the replicas taken out after they failed writes: the
 	// volume runs degraded on the others.
 	Stale []string `json:"stale,omitempty"`
+	// CatchUp is the running (or last) catch-up of a stale replica, as
+	// the volume's target reports it (shown only by the target's node).
+	CatchUp *CatchUp `json:"catch_up,omitempty"`
 	// Reservations are the volume's SCSI persistent reservations from the
 	// catalog (shown by volume show; nil when there are none).
 	Reservations *Reservations `json:"reservations,omitempty"`
+}
+
+// CatchUp is the progress of a stale replica's catch-up.
+type CatchUp struct {
+	Node         string `json:"node"`
+	ChunksCopied uint64 `json:"chunks_copied"`
+	ChunksTotal  uint64 `json:"chunks_total"`
+	Running      bool   `json:"running"`
 }
 
 // Reservations is the persistent reservation state of a volume: what

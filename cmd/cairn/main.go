@@ -518,6 +518,13 @@ func (c *cli) printVolume(v admin.Volume) error {
 		if len(v.Stale) > 0 {
 			fmt.Fprintf(w, "degraded\tstale replicas on %s (they missed writes; not read from)\n", strings.Join(v.Stale, ", "))
 		}
+		if c := v.CatchUp; c != nil {
+			state := "done"
+			if c.Running {
+				state = "running"
+			}
+			fmt.Fprintf(w, "catch-up\t%s: %d of %d chunks copied (%s)\n", c.Node, c.ChunksCopied, c.ChunksTotal, state)
+		}
 		if r := v.Reservations; r != nil {
 			typ := r.Type
 			if typ == "" {

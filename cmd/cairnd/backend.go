@@ -76,6 +76,7 @@ func (b backend) view(ctx context.Context, cv cluster.Volume, allocated bool) ad
 	if allocated {
 		v.ChunksPerNode = chunksPerNode(cv)
 		v.Stale = cv.Stale
+		v.CatchUp = d.catchUpView(cv.Name)
 		v.AllocatedBytes = d.allocated(ctx, cv)
 		v.Reservations = d.reservationsView(cv.Name)
 	}

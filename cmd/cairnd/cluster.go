@@ -397,6 +397,12 @@ func (d *daemon) closePeers() error {
 // on the local store for a volume from before placement, else the chunk's
 // replica set from the catalog's placement set.
 func (d *daemon) placement(cv cluster.Volume) (volume.Placement, error) {
+	return d.placementWith(cv, nil)
+}
+
+// placementWith is placement with join's replica, if set, a joining member
+// of its chunks' replica sets (catchup.go).
+func (d *daemon) placementWith(cv cluster.Volume, join *catchup) (volume.Placement, error) {
 	if len(cv.Placement) == 0 {
 		if d.store == nil {
 			return nil, fmt.Errorf("volume %q has no placement and this node no store", cv.Name)
@@ -419,7 +425,8 @@ func (d *daemon) placement(cv cluster.Volume) (volume.Placement, error) {
 		}
 		nodes[m.Node] = nd
 	}
-	return newChunkPlacement(cv, nodes, d.cfg.NodeName), nil
+	p := newChunkPlacement(cv, nodes, d.cfg.NodeName, join)
+	return p, nil
 }
 
 // chunkPlacement is a volume.Placement over the catalog's placement set.
@@ -432,6 +439,10 @@ type chunkPlacement struct {
 	all    []volume.Node // the nodes not stale
 	local  string
 	stale  []string // members left out of every replica set (cluster.Volume.Stale)
+	// join, if set, is a member catching up: last in its chunks' sets as
+	// joining, which serves no reads (catchup.go); joinNode is it.
+	join     *catchup
+	joinNode volume.Node
 
 	pages []atomic.Pointer[[chunkPageLen]uint32]
 	sets  atomic.Pointer[[][]volume.Node] // copy on write under mu
@@ -447,7 +458,7 @@ const chunkPageLen = 4096
 // placementChunksMax bounds the table: 64 TiB of the smallest chunks.
 const placementChunksMax = 64 << 40 / (64 << 10)
 
-func newChunkPlacement(cv cluster.Volume, nodes map[string]volume.Node, local string) *chunkPlacement {
+func newChunkPlacement(cv cluster.Volume, nodes map[string]volume.Node, local string, join *catchup) *chunkPlacement {
 	p := &chunkPlacement{
 		placer:   cluster.NewPlacer(cv),
 		nodes:    nodes,
@@ -455,16 +466,25 @@ func newChunkPlacement(cv cluster.Volume, nodes map[string]volume.Node, local st
 		stale:    slices.Clone(cv.Stale),
 		setIndex: map[string]uint32{},
 	}
+	if join != nil && nodes[join.node] != nil {
+		p.join, p.joinNode = join, join.wrap(nodes[join.node])
+	}
 	chunks := min(uint64(64<<40)/uint64(cv.ChunkSize), placementChunksMax)
 	p.pages = make([]atomic.Pointer[[chunkPageLen]uint32], chunks/chunkPageLen+1)
 	p.sets.Store(&[][]volume.Node{})
 	for _, m := range cv.Placement {
-		if !slices.Contains(p.stale, m.Node) {
+		if !slices.Contains(p.stale, m.Node) && !p.joins(m.Node) {
 			p.all = append(p.all, nodes[m.Node])
 		}
 	}
+	if p.join != nil {
+		p.all = append(p.all, p.joinNode)
+	}
 	return p
 }
+
+// joins reports whether name is the member catching up.
+func (p *chunkPlacement) joins(name string) bool { return p.join != nil && p.join.node == name }
 
 // nameOf returns the name of a node of the placement that is not stale.
 func (p *chunkPlacement) nameOf(nd volume.Node) (string, bool) {
@@ -505,20 +525,27 @@ func (p *chunkPlacement) Replicas(chunk uint64) []volume.Node {
 func (p *chunkPlacement) intern(chunk uint64) uint32 {
 	names := p.placer.Replicas(chunk, p.replicasBuf[:0])
 	p.replicasBuf = names
-	if len(p.stale) > 0 {
+	joins := p.join != nil && slices.Contains(names, p.join.node)
+	if len(p.stale) > 0 || joins {
 		// The catalog keeps a replica of every chunk out of the stale list.
-		names = slices.DeleteFunc(names, func(n string) bool { return slices.Contains(p.stale, n) })
+		names = slices.DeleteFunc(names, func(n string) bool { return slices.Contains(p.stale, n) || p.joins(n) })
 	}
 	if i := slices.Index(names, p.local); i > 0 {
 		names[0], names[i] = names[i], names[0]
 	}
 	key := strings.Join(names, "\x00")
+	if joins {
+		key += "\x01" // and the joining member, last
+	}
 	if i, ok := p.setIndex[key]; ok {
 		return i
 	}
-	set := make([]volume.Node, len(names))
+	set := make([]volume.Node, len(names), len(names)+1)
 	for i, n := range names {
 		set[i] = p.nodes[n]
+	}
+	if joins {
+		set = append(set, p.joinNode)
 	}
 	sets := append(slices.Clone(*p.sets.Load()), set)
 	p.sets.Store(&sets)

@@ -67,6 +67,8 @@ type daemon struct {
 	snapshotResults *prometheus.CounterVec // snapshots this node coordinated, by outcome
 	peers           peers                  // clients of other storage nodes
 	rpcMetrics      *rpcMetrics            // of the calls to them
+	catchupRuns     *prometheus.CounterVec // replica catch-ups this target ran, by result
+	catchupBytes    prometheus.Counter     // version record bytes they copied
 	forwardClient   *http.Client           // carries catalog changes to the leader
 	gossipTiming    membership.Timing
 
@@ -98,6 +100,12 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	d := &daemon{cfg: cfg, log: log, start: time.Now(), latency: latency, gossipTiming: gossipTiming}
 	d.mu.vols = map[string]*volume.Volume{}
 	d.rpcMetrics = newRPCMetrics()
+	d.catchupRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "cairn_replica_catchup_runs_total", Help: "Replica catch-ups this target ran, by result (included, failed).",
+	}, []string{"result"})
+	d.catchupBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "cairn_replica_catchup_bytes_total", Help: "Bytes of block versions replica catch-ups copied (records and data).",
+	})
 	d.mu.failovers = map[string]*replicaFailover{}
 	d.mu.snaps = map[string]*volume.Volume{}
 	d.lin.init()
@@ -207,7 +215,7 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 	d.snapshotResults = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "cairn_snapshots_total", Help: "Snapshots this node coordinated, by outcome (sealed or the failure reason); abandoned: pending snapshots of dead coordinators this node failed as the catalog leader.",
 	}, []string{"outcome"})
-	reg.MustRegister(d.holdSeconds, d.holdsEnded, d.snapshotResults)
+	reg.MustRegister(d.holdSeconds, d.holdsEnded, d.snapshotResults, d.catchupRuns, d.catchupBytes)
 	reg.MustRegister(d.rpcMetrics.collectors()...)
 	reg.MustRegister(d.lin.collectors()...)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &volumeCollector{d: d}, &daemonCollector{d: d})
@@ -425,7 +433,7 @@ func (d *daemon) reconcile(ctx context.Context) error {
 	}
 	var gone []removal
 	var add []string
-	var degraded []*replicaFailover
+	var degraded, stopped []*replicaFailover
 	d.mu.Lock()
 	for name, v := range d.mu.vols {
 		if cv, ok := want[name]; ok && cv.ID == v.ID() && cv.Generation == v.Generation() {
@@ -436,6 +444,9 @@ func (d *daemon) reconcile(ctx context.Context) error {
 			continue
 		}
 		delete(d.mu.vols, name) // no new lookups find it
+		if fo := d.mu.failovers[name]; fo != nil {
+			stopped = append(stopped, fo)
+		}
 		delete(d.mu.failovers, name)
 		gone = append(gone, removal{name, v})
 	}
@@ -447,6 +458,9 @@ func (d *daemon) reconcile(ctx context.Context) error {
 	d.mu.Unlock()
 
 	var errs []error
+	for _, fo := range stopped {
+		fo.stop() // its catch-up ends before the volume closes
+	}
 	for _, fo := range degraded {
 		// A replica another process took out (or one that caught up).
 		errs = append(errs, fo.update(want[fo.name]))
@@ -513,6 +527,7 @@ func (d *daemon) attach(ctx context.Context, cv cluster.Volume) error {
 	}
 	if fo != nil {
 		fo.v = v // before anyone can reach the volume
+		fo.start()
 	}
 	d.mu.Lock()
 	d.mu.vols[cv.Name] = v
@@ -574,9 +589,12 @@ func (d *daemon) Close() error {
 			errs = append(errs, d.iscsi.Close())
 		}
 		d.mu.Lock()
-		vols, snaps := d.mu.vols, d.mu.snaps
-		d.mu.vols, d.mu.snaps = map[string]*volume.Volume{}, map[string]*volume.Volume{}
+		vols, snaps, fos := d.mu.vols, d.mu.snaps, d.mu.failovers
+		d.mu.vols, d.mu.snaps, d.mu.failovers = map[string]*volume.Volume{}, map[string]*volume.Volume{}, map[string]*replicaFailover{}
 		d.mu.Unlock()
+		for _, fo := range fos {
+			fo.stop()
+		}
 		for _, m := range []map[string]*volume.Volume{snaps, vols} {
 			for _, v := range m {
 				errs = append(errs, v.Close())

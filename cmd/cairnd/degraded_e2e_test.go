@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -31,9 +32,18 @@ import (
 // stale, `volume show` says the volume is degraded, and the two replicas
 // left hold exactly what the target serves — read from each node's store
 // over the node RPC.
+//
+// Then the victim catches up: more writes and trims while it is down,
+// then it restarts, and while fio goes on writing (and verifying) and
+// trims go on elsewhere, the target forwards the new writes to it and
+// copies what it missed from the others (a snapshot is taken meanwhile);
+// it leaves the stale list, and all three replicas hold, block for block,
+// what the target serves, live and at the snapshot's epoch.
 func TestDegraded(t *testing.T) {
-	need(t, "nbdcopy", "fio")
-	procs := startCluster(t)
+	need(t, "nbdcopy", "fio", "qemu-io")
+	// The catch-up copies about 60 MiB: at 8 MiB/s it runs for several of
+	// the fio passes that go on under it.
+	procs := startClusterWith(t, func(string) string { return "catchup_rate = \"8MiB\"\n" }, "")
 	n1 := procs[0]
 	victim, vname := procs[2], "node3"
 	var st struct {
@@ -137,27 +147,7 @@ func TestDegraded(t *testing.T) {
 	if err != nil || !bytes.Equal(served[:len(base)], base) {
 		t.Fatalf("dvol's first 16 MiB are not what nbdcopy wrote before the kill (%v)", err)
 	}
-	buf := make([]byte, 1<<20)
-	for _, n := range nodeList {
-		if n.Name == vname {
-			continue
-		}
-		c, err := wire.NewClient(n.Addr, wire.ClientOptions{Name: "test"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		for off := 0; off < 64<<20; off += len(buf) {
-			if err := c.Read(ctx, id, uint64(off/store.BlockSize), buf, 1<<63); err != nil {
-				t.Fatalf("%s: read its replica at %d: %v", n.Name, off, err)
-			}
-			if !bytes.Equal(buf, served[off:off+len(buf)]) {
-				t.Fatalf("%s: its replica of MiB %d differs from what the target serves", n.Name, off>>20)
-			}
-		}
-		cancel()
-		c.Close()
-	}
+	checkReplicas(t, nodeList, id, served[:64<<20], 1<<63, vname)
 
 	// The survivors report what their stores hold: at least the 16 MiB
 	// copied in and the 32 MiB fio wrote, on a filesystem at least as big.
@@ -188,5 +178,172 @@ func TestDegraded(t *testing.T) {
 	count := regexp.MustCompile(`(?m)^cairn_node_rpc_seconds_count\{node="` + peer + `",op="write"\} (\d+)$`).FindSubmatch(body)
 	if count == nil || string(count[1]) == "0" || !bytes.Contains(body, []byte(`cairn_node_rpc_in_flight{node="`+peer+`"} 0`)) {
 		t.Fatalf("node1's metrics of its RPC calls to %s: write count %q\n%s", peer, count, body)
+	}
+
+	catchUp(t, n1, victim, vname, id)
+}
+
+// catchUp is TestDegraded's second part: vname (victim's node), stale in
+// dvol (id) served by n1, misses writes, zeroes and trims (a range record
+// and per-block points), restarts, and catches up under fio and trims;
+// then every node's replica is read over the node RPC and compared with
+// what the target serves, and with what was written.
+func catchUp(t *testing.T, n1, victim *proc, vname string, id uint64) {
+	// Missed while down: a pattern, a 4 MiB trim (a range record), a
+	// 64 KiB trim (per-block zero points), write-zeroes over a fio block.
+	out := sh(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 16M 4M", "-c", "discard 17M 2M", "-c", "discard 20M 64k",
+		"-c", "write -z 40M 1M", "-c", "write -P 0x6b 120M 1M", n1.uri("dvol"))
+	if strings.Contains(out, "error") {
+		t.Fatalf("qemu-io on the degraded volume: %s", out)
+	}
+
+	// fio writes and verifies 8 MiB at a time at 64 MiB on, again and
+	// again, and trims go on at 96 MiB, until the victim is back in service.
+	host, port, _ := net.SplitHostPort(n1.nbd)
+	stop := make(chan struct{})
+	loopDone := make(chan error, 1)
+	var passes int
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				loopDone <- nil
+				return
+			default:
+			}
+			off := 64<<20 + (i%4)*(8<<20)
+			fio := exec.Command("fio", "--name=catchup", "--ioengine=nbd", "--uri=nbd://"+host+":"+port+"/dvol",
+				"--rw=randwrite", "--bs=4k", "--iodepth=8", "--size=8M", fmt.Sprintf("--offset=%d", off), "--rate_iops=1500",
+				"--verify=crc32c", "--verify_state_save=0", "--verify_fatal=1", "--do_verify=1", "--output-format=terse")
+			if o, err := fio.CombinedOutput(); err != nil || strings.Contains(string(o), "verify: bad") {
+				loopDone <- fmt.Errorf("fio pass %d at %d MiB: %v\n%s", i, off>>20, err, o)
+				return
+			}
+			trim := fmt.Sprintf("discard %d %d", 96<<20+(i%8)<<20, 512<<10)
+			if o, err := shErr("qemu-io", "-f", "raw", "-c", trim, "-c", fmt.Sprintf("write -P 0x%02x %d 64k", 0x20+i%64, 97<<20+(i%8)<<20), n1.uri("dvol")); err != nil || strings.Contains(o, "error") {
+				loopDone <- fmt.Errorf("trim pass %d: %v\n%s", i, err, o)
+				return
+			}
+			passes++
+		}
+	}()
+	victim.run()
+	// A snapshot while the copy runs (and fio writes): once included, the
+	// victim's replica holds it as the others do.
+	waitFor(t, n1, "the catch-up copying", func() bool { return strings.Contains(n1.logs(), "replica catch-up started") })
+	if _, se, code := n1.cli("snapshot", "create", "dvol", "--name", "mid"); code != 0 {
+		t.Fatalf("snapshot during the catch-up: %s", se)
+	}
+	var snap struct {
+		Epoch uint64 `json:"epoch"`
+	}
+	if so, se, code := n1.cli("--json", "snapshot", "show", "mid"); code != 0 || json.Unmarshal([]byte(so), &snap) != nil || snap.Epoch == 0 {
+		t.Fatalf("snapshot show mid: %s%s", so, se)
+	}
+	waitFor(t, n1, vname+" caught up and out of the stale list", func() bool {
+		var v struct {
+			Stale []string `json:"stale"`
+		}
+		select {
+		case err := <-loopDone:
+			t.Fatalf("writes under the catch-up: %v\n%s", err, lastLines(n1.logs(), 30))
+		default:
+		}
+		so, _, code := n1.cli("--json", "volume", "show", "dvol")
+		return code == 0 && json.Unmarshal([]byte(so), &v) == nil && len(v.Stale) == 0
+	})
+	close(stop)
+	if err := <-loopDone; err != nil {
+		t.Fatalf("writes under the catch-up: %v\n%s", err, lastLines(n1.logs(), 30))
+	}
+	t.Logf("%s caught up under %d fio passes", vname, passes)
+	var shown struct {
+		CatchUp struct {
+			Node         string `json:"node"`
+			ChunksCopied uint64 `json:"chunks_copied"`
+			ChunksTotal  uint64 `json:"chunks_total"`
+			Running      bool   `json:"running"`
+		} `json:"catch_up"`
+	}
+	if so, se, code := n1.cli("--json", "volume", "show", "dvol"); code != 0 || json.Unmarshal([]byte(so), &shown) != nil ||
+		shown.CatchUp.Node != vname || shown.CatchUp.ChunksTotal != 128 || shown.CatchUp.ChunksCopied != 128 || shown.CatchUp.Running {
+		t.Fatalf("volume show after the catch-up: %+v\n%s%s", shown, so, se)
+	}
+	if so, _, _ := n1.cli("volume", "show", "dvol"); !strings.Contains(so, "128 of 128 chunks copied (done)") {
+		t.Fatalf("volume show does not show the catch-up:\n%s", so)
+	}
+	if !strings.Contains(n1.logs(), "replica caught up and back in service") {
+		t.Fatalf("node1 did not log the catch-up\n%s", lastLines(n1.logs(), 30))
+	}
+	resp, err := http.Get("http://" + n1.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	copied := regexp.MustCompile(`(?m)^cairn_replica_catchup_chunks_copied\{node="` + vname + `",volume="dvol"\} (\d+)$`).FindSubmatch(body)
+	total := regexp.MustCompile(`(?m)^cairn_replica_catchup_chunks_total\{node="` + vname + `",volume="dvol"\} (\d+)$`).FindSubmatch(body)
+	if copied == nil || total == nil || string(copied[1]) != string(total[1]) || string(total[1]) != "128" ||
+		!bytes.Contains(body, []byte(`cairn_replica_catchup_runs_total{result="included"} 1`)) {
+		t.Fatalf("catch-up metrics: copied %q of %q chunks\n%s", copied, total, body)
+	}
+
+	// Every replica, the victim's too, holds what the target serves, which
+	// is what was written where nothing wrote after.
+	dir := t.TempDir()
+	out2 := filepath.Join(dir, "out")
+	sh(t, "nbdcopy", n1.uri("dvol"), out2)
+	served, err := os.ReadFile(out2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []struct {
+		off, n int
+		b      byte
+	}{{16 << 20, 1 << 20, 0x5a}, {17 << 20, 2 << 20, 0}, {19 << 20, 1 << 20, 0x5a}, {20 << 20, 64 << 10, 0}, {40 << 20, 1 << 20, 0}, {120 << 20, 1 << 20, 0x6b}} {
+		if !bytes.Equal(served[r.off:r.off+r.n], bytes.Repeat([]byte{r.b}, r.n)) {
+			t.Fatalf("dvol at %d MiB +%d does not read %#x", r.off>>20, r.n, r.b)
+		}
+	}
+	checkReplicas(t, nodes(t, n1), id, served, 1<<63, "")
+	waitFor(t, n1, "snapshot mid sealed", func() bool {
+		so, _, code := n1.cli("snapshot", "show", "mid")
+		return code == 0 && strings.Contains(so, "sealed")
+	})
+	sh(t, "nbdcopy", n1.uri("dvol@mid"), out2)
+	if served, err = os.ReadFile(out2); err != nil {
+		t.Fatal(err)
+	}
+	checkReplicas(t, nodes(t, n1), id, served, snap.Epoch, "")
+}
+
+// checkReplicas reads every node's replica of volume id (all its chunks:
+// the volume has a replica of each on every node) at epoch over the node
+// RPC and compares it, block for block, with want; skip names a node left
+// out.
+func checkReplicas(t *testing.T, ns []nodeView, id uint64, want []byte, epoch uint64, skip string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	for _, n := range ns {
+		if n.Name == skip {
+			continue
+		}
+		c, err := wire.NewClient(n.Addr, wire.ClientOptions{Name: "test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		for off := 0; off < len(want); off += len(buf) {
+			if err := c.Read(ctx, id, uint64(off/store.BlockSize), buf, epoch); err != nil {
+				t.Fatalf("%s: read its replica at %d: %v", n.Name, off, err)
+			}
+			for b := 0; b < len(buf); b += store.BlockSize {
+				if !bytes.Equal(buf[b:b+store.BlockSize], want[off+b:off+b+store.BlockSize]) {
+					t.Fatalf("%s: its replica of block %d at epoch %d differs from what the target serves", n.Name, (off+b)/store.BlockSize, epoch)
+				}
+			}
+		}
+		cancel()
+		c.Close()
 	}
 }

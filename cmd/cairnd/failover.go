@@ -27,6 +27,14 @@ type replicaFailover struct {
 	mu       sync.Mutex
 	pl       *chunkPlacement       // the volume's placement now
 	inflight map[string]*exclusion // by node name: one catalog change per node
+	cu       *catchup              // the catch-up running, if any (catchup.go)
+	last     *catchup              // the last catch-up that began copying
+
+	// sup is the catch-up supervisor (catchup.go).
+	sup struct {
+		cancel context.CancelFunc
+		wg     sync.WaitGroup
+	}
 }
 
 // exclusion is one node's trip to the catalog; others failing on the same
@@ -44,8 +52,17 @@ func newReplicaFailover(d *daemon, cv cluster.Volume, pl *chunkPlacement) *repli
 
 // Exclude implements volume.Failover.
 func (f *replicaFailover) Exclude(ctx context.Context, nd volume.Node, cause error) error {
+	if cu, ok := catchupOf(nd); ok && cu.veto() {
+		// A replica catching up failed a forwarded call during its
+		// include: the include will not count, the write stands.
+		f.d.log.Warn("replica catching up failed a write during its include: it stays stale", "volume", f.name, "node", cu.node, "cause", cause)
+		return nil
+	}
 	f.mu.Lock()
 	name, ok := f.pl.nameOf(nd)
+	if cu, isJoining := catchupOf(nd); isJoining {
+		name, ok = cu.node, true // after its include: taken out as any replica
+	}
 	if !ok {
 		// Not in the placement any more: taken out meanwhile.
 		f.mu.Unlock()
@@ -112,10 +129,21 @@ func (f *replicaFailover) excludeRetrying(ctx context.Context, name string) (clu
 func (f *replicaFailover) update(cv cluster.Volume) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if slices.Equal(cv.Stale, f.pl.stale) {
+	return f.rebuildLocked(cv)
+}
+
+// rebuildLocked replaces the volume's placement when cv's stale list or
+// the replica catching up (f.cu, a joining member of its chunks' sets)
+// differ from the placement in use. The caller holds f.mu.
+func (f *replicaFailover) rebuildLocked(cv cluster.Volume) error {
+	var join *catchup
+	if f.cu != nil && slices.ContainsFunc(cv.Placement, func(m cluster.Member) bool { return m.Node == f.cu.node }) {
+		join = f.cu
+	}
+	if slices.Equal(cv.Stale, f.pl.stale) && join == f.pl.join {
 		return nil
 	}
-	p, err := f.d.placement(cv)
+	p, err := f.d.placementWith(cv, join)
 	if err != nil {
 		return fmt.Errorf("volume %q: placement without stale replicas %v: %w", f.name, cv.Stale, err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"cairn/backend/store"
 	"cairn/backend/volume"
+	"cairn/backend/wire"
 )
 
 // Errors of the fence, as a storage node answers them.
@@ -141,6 +142,12 @@ func (f *fence) hold(id uint64) (release func(), err error) {
 }
 
 func (f *fence) admitWrite(id uint64, st store.Stamp) (*fenceVol, error) {
+	return f.admitGen(id, volume.SeqGeneration(st.Seq))
+}
+
+// admitGen admits a call on behalf of a target of attachment generation
+// gen; on success the caller must RUnlock the result.
+func (f *fence) admitGen(id, gen uint64) (*fenceVol, error) {
 	v := f.vol(id, true)
 	if v == nil {
 		return nil, fmt.Errorf("volume %d: %w: %w", id, errFenceFull, store.ErrInvalid)
@@ -150,10 +157,10 @@ func (f *fence) admitWrite(id uint64, st store.Stamp) (*fenceVol, error) {
 	case v.dropped:
 		v.RUnlock()
 		return nil, fmt.Errorf("volume %d: %w: %w", id, errDropped, store.ErrInvalid)
-	case volume.SeqGeneration(st.Seq) < v.gen:
+	case gen < v.gen:
 		g := v.gen
 		v.RUnlock()
-		return nil, fmt.Errorf("volume %d: generation %d < %d: %w: %w", id, volume.SeqGeneration(st.Seq), g, errStaleGeneration, store.ErrInvalid)
+		return nil, fmt.Errorf("volume %d: generation %d < %d: %w: %w", id, gen, g, errStaleGeneration, store.ErrInvalid)
 	}
 	return v, nil
 }
@@ -205,4 +212,36 @@ func (f *fence) Changed(ctx context.Context, vol, block, n, from, to uint64, fn 
 		defer v.RUnlock()
 	}
 	return c.Changed(ctx, vol, block, n, from, to, fn)
+}
+
+var (
+	_ wire.Versioner = (*fence)(nil)
+	_ wire.Fencer    = (*fence)(nil)
+)
+
+// AdmitGeneration implements wire.Fencer: a replica catch-up's copies
+// carry the stamps of the writes they copy, older attachments' too, so
+// they are admitted by the generation of the target that sends them.
+func (f *fence) AdmitGeneration(vol, gen uint64) (release func(), err error) {
+	v, err := f.admitGen(vol, gen)
+	if err != nil {
+		return nil, err
+	}
+	return v.RUnlock, nil
+}
+
+// VersionsSince implements wire.Versioner over the store.
+func (f *fence) VersionsSince(ctx context.Context, vol, block, n, seqMin uint64, fn func(b uint64, vs []store.Version) bool) (uint64, error) {
+	if v := f.vol(vol, true); v != nil {
+		v.RLock()
+		defer v.RUnlock()
+	}
+	return f.store.VersionsSince(ctx, vol, block, n, seqMin, fn)
+}
+
+// Apply implements wire.Versioner over the store. It is called only
+// inside AdmitGeneration, which holds the volume (so it takes no lock of
+// its own: a read lock taken twice could wait behind a drop).
+func (f *fence) Apply(ctx context.Context, vol uint64, ver store.Version, sync bool) error {
+	return f.store.Apply(ctx, vol, ver, sync)
 }

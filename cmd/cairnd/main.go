@@ -5,6 +5,11 @@
 // HTTP/JSON API (and /metrics) beside them, until SIGINT or SIGTERM.
 //
 //	cairnd --config configs/single.toml [--data-dir DIR] [--nbd-listen ADDR] [--admin-listen ADDR] [--raft-bind ADDR]
+//
+// A replicated volume's target takes a replica that failed a write out of
+// the volume (failover.go) and catches it up once it is back
+// (catchup.go, which holds the argument for why the copy is correct
+// under new writes and snapshots).
 package main
 
 import (

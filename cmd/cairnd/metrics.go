@@ -8,16 +8,19 @@ import (
 type volumeCollector struct{ d *daemon }
 
 var (
-	volOpsDesc    = prometheus.NewDesc("cairn_volume_ops_total", "Requests a volume served, by operation.", []string{"volume", "op"}, nil)
-	volBytesDesc  = prometheus.NewDesc("cairn_volume_bytes_total", "Bytes a volume served, by operation.", []string{"volume", "op"}, nil)
-	volErrorsDesc = prometheus.NewDesc("cairn_volume_errors_total", "Requests a volume failed.", []string{"volume"}, nil)
-	volSizeDesc   = prometheus.NewDesc("cairn_volume_size_bytes", "Size of a volume.", []string{"volume"}, nil)
-	nbdConnsDesc  = prometheus.NewDesc("cairn_nbd_connections", "Live NBD connections per export.", []string{"volume"}, nil)
-	iscsiSessDesc = prometheus.NewDesc("cairn_iscsi_sessions", "Live iSCSI sessions per target.", []string{"volume"}, nil)
+	volOpsDesc        = prometheus.NewDesc("cairn_volume_ops_total", "Requests a volume served, by operation.", []string{"volume", "op"}, nil)
+	volBytesDesc      = prometheus.NewDesc("cairn_volume_bytes_total", "Bytes a volume served, by operation.", []string{"volume", "op"}, nil)
+	volErrorsDesc     = prometheus.NewDesc("cairn_volume_errors_total", "Requests a volume failed.", []string{"volume"}, nil)
+	volSizeDesc       = prometheus.NewDesc("cairn_volume_size_bytes", "Size of a volume.", []string{"volume"}, nil)
+	nbdConnsDesc      = prometheus.NewDesc("cairn_nbd_connections", "Live NBD connections per export.", []string{"volume"}, nil)
+	iscsiSessDesc     = prometheus.NewDesc("cairn_iscsi_sessions", "Live iSCSI sessions per target.", []string{"volume"}, nil)
+	catchupCopiedDesc = prometheus.NewDesc("cairn_replica_catchup_chunks_copied", "Chunks the running (or last) catch-up of a stale replica copied.", []string{"volume", "node"}, nil)
+	catchupTotalDesc  = prometheus.NewDesc("cairn_replica_catchup_chunks_total", "Chunks the running (or last) catch-up of a stale replica has to copy.", []string{"volume", "node"}, nil)
+	catchupActiveDesc = prometheus.NewDesc("cairn_replica_catchup_running", "1 while a catch-up of a stale replica runs.", []string{"volume", "node"}, nil)
 )
 
 func (c *volumeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{volOpsDesc, volBytesDesc, volErrorsDesc, volSizeDesc, nbdConnsDesc, iscsiSessDesc} {
+	for _, d := range []*prometheus.Desc{volOpsDesc, volBytesDesc, volErrorsDesc, volSizeDesc, nbdConnsDesc, iscsiSessDesc, catchupCopiedDesc, catchupTotalDesc, catchupActiveDesc} {
 		ch <- d
 	}
 }
@@ -41,6 +44,17 @@ func (c *volumeCollector) Collect(ch chan<- prometheus.Metric) {
 		n, i := c.d.sessions(name)
 		ch <- prometheus.MustNewConstMetric(nbdConnsDesc, prometheus.GaugeValue, float64(n), name)
 		ch <- prometheus.MustNewConstMetric(iscsiSessDesc, prometheus.GaugeValue, float64(i), name)
+		if fo := c.d.mu.failovers[name]; fo != nil {
+			if p, ok := fo.progress(); ok {
+				running := 0.0
+				if p.running {
+					running = 1
+				}
+				ch <- prometheus.MustNewConstMetric(catchupCopiedDesc, prometheus.GaugeValue, float64(p.copied), name, p.node)
+				ch <- prometheus.MustNewConstMetric(catchupTotalDesc, prometheus.GaugeValue, float64(p.total), name, p.node)
+				ch <- prometheus.MustNewConstMetric(catchupActiveDesc, prometheus.GaugeValue, running, name, p.node)
+			}
+		}
 	}
 }
 
