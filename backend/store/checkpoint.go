@@ -213,11 +213,6 @@ func (s *Store) logGrew(n int64) bool {
 func (s *Store) reap() error {
 	s.cleanMu.Lock()
 	defer s.cleanMu.Unlock()
-	return s.reapLocked()
-}
-
-// reapLocked is reap for a caller holding cleanMu (a cleaning pass).
-func (s *Store) reapLocked() error {
 	s.ck.Lock()
 	defer s.ck.Unlock()
 	n, bytes, err := s.seg.reap(func() func() {

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
@@ -25,8 +26,14 @@ var (
 // per seed. Segments are
 // small (so records span rolls) and a goroutine runs the cleaner and
 // checkpoints (which delete dead segments) throughout, so the crash also
-// lands mid-record, mid-roll, mid-cleaning and mid-checkpoint.
+// lands mid-record, mid-roll, mid-cleaning and mid-checkpoint. The
+// store's own cleaner goroutine runs too, looking every few milliseconds,
+// so that its busy and idle passes (whose emptied segments are reaped, not
+// checkpointed) are crashed into as well.
 func TestCrash(t *testing.T) {
+	old := cleanInterval
+	cleanInterval = 2 * time.Millisecond
+	defer func() { cleanInterval = old }()
 	n := *crashSeeds
 	if n == 0 {
 		n = 24

@@ -66,7 +66,7 @@
 //     file system fills), throttled; once the store is idle, until the
 //     segments hold at most 1.15 times the live data. After issue 9's
 //     aging run (1 GiB filled, then 3 GiB of 4 KiB random overwrites) the
-//     store's directory takes 1.19 times the live data on disk
+//     store's directory takes 1.2 times the live data on disk
 //     (`CAIRN_STORE_AGING_BYTES=1G go test ./backend/store -run
 //     TestAgingSpace -v`; make test runs it at 64 MiB). See Store.Zero
 //     for the contract this puts on callers.
