@@ -473,6 +473,9 @@ func (s *Store) cleanSegment(sg *segment, p cleanPolicy, fg int64, t *cleanTimer
 			t.slept += d
 		}
 	}
+	// Its CPU is counted before it is: a reader of Stats that sees the
+	// segment cleaned sees what it cost.
+	s.cl.cpu.Add(int64(t.cpu()))
 	s.stats.segmentsCleaned.Add(1)
 	s.log.Debug("segment cleaned", "segment", segName(sg.id), "bytes_copied", copied, "took", time.Since(start))
 	return copied, appended, false, nil
