@@ -316,8 +316,13 @@ func (s *Store) cleanPass(p cleanPolicy) (cleaned int, copied int64, err error) 
 	t := cleanTimer{pass: now, start: now}
 	t.cpu0, t.cpuOK = threadCPU()
 	fg := s.foreground()
-	active := s.seg.end().seg
 	total, live := s.spaceBytes()
+	if p.ratio > 0 && float64(total) > p.ratio*float64(live) {
+		if err := s.sealActive(p.limit); err != nil {
+			return 0, 0, err
+		}
+	}
+	active := s.seg.end().seg
 	tried := map[uint32]bool{}
 	var emptied []*segment // not yet deleted
 	var pending int64      // their bytes
@@ -385,6 +390,28 @@ func (s *Store) cleanDelete(emptied []*segment, sync bool) error {
 		default:
 		}
 		return nil
+	}
+	return nil
+}
+
+// sealActive seals the active segment when it holds at least an eighth
+// of a segment and less than limit of it is live, so that an idle pass
+// can clean it: on a store smaller than a few segments (or overwritten
+// mostly in its newest one) the waste is there. Its copies go to the next
+// segment, which holds them live, so this does not repeat.
+func (s *Store) sealActive(limit float64) error {
+	l := s.seg
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	a := l.active
+	if a == nil || l.off < l.segBytes/8 {
+		return nil
+	}
+	if u, _ := liveFraction(a); u >= limit {
+		return nil
+	}
+	if err := l.rollLocked(); err != nil {
+		return fmt.Errorf("clean: seal segment %s: %w", segName(a.id), s.ioErr(err))
 	}
 	return nil
 }
