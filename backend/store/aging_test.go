@@ -151,9 +151,9 @@ func TestAgingSpace(t *testing.T) {
 	t.Logf("aged %d MiB (%d MiB written) in %v: segments %d MiB for %d MiB live (%.3fx), disk %d MiB (%.3fx); cleaner copied %d MiB during aging (%.3f bytes per byte written)",
 		size>>20, int64(written)>>20, agingTook.Round(time.Millisecond), aged.SegmentBytes>>20, aged.LiveBytes>>20, float64(aged.SegmentBytes)/float64(aged.LiveBytes),
 		agedDisk>>20, float64(agedDisk)/float64(aged.LiveBytes), (aged.CleanerBytes-filled.CleanerBytes)>>20, float64(aged.CleanerBytes-filled.CleanerBytes)/written)
-	t.Logf("settled in %v: segments %d MiB (%.3fx), disk %d MiB (%.3fx; %d MiB of it WAL files); cleaner copied %d MiB in all (%.3f bytes per byte written), %d segments cleaned, %.2fs of cleaner CPU",
+	t.Logf("settled in %v: segments %d MiB (%.3fx), disk %d MiB (%.3fx; %d MiB of it WAL files); cleaner copied %d MiB in all (%.3f bytes per byte written), %d segments cleaned, %.2fs of cleaner CPU (%.0f%% of a core over the run)",
 		time.Since(settleStart).Round(time.Millisecond), st.SegmentBytes>>20, float64(st.SegmentBytes)/float64(st.LiveBytes), disk>>20, float64(disk)/float64(st.LiveBytes), wal>>20,
-		st.CleanerBytes>>20, float64(st.CleanerBytes)/written, st.SegmentsCleaned, st.CleanerCPU.Seconds())
+		st.CleanerBytes>>20, float64(st.CleanerBytes)/written, st.SegmentsCleaned, st.CleanerCPU.Seconds(), 100*st.CleanerCPU.Seconds()/time.Since(start).Seconds())
 	if st.LiveBytes != size {
 		t.Fatalf("live bytes %d, want %d", st.LiveBytes, size)
 	}
