@@ -55,7 +55,7 @@ import (
 // are at most cleanIdleRatio times the live bytes, at
 // cleanIdleBytesPerSec, and it stops at the first foreground append. Busy,
 // the write amplification stays that of a 50% threshold (at most one byte
-// copied per byte freed; in TestAgingSpace at 1 GiB, 0.44 to 0.46 bytes
+// copied per byte freed; in TestAgingSpace at 1 GiB, 0.44 to 0.51 bytes
 // copied per byte written while aging, 0.48 to 0.55 with the idle
 // compaction after it); idle, the space comes down to the target once.
 // Under writes at the speed of the page cache the throttled cleaner falls
