@@ -67,7 +67,9 @@ import (
 // bytes read (headers and blocks), bytes appended, blocks copied, segments
 // emptied, and the CPU time of the passes, measured with
 // getrusage(RUSAGE_THREAD) around the pass with the goroutine locked to its
-// thread. That is exactly the cleaner's: the thread runs nothing else
+// thread. That is the cleaner's, to a scheduler tick (the kernel brings
+// a running thread's time up to date at ticks and switches; the sum of
+// the deltas loses nothing, it lags): the thread runs nothing else
 // meanwhile, the time it sleeps throttled or waits for a lock or the disk
 // is not counted, and the system time of its reads and writes is (wall
 // time in the loop would mix work with waiting, on 2 shared cores mostly
