@@ -493,7 +493,7 @@ func (s *Store) cleanSegment(sg *segment, p cleanPolicy, fg int64, t *cleanTimer
 			continue
 		}
 		// Throttle: at most p.rate on average over the pass.
-		want := time.Duration((passCopied + copied) * int64(time.Second) / p.rate)
+		want := time.Duration(float64(passCopied+copied) / float64(p.rate) * float64(time.Second))
 		if d := want - time.Since(t.pass); d > 0 {
 			select {
 			case <-s.done:
