@@ -55,11 +55,11 @@ import (
 // are at most cleanIdleRatio times the live bytes, at
 // cleanIdleBytesPerSec, and it stops at the first foreground append. Busy,
 // the write amplification stays that of a 50% threshold (at most one byte
-// copied per byte freed; in TestAgingSpace at 1 GiB, 0.44 to 0.51 bytes
+// copied per byte freed; in TestAgingSpace at 1 GiB, 0.44 to 0.52 bytes
 // copied per byte written while aging, 0.48 to 0.55 with the idle
 // compaction after it); idle, the space comes down to the target once.
 // Under writes at the speed of the page cache the throttled cleaner falls
-// behind (the same run has the segments at 2.3 to 3.2 times the live data
+// behind (the same run has the segments at 2.3 to 4.3 times the live data
 // when the writes stop) until pressure speeds it up: the foreground goes
 // first.
 //
