@@ -120,7 +120,12 @@ type Stats struct {
 	LowSpace         bool   // writes fail with ErrNoSpace (see Options.ReserveBytes)
 	CleanerBytes     uint64 // bytes of live blocks the cleaner copied
 	SegmentsCleaned  uint64 // segments the cleaner emptied
-	FlattenedBlocks  uint64 // blocks Flatten copied from parents
+	// The cleaner's cost (cleaner.go): bytes it read (record headers and
+	// blocks), bytes of copy records it appended, CPU time of its passes.
+	CleanerReadBytes     uint64
+	CleanerAppendedBytes uint64
+	CleanerCPU           time.Duration
+	FlattenedBlocks      uint64 // blocks Flatten copied from parents
 	// GC (gc.go): passes run, versions dropped, and bytes of block data
 	// they held (no longer live; the cleaner and the checkpoint give the
 	// space back, counted in BytesReclaimed).
@@ -144,7 +149,11 @@ func (s *Store) Stats() Stats {
 		LowSpace:         s.space.low.Load(),
 		CleanerBytes:     s.stats.cleanerBytes.Load(),
 		SegmentsCleaned:  s.stats.segmentsCleaned.Load(),
-		FlattenedBlocks:  s.stats.flattenedBlocks.Load(),
+
+		CleanerReadBytes:     uint64(s.cl.read.Load()),
+		CleanerAppendedBytes: uint64(s.cl.appended.Load()),
+		CleanerCPU:           time.Duration(s.cl.cpu.Load()),
+		FlattenedBlocks:      s.stats.flattenedBlocks.Load(),
 
 		GCPasses:          s.stats.gcPasses.Load(),
 		GCVersionsDropped: s.stats.gcVersions.Load(),
@@ -158,14 +167,13 @@ func (s *Store) Stats() Stats {
 	return st
 }
 
-// background runs checkpoints when triggered, until Close.
+// background runs checkpoints when triggered, reaps and GC, until Close
+// (the cleaner has its own goroutine, cleaner.go).
 func (s *Store) background() {
 	defer s.wg.Done()
 	t := time.NewTicker(ckInterval)
 	defer t.Stop()
 	lastAppended := s.seg.appended.Load()
-	ct := time.NewTicker(cleanInterval)
-	defer ct.Stop()
 	gt := time.NewTicker(gcInterval)
 	defer gt.Stop()
 	for {
@@ -178,24 +186,6 @@ func (s *Store) background() {
 			}
 			if _, err := s.gc(context.Background()); err != nil && !errors.Is(err, ErrClosed) {
 				s.log.Error("gc", "err", err)
-			}
-			continue
-		case <-ct.C:
-			if s.failed.Load() != nil {
-				continue
-			}
-			if s.space.low.Load() {
-				// The cleaner needs room for what it copies; punching
-				// dead blocks needs none.
-				if _, err := s.punch(); err != nil && !errors.Is(err, ErrNoSpace) {
-					s.log.Error("punch", "err", err)
-				}
-				_ = s.checkSpace(0, s.reserve) // the low state ends here if it can
-			}
-			if _, err := s.cleanPass(cleanLiveMax, s.space.low.Load()); err != nil && !errors.Is(err, ErrNoSpace) {
-				// (Out of space, the cleaner waits for a Zero to free some;
-				// the low state is logged once by checkSpace.)
-				s.log.Error("clean", "err", err)
 			}
 			continue
 		case <-s.seg.sealed:

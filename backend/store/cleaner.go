@@ -2,28 +2,104 @@ package store
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
+	"runtime"
 	"slices"
+	"sync/atomic"
 	"time"
 )
 
 // The cleaner reclaims segments whose live data fell below a fraction of
-// their size: it reads the record headers of the emptiest sealed segment
-// (the log is its own reverse map), keeps the blocks the index still
-// points at, and rewrites them sorted by (volume, block) as copy records
-// in the active segment, throttled. A copy moves a version only if the
-// index still holds that exact version (same epoch and seq): a block
-// overwritten or zeroed meanwhile stays as it is, in the live store and in
-// replay alike. The emptied segment is deleted by the next checkpoint.
+// their size: it reads the record headers of a sealed segment (the log is
+// its own reverse map), keeps the blocks the index still points at, and
+// rewrites them sorted by (volume, block) as copy records in the active
+// segment, throttled. A copy moves a version only if the index still holds
+// that exact version (same epoch and seq): a block overwritten or zeroed
+// meanwhile stays as it is, in the live store and in replay alike. So a
+// copy record depends on the record it copied from: replay applies it
+// only if the index holds that version, from pebble's copy or from
+// replaying the source. A segment the cleaner copies from is therefore
+// never reaped (it is marked meta, see segLog.reap: reaping an unsynced
+// source would make replay drop its copies, and lose writes a later Sync
+// made durable); it is deleted by the next checkpoint, whose watermark is
+// past the copies. The pass runs that checkpoint itself when space is
+// short or the store idle; otherwise, every cleanCheckpointSegments
+// segments emptied, it asks the background goroutine for one and goes on
+// copying (a checkpoint syncs the whole log, which under a stream of
+// unflushed writes is every dirty byte written since the last one).
+//
+// Which segments. Among the sealed segments with live blocks whose live
+// fraction u (live block bytes over the bytes the segment still holds on
+// disk) is below a limit, a pass takes them in cost-benefit order, as LFS
+// does: the benefit of cleaning a segment is the space it frees (1-u)
+// times how long that space is likely to stay free (its age), the cost
+// reading it and writing its live part (1+u), so the score is
+// (1-u)·age/(1+u). Age is counted in segments sealed since (ids grow with
+// the log), which needs no clock and survives a restart; a segment of the
+// cleaner's own copies is young by this count although its blocks are
+// old, which only delays it.
+//
+// How far. The cleaner's goroutine looks every cleanInterval. When
+// something other than the cleaner appended since the last look (busy),
+// it cleans the segments below a limit that rises from cleanLiveMax with
+// space pressure (the file system's free space nearing twice the reserve;
+// see spacePressure) up to cleanPressureLiveMax, at cleanBytesPerSec,
+// faster under space pressure or when the segments hold far more than the
+// live data (ratioPressure: it fell behind), in copy records of
+// cleanBusyBatchBlocks, so that the foreground writes, which wait behind
+// a copy's append, keep priority. A busy pass copies at most
+// cleanPassSegments segments' worth; the next starts at once, deciding
+// busy or idle again. When nothing else appended (idle), it compacts:
+// segments below cleanIdleLiveMax, best first, until the segment bytes
+// are at most cleanIdleRatio times the live bytes, at
+// cleanIdleBytesPerSec, and it stops at the first foreground append. Busy,
+// the write amplification stays that of a 50% threshold (at most one byte
+// copied per byte freed; in TestAgingSpace at 1 GiB, 0.44 to 0.52 bytes
+// copied per byte written while aging, 0.48 to 0.55 with the idle
+// compaction after it); idle, the space comes down to the target once.
+// Under writes at the speed of the page cache the throttled cleaner falls
+// behind (the same run has the segments at 2.3 to 4.3 times the live data
+// when the writes stop) until pressure speeds it up: the foreground goes
+// first.
+//
+// What it costs is in Stats (and cairnd's cairn_store_cleaner_* metrics):
+// bytes read (headers and blocks), bytes appended, blocks copied, segments
+// emptied, and the CPU time of the passes, measured with
+// getrusage(RUSAGE_THREAD) around the pass with the goroutine locked to its
+// thread. That is the cleaner's, to a scheduler tick (the kernel brings
+// a running thread's time up to date at ticks and switches; the sum of
+// the deltas loses nothing, it lags): the thread runs nothing else
+// meanwhile, the time it sleeps throttled or waits for a lock or the disk
+// is not counted, and the system time of its reads and writes is (wall
+// time in the loop would mix work with waiting, on 2 shared cores mostly
+// waiting). Where the thread's usage is not available, the wall-clock time
+// of the pass less its throttling sleeps is counted instead (an upper
+// bound).
 
 // Cleaner settings (variables so that tests can change them).
 var (
-	// cleanLiveMax: a sealed segment with less than this fraction of its
-	// bytes live is cleaned.
+	// cleanLiveMax: busy, with no space pressure, a sealed segment with
+	// less than this fraction of its bytes live is cleaned.
 	cleanLiveMax = 0.5
-	// cleanBytesPerSec throttles the bytes the cleaner copies.
-	cleanBytesPerSec int64 = 64 << 20
-	// cleanInterval is how often the background goroutine looks for work.
+	// cleanPressureLiveMax: the busy limit under full space pressure.
+	cleanPressureLiveMax = 0.8
+	// cleanIdleLiveMax: idle, segments below this are cleaned while the
+	// segment bytes exceed cleanIdleRatio times the live bytes. (A segment
+	// of 4 KiB writes, each with a 512-byte header, is 0.89 live when
+	// none of its blocks is dead.)
+	cleanIdleLiveMax = 0.9
+	cleanIdleRatio   = 1.15
+	// cleanBytesPerSec throttles the bytes the cleaner copies while busy
+	// (times 1 to 4 with pressure); cleanIdleBytesPerSec while idle.
+	cleanBytesPerSec     int64 = 64 << 20
+	cleanIdleBytesPerSec int64 = 256 << 20
+	// cleanBusyBatchBlocks bounds a copy record while busy (a foreground
+	// append waits for at most one such write).
+	cleanBusyBatchBlocks = 32
+	// cleanPassSegments bounds the copies of a busy pass, in segments.
+	cleanPassSegments int64 = 4
+	// cleanInterval is how often the cleaner's goroutine looks for work.
 	cleanInterval = time.Second
 )
 
@@ -34,79 +110,363 @@ type liveRef struct {
 	page uint32
 }
 
-// victim returns the segment before active with the smallest live
-// fraction below limit, or nil.
+// cleanState is the cleaner's state and counters.
+type cleanState struct {
+	// lastForeground is foreground() at the cleaner goroutine's last look
+	// (only that goroutine uses it).
+	lastForeground int64
+	// appended counts the bytes of the cleaner's copy records.
+	appended atomic.Int64
+	// read counts the bytes read (record headers and blocks); cpu the
+	// nanoseconds of CPU of the passes.
+	read, cpu atomic.Int64
+}
+
+// foreground returns the bytes appended to the log other than the
+// cleaner's copies.
+func (s *Store) foreground() int64 {
+	return s.seg.appended.Load() - s.cl.appended.Load()
+}
+
+// cleanPolicy says what a cleaning pass does.
+type cleanPolicy struct {
+	// limit: the sealed segments with a live fraction below it are
+	// candidates.
+	limit float64
+	// ratio > 0: the pass stops once the segment bytes are at most ratio
+	// times the live bytes.
+	ratio float64
+	// rate throttles the copies, in bytes per second; 0: no throttle.
+	rate int64
+	// batch is the blocks per copy record, at most copyBlocksMax.
+	batch int
+	// copyMax > 0: the pass stops once it copied this many bytes.
+	copyMax int64
+	// idle: the pass stops at the first foreground append.
+	idle bool
+	// sync: the segments emptied that a sync covered are deleted by a
+	// checkpoint at the end of the pass (which syncs the log first), not
+	// left to the next regular one.
+	sync bool
+}
+
+// busyPolicy is the pass while foreground appends go on. Space pressure
+// raises the limit and the rate; segment bytes far above the live bytes
+// (the cleaner fell behind a stream of writes, on a file system with room)
+// raise the rate only.
+func (s *Store) busyPolicy() cleanPolicy {
+	fs := s.spacePressure()
+	total, live := s.spaceBytes()
+	pr := max(fs, ratioPressure(total, live))
+	return cleanPolicy{
+		limit:   cleanLiveMax + (cleanPressureLiveMax-cleanLiveMax)*fs,
+		rate:    int64(float64(cleanBytesPerSec) * (1 + 3*pr)),
+		batch:   cleanBusyBatchBlocks,
+		copyMax: cleanPassSegments * s.seg.segBytes,
+		sync:    fs > 0,
+	}
+}
+
+// Ratio pressure: from 0 at segment bytes cleanRatioLow times the live
+// bytes to 1 at cleanRatioHigh times.
+const (
+	cleanRatioLow  = 1.5
+	cleanRatioHigh = 3
+)
+
+func ratioPressure(total, live int64) float64 {
+	if live <= 0 || total <= 0 {
+		return 0
+	}
+	r := float64(total) / float64(live)
+	return min(1, max(0, (r-cleanRatioLow)/(cleanRatioHigh-cleanRatioLow)))
+}
+
+// idlePolicy is the pass while nothing else appends.
+func (s *Store) idlePolicy() cleanPolicy {
+	return cleanPolicy{limit: cleanIdleLiveMax, ratio: cleanIdleRatio, rate: cleanIdleBytesPerSec, batch: copyBlocksMax, idle: true, sync: true}
+}
+
+// cleaner is the cleaner's goroutine, until Close: every cleanInterval,
+// while space is low it punches dead blocks out of sealed segments (the
+// cleaner needs room for what it copies; punching needs none), then it
+// cleans (cleanTick), pass after pass while a busy pass leaves work.
+func (s *Store) cleaner() {
+	defer s.wg.Done()
+	t := time.NewTicker(cleanInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		if s.failed.Load() != nil {
+			continue
+		}
+		if s.space.low.Load() {
+			if _, err := s.punch(); err != nil && !errors.Is(err, ErrNoSpace) {
+				s.log.Error("punch", "err", err)
+			}
+			_ = s.checkSpace(0, s.reserve) // the low state ends here if it can
+		}
+		for {
+			more, err := s.cleanTick()
+			if err != nil && !errors.Is(err, ErrNoSpace) {
+				// (Out of space, the cleaner waits for a Zero to free some;
+				// the low state is logged once by checkSpace.)
+				s.log.Error("clean", "err", err)
+			}
+			if !more || err != nil || s.failed.Load() != nil {
+				break
+			}
+			select {
+			case <-s.done:
+				return
+			default:
+			}
+		}
+	}
+}
+
+// cleanTick is one look for cleaning work (see the policies above). more:
+// a busy pass stopped at its bound with candidates left.
+func (s *Store) cleanTick() (more bool, err error) {
+	fg := s.foreground()
+	idle := fg == s.cl.lastForeground
+	s.cl.lastForeground = fg
+	p := s.busyPolicy()
+	if idle {
+		p = s.idlePolicy()
+	}
+	_, copied, err := s.cleanPass(p)
+	return !idle && p.copyMax > 0 && copied >= p.copyMax, err
+}
+
+// clean cleans every sealed segment below limit (a live fraction),
+// unthrottled, then checkpoints so that they are deleted. It returns the
+// bytes copied.
+func (s *Store) clean(limit float64) (copied int64, err error) {
+	_, copied, err = s.cleanPass(cleanPolicy{limit: limit, batch: copyBlocksMax, sync: true})
+	return copied, err
+}
+
+// liveFraction returns the live fraction of sg and the bytes it holds on
+// disk.
+func liveFraction(sg *segment) (u float64, size int64) {
+	size = sg.bytes.Load() - sg.punched.Load()
+	if size <= 0 {
+		return 0, 0
+	}
+	return float64(sg.live.Load()*BlockSize) / float64(size), size
+}
+
+// victim returns the segment before active with the best cost-benefit
+// score among those with live blocks and a live fraction below limit, or
+// nil.
 func (s *Store) victim(limit float64, skip map[uint32]bool, active uint32) *segment {
 	var best *segment
-	bestFrac := limit
+	bestScore := -1.0
 	for id, sg := range *s.seg.tab.Load() {
 		if id >= active || skip[id] {
 			continue
 		}
-		if !sg.synced.Load() && !s.space.low.Load() {
+		if !sg.synced.Load() && !s.space.low.Load() && s.spacePressure() == 0 {
 			// Never synced: relog or reap frees it without a sync (the
-			// cleaner's checkpoint would write it to the device).
+			// checkpoint a cleaned segment waits for would write the whole
+			// unsynced log to the device).
 			continue
 		}
-		size := sg.bytes.Load()
-		if size == 0 || sg.live.Load() == 0 {
-			continue // nothing to copy: a checkpoint deletes it
+		// A segment with no live block needs no cleaning, only a
+		// checkpoint (or a reap) to be deleted.
+		u, size := liveFraction(sg)
+		if sg.live.Load() == 0 || size == 0 || u >= limit {
+			continue
 		}
-		frac := float64(sg.live.Load()*BlockSize) / float64(size)
-		if frac < bestFrac || (frac == bestFrac && best != nil && sg.id < best.id) {
-			best, bestFrac = sg, frac
+		score := (1 - u) * float64(active-id) / (1 + u)
+		if score > bestScore || (score == bestScore && id < best.id) {
+			best, bestScore = sg, score
 		}
 	}
 	return best
 }
 
-// clean cleans segments below limit (a live fraction) until none is left
-// or done closes, then checkpoints so that they are deleted. It returns the
-// bytes copied.
-func (s *Store) clean(limit float64) (copied int64, err error) {
-	return s.cleanPass(limit, true)
+// spaceBytes returns the bytes the segments hold on disk and the live
+// bytes in them; sealed segments with no live block, which the next
+// checkpoint or reap deletes, do not count.
+func (s *Store) spaceBytes() (total, live int64) {
+	active := s.seg.end().seg
+	for id, sg := range *s.seg.tab.Load() {
+		n := sg.live.Load()
+		if n == 0 && id < active {
+			continue
+		}
+		total += sg.bytes.Load() - sg.punched.Load()
+		live += n * BlockSize
+	}
+	return total, live
 }
 
-// cleanPass is clean; without ck, the emptied segments are deleted by the
-// next checkpoint, not by one of its own: a checkpoint syncs the whole log,
-// and under overwrites most of the log not synced yet dies in memory (see
-// relog.go), so the background cleaner forces one only when space is low.
-func (s *Store) cleanPass(limit float64, ck bool) (copied int64, err error) {
+// cleanCheckpointSegments: a pass checkpoints (deleting what it emptied)
+// each time it emptied this many segments' worth of bytes, so that its
+// copies do not double the space it cleans.
+const cleanCheckpointSegments = 4
+
+// cleanPass runs one pass of policy p over the segments sealed before it
+// starts (the copies it makes are not cleaned again by it), then
+// checkpoints so that the segments it emptied are deleted. It returns the
+// segments it cleaned (emptied or stopped in) and the bytes it copied.
+func (s *Store) cleanPass(p cleanPolicy) (cleaned int, copied int64, err error) {
 	s.cleanMu.Lock()
 	defer s.cleanMu.Unlock()
-	tried := map[uint32]bool{}
-	// Only segments sealed before this pass: the copies it makes are not
-	// cleaned again by it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	now := time.Now()
+	t := cleanTimer{pass: now, start: now}
+	t.cpu0, t.cpuOK = threadCPU()
+	fg := s.foreground()
+	total, live := s.spaceBytes()
+	if p.ratio > 0 && float64(total) > p.ratio*float64(live) {
+		if err := s.sealActive(p.limit); err != nil {
+			return 0, 0, err
+		}
+	}
 	active := s.seg.end().seg
+	tried := map[uint32]bool{}
+	var emptied []*segment // not yet deleted
+	var pending int64      // their bytes
 	for {
 		select {
 		case <-s.done:
-			return copied, nil
+			return cleaned, copied, nil
 		default:
 		}
-		sg := s.victim(limit, tried, active)
+		if p.copyMax > 0 && copied >= p.copyMax || p.ratio > 0 && float64(total) <= p.ratio*float64(live) {
+			break
+		}
+		sg := s.victim(p.limit, tried, active)
 		if sg == nil {
 			break
 		}
 		tried[sg.id] = true
-		n, err := s.cleanSegment(sg)
+		_, size := liveFraction(sg)
+		n, appended, stopped, err := s.cleanSegment(sg, p, fg, &t, copied)
 		copied += n
+		total += appended
+		cleaned++
 		if err != nil {
-			return copied, err
+			s.cl.cpu.Add(int64(t.cpu()))
+			return cleaned, copied, err
+		}
+		if stopped {
+			break
+		}
+		total -= size
+		emptied = append(emptied, sg)
+		if pending += size; pending >= cleanCheckpointSegments*s.seg.segBytes {
+			pending = 0
+			if err := s.cleanDelete(emptied, p.sync); err != nil {
+				s.cl.cpu.Add(int64(t.cpu()))
+				return cleaned, copied, err
+			}
+			emptied = emptied[:0]
 		}
 	}
-	if len(tried) == 0 || !ck {
-		return copied, nil
+	s.cl.cpu.Add(int64(t.cpu()))
+	if cleaned == 0 {
+		return 0, 0, nil
 	}
-	return copied, s.checkpoint()
+	if len(emptied) == 0 {
+		// Stopped in a segment: the next pass goes on with it.
+		return cleaned, copied, nil
+	}
+	return cleaned, copied, s.cleanDelete(emptied, p.sync)
 }
 
-// cleanSegment moves the live blocks of sg to the active segment.
-func (s *Store) cleanSegment(sg *segment) (copied int64, err error) {
+// cleanDelete has the segments a pass emptied deleted by a checkpoint
+// (which syncs the copies first): with sync, now; without, it asks the
+// background goroutine for one and goes on cleaning meanwhile.
+func (s *Store) cleanDelete(emptied []*segment, sync bool) error {
+	for _, sg := range emptied {
+		if s.seg.segment(sg.id) != sg {
+			continue
+		}
+		if sync {
+			return s.checkpoint()
+		}
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+		return nil
+	}
+	return nil
+}
+
+// sealActive seals the active segment when it holds at least an eighth
+// of a segment and less than limit of it is live, so that an idle pass
+// can clean it: on a store smaller than a few segments (or overwritten
+// mostly in its newest one) the waste is there. Its copies go to the next
+// segment, which holds them live, so this does not repeat.
+func (s *Store) sealActive(limit float64) error {
+	l := s.seg
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	a := l.active
+	if a == nil || l.off < l.segBytes/8 {
+		return nil
+	}
+	if u, _ := liveFraction(a); u >= limit {
+		return nil
+	}
+	if err := l.rollLocked(); err != nil {
+		return fmt.Errorf("clean: seal segment %s: %w", segName(a.id), s.ioErr(err))
+	}
+	return nil
+}
+
+// cleanTimer measures a pass's CPU: the calling thread's (the goroutine is
+// locked to it), or without that the wall-clock time less the throttling
+// sleeps.
+type cleanTimer struct {
+	pass  time.Time // the pass's start
+	start time.Time // the wall-clock count's start
+	slept time.Duration
+	cpu0  time.Duration
+	cpuOK bool
+}
+
+// cpu returns the CPU time since the start and restarts the count.
+func (t *cleanTimer) cpu() time.Duration {
+	if t.cpuOK {
+		now, ok := threadCPU()
+		d := now - t.cpu0
+		t.cpu0 = now
+		if ok && d > 0 {
+			return d
+		}
+		return 0
+	}
+	now := time.Now()
+	d := now.Sub(t.start) - t.slept
+	t.start, t.slept = now, 0
+	return max(d, 0)
+}
+
+// cleanSegment moves the live blocks of sg to the active segment under
+// policy p; passCopied is what the pass copied before it (for the
+// throttle, which t times from the pass's start). stopped: p.idle and a
+// foreground append happened since fg, so sg is left partly cleaned.
+func (s *Store) cleanSegment(sg *segment, p cleanPolicy, fg int64, t *cleanTimer, passCopied int64) (copied, appended int64, stopped bool, err error) {
 	start := time.Now()
 	refs, err := s.liveRefs(sg)
 	if err != nil {
-		return 0, err
+		return 0, 0, false, err
+	}
+	if len(refs) > 0 {
+		// Before the first copy: never reaped from now on (see above).
+		// Reaps take cleanMu, which the pass holds.
+		sg.meta.Store(true)
 	}
 	slices.SortFunc(refs, func(a, b liveRef) int {
 		if c := cmp.Compare(a.vol, b.vol); c != 0 {
@@ -117,66 +477,81 @@ func (s *Store) cleanSegment(sg *segment) (copied int64, err error) {
 		}
 		return cmp.Compare(a.e.epoch, b.e.epoch)
 	})
-	buf := make([]byte, headerBytes(recCopy, copyBlocksMax)+copyBlocksMax*BlockSize)
+	batch := min(max(p.batch, 1), copyBlocksMax)
+	buf := make([]byte, headerBytes(recCopy, uint64(batch))+batch*BlockSize)
 	for len(refs) > 0 {
+		if p.idle && s.foreground() != fg {
+			return copied, appended, true, nil
+		}
 		k := 1
-		for k < len(refs) && k < copyBlocksMax && refs[k].vol == refs[0].vol {
+		for k < len(refs) && k < batch && refs[k].vol == refs[0].vol {
 			k++
 		}
-		batch := refs[:k]
+		n, a, err := s.copyBatch(sg, refs[:k], buf)
 		refs = refs[k:]
-		n, err := s.copyBatch(sg, batch, buf)
 		copied += n
+		appended += a
 		if err != nil {
-			return copied, err
+			return copied, appended, false, err
 		}
 		s.stats.cleanerBytes.Add(uint64(n))
-		// Throttle: at most cleanBytesPerSec on average.
-		if want := time.Duration(copied * int64(time.Second) / cleanBytesPerSec); want > time.Since(start) {
+		if p.rate <= 0 {
+			continue
+		}
+		// Throttle: at most p.rate on average over the pass.
+		want := time.Duration(float64(passCopied+copied) / float64(p.rate) * float64(time.Second))
+		if d := want - time.Since(t.pass); d > 0 {
 			select {
 			case <-s.done:
-				return copied, nil
-			case <-time.After(want - time.Since(start)):
+				return copied, appended, true, nil
+			case <-time.After(d):
 			}
+			t.slept += d
 		}
 	}
+	// Its CPU is counted before it is: a reader of Stats that sees the
+	// segment cleaned sees what it cost.
+	s.cl.cpu.Add(int64(t.cpu()))
 	s.stats.segmentsCleaned.Add(1)
 	s.log.Debug("segment cleaned", "segment", segName(sg.id), "bytes_copied", copied, "took", time.Since(start))
-	return copied, nil
+	return copied, appended, false, nil
 }
 
 // liveRefs reads the record headers of sg and returns its blocks that the
 // index points at.
 func (s *Store) liveRefs(sg *segment) ([]liveRef, error) {
 	var refs []liveRef
-	err := s.eachDataBlock(sg, "clean", func(vol uint64, e copyEntry, page uint32, live bool) bool {
+	read, err := s.eachDataBlock(sg, "clean", func(vol uint64, e copyEntry, page uint32, live bool) bool {
 		if live {
 			refs = append(refs, liveRef{vol: vol, e: e, page: page})
 		}
 		return true
 	})
+	s.cl.read.Add(read)
 	return refs, err
 }
 
 // eachDataBlock calls fn for every data block of sg's records, in log
 // order, with whether the index points at it (live), until fn returns
-// false. It holds the segment files for reading; a segment removed
-// meanwhile has no blocks. op names the caller in errors.
-func (s *Store) eachDataBlock(sg *segment, op string, fn func(vol uint64, e copyEntry, page uint32, live bool) bool) error {
+// false, and returns the bytes of headers it read. It holds the segment
+// files for reading; a segment removed meanwhile has no blocks. op names
+// the caller in errors.
+func (s *Store) eachDataBlock(sg *segment, op string, fn func(vol uint64, e copyEntry, page uint32, live bool) bool) (read int64, err error) {
 	hdr := make([]byte, recHeaderBytesMax)
 	s.seg.files.RLock()
 	defer s.seg.files.RUnlock()
 	if s.seg.segment(sg.id) != sg {
-		return nil
+		return 0, nil
 	}
 	for off := int64(0); ; {
 		h, first, next, ok, err := readRecord(sg, off, hdr, false)
 		if err != nil {
-			return fmt.Errorf("%s segment %s at %d: %w: %w", op, segName(sg.id), off, ErrIO, err)
+			return read, fmt.Errorf("%s segment %s at %d: %w: %w", op, segName(sg.id), off, ErrIO, err)
 		}
 		if !ok {
-			return nil
+			return read + recAlign, nil
 		}
+		read += int64(headerBytes(h.typ, h.n))
 		off = next
 		if !hasData(h.typ) {
 			continue
@@ -203,44 +578,49 @@ func (s *Store) eachDataBlock(sg *segment, op string, fn func(vol uint64, e copy
 			v.idx.RUnlock()
 		}
 		if !more {
-			return nil
+			return read, nil
 		}
 	}
 }
 
 // copyBatch reads the blocks of batch (one volume) from sg, checks them
-// and appends them as one copy record.
-func (s *Store) copyBatch(sg *segment, batch []liveRef, buf []byte) (int64, error) {
+// and appends them as one copy record. It returns the bytes of blocks
+// copied and of the record appended.
+func (s *Store) copyBatch(sg *segment, batch []liveRef, buf []byte) (copied, appended int64, err error) {
 	n := len(batch)
 	hb := headerBytes(recCopy, uint64(n))
 	if err := s.checkSpace(int64(hb+n*BlockSize), s.reserve/2); err != nil {
-		return 0, fmt.Errorf("clean segment %s: %w", segName(sg.id), err)
+		return 0, 0, fmt.Errorf("clean segment %s: %w", segName(sg.id), err)
 	}
 	rec := buf[:hb+n*BlockSize]
 	s.seg.files.RLock()
 	if s.seg.segment(sg.id) != sg {
 		s.seg.files.RUnlock()
-		return 0, nil // removed meanwhile: nothing in it was live
+		return 0, 0, nil // removed meanwhile: nothing in it was live
 	}
 	for i, r := range batch {
 		dst := rec[hb+i*BlockSize : hb+(i+1)*BlockSize]
 		if err := readRun(sg, dst, []version{{seg: sg.id, page: r.page, crc: r.e.crc}}); err != nil {
 			s.seg.files.RUnlock()
-			return 0, fmt.Errorf("clean segment %s: vol %d block %d: %w", segName(sg.id), r.vol, r.e.block, err)
+			return 0, 0, fmt.Errorf("clean segment %s: vol %d block %d: %w", segName(sg.id), r.vol, r.e.block, err)
 		}
 		putCopyEntry(rec, i, r.e)
 	}
 	s.seg.files.RUnlock()
+	s.cl.read.Add(int64(n) * BlockSize)
 	h := recHeader{typ: recCopy, vol: batch[0].vol, n: uint64(n)}
 	s.apply.RLock()
 	at, _, err := s.seg.append(&h, rec, nil)
 	if err != nil {
 		s.apply.RUnlock()
-		return 0, fmt.Errorf("clean segment %s: %w", segName(sg.id), s.ioErr(err))
+		return 0, 0, fmt.Errorf("clean segment %s: %w", segName(sg.id), s.ioErr(err))
 	}
+	// The passes compare foreground() only between their own appends, so
+	// counting after the append is exact for them.
+	s.cl.appended.Add(int64(len(rec)))
 	s.applyCopy(&h, uint32((at.off+int64(hb))/recAlign), rec)
 	s.apply.RUnlock()
-	return int64(n) * BlockSize, nil
+	return int64(n) * BlockSize, int64(len(rec)), nil
 }
 
 // applyCopy moves the versions of copy record h (data pages from first on)

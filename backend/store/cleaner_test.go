@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
@@ -115,5 +116,120 @@ func TestCleanAgedVolume(t *testing.T) {
 		if got := readID(t, s, 1, b, 1); got != want[b] {
 			t.Fatalf("block %d = %d, want %d", b, got, want[b])
 		}
+	}
+}
+
+// TestCleanPolicy: the busy threshold and rate rise with space pressure
+// (a file system filling toward twice the reserve), and an idle look (no
+// append but the cleaner's since the last) compacts segments that the busy
+// threshold leaves alone, down to cleanIdleRatio. The cleaner goroutine is
+// kept from looking on its own; the test looks with cleanTick.
+func TestCleanPolicy(t *testing.T) {
+	oldCheck, oldInterval := spaceCheckInterval, cleanInterval
+	spaceCheckInterval, cleanInterval = 0, time.Hour
+	defer func() { spaceCheckInterval, cleanInterval = oldCheck, oldInterval }()
+	fs := &capFS{FS: vfs.NewMem(), capacity: 64 << 20}
+	s, err := Open("db", Options{FS: fs, Logger: quiet, SegmentBytes: 1 << 20, ReserveBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	if p := s.busyPolicy(); p.limit != cleanLiveMax || p.rate != cleanBytesPerSec || p.sync {
+		t.Fatalf("empty store: busy policy %+v, want limit %v at %d B/s", p, cleanLiveMax, cleanBytesPerSec)
+	}
+	// 4 MiB, then every block but one in 3 overwritten: the first
+	// segments are a third live, which the busy look cleans.
+	const blocks = 1024
+	buf := make([]byte, 16*BlockSize)
+	seq := uint64(0)
+	for b := uint64(0); b < blocks; b += 16 {
+		seq++
+		for i := range uint64(16) {
+			fill(buf[i*BlockSize:(i+1)*BlockSize], 1, b+i)
+		}
+		if err := s.Write(ctx, 1, b, buf, Stamp{1, seq}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for b := uint64(0); b < blocks; b++ {
+		if b%3 == 0 {
+			continue
+		}
+		seq++
+		fill(buf[:BlockSize], 2, b)
+		if err := s.Write(ctx, 1, b, buf[:BlockSize], Stamp{1, seq}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Then 3 in 10 of those again: their first 4 KiB records are 0.6 live,
+	// which only the idle look cleans.
+	for b := uint64(0); b < blocks; b++ {
+		if b%3 == 0 || b%10 >= 3 {
+			continue
+		}
+		seq++
+		fill(buf[:BlockSize], 3, b)
+		if err := s.Write(ctx, 1, b, buf[:BlockSize], Stamp{1, seq}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	// Busy: the writes above happened since the last look.
+	if _, err := s.cleanTick(); err != nil {
+		t.Fatal(err)
+	}
+	busy := s.Stats()
+	if busy.SegmentsCleaned == 0 {
+		t.Fatalf("busy look cleaned nothing: %+v", busy)
+	}
+	for _, sg := range *s.seg.tab.Load() {
+		if u, _ := liveFraction(sg); sg.id < s.seg.end().seg && sg.live.Load() > 0 && u < cleanLiveMax {
+			t.Fatalf("after a busy look, segment %s is %.2f live", segName(sg.id), u)
+		}
+	}
+	total, live := s.spaceBytes()
+	if float64(total) <= cleanIdleRatio*float64(live) {
+		t.Fatalf("after the busy look the segments hold %d bytes for %d live: nothing left for the idle look", total, live)
+	}
+	// Idle: nothing appended since.
+	if _, err := s.cleanTick(); err != nil {
+		t.Fatal(err)
+	}
+	idle := s.Stats()
+	total, live = s.spaceBytes()
+	t.Logf("busy: %d segments cleaned; idle: %d more, segments %d bytes for %d live", busy.SegmentsCleaned, idle.SegmentsCleaned-busy.SegmentsCleaned, total, live)
+	if idle.SegmentsCleaned == busy.SegmentsCleaned || float64(total) > cleanIdleRatio*float64(live)+float64(s.seg.segBytes)/8 {
+		t.Fatalf("idle look: %d segments cleaned, %d bytes for %d live; want at most %.2fx", idle.SegmentsCleaned-busy.SegmentsCleaned, total, live, cleanIdleRatio)
+	}
+	for b := range uint64(blocks) {
+		want := byte(2)
+		switch {
+		case b%3 == 0:
+			want = 1
+		case b%10 < 3:
+			want = 3
+		}
+		if got := readID(t, s, 1, b, 1); got != want {
+			t.Fatalf("block %d = %d, want %d", b, got, want)
+		}
+	}
+
+	// Pressure: fill the file system toward twice the reserve.
+	for b := uint64(blocks); ; b += 16 {
+		seq++
+		if err := s.Write(ctx, 1, b, buf, Stamp{1, seq}, false); err != nil {
+			t.Fatal(err)
+		}
+		if _ = s.checkSpace(0, s.reserve); s.spacePressure() > 0.5 {
+			break
+		}
+	}
+	pr := s.spacePressure()
+	p := s.busyPolicy()
+	t.Logf("pressure %.2f: busy policy %+v", pr, p)
+	if p.limit <= cleanLiveMax || p.limit > cleanPressureLiveMax || p.rate <= cleanBytesPerSec || !p.sync {
+		t.Fatalf("under pressure %.2f: busy policy %+v, want a limit in (%v, %v], a faster rate and sync", pr, p, cleanLiveMax, cleanPressureLiveMax)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
@@ -27,7 +28,13 @@ var (
 // checkpoints (which delete dead segments) throughout, or in half the
 // rounds relogs and reaps unsynced segments (relog.go), so the crash also
 // lands mid-record, mid-roll, mid-cleaning, mid-relog and mid-checkpoint.
+// The store's own cleaner goroutine runs too, looking every few
+// milliseconds, so that its busy and idle passes (whose emptied segments
+// are reaped, not checkpointed) are crashed into as well.
 func TestCrash(t *testing.T) {
+	old := cleanInterval
+	cleanInterval = 2 * time.Millisecond
+	defer func() { cleanInterval = old }()
 	n := *crashSeeds
 	if n == 0 {
 		n = 24

@@ -160,7 +160,7 @@ func deadBytes(runs []punchRun) (n int64) {
 // point at.
 func (s *Store) deadRuns(sg *segment) ([]punchRun, error) {
 	var runs []punchRun
-	err := s.eachDataBlock(sg, "punch", func(_ uint64, _ copyEntry, page uint32, live bool) bool {
+	_, err := s.eachDataBlock(sg, "punch", func(_ uint64, _ copyEntry, page uint32, live bool) bool {
 		if live {
 			return true
 		}

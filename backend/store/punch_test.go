@@ -66,9 +66,9 @@ func copyDir(t *testing.T, src, dst string) {
 // crash after it see every live block.
 func TestPunchFreesDeadBlocks(t *testing.T) {
 	// No cleaning: it would move the blocks this test counts on.
-	oldLive := cleanLiveMax
-	cleanLiveMax = 0
-	defer func() { cleanLiveMax = oldLive }()
+	oldLive, oldPressure, oldIdle := cleanLiveMax, cleanPressureLiveMax, cleanIdleLiveMax
+	cleanLiveMax, cleanPressureLiveMax, cleanIdleLiveMax = 0, 0, 0
+	defer func() { cleanLiveMax, cleanPressureLiveMax, cleanIdleLiveMax = oldLive, oldPressure, oldIdle }()
 	dir := filepath.Join(t.TempDir(), "db")
 	opts := Options{FS: vfs.Default, Logger: quiet, SegmentBytes: 1 << 20}
 	s, err := Open(dir, opts)

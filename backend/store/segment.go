@@ -22,7 +22,9 @@ type segment struct {
 	// bytes is the size written (a sealed segment's final size).
 	bytes atomic.Int64
 	// meta: the segment holds a zero or drop record, whose effect no
-	// live count shows, so it is never reaped (see segLog.reap).
+	// live count shows, or the cleaner copied blocks out of it (its copy
+	// records need it at replay, cleaner.go), so it is never reaped (see
+	// segLog.reap).
 	meta atomic.Bool
 	// synced: a sync covered some of the segment (while it was active, or
 	// sealed), so records in it may be durable and it is never reaped or

@@ -31,6 +31,7 @@ type space struct {
 	mu    sync.Mutex
 	last  time.Time
 	avail uint64
+	total uint64
 	known bool // the file system reports its usage
 }
 
@@ -65,7 +66,7 @@ func (s *Store) checkSpace(n, reserve int64) error {
 		sp.last = time.Now()
 		sp.since.Store(0)
 		sp.known = err == nil
-		sp.avail = du.AvailBytes
+		sp.avail, sp.total = du.AvailBytes, du.TotalBytes
 	}
 	known, avail := sp.known, sp.avail
 	sp.mu.Unlock()
@@ -84,4 +85,30 @@ func (s *Store) checkSpace(n, reserve int64) error {
 		return fmt.Errorf("%w: %d bytes available, %d reserved", ErrNoSpace, avail, reserve)
 	}
 	return nil
+}
+
+// spacePressure returns how short of space the file system is, from 0
+// (the available bytes are at least an eighth of the file system, and at
+// least six times the reserve) to 1 (at most twice the reserve: the
+// cleaner's copies need half of it, and below that writes soon fail). The
+// cleaner raises its busy threshold and rate with it. The sample is the
+// last one checkSpace took; a file system that does not report its usage
+// is under no pressure.
+func (s *Store) spacePressure() float64 {
+	sp := &s.space
+	sp.mu.Lock()
+	known, avail, total := sp.known, sp.avail, sp.total
+	sp.mu.Unlock()
+	if !known {
+		return 0
+	}
+	lo := uint64(2 * s.reserve)
+	hi := max(lo+uint64(4*s.reserve), total/8)
+	switch {
+	case avail <= lo:
+		return 1
+	case avail >= hi:
+		return 0
+	}
+	return float64(hi-avail) / float64(hi-lo)
 }

@@ -163,6 +163,7 @@ type Store struct {
 		groups []ckGroup
 	}
 	cleanMu sync.Mutex // one cleaning pass at a time
+	cl      cleanState // cleaner.go
 	gcMu    sync.Mutex // one GC pass at a time
 	// linGen counts SetLineage and DropVolume calls: a fork's lineage
 	// changes the readers of its parent (see gc.go).
@@ -281,8 +282,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	// A store opened on a full disk says so now, not at the first write.
 	_ = s.checkSpace(0, s.reserve)
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.background()
+	go s.cleaner()
 	s.log.Info("store opened", "volumes", len(s.vols.m), "segments", len(*s.seg.tab.Load()), "index_bytes", s.indexBytes.Load())
 	return s, nil
 }

@@ -79,13 +79,21 @@ var (
 	storeGCDesc       = prometheus.NewDesc("cairn_store_gc_dropped_total", "What GC dropped: versions no reader sees, and their block data bytes.", []string{"what"}, nil)
 	storeReclaimDesc  = prometheus.NewDesc("cairn_store_reclaimed_bytes_total", "Bytes of segment files deleted (space returned to the filesystem).", nil, nil)
 	storeCleanerDesc  = prometheus.NewDesc("cairn_store_cleaner_copied_bytes_total", "Bytes of live blocks the cleaner copied out of emptying segments.", nil, nil)
-	storePunchedDesc  = prometheus.NewDesc("cairn_store_punched_bytes_total", "Bytes of dead blocks punched out of segments while space was low.", nil, nil)
-	storeLowSpaceDesc = prometheus.NewDesc("cairn_store_low_space", "1 while the block store's file system has less free space than its reserve: writes fail with ENOSPC until space is freed.", nil, nil)
+	// The cleaner's throughput and cost: rate() of these over rate() of
+	// cairn_volume_bytes_total{op="write"} is its write amplification, and
+	// rate() of the CPU seconds its share of a core.
+	storeCleanerReadDesc     = prometheus.NewDesc("cairn_store_cleaner_read_bytes_total", "Bytes the cleaner read from segments (record headers and live blocks).", nil, nil)
+	storeCleanerWrittenDesc  = prometheus.NewDesc("cairn_store_cleaner_written_bytes_total", "Bytes of copy records the cleaner appended to the log (live blocks and their headers).", nil, nil)
+	storeCleanerSegmentsDesc = prometheus.NewDesc("cairn_store_cleaner_segments_total", "Segments the cleaner emptied (deleted by the next checkpoint).", nil, nil)
+	storeCleanerCPUDesc      = prometheus.NewDesc("cairn_store_cleaner_cpu_seconds_total", "CPU time (user and system) of the cleaner's passes, from getrusage(RUSAGE_THREAD) of the thread the pass is locked to.", nil, nil)
+	storePunchedDesc         = prometheus.NewDesc("cairn_store_punched_bytes_total", "Bytes of dead blocks punched out of segments while space was low.", nil, nil)
+	storeLowSpaceDesc        = prometheus.NewDesc("cairn_store_low_space", "1 while the block store's file system has less free space than its reserve: writes fail with ENOSPC until space is freed.", nil, nil)
 )
 
 func (c *daemonCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{inflightDesc, inflightPeakDesc, budgetDesc, budgetWaitDesc, connsDesc, disconnectsDesc, gossipDesc, gossipDropDesc, memReleaseDesc,
-		storeBytesDesc, storeSegmentsDesc, storeGCDesc, storeReclaimDesc, storeCleanerDesc, storePunchedDesc, storeLowSpaceDesc} {
+		storeBytesDesc, storeSegmentsDesc, storeGCDesc, storeReclaimDesc, storeCleanerDesc, storePunchedDesc, storeLowSpaceDesc,
+		storeCleanerReadDesc, storeCleanerWrittenDesc, storeCleanerSegmentsDesc, storeCleanerCPUDesc} {
 		ch <- d
 	}
 }
@@ -132,6 +140,10 @@ func (c *daemonCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(storeGCDesc, prometheus.CounterValue, float64(st.GCBytesDropped), "bytes")
 		ch <- prometheus.MustNewConstMetric(storeReclaimDesc, prometheus.CounterValue, float64(st.BytesReclaimed))
 		ch <- prometheus.MustNewConstMetric(storeCleanerDesc, prometheus.CounterValue, float64(st.CleanerBytes))
+		ch <- prometheus.MustNewConstMetric(storeCleanerReadDesc, prometheus.CounterValue, float64(st.CleanerReadBytes))
+		ch <- prometheus.MustNewConstMetric(storeCleanerWrittenDesc, prometheus.CounterValue, float64(st.CleanerAppendedBytes))
+		ch <- prometheus.MustNewConstMetric(storeCleanerSegmentsDesc, prometheus.CounterValue, float64(st.SegmentsCleaned))
+		ch <- prometheus.MustNewConstMetric(storeCleanerCPUDesc, prometheus.CounterValue, st.CleanerCPU.Seconds())
 		ch <- prometheus.MustNewConstMetric(storePunchedDesc, prometheus.CounterValue, float64(st.BytesPunched))
 		low := 0.0
 		if st.LowSpace {
