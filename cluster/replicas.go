@@ -36,6 +36,26 @@ type excludeReplicaArgs struct {
 	Generation uint64 `json:"generation"`
 }
 
+// replicaMember returns volume name for a change to its member node asked
+// by a target of attachment generation gen: the volume must exist, gen
+// be its current generation, and node be in its placement.
+func (s *state) replicaMember(name, node string, gen uint64) (Volume, error) {
+	v, ok := s.Volumes[name]
+	if !ok {
+		return Volume{}, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	if gen != v.Generation {
+		if gen < v.Generation {
+			return Volume{}, fmt.Errorf("volume %q: generation %d, the catalog's is %d: %w", name, gen, v.Generation, ErrStaleAttachment)
+		}
+		return Volume{}, fmt.Errorf("%w: volume %q: generation %d is ahead of the catalog's %d", ErrInvalid, name, gen, v.Generation)
+	}
+	if !slices.ContainsFunc(v.Placement, func(m Member) bool { return m.Node == node }) {
+		return Volume{}, fmt.Errorf("%w: volume %q: node %q is not in its placement", ErrInvalid, name, node)
+	}
+	return v, nil
+}
+
 // excludeReplica marks a.Node stale in volume a.Name. Marking a node that
 // is already stale changes nothing and succeeds (many requests see one
 // failure). It refuses a target of an older attachment generation, a node
@@ -43,18 +63,9 @@ type excludeReplicaArgs struct {
 // without a replica: at most Replicas-1 members may be stale, so that every
 // chunk (on Replicas distinct members) keeps at least one.
 func (s *state) excludeReplica(a *excludeReplicaArgs) (Volume, error) {
-	v, ok := s.Volumes[a.Name]
-	if !ok {
-		return Volume{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
-	}
-	if a.Generation != v.Generation {
-		if a.Generation < v.Generation {
-			return Volume{}, fmt.Errorf("volume %q: generation %d, the catalog's is %d: %w", a.Name, a.Generation, v.Generation, ErrStaleAttachment)
-		}
-		return Volume{}, fmt.Errorf("%w: volume %q: generation %d is ahead of the catalog's %d", ErrInvalid, a.Name, a.Generation, v.Generation)
-	}
-	if !slices.ContainsFunc(v.Placement, func(m Member) bool { return m.Node == a.Node }) {
-		return Volume{}, fmt.Errorf("%w: volume %q: node %q is not in its placement", ErrInvalid, a.Name, a.Node)
+	v, err := s.replicaMember(a.Name, a.Node, a.Generation)
+	if err != nil {
+		return Volume{}, err
 	}
 	if slices.Contains(v.Stale, a.Node) {
 		return v, nil
@@ -86,18 +97,9 @@ type includeReplicaArgs struct {
 // change). It refuses a target of another attachment generation and a
 // node outside the placement set.
 func (s *state) includeReplica(a *includeReplicaArgs) (Volume, error) {
-	v, ok := s.Volumes[a.Name]
-	if !ok {
-		return Volume{}, fmt.Errorf("volume %q: %w", a.Name, ErrNotFound)
-	}
-	if a.Generation != v.Generation {
-		if a.Generation < v.Generation {
-			return Volume{}, fmt.Errorf("volume %q: generation %d, the catalog's is %d: %w", a.Name, a.Generation, v.Generation, ErrStaleAttachment)
-		}
-		return Volume{}, fmt.Errorf("%w: volume %q: generation %d is ahead of the catalog's %d", ErrInvalid, a.Name, a.Generation, v.Generation)
-	}
-	if !slices.ContainsFunc(v.Placement, func(m Member) bool { return m.Node == a.Node }) {
-		return Volume{}, fmt.Errorf("%w: volume %q: node %q is not in its placement", ErrInvalid, a.Name, a.Node)
+	v, err := s.replicaMember(a.Name, a.Node, a.Generation)
+	if err != nil {
+		return Volume{}, err
 	}
 	i := slices.Index(v.Stale, a.Node)
 	if i < 0 {

@@ -506,19 +506,7 @@ func (f *replicaFailover) undo(ctx context.Context, cu *catchup, cause error, in
 // includeRetrying asks the catalog to take node back, again while there
 // is no leader, until ctx ends (an include is idempotent).
 func (f *replicaFailover) includeRetrying(ctx context.Context, node string) (cluster.Volume, error) {
-	wait := 50 * time.Millisecond
-	for {
-		cv, err := f.d.catalog.IncludeReplica(ctx, f.name, node, f.gen)
-		if err == nil || !errors.Is(err, cluster.ErrNotLeader) {
-			return cv, err
-		}
-		select {
-		case <-ctx.Done():
-			return cv, fmt.Errorf("%w (gave up: %w)", err, ctx.Err())
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, time.Second)
-	}
+	return retryNoLeader(ctx, func() (cluster.Volume, error) { return f.d.catalog.IncludeReplica(ctx, f.name, node, f.gen) })
 }
 
 // copyChunk copies the versions of blocks [block, block+n) from src to

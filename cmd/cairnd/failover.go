@@ -109,9 +109,16 @@ func (f *replicaFailover) exclude(ctx context.Context, name string, cause error)
 // is idempotent, so a change the old leader applied and did not answer is
 // safe to send again.
 func (f *replicaFailover) excludeRetrying(ctx context.Context, name string) (cluster.Volume, error) {
+	return retryNoLeader(ctx, func() (cluster.Volume, error) { return f.d.catalog.ExcludeReplica(ctx, f.name, name, f.gen) })
+}
+
+// retryNoLeader calls change again while the catalog has no leader (its
+// successor is elected within a few seconds), until ctx ends; change must
+// be idempotent.
+func retryNoLeader(ctx context.Context, change func() (cluster.Volume, error)) (cluster.Volume, error) {
 	wait := 50 * time.Millisecond
 	for {
-		cv, err := f.d.catalog.ExcludeReplica(ctx, f.name, name, f.gen)
+		cv, err := change()
 		if err == nil || !errors.Is(err, cluster.ErrNotLeader) {
 			return cv, err
 		}
