@@ -84,28 +84,28 @@ func (s *Store) relogOver(limit int64) (bool, error) {
 	s.cleanMu.Lock()
 	defer s.cleanMu.Unlock()
 	var buf []byte
-	any := false
+	relogged := false
 	for _, c := range cs {
 		if total <= limit*3/4 || c.frac > relogLiveMax {
 			break
 		}
 		select {
 		case <-s.done:
-			return any, nil
+			return relogged, nil
 		default:
 		}
 		moved, ok, err := s.relogSegment(c.sg, &buf)
 		if err != nil {
-			return any, err
+			return relogged, err
 		}
 		if ok {
-			any = true
+			relogged = true
 			total -= c.sg.bytes.Load()
 			s.stats.segmentsRelogged.Add(1)
 			s.stats.relogBytes.Add(uint64(moved))
 		}
 	}
-	return any, nil
+	return relogged, nil
 }
 
 // relogEnt is a record of a relog victim.

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -105,15 +106,46 @@ size = "64MiB"
 logical_block_size = 4096
 `
 
+// freePort returns a loopback port that is free for TCP and UDP (gossip
+// binds both) and was not handed out before in this test binary. It picks
+// below the kernel's ephemeral range (32768 and up): a port taken from
+// that range (":0") can go to any outgoing connection of a concurrently
+// running test before cairnd binds it ("address already in use", seen in
+// TestDegraded in make test).
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 1000 {
+		port := portsLow + mrand.IntN(portsHigh-portsLow)
+		if portsUsed[port] {
+			continue
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		portsUsed[port] = true
+		return port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("no free port in [%d, %d)", portsLow, portsHigh)
+	return 0
 }
+
+// The ports freePort hands out: [portsLow, portsHigh), each once.
+const portsLow, portsHigh = 20000, 32000
+
+var (
+	portsMu   sync.Mutex
+	portsUsed = map[int]bool{}
+)
 
 // startDaemon writes a config into a new directory and starts cairnd on it.
 func startDaemon(t *testing.T) *proc {
