@@ -219,15 +219,21 @@ func diskBytes(dir string) (int64, error) {
 
 // metricsSpace reads a cairnd's store space from its /metrics.
 func metricsSpace(ctx context.Context, adminAddr string) (StoreSpace, error) {
+	return scrape(ctx, adminAddr, parseStoreMetrics)
+}
+
+// scrape fetches a cairnd's /metrics and parses them with parse.
+func scrape[T any](ctx context.Context, adminAddr string, parse func([]byte) (T, error)) (T, error) {
+	var zero T
 	body, err := fetchMetrics(ctx, adminAddr)
 	if err != nil {
-		return StoreSpace{}, err
+		return zero, err
 	}
-	sp, err := parseStoreMetrics(body)
+	v, err := parse(body)
 	if err != nil {
-		return StoreSpace{}, fmt.Errorf("http://%s/metrics: %w", adminAddr, err)
+		return zero, fmt.Errorf("http://%s/metrics: %w", adminAddr, err)
 	}
-	return sp, nil
+	return v, nil
 }
 
 // fetchMetrics returns a cairnd's Prometheus text exposition (at most

@@ -221,15 +221,7 @@ func parseHoldMetrics(text []byte) (holdMetrics, error) {
 }
 
 func scrapeHolds(ctx context.Context, adminAddr string) (holdMetrics, error) {
-	body, err := fetchMetrics(ctx, adminAddr)
-	if err != nil {
-		return holdMetrics{}, err
-	}
-	m, err := parseHoldMetrics(body)
-	if err != nil {
-		return holdMetrics{}, fmt.Errorf("http://%s/metrics: %w", adminAddr, err)
-	}
-	return m, nil
+	return scrape(ctx, adminAddr, parseHoldMetrics)
 }
 
 // snapshotSystem is a running system the snapshot activity can drive:
