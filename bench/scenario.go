@@ -114,15 +114,36 @@ func Scenarios(bin *Binary) []Scenario {
 	}
 }
 
-// BaselineScenarios are cairnd from another build as peers of cairn-nbd
-// and cairn-iscsi: the ratios are then one build against the other,
-// measured interleaved in one run. They run when --systems names them.
+// BaselineScenarios are every cairnd scenario of Scenarios again, with
+// cairnd from another build, named <name>-baseline and run as peers: the
+// ratios are then one build against the other, measured interleaved in
+// one run (cairn-nbd / cairn-nbd-baseline, cairn-3node-r3 /
+// cairn-3node-r3-baseline, …). A baseline keeps its scenario's activity
+// (the snapshot storm) and its Versus, renamed, so the snapshot section
+// reports the baseline's own with/without ratio. They run when --systems
+// names them.
 func BaselineScenarios(bin *Binary) []Scenario {
-	return []Scenario{
-		{Name: "cairn-nbd-baseline", System: Cairnd{Bin: bin}, Optional: true},
-		{Name: "cairn-iscsi-baseline", System: Cairnd{Bin: bin}, FrontEnd: ISCSI, Optional: true},
+	var out []Scenario
+	for _, sc := range Scenarios(bin) {
+		if _, ok := sc.System.(Cairnd); !ok {
+			continue
+		}
+		sc.Name += baselineSuffix
+		sc.Subject = false
+		sc.Optional = true
+		var vs []string
+		for _, v := range sc.Versus {
+			if strings.HasPrefix(v, "cairn-") {
+				vs = append(vs, v+baselineSuffix)
+			}
+		}
+		sc.Versus = vs
+		out = append(out, sc)
 	}
+	return out
 }
+
+const baselineSuffix = "-baseline"
 
 // selectScenarios returns the scenarios named in list (comma-separated), in
 // list order, or every non-optional one for "".
