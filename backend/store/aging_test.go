@@ -1,6 +1,7 @@
 package store
 
 import (
+	"fmt"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -191,5 +192,25 @@ func (s *Store) settle() error {
 			break
 		}
 	}
-	return s.checkpoint()
+	if err := s.checkpoint(); err != nil {
+		return err
+	}
+	// The background goroutine deletes the spare segment files once no
+	// segment was started for spareIdle (its own idle cleaning may still
+	// start some): wait until there are none and none came for two
+	// spareIdle (they are disk bytes too).
+	deadline := time.Now().Add(30 * time.Second)
+	for quiet := 0; quiet < 2; {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("spare segment files still hold %d bytes 30s after the last pass", s.Stats().SpareBytes)
+		}
+		if s.Stats().SpareBytes > 0 {
+			quiet = 0
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		quiet++
+		time.Sleep(spareIdle)
+	}
+	return nil
 }

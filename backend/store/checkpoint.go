@@ -49,6 +49,9 @@ var (
 	// ckInterval: idle checkpoints, so that a quiet store is not left with
 	// a long replay.
 	ckInterval = 10 * time.Second
+	// spareIdle: spare segment files are deleted when no segment was
+	// started for this long.
+	spareIdle = 2 * time.Second
 	// ckIntervalMax: a checkpoint at least this often under writes, which
 	// bounds how old the durable index is (replay length is bounded by
 	// ckLogBytes).
@@ -114,6 +117,8 @@ type Stats struct {
 	SegmentsReaped   uint64 // segments deleted dead before any sync wrote them
 	SegmentsRelogged uint64 // unsynced segments emptied by moving their live records (relog.go)
 	RelogBytes       uint64 // bytes of the records relog moved
+	SegmentsReused   uint64 // segments started in a dead segment's file (segment.go: spares)
+	SpareBytes       int64  // bytes of dead segments' files kept for reuse
 	BytesReclaimed   uint64 // bytes of segments deleted (less what was punched out of them)
 	BytesPunched     uint64 // bytes of dead blocks punched out of segments (punch.go)
 	RecordsReplayed  uint64 // records replayed at Open
@@ -143,6 +148,8 @@ func (s *Store) Stats() Stats {
 		SegmentsReaped:   s.stats.segmentsReaped.Load(),
 		SegmentsRelogged: s.stats.segmentsRelogged.Load(),
 		RelogBytes:       s.stats.relogBytes.Load(),
+		SegmentsReused:   s.seg.reused.Load(),
+		SpareBytes:       s.seg.spareBytes(),
 		BytesReclaimed:   s.stats.bytesReclaimed.Load(),
 		BytesPunched:     s.stats.bytesPunched.Load(),
 		RecordsReplayed:  s.stats.recordsReplayed.Load(),
@@ -176,10 +183,23 @@ func (s *Store) background() {
 	lastAppended := s.seg.appended.Load()
 	gt := time.NewTicker(gcInterval)
 	defer gt.Stop()
+	// Spare segment files go once the log is quiet (segment.go).
+	spt := time.NewTicker(spareIdle)
+	defer spt.Stop()
+	rolls := int64(-1)
 	for {
 		select {
 		case <-s.done:
 			return
+		case <-spt.C:
+			freed, r, err := s.seg.dropSpares(false, rolls)
+			rolls = r
+			if err != nil {
+				s.log.Error("remove spare segment files", "err", err)
+			} else if freed > 0 {
+				s.log.Debug("spare segment files removed", "bytes", freed)
+			}
+			continue
 		case <-gt.C:
 			if s.failed.Load() != nil {
 				continue

@@ -77,8 +77,8 @@ func crashRun(t *testing.T, seed uint64) {
 	fs := vfs.NewCrashableMem()
 	var ops []op // history that survived so far, plus this round's
 	epoch := uint64(1)
-	var relogged uint64
-	defer func() { t.Logf("segments relogged: %d", relogged) }()
+	var relogged, reused uint64
+	defer func() { t.Logf("segments relogged: %d, started in a spare file: %d", relogged, reused) }()
 	for round := range crashes {
 		s, err := Open("db", crashOpts(fs))
 		if err != nil {
@@ -140,6 +140,7 @@ func crashRun(t *testing.T, seed uint64) {
 		close(stop)
 		<-ckDone
 		relogged += s.Stats().SegmentsRelogged
+		reused += s.Stats().SegmentsReused
 		_ = s.Close()
 		fs = crashed
 

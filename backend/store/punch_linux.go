@@ -17,3 +17,13 @@ func punchHole(fd uintptr, off, n int64) error {
 		}
 	}
 }
+
+// ftruncate sets the size of the file fd.
+func ftruncate(fd uintptr, size int64) error {
+	for {
+		err := syscall.Ftruncate(int(fd), size)
+		if err != syscall.EINTR {
+			return err
+		}
+	}
+}

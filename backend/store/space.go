@@ -74,6 +74,16 @@ func (s *Store) checkSpace(n, reserve int64) error {
 		return nil
 	}
 	need := reserve + n
+	if avail < uint64(need+reserve/4) {
+		// Spare segment files hold space the log would reuse: give it
+		// back first (pebble and a write outside the log need it too).
+		if freed, _, err := s.seg.dropSpares(true, 0); freed > 0 && err == nil {
+			sp.mu.Lock()
+			sp.last = time.Time{}
+			sp.mu.Unlock()
+			return s.checkSpace(n, reserve)
+		}
+	}
 	if reserve == s.reserve {
 		if sp.low.Load() {
 			need += reserve / 4

@@ -74,10 +74,11 @@ var (
 	gossipDropDesc   = prometheus.NewDesc("cairn_gossip_events_dropped_total", "Membership events a slow subscriber missed.", nil, nil)
 	memReleaseDesc   = prometheus.NewDesc("cairn_memory_releases_total", "Times the free heap was returned to the OS after a burst of in-flight bytes.", nil, nil)
 
-	storeBytesDesc    = prometheus.NewDesc("cairn_store_bytes", "The block store's bytes: segments on disk, block data the index points at (live), index memory.", []string{"kind"}, nil)
+	storeBytesDesc    = prometheus.NewDesc("cairn_store_bytes", "The block store's bytes: segments on disk, block data the index points at (live), index memory, dead segments' files kept for reuse (spare).", []string{"kind"}, nil)
 	storeSegmentsDesc = prometheus.NewDesc("cairn_store_segments", "Segment files of the block store.", nil, nil)
 	storeGCDesc       = prometheus.NewDesc("cairn_store_gc_dropped_total", "What GC dropped: versions no reader sees, and their block data bytes.", []string{"what"}, nil)
 	storeReclaimDesc  = prometheus.NewDesc("cairn_store_reclaimed_bytes_total", "Bytes of segment files deleted (space returned to the filesystem).", nil, nil)
+	storeReusedDesc   = prometheus.NewDesc("cairn_store_segments_reused_total", "Segments started in the kept file of a dead segment (resident pages overwritten, not new ones allocated).", nil, nil)
 	storeCleanerDesc  = prometheus.NewDesc("cairn_store_cleaner_copied_bytes_total", "Bytes of live blocks the cleaner copied out of emptying segments.", nil, nil)
 	// The cleaner's throughput and cost: rate() of these over rate() of
 	// cairn_volume_bytes_total{op="write"} is its write amplification, and
@@ -92,7 +93,7 @@ var (
 
 func (c *daemonCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{inflightDesc, inflightPeakDesc, budgetDesc, budgetWaitDesc, connsDesc, disconnectsDesc, gossipDesc, gossipDropDesc, memReleaseDesc,
-		storeBytesDesc, storeSegmentsDesc, storeGCDesc, storeReclaimDesc, storeCleanerDesc, storePunchedDesc, storeLowSpaceDesc,
+		storeBytesDesc, storeSegmentsDesc, storeGCDesc, storeReclaimDesc, storeCleanerDesc, storeReusedDesc, storePunchedDesc, storeLowSpaceDesc,
 		storeCleanerReadDesc, storeCleanerWrittenDesc, storeCleanerSegmentsDesc, storeCleanerCPUDesc} {
 		ch <- d
 	}
@@ -135,6 +136,8 @@ func (c *daemonCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(storeBytesDesc, prometheus.GaugeValue, float64(st.SegmentBytes), "segments")
 		ch <- prometheus.MustNewConstMetric(storeBytesDesc, prometheus.GaugeValue, float64(st.LiveBytes), "live")
 		ch <- prometheus.MustNewConstMetric(storeBytesDesc, prometheus.GaugeValue, float64(st.IndexBytes), "index")
+		ch <- prometheus.MustNewConstMetric(storeBytesDesc, prometheus.GaugeValue, float64(st.SpareBytes), "spare")
+		ch <- prometheus.MustNewConstMetric(storeReusedDesc, prometheus.CounterValue, float64(st.SegmentsReused))
 		ch <- prometheus.MustNewConstMetric(storeSegmentsDesc, prometheus.GaugeValue, float64(st.Segments))
 		ch <- prometheus.MustNewConstMetric(storeGCDesc, prometheus.CounterValue, float64(st.GCVersionsDropped), "versions")
 		ch <- prometheus.MustNewConstMetric(storeGCDesc, prometheus.CounterValue, float64(st.GCBytesDropped), "bytes")

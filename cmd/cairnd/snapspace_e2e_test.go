@@ -77,6 +77,7 @@ type storeSpace struct {
 	segmentsBytes int64 // cairn_store_bytes{kind="segments"}: segment bytes less punched holes
 	liveBytes     int64 // cairn_store_bytes{kind="live"}
 	indexBytes    int64 // cairn_store_bytes{kind="index"}
+	spareBytes    int64 // cairn_store_bytes{kind="spare"}: dead segments' files kept for reuse
 	segments      int64
 	// gc, cleaner and reclaimed are the cumulative counters: GC's dropped
 	// bytes, the cleaner's copied bytes, the segment bytes given back.
@@ -103,6 +104,7 @@ func measureStoreSpace(t *testing.T, p *proc) storeSpace {
 		segmentsBytes: get(`cairn_store_bytes\{kind="segments"\}`),
 		liveBytes:     get(`cairn_store_bytes\{kind="live"\}`),
 		indexBytes:    get(`cairn_store_bytes\{kind="index"\}`),
+		spareBytes:    get(`cairn_store_bytes\{kind="spare"\}`),
 		segments:      get(`cairn_store_segments`),
 		gc:            get(`cairn_store_gc_dropped_total\{what="bytes"\}`),
 		cleaner:       get(`cairn_store_cleaner_copied_bytes_total`),
@@ -203,7 +205,8 @@ func TestSnapshotSpace(t *testing.T) {
 	}
 	// settle waits until the live bytes are at most liveMax (GC has
 	// dropped what only deleted snapshots read: it passes every 10 s) and
-	// then GC, the cleaner and the reaping of segments have gone quiet.
+	// then GC, the cleaner and the reaping of segments have gone quiet
+	// and the spare segment files are gone (2 s after the last roll).
 	settle := func(p *proc, what string, liveMax int64) storeSpace {
 		t.Helper()
 		// Bounded: GC and the cleaner are throttled (tens of MiB/s), so
@@ -217,7 +220,7 @@ func TestSnapshotSpace(t *testing.T) {
 			}
 			time.Sleep(time.Second)
 			s := measureStoreSpace(t, p)
-			if s.liveBytes <= liveMax && s.gc == last.gc && s.cleaner == last.cleaner && s.reclaimed == last.reclaimed && s.segmentsBytes >= last.segmentsBytes {
+			if s.liveBytes <= liveMax && s.gc == last.gc && s.cleaner == last.cleaner && s.reclaimed == last.reclaimed && s.segmentsBytes >= last.segmentsBytes && s.spareBytes == 0 {
 				quiet++
 			} else {
 				quiet = 0
