@@ -383,9 +383,22 @@ func (s *Store) cleanPass(p cleanPolicy) (cleaned int, copied int64, err error) 
 	return cleaned, copied, s.cleanDelete(emptied, p.sync)
 }
 
+// cleanKickInterval: a busy pass asks for a checkpoint to delete what it
+// emptied at most this often, unless space is short or the segments hold
+// cleanRatioHigh times the live bytes. A checkpoint syncs the whole log:
+// under a stream of unflushed writes that is every live byte written since
+// the last one, a burst of device writes the writers then wait behind
+// (1 MiB writes after 4 KiB history: 306 MiB/s in one bench repetition,
+// 1272 in the next). The kernel writes a file overwritten in place (the
+// peer) back every 30 s (dirty_expire_centisecs), so this is the same
+// order; meanwhile the emptied segments and their copies both hold space.
+const cleanKickInterval = 15 * time.Second
+
 // cleanDelete has the segments a pass emptied deleted by a checkpoint
 // (which syncs the copies first): with sync, now; without, it asks the
-// background goroutine for one and goes on cleaning meanwhile.
+// background goroutine for one (see cleanKickInterval) and goes on
+// cleaning meanwhile; the segments go with whichever checkpoint comes
+// first.
 func (s *Store) cleanDelete(emptied []*segment, sync bool) error {
 	for _, sg := range emptied {
 		if s.seg.segment(sg.id) != sg {
@@ -393,6 +406,10 @@ func (s *Store) cleanDelete(emptied []*segment, sync bool) error {
 		}
 		if sync {
 			return s.checkpoint()
+		}
+		total, live := s.spaceBytes()
+		if time.Since(time.Unix(0, s.ck.when.Load())) < cleanKickInterval && ratioPressure(total, live) < 1 {
+			return nil
 		}
 		select {
 		case s.kick <- struct{}{}:
