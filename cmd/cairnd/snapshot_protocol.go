@@ -157,7 +157,8 @@ func (r targetRPC) Drained(ctx context.Context, names []string, epoch uint64) (b
 }
 
 // snapshotTarget finds a node's target for the coordinator: this node's,
-// or a client of the node RPC address the node announces in gossip.
+// or the control client (its own connection, beside the data's) of the
+// node RPC address the node announces in gossip.
 func (d *daemon) snapshotTarget(node string) (snapshot.Target, error) {
 	if node == d.cfg.NodeName {
 		return localTarget{d}, nil
@@ -169,7 +170,7 @@ func (d *daemon) snapshotTarget(node string) (snapshot.Target, error) {
 	if m.Meta.Addrs.Storage == "" {
 		return nil, fmt.Errorf("target %s announces no node RPC address", node)
 	}
-	c, err := d.peer(node, m.Meta.Addrs.Storage)
+	c, err := d.controlPeer(node, m.Meta.Addrs.Storage)
 	if err != nil {
 		return nil, err
 	}
