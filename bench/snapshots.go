@@ -70,8 +70,8 @@ type SnapshotRun struct {
 	CreatesNs []int64 `json:"creates_ns"`
 	// Phases are the protocol's step durations of each sealed create, as
 	// its coordinator measured them (the create reply).
-	Phases SnapshotPhases `json:"phases"`
-	Deleted   int     `json:"deleted"`
+	Phases  SnapshotPhases `json:"phases"`
+	Deleted int            `json:"deleted"`
 	// Targets are the nodes whose targets serve the group's volumes.
 	Targets []TargetHolds `json:"targets"`
 }
