@@ -3,6 +3,7 @@ package snapshot
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -258,15 +259,38 @@ func (o *orderTarget) Release(_ context.Context, vols []string, _ uint64) (HoldR
 
 func (o *orderTarget) Drained(context.Context, []string, uint64) (bool, error) { return true, nil }
 
+// starterTarget is an orderTarget that is a ReleaseStarter: its release
+// is logged when started.
+type starterTarget struct{ *orderTarget }
+
+func (s starterTarget) StartRelease(ctx context.Context, vols []string, next uint64) (func() (HoldReport, error), error) {
+	rep, err := s.Release(ctx, vols, next)
+	return func() (HoldReport, error) { return rep, err }, nil
+}
+
 // TestCoordinatorReleasesAfterEverySwitch: the legs of the cut send no
 // Release before every target's Hold has answered without error, however
 // late the last one; when a Hold fails, every target is released, each
 // only once its own Hold returned.
 func TestCoordinatorReleasesAfterEverySwitch(t *testing.T) {
 	vols := []VolumeRef{{Name: "x", ID: 1, Target: "a"}, {Name: "y", ID: 2, Target: "b"}, {Name: "z", ID: 3, Target: "c"}}
+	for _, starters := range []bool{false, true} {
+		t.Run(fmt.Sprintf("starters=%v", starters), func(t *testing.T) { testReleaseOrder(t, vols, starters) })
+	}
+}
+
+func testReleaseOrder(t *testing.T, vols []VolumeRef, starters bool) {
 	run := func(t *testing.T, tg map[string]*orderTarget, step time.Duration) (Result, error) {
 		cat := &memCatalog{epoch: 3, recs: map[uint64]*memRecord{}, vols: vols}
-		c, err := New(Options{Catalog: cat, StepTimeout: step, Targets: func(n string) (Target, error) { return tg[n], nil }})
+		// With starters, b and c are ReleaseStarters and a is not: the
+		// last leg starts their releases, a's leg its own.
+		lookup := func(n string) (Target, error) {
+			if starters && n != "a" {
+				return starterTarget{tg[n]}, nil
+			}
+			return tg[n], nil
+		}
+		c, err := New(Options{Catalog: cat, StepTimeout: step, Targets: lookup})
 		if err != nil {
 			t.Fatal(err)
 		}

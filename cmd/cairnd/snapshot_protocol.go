@@ -74,6 +74,15 @@ func (t localTarget) Release(ctx context.Context, names []string, next uint64) (
 	return t.d.snapLocal.Release(ctx, names, next)
 }
 
+func (t localTarget) StartRelease(ctx context.Context, names []string, next uint64) (func() (snapshot.HoldReport, error), error) {
+	return t.d.snapLocal.StartRelease(ctx, names, next)
+}
+
+var (
+	_ snapshot.ReleaseStarter = localTarget{}
+	_ snapshot.ReleaseStarter = remoteTarget{}
+)
+
 func (t localTarget) Drained(ctx context.Context, names []string, epoch uint64) (bool, error) {
 	return t.d.snapLocal.Drained(ctx, names, epoch)
 }
@@ -111,6 +120,22 @@ func (t remoteTarget) Hold(ctx context.Context, names []string, next uint64, tim
 
 func (t remoteTarget) Release(ctx context.Context, names []string, next uint64) (snapshot.HoldReport, error) {
 	holds, err := t.c.TargetRelease(ctx, names, next)
+	return t.report(names, holds, err)
+}
+
+// StartRelease sends the release and returns with it in flight.
+func (t remoteTarget) StartRelease(ctx context.Context, names []string, next uint64) (func() (snapshot.HoldReport, error), error) {
+	wait, err := t.c.StartTargetRelease(ctx, names, next)
+	if err != nil {
+		return nil, fmt.Errorf("target %s: %w", t.node, err)
+	}
+	return func() (snapshot.HoldReport, error) {
+		holds, err := wait()
+		return t.report(names, holds, err)
+	}, nil
+}
+
+func (t remoteTarget) report(names []string, holds []wire.VolumeHold, err error) (snapshot.HoldReport, error) {
 	var rep snapshot.HoldReport
 	for i, h := range holds {
 		rep.Volumes = append(rep.Volumes, snapshot.VolumeHold{Volume: names[i], Window: h.Window, Held: h.Held, Reason: h.Reason, Drained: h.Drained})
