@@ -164,15 +164,6 @@ func (t *LocalTarget) Release(_ context.Context, names []string, next uint64) (H
 	return rep, errors.Join(errs...)
 }
 
-// StartRelease implements ReleaseStarter: the release is done at once
-// (it does not block), and wait returns its outcome.
-func (t *LocalTarget) StartRelease(ctx context.Context, names []string, next uint64) (func() (HoldReport, error), error) {
-	rep, err := t.Release(ctx, names, next)
-	return func() (HoldReport, error) { return rep, err }, nil
-}
-
-var _ ReleaseStarter = (*LocalTarget)(nil)
-
 // ReasonNone is the VolumeHold.Reason of a volume that had no hold to
 // release.
 const ReasonNone = "none"
