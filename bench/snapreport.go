@@ -23,6 +23,9 @@ type SnapshotCell struct {
 	// CreateP50Ns and CreateP99Ns are of every create's time.
 	CreateP50Ns int64 `json:"create_p50_ns"`
 	CreateP99Ns int64 `json:"create_p99_ns"`
+	// Phases are the p50 and p99 of each protocol step of the sealed
+	// creates, as their coordinators measured them.
+	Phases PhaseStats `json:"phases"`
 	// WriteP99Ns is the median over the runs of the write side's p99
 	// (fio's total latency); 0 if the workload does not write or the
 	// driver measured no distribution.
@@ -32,6 +35,32 @@ type SnapshotCell struct {
 	Versus []WriteP99Ratio `json:"versus,omitempty"`
 	// Targets are the held windows per target, pooled over the runs.
 	Targets []TargetWindows `json:"targets"`
+}
+
+// PhaseStats are p50 and p99 of each protocol step, ns.
+type PhaseStats struct {
+	ReserveP50Ns int64 `json:"reserve_p50_ns"`
+	ReserveP99Ns int64 `json:"reserve_p99_ns"`
+	HoldP50Ns    int64 `json:"hold_p50_ns"`
+	HoldP99Ns    int64 `json:"hold_p99_ns"`
+	ReleaseP50Ns int64 `json:"release_p50_ns"`
+	ReleaseP99Ns int64 `json:"release_p99_ns"`
+	SealP50Ns    int64 `json:"seal_p50_ns"`
+	SealP99Ns    int64 `json:"seal_p99_ns"`
+}
+
+func phaseStats(p SnapshotPhases) PhaseStats {
+	var s PhaseStats
+	q := func(ns []int64, p50, p99 *int64) {
+		if a, b, _, ok := windowStats(ns); ok {
+			*p50, *p99 = int64(a), int64(b)
+		}
+	}
+	q(p.ReserveNs, &s.ReserveP50Ns, &s.ReserveP99Ns)
+	q(p.HoldNs, &s.HoldP50Ns, &s.HoldP99Ns)
+	q(p.ReleaseNs, &s.ReleaseP50Ns, &s.ReleaseP99Ns)
+	q(p.SealNs, &s.SealP50Ns, &s.SealP99Ns)
+	return s
 }
 
 // WriteP99Ratio is write p99 with snapshots over write p99 without: above
@@ -131,9 +160,11 @@ func snapshotCell(system, workload string, runs []RunRecord) SnapshotCell {
 	ended := map[string]map[string]int64{}
 	var order []string
 	var creates []int64
+	var phases SnapshotPhases
 	for _, r := range runs {
 		sr := r.During.Snapshots
 		creates = append(creates, sr.CreatesNs...)
+		phases.add(sr.Phases)
 		c.Taken += sr.Taken
 		c.Sealed += sr.Sealed
 		c.Failed += sr.Failed
@@ -164,6 +195,7 @@ func snapshotCell(system, workload string, runs []RunRecord) SnapshotCell {
 	if p50, p99, _, ok := windowStats(creates); ok {
 		c.CreateP50Ns, c.CreateP99Ns = int64(p50), int64(p99)
 	}
+	c.Phases = phaseStats(phases)
 	sort.Strings(order)
 	for _, t := range order {
 		tw := TargetWindows{Target: t, Holds: len(windows[t]), HeldMax: heldMax[t]}
@@ -204,6 +236,14 @@ func (rep *Report) writeSnapshots(b *strings.Builder) {
 		for _, v := range c.Versus {
 			fmt.Fprintf(b, "%s %s | %s | %.2f× |\n", row, v.Peer, us(v.WriteP99Ns), v.Ratio)
 		}
+	}
+	b.WriteString("\nWhere a create's time goes: p50/p99 in ms of each protocol step of the sealed creates as their coordinator measured it (reserve: the catalog commit of the epoch and the pending record; hold: until every target switched; release: until every target let go; seal: the drain and the catalog commit of the seal). The rest of the create time is the admin API and the coordinator's setup.\n\n")
+	b.WriteString("| system | workload | reserve | hold | release | seal |\n|---|---|---:|---:|---:|---:|\n")
+	for _, c := range rep.Snapshots {
+		p := c.Phases
+		ms := func(a, b int64) string { return fmt.Sprintf("%.1f/%.1f", float64(a)/1e6, float64(b)/1e6) }
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", c.System, c.Workload, ms(p.ReserveP50Ns, p.ReserveP99Ns),
+			ms(p.HoldP50Ns, p.HoldP99Ns), ms(p.ReleaseP50Ns, p.ReleaseP99Ns), ms(p.SealP50Ns, p.SealP99Ns))
 	}
 	b.WriteString("\nHeld-acknowledgement window per target (goal p99 ≤ 1 ms with 4 targets on loopback), pooled over the runs. *Exact*: order statistics (nearest rank) of every hold of the sealed snapshots as the target reported it at release (the create replies). Most held: the most acknowledgements one hold kept waiting. *Metric*: the change of the target's `cairn_snapshot_hold_seconds` over each run — it also counts holds of failed snapshots and holds that ended at their own deadline — where a quantile is the upper bound of its bucket (≤; buckets 100 µs apart up to 1 ms); ended by is `cairn_snapshot_holds_total`.\n\n")
 	b.WriteString("| system | workload | target | holds | p50 µs | p99 µs | max µs | most held | metric holds | p50 ≤ µs | p99 ≤ µs | max ≤ µs | mean µs | ended by |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")

@@ -68,9 +68,30 @@ type SnapshotRun struct {
 	Late int `json:"late"`
 	// CreatesNs are how long each create took, through the admin API.
 	CreatesNs []int64 `json:"creates_ns"`
-	Deleted   int     `json:"deleted"`
+	// Phases are the protocol's step durations of each sealed create, as
+	// its coordinator measured them (the create reply).
+	Phases  SnapshotPhases `json:"phases"`
+	Deleted int            `json:"deleted"`
 	// Targets are the nodes whose targets serve the group's volumes.
 	Targets []TargetHolds `json:"targets"`
+}
+
+// SnapshotPhases are per-snapshot step durations, one entry a sealed
+// snapshot in each: reserve (the catalog commit of the epoch and the
+// pending record), hold (every target switched), release (every target
+// let go), seal (drain and the catalog commit of the seal).
+type SnapshotPhases struct {
+	ReserveNs []int64 `json:"reserve_ns,omitempty"`
+	HoldNs    []int64 `json:"hold_ns,omitempty"`
+	ReleaseNs []int64 `json:"release_ns,omitempty"`
+	SealNs    []int64 `json:"seal_ns,omitempty"`
+}
+
+func (p *SnapshotPhases) add(o SnapshotPhases) {
+	p.ReserveNs = append(p.ReserveNs, o.ReserveNs...)
+	p.HoldNs = append(p.HoldNs, o.HoldNs...)
+	p.ReleaseNs = append(p.ReleaseNs, o.ReleaseNs...)
+	p.SealNs = append(p.SealNs, o.SealNs...)
 }
 
 // TargetHolds are one target's held windows in one run.
@@ -367,6 +388,13 @@ func takeSnapshots(ctx context.Context, s snapshotSetup, every time.Duration) (*
 			switch {
 			case err == nil:
 				run.Sealed++
+				if pr := sn.Protocol; pr != nil {
+					ns := func(s float64) int64 { return int64(s * float64(time.Second)) }
+					run.Phases.ReserveNs = append(run.Phases.ReserveNs, ns(pr.ReserveSeconds))
+					run.Phases.HoldNs = append(run.Phases.HoldNs, ns(pr.HoldSeconds))
+					run.Phases.ReleaseNs = append(run.Phases.ReleaseNs, ns(pr.ReleaseSeconds))
+					run.Phases.SealNs = append(run.Phases.SealNs, ns(pr.SealSeconds))
+				}
 				if sn.Protocol != nil {
 					for _, h := range sn.Protocol.Holds {
 						windows[h.Target] = append(windows[h.Target], int64(h.WindowSeconds*float64(time.Second)))

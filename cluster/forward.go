@@ -164,13 +164,23 @@ func (c *Catalog) waitApplied(ctx context.Context, index uint64) error {
 	defer cancel()
 	t := time.NewTicker(waitLeaderPoll)
 	defer t.Stop()
-	for c.raft.AppliedIndex() < index {
+	for {
+		// Taken before the check: a change applied after it closes this
+		// channel, so none is missed. The FSM's own index is checked too:
+		// raft advances AppliedIndex only after it handed the entries to
+		// the FSM goroutine, which may apply and notify first. The ticker
+		// covers entries that change nothing (refused commands, raft's
+		// own) and a restore.
+		changed := c.fsm.changes()
+		if c.raft.AppliedIndex() >= index || c.fsm.appliedIndex() >= index {
+			return nil
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("cluster: change applied at the leader, not yet here (index %d, applied %d): %w: %w",
 				index, c.raft.AppliedIndex(), ErrTimeout, ctx.Err())
+		case <-changed:
 		case <-t.C:
 		}
 	}
-	return nil
 }

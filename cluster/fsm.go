@@ -19,6 +19,8 @@ type fsm struct {
 		st state
 		// changed is closed, and replaced, after each change of st.
 		changed chan struct{}
+		// applied is the index of the last command Apply executed.
+		applied uint64
 	}
 }
 
@@ -47,6 +49,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.mu.applied = max(f.mu.applied, l.Index)
 	v, err := f.mu.st.apply(cmd)
 	v.Volume = v.Volume.clone() // the caller's copy shares nothing with the state
 	if invariants {
@@ -90,6 +93,14 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 func (f *fsm) notifyLocked() {
 	close(f.mu.changed)
 	f.mu.changed = make(chan struct{})
+}
+
+// appliedIndex returns the index of the last command Apply executed (0
+// after a Restore until the next).
+func (f *fsm) appliedIndex() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.mu.applied
 }
 
 func (f *fsm) changes() <-chan struct{} {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -304,28 +305,15 @@ func (c *Coordinator) Snapshot(ctx context.Context, group string) (res Result, e
 		return res, c.fail(ctx, &res, ReasonTarget, errors.Join(errs...))
 	}
 
-	// Hold, everywhere at once.
-	t := c.now()
-	answered, reason, err := c.hold(ctx, &res, tgts, r.Epoch+1)
-	res.Hold = c.now().Sub(t)
+	// Hold everywhere at once, then release once every target has
+	// switched (cut).
+	reason, err := c.cut(ctx, &res, tgts, r.Epoch+1)
 	if err != nil {
-		// Whatever switched lets go; a target that did not answer Hold is
-		// sent Release too but not waited for (its own hold deadline
-		// covers it).
-		_ = c.release(ctx, &res, tgts, r.Epoch+1, answered)
 		return res, c.fail(ctx, &res, reason, err)
 	}
 
-	// Release, once every target has switched.
-	t = c.now()
-	err = c.release(ctx, &res, tgts, r.Epoch+1, answered)
-	res.Release = c.now().Sub(t)
-	if err != nil {
-		return res, c.fail(ctx, &res, ReasonRelease, err)
-	}
-
 	// Seal, once nothing stamped ≤ e is in flight anywhere.
-	t = c.now()
+	t := c.now()
 	if err := c.drain(ctx, &res, tgts); err != nil {
 		res.Seal = c.now().Sub(t)
 		return res, c.fail(ctx, &res, ReasonDrain, err)
@@ -353,88 +341,206 @@ func (c *Coordinator) fail(ctx context.Context, res *Result, reason string, caus
 	return err
 }
 
-// hold asks every target to switch to next and waits for all of them, or
-// the first error, or the step deadline. It returns which targets
-// answered, and the failure reason with the error.
-func (c *Coordinator) hold(ctx context.Context, res *Result, tgts []Target, next uint64) ([]bool, string, error) {
+// cut asks every target to switch to next and hold, and once every one
+// has switched, to release. Each target's Hold runs on its own goroutine
+// (a leg). The leg whose Hold answers last, finding every other Hold
+// answered without error, starts every target's release itself, back to
+// back (a ReleaseStarter's is sent without waiting for its answer), and
+// then lets the other legs gather their answers. So the release follows
+// the last switch with no goroutine hop: not through the coordinator's
+// goroutine, nor through each leg's, which on a loaded host may wait
+// milliseconds to run (go tool trace of cairn-4target-snap100ms: a leg
+// runnable for 1.9 ms before it sent its release). A target that is not a
+// ReleaseStarter is released by its own leg.
+//
+// The argument of DESIGN.md §3 needs only that no Release is sent before
+// every target answered its Hold without error: the releases start then
+// only. If a Hold erred or the hold step passed its deadline, the
+// coordinator aborts instead (unless the last Hold answered just then,
+// which makes the releases go as above): every leg sends its Release once
+// its Hold has returned (a target that switched lets go; one that did not
+// finds no hold), and the snapshot fails. Each Release gets a step's time
+// of its own, not cancelled with the caller's ctx: holds must end whatever
+// happened to the caller. The coordinator waits for the releases of the
+// targets whose Hold answered, or the release step's deadline; a target
+// that did not answer is not waited for (its own hold deadline covers it).
+// Every leg ends within two steps; its sends are buffered.
+//
+// It fills res.Hold (until every Hold answered) and res.Release (from then
+// until every release was gathered) and returns the failure reason with
+// the error.
+func (c *Coordinator) cut(ctx context.Context, res *Result, tgts []Target, next uint64) (string, error) {
 	hctx, cancel := context.WithTimeout(ctx, c.stepTimeout)
 	defer cancel()
-	type answer struct {
+	type holdAnswer struct {
 		i   int
 		d   time.Duration
 		err error
 	}
-	// Buffered: a target answering after the deadline does not block.
-	answers := make(chan answer, len(tgts))
+	holds := make(chan holdAnswer, len(tgts))
+	releases := make(chan releaseAnswer, len(tgts))
+	// Exactly one of switched and abort is closed, by whoever moves ended
+	// from cutOpen: the last Hold to answer, all without error (cutSwitched,
+	// after it started every release), or the coordinator when the holds
+	// failed (cutAborted).
+	var ended atomic.Int32
+	switched := make(chan struct{})
+	abort := make(chan struct{})
+	var left atomic.Int64 // Holds not yet answered without error
+	left.Store(int64(len(tgts)))
+	legs := make([]leg, len(tgts)) // written by the opener before it closes switched
 	start := c.now()
 	for i, tg := range tgts {
 		vols := res.Targets[i].Volumes
 		go func() {
 			err := tg.Hold(hctx, vols, next, c.holdTimeout)
-			answers <- answer{i, c.now().Sub(start), err}
+			if err == nil && left.Add(-1) == 0 && ended.CompareAndSwap(cutOpen, cutSwitched) {
+				// Every target switched: release them all from here,
+				// back to back, then let the other legs gather.
+				for j := range tgts {
+					legs[j].start(ctx, c.stepTimeout, tgts[j], res.Targets[j].Volumes, next)
+				}
+				close(switched)
+			}
+			holds <- holdAnswer{i, c.now().Sub(start), err}
+			var rep HoldReport
+			var rerr error
+			select {
+			case <-switched:
+				rep, rerr = legs[i].wait()
+			case <-abort:
+				var l leg
+				l.start(ctx, c.stepTimeout, tg, vols, next)
+				rep, rerr = l.wait()
+			}
+			releases <- releaseAnswer{i, rep, rerr}
 		}()
 	}
+
+	// Hold: gather every answer, or the first error, or the deadline.
 	answered := make([]bool, len(tgts))
-	var errs []error
-	for pending := len(tgts); pending > 0; pending-- {
-		select {
-		case a := <-answers:
-			answered[a.i] = true
-			tr := &res.Targets[a.i]
-			tr.Hold = a.d
-			if a.err != nil {
-				tr.Reason, tr.Err = ReasonHold, a.err
-				errs = append(errs, fmt.Errorf("target %s: hold: %w", tr.Node, a.err))
-				cancel() // the snapshot is lost: stop waiting on the others
-			}
-		case <-hctx.Done():
-			if len(errs) > 0 {
-				return answered, ReasonHold, errors.Join(errs...)
-			}
-			var late []string
-			for i := range res.Targets {
-				if !answered[i] {
-					res.Targets[i].Reason = ReasonTimeout
-					late = append(late, res.Targets[i].Node)
+	reason, err := func() (string, error) {
+		var errs []error
+		for pending := len(tgts); pending > 0; pending-- {
+			select {
+			case a := <-holds:
+				answered[a.i] = true
+				tr := &res.Targets[a.i]
+				tr.Hold = a.d
+				if a.err != nil {
+					tr.Reason, tr.Err = ReasonHold, a.err
+					errs = append(errs, fmt.Errorf("target %s: hold: %w", tr.Node, a.err))
+					cancel() // the snapshot is lost: stop waiting on the others
 				}
+			case <-hctx.Done():
+				if len(errs) > 0 {
+					return ReasonHold, errors.Join(errs...)
+				}
+				var late []string
+				for i := range res.Targets {
+					if !answered[i] {
+						res.Targets[i].Reason = ReasonTimeout
+						late = append(late, res.Targets[i].Node)
+					}
+				}
+				return ReasonTimeout, fmt.Errorf("hold: no answer from %v in %v: %w", late, c.stepTimeout, hctx.Err())
 			}
-			return answered, ReasonTimeout, fmt.Errorf("hold: no answer from %v in %v: %w", late, c.stepTimeout, hctx.Err())
 		}
+		if len(errs) > 0 {
+			return ReasonHold, errors.Join(errs...)
+		}
+		return "", nil
+	}()
+	res.Hold = c.now().Sub(start)
+	if err != nil {
+		if ended.CompareAndSwap(cutOpen, cutAborted) {
+			close(abort) // the legs release once their Hold returned
+		} // else every Hold answered after all, and the releases are on their way
+		cancel()
+		_ = c.gatherReleases(res, releases, answered)
+		return reason, err
 	}
-	if len(errs) > 0 {
-		return answered, ReasonHold, errors.Join(errs...)
+	// Every Hold answered without error, so switched is closed: the legs
+	// are releasing.
+	t := c.now()
+	err = c.gatherReleases(res, releases, answered)
+	res.Release = c.now().Sub(t)
+	if err != nil {
+		return ReasonRelease, err
 	}
-	return answered, "", nil
+	return "", nil
 }
 
-// release tells every target to let its held acknowledgements go, in
-// parallel, and waits for those marked in wait, or the step deadline. It
-// fails if one of them erred or reported a hold that ended before the
-// release.
-func (c *Coordinator) release(ctx context.Context, res *Result, tgts []Target, next uint64, wait []bool) error {
-	// Not cancelled with the caller's ctx: holds must end whatever
-	// happened to the caller. Not cancelled on return either: a target not
-	// waited for gets the whole step to answer.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.stepTimeout)
-	type answer struct {
-		i   int
-		rep HoldReport
-		err error
+// The states of a cut: open, then switched or aborted.
+const (
+	cutOpen int32 = iota
+	cutSwitched
+	cutAborted
+)
+
+// ReleaseStarter is a Target that can send a Release without waiting for
+// its answer, so that one goroutine sends every target's release back to
+// back (see cut). A Target that is not one is released by its own leg.
+type ReleaseStarter interface {
+	// StartRelease starts what Release would do and returns what waits
+	// for its outcome; wait must be called, once, while ctx is valid. On
+	// error nothing was started.
+	StartRelease(ctx context.Context, volumes []string, next uint64) (wait func() (HoldReport, error), err error)
+}
+
+// leg is one target's release in a cut.
+type leg struct {
+	cancel  context.CancelFunc
+	pending func() (HoldReport, error) // a started release, or nil
+	err     error                      // StartRelease's
+	started bool
+}
+
+// start starts the target's release, if it is a ReleaseStarter, under a
+// step's time of its own (not cancelled with the caller's ctx: holds must
+// end whatever happened to the caller).
+func (l *leg) start(ctx context.Context, step time.Duration, tg Target, vols []string, next uint64) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), step)
+	l.cancel, l.started = cancel, true
+	if rs, ok := tg.(ReleaseStarter); ok {
+		l.pending, l.err = rs.StartRelease(rctx, vols, next)
+		if l.err != nil {
+			l.pending = nil
+		}
+		return
 	}
-	answers := make(chan answer, len(tgts))
-	var wg sync.WaitGroup
+	l.pending = func() (HoldReport, error) { return tg.Release(rctx, vols, next) }
+}
+
+// wait returns the outcome of the release start began.
+func (l *leg) wait() (HoldReport, error) {
+	if !l.started {
+		panic("snapshot: leg waits on a release never started")
+	}
+	defer l.cancel()
+	if l.err != nil {
+		return HoldReport{}, l.err
+	}
+	return l.pending()
+}
+
+// releaseAnswer is one leg's Release.
+type releaseAnswer struct {
+	i   int
+	rep HoldReport
+	err error
+}
+
+// gatherReleases waits for the releases of the targets marked in wait,
+// or the release step's deadline. It fails if one of them erred or
+// reported a hold that ended before the release.
+func (c *Coordinator) gatherReleases(res *Result, answers <-chan releaseAnswer, wait []bool) error {
 	pending := 0
-	for i, tg := range tgts {
-		if wait[i] {
+	for _, w := range wait {
+		if w {
 			pending++
 		}
-		vols := res.Targets[i].Volumes
-		wg.Go(func() {
-			rep, err := tg.Release(rctx, vols, next)
-			answers <- answer{i, rep, err}
-		})
 	}
-	go func() { wg.Wait(); cancel() }()
 	deadline := time.NewTimer(c.stepTimeout)
 	defer deadline.Stop()
 	var errs []error

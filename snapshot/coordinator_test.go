@@ -3,6 +3,8 @@ package snapshot
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -205,4 +207,158 @@ func TestCutCheckUnit(t *testing.T) {
 	if _, err := c.Check([]uint64{0, 0}, func(w, j int) []byte { return b[w][j] }); !errors.Is(err, ErrCut) {
 		t.Errorf("corrupt: %v", err)
 	}
+}
+
+// orderTarget logs each call's start and end into a shared log, and can
+// make its Hold wait on gate (closed by the test) or fail.
+type orderTarget struct {
+	name    string
+	log     *callLog
+	gate    chan struct{} // nil: Hold answers at once
+	holdErr error
+}
+
+type callLog struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (l *callLog) add(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.calls = append(l.calls, s)
+}
+
+func (l *callLog) snapshot() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.calls...)
+}
+
+func (o *orderTarget) Hold(ctx context.Context, _ []string, _ uint64, _ time.Duration) error {
+	if o.gate != nil {
+		select {
+		case <-o.gate:
+		case <-ctx.Done():
+			o.log.add(o.name + " hold-cancelled")
+			return ctx.Err()
+		}
+	}
+	o.log.add(o.name + " hold")
+	return o.holdErr
+}
+
+func (o *orderTarget) Release(_ context.Context, vols []string, _ uint64) (HoldReport, error) {
+	o.log.add(o.name + " release")
+	var rep HoldReport
+	for _, v := range vols {
+		rep.Volumes = append(rep.Volumes, VolumeHold{Volume: v, Reason: reasonReleased, Drained: true})
+	}
+	return rep, nil
+}
+
+func (o *orderTarget) Drained(context.Context, []string, uint64) (bool, error) { return true, nil }
+
+// starterTarget is an orderTarget that is a ReleaseStarter: its release
+// is logged when started.
+type starterTarget struct{ *orderTarget }
+
+func (s starterTarget) StartRelease(ctx context.Context, vols []string, next uint64) (func() (HoldReport, error), error) {
+	rep, err := s.Release(ctx, vols, next)
+	return func() (HoldReport, error) { return rep, err }, nil
+}
+
+// TestCoordinatorReleasesAfterEverySwitch: the legs of the cut send no
+// Release before every target's Hold has answered without error, however
+// late the last one; when a Hold fails, every target is released, each
+// only once its own Hold returned.
+func TestCoordinatorReleasesAfterEverySwitch(t *testing.T) {
+	vols := []VolumeRef{{Name: "x", ID: 1, Target: "a"}, {Name: "y", ID: 2, Target: "b"}, {Name: "z", ID: 3, Target: "c"}}
+	for _, starters := range []bool{false, true} {
+		t.Run(fmt.Sprintf("starters=%v", starters), func(t *testing.T) { testReleaseOrder(t, vols, starters) })
+	}
+}
+
+func testReleaseOrder(t *testing.T, vols []VolumeRef, starters bool) {
+	run := func(t *testing.T, tg map[string]*orderTarget, step time.Duration) (Result, error) {
+		cat := &memCatalog{epoch: 3, recs: map[uint64]*memRecord{}, vols: vols}
+		// With starters, b and c are ReleaseStarters and a is not: the
+		// last leg starts their releases, a's leg its own.
+		lookup := func(n string) (Target, error) {
+			if starters && n != "a" {
+				return starterTarget{tg[n]}, nil
+			}
+			return tg[n], nil
+		}
+		c, err := New(Options{Catalog: cat, StepTimeout: step, Targets: lookup})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Snapshot(context.Background(), "g")
+	}
+	// waitCalls waits (bounded) until the log has n calls.
+	waitCalls := func(t *testing.T, l *callLog, n int) []string {
+		deadline := time.Now().Add(10 * time.Second)
+		for len(l.snapshot()) < n && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		calls := l.snapshot()
+		if len(calls) != n {
+			t.Fatalf("calls %v, want %d", calls, n)
+		}
+		return calls
+	}
+
+	t.Run("slow last hold", func(t *testing.T) {
+		l := &callLog{}
+		gate := make(chan struct{})
+		tg := map[string]*orderTarget{"a": {name: "a", log: l}, "b": {name: "b", log: l, gate: gate}, "c": {name: "c", log: l}}
+		done := make(chan struct{})
+		var res Result
+		var err error
+		go func() { defer close(done); res, err = run(t, tg, 10*time.Second) }()
+		// a and c switch; b's Hold waits on the gate. Nothing may be
+		// released meanwhile.
+		calls := waitCalls(t, l, 2)
+		for _, c := range calls {
+			if c != "a hold" && c != "c hold" {
+				t.Fatalf("before b switched: %v", calls)
+			}
+		}
+		time.Sleep(20 * time.Millisecond) // a release sent early would show here
+		if calls := l.snapshot(); len(calls) != 2 {
+			t.Fatalf("released before b switched: %v", calls)
+		}
+		close(gate)
+		<-done
+		if err != nil || !res.Sealed {
+			t.Fatalf("%v, %+v", err, res)
+		}
+		calls = waitCalls(t, l, 6)
+		if calls[2] != "b hold" {
+			t.Fatalf("calls %v: b's hold is not the third", calls)
+		}
+	})
+
+	t.Run("failed hold", func(t *testing.T) {
+		l := &callLog{}
+		gate := make(chan struct{})
+		tg := map[string]*orderTarget{"a": {name: "a", log: l, holdErr: errors.New("boom")}, "b": {name: "b", log: l, gate: gate}, "c": {name: "c", log: l}}
+		res, err := run(t, tg, 10*time.Second)
+		if !errors.Is(err, ErrFailed) || res.Reason != ReasonHold {
+			t.Fatalf("%v, %+v", err, res)
+		}
+		// b's Hold was cancelled with the snapshot; every target is
+		// released after its own Hold returned.
+		calls := waitCalls(t, l, 6)
+		seen := map[string]bool{}
+		for _, c := range calls {
+			name, what, _ := strings.Cut(c, " ")
+			if what == "release" && !seen[name] {
+				t.Fatalf("calls %v: %s released before its hold returned", calls, name)
+			}
+			seen[name] = true
+		}
+		close(gate)
+	})
 }

@@ -145,7 +145,7 @@ func (r *rig) coordinator(step time.Duration) *Coordinator {
 			return t, nil
 		}
 		if t, ok := r.locals[node]; ok {
-			return t, nil
+			return startingTarget{t}, nil
 		}
 		return nil, fmt.Errorf("no target %s", node)
 	}})
@@ -415,6 +415,18 @@ func TestCutCheckStuckTarget(t *testing.T) {
 
 // early is a broken target: it releases its holds at once instead of
 // waiting for the coordinator's Release, and reports them released.
+// startingTarget is a LocalTarget that is a ReleaseStarter, as cairnd's
+// is: the coordinator's last leg releases it in line. The wrappers below
+// that embed *LocalTarget are not, so their Release is the one called.
+type startingTarget struct{ *LocalTarget }
+
+func (s startingTarget) StartRelease(ctx context.Context, vols []string, next uint64) (func() (HoldReport, error), error) {
+	rep, err := s.Release(ctx, vols, next)
+	return func() (HoldReport, error) { return rep, err }, nil
+}
+
+var _ ReleaseStarter = startingTarget{}
+
 type early struct{ *LocalTarget }
 
 func (e early) Hold(ctx context.Context, vols []string, next uint64, timeout time.Duration) error {

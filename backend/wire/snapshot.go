@@ -349,26 +349,46 @@ func (c *Client) TargetHold(ctx context.Context, volumes []string, next uint64, 
 // error is the release's (a hold that ended before it, say) with the holds
 // still returned, or the call's with none.
 func (c *Client) TargetRelease(ctx context.Context, volumes []string, next uint64) ([]VolumeHold, error) {
+	wait, err := c.StartTargetRelease(ctx, volumes, next)
+	if err != nil {
+		return nil, err
+	}
+	return wait()
+}
+
+// StartTargetRelease sends the request TargetRelease would and returns
+// with the call in flight; wait returns what TargetRelease would have.
+// Unless StartTargetRelease failed, wait must be called, once, while ctx
+// is still valid: until then the call holds one of the connection's
+// slots and a pooled reply buffer.
+func (c *Client) StartTargetRelease(ctx context.Context, volumes []string, next uint64) (wait func() ([]VolumeHold, error), err error) {
 	if len(volumes) == 0 || len(volumes) > TargetVolumesMax {
 		return nil, fmt.Errorf("wire: target release on %s: %w: %d volumes, want 1 to %d", c.addr, store.ErrInvalid, len(volumes), TargetVolumesMax)
 	}
 	bp := target.GetBuffer(releaseReplyBytes(len(volumes)))
-	defer target.PutBuffer(bp)
-	n, err := c.target(ctx, OpTargetRelease, TargetRequest{Epoch: next, Volumes: volumes}, *bp)
+	s, err := c.startTarget(ctx, OpTargetRelease, TargetRequest{Epoch: next, Volumes: volumes}, *bp)
 	if err != nil {
+		target.PutBuffer(bp)
 		return nil, err
 	}
-	rep, err := ParseReleaseReply((*bp)[:n])
-	if err == nil && len(rep.Volumes) != len(volumes) {
-		err = fmt.Errorf("%w: release of %d volumes answered with %d", ErrProtocol, len(volumes), len(rep.Volumes))
-	}
-	if err != nil {
-		return nil, fmt.Errorf("wire: target release on %s: %w", c.addr, err)
-	}
-	if rep.Err != "" {
-		return rep.Volumes, fmt.Errorf("wire: target release on %s: %w", c.addr, &remoteError{op: OpTargetRelease, code: CodeIO, msg: rep.Err})
-	}
-	return rep.Volumes, nil
+	return func() ([]VolumeHold, error) {
+		defer target.PutBuffer(bp)
+		n, err := c.waitTarget(s, OpTargetRelease, len(volumes))
+		if err != nil {
+			return nil, err
+		}
+		rep, err := ParseReleaseReply((*bp)[:n])
+		if err == nil && len(rep.Volumes) != len(volumes) {
+			err = fmt.Errorf("%w: release of %d volumes answered with %d", ErrProtocol, len(volumes), len(rep.Volumes))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("wire: target release on %s: %w", c.addr, err)
+		}
+		if rep.Err != "" {
+			return rep.Volumes, fmt.Errorf("wire: target release on %s: %w", c.addr, &remoteError{op: OpTargetRelease, code: CodeIO, msg: rep.Err})
+		}
+		return rep.Volumes, nil
+	}, nil
 }
 
 // TargetDrained asks the node's target whether no write stamped ≤ epoch
@@ -388,21 +408,43 @@ func (c *Client) TargetDrained(ctx context.Context, volumes []string, epoch uint
 // target makes one snapshot call with the budget ctx leaves, its reply
 // payload into reply; it returns the payload's length.
 func (c *Client) target(ctx context.Context, op Op, q TargetRequest, reply []byte) (int, error) {
+	s, err := c.startTarget(ctx, op, q, reply)
+	if err != nil {
+		return 0, err
+	}
+	return c.waitTarget(s, op, len(q.Volumes))
+}
+
+// startTarget sends one snapshot call with the budget ctx leaves; unless
+// it failed, the caller must end it with waitTarget while ctx is valid
+// and reply not reused.
+func (c *Client) startTarget(ctx context.Context, op Op, q TargetRequest, reply []byte) (*slot, error) {
 	q.Budget = c.opts.CallTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		q.Budget = time.Until(dl)
 	}
 	if q.Budget <= 0 {
-		return 0, fmt.Errorf("wire: %s on %s: %w", op, c.addr, context.DeadlineExceeded)
+		return nil, fmt.Errorf("wire: %s on %s: %w", op, c.addr, context.DeadlineExceeded)
 	}
 	q.Budget = min(q.Budget, TargetBudgetMax)
 	if err := q.check(); err != nil {
-		return 0, fmt.Errorf("wire: %s on %s: %w: %w", op, c.addr, store.ErrInvalid, err)
+		return nil, fmt.Errorf("wire: %s on %s: %w: %w", op, c.addr, store.ErrInvalid, err)
 	}
 	a := args{op: op, data: AppendTargetRequest(nil, q), reply: reply}
-	n, _, err := c.do(ctx, &a)
+	s, err := c.start(ctx, &a)
 	if err != nil {
-		return 0, fmt.Errorf("wire: %s of %d volumes on %s: %w", op, len(q.Volumes), c.addr, err)
+		return nil, fmt.Errorf("wire: %s of %d volumes on %s: %w", op, len(q.Volumes), c.addr, err)
+	}
+	return s, nil
+}
+
+// waitTarget waits for the reply of a call startTarget sent and returns
+// its payload's length.
+func (c *Client) waitTarget(s *slot, op Op, volumes int) (int, error) {
+	addr := s.cc.c.addr
+	n, _, err := s.cc.wait(s) // s is another call's from here on
+	if err = c.ended(err); err != nil {
+		return 0, fmt.Errorf("wire: %s of %d volumes on %s: %w", op, volumes, addr, err)
 	}
 	return n, nil
 }

@@ -169,6 +169,45 @@ func TestTargetOps(t *testing.T) {
 	}
 }
 
+// TestStartTargetRelease: releases started back to back are all in
+// flight at once and each wait returns its own report, in any order; a
+// refused start holds nothing.
+func TestStartTargetRelease(t *testing.T) {
+	rt := &recTarget{holds: []VolumeHold{{Window: time.Millisecond, Held: 1, Drained: true, Reason: "released"}}}
+	addr, _ := startServer(t, newMemBackend(), ServerOptions{Snapshot: rt})
+	c := newClient(t, addr, ClientOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var waits []func() ([]VolumeHold, error)
+	for _, v := range []string{"a", "b", "c"} {
+		w, err := c.StartTargetRelease(ctx, []string{v}, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waits = append(waits, w)
+	}
+	for i := len(waits) - 1; i >= 0; i-- {
+		holds, err := waits[i]()
+		if err != nil || len(holds) != 1 || holds[0] != rt.holds[0] {
+			t.Fatalf("release %d: %+v %v", i, holds, err)
+		}
+	}
+	rt.mu.Lock()
+	calls := slices.Clone(rt.calls)
+	rt.mu.Unlock()
+	slices.Sort(calls)
+	if want := []string{"release a", "release b", "release c"}; !slices.Equal(calls, want) {
+		t.Errorf("calls %q, want %q", calls, want)
+	}
+	if _, err := c.StartTargetRelease(ctx, nil, 7); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("start of a release of no volumes: %v", err)
+	}
+	// The client is still whole: a call after them goes through.
+	if ok, err := c.TargetDrained(ctx, []string{"a"}, 6); err != nil || ok {
+		t.Fatalf("drained after the releases: %v %v", ok, err)
+	}
+}
+
 // TestTargetBudget: a target call that blocks ends at the caller's
 // deadline on the node too, not when the connection ends: the node's
 // context carries the budget the request did.

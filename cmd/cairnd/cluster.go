@@ -327,6 +327,10 @@ type peers struct {
 	nodes map[string]*meteredNode // each client in m, timed
 	addr  map[string]string       // of each client in m
 	stale []*wire.Client          // replaced clients, closed at Close
+	// ctl are the control clients (controlPeer), one connection each,
+	// and the address each dialed.
+	ctl     map[string]*wire.Client
+	ctlAddr map[string]string
 }
 
 // storageNode returns the volume.Node for a storage node of the catalog:
@@ -379,6 +383,32 @@ func (d *daemon) peerLocked(name, addr string) (*wire.Client, *meteredNode, erro
 	return c, mn, nil
 }
 
+// controlPeer returns the control client of a node: its own single
+// connection, which carries the snapshot protocol's calls only, so that a
+// hold or release is never queued behind data frames — in this node's
+// writer, in the peer's reader, or among the replies coming back — on the
+// connections the volumes' I/O uses (peer). Made on first use, remade
+// when the node moved to another address.
+func (d *daemon) controlPeer(name, addr string) (*wire.Client, error) {
+	d.peers.mu.Lock()
+	defer d.peers.mu.Unlock()
+	if c, ok := d.peers.ctl[name]; ok {
+		if d.peers.ctlAddr[name] == addr {
+			return c, nil
+		}
+		d.peers.stale = append(d.peers.stale, c)
+	}
+	c, err := wire.NewClient(addr, wire.ClientOptions{Name: d.cfg.NodeName, Conns: 1, Logger: d.log, TLS: d.tlsClient})
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", name, err)
+	}
+	if d.peers.ctl == nil {
+		d.peers.ctl, d.peers.ctlAddr = map[string]*wire.Client{}, map[string]string{}
+	}
+	d.peers.ctl[name], d.peers.ctlAddr[name] = c, addr
+	return c, nil
+}
+
 func (d *daemon) closePeers() error {
 	d.peers.mu.Lock()
 	defer d.peers.mu.Unlock()
@@ -386,6 +416,10 @@ func (d *daemon) closePeers() error {
 	for _, c := range d.peers.m {
 		errs = append(errs, c.Close())
 	}
+	for _, c := range d.peers.ctl {
+		errs = append(errs, c.Close())
+	}
+	d.peers.ctl, d.peers.ctlAddr = nil, nil
 	for _, c := range d.peers.stale {
 		errs = append(errs, c.Close())
 	}

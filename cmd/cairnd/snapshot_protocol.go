@@ -74,6 +74,19 @@ func (t localTarget) Release(ctx context.Context, names []string, next uint64) (
 	return t.d.snapLocal.Release(ctx, names, next)
 }
 
+// StartRelease releases at once (the gates' Release does not block), so
+// that the coordinator's last leg lets this node's holds go in line with
+// sending the others' releases.
+func (t localTarget) StartRelease(ctx context.Context, names []string, next uint64) (func() (snapshot.HoldReport, error), error) {
+	rep, err := t.d.snapLocal.Release(ctx, names, next)
+	return func() (snapshot.HoldReport, error) { return rep, err }, nil
+}
+
+var (
+	_ snapshot.ReleaseStarter = localTarget{}
+	_ snapshot.ReleaseStarter = remoteTarget{}
+)
+
 func (t localTarget) Drained(ctx context.Context, names []string, epoch uint64) (bool, error) {
 	return t.d.snapLocal.Drained(ctx, names, epoch)
 }
@@ -111,6 +124,22 @@ func (t remoteTarget) Hold(ctx context.Context, names []string, next uint64, tim
 
 func (t remoteTarget) Release(ctx context.Context, names []string, next uint64) (snapshot.HoldReport, error) {
 	holds, err := t.c.TargetRelease(ctx, names, next)
+	return t.report(names, holds, err)
+}
+
+// StartRelease sends the release and returns with it in flight.
+func (t remoteTarget) StartRelease(ctx context.Context, names []string, next uint64) (func() (snapshot.HoldReport, error), error) {
+	wait, err := t.c.StartTargetRelease(ctx, names, next)
+	if err != nil {
+		return nil, fmt.Errorf("target %s: %w", t.node, err)
+	}
+	return func() (snapshot.HoldReport, error) {
+		holds, err := wait()
+		return t.report(names, holds, err)
+	}, nil
+}
+
+func (t remoteTarget) report(names []string, holds []wire.VolumeHold, err error) (snapshot.HoldReport, error) {
 	var rep snapshot.HoldReport
 	for i, h := range holds {
 		rep.Volumes = append(rep.Volumes, snapshot.VolumeHold{Volume: names[i], Window: h.Window, Held: h.Held, Reason: h.Reason, Drained: h.Drained})
@@ -157,7 +186,8 @@ func (r targetRPC) Drained(ctx context.Context, names []string, epoch uint64) (b
 }
 
 // snapshotTarget finds a node's target for the coordinator: this node's,
-// or a client of the node RPC address the node announces in gossip.
+// or the control client (its own connection, beside the data's) of the
+// node RPC address the node announces in gossip.
 func (d *daemon) snapshotTarget(node string) (snapshot.Target, error) {
 	if node == d.cfg.NodeName {
 		return localTarget{d}, nil
@@ -169,7 +199,7 @@ func (d *daemon) snapshotTarget(node string) (snapshot.Target, error) {
 	if m.Meta.Addrs.Storage == "" {
 		return nil, fmt.Errorf("target %s announces no node RPC address", node)
 	}
-	c, err := d.peer(node, m.Meta.Addrs.Storage)
+	c, err := d.controlPeer(node, m.Meta.Addrs.Storage)
 	if err != nil {
 		return nil, err
 	}
