@@ -31,7 +31,7 @@ func cpuTime(b *testing.B) time.Duration {
 
 // BenchmarkReplicatedWrite4K is the R=3 write path of a 3-node cluster in
 // one process: a volume whose chunks are on a local store and on two stores
-// behind the node RPC (one connection each, as cairnd dials), every store
+// behind the node RPC (two connections each, as cairnd dials), every store
 // behind the injected latency, driven by 32 writers of 4 KiB at random
 // offsets, as fio at qd32 drives it over NBD. It reports the rate and the
 // CPU time per write (all three "nodes" together).
@@ -51,7 +51,7 @@ func BenchmarkReplicatedWrite4K(b *testing.B) {
 				}
 				if i > 0 {
 					addr, _ := startServer(b, n, ServerOptions{})
-					n = newClient(b, addr, ClientOptions{Conns: 1})
+					n = newClient(b, addr, ClientOptions{Conns: 2})
 				}
 				nodes[i] = n
 			}

@@ -367,12 +367,7 @@ func (d *daemon) peerLocked(name, addr string) (*wire.Client, *meteredNode, erro
 		}
 		d.peers.stale = append(d.peers.stale, c)
 	}
-	// One connection per node: frames to a node meet in one socket write
-	// (see wire's frameWriter) and its replies in one read; over two,
-	// round robin, they met half as often. BenchmarkReplicatedWrite4K at
-	// 1 ms: write(2) per replicated write 0.87-1.11 -> 0.54-0.76, read(2)
-	// 1.95-2.37 -> 1.32-1.63.
-	c, err := wire.NewClient(addr, wire.ClientOptions{Name: d.cfg.NodeName, Conns: 1, Logger: d.log, TLS: d.tlsClient})
+	c, err := wire.NewClient(addr, wire.ClientOptions{Name: d.cfg.NodeName, Conns: 2, Logger: d.log, TLS: d.tlsClient})
 	if err != nil {
 		return nil, nil, err
 	}
