@@ -9,12 +9,13 @@ import (
 	"time"
 )
 
-// waitFlushing waits until a writer of w is in a socket write.
+// waitFlushing waits until a writer of w is in a socket write (past its
+// yield: it took the buffer).
 func waitFlushing(t *testing.T, w *frameWriter) {
 	t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); ; runtime.Gosched() {
 		w.mu.Lock()
-		f := w.flushing
+		f := w.flushing && w.writes > 0
 		w.mu.Unlock()
 		if f {
 			return
@@ -86,5 +87,128 @@ func TestFrameWriterCoalesces(t *testing.T) {
 	}
 	if err := w.write(frame(7, 8), nil, nil); err == nil {
 		t.Fatal("write after a failed write succeeded")
+	}
+}
+
+// countConn is a net.Conn whose writes complete at once; it counts them
+// and keeps what was written.
+type countConn struct {
+	net.Conn // nil: only Write and SetWriteDeadline are called
+	writes   int
+	got      bytes.Buffer
+}
+
+func (c *countConn) Write(p []byte) (int, error) {
+	c.writes++
+	return c.got.Write(p)
+}
+
+func (c *countConn) SetWriteDeadline(time.Time) error { return nil }
+
+// TestFrameWriterYields: small frames from writers that are runnable when
+// one of them starts flushing share its socket write, even on a socket
+// whose writes never block (so that, without the flusher's yield, each
+// would make its own). One processor makes who runs when depend only on
+// the scheduler: the flusher's yield lets the others run.
+func TestFrameWriterYields(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	var c countConn
+	var w frameWriter
+	w.init(&c, time.Minute)
+	const writers = 8
+	errs := make(chan error, writers)
+	for i := range writers {
+		go func() { errs <- w.write(bytes.Repeat([]byte{byte('a' + i)}, 8), nil, []byte{byte(i)}) }()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c.got.Len() != writers*9 {
+		t.Fatalf("%d bytes written, want %d", c.got.Len(), writers*9)
+	}
+	for off := 0; off < c.got.Len(); off += 9 { // every frame whole
+		f := c.got.Bytes()[off : off+9]
+		if !bytes.Equal(f[:8], bytes.Repeat([]byte{'a' + f[8]}, 8)) {
+			t.Fatalf("frame at %d damaged: %q", off, f)
+		}
+	}
+	// Without the yield: one socket write per frame.
+	if c.writes >= writers/2 {
+		t.Fatalf("%d frames in %d socket writes, want them to share writes", writers, c.writes)
+	}
+}
+
+// TestFrameWriterFramesWhole: writers of small frames (which yield before
+// flushing) and of big ones (written from their own slice) at once over
+// a real socket; every frame arrives whole: its data right behind its
+// header, never split by another frame.
+func TestFrameWriterFramesWhole(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var w frameWriter
+	w.init(a, time.Minute)
+
+	const writers, each = 8, 40
+	size := func(g, i int) int { // every fifth frame too big to copy
+		if i%5 == 4 {
+			return inlineBytesMax + 1 + g*7 + i
+		}
+		return 1 + (g*131+i*17)%4000
+	}
+	errs := make(chan error, writers)
+	for g := range writers {
+		go func() {
+			for i := range each {
+				// header: writer, frame, data length; data: the writer's byte.
+				var hdr [12]byte
+				be.PutUint32(hdr[0:], uint32(g))
+				be.PutUint32(hdr[4:], uint32(i))
+				be.PutUint32(hdr[8:], uint32(size(g, i)))
+				if err := w.write(hdr[:], nil, bytes.Repeat([]byte{byte(g)}, size(g, i))); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	next := make([]int, writers)
+	var hdr [12]byte
+	for range writers * each {
+		if _, err := io.ReadFull(b, hdr[:]); err != nil {
+			t.Fatal(err)
+		}
+		g, i, n := int(be.Uint32(hdr[0:])), int(be.Uint32(hdr[4:])), int(be.Uint32(hdr[8:]))
+		if g >= writers || i != next[g] || n != size(g, i) {
+			t.Fatalf("frame header writer %d frame %d length %d: want frame %d of that writer, of its length", g, i, n, next[min(g, writers-1)])
+		}
+		next[g]++
+		data := make([]byte, n)
+		if _, err := io.ReadFull(b, data); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(data, bytes.Repeat([]byte{byte(g)}, n)) {
+			t.Fatalf("writer %d frame %d: data interleaved with another frame's", g, i)
+		}
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
