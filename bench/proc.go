@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -159,38 +160,58 @@ func probeNBD(addr string) error {
 	return nil
 }
 
-// freeAddr returns a loopback address with a port that was free a moment
-// ago.
-// freeAddrs returns n distinct free loopback addresses: each listener is
-// held open until all are chosen, so the kernel cannot hand one port out
-// twice (freeAddr called n times can).
+// freeAddrs returns n distinct free loopback addresses (freeAddr).
 func freeAddrs(n int) ([]string, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
 	var out []string
 	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		a, err := freeAddr()
 		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
+			return nil, err
 		}
-		ls = append(ls, l)
-		out = append(out, l.Addr().String())
+		out = append(out, a)
 	}
 	return out, nil
 }
 
+// freeAddr returns a loopback address whose port is free for TCP and UDP
+// (gossip takes both) now, from [portsLow, portsHigh), each port once per
+// process. Not the kernel's ":0": that picks from the ephemeral range,
+// where another process's outgoing connection may take the port between
+// this check and cairnd's bind (seen in make test: "bind: address already
+// in use"). The range is apart from cmd/cairnd's tests' [20000, 32000),
+// whose test binary runs beside this one.
 func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("free port: %w", err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 2000 {
+		port := portsLow + mrand.IntN(portsHigh-portsLow)
+		if portsUsed[port] {
+			continue
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", addr)
+		_ = l.Close()
+		if err != nil {
+			continue
+		}
+		_ = u.Close()
+		portsUsed[port] = true
+		return addr, nil
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return "", fmt.Errorf("free port: none free in [%d, %d)", portsLow, portsHigh)
 }
+
+// The ports freeAddr hands out.
+const portsLow, portsHigh = 12000, 20000
+
+var (
+	portsMu   sync.Mutex
+	portsUsed = map[int]bool{}
+)
 
 func hostPort(addr string) (host, port string) {
 	h, p, err := net.SplitHostPort(addr)
