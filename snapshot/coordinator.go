@@ -515,7 +515,7 @@ func (l *leg) start(ctx context.Context, step time.Duration, tg Target, vols []s
 // wait returns the outcome of the release start began.
 func (l *leg) wait() (HoldReport, error) {
 	if !l.started {
-		panic("snapshot: leg waits on a release never started")
+		return HoldReport{}, errors.New("snapshot: internal error: a leg waited on a release never started")
 	}
 	defer l.cancel()
 	if l.err != nil {

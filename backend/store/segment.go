@@ -255,16 +255,7 @@ func (e errSync) Unwrap() error { return e.err }
 // starts a new one; the directory is synced by the next syncTo. Caller
 // holds mu.
 func (l *segLog) rollLocked() error {
-	if a := l.active; a != nil && a.fileBytes > l.off {
-		// A reused file: its old bytes past the last record are never read
-		// as records, but hold disk space. Not synced: a crash that undoes
-		// the cut leaves bytes that are never read either.
-		if fd := a.f.Fd(); fd != vfs.InvalidFd {
-			if err := ftruncate(fd, l.off); err == nil {
-				a.fileBytes = l.off
-			}
-		}
-	}
+	l.cutTailLocked()
 	if a := l.active; a != nil && l.off > 0 {
 		l.unsynced = append(l.unsynced, a)
 		select {
@@ -298,6 +289,23 @@ func (l *segLog) rollLocked() error {
 	l.publish(s, false)
 	l.active, l.off, l.roll = s, 0, false
 	return nil
+}
+
+// cutTailLocked cuts the active segment's file at the end of its records
+// when it is a reused file longer than that: its old bytes past the last
+// record are never read as records, but hold disk space. Not synced: a
+// crash that undoes the cut leaves bytes that are never read either.
+// Caller holds mu.
+func (l *segLog) cutTailLocked() {
+	a := l.active
+	if a == nil || a.fileBytes <= l.off {
+		return
+	}
+	if fd := a.f.Fd(); fd != vfs.InvalidFd {
+		if err := ftruncate(fd, l.off); err == nil {
+			a.fileBytes = l.off
+		}
+	}
 }
 
 func syncDir(fs vfs.FS, dir string) error {
@@ -738,14 +746,7 @@ func (l *segLog) retire(segs []*segment) error {
 func (l *segLog) keepSpare(id uint32, size int64) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.spares) >= spareMax {
-		return false
-	}
-	total := size
-	for _, sp := range l.spares {
-		total += sp.bytes
-	}
-	if total > spareBytesMax {
+	if len(l.spares) >= spareMax || l.spareBytesLocked()+size > spareBytesMax {
 		return false
 	}
 	name := spareName(id)
@@ -757,9 +758,13 @@ func (l *segLog) keepSpare(id uint32, size int64) bool {
 }
 
 // spareBytes returns the bytes held by spare files.
-func (l *segLog) spareBytes() (total int64) {
+func (l *segLog) spareBytes() int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.spareBytesLocked()
+}
+
+func (l *segLog) spareBytesLocked() (total int64) {
 	for _, sp := range l.spares {
 		total += sp.bytes
 	}
@@ -796,11 +801,7 @@ func (l *segLog) close() error {
 	_, _, serr := l.dropSpares(true, 0)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if a := l.active; a != nil && a.fileBytes > l.off {
-		if fd := a.f.Fd(); fd != vfs.InvalidFd {
-			_ = ftruncate(fd, l.off)
-		}
-	}
+	l.cutTailLocked()
 	l.files.Lock()
 	defer l.files.Unlock()
 	var errs []error

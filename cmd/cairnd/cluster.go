@@ -349,8 +349,8 @@ func (d *daemon) storageNode(n cluster.Node) (volume.Node, error) {
 	return mn, nil
 }
 
-// peer returns the node RPC client of another node at addr (storage
-// nodes' data calls and targets' snapshot calls share it).
+// peer returns the node RPC client of another node at addr, the one its
+// data calls use (the snapshot protocol has its own: controlPeer).
 func (d *daemon) peer(name, addr string) (*wire.Client, error) {
 	c, _, err := d.peerLocked(name, addr)
 	if err != nil {
