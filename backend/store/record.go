@@ -1,9 +1,9 @@
 package store
 
 import (
+	"cairn/backend/crc32c"
 	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 )
 
 // Segment records. A segment file is a sequence of records, each starting
@@ -59,9 +59,7 @@ const (
 	recHeaderBytesMax = (recFixedLen + 4*recDataBlocksMax + recAlign - 1) / recAlign * recAlign
 )
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-func blockCRC(p []byte) uint32 { return crc32.Checksum(p, castagnoli) }
+func blockCRC(p []byte) uint32 { return crc32c.Checksum(p) }
 
 // recHeader is a decoded record header.
 type recHeader struct {
@@ -157,8 +155,7 @@ func encodeHeader(b []byte, h *recHeader) {
 }
 
 func headerCRC(b []byte) uint32 {
-	c := crc32.Update(0, castagnoli, b[:64])
-	return crc32.Update(c, castagnoli, b[recFixedLen:])
+	return crc32c.Update(crc32c.Checksum(b[:64]), b[recFixedLen:])
 }
 
 // parseFixed validates the fixed part of a header (b holds at least

@@ -1,9 +1,9 @@
 package wire
 
 import (
+	"cairn/backend/crc32c"
 	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 
 	"cairn/backend/store"
 )
@@ -13,13 +13,11 @@ import (
 
 var be = binary.BigEndian
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
 // Checksum returns the crc32c of b, as a frame header's payload sum.
-func Checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+func Checksum(b []byte) uint32 { return crc32c.Checksum(b) }
 
 // UpdateChecksum extends a crc32c over more bytes of a payload.
-func UpdateChecksum(sum uint32, b []byte) uint32 { return crc32.Update(sum, castagnoli, b) }
+func UpdateChecksum(sum uint32, b []byte) uint32 { return crc32c.Update(sum, b) }
 
 // Header is the fixed header of a frame. Its layout is in doc.go.
 type Header struct {
@@ -43,7 +41,7 @@ func (h *Header) Put(b []byte) {
 	be.PutUint16(b[20:], uint16(h.Status))
 	be.PutUint16(b[22:], 0)
 	be.PutUint32(b[24:], h.Sum)
-	be.PutUint32(b[28:], crc32.Checksum(b[:28], castagnoli))
+	be.PutUint32(b[28:], crc32c.Checksum(b[:28]))
 }
 
 // ParseHeader decodes the header in b[:HeaderSize]. Errors wrap
@@ -63,7 +61,7 @@ func ParseHeader(b []byte) (Header, error) {
 	if v := b[4]; v != Version {
 		return h, fmt.Errorf("%w: peer speaks version %d, this end %d", ErrVersion, v, Version)
 	}
-	if got, want := be.Uint32(b[28:]), crc32.Checksum(b[:28], castagnoli); got != want {
+	if got, want := be.Uint32(b[28:]), crc32c.Checksum(b[:28]); got != want {
 		return Header{}, fmt.Errorf("%w: header crc %#08x, computed %#08x", ErrChecksum, got, want)
 	}
 	h.Op = Op(b[5])

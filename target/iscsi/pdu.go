@@ -1,10 +1,10 @@
 package iscsi
 
 import (
+	crc "cairn/backend/crc32c"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 )
 
 // Opcodes (RFC 7143 §11.1.1). Initiator opcodes are below 0x20.
@@ -58,11 +58,9 @@ var (
 	errAHS          = errors.New("iscsi: bad AHS")
 )
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
 // crc32c returns the iSCSI digest of b: CRC32C, sent least significant byte
 // first (RFC 7143 §13.1, Appendix B.4 test vectors).
-func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+func crc32c(b []byte) uint32 { return crc.Checksum(b) }
 
 // digests says which digests a connection uses.
 type digests struct{ header, data bool }

@@ -4,10 +4,10 @@
 package iscsi
 
 import (
+	crc "cairn/backend/crc32c"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"net"
 	"os"
@@ -34,7 +34,7 @@ func (s *session) readLoop() error {
 			if _, err := io.ReadFull(s.br, d[:]); err != nil {
 				return pduErr(err)
 			}
-			c := crc32.Update(crc32c(h[:]), castagnoli, ahs)
+			c := crc.Update(crc32c(h[:]), ahs)
 			if binary.LittleEndian.Uint32(d[:]) != c {
 				return errHeaderDigest // ERL 0: the PDU boundary is lost
 			}
@@ -122,7 +122,7 @@ func (s *session) readData(dst []byte) error {
 		return err
 	}
 	if s.d.data {
-		c := crc32.Update(crc32c(dst), castagnoli, pad[:n])
+		c := crc.Update(crc32c(dst), pad[:n])
 		if binary.LittleEndian.Uint32(pad[n:]) != c {
 			return errDataDigest
 		}

@@ -4,9 +4,9 @@
 package iscsi
 
 import (
+	crc "cairn/backend/crc32c"
 	"encoding/binary"
 	"errors"
-	"hash/crc32"
 	"os"
 	"time"
 
@@ -149,8 +149,8 @@ func (s *session) writePDU(p *outPDU) error {
 		return err
 	}
 	if s.d.data {
-		c := crc32.Update(0, castagnoli, p.data)
-		c = crc32.Update(c, castagnoli, zeroPad[:padN])
+		c := crc.Update(0, p.data)
+		c = crc.Update(c, zeroPad[:padN])
 		binary.LittleEndian.PutUint32(d[:], c)
 		if _, err := s.bw.Write(d[:]); err != nil {
 			return err
