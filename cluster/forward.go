@@ -154,10 +154,11 @@ func decodeForwardReply(b []byte) (outcome, uint64, error) {
 	return out, r.Index, nil
 }
 
-// waitApplied waits until this replica applied index, bounded by ctx and
-// the apply timeout.
+// waitApplied waits until this replica's FSM applied the command at index
+// (a command's index: raft's own entries never reach the FSM), bounded by
+// ctx and the apply timeout.
 func (c *Catalog) waitApplied(ctx context.Context, index uint64) error {
-	if c.raft.AppliedIndex() >= index {
+	if c.fsm.appliedIndex() >= index {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.applyTimeout)
@@ -166,19 +167,19 @@ func (c *Catalog) waitApplied(ctx context.Context, index uint64) error {
 	defer t.Stop()
 	for {
 		// Taken before the check: a change applied after it closes this
-		// channel, so none is missed. The FSM's own index is checked too:
-		// raft advances AppliedIndex only after it handed the entries to
-		// the FSM goroutine, which may apply and notify first. The ticker
-		// covers entries that change nothing (refused commands, raft's
-		// own) and a restore.
+		// channel, so none is missed. Only the FSM's own index counts:
+		// raft advances its AppliedIndex once it has handed the entries
+		// to the FSM goroutine, before the FSM applied them, so a read
+		// after it could miss the change. The ticker covers commands that
+		// change nothing (refused ones), which notify no one.
 		changed := c.fsm.changes()
-		if c.raft.AppliedIndex() >= index || c.fsm.appliedIndex() >= index {
+		if c.fsm.appliedIndex() >= index {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("cluster: change applied at the leader, not yet here (index %d, applied %d): %w: %w",
-				index, c.raft.AppliedIndex(), ErrTimeout, ctx.Err())
+				index, c.fsm.appliedIndex(), ErrTimeout, ctx.Err())
 		case <-changed:
 		case <-t.C:
 		}

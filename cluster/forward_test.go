@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/raft"
 )
 
 // TestForwardToLeader: a change sent to any of three managers is carried
@@ -136,8 +138,15 @@ func TestForwardToLeader(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// The new leader applied the resize before it answered; its FSM's
+	// index covers it (raft's LastIndex may be an entry of its own, which
+	// no FSM applies).
+	var index uint64
 	for _, c := range alive {
-		if err := c.waitApplied(ctx, c.raft.LastIndex()); err != nil {
+		index = max(index, c.fsm.appliedIndex())
+	}
+	for _, c := range alive {
+		if err := c.waitApplied(ctx, index); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -169,4 +178,37 @@ func FuzzForwardReply(f *testing.F) {
 			t.Fatalf("%q: refusal %v does not match its kind", b, err)
 		}
 	})
+}
+
+// TestWaitAppliedTrustsOnlyTheFSM: raft's AppliedIndex runs ahead of the
+// FSM (raft advances it once the entries are handed to the FSM's
+// goroutine), so a wait that took it for the FSM's could let a read miss
+// the change it waited for. Here the catalog's FSM is swapped for one that
+// applied nothing while raft's AppliedIndex is past the index waited for:
+// the wait must time out, and end once the FSM applies that index.
+func TestWaitAppliedTrustsOnlyTheFSM(t *testing.T) {
+	c := openLeader(t, TestOptions(t.TempDir()))
+	ctx := context.Background()
+	if _, err := c.CreateVolume(ctx, VolumeSpec{Name: "v0", Size: 1 << 20, Replicas: 1}); err != nil {
+		t.Fatal(err)
+	}
+	index := c.fsm.appliedIndex()
+	if index == 0 || c.raft.AppliedIndex() < index {
+		t.Fatalf("fsm applied %d, raft %d", index, c.raft.AppliedIndex())
+	}
+	real := c.fsm
+	behind := newFSM()
+	c.fsm = behind
+	defer func() { c.fsm = real }()
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := c.waitApplied(short, index); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("wait with the FSM behind raft: %v, want a timeout", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.waitApplied(ctx, index) }()
+	behind.Apply(&raft.Log{Index: index, Type: raft.LogCommand, Data: []byte("not a command")})
+	if err := <-done; err != nil {
+		t.Fatalf("wait after the FSM applied the index: %v", err)
+	}
 }

@@ -44,12 +44,13 @@ type result struct {
 // every replica would panic on the same entry at every restart.
 func (f *fsm) Apply(l *raft.Log) any {
 	cmd, err := decodeCommand(l.Data)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	// Applied, if only as nothing: a wait for this index must end.
+	f.mu.applied = max(f.mu.applied, l.Index)
 	if err != nil {
 		return result{err: err}
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.mu.applied = max(f.mu.applied, l.Index)
 	v, err := f.mu.st.apply(cmd)
 	v.Volume = v.Volume.clone() // the caller's copy shares nothing with the state
 	if invariants {
@@ -68,7 +69,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	data, err := encodeState(&f.mu.st)
+	data, err := encodeSnapshot(&f.mu.st, f.mu.applied)
 	if err != nil {
 		return nil, err
 	}
@@ -79,13 +80,17 @@ func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 // snapshot leaves the state as it was.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	st, err := decodeState(rc)
+	st, applied, err := decodeSnapshot(rc)
 	if err != nil {
 		return err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.mu.st = st
+	// A restore replaces everything applied, the index too: a command
+	// the snapshot covers is never applied here again, and a wait for it
+	// (waitApplied) must see it as applied.
+	f.mu.applied = applied
 	f.notifyLocked()
 	return nil
 }
@@ -95,8 +100,8 @@ func (f *fsm) notifyLocked() {
 	f.mu.changed = make(chan struct{})
 }
 
-// appliedIndex returns the index of the last command Apply executed (0
-// after a Restore until the next).
+// appliedIndex returns the index of the last command applied to the
+// state: by Apply, or in the snapshot Restore installed.
 func (f *fsm) appliedIndex() uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()

@@ -637,30 +637,44 @@ func (s *state) check() error {
 type snapshotFile struct {
 	Version int   `json:"version"`
 	State   state `json:"state"`
+	// Applied is the index of the last command applied to State (see
+	// fsm.appliedIndex); absent in snapshots written before it existed,
+	// which restore as 0.
+	Applied uint64 `json:"applied,omitempty"`
 }
 
-func encodeState(s *state) ([]byte, error) {
-	return json.Marshal(snapshotFile{Version: snapshotVersionV1, State: *s})
+func encodeState(s *state) ([]byte, error) { return encodeSnapshot(s, 0) }
+
+// encodeSnapshot encodes s with the index of the last command applied to it.
+func encodeSnapshot(s *state, applied uint64) ([]byte, error) {
+	return json.Marshal(snapshotFile{Version: snapshotVersionV1, State: *s, Applied: applied})
 }
 
 // decodeState parses and checks a snapshot.
 func decodeState(r io.Reader) (state, error) {
+	st, _, err := decodeSnapshot(r)
+	return st, err
+}
+
+// decodeSnapshot parses and checks a snapshot, and returns the index of the
+// last command applied to its state.
+func decodeSnapshot(r io.Reader) (state, uint64, error) {
 	data, err := io.ReadAll(io.LimitReader(r, snapshotBytesMax+1))
 	if err != nil {
-		return state{}, fmt.Errorf("snapshot: read: %w", err)
+		return state{}, 0, fmt.Errorf("snapshot: read: %w", err)
 	}
 	if len(data) > snapshotBytesMax {
-		return state{}, fmt.Errorf("%w: snapshot larger than %d bytes", ErrInvalid, snapshotBytesMax)
+		return state{}, 0, fmt.Errorf("%w: snapshot larger than %d bytes", ErrInvalid, snapshotBytesMax)
 	}
 	var f snapshotFile
 	if err := decodeStrict(data, &f); err != nil {
-		return state{}, fmt.Errorf("%w: snapshot: %w", ErrInvalid, err)
+		return state{}, 0, fmt.Errorf("%w: snapshot: %w", ErrInvalid, err)
 	}
 	if f.Version != snapshotVersionV1 {
-		return state{}, fmt.Errorf("%w: snapshot version %d, want %d", ErrInvalid, f.Version, snapshotVersionV1)
+		return state{}, 0, fmt.Errorf("%w: snapshot version %d, want %d", ErrInvalid, f.Version, snapshotVersionV1)
 	}
 	if err := f.State.check(); err != nil {
-		return state{}, fmt.Errorf("%w: snapshot: %w", ErrInvalid, err)
+		return state{}, 0, fmt.Errorf("%w: snapshot: %w", ErrInvalid, err)
 	}
-	return f.State, nil
+	return f.State, f.Applied, nil
 }

@@ -205,6 +205,7 @@ func populate(t testing.TB, f *fsm) {
 func TestFSMSnapshotRestore(t *testing.T) {
 	a := newFSM()
 	populate(t, a)
+	a.Apply(&raft.Log{Index: 42, Type: raft.LogCommand, Data: mustEncode(t, opRegisterNode, registerNodeArgs{Name: "n5"})})
 	data := snapshotBytes(t, a)
 
 	b := newFSM()
@@ -222,6 +223,11 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	}
 	if !bytes.Equal(snapshotBytes(t, b), data) {
 		t.Fatal("snapshot of the restored state differs")
+	}
+	// The index of the last command applied comes with the state: a
+	// wait for a command the snapshot covers sees it applied.
+	if b.appliedIndex() != 42 || a.appliedIndex() != 42 {
+		t.Fatalf("applied index %d, restored %d, want 42", a.appliedIndex(), b.appliedIndex())
 	}
 	// Both allocate the same next ID.
 	cmd := mustEncode(t, opCreateVolume, createVolumeArgs{"d", 4096, 1, t0, 0, 0, ""})
