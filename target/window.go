@@ -52,6 +52,13 @@ func (w *Window) Release(n int) {
 	w.cond.Broadcast()
 }
 
+// Count returns the requests in flight.
+func (w *Window) Count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.count
+}
+
 // Wait waits until nothing is in flight.
 func (w *Window) Wait() {
 	w.mu.Lock()
