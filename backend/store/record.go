@@ -1,9 +1,10 @@
 package store
 
 import (
-	"cairn/backend/crc32c"
 	"encoding/binary"
 	"fmt"
+
+	"cairn/backend/crc32c"
 )
 
 // Segment records. A segment file is a sequence of records, each starting

@@ -1,10 +1,10 @@
 package wire
 
 import (
-	"cairn/backend/crc32c"
 	"encoding/binary"
 	"fmt"
 
+	"cairn/backend/crc32c"
 	"cairn/backend/store"
 )
 

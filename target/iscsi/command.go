@@ -60,6 +60,7 @@ func (s *session) forgetLocked(t *task) {
 	t.forgotten = true
 	if s.mu.tasks[t.itt] == t {
 		delete(s.mu.tasks, t.itt)
+		s.tasks.Add(-1)
 	}
 	s.mu.bytes -= t.reserved
 	if t.immediate {
@@ -215,6 +216,7 @@ func (s *session) addTask(t *task, reserve int) (byte, sense, bool) {
 		s.mu.immediate++
 	}
 	s.mu.tasks[t.itt] = t
+	s.tasks.Add(1)
 	return 0, sense{}, true
 }
 

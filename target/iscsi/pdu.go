@@ -1,10 +1,11 @@
 package iscsi
 
 import (
-	crc "cairn/backend/crc32c"
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	crc "cairn/backend/crc32c"
 )
 
 // Opcodes (RFC 7143 §11.1.1). Initiator opcodes are below 0x20.

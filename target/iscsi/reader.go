@@ -4,7 +4,6 @@
 package iscsi
 
 import (
-	crc "cairn/backend/crc32c"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -12,6 +11,8 @@ import (
 	"net"
 	"os"
 	"time"
+
+	crc "cairn/backend/crc32c"
 )
 
 // readLoop reads PDUs until the connection ends.

@@ -109,6 +109,8 @@ type session struct {
 	// cmdWindow packs ExpCmdSN<<32 | MaxCmdSN so that the writer reads a
 	// consistent pair.
 	cmdWindow atomic.Uint64
+	// tasks mirrors len(mu.tasks) for the writer (see writeLoop).
+	tasks atomic.Int32
 
 	mu struct {
 		sync.Mutex
@@ -364,6 +366,7 @@ func (s *session) teardown(err error) {
 		}
 		s.releaseBudget(t)
 		delete(s.mu.tasks, itt)
+		s.tasks.Add(-1)
 	}
 	s.mu.Unlock()
 	// PDUs queued after the writer stopped: nobody sends them now.

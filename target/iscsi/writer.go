@@ -4,12 +4,13 @@
 package iscsi
 
 import (
-	crc "cairn/backend/crc32c"
 	"encoding/binary"
 	"errors"
 	"os"
+	"runtime"
 	"time"
 
+	crc "cairn/backend/crc32c"
 	"cairn/target"
 )
 
@@ -61,6 +62,15 @@ func (s *session) writeLoop() {
 		s.armWrite()
 		err := s.writePDU(p)
 		s.releasePDU(p)
+		if err == nil && len(s.out) == 0 && !p.closeAfter && s.tasks.Load() > 1 {
+			// Other commands are in flight: yield once before the
+			// flush, so that responses of commands already runnable
+			// (completed by the same store batch, typically) join
+			// this socket write instead of each making its own. With
+			// nothing runnable the yield returns at once; with one
+			// command in flight there is none.
+			runtime.Gosched()
+		}
 		if err == nil && (len(s.out) == 0 || p.closeAfter) {
 			err = s.bw.Flush()
 		}
