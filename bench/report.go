@@ -140,7 +140,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		anyLatency = anyLatency || wl.Latency
 	}
 	if anyLatency {
-		b.WriteString("\n## Latency at queue depth 1\n\nLatency in µs from submission to completion (fio's lat; its clat leaves out the submission, in which libnbd sends the request; the load generator's call of the device), medians over the repetitions. iscsi-perf and qemu-img bench measure only a rate: their mean (marked *) is requests in flight / IOPS by Little's law, with no percentiles.\n\n| workload | system | mean | p50 | p99 | p99.9 |\n|---|---|---:|---:|---:|---:|\n")
+		b.WriteString("\n## Latency\n\nAt queue depth 1, and of 1 MiB writes at queue depth 8. Latency in µs from submission to completion (fio's lat; its clat leaves out the submission, in which libnbd sends the request; the load generator's call of the device), medians over the repetitions. iscsi-perf and qemu-img bench measure only a rate: their mean (marked *) is requests in flight / IOPS by Little's law, with no percentiles.\n\n| workload | system | mean | p50 | p99 | p99.9 |\n|---|---|---:|---:|---:|---:|\n")
 		for _, wl := range rep.Work {
 			if !wl.Latency {
 				continue
