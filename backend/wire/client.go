@@ -233,11 +233,14 @@ func (c *Client) Write(ctx context.Context, vol, block uint64, data []byte, st s
 // Write would have. data is not referenced once StartWrite returned.
 // Unless StartWrite failed, Wait must be called, once, while ctx is still
 // valid: until then the call holds one of the connection's slots.
-func (c *Client) StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) (volume.Pending, error) {
+// memo, if not nil, carries the request's payload checksum from one
+// replica's StartWrite of this write to the next (volume.WriteMemo): the
+// first computes it and leaves it there, the others send it as is.
+func (c *Client) StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool, memo *volume.WriteMemo) (volume.Pending, error) {
 	if len(data)%BlockSize != 0 || len(data) > RequestBytesMax {
 		return nil, fmt.Errorf("wire: write vol %d block %d: %w: buffer of %d bytes", vol, block, store.ErrInvalid, len(data))
 	}
-	a := args{op: OpWrite, fixedLen: WriteRequestSize, data: data}
+	a := args{op: OpWrite, fixedLen: WriteRequestSize, data: data, memo: memo}
 	if sync {
 		a.flags = FlagSync
 	}
@@ -364,6 +367,8 @@ type args struct {
 	fixedLen int
 	data     []byte // Write: sent after the fixed part
 	reply    []byte // Read: filled with the data; Extents, Changed: receive the runs
+	// memo, if set, holds or receives the payload checksum (StartWrite).
+	memo *volume.WriteMemo
 }
 
 // do runs one call: a connection, a slot, the request, the reply or the
