@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -145,21 +148,7 @@ func TestFrameWriterYields(t *testing.T) {
 // a real socket; every frame arrives whole: its data right behind its
 // header, never split by another frame.
 func TestFrameWriterFramesWhole(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := tcpPair(t)
 	var w frameWriter
 	w.init(a, time.Minute)
 
@@ -209,6 +198,98 @@ func TestFrameWriterFramesWhole(t *testing.T) {
 	for range writers {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// tcpPair returns the two ends of a loopback TCP connection, closed at
+// cleanup.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	b, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return a, b
+}
+
+// threadWrites returns the write system calls (write, writev) this OS
+// thread made so far, from its I/O accounting; ok is false where there is
+// none.
+func threadWrites(t *testing.T) (n uint64, ok bool) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/thread-self/io")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, found := strings.CutPrefix(line, "syscw: "); found {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				t.Fatalf("/proc/thread-self/io: %q: %v", line, err)
+			}
+			return n, true
+		}
+	}
+	t.Fatalf("/proc/thread-self/io has no syscw: %q", b)
+	return 0, false
+}
+
+// TestFrameWriterBigFrameOneWrite: a frame whose data is too big to copy
+// goes out on TCP in one write system call (a writev of the buffer and
+// the data), not one for the header and one for the data, and arrives
+// whole. The calls are counted on this goroutine's own OS thread, locked
+// to it; the socket's send buffer takes a whole frame, so no write is
+// partial, and the deadline is armed by the first frame only.
+func TestFrameWriterBigFrameOneWrite(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if _, ok := threadWrites(t); !ok {
+		t.Skip("no per-thread I/O accounting (/proc/thread-self/io)")
+	}
+	a, b := tcpPair(t)
+	if err := a.(*net.TCPConn).SetWriteBuffer(4 << 20); err != nil {
+		t.Fatal(err)
+	}
+	var w frameWriter
+	w.init(a, time.Hour)
+	hdr := bytes.Repeat([]byte{'h'}, HeaderSize)
+	fixed := bytes.Repeat([]byte{'f'}, WriteRequestSize)
+	data := bytes.Repeat([]byte{'d'}, inlineBytesMax+BlockSize)
+	want := append(append(append([]byte(nil), hdr...), fixed...), data...)
+	const frames = 4
+	got := make(chan []byte, frames)
+	go func() {
+		for range frames {
+			f := make([]byte, len(want))
+			if _, err := io.ReadFull(b, f); err != nil {
+				f = nil
+			}
+			got <- f
+		}
+	}()
+	for i := range frames {
+		before, _ := threadWrites(t)
+		if err := w.write(hdr, fixed, data); err != nil {
+			t.Fatal(err)
+		}
+		after, _ := threadWrites(t)
+		if i > 0 && after-before != 1 {
+			t.Fatalf("frame %d of %d bytes took %d write system calls, want 1", i, len(want), after-before)
+		}
+		if f := <-got; !bytes.Equal(f, want) {
+			t.Fatalf("frame %d arrived damaged or not at all", i)
 		}
 	}
 }
