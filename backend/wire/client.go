@@ -189,7 +189,7 @@ func (c *Client) Close() error {
 // limits).
 func (c *Client) Hello(ctx context.Context) (Hello, error) {
 	_, hasDeadline := ctx.Deadline()
-	if _, err := c.conn(ctx, hasDeadline, time.Now()); err != nil {
+	if _, err := c.conn(ctx, hasDeadline, time.Now(), false); err != nil {
 		return Hello{}, err
 	}
 	c.mu.Lock()
@@ -410,7 +410,7 @@ func (c *Client) start1(ctx context.Context, a *args) (*slot, error) {
 	if !hasDeadline {
 		start = time.Now()
 	}
-	cc, err := c.conn(ctx, hasDeadline, start)
+	cc, err := c.conn(ctx, hasDeadline, start, len(a.data) > inlineBytesMax)
 	if err != nil {
 		return nil, err
 	}
@@ -420,11 +420,23 @@ func (c *Client) start1(ctx context.Context, a *args) (*slot, error) {
 	return cc.start(ctx, a, hasDeadline, start)
 }
 
-// conn returns a healthy connection, dialing if needed.
-func (c *Client) conn(ctx context.Context, hasDeadline bool, start time.Time) (*cconn, error) {
+// conn returns a healthy connection for a request, dialing if needed;
+// big: its data is too big to copy into the frame writer's buffer. With
+// several connections, a small request goes to one whose writer is on
+// the socket, if any (queued behind that write, it makes no write of its
+// own, and the node reads it with its neighbours: at qd32 over two
+// connections round robin, frames met half as often), and a big one to
+// one whose writer is not (it would wait for that write); else round
+// robin.
+func (c *Client) conn(ctx context.Context, hasDeadline bool, start time.Time, big bool) (*cconn, error) {
 	i := 0
-	if len(c.conns) > 1 {
-		i = int(c.next.Add(1) % uint32(len(c.conns)))
+	if n := len(c.conns); n > 1 {
+		i = int(c.next.Add(1) % uint32(n))
+		for k := range n {
+			if cc := c.conns[(i+k)%n].Load(); cc != nil && !cc.broken.Load() && cc.w.busy.Load() != big {
+				return cc, nil
+			}
+		}
 	}
 	if cc := c.conns[i].Load(); cc != nil && !cc.broken.Load() {
 		return cc, nil

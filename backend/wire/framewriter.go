@@ -4,6 +4,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -46,11 +47,12 @@ type frameWriter struct {
 	timeout time.Duration // a socket write must finish within it
 
 	mu       sync.Mutex
-	idle     sync.Cond // signalled when flushing ends
-	buf      []byte    // frames not yet written, in order; under mu
-	spare    []byte    // the last written buffer, for reuse; under mu
-	flushing bool      // a writer is writing to the socket; under mu
-	err      error     // the first write error: sticky; under mu
+	idle     sync.Cond   // signalled when flushing ends
+	buf      []byte      // frames not yet written, in order; under mu
+	spare    []byte      // the last written buffer, for reuse; under mu
+	flushing bool        // a writer is writing to the socket; under mu
+	busy     atomic.Bool // flushing, for a look without mu (Client.conn)
+	err      error       // the first write error: sticky; under mu
 
 	dl deadline // the flusher's
 
@@ -95,6 +97,7 @@ func (w *frameWriter) write(hdr, fixed, data []byte) error {
 		return nil
 	}
 	w.flushing = true
+	w.busy.Store(true)
 	if !big {
 		// Let runnable writers queue behind this frame (see above).
 		w.mu.Unlock()
@@ -103,6 +106,7 @@ func (w *frameWriter) write(hdr, fixed, data []byte) error {
 	}
 	err := w.flush(data)
 	w.flushing = false
+	w.busy.Store(false)
 	w.idle.Broadcast()
 	w.mu.Unlock()
 	return err

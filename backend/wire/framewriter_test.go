@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"os"
@@ -291,5 +292,48 @@ func TestFrameWriterBigFrameOneWrite(t *testing.T) {
 		if f := <-got; !bytes.Equal(f, want) {
 			t.Fatalf("frame %d arrived damaged or not at all", i)
 		}
+	}
+}
+
+// TestConnChoice: over several connections, a small request goes to one
+// whose writer is on the socket (it joins that write), a big one to one
+// whose writer is not (it would wait for it); with none busy, requests
+// take the connections in turn.
+func TestConnChoice(t *testing.T) {
+	addr, _ := startServer(t, newMemBackend(), ServerOptions{})
+	c := newClient(t, addr, ClientOptions{Conns: 2})
+	ctx := context.Background()
+	for range 4 { // dials both
+		if err := c.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := c.conns[0].Load(), c.conns[1].Load()
+	if a == nil || b == nil {
+		t.Fatal("two calls round robin did not dial both connections")
+	}
+	pick := func(big bool) *cconn {
+		cc, err := c.conn(ctx, false, time.Now(), big)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cc
+	}
+	b.w.busy.Store(true) // as while its flusher writes
+	for i := range 6 {
+		if cc := pick(false); cc != b {
+			t.Fatalf("small request %d: not on the connection being written", i)
+		}
+		if cc := pick(true); cc != a {
+			t.Fatalf("big request %d: on the connection being written", i)
+		}
+	}
+	b.w.busy.Store(false)
+	seen := map[*cconn]int{}
+	for range 6 {
+		seen[pick(false)]++
+	}
+	if seen[a] != 3 || seen[b] != 3 {
+		t.Fatalf("idle connections taken %d and %d times of 6, want in turn", seen[a], seen[b])
 	}
 }
