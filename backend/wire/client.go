@@ -25,7 +25,9 @@ type ClientOptions struct {
 	// TLS, if set, makes connections TLS (see LoadTLS). An empty ServerName
 	// is taken from the address's host. nil dials plain TCP.
 	TLS *tls.Config
-	// Conns is the number of connections to the node, used round robin.
+	// Conns is the number of connections to the node: a small request
+	// takes one whose writer is busy (to share its socket write), a big
+	// one one whose writer is not, else they take turns (see conn).
 	// 0: 1; at most 16.
 	Conns int
 	// InFlightMax bounds the calls in flight per connection (lowered to the
@@ -66,7 +68,7 @@ type Client struct {
 	cancel context.CancelFunc
 
 	conns []atomic.Pointer[cconn] // nil or broken: redial
-	next  atomic.Uint32           // round robin over conns
+	next  atomic.Uint32           // turns over conns
 
 	mu struct {
 		sync.Mutex
