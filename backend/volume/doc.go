@@ -49,6 +49,7 @@
 // each Starter (the node RPC client sends the request and returns), makes
 // the call of the one node that is not (the local store) on the request's
 // goroutine meanwhile, then waits for the started ones: no goroutine per
-// replica. Other sets, and zeroes and flushes over several nodes, run
+// replica. The Starters of one write share a WriteMemo, so that work over
+// the data (the node RPC's checksum) is done once per write. Other sets, and zeroes and flushes over several nodes, run
 // their node calls on goroutines that end before the request returns.
 package volume

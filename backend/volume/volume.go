@@ -69,7 +69,20 @@ type Node interface {
 // the caller calls Wait on the result exactly once, with ctx still valid
 // (ctx is the request, as for Node).
 type Starter interface {
-	StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) (Pending, error)
+	StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool, memo *WriteMemo) (Pending, error)
+}
+
+// WriteMemo is what the StartWrite calls of one write's replicas share,
+// so that work over the write's data is done once, not once per replica.
+// The fan-out passes one memo, zeroed before the first call, to the
+// StartWrite of every replica of the same (vol, block, data, stamp); a
+// nil memo shares nothing. A Starter reads what an earlier one left and
+// leaves only what any Starter of its kind computes alike for that write:
+// the node RPC keeps there its request payload's checksum (the receiving
+// node still verifies it against the bytes it got).
+type WriteMemo struct {
+	Sum    uint32 // the node RPC's payload checksum; valid if SumSet
+	SumSet bool
 }
 
 // Pending is a call begun by a Starter; Wait returns its result, as the
@@ -409,6 +422,7 @@ type request struct {
 	bytes      int64  // payload bytes, for the hold's bound
 	barrierGen uint64 // the barrier generation at admission
 	ls         lockSet
+	memo       WriteMemo // the current fan-out's (writeReplicas); here so it does not escape per call
 }
 
 var requestPool = sync.Pool{New: func() any { return new(request) }}
@@ -484,7 +498,7 @@ func (v *Volume) exit(r *request, err error) error {
 	r.parent = nil
 	r.st = store.Stamp{}
 	r.stamped, r.writeClass, r.bytes = false, false, 0
-	r.ls = lockSet{}
+	r.ls, r.memo = lockSet{}, WriteMemo{}
 	requestPool.Put(r)
 	v.leave()
 	return v.fail(err)
@@ -705,7 +719,8 @@ const fanMax = 8
 
 // writeReplicas writes blocks to every node, as fanOut does, on this
 // goroutine only: it starts the write on each Starter (the node RPC),
-// writes to the one node that is not (the local store) meanwhile, then
+// all sharing r.memo (so the request's checksum is computed once, not per
+// replica), writes to the one node that is not (the local store) meanwhile, then
 // waits for the started ones. ok is false, and nothing done, when the
 // set has more than one node that is not a Starter or more than fanMax.
 func (v *Volume) writeReplicas(r *request, nodes []Node, b uint64, q []byte, sync bool) (ok bool, err error) {
@@ -723,9 +738,10 @@ func (v *Volume) writeReplicas(r *request, nodes []Node, b uint64, q []byte, syn
 	}
 	var pend [fanMax]Pending
 	var errs [fanMax]error
+	r.memo = WriteMemo{}
 	for i, nd := range nodes {
 		if i != local {
-			if pend[i], errs[i] = nd.(Starter).StartWrite(r, v.id, b, q, r.st, sync); errs[i] != nil {
+			if pend[i], errs[i] = nd.(Starter).StartWrite(r, v.id, b, q, r.st, sync, &r.memo); errs[i] != nil {
 				errs[i] = v.writeErr(b, q, errs[i])
 			}
 		}

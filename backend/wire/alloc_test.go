@@ -10,7 +10,7 @@ import (
 )
 
 // TestHotPathAllocs pins the steady-state allocations of a 4 KiB read and
-// write, client and server together (AllocsPerRun counts every
+// write and of a write too big to copy, client and server together (AllocsPerRun counts every
 // goroutine): none, with a context that has a deadline or not.
 func TestHotPathAllocs(t *testing.T) {
 	if raceEnabled {
@@ -19,6 +19,7 @@ func TestHotPathAllocs(t *testing.T) {
 	addr, _ := startServer(t, newMemBackend(), ServerOptions{})
 	c := newClient(t, addr, ClientOptions{})
 	p := make([]byte, BlockSize)
+	big := make([]byte, inlineBytesMax+BlockSize)
 	bg := context.Background()
 	dl, cancel := context.WithTimeout(bg, time.Hour)
 	defer cancel()
@@ -37,12 +38,22 @@ func TestHotPathAllocs(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		// Data too big to copy goes out in a vectored write.
+		writeBig := func() {
+			if err := c.Write(ctx, 1, 8, big, store.Stamp{Epoch: 1, Seq: 1}, false); err != nil {
+				t.Fatal(err)
+			}
+		}
 		for range 100 {
 			write()
 			read()
+			writeBig()
 		}
 		if n := testing.AllocsPerRun(500, write); n > 0 {
 			t.Errorf("%s: write: %.2f allocations per call", tc.name, n)
+		}
+		if n := testing.AllocsPerRun(100, writeBig); n > 0 {
+			t.Errorf("%s: write of %d bytes: %.2f allocations per call", tc.name, len(big), n)
 		}
 		if n := testing.AllocsPerRun(500, read); n > 0 {
 			t.Errorf("%s: read: %.2f allocations per call", tc.name, n)

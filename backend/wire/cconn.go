@@ -214,15 +214,28 @@ func (cc *cconn) acquire(ctx context.Context, hasDeadline bool, start time.Time)
 // the request being written (see frameWriter). A write error breaks the connection, which completes
 // the call.
 func (cc *cconn) send(id uint64, hb, fixed []byte, a *args) {
-	sum := UpdateChecksum(0, fixed)
-	if len(a.data) > 0 {
-		sum = UpdateChecksum(sum, a.data)
-	}
+	sum := payloadSum(fixed, a)
 	h := Header{Op: a.op, Flags: a.flags, ID: id, Length: uint32(a.fixedLen + len(a.data)), Sum: sum}
 	h.Put(hb)
 	if err := cc.w.write(hb, fixed, a.data); err != nil {
 		cc.fail(fmt.Errorf("write: %w", err))
 	}
+}
+
+// payloadSum is the checksum of a request's payload, fixed then a.data:
+// the one a.memo holds, else computed (and left in a.memo).
+func payloadSum(fixed []byte, a *args) uint32 {
+	if a.memo != nil && a.memo.SumSet {
+		return a.memo.Sum
+	}
+	sum := UpdateChecksum(0, fixed)
+	if len(a.data) > 0 {
+		sum = UpdateChecksum(sum, a.data)
+	}
+	if a.memo != nil {
+		a.memo.Sum, a.memo.SumSet = sum, true
+	}
+	return sum
 }
 
 // reader matches replies to slots until the connection fails.

@@ -25,7 +25,9 @@ type ClientOptions struct {
 	// TLS, if set, makes connections TLS (see LoadTLS). An empty ServerName
 	// is taken from the address's host. nil dials plain TCP.
 	TLS *tls.Config
-	// Conns is the number of connections to the node, used round robin.
+	// Conns is the number of connections to the node: a small request
+	// takes one whose writer is busy (to share its socket write), a big
+	// one one whose writer is not, else they take turns (see conn).
 	// 0: 1; at most 16.
 	Conns int
 	// InFlightMax bounds the calls in flight per connection (lowered to the
@@ -66,7 +68,7 @@ type Client struct {
 	cancel context.CancelFunc
 
 	conns []atomic.Pointer[cconn] // nil or broken: redial
-	next  atomic.Uint32           // round robin over conns
+	next  atomic.Uint32           // turns over conns
 
 	mu struct {
 		sync.Mutex
@@ -189,7 +191,7 @@ func (c *Client) Close() error {
 // limits).
 func (c *Client) Hello(ctx context.Context) (Hello, error) {
 	_, hasDeadline := ctx.Deadline()
-	if _, err := c.conn(ctx, hasDeadline, time.Now()); err != nil {
+	if _, err := c.conn(ctx, hasDeadline, time.Now(), false); err != nil {
 		return Hello{}, err
 	}
 	c.mu.Lock()
@@ -233,11 +235,14 @@ func (c *Client) Write(ctx context.Context, vol, block uint64, data []byte, st s
 // Write would have. data is not referenced once StartWrite returned.
 // Unless StartWrite failed, Wait must be called, once, while ctx is still
 // valid: until then the call holds one of the connection's slots.
-func (c *Client) StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) (volume.Pending, error) {
+// memo, if not nil, carries the request's payload checksum from one
+// replica's StartWrite of this write to the next (volume.WriteMemo): the
+// first computes it and leaves it there, the others send it as is.
+func (c *Client) StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool, memo *volume.WriteMemo) (volume.Pending, error) {
 	if len(data)%BlockSize != 0 || len(data) > RequestBytesMax {
 		return nil, fmt.Errorf("wire: write vol %d block %d: %w: buffer of %d bytes", vol, block, store.ErrInvalid, len(data))
 	}
-	a := args{op: OpWrite, fixedLen: WriteRequestSize, data: data}
+	a := args{op: OpWrite, fixedLen: WriteRequestSize, data: data, memo: memo}
 	if sync {
 		a.flags = FlagSync
 	}
@@ -364,6 +369,8 @@ type args struct {
 	fixedLen int
 	data     []byte // Write: sent after the fixed part
 	reply    []byte // Read: filled with the data; Extents, Changed: receive the runs
+	// memo, if set, holds or receives the payload checksum (StartWrite).
+	memo *volume.WriteMemo
 }
 
 // do runs one call: a connection, a slot, the request, the reply or the
@@ -405,7 +412,7 @@ func (c *Client) start1(ctx context.Context, a *args) (*slot, error) {
 	if !hasDeadline {
 		start = time.Now()
 	}
-	cc, err := c.conn(ctx, hasDeadline, start)
+	cc, err := c.conn(ctx, hasDeadline, start, len(a.data) > inlineBytesMax)
 	if err != nil {
 		return nil, err
 	}
@@ -415,11 +422,23 @@ func (c *Client) start1(ctx context.Context, a *args) (*slot, error) {
 	return cc.start(ctx, a, hasDeadline, start)
 }
 
-// conn returns a healthy connection, dialing if needed.
-func (c *Client) conn(ctx context.Context, hasDeadline bool, start time.Time) (*cconn, error) {
+// conn returns a healthy connection for a request, dialing if needed;
+// big: its data is too big to copy into the frame writer's buffer. With
+// several connections, a small request goes to one whose writer is on
+// the socket, if any (queued behind that write, it makes no write of its
+// own, and the node reads it with its neighbours: at qd32 over two
+// connections round robin, frames met half as often), and a big one to
+// one whose writer is not (it would wait for that write); else round
+// robin.
+func (c *Client) conn(ctx context.Context, hasDeadline bool, start time.Time, big bool) (*cconn, error) {
 	i := 0
-	if len(c.conns) > 1 {
-		i = int(c.next.Add(1) % uint32(len(c.conns)))
+	if n := len(c.conns); n > 1 {
+		i = int(c.next.Add(1) % uint32(n))
+		for k := range n {
+			if cc := c.conns[(i+k)%n].Load(); cc != nil && !cc.broken.Load() && cc.w.busy.Load() != big {
+				return cc, nil
+			}
+		}
 	}
 	if cc := c.conns[i].Load(); cc != nil && !cc.broken.Load() {
 		return cc, nil

@@ -111,7 +111,12 @@
 // the socket is copied into the next one and its writer goes on, the
 // writer on the socket sending everything queued meanwhile; data over
 // 64 KiB is not copied but written from the caller's slice once the
-// socket is free. So the client has copied or written a Write's data
+// socket is free, in one vectored write with the frames queued before it
+// (writev on TCP; two writes on TLS). The payload checksum of a write that
+// goes to several replicas is computed once: StartWrite leaves it in the
+// volume.WriteMemo the fan-out shares, and the next replica's request
+// carries it as is (each node still checks it against the bytes it
+// read). So the client has copied or written a Write's data
 // before Write (or StartWrite) returns, and the reader
 // goroutine reads a Read's reply straight into the caller's slice: a call
 // that gives up on its deadline first withdraws its slot (a later reply

@@ -2,9 +2,13 @@ package wire
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -145,21 +149,7 @@ func TestFrameWriterYields(t *testing.T) {
 // a real socket; every frame arrives whole: its data right behind its
 // header, never split by another frame.
 func TestFrameWriterFramesWhole(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := tcpPair(t)
 	var w frameWriter
 	w.init(a, time.Minute)
 
@@ -210,5 +200,140 @@ func TestFrameWriterFramesWhole(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// tcpPair returns the two ends of a loopback TCP connection, closed at
+// cleanup.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	b, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return a, b
+}
+
+// threadWrites returns the write system calls (write, writev) this OS
+// thread made so far, from its I/O accounting; ok is false where there is
+// none.
+func threadWrites(t *testing.T) (n uint64, ok bool) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/thread-self/io")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, found := strings.CutPrefix(line, "syscw: "); found {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				t.Fatalf("/proc/thread-self/io: %q: %v", line, err)
+			}
+			return n, true
+		}
+	}
+	t.Fatalf("/proc/thread-self/io has no syscw: %q", b)
+	return 0, false
+}
+
+// TestFrameWriterBigFrameOneWrite: a frame whose data is too big to copy
+// goes out on TCP in one write system call (a writev of the buffer and
+// the data), not one for the header and one for the data, and arrives
+// whole. The calls are counted on this goroutine's own OS thread, locked
+// to it; the socket's send buffer takes a whole frame, so no write is
+// partial, and the deadline is armed by the first frame only.
+func TestFrameWriterBigFrameOneWrite(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if _, ok := threadWrites(t); !ok {
+		t.Skip("no per-thread I/O accounting (/proc/thread-self/io)")
+	}
+	a, b := tcpPair(t)
+	if err := a.(*net.TCPConn).SetWriteBuffer(4 << 20); err != nil {
+		t.Fatal(err)
+	}
+	var w frameWriter
+	w.init(a, time.Hour)
+	hdr := bytes.Repeat([]byte{'h'}, HeaderSize)
+	fixed := bytes.Repeat([]byte{'f'}, WriteRequestSize)
+	data := bytes.Repeat([]byte{'d'}, inlineBytesMax+BlockSize)
+	want := append(append(append([]byte(nil), hdr...), fixed...), data...)
+	const frames = 4
+	got := make(chan []byte, frames)
+	go func() {
+		for range frames {
+			f := make([]byte, len(want))
+			if _, err := io.ReadFull(b, f); err != nil {
+				f = nil
+			}
+			got <- f
+		}
+	}()
+	for i := range frames {
+		before, _ := threadWrites(t)
+		if err := w.write(hdr, fixed, data); err != nil {
+			t.Fatal(err)
+		}
+		after, _ := threadWrites(t)
+		if i > 0 && after-before != 1 {
+			t.Fatalf("frame %d of %d bytes took %d write system calls, want 1", i, len(want), after-before)
+		}
+		if f := <-got; !bytes.Equal(f, want) {
+			t.Fatalf("frame %d arrived damaged or not at all", i)
+		}
+	}
+}
+
+// TestConnChoice: over several connections, a small request goes to one
+// whose writer is on the socket (it joins that write), a big one to one
+// whose writer is not (it would wait for it); with none busy, requests
+// take the connections in turn.
+func TestConnChoice(t *testing.T) {
+	addr, _ := startServer(t, newMemBackend(), ServerOptions{})
+	c := newClient(t, addr, ClientOptions{Conns: 2})
+	ctx := context.Background()
+	for range 4 { // dials both
+		if err := c.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := c.conns[0].Load(), c.conns[1].Load()
+	if a == nil || b == nil {
+		t.Fatal("two calls round robin did not dial both connections")
+	}
+	pick := func(big bool) *cconn {
+		cc, err := c.conn(ctx, false, time.Now(), big)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cc
+	}
+	b.w.busy.Store(true) // as while its flusher writes
+	for i := range 6 {
+		if cc := pick(false); cc != b {
+			t.Fatalf("small request %d: not on the connection being written", i)
+		}
+		if cc := pick(true); cc != a {
+			t.Fatalf("big request %d: on the connection being written", i)
+		}
+	}
+	b.w.busy.Store(false)
+	seen := map[*cconn]int{}
+	for range 6 {
+		seen[pick(false)]++
+	}
+	if seen[a] != 3 || seen[b] != 3 {
+		t.Fatalf("idle connections taken %d and %d times of 6, want in turn", seen[a], seen[b])
 	}
 }

@@ -190,8 +190,8 @@ type joiningStarter struct {
 
 var _ volume.Starter = (*joiningStarter)(nil)
 
-func (j *joiningStarter) StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) (volume.Pending, error) {
-	p, err := j.s.StartWrite(ctx, vol, block, data, st, sync)
+func (j *joiningStarter) StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool, memo *volume.WriteMemo) (volume.Pending, error) {
+	p, err := j.s.StartWrite(ctx, vol, block, data, st, sync, memo)
 	if err != nil {
 		if err = j.cu.forwarded(err); err != nil {
 			return nil, err

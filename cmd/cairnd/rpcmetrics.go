@@ -90,9 +90,9 @@ func (n *meteredNode) Write(ctx context.Context, vol, block uint64, data []byte,
 }
 
 // StartWrite times a write from its start to the end of its Wait.
-func (n *meteredNode) StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) (volume.Pending, error) {
+func (n *meteredNode) StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool, memo *volume.WriteMemo) (volume.Pending, error) {
 	start := n.begin()
-	p, err := n.c.StartWrite(ctx, vol, block, data, st, sync)
+	p, err := n.c.StartWrite(ctx, vol, block, data, st, sync, memo)
 	if err != nil {
 		n.end(rpcWrite, start)
 		return nil, err
