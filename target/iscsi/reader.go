@@ -7,12 +7,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"net"
 	"os"
 	"time"
-
-	crc "cairn/backend/crc32c"
 )
 
 // readLoop reads PDUs until the connection ends.
@@ -35,7 +34,7 @@ func (s *session) readLoop() error {
 			if _, err := io.ReadFull(s.br, d[:]); err != nil {
 				return pduErr(err)
 			}
-			c := crc.Update(crc32c(h[:]), ahs)
+			c := crc32.Update(crc32c(h[:]), castagnoli, ahs)
 			if binary.LittleEndian.Uint32(d[:]) != c {
 				return errHeaderDigest // ERL 0: the PDU boundary is lost
 			}
@@ -123,7 +122,7 @@ func (s *session) readData(dst []byte) error {
 		return err
 	}
 	if s.d.data {
-		c := crc.Update(crc32c(dst), pad[:n])
+		c := crc32.Update(crc32c(dst), castagnoli, pad[:n])
 		if binary.LittleEndian.Uint32(pad[n:]) != c {
 			return errDataDigest
 		}

@@ -6,11 +6,11 @@ package iscsi
 import (
 	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"os"
 	"runtime"
 	"time"
 
-	crc "cairn/backend/crc32c"
 	"cairn/target"
 )
 
@@ -159,8 +159,8 @@ func (s *session) writePDU(p *outPDU) error {
 		return err
 	}
 	if s.d.data {
-		c := crc.Update(0, p.data)
-		c = crc.Update(c, zeroPad[:padN])
+		c := crc32.Update(0, castagnoli, p.data)
+		c = crc32.Update(c, castagnoli, zeroPad[:padN])
 		binary.LittleEndian.PutUint32(d[:], c)
 		if _, err := s.bw.Write(d[:]); err != nil {
 			return err
