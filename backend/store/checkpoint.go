@@ -130,7 +130,15 @@ type Stats struct {
 	CleanerReadBytes     uint64
 	CleanerAppendedBytes uint64
 	CleanerCPU           time.Duration
-	FlattenedBlocks      uint64 // blocks Flatten copied from parents
+	// The deep idle passes (cleaner.go): passes that copied, bytes of
+	// blocks they copied, of copy records they appended, of segments they
+	// emptied. Emptied less appended is the space they gave back; copied
+	// per byte of it their write amplification.
+	CleanerDeepPasses        uint64
+	CleanerDeepCopiedBytes   uint64
+	CleanerDeepAppendedBytes uint64
+	CleanerDeepEmptiedBytes  uint64
+	FlattenedBlocks          uint64 // blocks Flatten copied from parents
 	// GC (gc.go): passes run, versions dropped, and bytes of block data
 	// they held (no longer live; the cleaner and the checkpoint give the
 	// space back, counted in BytesReclaimed).
@@ -160,7 +168,12 @@ func (s *Store) Stats() Stats {
 		CleanerReadBytes:     uint64(s.cl.read.Load()),
 		CleanerAppendedBytes: uint64(s.cl.appended.Load()),
 		CleanerCPU:           time.Duration(s.cl.cpu.Load()),
-		FlattenedBlocks:      s.stats.flattenedBlocks.Load(),
+
+		CleanerDeepPasses:        uint64(s.cl.deepPasses.Load()),
+		CleanerDeepCopiedBytes:   uint64(s.cl.deepCopied.Load()),
+		CleanerDeepAppendedBytes: uint64(s.cl.deepAppended.Load()),
+		CleanerDeepEmptiedBytes:  uint64(s.cl.deepEmptied.Load()),
+		FlattenedBlocks:          s.stats.flattenedBlocks.Load(),
 
 		GCPasses:          s.stats.gcPasses.Load(),
 		GCVersionsDropped: s.stats.gcVersions.Load(),
