@@ -283,7 +283,24 @@ func (s *Store) cleanTick() (more bool, err error) {
 		p = s.idlePolicy()
 	}
 	_, copied, err := s.cleanPass(p)
+	if p.deep && err == nil {
+		s.cutActiveTail()
+	}
 	return !idle && p.copyMax > 0 && copied >= p.copyMax, err
+}
+
+// cutActiveTail cuts the active segment's file at the end of its records
+// when it started in a spare (a dead segment's file, longer than what was
+// written since), as a seal does: deep idle, the store gives back the
+// space of the spares (spareIdle) and so of the one in use too. The tail
+// held records of another segment, which a segment never reads (each
+// record names its segment and offset), cut or not; the appends after the
+// cut extend the file again, under the same lock.
+func (s *Store) cutActiveTail() {
+	l := s.seg
+	l.mu.Lock()
+	l.cutTailLocked()
+	l.mu.Unlock()
 }
 
 // clean cleans every sealed segment below limit (a live fraction),
@@ -408,6 +425,11 @@ func (s *Store) cleanPass(p cleanPolicy) (cleaned int, copied int64, err error) 
 			return cleaned, copied, err
 		}
 		if stopped {
+			// A foreground append (or Close): the checkpoint that deletes
+			// what the pass emptied is not run now, where it would sync the
+			// log under the writes that just came, but left to the
+			// background goroutine (see cleanDelete).
+			p.sync = false
 			break
 		}
 		total -= size

@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -398,5 +399,116 @@ func TestWALNotRecycled(t *testing.T) {
 	}
 	if len(wals) != 1 {
 		t.Fatalf("after 6 flushes the pebble directory holds WALs %v, want one", wals)
+	}
+}
+
+// TestCleanDeepIdleCutsSpareTail: a deep idle look cuts the active
+// segment's file at the end of its records when it started in a spare, so
+// that the old segment's bytes past them give their space back, as the
+// spares themselves do when the log is quiet. On the real file system
+// (the cut is an ftruncate of the file).
+func TestCleanDeepIdleCutsSpareTail(t *testing.T) {
+	oldInterval := cleanInterval
+	cleanInterval = time.Hour
+	defer func() { cleanInterval = oldInterval }()
+	dir := t.TempDir()
+	s, err := Open(dir, Options{FS: vfs.Default, Logger: quiet, CacheBytes: 1 << 20, SegmentBytes: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	const blocks = 64 // four segments and a half
+	buf := make([]byte, BlockSize)
+	seq := uint64(0)
+	pass := func(id byte) {
+		t.Helper()
+		for b := range uint64(blocks) {
+			seq++
+			fill(buf, id, b)
+			if err := s.Write(ctx, 1, b, buf, Stamp{1, seq}, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	pass('a')
+	pass('b') // every 'a' segment is dead, and none was synced: reaped to spares
+	pass('c')
+	for i := 0; ; i++ {
+		if err := s.reap(); err != nil {
+			t.Fatal(err)
+		}
+		if s.Stats().SpareBytes > 0 {
+			break
+		}
+		if i == 10 {
+			t.Fatalf("no spare file kept after %d segments reaped", s.Stats().SegmentsReaped)
+		}
+		pass('c')
+	}
+	s.seg.mu.Lock()
+	err = s.seg.rollLocked()
+	s.seg.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq++
+	fill(buf, 'd', 3)
+	if err := s.Write(ctx, 1, 3, buf, Stamp{1, seq}, false); err != nil {
+		t.Fatal(err)
+	}
+	s.seg.mu.Lock()
+	a, end := s.seg.active, s.seg.off
+	s.seg.mu.Unlock()
+	size := func() int64 {
+		t.Helper()
+		fi, err := os.Stat(s.seg.path(a.id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	if n := size(); n <= end {
+		t.Fatalf("active segment %s: file of %d bytes, %d written; want a reused file with old bytes past the end", segName(a.id), n, end)
+	}
+	// A busy and an idle look leave it; a deep idle one cuts it.
+	for _, what := range []string{"busy", "idle"} {
+		if _, err := s.cleanTick(); err != nil {
+			t.Fatal(err)
+		}
+		if n := size(); n <= end {
+			t.Fatalf("an %s look cut the active segment to %d bytes", what, n)
+		}
+	}
+	s.cl.lastChange = s.cl.lastChange.Add(-cleanDeepIdle)
+	if _, err := s.cleanTick(); err != nil {
+		t.Fatal(err)
+	}
+	if n := size(); n != end {
+		t.Fatalf("after a deep idle look the active segment %s is %d bytes, %d written", segName(a.id), n, end)
+	}
+	// Appends go on after the cut, and all of it reads back after a
+	// reopen.
+	seq++
+	fill(buf, 'e', 4)
+	if err := s.Write(ctx, 1, 4, buf, Stamp{1, seq}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = Open(dir, Options{FS: vfs.Default, Logger: quiet, CacheBytes: 1 << 20, SegmentBytes: 64 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	for b := range uint64(blocks) {
+		want := byte('c')
+		switch b {
+		case 3:
+			want = 'd'
+		case 4:
+			want = 'e'
+		}
+		if got := readID(t, s, 1, b, 1); got != want {
+			t.Fatalf("after reopen: block %d = %q, want %q", b, got, want)
+		}
 	}
 }
