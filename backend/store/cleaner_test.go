@@ -331,6 +331,11 @@ func TestCleanDeepIdle(t *testing.T) {
 	if st.CleanerDeepPasses != 2 || float64(total) > cleanDeepRatio*float64(live)+segBytes/8 || freed <= 0 {
 		t.Fatalf("deep look: %d passes, segments %d bytes for %d live (%.3f), freed %d; want at most %.2fx", st.CleanerDeepPasses, total, live, ratio(), freed, cleanDeepRatio)
 	}
+	// Its checkpoint's batch went to pebble's WAL, and the look flushed
+	// it, leaving no WAL bytes (flushIndexIdle).
+	if m := s.db.Metrics(); m.WAL.Size != 0 || m.Flush.Count == 0 {
+		t.Fatalf("after a deep look pebble's WAL holds %d bytes (%d flushes)", m.WAL.Size, m.Flush.Count)
+	}
 	// Once there, a deep look has nothing to do.
 	tick("deep look at the target")
 	if st2 := s.Stats(); st2.CleanerDeepPasses != st.CleanerDeepPasses {
