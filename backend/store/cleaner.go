@@ -775,7 +775,7 @@ func (s *Store) applyCopy(h *recHeader, first uint32, hdr []byte) {
 	if v == nil {
 		return
 	}
-	d := liveDelta{tab: *s.seg.tab.Load()}
+	d := liveDelta{log: s.seg}
 	x := &v.idx
 	x.Lock()
 	for i := range int(h.n) {

@@ -517,3 +517,31 @@ func TestCleanDeepIdleCutsSpareTail(t *testing.T) {
 		}
 	}
 }
+
+// TestLiveDeltaSeesNewSegments: an apply's live-count changes reach a
+// segment published after the apply began (a copy record that rolled the
+// log moved the version the apply displaces there), instead of being lost
+// and leaving that segment counted live with nothing in it.
+func TestLiveDeltaSeesNewSegments(t *testing.T) {
+	s := openMem(t, vfs.NewMem())
+	buf := make([]byte, BlockSize)
+	fill(buf, 1, 0)
+	if err := s.Write(ctx, 1, 0, buf, Stamp{1, 1}, false); err != nil {
+		t.Fatal(err)
+	}
+	d := liveDelta{log: s.seg} // as an apply's, before the roll
+	s.seg.mu.Lock()
+	err := s.seg.rollLocked()
+	b := s.seg.active
+	s.seg.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := b.live.Load()
+	d.add(b.id, 2)
+	d.add(b.id, -1)
+	d.flush()
+	if got := b.live.Load(); got != before+1 {
+		t.Fatalf("segment %s published after the delta began: live %d, want %d", segName(b.id), got, before+1)
+	}
+}
