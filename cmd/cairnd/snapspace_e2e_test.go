@@ -36,6 +36,10 @@ import (
 // after. At 1 GiB with the store's default segments:
 //
 //	CAIRN_SNAPSPACE_SIZE=1GiB CAIRN_SNAPSPACE_SEGMENT=64MiB go test -v -run TestSnapshotSpace -timeout 60m ./cmd/cairnd/
+//
+// (2 cores shared: 263 s; after deleting the snapshots 1.018× on disk,
+// segment files 1.008×, pebble's tables 9.6 MiB and no WAL bytes; the
+// same churn without snapshots 1.026×. The default form: 1.022×.)
 const (
 	snapSpaceSizeDefault = 32 << 20
 	// snapSpaceSegmentDefault keeps the small form's churn many segments
@@ -284,12 +288,14 @@ func TestSnapshotSpace(t *testing.T) {
 		t.Errorf("after deleting the snapshots the segments take %d bytes on disk, the same churn without snapshots %d (at most %d allowed)",
 			after.segDiskBytes, control.segDiskBytes, limit)
 	}
-	// The contract of issue 10, ≤ 1.10× of live on disk, is the cleaner's
-	// to meet (see the report): asserted in the long form, logged here.
+	// The contract of issue 10, ≤ 1.10× of live on disk, in both forms:
+	// the cleaner's deep idle passes bring the segments to about 1.03×
+	// and flush pebble's WAL away, so what pebble keeps (its tables) is
+	// small beside the live data even at 32 MiB.
 	r := float64(after.diskBytes) / float64(after.liveBytes)
 	t.Logf("on-disk/live after deleting %d snapshots: %.3f× (without snapshots %.3f×); issue 10 wants ≤ %.2f×",
 		snapSpaceRounds, r, float64(control.diskBytes)/float64(control.liveBytes), snapSpaceRatioMax)
-	if os.Getenv("CAIRN_SNAPSPACE_SIZE") != "" && r > snapSpaceRatioMax {
+	if r > snapSpaceRatioMax {
 		t.Errorf("after deleting %d snapshots the store takes %.3f× its live data on disk (%d of %d bytes), want ≤ %.2f×",
 			snapSpaceRounds, r, after.diskBytes, after.liveBytes, snapSpaceRatioMax)
 	}
