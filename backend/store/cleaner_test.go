@@ -3,7 +3,9 @@ package store
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -231,5 +233,315 @@ func TestCleanPolicy(t *testing.T) {
 	t.Logf("pressure %.2f: busy policy %+v", pr, p)
 	if p.limit <= cleanLiveMax || p.limit > cleanPressureLiveMax || p.rate <= cleanBytesPerSec || !p.sync {
 		t.Fatalf("under pressure %.2f: busy policy %+v, want a limit in (%v, %v], a faster rate and sync", pr, p, cleanLiveMax, cleanPressureLiveMax)
+	}
+}
+
+// TestCleanDeepIdle: a store of 4 KiB writes with no dead block is 0.89
+// live per segment (each block has a 512-byte header), so neither a busy
+// look nor the first idle stage cleans it (its segments hold 1.125 times
+// the live bytes, under cleanIdleRatio); once nothing else appended for
+// cleanDeepIdle, a look compacts it to about cleanDeepRatio; and a
+// foreground append stops a deep pass at once. The cleaner goroutine is
+// kept from looking on its own; the test looks with cleanTick and stands
+// in for the clock by moving the last foreground change back.
+func TestCleanDeepIdle(t *testing.T) {
+	oldInterval, oldHook := cleanInterval, cleanBatchHook
+	cleanInterval = time.Hour
+	defer func() { cleanInterval, cleanBatchHook = oldInterval, oldHook }()
+	const segBytes = 256 << 10
+	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: quiet, SegmentBytes: segBytes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	const blocks = 1024 // 4 MiB: 18 segments of 4 KiB records
+	buf := make([]byte, BlockSize)
+	seq := uint64(0)
+	write := func(vol, b uint64, id byte) {
+		t.Helper()
+		seq++
+		fill(buf, id, b)
+		if err := s.Write(ctx, vol, b, buf, Stamp{1, seq}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for b := range uint64(blocks) {
+		write(1, b, 1)
+	}
+	if err := s.checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	ratio := func() float64 {
+		total, live := s.spaceBytes()
+		return float64(total) / float64(live)
+	}
+	tick := func(what string) {
+		t.Helper()
+		if _, err := s.cleanTick(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	r0 := ratio()
+	// Busy (the writes came since the last look), then idle but not for
+	// cleanDeepIdle: nothing to clean.
+	tick("busy look")
+	tick("idle look")
+	if st := s.Stats(); st.SegmentsCleaned != 0 || st.CleanerDeepPasses != 0 {
+		t.Fatalf("a busy and an idle look cleaned %d segments (%d deep passes) of 4 KiB writes with no dead block", st.SegmentsCleaned, st.CleanerDeepPasses)
+	}
+	if r0 <= cleanDeepRatio+0.05 || r0 > cleanIdleRatio {
+		t.Fatalf("4 KiB writes hold %.3f times the live bytes, want in (%.2f, %.2f]", r0, cleanDeepRatio+0.05, cleanIdleRatio)
+	}
+
+	// Deep idle, and a foreground append during the pass: the pass stops
+	// at its next batch with most segments left.
+	hooked := 0
+	cleanBatchHook = func() {
+		if hooked++; hooked == 1 {
+			write(2, 0, 9)
+		}
+	}
+	s.cl.lastChange = s.cl.lastChange.Add(-cleanDeepIdle)
+	tick("deep look with a foreground append")
+	cleanBatchHook = nil
+	st := s.Stats()
+	r1 := ratio()
+	t.Logf("4 KiB writes: %.3f of live; a deep pass stopped by a write: %d batches, %d bytes copied, %.3f of live", r0, hooked, st.CleanerDeepCopiedBytes, r1)
+	if hooked != 1 || st.CleanerDeepCopiedBytes == 0 || st.CleanerDeepCopiedBytes > copyBlocksMax*BlockSize || r1 <= cleanDeepRatio+0.05 {
+		t.Fatalf("a deep pass went on past a foreground append: %d batches, %d bytes copied, segments at %.3f of live", hooked, st.CleanerDeepCopiedBytes, r1)
+	}
+	// The append makes the next look busy and resets the idle clock: no
+	// deep pass until cleanDeepIdle passed again.
+	tick("busy look after the append")
+	tick("idle look after the append")
+	if st2 := s.Stats(); st2.CleanerDeepCopiedBytes != st.CleanerDeepCopiedBytes {
+		t.Fatalf("looks within cleanDeepIdle of an append copied %d bytes deep", st2.CleanerDeepCopiedBytes-st.CleanerDeepCopiedBytes)
+	}
+
+	// Deep idle, undisturbed: down to cleanDeepRatio (the copies go to the
+	// active segment, which counts: allow an eighth of a segment).
+	s.cl.lastChange = s.cl.lastChange.Add(-cleanDeepIdle)
+	tick("deep look")
+	st = s.Stats()
+	total, live := s.spaceBytes()
+	freed := int64(st.CleanerDeepEmptiedBytes) - int64(st.CleanerDeepAppendedBytes)
+	t.Logf("deep pass: segments %d bytes for %d live (%.3f); %d passes copied %d bytes, appended %d, emptied %d: %.1f bytes copied per byte freed",
+		total, live, ratio(), st.CleanerDeepPasses, st.CleanerDeepCopiedBytes, st.CleanerDeepAppendedBytes, st.CleanerDeepEmptiedBytes,
+		float64(st.CleanerDeepCopiedBytes)/float64(max(freed, 1)))
+	if st.CleanerDeepPasses != 2 || float64(total) > cleanDeepRatio*float64(live)+segBytes/8 || freed <= 0 {
+		t.Fatalf("deep look: %d passes, segments %d bytes for %d live (%.3f), freed %d; want at most %.2fx", st.CleanerDeepPasses, total, live, ratio(), freed, cleanDeepRatio)
+	}
+	// Its checkpoint's batch went to pebble's WAL, and the look flushed
+	// it, leaving no WAL bytes (flushIndexIdle).
+	if m := s.db.Metrics(); m.WAL.Size != 0 || m.Flush.Count == 0 {
+		t.Fatalf("after a deep look pebble's WAL holds %d bytes (%d flushes)", m.WAL.Size, m.Flush.Count)
+	}
+	// Once there, a deep look has nothing to do.
+	tick("deep look at the target")
+	if st2 := s.Stats(); st2.CleanerDeepPasses != st.CleanerDeepPasses {
+		t.Fatalf("a deep look at %.3f copied %d bytes", ratio(), st2.CleanerDeepCopiedBytes-st.CleanerDeepCopiedBytes)
+	}
+	for b := range uint64(blocks) {
+		if got := readID(t, s, 1, b, 1); got != 1 {
+			t.Fatalf("block %d = %d, want 1", b, got)
+		}
+	}
+	if got := readID(t, s, 2, 0, 1); got != 9 {
+		t.Fatalf("volume 2 block 0 = %d, want 9", got)
+	}
+	// And all of it survives a reopen from the checkpoints and the log.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fs := s.fs
+	if s, err = Open("db", Options{FS: fs, Logger: quiet, SegmentBytes: segBytes}); err != nil {
+		t.Fatal(err)
+	}
+	for b := range uint64(blocks) {
+		if got := readID(t, s, 1, b, 1); got != 1 {
+			t.Fatalf("after reopen: block %d = %d, want 1", b, got)
+		}
+	}
+}
+
+// TestWALNotRecycled: pebble deletes a WAL once its memtable is flushed
+// instead of keeping it for reuse (walCleaner), so the store's pebble
+// directory holds one WAL however many it wrote.
+func TestWALNotRecycled(t *testing.T) {
+	fs := vfs.NewMem()
+	s, err := Open("db", Options{FS: fs, Logger: quiet, SegmentBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	buf := make([]byte, BlockSize)
+	seq := uint64(0)
+	for round := range 6 {
+		for b := range uint64(64) {
+			seq++
+			fill(buf, byte(round+1), b)
+			if err := s.Write(ctx, 1, b, buf, Stamp{1, seq}, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.checkpoint(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.db.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.db.TestOnlyWaitForCleaning()
+	names, err := fs.List("db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wals []string
+	for _, name := range names {
+		if strings.HasSuffix(name, ".log") {
+			wals = append(wals, name)
+		}
+	}
+	if len(wals) != 1 {
+		t.Fatalf("after 6 flushes the pebble directory holds WALs %v, want one", wals)
+	}
+}
+
+// TestCleanDeepIdleCutsSpareTail: a deep idle look cuts the active
+// segment's file at the end of its records when it started in a spare, so
+// that the old segment's bytes past them give their space back, as the
+// spares themselves do when the log is quiet. On the real file system
+// (the cut is an ftruncate of the file).
+func TestCleanDeepIdleCutsSpareTail(t *testing.T) {
+	oldInterval := cleanInterval
+	cleanInterval = time.Hour
+	defer func() { cleanInterval = oldInterval }()
+	dir := t.TempDir()
+	s, err := Open(dir, Options{FS: vfs.Default, Logger: quiet, CacheBytes: 1 << 20, SegmentBytes: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	const blocks = 64 // four segments and a half
+	buf := make([]byte, BlockSize)
+	seq := uint64(0)
+	pass := func(id byte) {
+		t.Helper()
+		for b := range uint64(blocks) {
+			seq++
+			fill(buf, id, b)
+			if err := s.Write(ctx, 1, b, buf, Stamp{1, seq}, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	pass('a')
+	pass('b') // every 'a' segment is dead, and none was synced: reaped to spares
+	pass('c')
+	for i := 0; ; i++ {
+		if err := s.reap(); err != nil {
+			t.Fatal(err)
+		}
+		if s.Stats().SpareBytes > 0 {
+			break
+		}
+		if i == 10 {
+			t.Fatalf("no spare file kept after %d segments reaped", s.Stats().SegmentsReaped)
+		}
+		pass('c')
+	}
+	s.seg.mu.Lock()
+	err = s.seg.rollLocked()
+	s.seg.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq++
+	fill(buf, 'd', 3)
+	if err := s.Write(ctx, 1, 3, buf, Stamp{1, seq}, false); err != nil {
+		t.Fatal(err)
+	}
+	s.seg.mu.Lock()
+	a, end := s.seg.active, s.seg.off
+	s.seg.mu.Unlock()
+	size := func() int64 {
+		t.Helper()
+		fi, err := os.Stat(s.seg.path(a.id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	if n := size(); n <= end {
+		t.Fatalf("active segment %s: file of %d bytes, %d written; want a reused file with old bytes past the end", segName(a.id), n, end)
+	}
+	// A busy and an idle look leave it; a deep idle one cuts it.
+	for _, what := range []string{"busy", "idle"} {
+		if _, err := s.cleanTick(); err != nil {
+			t.Fatal(err)
+		}
+		if n := size(); n <= end {
+			t.Fatalf("an %s look cut the active segment to %d bytes", what, n)
+		}
+	}
+	s.cl.lastChange = s.cl.lastChange.Add(-cleanDeepIdle)
+	if _, err := s.cleanTick(); err != nil {
+		t.Fatal(err)
+	}
+	if n := size(); n != end {
+		t.Fatalf("after a deep idle look the active segment %s is %d bytes, %d written", segName(a.id), n, end)
+	}
+	// Appends go on after the cut, and all of it reads back after a
+	// reopen.
+	seq++
+	fill(buf, 'e', 4)
+	if err := s.Write(ctx, 1, 4, buf, Stamp{1, seq}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = Open(dir, Options{FS: vfs.Default, Logger: quiet, CacheBytes: 1 << 20, SegmentBytes: 64 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	for b := range uint64(blocks) {
+		want := byte('c')
+		switch b {
+		case 3:
+			want = 'd'
+		case 4:
+			want = 'e'
+		}
+		if got := readID(t, s, 1, b, 1); got != want {
+			t.Fatalf("after reopen: block %d = %q, want %q", b, got, want)
+		}
+	}
+}
+
+// TestLiveDeltaSeesNewSegments: an apply's live-count changes reach a
+// segment published after the apply began (a copy record that rolled the
+// log moved the version the apply displaces there), instead of being lost
+// and leaving that segment counted live with nothing in it.
+func TestLiveDeltaSeesNewSegments(t *testing.T) {
+	s := openMem(t, vfs.NewMem())
+	buf := make([]byte, BlockSize)
+	fill(buf, 1, 0)
+	if err := s.Write(ctx, 1, 0, buf, Stamp{1, 1}, false); err != nil {
+		t.Fatal(err)
+	}
+	d := liveDelta{log: s.seg} // as an apply's, before the roll
+	s.seg.mu.Lock()
+	err := s.seg.rollLocked()
+	b := s.seg.active
+	s.seg.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := b.live.Load()
+	d.add(b.id, 2)
+	d.add(b.id, -1)
+	d.flush()
+	if got := b.live.Load(); got != before+1 {
+		t.Fatalf("segment %s published after the delta began: live %d, want %d", segName(b.id), got, before+1)
 	}
 }

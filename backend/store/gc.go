@@ -210,7 +210,7 @@ func (s *Store) gcPages(v *volume, keys []uint64, forkEpochs []uint64, res *gcRe
 	}
 	lo, hi := keys[0]<<pageShift, keys[len(keys)-1]<<pageShift+pageBlocks
 	rs := v.ranges.Load().overlapping(nil, lo, hi, math.MaxUint64)
-	d := liveDelta{tab: *s.seg.tab.Load()}
+	d := liveDelta{log: s.seg}
 	var freed int64
 	var examined uint64
 	var keep []uint64 // epochs of the versions of one block some reader sees

@@ -232,7 +232,7 @@ func (s *Store) relogRecord(sg *segment, r relogEnt, buf *[]byte) (int64, error)
 		return 0, fmt.Errorf("relog segment %s: %w", segName(sg.id), s.ioErr(err))
 	}
 	first := uint32((at.off + int64(hb)) / recAlign)
-	d := liveDelta{tab: *s.seg.tab.Load()}
+	d := liveDelta{log: s.seg}
 	x := &v.idx
 	var dr dirtyRun
 	x.Lock()

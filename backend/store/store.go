@@ -259,6 +259,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		Cache:              cache,
 		Merger:             merger,
 		Logger:             pebbleLogger{s.log},
+		Cleaner:            walCleaner{},
 		MemTableSize:       memTableBytes,
 		FormatMajorVersion: pebble.FormatNewest,
 	}
@@ -288,6 +289,29 @@ func Open(dir string, opts Options) (*Store, error) {
 	s.log.Info("store opened", "volumes", len(s.vols.m), "segments", len(*s.seg.tab.Load()), "index_bytes", s.indexBytes.Load())
 	return s, nil
 }
+
+// walCleaner deletes pebble's obsolete files, as pebble's default
+// DeleteCleaner does, and keeps pebble from recycling WAL files. A
+// recycled WAL keeps the size of the largest batch stream it ever took
+// (a checkpoint after GC dropped a million versions is tens of MiB of
+// deletes), and pebble keeps MemTableStopWritesThreshold+1 of them: in
+// TestSnapshotSpace at 1 GiB, 44 MiB of WALs in two files after the
+// snapshots were deleted, 4% of the live data. Pebble recycles only when
+// its cleaner does not implement base.NeedsFileContents (which it asks
+// of ArchiveCleaner, the one cleaner that keeps the files); the embedded
+// ArchiveCleaner is there for that mark alone, one level deeper than
+// DeleteCleaner, whose Clean and String are the ones that count. The
+// store's pebble commits are checkpoints and small metadata edits, a few a
+// second at most, so a new WAL file per memtable costs nothing that
+// matters; an obsolete WAL is one whose memtable pebble flushed and whose
+// flush the MANIFEST records, so deleting it instead of keeping it for
+// reuse loses nothing (TestWALNotRecycled pins that they go).
+type walCleaner struct {
+	pebble.DeleteCleaner
+	walCleanerMark
+}
+
+type walCleanerMark struct{ pebble.ArchiveCleaner }
 
 // openSpaceSlackBytes is the room pebble's Open needs besides the bytes of
 // its WALs: the index blocks of the table it flushes them to, a new WAL,

@@ -87,14 +87,17 @@ var (
 	storeCleanerWrittenDesc  = prometheus.NewDesc("cairn_store_cleaner_written_bytes_total", "Bytes of copy records the cleaner appended to the log (live blocks and their headers).", nil, nil)
 	storeCleanerSegmentsDesc = prometheus.NewDesc("cairn_store_cleaner_segments_total", "Segments the cleaner emptied (deleted by the next checkpoint).", nil, nil)
 	storeCleanerCPUDesc      = prometheus.NewDesc("cairn_store_cleaner_cpu_seconds_total", "CPU time (user and system) of the cleaner's passes, from getrusage(RUSAGE_THREAD) of the thread the pass is locked to.", nil, nil)
-	storePunchedDesc         = prometheus.NewDesc("cairn_store_punched_bytes_total", "Bytes of dead blocks punched out of segments while space was low.", nil, nil)
-	storeLowSpaceDesc        = prometheus.NewDesc("cairn_store_low_space", "1 while the block store's file system has less free space than its reserve: writes fail with ENOSPC until space is freed.", nil, nil)
+	// The deep idle compaction (store/cleaner.go): emptied less appended is
+	// the space it gave back, copied over that its write amplification.
+	storeCleanerDeepDesc = prometheus.NewDesc("cairn_store_cleaner_deep_bytes_total", "Bytes of the cleaner's deep idle passes: live blocks copied, copy records appended, segments emptied.", []string{"what"}, nil)
+	storePunchedDesc     = prometheus.NewDesc("cairn_store_punched_bytes_total", "Bytes of dead blocks punched out of segments while space was low.", nil, nil)
+	storeLowSpaceDesc    = prometheus.NewDesc("cairn_store_low_space", "1 while the block store's file system has less free space than its reserve: writes fail with ENOSPC until space is freed.", nil, nil)
 )
 
 func (c *daemonCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{inflightDesc, inflightPeakDesc, budgetDesc, budgetWaitDesc, connsDesc, disconnectsDesc, gossipDesc, gossipDropDesc, memReleaseDesc,
 		storeBytesDesc, storeSegmentsDesc, storeGCDesc, storeReclaimDesc, storeCleanerDesc, storeReusedDesc, storePunchedDesc, storeLowSpaceDesc,
-		storeCleanerReadDesc, storeCleanerWrittenDesc, storeCleanerSegmentsDesc, storeCleanerCPUDesc} {
+		storeCleanerReadDesc, storeCleanerWrittenDesc, storeCleanerSegmentsDesc, storeCleanerCPUDesc, storeCleanerDeepDesc} {
 		ch <- d
 	}
 }
@@ -147,6 +150,9 @@ func (c *daemonCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(storeCleanerWrittenDesc, prometheus.CounterValue, float64(st.CleanerAppendedBytes))
 		ch <- prometheus.MustNewConstMetric(storeCleanerSegmentsDesc, prometheus.CounterValue, float64(st.SegmentsCleaned))
 		ch <- prometheus.MustNewConstMetric(storeCleanerCPUDesc, prometheus.CounterValue, st.CleanerCPU.Seconds())
+		ch <- prometheus.MustNewConstMetric(storeCleanerDeepDesc, prometheus.CounterValue, float64(st.CleanerDeepCopiedBytes), "copied")
+		ch <- prometheus.MustNewConstMetric(storeCleanerDeepDesc, prometheus.CounterValue, float64(st.CleanerDeepAppendedBytes), "appended")
+		ch <- prometheus.MustNewConstMetric(storeCleanerDeepDesc, prometheus.CounterValue, float64(st.CleanerDeepEmptiedBytes), "emptied")
 		ch <- prometheus.MustNewConstMetric(storePunchedDesc, prometheus.CounterValue, float64(st.BytesPunched))
 		low := 0.0
 		if st.LowSpace {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -35,6 +36,10 @@ import (
 // after. At 1 GiB with the store's default segments:
 //
 //	CAIRN_SNAPSPACE_SIZE=1GiB CAIRN_SNAPSPACE_SEGMENT=64MiB go test -v -run TestSnapshotSpace -timeout 60m ./cmd/cairnd/
+//
+// (2 cores shared: 263 s; after deleting the snapshots 1.018× on disk,
+// segment files 1.008×, pebble's tables 9.6 MiB and no WAL bytes; the
+// same churn without snapshots 1.026×. The default form: 1.022×.)
 const (
 	snapSpaceSizeDefault = 32 << 20
 	// snapSpaceSegmentDefault keeps the small form's churn many segments
@@ -44,8 +49,10 @@ const (
 	// snapSpaceRatioMax is the contract: on-disk / live after GC.
 	snapSpaceRatioMax = 1.10
 	// snapSpaceQuietPolls polls a second apart with nothing dropped,
-	// copied or reclaimed mean GC and the cleaner are done.
-	snapSpaceQuietPolls = 5
+	// copied or reclaimed mean GC and the cleaner are done: more than the
+	// cleaner's 10 s of quiet before its deep idle passes (cleanDeepIdle
+	// in backend/store/cleaner.go), so that they have run.
+	snapSpaceQuietPolls = 13
 )
 
 const snapSpaceConfig = `node_name = "space1"
@@ -82,11 +89,19 @@ type storeSpace struct {
 	// gc, cleaner and reclaimed are the cumulative counters: GC's dropped
 	// bytes, the cleaner's copied bytes, the segment bytes given back.
 	gc, cleaner, reclaimed int64
+	// deepCopied, deepAppended and deepEmptied are the cleaner's deep
+	// idle passes' counters (cairn_store_cleaner_deep_bytes_total).
+	deepCopied, deepAppended, deepEmptied int64
+	// Of diskBytes less segDiskBytes, the index's (pebble's) files: WALs,
+	// sstables, and the MANIFEST, OPTIONS and other small files.
+	walDiskBytes, sstDiskBytes, otherDiskBytes int64
+	walFiles, sstFiles                         int
 }
 
 func (s storeSpace) String() string {
-	return fmt.Sprintf("on disk %d bytes (%.1f MiB; segment files %.1f MiB, the index's files %.1f MiB), segments %d bytes in %d files, index %d bytes, live %d bytes (%.1f MiB): on-disk/live %.3f, segment files/live %.3f",
+	return fmt.Sprintf("on disk %d bytes (%.1f MiB; segment files %.1f MiB, the index's files %.1f MiB: %d WALs %.1f MiB, %d sstables %.1f MiB, other %.1f MiB), segments %d bytes in %d files, index %d bytes, live %d bytes (%.1f MiB): on-disk/live %.3f, segment files/live %.3f",
 		s.diskBytes, float64(s.diskBytes)/(1<<20), float64(s.segDiskBytes)/(1<<20), float64(s.diskBytes-s.segDiskBytes)/(1<<20),
+		s.walFiles, float64(s.walDiskBytes)/(1<<20), s.sstFiles, float64(s.sstDiskBytes)/(1<<20), float64(s.otherDiskBytes)/(1<<20),
 		s.segmentsBytes, s.segments, s.indexBytes, s.liveBytes, float64(s.liveBytes)/(1<<20),
 		float64(s.diskBytes)/float64(s.liveBytes), float64(s.segDiskBytes)/float64(s.liveBytes))
 }
@@ -109,6 +124,9 @@ func measureStoreSpace(t *testing.T, p *proc) storeSpace {
 		gc:            get(`cairn_store_gc_dropped_total\{what="bytes"\}`),
 		cleaner:       get(`cairn_store_cleaner_copied_bytes_total`),
 		reclaimed:     get(`cairn_store_reclaimed_bytes_total`),
+		deepCopied:    get(`cairn_store_cleaner_deep_bytes_total\{what="copied"\}`),
+		deepAppended:  get(`cairn_store_cleaner_deep_bytes_total\{what="appended"\}`),
+		deepEmptied:   get(`cairn_store_cleaner_deep_bytes_total\{what="emptied"\}`),
 	}
 	err := filepath.WalkDir(filepath.Join(p.dir, "data", "blocks"), func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -126,8 +144,18 @@ func measureStoreSpace(t *testing.T, p *proc) storeSpace {
 		}
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && fi.Mode().IsRegular() {
 			s.diskBytes += st.Blocks * 512
-			if filepath.Base(filepath.Dir(path)) == "segments" {
-				s.segDiskBytes += st.Blocks * 512
+			n := st.Blocks * 512
+			switch {
+			case filepath.Base(filepath.Dir(path)) == "segments":
+				s.segDiskBytes += n
+			case strings.HasSuffix(path, ".log"):
+				s.walDiskBytes += n
+				s.walFiles++
+			case strings.HasSuffix(path, ".sst"):
+				s.sstDiskBytes += n
+				s.sstFiles++
+			default:
+				s.otherDiskBytes += n
 			}
 		}
 		return nil
@@ -240,8 +268,13 @@ func TestSnapshotSpace(t *testing.T) {
 	after := settle(snap, "after deleting the snapshots", size)
 	t.Logf("after deleting them, GC and the cleaner quiet (%v): %v; GC dropped %d bytes, the cleaner copied %d, %d bytes of segments reclaimed",
 		time.Since(deleted).Round(time.Second), after, after.gc-before.gc, after.cleaner-before.cleaner, after.reclaimed-before.reclaimed)
+	deep := func(a, b storeSpace) string {
+		copied, freed := b.deepCopied-a.deepCopied, (b.deepEmptied-a.deepEmptied)-(b.deepAppended-a.deepAppended)
+		return fmt.Sprintf("its deep idle passes copied %d bytes and freed %d net (%.1f bytes copied per byte freed)", copied, freed, float64(copied)/float64(max(freed, 1)))
+	}
+	t.Logf("after deleting: %s", deep(before, after))
 	control := settle(plain, "the same churn without snapshots", size)
-	t.Logf("the same churn without snapshots: %v; the cleaner copied %d bytes", control, control.cleaner)
+	t.Logf("the same churn without snapshots: %v; the cleaner copied %d bytes, %s", control, control.cleaner, deep(storeSpace{}, control))
 
 	// Every version only the snapshots read is gone: a filled volume's
 	// live data is its size, exactly.
@@ -255,12 +288,14 @@ func TestSnapshotSpace(t *testing.T) {
 		t.Errorf("after deleting the snapshots the segments take %d bytes on disk, the same churn without snapshots %d (at most %d allowed)",
 			after.segDiskBytes, control.segDiskBytes, limit)
 	}
-	// The contract of issue 10, ≤ 1.10× of live on disk, is the cleaner's
-	// to meet (see the report): asserted in the long form, logged here.
+	// The contract of issue 10, ≤ 1.10× of live on disk, in both forms:
+	// the cleaner's deep idle passes bring the segments to about 1.03×
+	// and flush pebble's WAL away, so what pebble keeps (its tables) is
+	// small beside the live data even at 32 MiB.
 	r := float64(after.diskBytes) / float64(after.liveBytes)
 	t.Logf("on-disk/live after deleting %d snapshots: %.3f× (without snapshots %.3f×); issue 10 wants ≤ %.2f×",
 		snapSpaceRounds, r, float64(control.diskBytes)/float64(control.liveBytes), snapSpaceRatioMax)
-	if os.Getenv("CAIRN_SNAPSPACE_SIZE") != "" && r > snapSpaceRatioMax {
+	if r > snapSpaceRatioMax {
 		t.Errorf("after deleting %d snapshots the store takes %.3f× its live data on disk (%d of %d bytes), want ≤ %.2f×",
 			snapSpaceRounds, r, after.diskBytes, after.liveBytes, snapSpaceRatioMax)
 	}
