@@ -438,24 +438,8 @@ func TestCleanDeepIdleCutsSpareTail(t *testing.T) {
 	pass('a')
 	pass('b') // every 'a' segment is dead, and none was synced: reaped to spares
 	pass('c')
-	for i := 0; ; i++ {
-		if err := s.reap(); err != nil {
-			t.Fatal(err)
-		}
-		if s.Stats().SpareBytes > 0 {
-			break
-		}
-		if i == 10 {
-			t.Fatalf("no spare file kept after %d segments reaped", s.Stats().SegmentsReaped)
-		}
-		pass('c')
-	}
-	s.seg.mu.Lock()
-	err = s.seg.rollLocked()
-	s.seg.mu.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
+	reapUntilSpare(t, s, pass)
+	rollActive(t, s)
 	seq++
 	fill(buf, 'd', 3)
 	if err := s.Write(ctx, 1, 3, buf, Stamp{1, seq}, false); err != nil {

@@ -243,25 +243,9 @@ func TestSpareReuse(t *testing.T) {
 	pass('a')
 	pass('b') // every 'a' segment is dead, and none was synced
 	pass('c')
-	for i := 0; ; i++ {
-		if err := s.reap(); err != nil {
-			t.Fatal(err)
-		}
-		if s.Stats().SpareBytes > 0 {
-			break
-		}
-		if i == 10 {
-			t.Fatalf("no spare file kept after %d segments reaped", s.Stats().SegmentsReaped)
-		}
-		pass('c')
-	}
+	reapUntilSpare(t, s, pass)
 	// The next segment starts in a spare; one more block goes there.
-	s.seg.mu.Lock()
-	err = s.seg.rollLocked()
-	s.seg.mu.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
+	rollActive(t, s)
 	seq++
 	fill(buf, 'c', 3)
 	if err := s.Write(ctx, 1, 3, buf, Stamp{1, seq}, false); err != nil {
@@ -339,4 +323,35 @@ func oldRecordAt(sg *segment, off int64, buf []byte) bool {
 	}
 	h, _, err := parseFixed(buf[:recAlign])
 	return err == nil && h.seg != sg.id
+}
+
+// reapUntilSpare reaps s until it keeps a spare file, writing pass('c')
+// again between tries (the spare tests' 64 KiB segments, blocks written
+// pass after pass).
+func reapUntilSpare(t *testing.T, s *Store, pass func(id byte)) {
+	t.Helper()
+	for i := 0; ; i++ {
+		if err := s.reap(); err != nil {
+			t.Fatal(err)
+		}
+		if s.Stats().SpareBytes > 0 {
+			return
+		}
+		if i == 10 {
+			t.Fatalf("no spare file kept after %d segments reaped", s.Stats().SegmentsReaped)
+		}
+		pass('c')
+	}
+}
+
+// rollActive seals the active segment and starts the next (in a spare
+// file, when s keeps one).
+func rollActive(t *testing.T, s *Store) {
+	t.Helper()
+	s.seg.mu.Lock()
+	err := s.seg.rollLocked()
+	s.seg.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
 }
