@@ -174,18 +174,43 @@ func freeAddrs(n int) ([]string, error) {
 }
 
 // freeAddr returns a loopback address whose port is free for TCP and UDP
-// (gossip takes both) now, from [portsLow, portsHigh), each port once per
-// process. Not the kernel's ":0": that picks from the ephemeral range,
-// where another process's outgoing connection may take the port between
-// this check and cairnd's bind (seen in make test: "bind: address already
-// in use"). The range is apart from cmd/cairnd's tests' [20000, 32000),
-// whose test binary runs beside this one.
+// now, from benchPorts. The range is apart from cmd/cairnd's tests'
+// [20000, 32000), whose test binary runs beside this one.
 func freeAddr() (string, error) {
-	portsMu.Lock()
-	defer portsMu.Unlock()
+	port, err := benchPorts.Free()
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("127.0.0.1:%d", port), nil
+}
+
+// benchPorts are the ports freeAddr hands out.
+var benchPorts = NewPortRange(12000, 20000)
+
+// PortRange hands out loopback ports of [low, high) that are free for TCP
+// and UDP (gossip binds both) when handed out, each once per process. Not
+// the kernel's ":0": that picks from the ephemeral range (32768 and up),
+// where another process's outgoing connection may take the port between
+// this check and the daemon's bind (seen in make test: "bind: address
+// already in use"). Processes that run side by side take disjoint ranges.
+type PortRange struct {
+	low, high int
+	mu        sync.Mutex
+	used      map[int]bool
+}
+
+// NewPortRange returns the range [low, high).
+func NewPortRange(low, high int) *PortRange {
+	return &PortRange{low: low, high: high, used: map[int]bool{}}
+}
+
+// Free returns a port of the range not handed out before and free now.
+func (r *PortRange) Free() (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	for range 2000 {
-		port := portsLow + mrand.IntN(portsHigh-portsLow)
-		if portsUsed[port] {
+		port := r.low + mrand.IntN(r.high-r.low)
+		if r.used[port] {
 			continue
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -199,19 +224,11 @@ func freeAddr() (string, error) {
 			continue
 		}
 		_ = u.Close()
-		portsUsed[port] = true
-		return addr, nil
+		r.used[port] = true
+		return port, nil
 	}
-	return "", fmt.Errorf("free port: none free in [%d, %d)", portsLow, portsHigh)
+	return 0, fmt.Errorf("free port: none free in [%d, %d)", r.low, r.high)
 }
-
-// The ports freeAddr hands out.
-const portsLow, portsHigh = 12000, 20000
-
-var (
-	portsMu   sync.Mutex
-	portsUsed = map[int]bool{}
-)
 
 func hostPort(addr string) (host, port string) {
 	h, p, err := net.SplitHostPort(addr)

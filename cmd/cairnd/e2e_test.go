@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -20,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"cairn/bench"
 )
 
 // These tests build cairnd and cairn, run the daemon as a process on
@@ -107,45 +108,20 @@ logical_block_size = 4096
 `
 
 // freePort returns a loopback port that is free for TCP and UDP (gossip
-// binds both) and was not handed out before in this test binary. It picks
-// below the kernel's ephemeral range (32768 and up): a port taken from
-// that range (":0") can go to any outgoing connection of a concurrently
-// running test before cairnd binds it ("address already in use", seen in
-// TestDegraded in make test).
+// binds both) and was not handed out before in this test binary, from
+// e2ePorts (see bench.PortRange for why not ":0").
 func freePort(t *testing.T) int {
 	t.Helper()
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for range 1000 {
-		port := portsLow + mrand.IntN(portsHigh-portsLow)
-		if portsUsed[port] {
-			continue
-		}
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			continue
-		}
-		u, err := net.ListenPacket("udp", addr)
-		l.Close()
-		if err != nil {
-			continue
-		}
-		u.Close()
-		portsUsed[port] = true
-		return port
+	port, err := e2ePorts.Free()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no free port in [%d, %d)", portsLow, portsHigh)
-	return 0
+	return port
 }
 
-// The ports freePort hands out: [portsLow, portsHigh), each once.
-const portsLow, portsHigh = 20000, 32000
-
-var (
-	portsMu   sync.Mutex
-	portsUsed = map[int]bool{}
-)
+// e2ePorts are the ports freePort hands out, apart from bench's [12000,
+// 20000): the bench test binary runs beside this one.
+var e2ePorts = bench.NewPortRange(20000, 32000)
 
 // startDaemon writes a config into a new directory and starts cairnd on it.
 func startDaemon(t *testing.T) *proc {
