@@ -435,3 +435,36 @@ func TestFSMReservations(t *testing.T) {
 		t.Fatalf("restore of reservations without volume: %v", err)
 	}
 }
+
+// FuzzFSMRestore: whatever bytes a snapshot holds, Restore installs a
+// state that passes its checks, with the applied index the snapshot
+// names, or refuses it and leaves the state and index as they were.
+func FuzzFSMRestore(f *testing.F) {
+	m := newFSM()
+	populate(f, m)
+	m.Apply(&raft.Log{Index: 42, Type: raft.LogCommand, Data: mustEncode(f, opRegisterNode, registerNodeArgs{Name: "n5"})})
+	f.Add(snapshotBytes(f, m))
+	f.Add([]byte(`{"version":1,"state":{},"applied":7}`))
+	f.Add([]byte(`{"version":2,"state":{}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		b := newFSM()
+		populate(t, b)
+		before, index := snapshotBytes(t, b), b.appliedIndex()
+		if err := b.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+			if !bytes.Equal(snapshotBytes(t, b), before) || b.appliedIndex() != index {
+				t.Fatalf("refused snapshot %q changed the state", data)
+			}
+			return
+		}
+		b.mu.RLock()
+		err := b.mu.st.check()
+		b.mu.RUnlock()
+		if err != nil {
+			t.Fatalf("restored state broken: %v", err)
+		}
+		var sf snapshotFile
+		if json.Unmarshal(data, &sf) == nil && b.appliedIndex() != sf.Applied {
+			t.Fatalf("applied index %d, snapshot names %d", b.appliedIndex(), sf.Applied)
+		}
+	})
+}
