@@ -36,8 +36,9 @@
 //   - Read at epoch E returns, per block, the version with the greatest
 //     (epoch, seq) among those with epoch <= E; a zero record covering the
 //     block is such a version (zeros). Unwritten blocks read as zeros and
-//     use no space. A read is an index lookup and one ReadAt per run of
-//     blocks stored one after the other; every block is checked against
+//     use no space. A read is an index lookup and, per run of blocks
+//     stored one after the other, a copy out of the segment's read-only
+//     mapping (runs up to viewRunMax) or one ReadAt (view.go); every block is checked against
 //     its crc32c, and a mismatch is an error wrapping ErrIO and ErrCorrupt,
 //     never data.
 //   - A volume with a lineage (SetLineage) reads, where none of its own

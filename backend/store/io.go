@@ -203,12 +203,15 @@ func readRun(sg *segment, p []byte, vers []version) error {
 	if sg == nil {
 		return fmt.Errorf("%w: %w: segment %s missing", ErrIO, ErrCorrupt, segName(vers[0].seg))
 	}
-	k, err := sg.f.ReadAt(p, int64(vers[0].page)*recAlign)
-	if k < len(p) {
-		if err == nil || errors.Is(err, io.EOF) {
-			return fmt.Errorf("%w: %w: segment %s: short read at page %d", ErrIO, ErrCorrupt, segName(sg.id), vers[0].page)
+	off := int64(vers[0].page) * recAlign
+	if len(p) > viewRunMax || !viewRead(sg.view, p, off) {
+		k, err := sg.f.ReadAt(p, off)
+		if k < len(p) {
+			if err == nil || errors.Is(err, io.EOF) {
+				return fmt.Errorf("%w: %w: segment %s: short read at page %d", ErrIO, ErrCorrupt, segName(sg.id), vers[0].page)
+			}
+			return fmt.Errorf("%w: segment %s: %w", ErrIO, segName(sg.id), err)
 		}
-		return fmt.Errorf("%w: segment %s: %w", ErrIO, segName(sg.id), err)
 	}
 	for i, ver := range vers {
 		if got := blockCRC(p[i*BlockSize : (i+1)*BlockSize]); got != ver.crc {

@@ -17,6 +17,10 @@ import (
 type segment struct {
 	id uint32
 	f  vfs.File
+	// view maps the file read-only for short reads (view.go); nil when
+	// it is not an OS file or could not be mapped. Set before the segment
+	// is published, removed when f is closed.
+	view []byte
 	// live counts the data blocks the index points at in this segment.
 	live atomic.Int64
 	// bytes is the size written (a sealed segment's final size).
@@ -225,6 +229,7 @@ func (l *segLog) openExisting() ([]*segment, error) {
 		if err != nil {
 			for _, s := range segs {
 				_ = s.f.Close()
+				_ = unmapView(s.view)
 			}
 			return nil, fmt.Errorf("%w: open segment %s: %w", ErrIO, name, err)
 		}
@@ -232,6 +237,7 @@ func (l *segLog) openExisting() ([]*segment, error) {
 		if fi, err := f.Stat(); err == nil {
 			s.bytes.Store(fi.Size())
 		}
+		s.view = mapView(f, max(l.segBytes, s.bytes.Load()))
 		segs = append(segs, s)
 	}
 	slices.SortFunc(segs, func(a, b *segment) int { return cmpU64(uint64(a.id), uint64(b.id)) })
@@ -286,6 +292,7 @@ func (l *segLog) rollLocked() error {
 	if fi, err := f.Stat(); err == nil {
 		s.fileBytes = fi.Size()
 	}
+	s.view = mapView(f, max(l.segBytes, s.fileBytes))
 	l.publish(s, false)
 	l.active, l.off, l.roll = s, 0, false
 	return nil
@@ -730,6 +737,9 @@ func (l *segLog) retire(segs []*segment) error {
 		if err := sg.f.Close(); err != nil {
 			errs = append(errs, err)
 		}
+		if err := unmapView(sg.view); err != nil {
+			errs = append(errs, err)
+		}
 		if size := sg.bytes.Load(); sg.punched.Load() == 0 && size >= l.segBytes/2 && l.keepSpare(sg.id, size) {
 			continue
 		}
@@ -807,6 +817,9 @@ func (l *segLog) close() error {
 	var errs []error
 	for _, s := range *l.tab.Load() {
 		if err := s.f.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		if err := unmapView(s.view); err != nil {
 			errs = append(errs, err)
 		}
 	}
