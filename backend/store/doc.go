@@ -38,9 +38,9 @@
 //     block is such a version (zeros). Unwritten blocks read as zeros and
 //     use no space. A read is an index lookup and, per run of blocks
 //     stored one after the other, a copy out of the segment's read-only
-//     mapping (runs up to viewRunMax) or one ReadAt (view.go); every block is checked against
-//     its crc32c, and a mismatch is an error wrapping ErrIO and ErrCorrupt,
-//     never data.
+//     mapping (runs up to viewRunMax) or one ReadAt (view.go); every
+//     block is checked against its crc32c, and a mismatch is an error
+//     wrapping ErrIO and ErrCorrupt, never data.
 //   - A volume with a lineage (SetLineage) reads, where none of its own
 //     versions is visible, through its parent at the fork epoch (forks of
 //     forks up to lineageDepthMax deep, ErrLimit past it); its rollbacks

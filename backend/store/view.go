@@ -23,7 +23,10 @@ import "runtime/debug"
 // the run is read again with ReadAt, whose error says what went wrong as
 // it did before views. Mappings are made when the segment is opened and
 // removed when its file is closed (retire, close), which waits for readers
-// as closing the file does (segLog.files).
+// as closing the file does (segLog.files). A view is one mapping (one of
+// the kernel's vm.max_map_count, 65530 by default) of segBytes of address
+// space per segment: 64 MiB segments map 4 TiB before the kernel refuses
+// more, and the segments past that read with ReadAt.
 const viewRunMax = 64 << 10
 
 // viewRead copies len(p) bytes at off out of v, a segment's mapping. It
