@@ -138,7 +138,7 @@ func BenchmarkReadAged(b *testing.B) {
 		}
 	}
 	b.Logf("LSM after aging:\n%s", s.db.Metrics())
-	for _, n := range []int{1, 8} {
+	for _, n := range []int{1, 8, 256} {
 		b.Run(fmt.Sprintf("blocks=%d", n), func(b *testing.B) {
 			buf := make([]byte, n*BlockSize)
 			b.SetBytes(int64(len(buf)))
@@ -148,6 +148,7 @@ func BenchmarkReadAged(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+			b.Logf("rewritten by defrag: %d MiB", s.Stats().DefragBytes>>20)
 		})
 	}
 }

@@ -103,6 +103,7 @@ type counters struct {
 	relogBytes       atomic.Uint64
 	flattenedBlocks  atomic.Uint64
 	bytesPunched     atomic.Uint64
+	defragBytes      atomic.Uint64
 	gcCounters
 }
 
@@ -124,6 +125,7 @@ type Stats struct {
 	RecordsReplayed  uint64 // records replayed at Open
 	LowSpace         bool   // writes fail with ErrNoSpace (see Options.ReserveBytes)
 	CleanerBytes     uint64 // bytes of live blocks the cleaner copied
+	DefragBytes      uint64 // bytes of fragmented reads rewritten as one run (defrag.go)
 	SegmentsCleaned  uint64 // segments the cleaner emptied
 	// The cleaner's cost (cleaner.go): bytes it read (record headers and
 	// blocks), bytes of copy records it appended, CPU time of its passes.
@@ -163,6 +165,7 @@ func (s *Store) Stats() Stats {
 		RecordsReplayed:  s.stats.recordsReplayed.Load(),
 		LowSpace:         s.space.low.Load(),
 		CleanerBytes:     s.stats.cleanerBytes.Load(),
+		DefragBytes:      s.stats.defragBytes.Load(),
 		SegmentsCleaned:  s.stats.segmentsCleaned.Load(),
 
 		CleanerReadBytes:     uint64(s.cl.read.Load()),

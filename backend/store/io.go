@@ -170,6 +170,9 @@ func (s *Store) Read(ctx context.Context, vol, block uint64, p []byte, epoch uin
 		clear(p)
 		return fmt.Errorf("store: read vol %d: %w", vol, err)
 	}
+	if n >= defragBlocksMin {
+		s.offerDefrag(vol, block, p, c.vers)
+	}
 	return nil
 }
 

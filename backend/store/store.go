@@ -162,9 +162,10 @@ type Store struct {
 		ents   []ckEnt
 		groups []ckGroup
 	}
-	cleanMu sync.Mutex // one cleaning pass at a time
-	cl      cleanState // cleaner.go
-	gcMu    sync.Mutex // one GC pass at a time
+	cleanMu sync.Mutex  // one cleaning pass at a time
+	cl      cleanState  // cleaner.go
+	df      defragState // defrag.go
+	gcMu    sync.Mutex  // one GC pass at a time
 	// linGen counts SetLineage and DropVolume calls: a fork's lineage
 	// changes the readers of its parent (see gc.go).
 	linGen atomic.Uint64
@@ -283,9 +284,11 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	// A store opened on a full disk says so now, not at the first write.
 	_ = s.checkSpace(0, s.reserve)
-	s.wg.Add(2)
+	s.df.q = make(chan *defragReq, defragQueue)
+	s.wg.Add(3)
 	go s.background()
 	go s.cleaner()
+	go s.defragger()
 	s.log.Info("store opened", "volumes", len(s.vols.m), "segments", len(*s.seg.tab.Load()), "index_bytes", s.indexBytes.Load())
 	return s, nil
 }

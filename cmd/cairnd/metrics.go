@@ -80,6 +80,7 @@ var (
 	storeReclaimDesc  = prometheus.NewDesc("cairn_store_reclaimed_bytes_total", "Bytes of segment files deleted (space returned to the filesystem).", nil, nil)
 	storeReusedDesc   = prometheus.NewDesc("cairn_store_segments_reused_total", "Segments started in the kept file of a dead segment (resident pages overwritten, not new ones allocated).", nil, nil)
 	storeCleanerDesc  = prometheus.NewDesc("cairn_store_cleaner_copied_bytes_total", "Bytes of live blocks the cleaner copied out of emptying segments.", nil, nil)
+	storeDefragDesc   = prometheus.NewDesc("cairn_store_defrag_bytes_total", "Bytes of fragmented reads rewritten as one run, so that the next read of the range is one copy.", nil, nil)
 	// The cleaner's throughput and cost: rate() of these over rate() of
 	// cairn_volume_bytes_total{op="write"} is its write amplification, and
 	// rate() of the CPU seconds its share of a core.
@@ -96,7 +97,7 @@ var (
 
 func (c *daemonCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{inflightDesc, inflightPeakDesc, budgetDesc, budgetWaitDesc, connsDesc, disconnectsDesc, gossipDesc, gossipDropDesc, memReleaseDesc,
-		storeBytesDesc, storeSegmentsDesc, storeGCDesc, storeReclaimDesc, storeCleanerDesc, storeReusedDesc, storePunchedDesc, storeLowSpaceDesc,
+		storeBytesDesc, storeSegmentsDesc, storeGCDesc, storeReclaimDesc, storeCleanerDesc, storeDefragDesc, storeReusedDesc, storePunchedDesc, storeLowSpaceDesc,
 		storeCleanerReadDesc, storeCleanerWrittenDesc, storeCleanerSegmentsDesc, storeCleanerCPUDesc, storeCleanerDeepDesc} {
 		ch <- d
 	}
@@ -146,6 +147,7 @@ func (c *daemonCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(storeGCDesc, prometheus.CounterValue, float64(st.GCBytesDropped), "bytes")
 		ch <- prometheus.MustNewConstMetric(storeReclaimDesc, prometheus.CounterValue, float64(st.BytesReclaimed))
 		ch <- prometheus.MustNewConstMetric(storeCleanerDesc, prometheus.CounterValue, float64(st.CleanerBytes))
+		ch <- prometheus.MustNewConstMetric(storeDefragDesc, prometheus.CounterValue, float64(st.DefragBytes))
 		ch <- prometheus.MustNewConstMetric(storeCleanerReadDesc, prometheus.CounterValue, float64(st.CleanerReadBytes))
 		ch <- prometheus.MustNewConstMetric(storeCleanerWrittenDesc, prometheus.CounterValue, float64(st.CleanerAppendedBytes))
 		ch <- prometheus.MustNewConstMetric(storeCleanerSegmentsDesc, prometheus.CounterValue, float64(st.SegmentsCleaned))
