@@ -137,6 +137,11 @@ func (s *Store) defragger() {
 		case <-s.done:
 			return
 		case r := <-s.df.q:
+			select {
+			case <-s.done: // closing: what is queued is dropped
+				return
+			default:
+			}
 			s.defrag(r, rec)
 			defragReqPool.Put(r)
 		}

@@ -67,7 +67,9 @@
 //     file system fills), throttled; once the store is idle, until the
 //     segments hold at most 1.15 times the live data, and once nothing
 //     but the cleaner appended for 10 s, 1.03 times (stopping at the
-//     first foreground append either way). After issue 9's
+//     first foreground append either way). A read of 32 or more blocks
+//     found scattered has them rewritten as one run in the background by
+//     the same copy records (defrag.go, throttled). After issue 9's
 //     aging run (1 GiB filled, then 3 GiB of 4 KiB random overwrites) the
 //     store's directory takes 1.04 times the live data on disk
 //     (`CAIRN_STORE_AGING_BYTES=1G go test ./backend/store -run
