@@ -353,3 +353,62 @@ func TestGCClose(t *testing.T) {
 		t.Fatalf("gc across close: %v, want ErrClosed", err)
 	}
 }
+
+// TestGCPagesPerHold: one lock hold makes at most gcLookupsMax visibility
+// lookups, examines at least one page and at most gcBatchPages.
+func TestGCPagesPerHold(t *testing.T) {
+	for _, readers := range []int{0, 1, 2, 3, 9, 11, 16, 17, 100, 4097} {
+		per := gcPagesPerHold(readers)
+		switch {
+		case per < 1 || per > gcBatchPages:
+			t.Fatalf("%d readers: %d pages per hold, want [1, %d]", readers, per, gcBatchPages)
+		case per > 1 && per*pageBlocks*max(readers, 1) > gcLookupsMax:
+			t.Fatalf("%d readers: %d pages per hold make %d lookups, at most %d", readers, per, per*pageBlocks*readers, gcLookupsMax)
+		case per < gcBatchPages && (per+1)*pageBlocks*max(readers, 1) <= gcLookupsMax:
+			t.Fatalf("%d readers: %d pages per hold, one more would still be within %d lookups", readers, per, gcLookupsMax)
+		}
+	}
+}
+
+// TestGCSkipsSingleVersionBlocks: with no rollback or zero range, GC
+// examines only the blocks written in several epochs (a block's one
+// version is the live volume's), drops exactly the versions no reader
+// sees, and every block reads as before at the live and retained epochs,
+// in pages with few such blocks and many.
+func TestGCSkipsSingleVersionBlocks(t *testing.T) {
+	s := openMem(t, nil)
+	const vol, blocks = 1, 3 * pageBlocks
+	mustRetain(t, s, vol, nil)
+	var ops []op
+	do := func(o op) { apply(t, s, vol, o); ops = append(ops, o) }
+	do(op{block: 0, n: blocks, st: Stamp{1, 1}, id: 1})
+	// Page 0: blocks 3 and 5 rewritten in epochs 2 and 3; page 1: every
+	// block rewritten in epoch 2; page 2: nothing.
+	for _, b := range []uint64{3, 5} {
+		do(op{block: b, n: 1, st: Stamp{2, 2}, id: 2})
+		do(op{block: b, n: 1, st: Stamp{3, 3}, id: 3})
+	}
+	do(op{block: pageBlocks, n: pageBlocks, st: Stamp{2, 4}, id: 4})
+	readers := []uint64{1, math.MaxUint64}
+	mustRetain(t, s, vol, readers[:1])
+	before := versions(s, vol)
+	res, err := s.gc(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Examined: blocks 3 and 5 and page 1. Dropped: the epoch 2 versions
+	// of blocks 3 and 5 (the reader at 1 sees epoch 1's, the live one 3's).
+	if want := uint64(2 + pageBlocks); res.examined != want {
+		t.Fatalf("gc examined %d blocks, want %d", res.examined, want)
+	}
+	if res.dropped != 2 || versions(s, vol) != before-2 {
+		t.Fatalf("gc dropped %d versions (%d -> %d), want 2", res.dropped, before, versions(s, vol))
+	}
+	for b := range uint64(blocks) {
+		for _, e := range readers {
+			if got, want := readID(t, s, vol, b, e), expect(ops, b, e); got != want {
+				t.Fatalf("block %d at epoch %d reads write %d, want %d", b, e, got, want)
+			}
+		}
+	}
+}
