@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -409,6 +411,96 @@ func TestGCSkipsSingleVersionBlocks(t *testing.T) {
 			if got, want := readID(t, s, vol, b, e), expect(ops, b, e); got != want {
 				t.Fatalf("block %d at epoch %d reads write %d, want %d", b, e, got, want)
 			}
+		}
+	}
+}
+
+// TestRetainedShrinkUnsynced: a retained list that adds an epoch is synced
+// before SetRetained returns; one that only drops epochs is written
+// without a sync, so a crash leaves the list before it or after it — each
+// holds every epoch of the new one — and the next list that adds an epoch
+// makes both durable.
+func TestRetainedShrinkUnsynced(t *testing.T) {
+	const vol = 1
+	loaded := func(fs *vfs.MemFS, unsynced int) []uint64 {
+		t.Helper()
+		s, err := Open("db", crashOpts(fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: unsynced, RNG: rand.New(rand.NewPCG(1, uint64(unsynced)))})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = s.Close() }()
+		v := s.lookup(vol)
+		if v == nil {
+			return nil
+		}
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		return slices.Clone(v.retained)
+	}
+	fs := vfs.NewCrashableMem()
+	s, err := Open("db", crashOpts(fs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	steps := []struct {
+		set    []uint64
+		synced bool // the list a crash with no unsynced data keeps is this one
+	}{
+		{[]uint64{1, 2, 3}, true},
+		{[]uint64{2, 3}, false},   // drops 1
+		{[]uint64{3}, false},      // drops 2
+		{[]uint64{3, 4}, true},    // adds 4
+		{[]uint64{3, 4}, true},    // the same: nothing to sync
+		{nil, false},              // drops all
+		{[]uint64{5}, true},       // adds 5
+		{[]uint64{7, 5, 5}, true}, // adds 7, unsorted and repeated
+		{[]uint64{7}, false},      // drops 5: kept by a clean close, below
+	}
+	durable := []uint64(nil)
+	for i, st := range steps {
+		mustRetain(t, s, vol, st.set)
+		want := slices.Compact(slices.Sorted(slices.Values(st.set)))
+		if st.synced {
+			durable = want
+		}
+		got := loaded(fs, 0)
+		if !slices.Equal(got, durable) {
+			t.Fatalf("step %d (set %v): a crash keeps %v, want %v", i, st.set, got, durable)
+		}
+		if !subsetSorted(want, got) {
+			t.Fatalf("step %d (set %v): a crash keeps %v, which lacks some of them", i, st.set, got)
+		}
+		// With the unsynced data kept: the list before or this one (the
+		// unsynced write may not have left pebble's buffer).
+		if got := loaded(fs, 100); !slices.Equal(got, want) && !slices.Equal(got, durable) {
+			t.Fatalf("step %d (set %v): with unsynced data kept a crash leaves %v, want %v or %v", i, st.set, got, want, durable)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := loaded(fs, 0); !slices.Equal(got, []uint64{7}) {
+		t.Fatalf("after a clean close the store keeps %v, want [7]", got)
+	}
+}
+
+func TestSubsetSorted(t *testing.T) {
+	for _, c := range []struct {
+		a, b []uint64
+		want bool
+	}{
+		{nil, nil, true},
+		{nil, []uint64{1}, true},
+		{[]uint64{1}, nil, false},
+		{[]uint64{1, 3}, []uint64{1, 2, 3}, true},
+		{[]uint64{1, 4}, []uint64{1, 2, 3}, false},
+		{[]uint64{0}, []uint64{1}, false},
+		{[]uint64{2, 3}, []uint64{2, 3}, true},
+		{[]uint64{1, 2, 3}, []uint64{2, 3}, false},
+	} {
+		if got := subsetSorted(c.a, c.b); got != c.want {
+			t.Errorf("subsetSorted(%v, %v) = %v, want %v", c.a, c.b, got, c.want)
 		}
 	}
 }
