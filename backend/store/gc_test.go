@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -351,5 +353,154 @@ func TestGCClose(t *testing.T) {
 	}
 	if err := <-errc; !errors.Is(err, ErrClosed) {
 		t.Fatalf("gc across close: %v, want ErrClosed", err)
+	}
+}
+
+// TestGCPagesPerHold: one lock hold makes at most gcLookupsMax visibility
+// lookups, examines at least one page and at most gcBatchPages.
+func TestGCPagesPerHold(t *testing.T) {
+	for _, readers := range []int{0, 1, 2, 3, 9, 11, 16, 17, 100, 4097} {
+		per := gcPagesPerHold(readers)
+		switch {
+		case per < 1 || per > gcBatchPages:
+			t.Fatalf("%d readers: %d pages per hold, want [1, %d]", readers, per, gcBatchPages)
+		case per > 1 && per*pageBlocks*max(readers, 1) > gcLookupsMax:
+			t.Fatalf("%d readers: %d pages per hold make %d lookups, at most %d", readers, per, per*pageBlocks*readers, gcLookupsMax)
+		case per < gcBatchPages && (per+1)*pageBlocks*max(readers, 1) <= gcLookupsMax:
+			t.Fatalf("%d readers: %d pages per hold, one more would still be within %d lookups", readers, per, gcLookupsMax)
+		}
+	}
+}
+
+// TestGCSkipsSingleVersionBlocks: with no rollback or zero range, GC
+// examines only the blocks written in several epochs (a block's one
+// version is the live volume's), drops exactly the versions no reader
+// sees, and every block reads as before at the live and retained epochs,
+// in pages with few such blocks and many.
+func TestGCSkipsSingleVersionBlocks(t *testing.T) {
+	s := openMem(t, nil)
+	const vol, blocks = 1, 3 * pageBlocks
+	mustRetain(t, s, vol, nil)
+	var ops []op
+	do := func(o op) { apply(t, s, vol, o); ops = append(ops, o) }
+	do(op{block: 0, n: blocks, st: Stamp{1, 1}, id: 1})
+	// Page 0: blocks 3 and 5 rewritten in epochs 2 and 3; page 1: every
+	// block rewritten in epoch 2; page 2: nothing.
+	for _, b := range []uint64{3, 5} {
+		do(op{block: b, n: 1, st: Stamp{2, 2}, id: 2})
+		do(op{block: b, n: 1, st: Stamp{3, 3}, id: 3})
+	}
+	do(op{block: pageBlocks, n: pageBlocks, st: Stamp{2, 4}, id: 4})
+	readers := []uint64{1, math.MaxUint64}
+	mustRetain(t, s, vol, readers[:1])
+	before := versions(s, vol)
+	res, err := s.gc(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Examined: blocks 3 and 5 and page 1. Dropped: the epoch 2 versions
+	// of blocks 3 and 5 (the reader at 1 sees epoch 1's, the live one 3's).
+	if want := uint64(2 + pageBlocks); res.examined != want {
+		t.Fatalf("gc examined %d blocks, want %d", res.examined, want)
+	}
+	if res.dropped != 2 || versions(s, vol) != before-2 {
+		t.Fatalf("gc dropped %d versions (%d -> %d), want 2", res.dropped, before, versions(s, vol))
+	}
+	for b := range uint64(blocks) {
+		for _, e := range readers {
+			if got, want := readID(t, s, vol, b, e), expect(ops, b, e); got != want {
+				t.Fatalf("block %d at epoch %d reads write %d, want %d", b, e, got, want)
+			}
+		}
+	}
+}
+
+// TestRetainedShrinkUnsynced: a retained list that adds an epoch is synced
+// before SetRetained returns; one that only drops epochs is written
+// without a sync, so a crash leaves the list before it or after it — each
+// holds every epoch of the new one — and the next list that adds an epoch
+// makes both durable.
+func TestRetainedShrinkUnsynced(t *testing.T) {
+	const vol = 1
+	loaded := func(fs *vfs.MemFS, unsynced int) []uint64 {
+		t.Helper()
+		s, err := Open("db", crashOpts(fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: unsynced, RNG: rand.New(rand.NewPCG(1, uint64(unsynced)))})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = s.Close() }()
+		v := s.lookup(vol)
+		if v == nil {
+			return nil
+		}
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		return slices.Clone(v.retained)
+	}
+	fs := vfs.NewCrashableMem()
+	s, err := Open("db", crashOpts(fs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	steps := []struct {
+		set    []uint64
+		synced bool // the list a crash with no unsynced data keeps is this one
+	}{
+		{[]uint64{1, 2, 3}, true},
+		{[]uint64{2, 3}, false},   // drops 1
+		{[]uint64{3}, false},      // drops 2
+		{[]uint64{3, 4}, true},    // adds 4
+		{[]uint64{3, 4}, true},    // the same: nothing to sync
+		{nil, false},              // drops all
+		{[]uint64{5}, true},       // adds 5
+		{[]uint64{7, 5, 5}, true}, // adds 7, unsorted and repeated
+		{[]uint64{7}, false},      // drops 5: kept by a clean close, below
+	}
+	durable := []uint64(nil)
+	for i, st := range steps {
+		mustRetain(t, s, vol, st.set)
+		want := slices.Compact(slices.Sorted(slices.Values(st.set)))
+		if st.synced {
+			durable = want
+		}
+		got := loaded(fs, 0)
+		if !slices.Equal(got, durable) {
+			t.Fatalf("step %d (set %v): a crash keeps %v, want %v", i, st.set, got, durable)
+		}
+		if !subsetSorted(want, got) {
+			t.Fatalf("step %d (set %v): a crash keeps %v, which lacks some of them", i, st.set, got)
+		}
+		// With the unsynced data kept: the list before or this one (the
+		// unsynced write may not have left pebble's buffer).
+		if got := loaded(fs, 100); !slices.Equal(got, want) && !slices.Equal(got, durable) {
+			t.Fatalf("step %d (set %v): with unsynced data kept a crash leaves %v, want %v or %v", i, st.set, got, want, durable)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := loaded(fs, 0); !slices.Equal(got, []uint64{7}) {
+		t.Fatalf("after a clean close the store keeps %v, want [7]", got)
+	}
+}
+
+func TestSubsetSorted(t *testing.T) {
+	for _, c := range []struct {
+		a, b []uint64
+		want bool
+	}{
+		{nil, nil, true},
+		{nil, []uint64{1}, true},
+		{[]uint64{1}, nil, false},
+		{[]uint64{1, 3}, []uint64{1, 2, 3}, true},
+		{[]uint64{1, 4}, []uint64{1, 2, 3}, false},
+		{[]uint64{0}, []uint64{1}, false},
+		{[]uint64{2, 3}, []uint64{2, 3}, true},
+		{[]uint64{1, 2, 3}, []uint64{2, 3}, false},
+	} {
+		if got := subsetSorted(c.a, c.b); got != c.want {
+			t.Errorf("subsetSorted(%v, %v) = %v, want %v", c.a, c.b, got, c.want)
+		}
 	}
 }
