@@ -19,7 +19,7 @@ func (nopDevice) Zero(context.Context, int64, int64, target.ZeroFlags) error    
 func (nopDevice) Flush(context.Context) error                                     { return nil }
 
 // TestHotPathAllocs pins the server's per-request allocations: a WRITE and a
-// READ round trip through reader, worker and writer allocate nothing in
+// READ round trip through the servers and the writer allocate nothing in
 // steady state, with and without a shared in-flight budget.
 func TestHotPathAllocs(t *testing.T) {
 	if raceEnabled {

@@ -28,12 +28,13 @@ const (
 	directChunkBytes = 256 << 10                          // unbuffered READ data written between write deadline renewals
 )
 
-// conn is one client connection. The goroutine that runs serve owns it and
-// reads requests; workers execute them; one writer sends replies.
+// conn is one client connection. The goroutine that runs serve owns it;
+// during transmission its servers (serveRequests) read requests, one at a
+// time (the reading role), and execute them; one writer sends replies.
 type conn struct {
 	s      *Server
 	nc     net.Conn      // the socket: deadlines, Close, addresses
-	br     *bufio.Reader // reader goroutine only
+	br     *bufio.Reader // holder of the reading role (the handshake: serve's goroutine)
 	bw     *bufio.Writer // writer goroutine only
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -55,10 +56,10 @@ type conn struct {
 	quitOnce      sync.Once
 	stopping      atomic.Bool // Close asked the reader to stop
 	replyTimedOut atomic.Bool // the writer hit ReplyTimeout
-	kind          string      // disconnect reason label; reader goroutine only
+	kind          string      // disconnect reason label; the reading role's holder, then serve's goroutine
 
 	// Socket deadlines in force, each owned by its goroutine.
-	readDeadline  time.Time // reader
+	readDeadline  time.Time // the reading role's holder
 	writeDeadline time.Time // holder of wmu
 
 	// Set by attach under s.mu before transmission, read-only afterwards.
@@ -71,22 +72,33 @@ type conn struct {
 	changed    string              // base of the cairn:changed context, or ""
 	changer    target.ChangeMapper // dev, when changed is set
 
-	requests uint64 // requests read; reader goroutine only
+	requests uint64            // requests read; by the role's holder
+	reqHdr   [RequestSize]byte // the header being read; by the role's holder
 
-	work     chan *request // reader → workers
-	workers  int           // workers started; reader goroutine only
-	workerWG sync.WaitGroup
-	replies  chan *request // reader, workers → writer
+	// The reading role (see serveRequests): taken by the compare-and-swap
+	// of free from true to false; its holder reads the next request.
+	role struct {
+		free    atomic.Bool
+		idle    atomic.Int32  // servers waiting on wake
+		servers atomic.Int32  // servers started
+		wake    chan struct{} // a token: the role may be free
+		mu      sync.Mutex    // guards closed, the sends on wake and its close
+		closed  bool          // reading ended: wake is closed
+		end     string        // why reading ended; written before wake is closed
+		rescue  *time.Timer   // hands the role on when an inline request is slow
+	}
+	serveWG  sync.WaitGroup
+	replies  chan *request // servers → writer
 	writerWG sync.WaitGroup
 	// wmu is held by whoever writes replies: the writer goroutine, or a
-	// worker writing its own reply when none is queued (worker).
+	// server writing its own reply when none is queued (answer).
 	wmu      sync.Mutex
 	inflight target.Window
 	broken   atomic.Bool // the writer failed; replies are dropped
 }
 
-// request is one request from header to reply. It passes from the reader to
-// a worker to the writer; whoever holds it owns it.
+// request is one request from header to reply. It passes from the server
+// that read it to the writer; whoever holds it owns it.
 type request struct {
 	Request
 	buf      *[]byte // pooled payload buffer, or nil
@@ -101,46 +113,157 @@ type request struct {
 // transmit serves requests until the client disconnects or the connection
 // breaks; in-flight requests are answered before it returns.
 func (c *conn) transmit() (reason string) {
-	c.work = make(chan *request)
 	c.replies = make(chan *request, c.s.opts.InFlightMax)
 	c.inflight.Init(c.s.opts.InFlightMax, c.s.opts.InFlightBytesMax)
 	c.writerWG.Add(1)
 	go c.writer()
 
-	reason = c.read()
+	c.role.wake = make(chan struct{}, c.s.opts.InFlightMax+1)
+	c.role.rescue = time.AfterFunc(time.Hour, c.rescueRole)
+	c.role.rescue.Stop()
+	c.role.free.Store(true)
+	c.role.servers.Store(1)
+	c.serveWG.Add(1)
+	c.serveRequests()
+	c.serveWG.Wait() // every request read is answered (or queued to the writer)
+	c.role.rescue.Stop()
 
 	c.inflight.Wait()
-	close(c.work)
-	c.workerWG.Wait()
 	close(c.replies)
 	c.writerWG.Wait()
-	return reason
+	return c.role.end
 }
 
-// read is the reader loop.
-func (c *conn) read() (reason string) {
-	var b [RequestSize]byte
-	for {
-		if err := c.awaitRequest(); err != nil {
-			return c.ioReason("read request", err)
-		}
-		if _, err := io.ReadFull(c.br, b[:]); err != nil {
-			return c.ioReason("read request", err)
-		}
-		req, err := ParseRequest(b[:])
-		if err != nil {
-			c.kind = target.DisconnectProtocolError
-			return err.Error() // cannot resynchronise
-		}
-		c.requests++
-		if req.Type == CmdDisc {
-			c.kind = target.DisconnectClientClosed
-			return "client disconnected"
-		}
-		if reason := c.dispatch(req); reason != "" {
-			return reason
+// inlineRescue is how long a request executed by the role's holder
+// (inline) may take before another server is woken to read on.
+const inlineRescue = 100 * time.Microsecond
+
+// serveRequests reads requests and executes them, as one of the
+// connection's servers: whoever holds the reading role reads one request
+// and executes it on its own goroutine, so that no hand-off to a worker
+// lies between a request's arrival and its reply. A hand-off cost about as
+// much as the rest of a 4 KiB read: cairnd's CPU per read 56–65 µs with it,
+// 32–35 µs without, at 14.0k/15.7k/11.1k against 20.6k/16.8k/16.9k IOPS
+// (fio nbd randread qd1, interleaved).
+//
+// With nothing else in flight, the holder frees the role without waking
+// anyone and executes the request; if it is done within inlineRescue it
+// takes the role back and reads on, no goroutine woken at all. If not (a
+// device call that blocks, as a real disk read may), a timer wakes another
+// server (starting one if none waits), which reads the requests that
+// arrive meanwhile: NBD lets replies come out of order, and a request must
+// never wait for an unrelated one. With other requests in flight the
+// holder hands the role on at once (a token on wake, a new server when
+// none waits, up to InFlightMax) before it executes. Once reading ends
+// (role.end), wake is closed and every server returns when its request is
+// done.
+func (c *conn) serveRequests() {
+	defer c.serveWG.Done()
+	for c.takeRole() {
+		for {
+			r, reason := c.readOne()
+			if reason != "" {
+				c.endReading(reason)
+				return
+			}
+			if r == nil {
+				continue // answered; read on
+			}
+			if c.inflight.Count() < 2 && (r.Type == CmdRead || r.Type == CmdWrite && r.Flags&CmdFlagFUA == 0) {
+				c.role.free.Store(true)
+				c.role.rescue.Reset(inlineRescue)
+				c.execute(r)
+				c.answer(r)
+				c.role.rescue.Stop()
+				if c.role.free.CompareAndSwap(true, false) {
+					continue // nobody took over
+				}
+				break
+			}
+			c.role.free.Store(true)
+			c.handRoleOn()
+			c.execute(r)
+			c.answer(r)
+			break
 		}
 	}
+}
+
+// takeRole waits for the reading role; false once reading ended.
+func (c *conn) takeRole() bool {
+	for {
+		if c.role.free.CompareAndSwap(true, false) {
+			return true
+		}
+		c.role.idle.Add(1)
+		_, ok := <-c.role.wake
+		c.role.idle.Add(-1)
+		if !ok {
+			return false
+		}
+	}
+}
+
+// handRoleOn wakes a server for the role just freed, starting one when
+// none waits (at most InFlightMax). A token no server needs is a spurious
+// wake-up: its taker finds the role taken and waits again.
+func (c *conn) handRoleOn() {
+	c.role.mu.Lock()
+	defer c.role.mu.Unlock()
+	if c.role.closed {
+		return
+	}
+	select {
+	case c.role.wake <- struct{}{}:
+	default:
+	}
+	if c.role.idle.Load() == 0 && c.role.servers.Load() < int32(c.s.opts.InFlightMax) {
+		c.role.servers.Add(1)
+		c.serveWG.Add(1) // a server is running (the inline one): not after Wait
+		go c.serveRequests()
+	}
+}
+
+// rescueRole is the rescue timer's: the holder's inline request is slow;
+// if the role is still free, hand it on.
+func (c *conn) rescueRole() {
+	if c.role.free.Load() {
+		c.handRoleOn()
+	}
+}
+
+// endReading records why reading ended and lets every waiting server go.
+// Caller holds the role (so no one hands it on meanwhile but the timer).
+func (c *conn) endReading(reason string) {
+	c.role.mu.Lock()
+	defer c.role.mu.Unlock()
+	c.role.end = reason
+	c.role.closed = true
+	close(c.role.wake)
+}
+
+// readOne reads the next request and returns it for execution, or nil if
+// it was answered already (an invalid request), or why the connection must
+// end. Caller holds the reading role.
+func (c *conn) readOne() (r *request, reason string) {
+	b := &c.reqHdr
+	if err := c.awaitRequest(); err != nil {
+		return nil, c.ioReason("read request", err)
+	}
+	if _, err := io.ReadFull(c.br, b[:]); err != nil {
+		return nil, c.ioReason("read request", err)
+	}
+	req, err := ParseRequest(b[:])
+	if err != nil {
+		c.kind = target.DisconnectProtocolError
+		return nil, err.Error() // cannot resynchronise
+	}
+	c.requests++
+	if req.Type == CmdDisc {
+		c.kind = target.DisconnectClientClosed
+		return nil, "client disconnected"
+	}
+	return c.dispatch(req)
 }
 
 // errStopping: Close asked the reader to stop.
@@ -185,22 +308,23 @@ func (c *conn) armRead() error {
 	return nil
 }
 
-// dispatch checks a request, reads its payload and hands it to a worker, or
-// answers it with an error. It returns why the connection must end, or "".
-func (c *conn) dispatch(req Request) string {
+// dispatch checks a request and reads its payload, and returns it for
+// execution, or answers it with an error (nil). It returns why the
+// connection must end, or "".
+func (c *conn) dispatch(req Request) (*request, string) {
 	err := c.check(req)
 	if req.Type == CmdWrite && err != nil {
 		if req.Length > writeDiscardBytesMax {
 			c.kind = target.DisconnectProtocolError
-			return fmt.Sprintf("write of %d bytes", req.Length)
+			return nil, fmt.Sprintf("write of %d bytes", req.Length)
 		}
 		if c.br.Buffered() < int(req.Length) {
 			if err := c.armRead(); err != nil {
-				return c.ioReason("skip write payload", err)
+				return nil, c.ioReason("skip write payload", err)
 			}
 		}
 		if _, err := c.br.Discard(int(req.Length)); err != nil {
-			return c.ioReason("skip write payload", err)
+			return nil, c.ioReason("skip write payload", err)
 		}
 	}
 	n := 0
@@ -217,7 +341,7 @@ func (c *conn) dispatch(req Request) string {
 	c.inflight.Acquire(n)
 	if n > 0 && !c.s.opts.Budget.Acquire(c.quit, int64(n)) {
 		c.inflight.Release(n)
-		return c.ioReason("wait for the in-flight budget", nil)
+		return nil, c.ioReason("wait for the in-flight budget", nil)
 	}
 	r := getRequest()
 	r.Request, r.err, r.budget = req, err, n
@@ -227,31 +351,21 @@ func (c *conn) dispatch(req Request) string {
 	}
 	if err != nil {
 		c.replies <- r
-		return ""
+		return nil, ""
 	}
 	if req.Type == CmdWrite {
 		if c.br.Buffered() < len(r.data) {
 			if err := c.armRead(); err != nil { // the budget may have kept us long
 				c.release(r)
-				return c.ioReason("read write payload", err)
+				return nil, c.ioReason("read write payload", err)
 			}
 		}
 		if _, err := io.ReadFull(c.br, r.data); err != nil {
 			c.release(r)
-			return c.ioReason("read write payload", err)
+			return nil, c.ioReason("read write payload", err)
 		}
 	}
-	select {
-	case c.work <- r:
-	default:
-		if c.workers < c.s.opts.InFlightMax {
-			c.workers++
-			c.workerWG.Add(1)
-			go c.worker()
-		}
-		c.work <- r
-	}
-	return ""
+	return r, ""
 }
 
 // Flags each command accepts. CmdFlagFUA is valid on every command.
@@ -311,15 +425,6 @@ func (c *conn) check(r Request) error {
 		}
 	}
 	return nil
-}
-
-// worker executes requests until c.work is closed.
-func (c *conn) worker() {
-	defer c.workerWG.Done()
-	for r := range c.work {
-		c.execute(r)
-		c.answer(r)
-	}
 }
 
 // answer sends a worker's reply. With no reply queued and the writer idle,

@@ -42,10 +42,13 @@
 // NBD_REP_ERR_TOO_BIG; beyond, or past 4096 options, the client is hung up
 // on) and the whole handshake must finish within 30 s.
 //
-// Transmission: the connection's own goroutine reads requests, checks them
-// (flags, read-only, range, size) and reads WRITE payloads into pooled
-// buffers; workers (started on demand, at most InFlightMax) execute them on
-// the device concurrently; one writer goroutine sends replies in completion
+// Transmission: the connection's servers (started on demand, at most
+// InFlightMax; the connection's own goroutine is the first) take turns
+// reading: the one holding the reading role reads a request, checks it
+// (flags, read-only, range, size) and reads a WRITE payload into a pooled
+// buffer, hands the role on and executes the request on the device itself,
+// so requests run concurrently and a request at queue depth 1 crosses no
+// goroutine between its arrival and its reply; one writer goroutine sends replies in completion
 // order, flushing when no further reply is ready. A failed request is an
 // error reply and the connection stays up; only a bad request magic, a WRITE
 // too large to skip, or a socket error end it. NBD_CMD_DISC, a server
@@ -78,9 +81,9 @@
 //
 // Goroutines and ownership: Serve runs on the caller's goroutine and starts
 // one goroutine per connection; ServeConn serves on the caller's. Each
-// connection goroutine owns its workers and writer and waits for them before
+// connection goroutine owns its servers and writer and waits for them before
 // it returns; Close waits for every connection goroutine. Server methods are
-// safe for concurrent use. Device methods are called from worker
+// safe for concurrent use. Device methods are called from server
 // goroutines, many at once, with a context cancelled when the connection is
 // force-closed (Disconnect, Close past its grace period, broken socket).
 package nbd
