@@ -11,13 +11,16 @@ import (
 // Usage reporting: a storage node tells the catalog the size of the
 // filesystem its store is on and the bytes its segment files take, so
 // `cairn node list` shows what each node really holds. A report is a Raft
-// entry, so it is sent only when a figure moved by usageStep or at least
-// every usageRefresh, and checked every usageInterval: at most one entry
-// per node per usageInterval, which is nothing for the catalog, while a
-// larger step hid real growth (a node filling by 48 MiB showed none for
-// five minutes).
+// entry, so it is sent only when a figure moved by usageStep, when it
+// moved at all and the last report is usageSettle old, or at least every
+// usageRefresh, and checked every usageInterval: at most one entry per
+// node per usageInterval, which is nothing for the catalog. A larger step
+// hid real growth (a node filling by 48 MiB showed none for five
+// minutes), and the step alone left a figure that stopped less than a
+// step past the last report stale until the refresh.
 const (
 	usageInterval = 10 * time.Second
+	usageSettle   = 20 * time.Second
 	usageRefresh  = 5 * time.Minute
 	usageStep     = 4 << 20
 	usageTimeout  = 10 * time.Second
@@ -36,9 +39,15 @@ func (d *daemon) measureUsage() (usage, error) {
 	return usage{capacity: int64(fs.Blocks) * fs.Bsize, used: d.store.Stats().SegmentBytes}, nil
 }
 
-// changed reports whether u differs from the last report enough to send.
-func (u usage) changed(last usage) bool {
-	return absDiff(u.capacity, last.capacity) >= usageStep || absDiff(u.used, last.used) >= usageStep
+// due reports whether u is to be sent, given the last report and its age.
+func (u usage) due(last usage, age time.Duration) bool {
+	switch {
+	case absDiff(u.capacity, last.capacity) >= usageStep || absDiff(u.used, last.used) >= usageStep:
+		return true
+	case u != last && age >= usageSettle:
+		return true
+	}
+	return age >= usageRefresh
 }
 
 func absDiff(a, b int64) int64 {
@@ -61,7 +70,7 @@ func (d *daemon) reportUsage() {
 	for {
 		if d.registered() {
 			u, err := d.measureUsage()
-			if err == nil && (sent.IsZero() || u.changed(last) || time.Since(sent) >= usageRefresh) {
+			if err == nil && (sent.IsZero() || u.due(last, time.Since(sent))) {
 				rctx, cancel := context.WithTimeout(ctx, usageTimeout)
 				_, err = d.catalog.ReportUsage(rctx, d.cfg.NodeName, u.capacity, u.used)
 				cancel()
