@@ -222,24 +222,36 @@ func TestConnectionLimits(t *testing.T) {
 }
 
 // TestSlowReaderKept: ReplyTimeout cuts off a client that stops reading,
-// not one that reads a large reply slowly (here 1 MiB over 1.6 s, with
-// ReplyTimeout 1 s).
+// not one that reads a large reply slowly (ReplyTimeout 1 s): over
+// net.Pipe 1 MiB in 1.6 s; over TCP 16 MiB in 3.2 s, more than the
+// sockets buffer in a second, so that the reply's one write reaches its
+// deadline and goes on under a renewed one.
 func TestSlowReaderKept(t *testing.T) {
+	t.Run("pipe", func(t *testing.T) { testSlowReaderKept(t, false, 1<<20, 32<<10, 50*time.Millisecond) })
+	t.Run("tcp", func(t *testing.T) { testSlowReaderKept(t, true, 16<<20, 512<<10, 100*time.Millisecond) })
+}
+
+func testSlowReaderKept(t *testing.T, tcp bool, size, pieceBytes int, every time.Duration) {
 	exports, _ := memExports()
-	s := newServer(t, exports, Options{RequestBytesMax: 1 << 20, ReplyTimeout: time.Second})
-	c := pipe(t, s)
+	s := newServer(t, exports, Options{RequestBytesMax: size, ReplyTimeout: time.Second})
+	var c *client
+	if tcp {
+		c = dial(t, listen(t, s))
+	} else {
+		c = pipe(t, s)
+	}
 	c.open("disk", false)
-	c.send(Request{Type: CmdRead, Cookie: 1, Length: 1 << 20}, nil)
+	c.send(Request{Type: CmdRead, Cookie: 1, Length: uint32(size)}, nil)
 	c.nc.SetDeadline(time.Now().Add(20 * time.Second))
 	hdr := make([]byte, SimpleReplySize)
 	if _, err := io.ReadFull(c.br, hdr); err != nil {
 		t.Fatal(err)
 	}
-	piece := make([]byte, 32<<10)
-	for range (1 << 20) / len(piece) {
-		time.Sleep(50 * time.Millisecond)
+	piece := make([]byte, pieceBytes)
+	for i := range size / len(piece) {
+		time.Sleep(every)
 		if _, err := io.ReadFull(c.br, piece); err != nil {
-			t.Fatalf("slow reader cut off: %v (%v)", err, s.Stats().Disconnects)
+			t.Fatalf("slow reader cut off at piece %d: %v (%v)", i, err, s.Stats().Disconnects)
 		}
 	}
 	delete(c.reads, 1)
