@@ -25,45 +25,54 @@ func TestHotPathAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector makes sync.Pool drop items")
 	}
-	for i, structured := range []bool{false, true} {
-		var budget *target.Budget // unlimited, then a shared budget
-		if i == 1 {
-			budget = target.NewBudget(1 << 20)
+	// 4 KiB replies go through the buffer, 64 KiB ones straight from the
+	// request's buffer (writeRead).
+	for _, n := range []int{4096, 64 << 10} {
+		for i, structured := range []bool{false, true} {
+			hotPathAllocs(t, n, structured, i == 1)
 		}
-		s := newServer(t, mapExports{"nop": nopDevice{}}, Options{Budget: budget})
-		c := pipe(t, s)
-		c.open("nop", structured)
-		const n = 4096
-		wr := make([]byte, RequestSize+n)
-		(&Request{Type: CmdWrite, Cookie: 1, Length: n}).Put(wr)
-		rd := make([]byte, RequestSize)
-		(&Request{Type: CmdRead, Cookie: 2, Length: n}).Put(rd)
-		wantRead := SimpleReplySize + n
-		if structured {
-			wantRead = StructuredReplySize + 8 + n
+	}
+}
+
+// hotPathAllocs runs TestHotPathAllocs with n-byte requests, with a shared
+// budget when shared is set.
+func hotPathAllocs(t *testing.T, n int, structured, shared bool) {
+	var budget *target.Budget // unlimited, or a shared budget
+	if shared {
+		budget = target.NewBudget(1 << 20)
+	}
+	s := newServer(t, mapExports{"nop": nopDevice{}}, Options{Budget: budget})
+	c := pipe(t, s)
+	c.open("nop", structured)
+	wr := make([]byte, RequestSize+n)
+	(&Request{Type: CmdWrite, Cookie: 1, Length: uint32(n)}).Put(wr)
+	rd := make([]byte, RequestSize)
+	(&Request{Type: CmdRead, Cookie: 2, Length: uint32(n)}).Put(rd)
+	wantRead := SimpleReplySize + n
+	if structured {
+		wantRead = StructuredReplySize + 8 + n
+	}
+	reply := make([]byte, wantRead)
+	var nc net.Conn = c.nc
+	roundTrip := func() {
+		if _, err := nc.Write(wr); err != nil {
+			t.Fatal(err)
 		}
-		reply := make([]byte, wantRead)
-		var nc net.Conn = c.nc
-		roundTrip := func() {
-			if _, err := nc.Write(wr); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := io.ReadFull(c.br, reply[:SimpleReplySize]); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := nc.Write(rd); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := io.ReadFull(c.br, reply); err != nil {
-				t.Fatal(err)
-			}
+		if _, err := io.ReadFull(c.br, reply[:SimpleReplySize]); err != nil {
+			t.Fatal(err)
 		}
-		for range 100 { // warm pools and workers
-			roundTrip()
+		if _, err := nc.Write(rd); err != nil {
+			t.Fatal(err)
 		}
-		if allocs := testing.AllocsPerRun(1000, roundTrip); allocs > 0 {
-			t.Errorf("structured=%v: %v allocations per write+read", structured, allocs)
+		if _, err := io.ReadFull(c.br, reply); err != nil {
+			t.Fatal(err)
 		}
+	}
+	for range 100 { // warm pools and workers
+		roundTrip()
+	}
+	if allocs := testing.AllocsPerRun(1000, roundTrip); allocs > 0 {
+		t.Errorf("%d-byte requests, structured=%v: %v allocations per write+read", n, structured, allocs)
 	}
 }
 
@@ -83,9 +92,9 @@ func BenchmarkRoundTrip(b *testing.B) {
 			c.open("nop", true)
 			const n = 4096
 			wr := make([]byte, RequestSize+n)
-			(&Request{Type: CmdWrite, Cookie: 1, Length: n}).Put(wr)
+			(&Request{Type: CmdWrite, Cookie: 1, Length: uint32(n)}).Put(wr)
 			rd := make([]byte, RequestSize)
-			(&Request{Type: CmdRead, Cookie: 2, Length: n}).Put(rd)
+			(&Request{Type: CmdRead, Cookie: 2, Length: uint32(n)}).Put(rd)
 			reply := make([]byte, StructuredReplySize+8+n)
 			b.SetBytes(2 * n)
 			b.ResetTimer()

@@ -93,7 +93,8 @@ type conn struct {
 	// wmu is held by whoever writes replies: the writer goroutine, or a
 	// server writing its own reply when none is queued (answer).
 	wmu      sync.Mutex
-	iov      [2][]byte // holder of wmu: a reply header and its first READ data, for one writev
+	iovArr   [2][]byte   // holder of wmu: a READ reply's header and data,
+	iov      net.Buffers // over iovArr, for one writev
 	inflight target.Window
 	broken   atomic.Bool // the writer failed; replies are dropped
 }
@@ -745,11 +746,12 @@ func (c *conn) writeRead(hdr, p []byte) error {
 		}
 		return nil
 	}
-	c.iov = [2][]byte{hdr, p}
-	defer func() { c.iov = [2][]byte{} }()
-	iov := net.Buffers(c.iov[:]) // WriteTo consumes iov, not c.iov's array
+	// In the conn, not on the stack: WriteTo's interface call would move
+	// them to the heap on every reply. WriteTo nils what it wrote.
+	c.iovArr = [2][]byte{hdr, p}
+	c.iov = c.iovArr[:]
 	for {
-		n, err := iov.WriteTo(c.stream)
+		n, err := c.iov.WriteTo(c.stream)
 		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) || n < directChunkBytes {
 			return err
 		}
