@@ -372,6 +372,123 @@ func TestCleanDeepIdle(t *testing.T) {
 	}
 }
 
+// TestCleanReadsAreBusy: reads of cleanReadBusyBytes or more between two
+// looks make the store busy as an append does (no idle pass, and the deep
+// idle clock starts again) but clean nothing without space pressure, fewer
+// do not, and such reads during a deep pass stop it at its next batch. Set
+// up as TestCleanDeepIdle: a store of 4 KiB writes that only a deep pass
+// compacts, and some segments half overwritten.
+func TestCleanReadsAreBusy(t *testing.T) {
+	oldInterval, oldHook, oldRead := cleanInterval, cleanBatchHook, cleanReadBusyBytes
+	cleanInterval = time.Hour
+	cleanReadBusyBytes = 64 * BlockSize
+	defer func() { cleanInterval, cleanBatchHook, cleanReadBusyBytes = oldInterval, oldHook, oldRead }()
+	const segBytes = 256 << 10
+	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: quiet, SegmentBytes: segBytes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	const blocks = 1024
+	buf := make([]byte, BlockSize)
+	for b := range uint64(blocks) {
+		fill(buf, 1, b)
+		if err := s.Write(ctx, 1, b, buf, Stamp{1, b + 1}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	read := func(blocks int) {
+		t.Helper()
+		p := make([]byte, 16*BlockSize)
+		for b := 0; b < blocks; b += 16 {
+			if err := s.Read(ctx, 1, uint64(b%512), p, 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	tick := func(what string) {
+		t.Helper()
+		if _, err := s.cleanTick(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	deep := func() uint64 { return s.Stats().CleanerDeepPasses }
+	tick("busy look")
+	tick("idle look")
+
+	// Half the blocks of the first segments overwritten: they are below
+	// the busy limit. A look after reads alone copies nothing from them
+	// (the test stands in for a look that saw the overwrites).
+	for b := uint64(0); b < 256; b += 2 {
+		fill(buf, 2, b)
+		if err := s.Write(ctx, 1, b, buf, Stamp{1, blocks + b + 1}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	if s.victim(cleanLiveMax, nil, s.seg.end().seg) == nil {
+		t.Fatal("no segment below the busy limit after the overwrites")
+	}
+	s.cl.last = s.activity()
+	read(int(cleanReadBusyBytes / BlockSize))
+	tick("look after reads, segments to clean")
+	if st := s.Stats(); st.CleanerBytes != 0 || st.SegmentsCleaned != 0 {
+		t.Fatalf("a look after reads alone copied %d bytes, emptied %d segments", st.CleanerBytes, st.SegmentsCleaned)
+	}
+
+	// Deep idle by the clock, but reads of the bound since the last look.
+	s.cl.lastChange = s.cl.lastChange.Add(-cleanDeepIdle)
+	read(int(cleanReadBusyBytes / BlockSize))
+	tick("look after reads")
+	if n := deep(); n != 0 {
+		t.Fatalf("a look after %d bytes of reads ran %d deep passes", cleanReadBusyBytes, n)
+	}
+	if since := time.Since(s.cl.lastChange); since >= cleanDeepIdle {
+		t.Fatalf("a look after reads left the idle clock at %v", since)
+	}
+
+	// Fewer reads are idle; reads of the bound during the pass stop it.
+	s.cl.lastChange = s.cl.lastChange.Add(-cleanDeepIdle)
+	read(16)
+	hooked := 0
+	cleanBatchHook = func() {
+		if hooked++; hooked == 1 {
+			read(int(cleanReadBusyBytes / BlockSize))
+		}
+	}
+	tick("deep look with reads")
+	cleanBatchHook = nil
+	st := s.Stats()
+	if hooked != 1 || st.CleanerDeepPasses != 1 || st.CleanerDeepCopiedBytes == 0 || st.CleanerDeepCopiedBytes > copyBlocksMax*BlockSize {
+		t.Fatalf("a deep pass with reads beside it: %d batches, %d passes, %d bytes copied; want it stopped after one batch", hooked, st.CleanerDeepPasses, st.CleanerDeepCopiedBytes)
+	}
+	// The reads make the next look busy.
+	tick("look after the pass's reads")
+	if st2 := s.Stats(); st2.CleanerDeepCopiedBytes != st.CleanerDeepCopiedBytes {
+		t.Fatalf("a look after reads copied %d bytes deep", st2.CleanerDeepCopiedBytes-st.CleanerDeepCopiedBytes)
+	}
+	// Undisturbed, the deep pass runs to its end.
+	s.cl.lastChange = s.cl.lastChange.Add(-cleanDeepIdle)
+	tick("deep look")
+	if total, live := s.spaceBytes(); float64(total) > cleanDeepRatio*float64(live)+segBytes/8 {
+		t.Fatalf("undisturbed deep look: segments %d bytes for %d live", total, live)
+	}
+	for b := range uint64(blocks) {
+		want := byte(1)
+		if b < 256 && b%2 == 0 {
+			want = 2
+		}
+		if got := readID(t, s, 1, b, 1); got != want {
+			t.Fatalf("block %d = %d, want %d", b, got, want)
+		}
+	}
+}
+
 // TestWALNotRecycled: pebble deletes a WAL once its memtable is flushed
 // instead of keeping it for reuse (walCleaner), so the store's pebble
 // directory holds one WAL however many it wrote.
