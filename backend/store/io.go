@@ -52,6 +52,28 @@ var hdrPool = sync.Pool{New: func() any { return new(hdrBuf) }}
 // crc32c per block, then the data) in one write call; the index points at
 // them once the write returned.
 func (s *Store) Write(ctx context.Context, vol, block uint64, data []byte, st Stamp, sync bool) (err error) {
+	return s.write(ctx, vol, block, data, nil, st, sync)
+}
+
+// WriteSummed is Write given the crc32c of each block of data in crcs, so
+// that a caller that computed them (a storage node checking the node RPC
+// frame the data came in: wire.SummedWriter) does not have the store
+// compute them again. Only a caller that checked them may use it: the
+// wire server does, since the frame's payload CRC, which the sender
+// computed over the data, is checked from them. A wrong CRC is not
+// detected here: its block then fails its CRC on every read (ErrCorrupt),
+// never reads as other data, but replay after a crash takes the record
+// for a torn one and stops at it, as at any record whose data does not
+// match its header. An invariants build checks every CRC given.
+func (s *Store) WriteSummed(ctx context.Context, vol, block uint64, data []byte, crcs []uint32, st Stamp, sync bool) (err error) {
+	if len(crcs) != len(data)/BlockSize {
+		return fmt.Errorf("store: write vol %d block %d: %w: %d crcs for %d bytes", vol, block, ErrInvalid, len(crcs), len(data))
+	}
+	return s.write(ctx, vol, block, data, crcs, st, sync)
+}
+
+// write is Write and WriteSummed; crcs nil: computed here.
+func (s *Store) write(ctx context.Context, vol, block uint64, data []byte, crcs []uint32, st Stamp, sync bool) (err error) {
 	if err := checkBuf(len(data)); err != nil {
 		return fmt.Errorf("store: write vol %d block %d: %w", vol, block, err)
 	}
@@ -78,7 +100,16 @@ func (s *Store) Write(ctx context.Context, vol, block uint64, data []byte, st St
 	defer hdrPool.Put(hb)
 	hdr := hb.b[:headerBytes(recData, n)]
 	for i := range n {
-		binary.BigEndian.PutUint32(hdr[recFixedLen+4*i:], blockCRC(data[i*BlockSize:(i+1)*BlockSize]))
+		var crc uint32
+		if crcs == nil {
+			crc = blockCRC(data[i*BlockSize : (i+1)*BlockSize])
+		} else {
+			crc = crcs[i]
+			if invariants && crc != blockCRC(data[i*BlockSize:(i+1)*BlockSize]) {
+				panic(fmt.Sprintf("store: WriteSummed vol %d block %d: crc %#08x given, data has %#08x", vol, block+i, crc, blockCRC(data[i*BlockSize:(i+1)*BlockSize])))
+			}
+		}
+		binary.BigEndian.PutUint32(hdr[recFixedLen+4*i:], crc)
 	}
 	h := recHeader{typ: recData, vol: vol, block: block, n: n, epoch: st.Epoch, seq: st.Seq}
 	rec, rest := hdr, data

@@ -864,3 +864,58 @@ func TestWriteNotBehindCheckpoint(t *testing.T) {
 		t.Fatal("writes waited for the checkpoint lock")
 	}
 }
+
+// TestWriteSummed: WriteSummed stores the CRCs it is given: right ones
+// read back as Write's would, across a reopen; a count that does not match
+// the data is ErrInvalid and stores nothing; a wrong CRC makes its block
+// fail on read (ErrCorrupt), never read as data. (The invariants build
+// panics on a wrong CRC instead: not run here.)
+func TestWriteSummed(t *testing.T) {
+	if invariants {
+		t.Skip("the invariants build checks the CRCs WriteSummed is given")
+	}
+	fs := vfs.NewMem()
+	s := openMem(t, fs)
+	data := make([]byte, 4*BlockSize)
+	for i := range data {
+		data[i] = byte(i * 5)
+	}
+	crcs := make([]uint32, 4)
+	for i := range crcs {
+		crcs[i] = blockCRC(data[i*BlockSize : (i+1)*BlockSize])
+	}
+	if err := s.WriteSummed(ctx, 1, 0, data, crcs, Stamp{1, 1}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteSummed(ctx, 1, 8, data, crcs[:3], Stamp{1, 2}, true); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("3 crcs for 4 blocks: %v, want ErrInvalid", err)
+	}
+	bad := append([]uint32(nil), crcs...)
+	bad[2] ^= 1
+	if err := s.WriteSummed(ctx, 1, 16, data, bad, Stamp{1, 3}, true); err != nil {
+		t.Fatal(err)
+	}
+	check := func(s *Store) {
+		t.Helper()
+		got := make([]byte, len(data))
+		if err := s.Read(ctx, 1, 0, got, 1); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("blocks written with their crcs: %v, equal %v", err, bytes.Equal(got, data))
+		}
+		if err := s.Read(ctx, 1, 8, got, 1); err != nil || !bytes.Equal(got, make([]byte, len(got))) {
+			t.Fatalf("the refused write: %v, zeros %v", err, bytes.Equal(got, make([]byte, len(got))))
+		}
+		one := make([]byte, BlockSize)
+		if err := s.Read(ctx, 1, 17, one, 1); err != nil || !bytes.Equal(one, data[BlockSize:2*BlockSize]) {
+			t.Fatalf("block with a right crc beside a wrong one: %v", err)
+		}
+		if err := s.Read(ctx, 1, 18, one, 1); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("block written with a wrong crc: %v, want ErrCorrupt", err)
+		}
+	}
+	check(s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openMem(t, fs)
+	check(s)
+}

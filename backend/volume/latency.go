@@ -81,6 +81,20 @@ func (l *Latency) Write(ctx context.Context, vol, block uint64, data []byte, st 
 	return l.node.Write(ctx, vol, block, data, st, sync)
 }
 
+// WriteSummed is Write with the data's block CRCs (see
+// store.Store.WriteSummed), passed on if the node takes them.
+func (l *Latency) WriteSummed(ctx context.Context, vol, block uint64, data []byte, crcs []uint32, st store.Stamp, sync bool) error {
+	if err := l.wait(); err != nil {
+		return err
+	}
+	if sw, ok := l.node.(interface {
+		WriteSummed(ctx context.Context, vol, block uint64, data []byte, crcs []uint32, st store.Stamp, sync bool) error
+	}); ok {
+		return sw.WriteSummed(ctx, vol, block, data, crcs, st, sync)
+	}
+	return l.node.Write(ctx, vol, block, data, st, sync)
+}
+
 // Read implements Node.
 func (l *Latency) Read(ctx context.Context, vol, block uint64, p []byte, epoch uint64) error {
 	if err := l.wait(); err != nil {

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"cairn/backend/crc32c"
 	"cairn/backend/store"
 	"cairn/target"
 )
@@ -55,11 +56,12 @@ type request struct {
 	epoch  uint64 // Read, Extents; Changed: from; VersionsSince: seq min
 	to     uint64 // Changed; ApplyVersions: the generation
 	stamp  store.Stamp
-	buf    *[]byte // pooled payload buffer, or nil
-	data   []byte  // Write: the data; Read: the reply data; Extents, Changed: the reply runs
-	budget int     // payload bytes charged to the in-flight budget
-	sum    uint32  // reply payload checksum
-	more   bool    // Extents, Changed, VersionsSince: the answer stops before the end of the range
+	buf    *[]byte  // pooled payload buffer, or nil
+	data   []byte   // Write: the data; Read: the reply data; Extents, Changed: the reply runs
+	budget int      // payload bytes charged to the in-flight budget
+	sum    uint32   // reply payload checksum
+	crcs   []uint32 // Write to a SummedWriter: the crc32c of each block of data
+	more   bool     // Extents, Changed, VersionsSince: the answer stops before the end of the range
 	err    error
 	hdr    [HeaderSize]byte
 }
@@ -69,8 +71,25 @@ var requestPool = sync.Pool{New: func() any { return new(request) }}
 func getRequest() *request { return requestPool.Get().(*request) }
 
 func putRequest(r *request) {
+	crcs := r.crcs[:0]
 	*r = request{}
+	r.crcs = crcs
 	requestPool.Put(r)
+}
+
+// blockCombiner joins a block's CRC to the CRC of what came before it.
+var blockCombiner = crc32c.NewCombiner(BlockSize)
+
+// blockSums appends the crc32c of each block of data (a whole number of
+// blocks) to crcs and returns them with the CRC of prefix‖data, prefix's
+// CRC being sum.
+func blockSums(crcs []uint32, sum uint32, data []byte) ([]uint32, uint32) {
+	for i := 0; i+BlockSize <= len(data); i += BlockSize {
+		c := crc32c.Checksum(data[i : i+BlockSize])
+		crcs = append(crcs, c)
+		sum = blockCombiner.Combine(sum, c)
+	}
+	return crcs, sum
 }
 
 func newSconn(s *Server, nc net.Conn) *sconn {
@@ -342,7 +361,11 @@ func (c *sconn) dispatch(h Header) string {
 			c.release(r)
 			return ioReason("read write data", err)
 		}
-		sum = UpdateChecksum(sum, r.data)
+		if _, ok := c.s.backend.(SummedWriter); ok && h.Op == OpWrite && r.err == nil && len(r.data) > 0 && len(r.data)%BlockSize == 0 {
+			r.crcs, sum = blockSums(r.crcs[:0], sum, r.data)
+		} else {
+			sum = UpdateChecksum(sum, r.data)
+		}
 	}
 	if sum != h.Sum {
 		r.err = fmt.Errorf("%w: %s payload crc %#08x, computed %#08x", ErrChecksum, h.Op, h.Sum, sum)
@@ -394,7 +417,11 @@ func (c *sconn) execute(r *request) {
 			r.sum = Checksum(r.data)
 		}
 	case OpWrite:
-		r.err = b.Write(c.ctx, r.vol, r.block, r.data, r.stamp, sync)
+		if sw, ok := b.(SummedWriter); ok && len(r.crcs) > 0 {
+			r.err = sw.WriteSummed(c.ctx, r.vol, r.block, r.data, r.crcs, r.stamp, sync)
+		} else {
+			r.err = b.Write(c.ctx, r.vol, r.block, r.data, r.stamp, sync)
+		}
 	case OpZero:
 		r.err = b.Zero(c.ctx, r.vol, r.block, r.blocks, r.stamp, sync)
 	case OpSync:

@@ -38,9 +38,20 @@ type Changer interface {
 	Changed(ctx context.Context, vol, block, n, from, to uint64, fn func(start, count uint64, changed bool) bool) error
 }
 
+// SummedWriter is what a Backend also implements to take a write's block
+// CRCs with its data (*store.Store does): for a Write request the server
+// then computes the crc32c of each block, checks the frame's payload CRC
+// from them (crc32c.Combiner) and hands them over, one pass over the data
+// where checking the frame and the store's own block CRCs took two. crcs
+// holds one CRC per BlockSize of data and is not retained.
+type SummedWriter interface {
+	WriteSummed(ctx context.Context, vol, block uint64, data []byte, crcs []uint32, st store.Stamp, sync bool) error
+}
+
 var (
-	_ Backend = (*store.Store)(nil)
-	_ Changer = (*store.Store)(nil)
+	_ Backend      = (*store.Store)(nil)
+	_ Changer      = (*store.Store)(nil)
+	_ SummedWriter = (*store.Store)(nil)
 )
 
 // Defaults of ServerOptions and ClientOptions (the one place they live).

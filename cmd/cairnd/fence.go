@@ -174,6 +174,21 @@ func (f *fence) Write(ctx context.Context, vol, block uint64, data []byte, st st
 	return f.node.Write(ctx, vol, block, data, st, sync)
 }
 
+// WriteSummed implements wire.SummedWriter: Write with the data's block
+// CRCs, passed on to a node that takes them (the store, or the latency
+// line in front of it), else dropped.
+func (f *fence) WriteSummed(ctx context.Context, vol, block uint64, data []byte, crcs []uint32, st store.Stamp, sync bool) error {
+	v, err := f.admitWrite(vol, st)
+	if err != nil {
+		return err
+	}
+	defer v.RUnlock()
+	if sw, ok := f.node.(wire.SummedWriter); ok {
+		return sw.WriteSummed(ctx, vol, block, data, crcs, st, sync)
+	}
+	return f.node.Write(ctx, vol, block, data, st, sync)
+}
+
 func (f *fence) Zero(ctx context.Context, vol, block, n uint64, st store.Stamp, sync bool) error {
 	v, err := f.admitWrite(vol, st)
 	if err != nil {
@@ -215,8 +230,9 @@ func (f *fence) Changed(ctx context.Context, vol, block, n, from, to uint64, fn 
 }
 
 var (
-	_ wire.Versioner = (*fence)(nil)
-	_ wire.Fencer    = (*fence)(nil)
+	_ wire.Versioner    = (*fence)(nil)
+	_ wire.Fencer       = (*fence)(nil)
+	_ wire.SummedWriter = (*fence)(nil)
 )
 
 // AdmitGeneration implements wire.Fencer: a replica catch-up's copies
