@@ -50,19 +50,14 @@ import (
 // cleanBusyBatchBlocks, so that the foreground writes, which wait behind
 // a copy's append, keep priority. A busy pass copies at most
 // cleanPassSegments segments' worth; the next starts at once, deciding
-// busy or idle again. Reads of cleanReadBusyBytes or more since the last
-// look, with nothing appended, make the look busy too, but it cleans only
-// under space pressure: reads kill no block, and a read's defragmentation
-// (defrag.go) kills the scattered blocks it rewrites, which a copy made
-// meanwhile would have moved for nothing. When nothing else appended and
-// fewer bytes were read (idle), it compacts:
+// busy or idle again. When nothing else appended (idle), it compacts:
 // segments below cleanIdleLiveMax, best first, until the segment bytes
 // are at most cleanIdleRatio times the live bytes, at
-// cleanIdleBytesPerSec, and it stops once the store is busy again. Once
-// the store was not busy for cleanDeepIdle (deep idle), a pass goes
+// cleanIdleBytesPerSec, and it stops at the first foreground append. Once
+// nothing else appended for cleanDeepIdle (deep idle), a pass goes
 // further: segments below cleanDeepLiveMax, best first, until the segment
 // bytes are at most cleanDeepRatio times the live bytes, at
-// cleanDeepBytesPerSec, stopping once the store is busy as well.
+// cleanDeepBytesPerSec, stopping at the first foreground append as well.
 // That is what gives the space of a store at rest back: a segment of 4 KiB
 // writes is at best 0.89 live (each block has a 512-byte header), so the
 // first idle stage leaves a store of 4 KiB history at about 1.12 times its
@@ -107,7 +102,7 @@ var (
 	// none of its blocks is dead.)
 	cleanIdleLiveMax = 0.9
 	cleanIdleRatio   = 1.15
-	// cleanDeepIdle: after this long not busy (busySince), idle
+	// cleanDeepIdle: after this long with no foreground append, idle
 	// passes clean segments below cleanDeepLiveMax while the segment
 	// bytes exceed cleanDeepRatio times the live bytes. (A segment of
 	// the cleaner's full copy records is 0.99 live, of 1 MiB writes 0.994:
@@ -127,13 +122,6 @@ var (
 	cleanPassSegments int64 = 4
 	// cleanInterval is how often the cleaner's goroutine looks for work.
 	cleanInterval = time.Second
-	// cleanReadBusyBytes: reads of at least this many bytes since the last
-	// look (at 1 s between looks, 32 MiB/s) make the store busy as an
-	// append does, and stop an idle pass; fewer are idle. A scan reading
-	// at memory speed must not share the cores and the memory bus with an
-	// idle pass copying at cleanIdleBytesPerSec: the reads would pay for a
-	// compaction the store did not need yet.
-	cleanReadBusyBytes int64 = 32 << 20
 	// cleanBatchHook, when set (by tests), runs after each copy record a
 	// pass appends.
 	cleanBatchHook func()
@@ -148,11 +136,11 @@ type liveRef struct {
 
 // cleanState is the cleaner's state and counters.
 type cleanState struct {
-	// last is activity() at the cleaner goroutine's last look, lastChange
-	// the time of the last look that found the store busy (or of the
-	// first look); only that goroutine uses them.
-	last       activity
-	lastChange time.Time
+	// lastForeground is foreground() at the cleaner goroutine's last look,
+	// lastChange the time of the last look that found it changed (or of
+	// the first look); only that goroutine uses them.
+	lastForeground int64
+	lastChange     time.Time
 	// flushedAt is the checkpoint count at the last flushIndexIdle that
 	// looked (the cleaner goroutine's too).
 	flushedAt uint64
@@ -164,29 +152,12 @@ type cleanState struct {
 	// read counts the bytes read (record headers and blocks); cpu the
 	// nanoseconds of CPU of the passes.
 	read, cpu atomic.Int64
-	// reads counts the bytes Store.Read was asked for.
-	reads atomic.Int64
 }
 
 // foreground returns the bytes appended to the log other than the
 // cleaner's copies.
 func (s *Store) foreground() int64 {
 	return s.seg.appended.Load() - s.cl.appended.Load()
-}
-
-// activity is what says the store is in use: foreground() and the bytes
-// read.
-type activity struct{ appended, read int64 }
-
-func (s *Store) activity() activity {
-	return activity{s.foreground(), s.cl.reads.Load()}
-}
-
-// busySince reports whether, since a was taken, a foreground append was
-// made or at least cleanReadBusyBytes were read.
-func (s *Store) busySince(a activity) bool {
-	b := s.activity()
-	return b.appended != a.appended || b.read-a.read >= cleanReadBusyBytes
 }
 
 // cleanPolicy says what a cleaning pass does.
@@ -203,7 +174,7 @@ type cleanPolicy struct {
 	batch int
 	// copyMax > 0: the pass stops once it copied this many bytes.
 	copyMax int64
-	// idle: the pass stops once the store is busy (busySince).
+	// idle: the pass stops at the first foreground append.
 	idle bool
 	// deep: a deep idle pass (counted as one, and logged).
 	deep bool
@@ -300,25 +271,19 @@ func (s *Store) cleaner() {
 // cleanTick is one look for cleaning work (see the policies above). more:
 // a busy pass stopped at its bound with candidates left.
 func (s *Store) cleanTick() (more bool, err error) {
+	fg := s.foreground()
 	now := time.Now()
-	a := s.activity()
-	appending := a.appended != s.cl.last.appended
-	idle := !appending && a.read-s.cl.last.read < cleanReadBusyBytes
+	idle := fg == s.cl.lastForeground
 	if !idle || s.cl.lastChange.IsZero() {
 		s.cl.lastChange = now
 	}
-	s.cl.last = a
+	s.cl.lastForeground = fg
 	p := s.busyPolicy()
 	switch {
 	case idle && now.Sub(s.cl.lastChange) >= cleanDeepIdle:
 		p = s.deepPolicy()
 	case idle:
 		p = s.idlePolicy()
-	case !appending && s.spacePressure() == 0:
-		// Reads alone: nothing dies, and the file system has room, so
-		// nothing to clean for now (the blocks a read's defragmentation
-		// rewrites die without a copy: TestCleanReadsAreBusy).
-		return false, nil
 	}
 	_, copied, err := s.cleanPass(p)
 	if p.deep && err == nil {
@@ -449,7 +414,7 @@ func (s *Store) cleanPass(p cleanPolicy) (cleaned int, copied int64, err error) 
 	now := time.Now()
 	t := cleanTimer{pass: now, start: now}
 	t.cpu0, t.cpuOK = threadCPU()
-	at := s.activity()
+	fg := s.foreground()
 	total, live := s.spaceBytes()
 	if p.ratio > 0 && float64(total) > p.ratio*float64(live) {
 		if err := s.sealActive(p.limit); err != nil {
@@ -480,7 +445,7 @@ func (s *Store) cleanPass(p cleanPolicy) (cleaned int, copied int64, err error) 
 		}
 		tried[sg.id] = true
 		_, size := liveFraction(sg)
-		n, appended, stopped, err := s.cleanSegment(sg, p, at, &t, copied)
+		n, appended, stopped, err := s.cleanSegment(sg, p, fg, &t, copied)
 		copied += n
 		total += appended
 		appendedAll += appended
@@ -490,9 +455,9 @@ func (s *Store) cleanPass(p cleanPolicy) (cleaned int, copied int64, err error) 
 			return cleaned, copied, err
 		}
 		if stopped {
-			// The store busy again (or Close): the checkpoint that deletes
+			// A foreground append (or Close): the checkpoint that deletes
 			// what the pass emptied is not run now, where it would sync the
-			// log under the I/O that just came, but left to the
+			// log under the writes that just came, but left to the
 			// background goroutine (see cleanDelete).
 			p.sync = false
 			break
@@ -632,9 +597,9 @@ func (t *cleanTimer) cpu() time.Duration {
 
 // cleanSegment moves the live blocks of sg to the active segment under
 // policy p; passCopied is what the pass copied before it (for the
-// throttle, which t times from the pass's start). stopped: p.idle and the
-// store was busy since at, so sg is left partly cleaned.
-func (s *Store) cleanSegment(sg *segment, p cleanPolicy, at activity, t *cleanTimer, passCopied int64) (copied, appended int64, stopped bool, err error) {
+// throttle, which t times from the pass's start). stopped: p.idle and a
+// foreground append happened since fg, so sg is left partly cleaned.
+func (s *Store) cleanSegment(sg *segment, p cleanPolicy, fg int64, t *cleanTimer, passCopied int64) (copied, appended int64, stopped bool, err error) {
 	start := time.Now()
 	refs, err := s.liveRefs(sg)
 	if err != nil {
@@ -657,7 +622,7 @@ func (s *Store) cleanSegment(sg *segment, p cleanPolicy, at activity, t *cleanTi
 	batch := min(max(p.batch, 1), copyBlocksMax)
 	buf := make([]byte, headerBytes(recCopy, uint64(batch))+batch*BlockSize)
 	for len(refs) > 0 {
-		if p.idle && s.busySince(at) {
+		if p.idle && s.foreground() != fg {
 			return copied, appended, true, nil
 		}
 		k := 1

@@ -64,11 +64,10 @@
 //     goroutine) empties sealed segments by copying their live blocks,
 //     sorted by (volume, block), to the active segment: in cost-benefit
 //     order, while writes go on those less than half live (more as the
-//     file system fills), throttled; once the store is idle (nothing but
-//     the cleaner appended, and under 32 MiB read, since the last look a
-//     second before), until the segments hold at most 1.15 times the live
-//     data, and once it was idle for 10 s, 1.03 times (stopping as soon
-//     as it is busy again either way). A read of 32 or more blocks
+//     file system fills), throttled; once the store is idle, until the
+//     segments hold at most 1.15 times the live data, and once nothing
+//     but the cleaner appended for 10 s, 1.03 times (stopping at the
+//     first foreground append either way). A read of 32 or more blocks
 //     found scattered has them rewritten as one run in the background by
 //     the same copy records (defrag.go, throttled). After issue 9's
 //     aging run (1 GiB filled, then 3 GiB of 4 KiB random overwrites) the

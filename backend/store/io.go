@@ -166,7 +166,6 @@ func (s *Store) Read(ctx context.Context, vol, block uint64, p []byte, epoch uin
 		return fmt.Errorf("store: read vol %d block %d: %w", vol, block, err)
 	}
 	defer s.life.RUnlock()
-	s.cl.reads.Add(int64(len(p))) // the cleaner's busy test
 	s.volEnter(vol, false)
 	defer s.volExit(vol)
 	v := s.lookup(vol)
