@@ -868,12 +868,9 @@ func TestWriteNotBehindCheckpoint(t *testing.T) {
 // TestWriteSummed: WriteSummed stores the CRCs it is given: right ones
 // read back as Write's would, across a reopen; a count that does not match
 // the data is ErrInvalid and stores nothing; a wrong CRC makes its block
-// fail on read (ErrCorrupt), never read as data. (The invariants build
-// panics on a wrong CRC instead: not run here.)
+// fail on read (ErrCorrupt), never read as data; the invariants build
+// (the one make test runs) panics on it instead, and stores nothing.
 func TestWriteSummed(t *testing.T) {
-	if invariants {
-		t.Skip("the invariants build checks the CRCs WriteSummed is given")
-	}
 	fs := vfs.NewMem()
 	s := openMem(t, fs)
 	data := make([]byte, 4*BlockSize)
@@ -892,8 +889,13 @@ func TestWriteSummed(t *testing.T) {
 	}
 	bad := append([]uint32(nil), crcs...)
 	bad[2] ^= 1
-	if err := s.WriteSummed(ctx, 1, 16, data, bad, Stamp{1, 3}, true); err != nil {
-		t.Fatal(err)
+	writeBad := func() (panicked any, err error) {
+		defer func() { panicked = recover() }()
+		return nil, s.WriteSummed(ctx, 1, 16, data, bad, Stamp{1, 3}, true)
+	}
+	panicked, err := writeBad()
+	if invariants != (panicked != nil) || err != nil {
+		t.Fatalf("a wrong crc given (invariants build %v): err %v, panic %v", invariants, err, panicked)
 	}
 	check := func(s *Store) {
 		t.Helper()
@@ -905,6 +907,13 @@ func TestWriteSummed(t *testing.T) {
 			t.Fatalf("the refused write: %v, zeros %v", err, bytes.Equal(got, make([]byte, len(got))))
 		}
 		one := make([]byte, BlockSize)
+		if invariants {
+			// The write panicked before its record was appended.
+			if err := s.Read(ctx, 1, 16, got, 1); err != nil || !bytes.Equal(got, make([]byte, len(got))) {
+				t.Fatalf("the write that panicked: %v, zeros %v", err, bytes.Equal(got, make([]byte, len(got))))
+			}
+			return
+		}
 		if err := s.Read(ctx, 1, 17, one, 1); err != nil || !bytes.Equal(one, data[BlockSize:2*BlockSize]) {
 			t.Fatalf("block with a right crc beside a wrong one: %v", err)
 		}
