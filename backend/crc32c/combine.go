@@ -14,14 +14,13 @@ import "hash/crc32"
 // crc(b), and shift, linear too, is four table lookups, one per byte of
 // its argument (the tables are shift of each byte at each position).
 type Combiner struct {
-	n int
 	t [4][256]uint32
 }
 
 // NewCombiner returns a Combiner for n bytes. It computes 32 shifts of n
 // zero bytes: build one per length and keep it.
 func NewCombiner(n int) *Combiner {
-	c := &Combiner{n: n}
+	c := &Combiner{}
 	zeros := make([]byte, n)
 	var bit [32]uint32
 	for i := range bit {
@@ -42,11 +41,8 @@ func NewCombiner(n int) *Combiner {
 	return c
 }
 
-// Len is the length of the b Combine joins.
-func (c *Combiner) Len() int { return c.n }
-
 // Combine returns the CRC-32C of a‖b from crcA (of a, any length) and
-// crcB (of b, c.Len() bytes).
+// crcB (of b, the n bytes of NewCombiner).
 func (c *Combiner) Combine(crcA, crcB uint32) uint32 {
 	return c.t[0][byte(crcA)] ^ c.t[1][byte(crcA>>8)] ^ c.t[2][byte(crcA>>16)] ^ c.t[3][crcA>>24] ^ crcB
 }

@@ -29,7 +29,10 @@ type Latency struct {
 	waits, waited atomic.Int64 // count and total nanoseconds waited
 }
 
-var _ Node = (*Latency)(nil)
+var (
+	_ Node         = (*Latency)(nil)
+	_ SummedWriter = (*Latency)(nil)
+)
 
 // ErrLatencyClosed is returned by a Latency's operations after Close.
 var ErrLatencyClosed = errors.New("volume: latency injector closed")
@@ -81,18 +84,12 @@ func (l *Latency) Write(ctx context.Context, vol, block uint64, data []byte, st 
 	return l.node.Write(ctx, vol, block, data, st, sync)
 }
 
-// WriteSummed is Write with the data's block CRCs (see
-// store.Store.WriteSummed), passed on if the node takes them.
+// WriteSummed implements SummedWriter, passing the CRCs on (WriteSummed).
 func (l *Latency) WriteSummed(ctx context.Context, vol, block uint64, data []byte, crcs []uint32, st store.Stamp, sync bool) error {
 	if err := l.wait(); err != nil {
 		return err
 	}
-	if sw, ok := l.node.(interface {
-		WriteSummed(ctx context.Context, vol, block uint64, data []byte, crcs []uint32, st store.Stamp, sync bool) error
-	}); ok {
-		return sw.WriteSummed(ctx, vol, block, data, crcs, st, sync)
-	}
-	return l.node.Write(ctx, vol, block, data, st, sync)
+	return WriteSummed(ctx, l.node, vol, block, data, crcs, st, sync)
 }
 
 // Read implements Node.

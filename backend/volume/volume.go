@@ -85,6 +85,24 @@ type WriteMemo struct {
 	SumSet bool
 }
 
+// SummedWriter is a Node that takes a write's block CRCs with its data
+// (*store.Store does; see store.Store.WriteSummed), so that a storage node
+// that computed them to check the node RPC frame the data came in does not
+// have its store compute them again. crcs holds one CRC per block of data
+// and is not retained.
+type SummedWriter interface {
+	WriteSummed(ctx context.Context, vol, block uint64, data []byte, crcs []uint32, st store.Stamp, sync bool) error
+}
+
+// WriteSummed writes data to nd with its block CRCs when nd takes them and
+// crcs is not nil, else with Write.
+func WriteSummed(ctx context.Context, nd Node, vol, block uint64, data []byte, crcs []uint32, st store.Stamp, sync bool) error {
+	if sw, ok := nd.(SummedWriter); ok && crcs != nil {
+		return sw.WriteSummed(ctx, vol, block, data, crcs, st, sync)
+	}
+	return nd.Write(ctx, vol, block, data, st, sync)
+}
+
 // Pending is a call begun by a Starter; Wait returns its result, as the
 // synchronous call would have returned it.
 type Pending interface {

@@ -361,7 +361,7 @@ func (c *sconn) dispatch(h Header) string {
 			c.release(r)
 			return ioReason("read write data", err)
 		}
-		if _, ok := c.s.backend.(SummedWriter); ok && h.Op == OpWrite && r.err == nil && len(r.data) > 0 && len(r.data)%BlockSize == 0 {
+		if c.s.summed != nil && h.Op == OpWrite && r.err == nil && len(r.data) > 0 && len(r.data)%BlockSize == 0 {
 			r.crcs, sum = blockSums(r.crcs[:0], sum, r.data)
 		} else {
 			sum = UpdateChecksum(sum, r.data)
@@ -417,8 +417,8 @@ func (c *sconn) execute(r *request) {
 			r.sum = Checksum(r.data)
 		}
 	case OpWrite:
-		if sw, ok := b.(SummedWriter); ok && len(r.crcs) > 0 {
-			r.err = sw.WriteSummed(c.ctx, r.vol, r.block, r.data, r.crcs, r.stamp, sync)
+		if len(r.crcs) > 0 { // set only for a SummedWriter (dispatch)
+			r.err = c.s.summed.WriteSummed(c.ctx, r.vol, r.block, r.data, r.crcs, r.stamp, sync)
 		} else {
 			r.err = b.Write(c.ctx, r.vol, r.block, r.data, r.stamp, sync)
 		}

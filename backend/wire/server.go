@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"cairn/backend/store"
+	"cairn/backend/volume"
 	"cairn/target"
 )
 
@@ -42,11 +43,8 @@ type Changer interface {
 // CRCs with its data (*store.Store does): for a Write request the server
 // then computes the crc32c of each block, checks the frame's payload CRC
 // from them (crc32c.Combiner) and hands them over, one pass over the data
-// where checking the frame and the store's own block CRCs took two. crcs
-// holds one CRC per BlockSize of data and is not retained.
-type SummedWriter interface {
-	WriteSummed(ctx context.Context, vol, block uint64, data []byte, crcs []uint32, st store.Stamp, sync bool) error
-}
+// where checking the frame and the store's own block CRCs took two.
+type SummedWriter = volume.SummedWriter
 
 var (
 	_ Backend      = (*store.Store)(nil)
@@ -106,6 +104,7 @@ type ServerOptions struct {
 // use.
 type Server struct {
 	backend Backend
+	summed  SummedWriter // backend, if it is one
 	opts    ServerOptions
 	log     *slog.Logger
 
@@ -172,7 +171,8 @@ func NewServer(b Backend, opts ServerOptions) (*Server, error) {
 	case len(opts.Name) > NameBytesMax:
 		return nil, fmt.Errorf("wire: node name of %d bytes, at most %d", len(opts.Name), NameBytesMax)
 	}
-	s := &Server{backend: b, opts: opts, log: opts.Logger.With("component", "wire-server", "node", opts.Name)}
+	summed, _ := b.(SummedWriter)
+	s := &Server{backend: b, summed: summed, opts: opts, log: opts.Logger.With("component", "wire-server", "node", opts.Name)}
 	s.mu.listeners = make(map[net.Listener]struct{})
 	s.mu.conns = make(map[*sconn]struct{})
 	return s, nil

@@ -166,27 +166,19 @@ func (f *fence) admitGen(id, gen uint64) (*fenceVol, error) {
 }
 
 func (f *fence) Write(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) error {
-	v, err := f.admitWrite(vol, st)
-	if err != nil {
-		return err
-	}
-	defer v.RUnlock()
-	return f.node.Write(ctx, vol, block, data, st, sync)
+	return f.WriteSummed(ctx, vol, block, data, nil, st, sync)
 }
 
 // WriteSummed implements wire.SummedWriter: Write with the data's block
-// CRCs, passed on to a node that takes them (the store, or the latency
-// line in front of it), else dropped.
+// CRCs (nil: none), passed on to a node that takes them (the store, or the
+// latency line in front of it), else dropped.
 func (f *fence) WriteSummed(ctx context.Context, vol, block uint64, data []byte, crcs []uint32, st store.Stamp, sync bool) error {
 	v, err := f.admitWrite(vol, st)
 	if err != nil {
 		return err
 	}
 	defer v.RUnlock()
-	if sw, ok := f.node.(wire.SummedWriter); ok {
-		return sw.WriteSummed(ctx, vol, block, data, crcs, st, sync)
-	}
-	return f.node.Write(ctx, vol, block, data, st, sync)
+	return volume.WriteSummed(ctx, f.node, vol, block, data, crcs, st, sync)
 }
 
 func (f *fence) Zero(ctx context.Context, vol, block, n uint64, st store.Stamp, sync bool) error {
