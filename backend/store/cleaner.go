@@ -41,7 +41,18 @@ import (
 // old, which only delays it.
 //
 // How far. The cleaner's goroutine looks every cleanInterval. When
-// something other than the cleaner appended since the last look (busy),
+// something other than the cleaner appended since the last look (busy)
+// and the file system has room, it cleans nothing while the segments hold
+// at most cleanRatioLow times the live bytes, and past that copies at
+// most cleanBusyPerForeground bytes (times 1 to 4 as the ratio rises to
+// cleanRatioHigh) per byte the foreground appended: the credit of
+// cleanState. Cleaning at a fixed rate as soon as a segment fell below
+// the limit made the write amplification that of the clock, not of the
+// writes: under 4 KiB random writes at 8k IOPS (a node of an R=3 volume
+// on this machine) it copied 0.70 bytes per byte written over 120 s,
+// 0.53 with the credit and the ratio floor, 3552 against 2862 MiB in all
+// once idle cleaning was done, and the victims, left to die further, gave
+// back more space per byte copied. Busy,
 // it cleans the segments below a limit that rises from cleanLiveMax with
 // space pressure (the file system's free space nearing twice the reserve;
 // see spacePressure) up to cleanPressureLiveMax, at cleanBytesPerSec,
@@ -120,6 +131,12 @@ var (
 	cleanBusyBatchBlocks = 32
 	// cleanPassSegments bounds the copies of a busy pass, in segments.
 	cleanPassSegments int64 = 4
+	// cleanBusyPerForeground: busy, with no file system space pressure,
+	// the cleaner copies at most this many bytes per byte the foreground
+	// appended (times 1 to 4 with ratio pressure), whatever its rate
+	// allows: it keeps the write amplification of a burst bounded by the
+	// burst, not by the clock.
+	cleanBusyPerForeground = 0.5
 	// cleanInterval is how often the cleaner's goroutine looks for work.
 	cleanInterval = time.Second
 	// cleanBatchHook, when set (by tests), runs after each copy record a
@@ -141,6 +158,20 @@ type cleanState struct {
 	// the first look); only that goroutine uses them.
 	lastForeground int64
 	lastChange     time.Time
+	// credit is what busy passes may still copy, in bytes (see
+	// cleanBusyPerForeground): earned by foreground appends, spent by
+	// copies, negative while a pass's last segment overshot it.
+	credit int64
+	// resume is the segment a pass stopped in and its live blocks not
+	// copied yet, sorted: the next pass that picks it goes on from there
+	// instead of reading its headers again (a busy pass stops once per
+	// look when its credit runs out). A block in it that died meanwhile is
+	// skipped by the copy (copyBatch moves only the exact version the
+	// index holds); none becomes live in a sealed segment.
+	resume struct {
+		sg   *segment
+		refs []liveRef
+	}
 	// flushedAt is the checkpoint count at the last flushIndexIdle that
 	// looked (the cleaner goroutine's too).
 	flushedAt uint64
@@ -174,6 +205,9 @@ type cleanPolicy struct {
 	batch int
 	// copyMax > 0: the pass stops once it copied this many bytes.
 	copyMax int64
+	// perForeground > 0: busy passes copy at most this many bytes per
+	// foreground byte appended (the cleaner's credit).
+	perForeground float64
 	// idle: the pass stops at the first foreground append.
 	idle bool
 	// deep: a deep idle pass (counted as one, and logged).
@@ -191,14 +225,25 @@ type cleanPolicy struct {
 func (s *Store) busyPolicy() cleanPolicy {
 	fs := s.spacePressure()
 	total, live := s.spaceBytes()
-	pr := max(fs, ratioPressure(total, live))
-	return cleanPolicy{
+	rp := ratioPressure(total, live)
+	pr := max(fs, rp)
+	p := cleanPolicy{
 		limit:   cleanLiveMax + (cleanPressureLiveMax-cleanLiveMax)*fs,
 		rate:    int64(float64(cleanBytesPerSec) * (1 + 3*pr)),
 		batch:   cleanBusyBatchBlocks,
 		copyMax: cleanPassSegments * s.seg.segBytes,
 		sync:    fs > 0,
 	}
+	if fs == 0 {
+		p.perForeground = cleanBusyPerForeground * (1 + 3*rp)
+		if float64(total) <= cleanRatioLow*float64(live) {
+			// Room on the file system and in the ratio: nothing to clean
+			// yet. The segments left die further meanwhile, and what is
+			// owed at the end the idle stages clean.
+			p.limit = 0
+		}
+	}
+	return p
 }
 
 // Ratio pressure: from 0 at segment bytes cleanRatioLow times the live
@@ -277,6 +322,7 @@ func (s *Store) cleanTick() (more bool, err error) {
 	if !idle || s.cl.lastChange.IsZero() {
 		s.cl.lastChange = now
 	}
+	grew := fg - s.cl.lastForeground
 	s.cl.lastForeground = fg
 	p := s.busyPolicy()
 	switch {
@@ -285,7 +331,29 @@ func (s *Store) cleanTick() (more bool, err error) {
 	case idle:
 		p = s.idlePolicy()
 	}
+	// Busy without space pressure, the pass copies what the foreground
+	// earned it since the last look (at most a full pass's worth kept).
+	credited := false
+	if !idle && p.perForeground > 0 && p.limit == 0 {
+		s.cl.credit = 0 // none banked while there is nothing to clean
+		return false, nil
+	}
+	if !idle && p.perForeground > 0 {
+		s.cl.credit = min(s.cl.credit+int64(p.perForeground*float64(max(grew, 0))), p.copyMax)
+		if s.cl.credit < int64(p.batch)*BlockSize {
+			return false, nil
+		}
+		if s.cl.credit < p.copyMax {
+			p.copyMax, credited = s.cl.credit, true
+		}
+	}
 	_, copied, err := s.cleanPass(p)
+	if p.perForeground > 0 && !idle {
+		s.cl.credit -= copied
+	}
+	if credited {
+		return false, err // the next look earns more
+	}
 	if p.deep && err == nil {
 		s.cutActiveTail()
 		if err := s.flushIndexIdle(); err != nil {
@@ -351,10 +419,18 @@ func liveFraction(sg *segment) (u float64, size int64) {
 	return float64(sg.live.Load()*BlockSize) / float64(size), size
 }
 
-// victim returns the segment before active with the best cost-benefit
-// score among those with live blocks and a live fraction below limit, or
-// nil.
+// victim returns the segment a pass stopped in (cleanState.resume) if it
+// is still a candidate, else the segment before active with the best
+// cost-benefit score among those with live blocks and a live fraction
+// below limit, or nil.
 func (s *Store) victim(limit float64, skip map[uint32]bool, active uint32) *segment {
+	if sg := s.cl.resume.sg; sg != nil && sg.id < active && !skip[sg.id] && s.seg.segment(sg.id) == sg {
+		// The segment a pass stopped in, while it is still a candidate:
+		// its live blocks are known, and finishing it is what frees it.
+		if u, size := liveFraction(sg); sg.live.Load() > 0 && size > 0 && u < limit {
+			return sg
+		}
+	}
 	var best *segment
 	bestScore := -1.0
 	for id, sg := range *s.seg.tab.Load() {
@@ -598,32 +674,30 @@ func (t *cleanTimer) cpu() time.Duration {
 // cleanSegment moves the live blocks of sg to the active segment under
 // policy p; passCopied is what the pass copied before it (for the
 // throttle, which t times from the pass's start). stopped: p.idle and a
-// foreground append happened since fg, so sg is left partly cleaned.
+// foreground append happened since fg, or a busy pass ran out of credit,
+// so sg is left partly cleaned (and the rest of it kept for the next
+// pass, see cleanState.resume).
 func (s *Store) cleanSegment(sg *segment, p cleanPolicy, fg int64, t *cleanTimer, passCopied int64) (copied, appended int64, stopped bool, err error) {
 	start := time.Now()
-	refs, err := s.liveRefs(sg)
+	refs, err := s.resumeRefs(sg)
 	if err != nil {
 		return 0, 0, false, err
 	}
-	if len(refs) > 0 {
-		// Before the first copy: never reaped from now on (see above).
-		// Reaps take cleanMu, which the pass holds.
-		sg.meta.Store(true)
+	stop := func() (int64, int64, bool, error) {
+		s.cl.resume.sg, s.cl.resume.refs = sg, refs
+		return copied, appended, true, nil
 	}
-	slices.SortFunc(refs, func(a, b liveRef) int {
-		if c := cmp.Compare(a.vol, b.vol); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.e.block, b.e.block); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.e.epoch, b.e.epoch)
-	})
 	batch := min(max(p.batch, 1), copyBlocksMax)
 	buf := make([]byte, headerBytes(recCopy, uint64(batch))+batch*BlockSize)
 	for len(refs) > 0 {
 		if p.idle && s.foreground() != fg {
-			return copied, appended, true, nil
+			return stop()
+		}
+		if p.perForeground > 0 && passCopied+copied >= p.copyMax {
+			// Out of credit (or at the pass's bound): the rest of sg
+			// waits for the next pass, not copied beyond what the
+			// foreground earned.
+			return stop()
 		}
 		k := 1
 		for k < len(refs) && k < batch && refs[k].vol == refs[0].vol {
@@ -660,6 +734,38 @@ func (s *Store) cleanSegment(sg *segment, p cleanPolicy, fg int64, t *cleanTimer
 	s.stats.segmentsCleaned.Add(1)
 	s.log.Debug("segment cleaned", "segment", segName(sg.id), "bytes_copied", copied, "took", time.Since(start))
 	return copied, appended, false, nil
+}
+
+// resumeRefs returns the live blocks of sg to copy, sorted by (volume,
+// block, epoch): what the last pass left of it when it stopped in sg,
+// else its headers read afresh (liveRefs).
+func (s *Store) resumeRefs(sg *segment) ([]liveRef, error) {
+	r := &s.cl.resume
+	if r.sg == sg {
+		refs := r.refs
+		r.sg, r.refs = nil, nil
+		return refs, nil
+	}
+	r.sg, r.refs = nil, nil
+	refs, err := s.liveRefs(sg)
+	if err != nil {
+		return nil, err
+	}
+	if len(refs) > 0 {
+		// Before the first copy: never reaped from now on (see above).
+		// Reaps take cleanMu, which the pass holds.
+		sg.meta.Store(true)
+	}
+	slices.SortFunc(refs, func(a, b liveRef) int {
+		if c := cmp.Compare(a.vol, b.vol); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(a.e.block, b.e.block); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.e.epoch, b.e.epoch)
+	})
+	return refs, nil
 }
 
 // liveRefs reads the record headers of sg and returns its blocks that the

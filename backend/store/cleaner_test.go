@@ -144,8 +144,8 @@ func TestCleanPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = s.Close() }()
-	if p := s.busyPolicy(); p.limit != cleanLiveMax || p.rate != cleanBytesPerSec || p.sync {
-		t.Fatalf("empty store: busy policy %+v, want limit %v at %d B/s", p, cleanLiveMax, cleanBytesPerSec)
+	if p := s.busyPolicy(); p.limit != 0 || p.rate != cleanBytesPerSec || p.sync || p.perForeground != cleanBusyPerForeground {
+		t.Fatalf("empty store: busy policy %+v, want nothing cleaned (limit 0) at %d B/s, %v per foreground byte", p, cleanBytesPerSec, cleanBusyPerForeground)
 	}
 	// 4 MiB, then every block but one in 3 overwritten: the first
 	// segments are a third live, which the busy look cleans.
@@ -535,5 +535,124 @@ func TestLiveDeltaSeesNewSegments(t *testing.T) {
 	d.flush()
 	if got := b.live.Load(); got != before+1 {
 		t.Fatalf("segment %s published after the delta began: live %d, want %d", segName(b.id), got, before+1)
+	}
+}
+
+// TestCleanBusyCredit: busy, a store whose segments hold at most
+// cleanRatioLow times its live bytes is not cleaned at all, even with
+// segments below cleanLiveMax; past that, a look copies what the
+// foreground earned since the last one (cleanBusyPerForeground per byte,
+// scaled by the ratio pressure), give or take one copy record, and the
+// next look goes on in the segment the last one stopped in without
+// reading its headers again.
+func TestCleanBusyCredit(t *testing.T) {
+	oldInterval, oldBatch := cleanInterval, cleanBusyBatchBlocks
+	cleanInterval, cleanBusyBatchBlocks = time.Hour, 4 // copy records of 16 KiB: the bounds below are tight
+	defer func() { cleanInterval, cleanBusyBatchBlocks = oldInterval, oldBatch }()
+	s, err := Open("db", Options{FS: vfs.NewMem(), Logger: quiet, SegmentBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	const blocks = 1024 // 4 MiB
+	buf := make([]byte, 16*BlockSize)
+	seq := uint64(0)
+	write := func(b, n uint64, id byte) {
+		t.Helper()
+		seq++
+		for i := range n {
+			fill(buf[i*BlockSize:(i+1)*BlockSize], id, b+i)
+		}
+		if err := s.Write(ctx, 1, b, buf[:n*BlockSize], Stamp{1, seq}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for b := uint64(0); b < blocks; b += 16 {
+		write(b, 16, 1)
+	}
+	// 3 in 5 of the first 256 blocks again: the first segment is 0.4 live,
+	// the segments about 1.05 times the live bytes.
+	for b := uint64(0); b < 256; b++ {
+		if b%5 < 3 {
+			write(b, 1, 2)
+		}
+	}
+	if err := s.checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.cleanTick(); err != nil {
+		t.Fatal(err)
+	}
+	total, live := s.spaceBytes()
+	if st := s.Stats(); st.CleanerBytes != 0 {
+		t.Fatalf("segments at %.2fx the live bytes: a busy look copied %d bytes, want none below %.2fx", float64(total)/float64(live), st.CleanerBytes, cleanRatioLow)
+	}
+
+	// Every block but one in 4 overwritten twice: the ratio is past
+	// cleanRatioLow and most segments are far below cleanLiveMax.
+	for pass := byte(3); pass <= 4; pass++ {
+		for b := uint64(0); b < blocks; b++ {
+			if b%4 != 0 {
+				write(b, 1, pass)
+			}
+		}
+	}
+	if err := s.checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	total, live = s.spaceBytes()
+	p := s.busyPolicy()
+	if p.limit != cleanLiveMax || p.perForeground <= cleanBusyPerForeground {
+		t.Fatalf("segments at %.2fx the live bytes: busy policy %+v, want limit %v and more than %v per foreground byte", float64(total)/float64(live), p, cleanLiveMax, cleanBusyPerForeground)
+	}
+	// As if only what earns two copy records had been appended since the
+	// last look.
+	slack := int64(cleanBusyBatchBlocks * BlockSize)
+	earned := int64(float64(2*slack) / p.perForeground)
+	s.cl.lastForeground, s.cl.credit = s.foreground()-earned, 0
+	if _, err := s.cleanTick(); err != nil {
+		t.Fatal(err)
+	}
+	first := s.Stats()
+	credit := int64(p.perForeground * float64(earned))
+	if got := int64(first.CleanerBytes); got == 0 || got > credit+slack {
+		t.Fatalf("a look with %d bytes of credit copied %d, want 1 to %d", credit, got, credit+slack)
+	}
+	if s.cl.resume.sg == nil || len(s.cl.resume.refs) == 0 {
+		t.Fatalf("the look stopped for credit but kept no segment to resume")
+	}
+	// The next look earns half of what is left in that segment: it
+	// copies from the segment it stopped in, and stops in it again.
+	left := int64(len(s.cl.resume.refs)) * BlockSize
+	if left/2 < slack {
+		t.Fatalf("the look left %d bytes in its segment, want at least %d for the next look", left, 2*slack)
+	}
+	readBefore := s.cl.read.Load()
+	s.cl.credit = 0
+	s.cl.lastForeground = s.foreground() - int64(float64(left/2)/p.perForeground)
+	if _, err := s.cleanTick(); err != nil {
+		t.Fatal(err)
+	}
+	second := s.Stats()
+	got := int64(second.CleanerBytes - first.CleanerBytes)
+	if got < left/2 || got > left/2+slack {
+		t.Fatalf("the next look copied %d bytes, want %d to %d", got, left/2, left/2+slack)
+	}
+	// What it read is the blocks it copied, no record header.
+	if r := s.cl.read.Load() - readBefore; r != got {
+		t.Fatalf("the next look read %d bytes for %d copied, want it to resume the segment it stopped in without reading its headers again", r, got)
+	}
+	for b := range uint64(blocks) {
+		want := byte(4)
+		switch {
+		case b%4 != 0:
+		case b < 256 && b%5 < 3:
+			want = 2
+		default:
+			want = 1
+		}
+		if got := readID(t, s, 1, b, 1); got != want {
+			t.Fatalf("block %d = %d, want %d", b, got, want)
+		}
 	}
 }
