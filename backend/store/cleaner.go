@@ -742,7 +742,7 @@ func (s *Store) cleanSegment(sg *segment, p cleanPolicy, fg int64, t *cleanTimer
 func (s *Store) resumeRefs(sg *segment) ([]liveRef, error) {
 	r := &s.cl.resume
 	if r.sg == sg {
-		refs := r.refs
+		refs := s.stillLive(sg, r.refs)
 		r.sg, r.refs = nil, nil
 		return refs, nil
 	}
@@ -766,6 +766,32 @@ func (s *Store) resumeRefs(sg *segment) ([]liveRef, error) {
 		return cmp.Compare(a.e.epoch, b.e.epoch)
 	})
 	return refs, nil
+}
+
+// stillLive drops from refs, in place and in order, the blocks of sg
+// that died since they were found (the index no longer points at them):
+// a copy of one would apply nothing and waste its bytes in the log.
+func (s *Store) stillLive(sg *segment, refs []liveRef) []liveRef {
+	out := refs[:0]
+	var v *volume
+	for _, r := range refs {
+		if v == nil || v.id != r.vol {
+			if v != nil {
+				v.idx.RUnlock()
+			}
+			if v = s.lookup(r.vol); v == nil {
+				continue
+			}
+			v.idx.RLock()
+		}
+		if cur, ok := v.idx.exact(r.e.block, r.e.epoch); ok && cur.kind == kindData && cur.seg == sg.id && cur.page == r.page {
+			out = append(out, r)
+		}
+	}
+	if v != nil {
+		v.idx.RUnlock()
+	}
+	return out
 }
 
 // liveRefs reads the record headers of sg and returns its blocks that the

@@ -621,9 +621,25 @@ func TestCleanBusyCredit(t *testing.T) {
 	if s.cl.resume.sg == nil || len(s.cl.resume.refs) == 0 {
 		t.Fatalf("the look stopped for credit but kept no segment to resume")
 	}
+	// Two of the blocks left die meanwhile: the next look does not copy
+	// them.
+	dead := map[uint64]bool{}
+	for _, r := range s.cl.resume.refs[:2] {
+		dead[r.e.block] = true
+		write(r.e.block, 1, 5)
+	}
+	kept := s.stillLive(s.cl.resume.sg, slices.Clone(s.cl.resume.refs))
+	if len(kept) != len(s.cl.resume.refs)-2 {
+		t.Fatalf("%d blocks left, 2 overwritten: %d still live", len(s.cl.resume.refs), len(kept))
+	}
+	for _, r := range kept {
+		if dead[r.e.block] {
+			t.Fatalf("block %d overwritten, still taken for live", r.e.block)
+		}
+	}
 	// The next look earns half of what is left in that segment: it
 	// copies from the segment it stopped in, and stops in it again.
-	left := int64(len(s.cl.resume.refs)) * BlockSize
+	left := int64(len(kept)) * BlockSize
 	if left/2 < slack {
 		t.Fatalf("the look left %d bytes in its segment, want at least %d for the next look", left, 2*slack)
 	}
@@ -645,6 +661,8 @@ func TestCleanBusyCredit(t *testing.T) {
 	for b := range uint64(blocks) {
 		want := byte(4)
 		switch {
+		case dead[b]:
+			want = 5
 		case b%4 != 0:
 		case b < 256 && b%5 < 3:
 			want = 2
