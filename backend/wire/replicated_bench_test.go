@@ -36,8 +36,12 @@ func cpuTime(b *testing.B) time.Duration {
 // offsets, as fio at qd32 drives it over NBD. It reports the rate and the
 // CPU time per write (all three "nodes" together).
 func BenchmarkReplicatedWrite4K(b *testing.B) {
-	for _, lat := range []time.Duration{0, time.Millisecond} {
-		b.Run(fmt.Sprintf("lat=%v", lat), func(b *testing.B) {
+	for _, tc := range []struct {
+		lat    time.Duration
+		inline bool // ServerOptions.InlineWrites, as cairnd sets it without latency
+	}{{0, false}, {0, true}, {time.Millisecond, false}} {
+		lat := tc.lat
+		b.Run(fmt.Sprintf("lat=%v/inline=%v", lat, tc.inline), func(b *testing.B) {
 			nodes := make([]volume.Node, 3)
 			for i := range nodes {
 				var n volume.Node = openStore(b)
@@ -50,7 +54,7 @@ func BenchmarkReplicatedWrite4K(b *testing.B) {
 					n = l
 				}
 				if i > 0 {
-					addr, _ := startServer(b, n, ServerOptions{})
+					addr, _ := startServer(b, n, ServerOptions{InlineWrites: tc.inline})
 					n = newClient(b, addr, ClientOptions{Conns: 2})
 				}
 				nodes[i] = n

@@ -98,6 +98,13 @@ type ServerOptions struct {
 	// Snapshot, if set, serves the snapshot ops (OpTargetHold, …): the
 	// node's target. nil answers them CodeUnsupported.
 	Snapshot SnapshotTarget
+	// InlineWrites says that the backend's writes without FlagSync wait
+	// on nothing slower than memory (a local store into the page cache;
+	// not a store behind injected latency): a Write that arrives with no
+	// other frame buffered behind it is then executed and answered by the
+	// connection's reader itself, with no hand-off to a worker (see
+	// sconn.inline).
+	InlineWrites bool
 }
 
 // Server serves a Backend to Clients. Its methods are safe for concurrent
@@ -117,7 +124,7 @@ type Server struct {
 	wg sync.WaitGroup // connection goroutines
 
 	stats struct {
-		connections, refused, handshakeErrors, requests, errorReplies atomic.Uint64
+		connections, refused, handshakeErrors, requests, errorReplies, inlined atomic.Uint64
 	}
 }
 
@@ -128,12 +135,13 @@ type ServerStats struct {
 	HandshakeErrors uint64 // connections refused in TLS or Hello
 	Requests        uint64 // requests executed on the backend
 	ErrorReplies    uint64 // replies with a non-zero status
+	Inlined         uint64 // of Requests, those the reader executed itself (InlineWrites)
 }
 
 // Stats returns the server's counters.
 func (s *Server) Stats() ServerStats {
 	return ServerStats{Connections: s.stats.connections.Load(), Refused: s.stats.refused.Load(), HandshakeErrors: s.stats.handshakeErrors.Load(),
-		Requests: s.stats.requests.Load(), ErrorReplies: s.stats.errorReplies.Load()}
+		Requests: s.stats.requests.Load(), ErrorReplies: s.stats.errorReplies.Load(), Inlined: s.stats.inlined.Load()}
 }
 
 // NewServer returns a server of b. It starts nothing: call Serve.

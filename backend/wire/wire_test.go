@@ -168,9 +168,18 @@ func TestExtentsContinuation(t *testing.T) {
 // TestConcurrent: many goroutines share one client; every read returns
 // what that goroutine wrote.
 func TestConcurrent(t *testing.T) {
-	for _, conns := range []int{1, 3} {
-		t.Run(fmt.Sprintf("conns=%d", conns), func(t *testing.T) {
-			addr, _ := startServer(t, openStore(t), ServerOptions{InFlightMax: 16})
+	for _, tc := range []struct {
+		conns  int
+		inline bool
+	}{{1, false}, {3, false}, {1, true}, {3, true}} {
+		conns := tc.conns
+		t.Run(fmt.Sprintf("conns=%d/inline=%v", conns, tc.inline), func(t *testing.T) {
+			addr, srv := startServer(t, openStore(t), ServerOptions{InFlightMax: 16, InlineWrites: tc.inline})
+			defer func() {
+				if st := srv.Stats(); tc.inline != (st.Inlined > 0) {
+					t.Errorf("InlineWrites %v: %d of %d requests inlined", tc.inline, st.Inlined, st.Requests)
+				}
+			}()
 			c := newClient(t, addr, ClientOptions{Conns: conns})
 			const workers, ops = 48, 60
 			var wg sync.WaitGroup
@@ -206,6 +215,41 @@ func TestConcurrent(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// TestInlineWrites: with InlineWrites, a plain write with nothing
+// buffered behind it (one request at a time) is executed by the reader;
+// a sync write, a read, a zero never are.
+func TestInlineWrites(t *testing.T) {
+	addr, srv := startServer(t, openStore(t), ServerOptions{InlineWrites: true})
+	c := newClient(t, addr, ClientOptions{})
+	ctx := context.Background()
+	p := make([]byte, BlockSize)
+	seq := uint64(0)
+	for i := range 10 {
+		seq++
+		data := block(byte(i), 1)
+		if err := c.Write(ctx, 3, uint64(i), data, store.Stamp{Epoch: 1, Seq: seq}, false); err != nil {
+			t.Fatal(err)
+		}
+		seq++
+		if err := c.Write(ctx, 3, uint64(100+i), data, store.Stamp{Epoch: 1, Seq: seq}, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Read(ctx, 3, uint64(i), p, 1); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(p, data) {
+			t.Fatalf("block %d: read back differs", i)
+		}
+		seq++
+		if err := c.Zero(ctx, 3, uint64(200+i), 1, store.Stamp{Epoch: 1, Seq: seq}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := srv.Stats(); st.Inlined != 10 {
+		t.Fatalf("%d of %d requests inlined, want the 10 plain writes", st.Inlined, st.Requests)
 	}
 }
 

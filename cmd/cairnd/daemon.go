@@ -225,7 +225,9 @@ func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency t
 		if d.fence != nil {
 			b = d.fence
 		}
-		opts := wire.ServerOptions{Name: cfg.NodeName, Logger: log, TLS: d.tlsServer}
+		// Plain writes go to the store's page cache, unless latency is
+		// injected below them (benchmarks): then every call waits.
+		opts := wire.ServerOptions{Name: cfg.NodeName, Logger: log, TLS: d.tlsServer, InlineWrites: d.latency == 0}
 		if cfg.Has(configs.RoleTarget) {
 			opts.Snapshot = targetRPC{localTarget{d}}
 		}
