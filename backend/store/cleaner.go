@@ -165,9 +165,9 @@ type cleanState struct {
 	// resume is the segment a pass stopped in and its live blocks not
 	// copied yet, sorted: the next pass that picks it goes on from there
 	// instead of reading its headers again (a busy pass stops once per
-	// look when its credit runs out). A block in it that died meanwhile is
-	// skipped by the copy (copyBatch moves only the exact version the
-	// index holds); none becomes live in a sealed segment.
+	// look when its credit runs out). The blocks in it that died
+	// meanwhile are dropped when it resumes (stillLive); none becomes live
+	// in a sealed segment.
 	resume struct {
 		sg   *segment
 		refs []liveRef
