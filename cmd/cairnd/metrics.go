@@ -59,8 +59,8 @@ func (c *volumeCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // daemonCollector exports the daemon-wide gauges and counters: the
-// in-flight budget, front-end connections and disconnects, the node RPC,
-// the gossip pool and the block store (space, GC, cleaner).
+// in-flight budget, front-end connections and disconnects, the node RPC
+// server, the gossip pool and the block store (space, GC, cleaner).
 type daemonCollector struct{ d *daemon }
 
 var (
@@ -93,12 +93,17 @@ var (
 	storeCleanerDeepDesc = prometheus.NewDesc("cairn_store_cleaner_deep_bytes_total", "Bytes of the cleaner's deep idle passes: live blocks copied, copy records appended, segments emptied.", []string{"what"}, nil)
 	storePunchedDesc     = prometheus.NewDesc("cairn_store_punched_bytes_total", "Bytes of dead blocks punched out of segments while space was low.", nil, nil)
 	storeLowSpaceDesc    = prometheus.NewDesc("cairn_store_low_space", "1 while the block store's file system has less free space than its reserve: writes fail with ENOSPC until space is freed.", nil, nil)
+
+	// The node RPC server of a storage node (the calls other nodes make
+	// to it; cairn_node_rpc_seconds is the calls this node makes).
+	rpcServedDesc = prometheus.NewDesc("cairn_node_rpc_served_total", "Node RPC requests this storage node served: all executed, those its connection's reader executed itself (plain writes, no hand-off to a worker), and replies with an error status.", []string{"what"}, nil)
+	rpcConnsDesc  = prometheus.NewDesc("cairn_node_rpc_server_connections_total", "Node RPC connections to this storage node: served (handshake errors included), refused at once (too many), and of the served those that failed the TLS or Hello handshake.", []string{"what"}, nil)
 )
 
 func (c *daemonCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{inflightDesc, inflightPeakDesc, budgetDesc, budgetWaitDesc, connsDesc, disconnectsDesc, gossipDesc, gossipDropDesc, memReleaseDesc,
 		storeBytesDesc, storeSegmentsDesc, storeGCDesc, storeReclaimDesc, storeCleanerDesc, storeDefragDesc, storeReusedDesc, storePunchedDesc, storeLowSpaceDesc,
-		storeCleanerReadDesc, storeCleanerWrittenDesc, storeCleanerSegmentsDesc, storeCleanerCPUDesc, storeCleanerDeepDesc} {
+		storeCleanerReadDesc, storeCleanerWrittenDesc, storeCleanerSegmentsDesc, storeCleanerCPUDesc, storeCleanerDeepDesc, rpcServedDesc, rpcConnsDesc} {
 		ch <- d
 	}
 }
@@ -134,6 +139,15 @@ func (c *daemonCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(gossipDesc, prometheus.GaugeValue, float64(st.Dead), "dead")
 		ch <- prometheus.MustNewConstMetric(gossipDesc, prometheus.GaugeValue, float64(st.Left), "left")
 		ch <- prometheus.MustNewConstMetric(gossipDropDesc, prometheus.CounterValue, float64(st.EventsDropped))
+	}
+	if d.rpc != nil {
+		st := d.rpc.Stats()
+		ch <- prometheus.MustNewConstMetric(rpcServedDesc, prometheus.CounterValue, float64(st.Requests), "requests")
+		ch <- prometheus.MustNewConstMetric(rpcServedDesc, prometheus.CounterValue, float64(st.Inlined), "inlined")
+		ch <- prometheus.MustNewConstMetric(rpcServedDesc, prometheus.CounterValue, float64(st.ErrorReplies), "error_replies")
+		ch <- prometheus.MustNewConstMetric(rpcConnsDesc, prometheus.CounterValue, float64(st.Connections), "served")
+		ch <- prometheus.MustNewConstMetric(rpcConnsDesc, prometheus.CounterValue, float64(st.Refused), "refused")
+		ch <- prometheus.MustNewConstMetric(rpcConnsDesc, prometheus.CounterValue, float64(st.HandshakeErrors), "handshake_errors")
 	}
 	if d.store != nil {
 		st := d.store.Stats()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"cairn/backend/store"
+	"cairn/backend/wire"
 )
 
 // TestStoreCleanerMetrics ages a real store (a volume written, then three
@@ -80,5 +82,63 @@ func TestStoreCleanerMetrics(t *testing.T) {
 	}
 	if got["cairn_store_cleaner_written_bytes_total"] < got["cairn_store_cleaner_copied_bytes_total"] || got["cairn_store_cleaner_read_bytes_total"] < got["cairn_store_cleaner_copied_bytes_total"] {
 		t.Errorf("the cleaner wrote or read less than it copied: %v", got)
+	}
+}
+
+// TestNodeRPCMetrics: the node RPC server's counters show in /metrics —
+// requests served, the plain writes its reader ran itself, connections.
+func TestNodeRPCMetrics(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	s, err := store.Open(t.TempDir(), store.Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	srv, err := wire.NewServer(s, wire.ServerOptions{Name: "n1", Logger: quiet, InlineWrites: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(l) }()
+	defer srv.Close()
+	c, err := wire.NewClient(l.Addr().String(), wire.ClientOptions{Name: "t1", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	p := make([]byte, store.BlockSize)
+	for i := range uint64(4) {
+		// Three plain writes, one sync: one at a time, so each plain one
+		// arrives with nothing behind it.
+		if err := c.Write(ctx, 1, i, p, store.Stamp{Epoch: 1, Seq: i + 1}, i == 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(&daemonCollector{d: &daemon{rpc: srv}})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if len(m.GetLabel()) == 1 {
+				got[mf.GetName()+"/"+m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	want := map[string]float64{
+		"cairn_node_rpc_served_total/requests": 4, "cairn_node_rpc_served_total/inlined": 3, "cairn_node_rpc_served_total/error_replies": 0,
+		"cairn_node_rpc_server_connections_total/served": 1, "cairn_node_rpc_server_connections_total/refused": 0,
+	}
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
 	}
 }
