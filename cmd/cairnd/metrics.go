@@ -142,12 +142,16 @@ func (c *daemonCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if d.rpc != nil {
 		st := d.rpc.Stats()
-		ch <- prometheus.MustNewConstMetric(rpcServedDesc, prometheus.CounterValue, float64(st.Requests), "requests")
-		ch <- prometheus.MustNewConstMetric(rpcServedDesc, prometheus.CounterValue, float64(st.Inlined), "inlined")
-		ch <- prometheus.MustNewConstMetric(rpcServedDesc, prometheus.CounterValue, float64(st.ErrorReplies), "error_replies")
-		ch <- prometheus.MustNewConstMetric(rpcConnsDesc, prometheus.CounterValue, float64(st.Connections), "served")
-		ch <- prometheus.MustNewConstMetric(rpcConnsDesc, prometheus.CounterValue, float64(st.Refused), "refused")
-		ch <- prometheus.MustNewConstMetric(rpcConnsDesc, prometheus.CounterValue, float64(st.HandshakeErrors), "handshake_errors")
+		for _, m := range []struct {
+			desc  *prometheus.Desc
+			n     uint64
+			label string
+		}{
+			{rpcServedDesc, st.Requests, "requests"}, {rpcServedDesc, st.Inlined, "inlined"}, {rpcServedDesc, st.ErrorReplies, "error_replies"},
+			{rpcConnsDesc, st.Connections, "served"}, {rpcConnsDesc, st.Refused, "refused"}, {rpcConnsDesc, st.HandshakeErrors, "handshake_errors"},
+		} {
+			ch <- prometheus.MustNewConstMetric(m.desc, prometheus.CounterValue, float64(m.n), m.label)
+		}
 	}
 	if d.store != nil {
 		st := d.store.Stats()
