@@ -333,12 +333,13 @@ func (s *Store) cleanTick() (more bool, err error) {
 	}
 	// Busy without space pressure, the pass copies what the foreground
 	// earned it since the last look (at most a full pass's worth kept).
+	// (Only busyPolicy sets perForeground.)
 	credited := false
-	if !idle && p.perForeground > 0 && p.limit == 0 {
-		s.cl.credit = 0 // none banked while there is nothing to clean
-		return false, nil
-	}
-	if !idle && p.perForeground > 0 {
+	if p.perForeground > 0 {
+		if p.limit == 0 {
+			s.cl.credit = 0 // none banked while there is nothing to clean
+			return false, nil
+		}
 		s.cl.credit = min(s.cl.credit+int64(p.perForeground*float64(max(grew, 0))), p.copyMax)
 		if s.cl.credit < int64(p.batch)*BlockSize {
 			return false, nil
@@ -348,7 +349,7 @@ func (s *Store) cleanTick() (more bool, err error) {
 		}
 	}
 	_, copied, err := s.cleanPass(p)
-	if p.perForeground > 0 && !idle {
+	if p.perForeground > 0 {
 		s.cl.credit -= copied
 	}
 	if credited {
@@ -784,7 +785,7 @@ func (s *Store) stillLive(sg *segment, refs []liveRef) []liveRef {
 			}
 			v.idx.RLock()
 		}
-		if cur, ok := v.idx.exact(r.e.block, r.e.epoch); ok && cur.kind == kindData && cur.seg == sg.id && cur.page == r.page {
+		if v.idx.pointsAt(r.e.block, r.e.epoch, sg.id, r.page) {
 			out = append(out, r)
 		}
 	}
@@ -844,12 +845,7 @@ func (s *Store) eachDataBlock(sg *segment, op string, fn func(vol uint64, e copy
 				e = getCopyEntry(hdr, i)
 			}
 			page := first + uint32(i)*blockUnits
-			live := false
-			if v != nil {
-				cur, ok := v.idx.exact(e.block, e.epoch)
-				live = ok && cur.kind == kindData && cur.seg == sg.id && cur.page == page
-			}
-			more = fn(h.vol, e, page, live)
+			more = fn(h.vol, e, page, v != nil && v.idx.pointsAt(e.block, e.epoch, sg.id, page))
 		}
 		if v != nil {
 			v.idx.RUnlock()

@@ -97,6 +97,13 @@ func (x *index) exact(block, epoch uint64) (version, bool) {
 	return v, ok && v.epoch == epoch
 }
 
+// pointsAt reports whether the version of block at exactly epoch is data
+// stored at page of segment seg: whether the block found there is live.
+func (x *index) pointsAt(block, epoch uint64, seg, page uint32) bool {
+	cur, ok := x.exact(block, epoch)
+	return ok && cur.kind == kindData && cur.seg == seg && cur.page == page
+}
+
 // put stores nv for block unless a version of the same epoch with a higher
 // (or equal) seq is there. It returns the version nv displaced, if any, and
 // whether nv was stored. grew is the index bytes added.
