@@ -93,6 +93,25 @@ func (e *MiscompareError) Error() string {
 // Unwrap makes a MiscompareError match ErrMiscompare.
 func (e *MiscompareError) Unwrap() error { return ErrMiscompare }
 
+// BatchWrite is one write of a BatchWriter's batch; Err is its result.
+type BatchWrite struct {
+	P     []byte
+	Off   int64
+	Flags WriteFlags
+	Err   error
+}
+
+// BatchWriter is implemented by devices that take several writes at once
+// (a front end that found them waiting together on one connection), so
+// that the device can store them together and the front end answer them
+// together. Each write is one request, as if WriteAt had been called for
+// each concurrently: they may complete in any order, and each gets its
+// own result in Err. WriteBatch must not retain the slices after it
+// returns.
+type BatchWriter interface {
+	WriteBatch(ctx context.Context, ws []BatchWrite)
+}
+
 // Comparer is implemented by devices that compare and write atomically
 // (SCSI COMPARE AND WRITE, the ATS lock of VMware among its users).
 type Comparer interface {

@@ -40,6 +40,13 @@ func (w *Window) Acquire(n int) {
 	w.mu.Unlock()
 }
 
+// Fits reports whether one more request of n bytes fits now.
+func (w *Window) Fits(n int) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.count < w.countMax && w.bytes+n <= w.bytesMax
+}
+
 // Release returns a request of n bytes.
 func (w *Window) Release(n int) {
 	w.mu.Lock()

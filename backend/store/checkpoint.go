@@ -104,6 +104,8 @@ type counters struct {
 	flattenedBlocks  atomic.Uint64
 	bytesPunched     atomic.Uint64
 	defragBytes      atomic.Uint64
+	batchWrites      atomic.Uint64
+	batchTurns       atomic.Uint64
 	gcCounters
 }
 
@@ -141,6 +143,9 @@ type Stats struct {
 	CleanerDeepAppendedBytes uint64
 	CleanerDeepEmptiedBytes  uint64
 	FlattenedBlocks          uint64 // blocks Flatten copied from parents
+	// WriteBatch (batch.go): writes appended together, and the turns
+	// (appends of up to batchWritesMax writes) they took.
+	BatchWrites, BatchTurns uint64
 	// GC (gc.go): passes run, versions dropped, and bytes of block data
 	// they held (no longer live; the cleaner and the checkpoint give the
 	// space back, counted in BytesReclaimed).
@@ -177,6 +182,8 @@ func (s *Store) Stats() Stats {
 		CleanerDeepAppendedBytes: uint64(s.cl.deepAppended.Load()),
 		CleanerDeepEmptiedBytes:  uint64(s.cl.deepEmptied.Load()),
 		FlattenedBlocks:          s.stats.flattenedBlocks.Load(),
+		BatchWrites:              s.stats.batchWrites.Load(),
+		BatchTurns:               s.stats.batchTurns.Load(),
 
 		GCPasses:          s.stats.gcPasses.Load(),
 		GCVersionsDropped: s.stats.gcVersions.Load(),

@@ -13,7 +13,8 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
-// TestModelClean applies random histories (writes, zeros of every size,
+// TestModelClean applies random histories (writes, some of them in
+// batches, zeros of every size,
 // new epochs, retained sets) in stamp order on small segments, with
 // cleaning, checkpoints and reopens in between, and checks every block at
 // the live epoch and at every retained epoch, Extents and Allocated against
@@ -42,8 +43,8 @@ func TestModelClean(t *testing.T) {
 			var retained []uint64
 			for round := range 10 {
 				more := randomOps(rng, 40, blocks, uint64(len(ops)+1), &epoch)
-				for _, o := range more {
-					apply(t, s, 3, o)
+				for i := 0; i < len(more); {
+					i += applyBatch(t, s, 3, more[i:], 1+rng.IntN(8))
 				}
 				ops = append(ops, more...)
 				switch rng.IntN(3) {

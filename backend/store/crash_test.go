@@ -121,13 +121,18 @@ func crashRun(t *testing.T, seed uint64) {
 		}()
 		durable := len(ops) // every op before this index must survive
 		more := randomOps(rng, opsPerRun, blocks, uint64(len(ops)+1)+uint64(round)*1000, &epoch)
-		for _, o := range more {
-			o.sync = rng.IntN(30) == 0
-			apply(t, s, 5, o)
-			ops = append(ops, o)
-			if o.sync {
-				durable = len(ops)
+		for i := range more {
+			more[i].sync = rng.IntN(30) == 0
+		}
+		for i := 0; i < len(more); {
+			k := applyBatch(t, s, 5, more[i:], 1+rng.IntN(8)) // plain writes, some batched
+			for _, o := range more[i : i+k] {
+				ops = append(ops, o)
+				if o.sync {
+					durable = len(ops)
+				}
 			}
+			i += k
 			if rng.IntN(40) == 0 {
 				if err := s.Sync(ctx); err != nil {
 					t.Fatal(err)

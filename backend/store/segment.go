@@ -456,6 +456,45 @@ func (l *segLog) appendGrouped(h *recHeader, rec []byte) (at, end pos, err error
 	return at, end, err
 }
 
+// appendMany appends records as appendGrouped does each of them, queued
+// together so that they go out in as few write calls as they fit: rec[i]
+// is record i in one piece (at most groupRecordMax bytes) with its header
+// h[i] unsealed; at[i] gets its position, errs[i] its error.
+func (l *segLog) appendMany(h []recHeader, rec [][]byte, at []pos, errs []error) {
+	var qs [batchWritesMax]*appendReq
+	g := &l.group
+	g.Lock()
+	for i := range rec {
+		q := appendReqPool.Get().(*appendReq)
+		q.h, q.rec = h[i], rec[i]
+		qs[i] = q
+		g.pending = append(g.pending, q)
+	}
+	if !g.leading {
+		g.leading = true
+		l.lead() // unlocks g
+	} else {
+		g.Unlock()
+	}
+	// Waited in queue order: a lead handed on goes to the oldest queued
+	// record, so each earlier one of ours is finished by then.
+	for i, q := range qs[:len(rec)] {
+		for {
+			<-q.done
+			if q.finished {
+				break
+			}
+			g.Lock()
+			q.lead = false
+			l.lead()
+		}
+		at[i], errs[i] = q.at, q.err
+		h[i].seg, h[i].off = q.h.seg, q.h.off
+		*q = appendReq{done: q.done}
+		appendReqPool.Put(q)
+	}
+}
+
 // lead writes the queued records, batch by batch, then gives up the lead
 // or hands it on. Caller holds l.group, which lead unlocks.
 func (l *segLog) lead() {

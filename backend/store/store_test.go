@@ -83,6 +83,36 @@ func applyErr(s *Store, vol uint64, o op) error {
 	return nil
 }
 
+// applyBatch applies ops[0] and, when it is a plain write (no zero, no
+// sync), the plain writes right after it, at most k in all, with one
+// WriteBatch. It returns how many ops it applied.
+func applyBatch(t testing.TB, s *Store, vol uint64, ops []op, k int) int {
+	t.Helper()
+	n := 0
+	for n < min(k, len(ops)) && !ops[n].zero && !ops[n].sync {
+		n++
+	}
+	if n < 2 {
+		apply(t, s, vol, ops[0])
+		return 1
+	}
+	ws := make([]BatchWrite, n)
+	for i, o := range ops[:n] {
+		data := make([]byte, o.n*BlockSize)
+		for j := range o.n {
+			fill(data[j*BlockSize:(j+1)*BlockSize], o.id, o.block+j)
+		}
+		ws[i] = BatchWrite{Block: o.block, Data: data, Stamp: o.st, Err: errors.New("not set")}
+	}
+	s.WriteBatch(ctx, vol, ws)
+	for i, w := range ws {
+		if w.Err != nil {
+			t.Fatalf("batch of %d: %v: %v", n, ops[i], w.Err)
+		}
+	}
+	return n
+}
+
 // expect returns the id of the write visible in block at epoch, 0 for zeros:
 // the op with the greatest stamp among those covering block with epoch <=
 // epoch.
@@ -697,9 +727,22 @@ func TestAllocsPerIO(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	t.Logf("allocs: read 4K %.1f, write 4K %.1f", reads, writes)
-	if reads > 2 || writes > 2 {
-		t.Fatalf("allocs per 4K I/O: read %.1f, write %.1f; want <= 2", reads, writes)
+	ws := make([]BatchWrite, 8)
+	batch := testing.AllocsPerRun(200, func() {
+		for i := range ws {
+			seq++
+			ws[i] = BatchWrite{Block: uint64(i), Data: buf, Stamp: Stamp{1, seq}}
+		}
+		s.WriteBatch(ctx, 1, ws)
+		for _, w := range ws {
+			if w.Err != nil {
+				t.Fatal(w.Err)
+			}
+		}
+	})
+	t.Logf("allocs: read 4K %.1f, write 4K %.1f, batch of 8 4K writes %.1f", reads, writes, batch)
+	if reads > 2 || writes > 2 || batch > 2 {
+		t.Fatalf("allocs per 4K I/O: read %.1f, write %.1f, batch of 8 %.1f; want <= 2", reads, writes, batch)
 	}
 }
 

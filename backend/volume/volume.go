@@ -249,6 +249,7 @@ var _ target.Device = (*Volume)(nil)
 var _ target.Mapper = (*Volume)(nil)
 var _ reservation.Holder = (*Volume)(nil)
 var _ target.Comparer = (*Volume)(nil)
+var _ target.BatchWriter = (*Volume)(nil)
 
 // Open returns a volume over opts.Placement.
 func Open(opts Options) (*Volume, error) {
@@ -673,6 +674,125 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, flags target.
 		return v.exit(r, err)
 	}
 	return v.exit(r, v.write(r, p, off, flags&target.FUA != 0))
+}
+
+// BatchWriter is a Node that stores several writes of one volume at once
+// (*store.Store: store.Store.WriteBatch), none of them synced. Each
+// store.BatchWrite gets its own result; the call must not retain the
+// slices. ctx is the first write's request (see Node).
+type BatchWriter interface {
+	WriteBatch(ctx context.Context, vol uint64, ws []store.BatchWrite)
+}
+
+// batchWritesMax bounds one WriteBatch's writes taken together; a larger
+// batch is taken in turns.
+const batchWritesMax = 32
+
+// WriteBatch implements target.BatchWriter. When every chunk of the
+// volume is on one node that takes batches (a single-node volume), the
+// writes of whole blocks without FUA each take the lifecycle of a write —
+// admit, block locks, their own stamp, unlock, exit — but the locks are
+// taken once for all of them (in ascending order, as any request takes
+// its own, so this never deadlocks with another request) and the node
+// stores them with one call. Every other write, and every write when the
+// volume has replicas on several nodes, is done as WriteAt does it.
+func (v *Volume) WriteBatch(ctx context.Context, ws []target.BatchWrite) {
+	var bn BatchWriter
+	if nodes := v.placement.Load().Nodes(); len(nodes) == 1 {
+		bn, _ = nodes[0].(BatchWriter)
+	}
+	for len(ws) > 0 {
+		n := min(len(ws), batchWritesMax)
+		if bn == nil {
+			for i := range ws[:n] {
+				w := &ws[i]
+				w.Err = v.WriteAt(ctx, w.P, w.Off, w.Flags)
+			}
+		} else {
+			v.writeTurn(ctx, bn, ws[:n])
+		}
+		ws = ws[n:]
+	}
+}
+
+// turnScratch is writeTurn's: pooled, since it goes to an interface call.
+type turnScratch struct {
+	rs   [batchWritesMax]*request
+	at   [batchWritesMax]int // rs[j] is ws[at[j]]
+	sw   [batchWritesMax]store.BatchWrite
+	errs [batchWritesMax]error
+	rest [batchWritesMax]bool // done as WriteAt does, after the batch
+	ls   lockSet
+}
+
+var turnPool = sync.Pool{New: func() any { return new(turnScratch) }}
+
+// writeTurn is one turn of WriteBatch on bn, at most batchWritesMax
+// writes.
+func (v *Volume) writeTurn(ctx context.Context, bn BatchWriter, ws []target.BatchWrite) {
+	ts := turnPool.Get().(*turnScratch)
+	defer func() { *ts = turnScratch{}; turnPool.Put(ts) }()
+	rs, at, sw, ls, rest, errs := &ts.rs, &ts.at, &ts.sw, &ts.ls, &ts.rest, &ts.errs
+	k := 0
+	for i := range ws {
+		w := &ws[i]
+		if len(w.P) == 0 || w.Off%BlockSize != 0 || len(w.P)%BlockSize != 0 || w.Flags&target.FUA != 0 {
+			rest[i] = true
+			continue
+		}
+		r, err := v.admit(ctx, w.Off, int64(len(w.P)), true)
+		if err != nil {
+			w.Err = err
+			continue
+		}
+		r.writeClass, r.bytes = true, int64(len(w.P))
+		v.stats.writes.Add(1)
+		v.stats.writeBytes.Add(uint64(len(w.P)))
+		first := uint64(w.Off >> blockShift)
+		ls.add(first, first+uint64(len(w.P)>>blockShift)-1, false)
+		rs[k], at[k] = r, i
+		k++
+	}
+	if k > 0 {
+		v.lock(ls)
+		m := 0
+		for j := range k {
+			if errs[j] = v.stamp(rs[j]); errs[j] == nil {
+				w := &ws[at[j]]
+				sw[m] = store.BatchWrite{Block: uint64(w.Off >> blockShift), Data: w.P, Stamp: rs[j].st}
+				m++
+			}
+		}
+		if m > 0 {
+			var first *request
+			for j := range k {
+				if errs[j] == nil {
+					first = rs[j]
+					break
+				}
+			}
+			bn.WriteBatch(first, v.id, sw[:m])
+		}
+		v.unlock(ls)
+		m = 0
+		for j := range k {
+			err := errs[j]
+			if err == nil {
+				if err = sw[m].Err; err != nil {
+					err = v.writeErr(sw[m].Block, sw[m].Data, err)
+				}
+				sw[m] = store.BatchWrite{}
+				m++
+			}
+			ws[at[j]].Err = v.exit(rs[j], err)
+		}
+	}
+	for i := range ws {
+		if rest[i] {
+			w := &ws[i]
+			w.Err = v.WriteAt(ctx, w.P, w.Off, w.Flags)
+		}
+	}
 }
 
 func (v *Volume) write(r *request, p []byte, off int64, sync bool) error {

@@ -56,7 +56,39 @@ func TestAgainstModel(t *testing.T) {
 			n = max(n&^4095, 4096)
 			n = min(n, size-off)
 		}
-		switch rng.IntN(10) {
+		switch rng.IntN(11) {
+		case 10: // a batch of writes that do not overlap, as from one NBD read
+			var ws []target.BatchWrite
+			for range 1 + rng.IntN(24) {
+				bn := int64(4096 * (1 + rng.IntN(4)))
+				boff := rng.Int64N(size-bn+1) &^ 4095
+				if rng.IntN(4) == 0 { // unaligned, or FUA: not batched
+					boff, bn = rng.Int64N(size-bn+1), bn-int64(rng.IntN(4096))
+				}
+				overlaps := false
+				for _, w := range ws {
+					overlaps = overlaps || boff < w.Off+int64(len(w.P)) && w.Off < boff+bn
+				}
+				if overlaps {
+					continue
+				}
+				p := make([]byte, bn)
+				var x uint64
+				for j := range p {
+					if j%8 == 0 {
+						x = rng.Uint64()
+					}
+					p[j] = byte(x >> (8 * (j % 8)))
+				}
+				ws = append(ws, target.BatchWrite{P: p, Off: boff, Flags: target.WriteFlags(rng.IntN(4) / 3)})
+			}
+			v.WriteBatch(ctx, ws)
+			for _, w := range ws {
+				if w.Err != nil {
+					t.Fatalf("op %d: batch write %d+%d: %v", i, w.Off, len(w.P), w.Err)
+				}
+				copy(m[w.Off:], w.P)
+			}
 		case 0, 1:
 			flags := target.ZeroDiscard
 			if rng.IntN(2) == 0 {
@@ -111,6 +143,96 @@ func TestAgainstModel(t *testing.T) {
 		t.Fatalf("extents covered %d of %d: %v", pos, size, err)
 	}
 }
+
+// TestWriteBatch: the aligned plain writes of a batch are stored with one
+// store batch, each with its own stamp (the later of two writes of one
+// block wins) and result; unaligned and FUA ones are written as WriteAt
+// writes them; one out of range fails alone; on a volume whose chunks are
+// not all on one node every write goes its own way.
+func TestWriteBatch(t *testing.T) {
+	s := openStore(t)
+	v := openVolume(t, s, 1<<20)
+	blk := func(b byte) []byte { return bytes.Repeat([]byte{b}, 4096) }
+	ws := []target.BatchWrite{
+		{P: blk(1), Off: 0},
+		{P: blk(2), Off: 8192},
+		{P: blk(3), Off: 0}, // the same block again: stamped later, wins
+		{P: blk(4)[:512], Off: 4096 + 512},
+		{P: blk(5), Off: 12288, Flags: target.FUA},
+		{P: blk(6), Off: 1 << 20}, // past the end
+		{P: append(blk(7), blk(8)...), Off: 16384},
+	}
+	before := s.Stats()
+	v.WriteBatch(ctx, ws)
+	for i, w := range ws {
+		if want := i == 5; (w.Err != nil) != want {
+			t.Fatalf("write %d: err %v, want an error: %v", i, w.Err, want)
+		}
+	}
+	if !errors.Is(ws[5].Err, target.ErrOutOfRange) {
+		t.Fatalf("write past the end: %v, want ErrOutOfRange", ws[5].Err)
+	}
+	if st := s.Stats(); st.BatchWrites-before.BatchWrites != 4 || st.BatchTurns-before.BatchTurns != 1 {
+		t.Fatalf("store batched %d writes in %d appends, want 4 in 1", st.BatchWrites-before.BatchWrites, st.BatchTurns-before.BatchTurns)
+	}
+	want := make([]byte, 24576)
+	copy(want, blk(3))
+	copy(want[4096+512:], blk(4)[:512])
+	copy(want[8192:], blk(2))
+	copy(want[12288:], blk(5))
+	copy(want[16384:], append(blk(7), blk(8)...))
+	got := make([]byte, len(want))
+	if err := v.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("read back differs from the batch's writes")
+	}
+	if st := v.Stats(); st.Writes != 6 {
+		t.Fatalf("volume counted %d writes, want 6", st.Writes)
+	}
+
+	// Chunks on two nodes: no store batch, every write still done.
+	s2 := openStore(t)
+	v2, err := Open(Options{ID: 8, Size: 4 << 20, Generation: 1, Epoch: 1, Placement: twoNodes{s, s2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before = s.Stats()
+	ws = []target.BatchWrite{{P: blk(9), Off: 0}, {P: blk(10), Off: 1 << 20}}
+	v2.WriteBatch(ctx, ws)
+	for i, w := range ws {
+		if w.Err != nil {
+			t.Fatalf("two nodes, write %d: %v", i, w.Err)
+		}
+	}
+	if st := s.Stats(); st.BatchTurns != before.BatchTurns {
+		t.Fatalf("a volume over two nodes used a store batch")
+	}
+	for i, w := range ws {
+		if err := v2.ReadAt(ctx, got[:4096], w.Off); err != nil || !bytes.Equal(got[:4096], w.P) {
+			t.Fatalf("two nodes, write %d did not read back: %v", i, err)
+		}
+	}
+
+	// A closed volume refuses the batch, every write of it.
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ws = []target.BatchWrite{{P: blk(1), Off: 0}, {P: blk(2), Off: 4096}}
+	v.WriteBatch(ctx, ws)
+	for i, w := range ws {
+		if !errors.Is(w.Err, ErrClosed) {
+			t.Fatalf("closed volume, write %d: %v, want ErrClosed", i, w.Err)
+		}
+	}
+}
+
+// twoNodes places even chunks on a, odd ones on b.
+type twoNodes [2]Node
+
+func (p twoNodes) Replicas(c uint64) []Node { return p[c%2 : c%2+1] }
+func (p twoNodes) Nodes() []Node            { return p[:] }
 
 // TestConcurrentSectors writes the eight 512-byte sectors of one block
 // concurrently, many times: every one survives.
@@ -266,6 +388,34 @@ func TestAllocsHotPath(t *testing.T) {
 		if n := testing.AllocsPerRun(200, c.fn); n != 0 {
 			t.Errorf("%s: %.1f allocs/op, want 0", c.name, n)
 		}
+	}
+	// A batch of eight 4 KiB writes, stored with one node call.
+	bv, err := Open(Options{ID: 1, Size: 1 << 30, Generation: 1, Epoch: 1, Placement: NewLocal(nopBatchNode{})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := make([]target.BatchWrite, 8)
+	if n := testing.AllocsPerRun(200, func() {
+		for i := range ws {
+			ws[i] = target.BatchWrite{P: p[:4096], Off: int64(i) * 8192}
+		}
+		bv.WriteBatch(ctx, ws)
+		for _, w := range ws {
+			if w.Err != nil {
+				t.Fatal(w.Err)
+			}
+		}
+	}); n != 0 {
+		t.Errorf("write batch of 8: %.1f allocs/op, want 0", n)
+	}
+}
+
+// nopBatchNode is a nopNode that takes batches.
+type nopBatchNode struct{ nopNode }
+
+func (nopBatchNode) WriteBatch(_ context.Context, _ uint64, ws []store.BatchWrite) {
+	for i := range ws {
+		ws[i].Err = nil
 	}
 }
 

@@ -181,6 +181,34 @@ func (f *fence) WriteSummed(ctx context.Context, vol, block uint64, data []byte,
 	return volume.WriteSummed(ctx, f.node, vol, block, data, crcs, st, sync)
 }
 
+var _ volume.BatchWriter = (*fence)(nil)
+
+// WriteBatch implements volume.BatchWriter: the writes are admitted
+// together when they carry one attachment generation (a batch comes from
+// one volume's target) and the node takes batches; otherwise one by one.
+func (f *fence) WriteBatch(ctx context.Context, vol uint64, ws []store.BatchWrite) {
+	bn, ok := f.node.(volume.BatchWriter)
+	for i := 1; ok && i < len(ws); i++ {
+		ok = volume.SeqGeneration(ws[i].Stamp.Seq) == volume.SeqGeneration(ws[0].Stamp.Seq)
+	}
+	if !ok || len(ws) == 0 {
+		for i := range ws {
+			w := &ws[i]
+			w.Err = f.WriteSummed(ctx, vol, w.Block, w.Data, nil, w.Stamp, false)
+		}
+		return
+	}
+	v, err := f.admitWrite(vol, ws[0].Stamp)
+	if err != nil {
+		for i := range ws {
+			ws[i].Err = err
+		}
+		return
+	}
+	defer v.RUnlock()
+	bn.WriteBatch(ctx, vol, ws)
+}
+
 func (f *fence) Zero(ctx context.Context, vol, block, n uint64, st store.Stamp, sync bool) error {
 	v, err := f.admitWrite(vol, st)
 	if err != nil {

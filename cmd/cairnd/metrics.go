@@ -92,6 +92,8 @@ var (
 	// the space it gave back, copied over that its write amplification.
 	storeCleanerDeepDesc = prometheus.NewDesc("cairn_store_cleaner_deep_bytes_total", "Bytes of the cleaner's deep idle passes: live blocks copied, copy records appended, segments emptied.", []string{"what"}, nil)
 	storePunchedDesc     = prometheus.NewDesc("cairn_store_punched_bytes_total", "Bytes of dead blocks punched out of segments while space was low.", nil, nil)
+	storeBatchDesc       = prometheus.NewDesc("cairn_store_batch_total", "Writes the block store appended in batches (a front end's writes that arrived together), and the appends they took.", []string{"what"}, nil)
+	storeRelogDesc       = prometheus.NewDesc("cairn_store_relog_total", "Unsynced segments the block store emptied by moving their live records to the head of the log (so they are deleted unwritten), and the bytes moved.", []string{"what"}, nil)
 	storeLowSpaceDesc    = prometheus.NewDesc("cairn_store_low_space", "1 while the block store's file system has less free space than its reserve: writes fail with ENOSPC until space is freed.", nil, nil)
 
 	// The node RPC server of a storage node (the calls other nodes make
@@ -174,6 +176,10 @@ func (c *daemonCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(storeCleanerDeepDesc, prometheus.CounterValue, float64(st.CleanerDeepAppendedBytes), "appended")
 		ch <- prometheus.MustNewConstMetric(storeCleanerDeepDesc, prometheus.CounterValue, float64(st.CleanerDeepEmptiedBytes), "emptied")
 		ch <- prometheus.MustNewConstMetric(storePunchedDesc, prometheus.CounterValue, float64(st.BytesPunched))
+		ch <- prometheus.MustNewConstMetric(storeBatchDesc, prometheus.CounterValue, float64(st.BatchWrites), "writes")
+		ch <- prometheus.MustNewConstMetric(storeBatchDesc, prometheus.CounterValue, float64(st.BatchTurns), "appends")
+		ch <- prometheus.MustNewConstMetric(storeRelogDesc, prometheus.CounterValue, float64(st.SegmentsRelogged), "segments")
+		ch <- prometheus.MustNewConstMetric(storeRelogDesc, prometheus.CounterValue, float64(st.RelogBytes), "bytes")
 		low := 0.0
 		if st.LowSpace {
 			low = 1

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 
 	"cairn/target"
@@ -113,5 +114,58 @@ func BenchmarkRoundTrip(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// nopBatchDevice is a nopDevice that takes batches of writes, counting
+// the writes that came in one.
+type nopBatchDevice struct {
+	nopDevice
+	batched *atomic.Int64
+}
+
+func (d nopBatchDevice) WriteBatch(_ context.Context, ws []target.BatchWrite) {
+	d.batched.Add(int64(len(ws)))
+	for i := range ws {
+		ws[i].Err = nil
+	}
+}
+
+// TestBatchAllocs pins the write batch path: eight 4 KiB writes sent
+// together are read, executed as batches and answered without allocating.
+func TestBatchAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes sync.Pool drop items")
+	}
+	var batched atomic.Int64
+	s := newServer(t, mapExports{"nop": nopBatchDevice{batched: &batched}}, Options{})
+	c := pipe(t, s)
+	c.open("nop", false)
+	const n = 8
+	wr := make([]byte, 0, n*(RequestSize+4096))
+	for i := range n {
+		b := make([]byte, RequestSize+4096)
+		(&Request{Type: CmdWrite, Cookie: uint64(i + 1), Offset: uint64(i) * 4096, Length: 4096}).Put(b)
+		wr = append(wr, b...)
+	}
+	reply := make([]byte, n*SimpleReplySize)
+	var nc net.Conn = c.nc
+	roundTrip := func() {
+		if _, err := nc.Write(wr); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c.br, reply); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 100 {
+		roundTrip()
+	}
+	before := batched.Load()
+	if allocs := testing.AllocsPerRun(1000, roundTrip); allocs > 0 {
+		t.Errorf("%v allocations per %d pipelined writes", allocs, n)
+	}
+	if got := batched.Load() - before; got < 1001*(n-1) {
+		t.Errorf("%d of %d writes batched", got, 1001*n)
 	}
 }

@@ -66,7 +66,8 @@ type conn struct {
 	attached   bool
 	export     string
 	dev        target.Device
-	mapper     target.Mapper // nil if dev has no allocation map
+	mapper     target.Mapper      // nil if dev has no allocation map
+	batcher    target.BatchWriter // dev, if it takes batches of writes
 	structured bool
 	allocation bool
 	changed    string              // base of the cairn:changed context, or ""
@@ -171,6 +172,12 @@ func (c *conn) serveRequests() {
 			if r == nil {
 				continue // answered; read on
 			}
+			if c.batcher != nil && r.Type == CmdWrite && r.Flags&CmdFlagFUA == 0 {
+				if next := c.readBatchable(); next != nil {
+					c.serveBatch(r, next)
+					break
+				}
+			}
 			if c.inflight.Count() < 2 && (r.Type == CmdRead || r.Type == CmdWrite && r.Flags&CmdFlagFUA == 0) {
 				c.role.free.Store(true)
 				c.role.rescue.Reset(inlineRescue)
@@ -189,6 +196,126 @@ func (c *conn) serveRequests() {
 			break
 		}
 	}
+}
+
+// Write batches. Writes that arrive together — a queue depth of 32 makes
+// the client send them back to back, and one socket read brings several —
+// are read together by the role's holder and handed to the device in one
+// call (target.BatchWriter), which stores them together, and their
+// replies go out in one socket write. Served one by one, each had its own
+// store append and reply write, and a hand-off of the role between them:
+// under fio nbd 4 KiB random writes at queue depth 32 cairnd made 0.74
+// pwrite(2) and 0.68 reply write(2) calls per request (perf stat).
+const (
+	// batchMax bounds the writes read into one batch.
+	batchMax = 32
+	// batchWriteBytesMax: only writes of at most this many bytes are
+	// batched (a larger one costs its copy, not its calls).
+	batchWriteBytesMax = 64 << 10
+)
+
+// readBatchable reads the next request if it is a plain write that can
+// join a batch and has arrived whole: it is already buffered (so reading
+// it never waits on the client), it is valid, and its payload fits the
+// connection's window and the server's budget without waiting (a batch's
+// requests must never wait on others' releases while holding theirs).
+// Otherwise it reads nothing and returns nil. Caller holds the reading
+// role.
+func (c *conn) readBatchable() *request {
+	if c.br.Buffered() < RequestSize {
+		return nil
+	}
+	b, err := c.br.Peek(RequestSize)
+	if err != nil {
+		return nil
+	}
+	req, err := ParseRequest(b)
+	if err != nil || req.Type != CmdWrite || req.Flags&CmdFlagFUA != 0 || req.Length == 0 || req.Length > batchWriteBytesMax {
+		return nil
+	}
+	n := int(req.Length)
+	if c.br.Buffered() < RequestSize+n || c.check(req) != nil || !c.inflight.Fits(n) {
+		return nil
+	}
+	if !c.s.opts.Budget.TryAcquire(int64(n)) {
+		return nil
+	}
+	c.inflight.Acquire(n)     // fits: only the role's holder acquires
+	c.br.Discard(RequestSize) // buffered: cannot fail
+	c.requests++
+	r := getRequest()
+	r.Request, r.err, r.budget = req, nil, n
+	r.buf = target.GetBuffer(n)
+	r.data = (*r.buf)[:n]
+	if _, err := io.ReadFull(c.br, r.data); err != nil { // buffered: not reached
+		r.err = err
+	}
+	return r
+}
+
+// batchScratch is serveBatch's: pooled, since it goes to an interface
+// call.
+type batchScratch struct {
+	rs [batchMax]*request
+	ws [batchMax]target.BatchWrite
+}
+
+var batchPool = sync.Pool{New: func() any { return new(batchScratch) }}
+
+// serveBatch serves first and second, plain writes just read, with what
+// other such writes are buffered behind them: it reads them, hands the
+// reading role on, executes them as one batch and answers them together.
+// Caller holds the reading role.
+func (c *conn) serveBatch(first, second *request) {
+	bs := batchPool.Get().(*batchScratch)
+	defer func() { *bs = batchScratch{}; batchPool.Put(bs) }()
+	rs, ws := &bs.rs, &bs.ws
+	rs[0], rs[1] = first, second
+	n := 2
+	for n < batchMax {
+		r := c.readBatchable()
+		if r == nil {
+			break
+		}
+		rs[n] = r
+		n++
+	}
+	c.role.free.Store(true)
+	c.handRoleOn()
+	k := 0
+	for _, r := range rs[:n] {
+		if r.err == nil {
+			ws[k] = target.BatchWrite{P: r.data, Off: int64(r.Offset)}
+			k++
+		}
+	}
+	c.batcher.WriteBatch(c.ctx, ws[:k])
+	k = 0
+	for _, r := range rs[:n] {
+		if r.err == nil {
+			if err := ws[k].Err; err != nil {
+				r.err, r.atOffset = err, true
+			}
+			k++
+		}
+	}
+	c.answerBatch(rs[:n])
+}
+
+// answerBatch sends the replies of rs in one socket write, or queues them
+// to the writer when it is busy.
+func (c *conn) answerBatch(rs []*request) {
+	if len(c.replies) > 0 || !c.wmu.TryLock() {
+		for _, r := range rs {
+			c.replies <- r
+		}
+		return
+	}
+	for _, r := range rs {
+		c.writeOne(r, false)
+	}
+	c.flushBuffered()
+	c.wmu.Unlock()
 }
 
 // takeRole waits for the reading role; false once reading ended.

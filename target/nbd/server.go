@@ -521,6 +521,7 @@ func (c *conn) attach(e export) string {
 	c.nc.SetDeadline(time.Time{})
 	c.export, c.dev, c.structured, c.allocation = e.name, e.dev, e.structured, e.allocation
 	c.mapper, _ = e.dev.(target.Mapper)
+	c.batcher, _ = e.dev.(target.BatchWriter)
 	if cm, ok := e.dev.(target.ChangeMapper); ok && e.changed != "" {
 		c.changed, c.changer = e.changed, cm
 	}
