@@ -108,8 +108,14 @@ type BatchWrite struct {
 // each concurrently: they may complete in any order, and each gets its
 // own result in Err. WriteBatch must not retain the slices after it
 // returns.
+//
+// BatchWrites reports whether WriteBatch stores a batch together now (it
+// may change, as a volume's placement does): when it does not, WriteBatch
+// does the writes one after the other, and a front end must not batch,
+// since writes that each wait on the network would wait on each other.
 type BatchWriter interface {
 	WriteBatch(ctx context.Context, ws []BatchWrite)
+	BatchWrites() bool
 }
 
 // Comparer is implemented by devices that compare and write atomically

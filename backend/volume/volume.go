@@ -697,10 +697,7 @@ const batchWritesMax = 32
 // stores them with one call. Every other write, and every write when the
 // volume has replicas on several nodes, is done as WriteAt does it.
 func (v *Volume) WriteBatch(ctx context.Context, ws []target.BatchWrite) {
-	var bn BatchWriter
-	if nodes := v.placement.Load().Nodes(); len(nodes) == 1 {
-		bn, _ = nodes[0].(BatchWriter)
-	}
+	bn := v.batchNode()
 	for len(ws) > 0 {
 		n := min(len(ws), batchWritesMax)
 		if bn == nil {
@@ -726,6 +723,20 @@ type turnScratch struct {
 }
 
 var turnPool = sync.Pool{New: func() any { return new(turnScratch) }}
+
+// BatchWrites implements target.BatchWriter: every chunk is on one node,
+// which takes batches.
+func (v *Volume) BatchWrites() bool { return v.batchNode() != nil }
+
+// batchNode returns the node that holds every chunk of the volume if it
+// takes batches, else nil.
+func (v *Volume) batchNode() BatchWriter {
+	if nodes := v.placement.Load().Nodes(); len(nodes) == 1 {
+		bn, _ := nodes[0].(BatchWriter)
+		return bn
+	}
+	return nil
+}
 
 // writeTurn is one turn of WriteBatch on bn, at most batchWritesMax
 // writes.

@@ -162,6 +162,9 @@ func TestWriteBatch(t *testing.T) {
 		{P: blk(6), Off: 1 << 20}, // past the end
 		{P: append(blk(7), blk(8)...), Off: 16384},
 	}
+	if !v.BatchWrites() {
+		t.Fatal("a volume on one store does not take batches")
+	}
 	before := s.Stats()
 	v.WriteBatch(ctx, ws)
 	for i, w := range ws {
@@ -197,6 +200,9 @@ func TestWriteBatch(t *testing.T) {
 	v2, err := Open(Options{ID: 8, Size: 4 << 20, Generation: 1, Epoch: 1, Placement: twoNodes{s, s2}})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if v2.BatchWrites() {
+		t.Fatal("a volume over two nodes says it takes batches")
 	}
 	before = s.Stats()
 	ws = []target.BatchWrite{{P: blk(9), Off: 0}, {P: blk(10), Off: 1 << 20}}

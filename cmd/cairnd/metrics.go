@@ -104,7 +104,7 @@ var (
 
 func (c *daemonCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{inflightDesc, inflightPeakDesc, budgetDesc, budgetWaitDesc, connsDesc, disconnectsDesc, gossipDesc, gossipDropDesc, memReleaseDesc,
-		storeBytesDesc, storeSegmentsDesc, storeGCDesc, storeReclaimDesc, storeCleanerDesc, storeDefragDesc, storeReusedDesc, storePunchedDesc, storeLowSpaceDesc,
+		storeBytesDesc, storeSegmentsDesc, storeGCDesc, storeReclaimDesc, storeCleanerDesc, storeDefragDesc, storeReusedDesc, storePunchedDesc, storeLowSpaceDesc, storeBatchDesc, storeRelogDesc,
 		storeCleanerReadDesc, storeCleanerWrittenDesc, storeCleanerSegmentsDesc, storeCleanerCPUDesc, storeCleanerDeepDesc, rpcServedDesc, rpcConnsDesc} {
 		ch <- d
 	}

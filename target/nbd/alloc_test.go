@@ -124,6 +124,8 @@ type nopBatchDevice struct {
 	batched *atomic.Int64
 }
 
+func (nopBatchDevice) BatchWrites() bool { return true }
+
 func (d nopBatchDevice) WriteBatch(_ context.Context, ws []target.BatchWrite) {
 	d.batched.Add(int64(len(ws)))
 	for i := range ws {

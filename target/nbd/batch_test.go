@@ -16,9 +16,12 @@ import (
 type batchDev struct {
 	*targettest.MemDevice
 	failAt  int64
+	off     bool // BatchWrites reports false
 	mu      sync.Mutex
 	batches [][]int64
 }
+
+func (d *batchDev) BatchWrites() bool { return !d.off }
 
 func (d *batchDev) WriteBatch(ctx context.Context, ws []target.BatchWrite) {
 	offs := make([]int64, len(ws))
@@ -39,9 +42,16 @@ func (d *batchDev) WriteBatch(ctx context.Context, ws []target.BatchWrite) {
 // TestWriteBatch: plain writes that arrive together are handed to a
 // BatchWriter device in one call and answered each with its own result;
 // a FUA write, a write past the end and a read are not batched and still
-// answered; every write lands.
+// answered; every write lands. A device that says it does not batch now
+// gets no batch.
 func TestWriteBatch(t *testing.T) {
-	d := &batchDev{MemDevice: targettest.NewMemDevice(targettest.MemOptions{Size: testSize}), failAt: 5 * 4096}
+	for _, off := range []bool{false, true} {
+		t.Run(fmt.Sprint("off=", off), func(t *testing.T) { testWriteBatch(t, off) })
+	}
+}
+
+func testWriteBatch(t *testing.T, off bool) {
+	d := &batchDev{MemDevice: targettest.NewMemDevice(targettest.MemOptions{Size: testSize}), failAt: 5 * 4096, off: off}
 	s := newServer(t, mapExports{"disk": d}, Options{})
 	c := pipe(t, s)
 	c.open("disk", false)
@@ -84,7 +94,7 @@ func TestWriteBatch(t *testing.T) {
 	<-done
 	for i := range n {
 		want := uint32(0)
-		if i == 5 {
+		if i == 5 && !off {
 			want = EIO
 		}
 		if got := errnos[uint64(i+1)]; got != want {
@@ -110,15 +120,20 @@ func TestWriteBatch(t *testing.T) {
 			}
 		}
 	}
-	// Written one by one, none would be batched; every plain write after
-	// the first joins one (the first may run alone on the reader, and the
-	// FUA write ends a batch).
-	if batched < n-3 {
+	if off {
+		if len(batches) > 0 {
+			t.Fatalf("batches %v to a device that does not take them now", batches)
+		}
+		// The injected failure is the batch path's: every write lands.
+	} else if batched < n-3 {
+		// Written one by one, none would be batched; every plain write
+		// after the first joins one (the first may run alone on the
+		// reader, and the FUA write ends a batch).
 		t.Fatalf("%d writes batched in %v, want at least %d", batched, batches, n-3)
 	}
 	got := make([]byte, 4096)
 	for i := range n + 2 {
-		if i == 5 {
+		if i == 5 && !off {
 			continue
 		}
 		if err := d.ReadAt(context.Background(), got, int64(i)*4096); err != nil || !bytes.Equal(got, data(i)) {

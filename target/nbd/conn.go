@@ -172,7 +172,7 @@ func (c *conn) serveRequests() {
 			if r == nil {
 				continue // answered; read on
 			}
-			if c.batcher != nil && r.Type == CmdWrite && r.Flags&CmdFlagFUA == 0 {
+			if c.batcher != nil && r.Type == CmdWrite && r.Flags&CmdFlagFUA == 0 && c.batcher.BatchWrites() {
 				if next := c.readBatchable(); next != nil {
 					c.serveBatch(r, next)
 					break
