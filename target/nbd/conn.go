@@ -303,7 +303,9 @@ func (c *conn) serveBatch(first, second *request) {
 }
 
 // answerBatch sends the replies of rs in one socket write, or queues them
-// to the writer when it is busy.
+// to the writer when it is busy. With other requests in flight it yields
+// before the write, as answer does, so that replies completed meanwhile
+// go in the same write.
 func (c *conn) answerBatch(rs []*request) {
 	if len(c.replies) > 0 || !c.wmu.TryLock() {
 		for _, r := range rs {
@@ -311,8 +313,14 @@ func (c *conn) answerBatch(rs []*request) {
 		}
 		return
 	}
+	others := c.inflight.Count() > len(rs)
 	for _, r := range rs {
 		c.writeOne(r, false)
+	}
+	if others {
+		c.wmu.Unlock()
+		runtime.Gosched()
+		c.wmu.Lock()
 	}
 	c.flushBuffered()
 	c.wmu.Unlock()
