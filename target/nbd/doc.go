@@ -49,7 +49,11 @@
 // buffer, hands the role on and executes the request on the device itself,
 // so requests run concurrently and a request at queue depth 1 crosses no
 // goroutine between its arrival and its reply; one writer goroutine sends replies in completion
-// order, flushing when no further reply is ready. A failed request is an
+// order, flushing when no further reply is ready. Plain writes that arrive
+// together (already buffered whole, up to 32 of at most 64 KiB each) are
+// read together and, on a device that stores a batch together now
+// (target.BatchWriter), executed with one call and answered with one socket
+// write; each is still its own request with its own reply. A failed request is an
 // error reply and the connection stays up; only a bad request magic, a WRITE
 // too large to skip, or a socket error end it. NBD_CMD_DISC, a server
 // Close and a broken socket all stop the reader first and answer (or drop)
