@@ -428,32 +428,9 @@ type appendReq struct {
 var appendReqPool = sync.Pool{New: func() any { return &appendReq{done: make(chan struct{}, 1)} }}
 
 func (l *segLog) appendGrouped(h *recHeader, rec []byte) (at, end pos, err error) {
-	q := appendReqPool.Get().(*appendReq)
-	q.h, q.rec = *h, rec
-	g := &l.group
-	g.Lock()
-	g.pending = append(g.pending, q)
-	if !g.leading {
-		g.leading = true
-		l.lead() // unlocks g
-	} else {
-		g.Unlock()
-	}
-	for {
-		<-q.done
-		if q.finished {
-			break
-		}
-		// Handed the lead: q is still queued.
-		g.Lock()
-		q.lead = false
-		l.lead()
-	}
-	at, end, err = q.at, q.end, q.err
-	h.seg, h.off = q.h.seg, q.h.off
-	*q = appendReq{done: q.done}
-	appendReqPool.Put(q)
-	return at, end, err
+	var one [1]*appendReq
+	l.enqueue(one[:], h, nil, [][]byte{rec})
+	return l.await(one[0], h)
 }
 
 // appendMany appends records as appendGrouped does each of them, queued
@@ -462,11 +439,27 @@ func (l *segLog) appendGrouped(h *recHeader, rec []byte) (at, end pos, err error
 // h[i] unsealed; at[i] gets its position, errs[i] its error.
 func (l *segLog) appendMany(h []recHeader, rec [][]byte, at []pos, errs []error) {
 	var qs [batchWritesMax]*appendReq
+	l.enqueue(qs[:len(rec)], nil, h, rec)
+	// Waited in queue order: a lead handed on goes to the oldest queued
+	// record, so each earlier one of ours is finished by then.
+	for i, q := range qs[:len(rec)] {
+		at[i], _, errs[i] = l.await(q, &h[i])
+	}
+}
+
+// enqueue queues the records rec (headers hs, or the one at h) as qs, in
+// order, and leads if no one does.
+func (l *segLog) enqueue(qs []*appendReq, h *recHeader, hs []recHeader, rec [][]byte) {
 	g := &l.group
 	g.Lock()
 	for i := range rec {
 		q := appendReqPool.Get().(*appendReq)
-		q.h, q.rec = h[i], rec[i]
+		if h != nil {
+			q.h = *h
+		} else {
+			q.h = hs[i]
+		}
+		q.rec = rec[i]
 		qs[i] = q
 		g.pending = append(g.pending, q)
 	}
@@ -476,23 +469,26 @@ func (l *segLog) appendMany(h []recHeader, rec [][]byte, at []pos, errs []error)
 	} else {
 		g.Unlock()
 	}
-	// Waited in queue order: a lead handed on goes to the oldest queued
-	// record, so each earlier one of ours is finished by then.
-	for i, q := range qs[:len(rec)] {
-		for {
-			<-q.done
-			if q.finished {
-				break
-			}
-			g.Lock()
-			q.lead = false
-			l.lead()
+}
+
+// await waits until q is written, leading when handed the lead, and
+// returns its outcome (its position into h); q goes back to the pool.
+func (l *segLog) await(q *appendReq, h *recHeader) (at, end pos, err error) {
+	for {
+		<-q.done
+		if q.finished {
+			break
 		}
-		at[i], errs[i] = q.at, q.err
-		h[i].seg, h[i].off = q.h.seg, q.h.off
-		*q = appendReq{done: q.done}
-		appendReqPool.Put(q)
+		// Handed the lead: q is still queued.
+		l.group.Lock()
+		q.lead = false
+		l.lead()
 	}
+	at, end, err = q.at, q.end, q.err
+	h.seg, h.off = q.h.seg, q.h.off
+	*q = appendReq{done: q.done}
+	appendReqPool.Put(q)
+	return at, end, err
 }
 
 // lead writes the queued records, batch by batch, then gives up the lead
