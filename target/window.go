@@ -40,11 +40,17 @@ func (w *Window) Acquire(n int) {
 	w.mu.Unlock()
 }
 
-// Fits reports whether one more request of n bytes fits now.
-func (w *Window) Fits(n int) bool {
+// TryAcquire takes one more request of n bytes if it fits now, without
+// waiting, and reports whether it did.
+func (w *Window) TryAcquire(n int) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.count < w.countMax && w.bytes+n <= w.bytesMax
+	if w.count >= w.countMax || w.bytes+n > w.bytesMax {
+		return false
+	}
+	w.count++
+	w.bytes += n
+	return true
 }
 
 // Release returns a request of n bytes.

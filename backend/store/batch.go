@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"sync"
 )
@@ -120,9 +119,7 @@ func (s *Store) writeTurn(ctx context.Context, vol uint64, ws []BatchWrite, byte
 		v.raiseEpoch(w.Stamp.Epoch)
 		hl := headerBytes(recData, n)
 		rec := bb.recs[off : off+hl+len(w.Data)]
-		for j := range n {
-			binary.BigEndian.PutUint32(rec[recFixedLen+4*j:], blockCRC(w.Data[j*BlockSize:(j+1)*BlockSize]))
-		}
+		putBlockCRCs(rec, vol, w.Block, w.Data, nil)
 		copy(rec[hl:], w.Data)
 		bb.hs[i] = recHeader{typ: recData, vol: vol, block: w.Block, n: n, epoch: w.Stamp.Epoch, seq: w.Stamp.Seq}
 		bb.rec[i] = rec

@@ -99,18 +99,7 @@ func (s *Store) write(ctx context.Context, vol, block uint64, data []byte, crcs 
 	hb := hdrPool.Get().(*hdrBuf)
 	defer hdrPool.Put(hb)
 	hdr := hb.b[:headerBytes(recData, n)]
-	for i := range n {
-		var crc uint32
-		if crcs == nil {
-			crc = blockCRC(data[i*BlockSize : (i+1)*BlockSize])
-		} else {
-			crc = crcs[i]
-			if invariants && crc != blockCRC(data[i*BlockSize:(i+1)*BlockSize]) {
-				panic(fmt.Sprintf("store: WriteSummed vol %d block %d: crc %#08x given, data has %#08x", vol, block+i, crc, blockCRC(data[i*BlockSize:(i+1)*BlockSize])))
-			}
-		}
-		binary.BigEndian.PutUint32(hdr[recFixedLen+4*i:], crc)
-	}
+	putBlockCRCs(hdr, vol, block, data, crcs)
 	h := recHeader{typ: recData, vol: vol, block: block, n: n, epoch: st.Epoch, seq: st.Seq}
 	rec, rest := hdr, data
 	if len(data) <= smallRecordBytes {
@@ -135,6 +124,24 @@ func (s *Store) write(ctx context.Context, vol, block uint64, data []byte, crcs 
 		}
 	}
 	return nil
+}
+
+// putBlockCRCs puts the crc32c of each block of data (blocks from block
+// on) in a data record's header hdr: crcs if given (an invariants build
+// checks them), else computed.
+func putBlockCRCs(hdr []byte, vol, block uint64, data []byte, crcs []uint32) {
+	for i := range uint64(len(data) / BlockSize) {
+		var crc uint32
+		if crcs == nil {
+			crc = blockCRC(data[i*BlockSize : (i+1)*BlockSize])
+		} else {
+			crc = crcs[i]
+			if invariants && crc != blockCRC(data[i*BlockSize:(i+1)*BlockSize]) {
+				panic(fmt.Sprintf("store: WriteSummed vol %d block %d: crc %#08x given, data has %#08x", vol, block+i, crc, blockCRC(data[i*BlockSize:(i+1)*BlockSize])))
+			}
+		}
+		binary.BigEndian.PutUint32(hdr[recFixedLen+4*i:], crc)
+	}
 }
 
 // raiseSeq records that a point version with seq was written.

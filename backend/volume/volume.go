@@ -767,21 +767,18 @@ func (v *Volume) writeTurn(ctx context.Context, bn BatchWriter, ws []target.Batc
 	if k > 0 {
 		v.lock(ls)
 		m := 0
+		var first *request // the first stamped: the node call's context
 		for j := range k {
 			if errs[j] = v.stamp(rs[j]); errs[j] == nil {
 				w := &ws[at[j]]
 				sw[m] = store.BatchWrite{Block: uint64(w.Off >> blockShift), Data: w.P, Stamp: rs[j].st}
 				m++
+				if first == nil {
+					first = rs[j]
+				}
 			}
 		}
 		if m > 0 {
-			var first *request
-			for j := range k {
-				if errs[j] == nil {
-					first = rs[j]
-					break
-				}
-			}
 			bn.WriteBatch(first, v.id, sw[:m])
 		}
 		v.unlock(ls)

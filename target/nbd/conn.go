@@ -234,19 +234,16 @@ func (c *conn) readBatchable() *request {
 		return nil
 	}
 	n := int(req.Length)
-	if c.br.Buffered() < RequestSize+n || c.check(req) != nil || !c.inflight.Fits(n) {
+	if c.br.Buffered() < RequestSize+n || c.check(req) != nil || !c.inflight.TryAcquire(n) {
 		return nil
 	}
 	if !c.s.opts.Budget.TryAcquire(int64(n)) {
+		c.inflight.Release(n)
 		return nil
 	}
-	c.inflight.Acquire(n)     // fits: only the role's holder acquires
 	c.br.Discard(RequestSize) // buffered: cannot fail
 	c.requests++
-	r := getRequest()
-	r.Request, r.err, r.budget = req, nil, n
-	r.buf = target.GetBuffer(n)
-	r.data = (*r.buf)[:n]
+	r := newRequest(req, nil, n)
 	if _, err := io.ReadFull(c.br, r.data); err != nil { // buffered: not reached
 		r.err = err
 	}
@@ -480,12 +477,7 @@ func (c *conn) dispatch(req Request) (*request, string) {
 		c.inflight.Release(n)
 		return nil, c.ioReason("wait for the in-flight budget", nil)
 	}
-	r := getRequest()
-	r.Request, r.err, r.budget = req, err, n
-	if n > 0 {
-		r.buf = target.GetBuffer(n)
-		r.data = (*r.buf)[:n]
-	}
+	r := newRequest(req, err, n)
 	if err != nil {
 		c.replies <- r
 		return nil, ""
@@ -503,6 +495,18 @@ func (c *conn) dispatch(req Request) (*request, string) {
 		}
 	}
 	return r, ""
+}
+
+// newRequest returns a pooled request for req with its error and n bytes
+// of payload (charged to the window and budget) in a pooled buffer.
+func newRequest(req Request, err error, n int) *request {
+	r := getRequest()
+	r.Request, r.err, r.budget = req, err, n
+	if n > 0 {
+		r.buf = target.GetBuffer(n)
+		r.data = (*r.buf)[:n]
+	}
+	return r
 }
 
 // Flags each command accepts. CmdFlagFUA is valid on every command.
