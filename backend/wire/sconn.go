@@ -43,6 +43,16 @@ type sconn struct {
 	workerWG sync.WaitGroup
 	inflight target.Window
 	broken   atomic.Bool // a reply write failed; later replies are dropped
+
+	// A batch of plain writes the reader gathers (see gather); reader
+	// goroutine only. reserved is the payload of the next request, whose
+	// window the reader has already taken (reservedOK).
+	batch      []*request
+	batchWS    []store.BatchWrite
+	batchReply []byte
+	reserved   int
+	reservedOK bool
+	batchOpen  bool // gather read on: the next frame joins the batch
 }
 
 // request is one request from header to reply. It passes from the reader
@@ -220,22 +230,36 @@ func (c *sconn) read() string {
 			// Idle: wait for the next frame without a deadline.
 			c.rdl.disarm(c.nc)
 			if _, err := c.br.Peek(1); err != nil {
+				c.runBatch()
 				return ioReason("read", err)
 			}
 		}
 		c.rdl.arm(c.nc, c.s.opts.FrameTimeout)
 		if _, err := io.ReadFull(c.br, hb[:]); err != nil {
+			c.runBatch()
 			return ioReason("read header", err)
 		}
 		h, err := ParseHeader(hb[:])
 		if err != nil {
+			c.runBatch()
 			if be.Uint32(hb[:]) == Magic && !errors.Is(err, ErrChecksum) {
 				c.queueError(Header{Op: Op(hb[5]), ID: be.Uint64(hb[8:])}, err)
 			}
 			return err.Error() // cannot resynchronise
 		}
-		if reason := c.dispatch(h); reason != "" {
+		reason := c.dispatch(h)
+		if c.reservedOK { // not taken by the frame gather peeked: cannot happen, but never leak it
+			c.inflight.Release(c.reserved)
+			c.reservedOK = false
+		}
+		if reason != "" {
+			c.runBatch()
 			return reason
+		}
+		if c.batchOpen {
+			c.batchOpen = false
+		} else {
+			c.runBatch() // nothing is left waiting for a frame that is not there
 		}
 	}
 }
@@ -349,7 +373,11 @@ func (c *sconn) dispatch(h Header) string {
 			n = int(h.Length) - fixed
 		}
 	}
-	c.inflight.Acquire(n) // blocks past the bounds: TCP backpressure
+	if c.reservedOK && c.reserved == n {
+		c.reservedOK = false // taken by gather when it peeked this request
+	} else {
+		c.inflight.Acquire(n) // blocks past the bounds: TCP backpressure
+	}
 	r.budget = n
 	if n > 0 {
 		r.buf = target.GetBuffer(n)
@@ -377,6 +405,10 @@ func (c *sconn) dispatch(h Header) string {
 		c.reply(r)
 		return ""
 	}
+	if c.gather(r) {
+		return ""
+	}
+	c.runBatch()
 	if c.inline(r) {
 		c.s.stats.inlined.Add(1)
 		c.execute(r)
@@ -385,6 +417,115 @@ func (c *sconn) dispatch(h Header) string {
 	}
 	c.work1(r)
 	return ""
+}
+
+// Batches. Frames of plain writes often arrive together (a target's NBD
+// reader hands on a burst of writes, each sent as its own frame). Executed
+// one by one, each costs the store its own append and the connection its
+// own reply write. The reader instead gathers a plain write of whole blocks
+// (at most batchDataMax) while the next frame is also one, for the same
+// volume, already buffered whole, and fits the connection's window now
+// (TryAcquire: a batch that waited for room its own requests hold would
+// never run); up to batchMax. Then it gives them to the backend in one
+// call (volume.BatchWriter: one group of appends in the store) and writes
+// their replies with one socket write. Nothing waits for a frame that has
+// not arrived: a batch runs as soon as the next frame would not join it,
+// and a single write is executed inline as before. Only when InlineWrites
+// says plain writes do not wait, as for inline.
+const (
+	batchMax     = 32
+	batchDataMax = 32 << 10 // a frame must fit the reader's buffer (bufferBytes) whole
+)
+
+// gather takes r into the reader's batch if it is a write that batches,
+// and reports whether it did; it runs the batch once nothing more joins.
+func (c *sconn) gather(r *request) bool {
+	if c.s.batcher == nil || !c.s.opts.InlineWrites || r.h.Op != OpWrite || r.h.Flags&FlagSync != 0 ||
+		r.err != nil || len(r.data) == 0 || len(r.data)%BlockSize != 0 || len(r.data) > batchDataMax {
+		return false
+	}
+	if len(c.batch) > 0 && c.batch[0].vol != r.vol {
+		c.runBatch()
+	}
+	c.batch = append(c.batch, r)
+	if len(c.batch) < batchMax && c.joins(r.vol) {
+		c.batchOpen = true
+		return true
+	}
+	c.runBatch()
+	return true
+}
+
+// joins reports whether the next frame is a plain write to vol that will
+// join the batch: buffered whole, of whole blocks, with its window taken.
+func (c *sconn) joins(vol uint64) bool {
+	const need = HeaderSize + WriteRequestSize
+	if c.br.Buffered() < need {
+		return false
+	}
+	p, err := c.br.Peek(need)
+	if err != nil {
+		return false
+	}
+	h, err := ParseHeader(p[:HeaderSize])
+	if err != nil || h.Op != OpWrite || h.Flags != 0 || int(h.Length) < WriteRequestSize {
+		return false
+	}
+	n := int(h.Length) - WriteRequestSize
+	if n == 0 || n%BlockSize != 0 || n > batchDataMax || c.br.Buffered() < HeaderSize+int(h.Length) {
+		return false
+	}
+	if q, _, err := ParseWriteRequest(p[HeaderSize:need]); err != nil || q.Vol != vol {
+		return false
+	}
+	if !c.inflight.TryAcquire(n) {
+		return false
+	}
+	c.reserved, c.reservedOK = n, true
+	return true
+}
+
+// runBatch executes the gathered writes, replies to them and releases
+// them. One write alone is executed as an inline one.
+func (c *sconn) runBatch() {
+	switch len(c.batch) {
+	case 0:
+		return
+	case 1:
+		r := c.batch[0]
+		c.batch[0], c.batch = nil, c.batch[:0]
+		c.s.stats.inlined.Add(1)
+		c.execute(r)
+		c.reply(r)
+		return
+	}
+	ws := c.batchWS[:0]
+	for _, r := range c.batch {
+		ws = append(ws, store.BatchWrite{Block: r.block, Data: r.data, Stamp: r.stamp})
+	}
+	c.s.stats.requests.Add(uint64(len(ws)))
+	c.s.stats.batched.Add(uint64(len(ws)))
+	c.s.stats.batches.Add(1)
+	c.s.batcher.WriteBatch(c.ctx, c.batch[0].vol, ws)
+	buf := c.batchReply[:0]
+	for i, r := range c.batch {
+		r.err = ws[i].Err
+		payload := c.replyFrame(r)
+		buf = append(append(buf, r.hdr[:]...), payload...)
+	}
+	if !c.broken.Load() {
+		if err := c.w.write(buf, nil, nil); err != nil && !c.broken.Swap(true) {
+			c.kill()
+		}
+	}
+	for i, r := range c.batch {
+		c.release(r)
+		c.batch[i], ws[i] = nil, store.BatchWrite{}
+	}
+	c.batch, c.batchWS = c.batch[:0], ws[:0]
+	if cap(buf) <= keepBytesMax {
+		c.batchReply = buf[:0]
+	}
 }
 
 // inline reports whether the reader executes r itself. Handing a request
@@ -557,13 +698,19 @@ func (c *sconn) reply(r *request) {
 
 // writeReply encodes r's reply and writes it.
 func (c *sconn) writeReply(r *request) error {
+	payload := c.replyFrame(r)
+	return c.w.write(r.hdr[:], nil, payload)
+}
+
+// replyFrame encodes r's reply header into r.hdr and returns its payload.
+func (c *sconn) replyFrame(r *request) []byte {
 	h := Header{Op: r.h.Op, Flags: FlagReply, ID: r.h.ID}
 	if r.err != nil {
 		c.s.stats.errorReplies.Add(1)
-		msg := errorMessage(r.err)
-		h.Status, h.Length, h.Sum = codeOf(r.err), uint32(len(msg)), Checksum([]byte(msg))
+		msg := []byte(errorMessage(r.err))
+		h.Status, h.Length, h.Sum = codeOf(r.err), uint32(len(msg)), Checksum(msg)
 		h.Put(r.hdr[:])
-		return c.w.write(r.hdr[:], nil, []byte(msg))
+		return msg
 	}
 	var payload []byte
 	switch r.h.Op {
@@ -577,7 +724,7 @@ func (c *sconn) writeReply(r *request) error {
 	}
 	h.Length, h.Sum = uint32(len(payload)), r.sum
 	h.Put(r.hdr[:])
-	return c.w.write(r.hdr[:], nil, payload)
+	return payload
 }
 
 // release returns r's resources.

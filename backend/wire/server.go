@@ -47,9 +47,10 @@ type Changer interface {
 type SummedWriter = volume.SummedWriter
 
 var (
-	_ Backend      = (*store.Store)(nil)
-	_ Changer      = (*store.Store)(nil)
-	_ SummedWriter = (*store.Store)(nil)
+	_ Backend            = (*store.Store)(nil)
+	_ Changer            = (*store.Store)(nil)
+	_ SummedWriter       = (*store.Store)(nil)
+	_ volume.BatchWriter = (*store.Store)(nil)
 )
 
 // Defaults of ServerOptions and ClientOptions (the one place they live).
@@ -103,7 +104,9 @@ type ServerOptions struct {
 	// not a store behind injected latency): a Write that arrives with no
 	// other frame buffered behind it is then executed and answered by the
 	// connection's reader itself, with no hand-off to a worker (see
-	// sconn.inline).
+	// sconn.inline); and when the backend takes batches
+	// (volume.BatchWriter), plain writes buffered together are given to it
+	// in one call and answered with one socket write (see sconn.gather).
 	InlineWrites bool
 }
 
@@ -111,7 +114,8 @@ type ServerOptions struct {
 // use.
 type Server struct {
 	backend Backend
-	summed  SummedWriter // backend, if it is one
+	summed  SummedWriter       // backend, if it is one
+	batcher volume.BatchWriter // backend, if it is one: plain writes gathered by the reader
 	opts    ServerOptions
 	log     *slog.Logger
 
@@ -124,7 +128,7 @@ type Server struct {
 	wg sync.WaitGroup // connection goroutines
 
 	stats struct {
-		connections, refused, handshakeErrors, requests, errorReplies, inlined atomic.Uint64
+		connections, refused, handshakeErrors, requests, errorReplies, inlined, batches, batched atomic.Uint64
 	}
 }
 
@@ -136,12 +140,15 @@ type ServerStats struct {
 	Requests        uint64 // requests executed on the backend
 	ErrorReplies    uint64 // replies with a non-zero status
 	Inlined         uint64 // of Requests, those the reader executed itself (InlineWrites)
+	Batches         uint64 // write batches the reader gave the backend together (volume.BatchWriter)
+	Batched         uint64 // of Requests, the writes in those batches
 }
 
 // Stats returns the server's counters.
 func (s *Server) Stats() ServerStats {
 	return ServerStats{Connections: s.stats.connections.Load(), Refused: s.stats.refused.Load(), HandshakeErrors: s.stats.handshakeErrors.Load(),
-		Requests: s.stats.requests.Load(), ErrorReplies: s.stats.errorReplies.Load(), Inlined: s.stats.inlined.Load()}
+		Requests: s.stats.requests.Load(), ErrorReplies: s.stats.errorReplies.Load(), Inlined: s.stats.inlined.Load(),
+		Batches: s.stats.batches.Load(), Batched: s.stats.batched.Load()}
 }
 
 // NewServer returns a server of b. It starts nothing: call Serve.
@@ -180,7 +187,8 @@ func NewServer(b Backend, opts ServerOptions) (*Server, error) {
 		return nil, fmt.Errorf("wire: node name of %d bytes, at most %d", len(opts.Name), NameBytesMax)
 	}
 	summed, _ := b.(SummedWriter)
-	s := &Server{backend: b, summed: summed, opts: opts, log: opts.Logger.With("component", "wire-server", "node", opts.Name)}
+	batcher, _ := b.(volume.BatchWriter)
+	s := &Server{backend: b, summed: summed, batcher: batcher, opts: opts, log: opts.Logger.With("component", "wire-server", "node", opts.Name)}
 	s.mu.listeners = make(map[net.Listener]struct{})
 	s.mu.conns = make(map[*sconn]struct{})
 	return s, nil
