@@ -15,12 +15,22 @@ import (
 // and 0.68 reply write(2) calls per request, each a few µs.
 
 // BatchWrite is one write of a WriteBatch: len(Data)/BlockSize blocks
-// from Block on, with Stamp. Err is its result.
+// from Block on, with Stamp. CRCs, if set, are the crc32c of each block
+// (as WriteSummed takes them); nil: computed here. Err is its result.
 type BatchWrite struct {
 	Block uint64
 	Data  []byte
+	CRCs  []uint32
 	Stamp Stamp
 	Err   error
+}
+
+// writeOne is w written on its own, with its checks.
+func (s *Store) writeOne(ctx context.Context, vol uint64, w *BatchWrite) error {
+	if w.CRCs != nil {
+		return s.WriteSummed(ctx, vol, w.Block, w.Data, w.CRCs, w.Stamp, false)
+	}
+	return s.write(ctx, vol, w.Block, w.Data, nil, w.Stamp, false)
 }
 
 const (
@@ -55,7 +65,8 @@ func (s *Store) WriteBatch(ctx context.Context, vol uint64, ws []BatchWrite) {
 		n, bytes := 0, 0
 		for n < len(ws) && n < batchWritesMax {
 			w := &ws[n]
-			if len(w.Data) > smallRecordBytes || checkBuf(len(w.Data)) != nil {
+			if len(w.Data) > smallRecordBytes || checkBuf(len(w.Data)) != nil ||
+				w.CRCs != nil && len(w.CRCs) != len(w.Data)/BlockSize {
 				break
 			}
 			b := headerBytes(recData, uint64(len(w.Data)/BlockSize)) + len(w.Data)
@@ -66,8 +77,7 @@ func (s *Store) WriteBatch(ctx context.Context, vol uint64, ws []BatchWrite) {
 			n++
 		}
 		if n == 0 { // not for a batch: on its own (checks included)
-			w := &ws[0]
-			w.Err = s.write(ctx, vol, w.Block, w.Data, nil, w.Stamp, false)
+			ws[0].Err = s.writeOne(ctx, vol, &ws[0])
 			ws = ws[1:]
 			continue
 		}
@@ -88,7 +98,7 @@ func (s *Store) writeTurn(ctx context.Context, vol uint64, ws []BatchWrite, byte
 		if checkBlocks(ws[i].Block, uint64(len(ws[i].Data)/BlockSize)) != nil {
 			// One is out of range: each on its own, for its own error.
 			for i := range ws {
-				ws[i].Err = s.write(ctx, vol, ws[i].Block, ws[i].Data, nil, ws[i].Stamp, false)
+				ws[i].Err = s.writeOne(ctx, vol, &ws[i])
 			}
 			return
 		}
@@ -119,7 +129,7 @@ func (s *Store) writeTurn(ctx context.Context, vol uint64, ws []BatchWrite, byte
 		v.raiseEpoch(w.Stamp.Epoch)
 		hl := headerBytes(recData, n)
 		rec := bb.recs[off : off+hl+len(w.Data)]
-		putBlockCRCs(rec, vol, w.Block, w.Data, nil)
+		putBlockCRCs(rec, vol, w.Block, w.Data, w.CRCs)
 		copy(rec[hl:], w.Data)
 		bb.hs[i] = recHeader{typ: recData, vol: vol, block: w.Block, n: n, epoch: w.Stamp.Epoch, seq: w.Stamp.Seq}
 		bb.rec[i] = rec

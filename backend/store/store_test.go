@@ -103,6 +103,11 @@ func applyBatch(t testing.TB, s *Store, vol uint64, ops []op, k int) int {
 			fill(data[j*BlockSize:(j+1)*BlockSize], o.id, o.block+j)
 		}
 		ws[i] = BatchWrite{Block: o.block, Data: data, Stamp: o.st, Err: errors.New("not set")}
+		if i%2 == 0 { // half of them with their CRCs given, as the node RPC gives them
+			for j := range o.n {
+				ws[i].CRCs = append(ws[i].CRCs, blockCRC(data[j*BlockSize:(j+1)*BlockSize]))
+			}
+		}
 	}
 	s.WriteBatch(ctx, vol, ws)
 	for i, w := range ws {
@@ -970,4 +975,30 @@ func TestWriteSummed(t *testing.T) {
 	}
 	s = openMem(t, fs)
 	check(s)
+}
+
+// TestWriteBatchCRCs: a batch write with the wrong number of CRCs fails
+// on its own with ErrInvalid, and stores nothing; the others are stored.
+func TestWriteBatchCRCs(t *testing.T) {
+	s := openMem(t, vfs.NewMem())
+	data := bytes.Repeat([]byte{7}, 2*BlockSize)
+	ws := []BatchWrite{
+		{Block: 0, Data: data, CRCs: []uint32{blockCRC(data[:BlockSize]), blockCRC(data[BlockSize:])}, Stamp: Stamp{Epoch: 1, Seq: 1}},
+		{Block: 4, Data: data, CRCs: []uint32{blockCRC(data[:BlockSize])}, Stamp: Stamp{Epoch: 1, Seq: 2}},
+		{Block: 8, Data: data, Stamp: Stamp{Epoch: 1, Seq: 3}},
+	}
+	s.WriteBatch(ctx, 1, ws)
+	if ws[0].Err != nil || ws[2].Err != nil || !errors.Is(ws[1].Err, ErrInvalid) {
+		t.Fatalf("errors %v, %v, %v; want nil, ErrInvalid, nil", ws[0].Err, ws[1].Err, ws[2].Err)
+	}
+	p := make([]byte, 2*BlockSize)
+	for _, blk := range []uint64{0, 8} {
+		if err := s.Read(ctx, 1, blk, p, 1); err != nil || !bytes.Equal(p, data) {
+			t.Fatalf("block %d: %v, read back equal %v", blk, err, bytes.Equal(p, data))
+		}
+	}
+	var allocated bool
+	if err := s.Extents(ctx, 1, 4, 2, 1, func(_, _ uint64, a bool) bool { allocated = allocated || a; return true }); err != nil || allocated {
+		t.Fatalf("blocks 4-5 after a refused write: allocated %v, %v", allocated, err)
+	}
 }

@@ -410,9 +410,7 @@ func (c *sconn) dispatch(h Header) string {
 	}
 	c.runBatch()
 	if c.inline(r) {
-		c.s.stats.inlined.Add(1)
-		c.execute(r)
-		c.reply(r)
+		c.runInline(r)
 		return ""
 	}
 	c.work1(r)
@@ -441,7 +439,7 @@ const (
 // and reports whether it did; it runs the batch once nothing more joins.
 func (c *sconn) gather(r *request) bool {
 	if c.s.batcher == nil || !c.s.opts.InlineWrites || r.h.Op != OpWrite || r.h.Flags&FlagSync != 0 ||
-		r.err != nil || len(r.data) == 0 || len(r.data)%BlockSize != 0 || len(r.data) > batchDataMax {
+		r.err != nil || !batchSize(len(r.data)) {
 		return false
 	}
 	if len(c.batch) > 0 && c.batch[0].vol != r.vol {
@@ -455,6 +453,9 @@ func (c *sconn) gather(r *request) bool {
 	c.runBatch()
 	return true
 }
+
+// batchSize reports whether a write of n data bytes may join a batch.
+func batchSize(n int) bool { return n > 0 && n%BlockSize == 0 && n <= batchDataMax }
 
 // joins reports whether the next frame is a plain write to vol that will
 // join the batch: buffered whole, of whole blocks, with its window taken.
@@ -472,7 +473,7 @@ func (c *sconn) joins(vol uint64) bool {
 		return false
 	}
 	n := int(h.Length) - WriteRequestSize
-	if n == 0 || n%BlockSize != 0 || n > batchDataMax || c.br.Buffered() < HeaderSize+int(h.Length) {
+	if !batchSize(n) || c.br.Buffered() < HeaderSize+int(h.Length) {
 		return false
 	}
 	if q, _, err := ParseWriteRequest(p[HeaderSize:need]); err != nil || q.Vol != vol {
@@ -494,14 +495,18 @@ func (c *sconn) runBatch() {
 	case 1:
 		r := c.batch[0]
 		c.batch[0], c.batch = nil, c.batch[:0]
-		c.s.stats.inlined.Add(1)
-		c.execute(r)
-		c.reply(r)
+		c.runInline(r)
 		return
 	}
 	ws := c.batchWS[:0]
 	for _, r := range c.batch {
-		ws = append(ws, store.BatchWrite{Block: r.block, Data: r.data, Stamp: r.stamp})
+		// r.crcs were computed checking the frame (dispatch): the store
+		// takes them rather than computing them again.
+		w := store.BatchWrite{Block: r.block, Data: r.data, Stamp: r.stamp}
+		if len(r.crcs) > 0 {
+			w.CRCs = r.crcs
+		}
+		ws = append(ws, w)
 	}
 	c.s.stats.requests.Add(uint64(len(ws)))
 	c.s.stats.batched.Add(uint64(len(ws)))
@@ -526,6 +531,13 @@ func (c *sconn) runBatch() {
 	if cap(buf) <= keepBytesMax {
 		c.batchReply = buf[:0]
 	}
+}
+
+// runInline executes and answers r on the reader.
+func (c *sconn) runInline(r *request) {
+	c.s.stats.inlined.Add(1)
+	c.execute(r)
+	c.reply(r)
 }
 
 // inline reports whether the reader executes r itself. Handing a request

@@ -194,7 +194,7 @@ func (f *fence) WriteBatch(ctx context.Context, vol uint64, ws []store.BatchWrit
 	if !ok || len(ws) == 0 {
 		for i := range ws {
 			w := &ws[i]
-			w.Err = f.WriteSummed(ctx, vol, w.Block, w.Data, nil, w.Stamp, false)
+			w.Err = f.WriteSummed(ctx, vol, w.Block, w.Data, w.CRCs, w.Stamp, false)
 		}
 		return
 	}
