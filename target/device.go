@@ -113,6 +113,8 @@ type BatchWrite struct {
 // may change, as a volume's placement does): when it does not, WriteBatch
 // does the writes one after the other, and a front end must not batch,
 // since writes that each wait on the network would wait on each other.
+// When it does, the batch's writes wait together (a volume's replicated
+// writes go out to each node at once: see volume.Volume.WriteBatch).
 type BatchWriter interface {
 	WriteBatch(ctx context.Context, ws []BatchWrite)
 	BatchWrites() bool

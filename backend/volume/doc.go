@@ -50,6 +50,11 @@
 // the call of the one node that is not (the local store) on the request's
 // goroutine meanwhile, then waits for the started ones: no goroutine per
 // replica. The Starters of one write share a WriteMemo, so that work over
-// the data (the node RPC's checksum) is done once per write. Other sets, and zeroes and flushes over several nodes, run
-// their node calls on goroutines that end before the request returns.
+// the data (the node RPC's checksum) is done once per write. A batch of
+// writes (WriteBatch, an NBD connection's writes found waiting together)
+// goes the same way node by node: each Starter gets its writes in one
+// StartWrites when it is a BatchStarter (one socket write), the local
+// store its own in one WriteBatch, then the turn waits for them all.
+// Other sets, and zeroes and flushes over several nodes, run their node
+// calls on goroutines that end before the request returns.
 package volume

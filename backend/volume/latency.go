@@ -32,6 +32,7 @@ type Latency struct {
 var (
 	_ Node         = (*Latency)(nil)
 	_ SummedWriter = (*Latency)(nil)
+	_ BatchWriter  = (*Latency)(nil)
 )
 
 // ErrLatencyClosed is returned by a Latency's operations after Close.
@@ -90,6 +91,26 @@ func (l *Latency) WriteSummed(ctx context.Context, vol, block uint64, data []byt
 		return err
 	}
 	return WriteSummed(ctx, l.node, vol, block, data, crcs, st, sync)
+}
+
+// WriteBatch implements BatchWriter: the batch waits once, as writes that
+// travel together do, then goes to the node together if it takes batches,
+// else one write after another.
+func (l *Latency) WriteBatch(ctx context.Context, vol uint64, ws []store.BatchWrite) {
+	if err := l.wait(); err != nil {
+		for i := range ws {
+			ws[i].Err = err
+		}
+		return
+	}
+	if bn, ok := l.node.(BatchWriter); ok {
+		bn.WriteBatch(ctx, vol, ws)
+		return
+	}
+	for i := range ws {
+		w := &ws[i]
+		w.Err = WriteSummed(ctx, l.node, vol, w.Block, w.Data, w.CRCs, w.Stamp, false)
+	}
 }
 
 // Read implements Node.

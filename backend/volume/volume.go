@@ -72,6 +72,30 @@ type Starter interface {
 	StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool, memo *WriteMemo) (Pending, error)
 }
 
+// BatchStarter is a Starter that starts several writes together, as the
+// node RPC client does: their requests go out in one socket write, so
+// that the storage node reads them together and stores them as one batch.
+// StartWrites starts each write of ws (none synced) as StartWrite would,
+// setting its P, or its Err if it failed to start; for each with P set
+// the caller calls P.Wait exactly once, with its Ctx still valid.
+type BatchStarter interface {
+	Starter
+	StartWrites(vol uint64, ws []StartedWrite)
+}
+
+// StartedWrite is one write of a BatchStarter's StartWrites: its request
+// (Ctx, Block, Data, Stamp, Memo as for StartWrite) and what starting it
+// gave (P, or Err).
+type StartedWrite struct {
+	Ctx   context.Context
+	Block uint64
+	Data  []byte
+	Stamp store.Stamp
+	Memo  *WriteMemo
+	P     Pending
+	Err   error
+}
+
 // WriteMemo is what the StartWrite calls of one write's replicas share,
 // so that work over the write's data is done once, not once per replica.
 // The fan-out passes one memo, zeroed before the first call, to the
@@ -284,7 +308,7 @@ func Open(opts Options) (*Volume, error) {
 		drained:        make(chan struct{}),
 		res:            reservation.NewUnit(opts.Reservations),
 	}
-	v.placement.Store(&placementRef{opts.Placement})
+	v.placement.Store(newPlacementRef(opts.Placement))
 	v.size.Store(opts.Size)
 	v.epoch.Store(opts.Epoch)
 	v.gate.epoch = opts.Epoch
@@ -292,8 +316,41 @@ func Open(opts Options) (*Volume, error) {
 	return v, nil
 }
 
-// placementRef boxes a Placement for an atomic pointer.
-type placementRef struct{ Placement }
+// placementRef boxes a Placement for an atomic pointer, with how its
+// nodes take batches of writes (WriteBatch), looked at once here.
+type placementRef struct {
+	Placement
+	// local is the node holding every chunk, if it is the only node and
+	// takes batches.
+	local BatchWriter
+	// replicated: every node is a Starter but for at most one, which
+	// takes batches (a storage node's own store), and there are at most
+	// turnNodesMax of them.
+	replicated bool
+}
+
+func newPlacementRef(p Placement) *placementRef {
+	ref := &placementRef{Placement: p}
+	nodes := p.Nodes()
+	if len(nodes) == 1 {
+		ref.local, _ = nodes[0].(BatchWriter)
+		return ref
+	}
+	if len(nodes) == 0 || len(nodes) > turnNodesMax {
+		return ref
+	}
+	others := 0
+	for _, nd := range nodes {
+		if _, ok := nd.(Starter); !ok {
+			if _, ok := nd.(BatchWriter); !ok {
+				return ref
+			}
+			others++
+		}
+	}
+	ref.replicated = others <= 1
+	return ref
+}
 
 // SetPlacement replaces the volume's placement, for the requests that
 // start after it returns (a request in flight keeps the one it began
@@ -302,7 +359,7 @@ func (v *Volume) SetPlacement(p Placement) {
 	if p == nil {
 		panic("volume: SetPlacement(nil)")
 	}
-	v.placement.Store(&placementRef{p})
+	v.placement.Store(newPlacementRef(p))
 }
 
 // barrierPoll is how often Barrier looks at the requests left.
@@ -688,31 +745,36 @@ type BatchWriter interface {
 // batch is taken in turns.
 const batchWritesMax = 32
 
-// WriteBatch implements target.BatchWriter. When every chunk of the
-// volume is on one node that takes batches (a single-node volume), the
-// writes of whole blocks without FUA each take the lifecycle of a write —
-// admit, block locks, their own stamp, unlock, exit — but the locks are
-// taken once for all of them (in ascending order, as any request takes
-// its own, so this never deadlocks with another request) and the node
-// stores them with one call. Every other write, and every write when the
-// volume has replicas on several nodes, is done as WriteAt does it.
+// WriteBatch implements target.BatchWriter. When the volume's nodes take
+// batches (see placementRef), the writes of whole blocks without FUA each
+// take the lifecycle of a write — admit, block locks, their own stamp,
+// unlock, exit — but the locks are taken once for all of them (in
+// ascending order, as any request takes its own, so this never deadlocks
+// with another request) and each node gets them together: a single node
+// volume's store in one call (writeTurn); a replicated volume's remote
+// replicas in one StartWrites each and its local replica in one batch,
+// all in flight at once (replicatedTurn). Every other write, and every
+// write when the nodes do not take batches, is done as WriteAt does it.
 func (v *Volume) WriteBatch(ctx context.Context, ws []target.BatchWrite) {
-	bn := v.batchNode()
 	for len(ws) > 0 {
 		n := min(len(ws), batchWritesMax)
-		if bn == nil {
+		switch ref := v.placement.Load(); {
+		case ref.local != nil:
+			v.writeTurn(ctx, ref.local, ws[:n])
+		case ref.replicated:
+			v.replicatedTurn(ctx, ref, ws[:n])
+		default:
 			for i := range ws[:n] {
 				w := &ws[i]
 				w.Err = v.WriteAt(ctx, w.P, w.Off, w.Flags)
 			}
-		} else {
-			v.writeTurn(ctx, bn, ws[:n])
 		}
 		ws = ws[n:]
 	}
 }
 
-// turnScratch is writeTurn's: pooled, since it goes to an interface call.
+// turnScratch is writeTurn's and replicatedTurn's: pooled, since it goes
+// to interface calls.
 type turnScratch struct {
 	rs   [batchWritesMax]*request
 	at   [batchWritesMax]int // rs[j] is ws[at[j]]
@@ -720,35 +782,46 @@ type turnScratch struct {
 	errs [batchWritesMax]error
 	rest [batchWritesMax]bool // done as WriteAt does, after the batch
 	ls   lockSet
+
+	// replicatedTurn's: the replicas of each write, the turn's distinct
+	// nodes, and each node's writes, node by node: starts[i] is replica
+	// ik[i] of write jk[i].
+	reps   [batchWritesMax][]Node
+	rerrs  [batchWritesMax][fanMax]error
+	nodes  [turnNodesMax]Node
+	starts [batchWritesMax * fanMax]StartedWrite
+	jk     [batchWritesMax * fanMax]uint8
+	ik     [batchWritesMax * fanMax]uint8
+
+	k    int // writes admitted (rs[:k])
+	used int // starts[:used]
+	nn   int // nodes[:nn]
 }
 
 var turnPool = sync.Pool{New: func() any { return new(turnScratch) }}
 
-// BatchWrites implements target.BatchWriter: every chunk is on one node,
-// which takes batches.
-func (v *Volume) BatchWrites() bool { return v.batchNode() != nil }
+// turnNodesMax bounds the nodes of a replicated volume that takes batches.
+const turnNodesMax = 16
 
-// batchNode returns the node that holds every chunk of the volume if it
-// takes batches, else nil.
-func (v *Volume) batchNode() BatchWriter {
-	if nodes := v.placement.Load().Nodes(); len(nodes) == 1 {
-		bn, _ := nodes[0].(BatchWriter)
-		return bn
-	}
-	return nil
+// BatchWrites implements target.BatchWriter: the volume's nodes take
+// batches (see placementRef).
+func (v *Volume) BatchWrites() bool {
+	ref := v.placement.Load()
+	return ref.local != nil || ref.replicated
 }
 
-// writeTurn is one turn of WriteBatch on bn, at most batchWritesMax
-// writes.
-func (v *Volume) writeTurn(ctx context.Context, bn BatchWriter, ws []target.BatchWrite) {
-	ts := turnPool.Get().(*turnScratch)
-	defer func() { *ts = turnScratch{}; turnPool.Put(ts) }()
-	rs, at, sw, ls, rest, errs := &ts.rs, &ts.at, &ts.sw, &ts.ls, &ts.rest, &ts.errs
+// admitTurn admits the writes of ws that a turn can take (whole blocks,
+// no FUA; with ref, a replicated turn's, in one chunk: see turnReplicas),
+// stamps them under one lock set and returns how many it
+// admitted; the others are marked rest (or failed admission: Err set).
+// Caller unlocks ts.ls once the writes are done, then exits each.
+func (v *Volume) admitTurn(ctx context.Context, ts *turnScratch, ws []target.BatchWrite, ref *placementRef) int {
 	k := 0
 	for i := range ws {
 		w := &ws[i]
-		if len(w.P) == 0 || w.Off%BlockSize != 0 || len(w.P)%BlockSize != 0 || w.Flags&target.FUA != 0 {
-			rest[i] = true
+		if len(w.P) == 0 || w.Off%BlockSize != 0 || len(w.P)%BlockSize != 0 || w.Flags&target.FUA != 0 ||
+			ref != nil && !v.turnReplicas(ts, k, w, ref) {
+			ts.rest[i] = true
 			continue
 		}
 		r, err := v.admit(ctx, w.Off, int64(len(w.P)), true)
@@ -760,16 +833,41 @@ func (v *Volume) writeTurn(ctx context.Context, bn BatchWriter, ws []target.Batc
 		v.stats.writes.Add(1)
 		v.stats.writeBytes.Add(uint64(len(w.P)))
 		first := uint64(w.Off >> blockShift)
-		ls.add(first, first+uint64(len(w.P)>>blockShift)-1, false)
-		rs[k], at[k] = r, i
+		ts.ls.add(first, first+uint64(len(w.P)>>blockShift)-1, false)
+		ts.rs[k], ts.at[k] = r, i
 		k++
 	}
+	ts.k = k
 	if k > 0 {
-		v.lock(ls)
+		v.lock(&ts.ls)
+		for j := range k {
+			ts.errs[j] = v.stamp(ts.rs[j])
+		}
+	}
+	return k
+}
+
+// restTurn does the writes of a turn it did not take, as WriteAt does.
+func (v *Volume) restTurn(ctx context.Context, ts *turnScratch, ws []target.BatchWrite) {
+	for i := range ws {
+		if ts.rest[i] {
+			w := &ws[i]
+			w.Err = v.WriteAt(ctx, w.P, w.Off, w.Flags)
+		}
+	}
+}
+
+// writeTurn is one turn of WriteBatch on bn, at most batchWritesMax
+// writes.
+func (v *Volume) writeTurn(ctx context.Context, bn BatchWriter, ws []target.BatchWrite) {
+	ts := turnPool.Get().(*turnScratch)
+	defer func() { ts.reset(); turnPool.Put(ts) }()
+	rs, at, sw, errs := &ts.rs, &ts.at, &ts.sw, &ts.errs
+	if k := v.admitTurn(ctx, ts, ws, nil); k > 0 {
 		m := 0
 		var first *request // the first stamped: the node call's context
 		for j := range k {
-			if errs[j] = v.stamp(rs[j]); errs[j] == nil {
+			if errs[j] == nil {
 				w := &ws[at[j]]
 				sw[m] = store.BatchWrite{Block: uint64(w.Off >> blockShift), Data: w.P, Stamp: rs[j].st}
 				m++
@@ -781,7 +879,7 @@ func (v *Volume) writeTurn(ctx context.Context, bn BatchWriter, ws []target.Batc
 		if m > 0 {
 			bn.WriteBatch(first, v.id, sw[:m])
 		}
-		v.unlock(ls)
+		v.unlock(&ts.ls)
 		m = 0
 		for j := range k {
 			err := errs[j]
@@ -789,20 +887,187 @@ func (v *Volume) writeTurn(ctx context.Context, bn BatchWriter, ws []target.Batc
 				if err = sw[m].Err; err != nil {
 					err = v.writeErr(sw[m].Block, sw[m].Data, err)
 				}
-				sw[m] = store.BatchWrite{}
 				m++
 			}
 			ws[at[j]].Err = v.exit(rs[j], err)
 		}
 	}
-	for i := range ws {
-		if rest[i] {
-			w := &ws[i]
-			w.Err = v.WriteAt(ctx, w.P, w.Off, w.Flags)
+	v.restTurn(ctx, ts, ws)
+}
+
+// reset clears what a turn used, so that the pool keeps no references.
+func (ts *turnScratch) reset() {
+	clear(ts.starts[:ts.used])
+	clear(ts.rerrs[:ts.k])
+	clear(ts.reps[:]) // a write that failed admission may have left its own
+	clear(ts.rs[:ts.k])
+	clear(ts.sw[:ts.k])
+	clear(ts.errs[:ts.k])
+	ts.rest = [batchWritesMax]bool{}
+	ts.nodes = [turnNodesMax]Node{}
+	ts.ls = lockSet{}
+	ts.k, ts.used, ts.nn = 0, 0, 0
+}
+
+// turnReplicas reports whether a replicated turn takes w as its j-th
+// write: its blocks are in one chunk, whose replicas (at most fanMax) are
+// among the turn's nodes, or fit there (turnNodesMax), and each is a
+// Starter or the one node that takes batches. It records the replicas.
+func (v *Volume) turnReplicas(ts *turnScratch, j int, w *target.BatchWrite, ref *placementRef) bool {
+	if target.CheckRange(w.Off, int64(len(w.P)), v.size.Load()) != nil {
+		return false // WriteAt reports it
+	}
+	first := uint64(w.Off >> blockShift)
+	c := first / v.chunkBlocks
+	if (first+uint64(len(w.P)>>blockShift)-1)/v.chunkBlocks != c {
+		return false
+	}
+	reps := ref.Replicas(c)
+	if len(reps) == 0 || len(reps) > fanMax {
+		return false
+	}
+	nn := ts.nn
+	for _, nd := range reps {
+		if _, ok := nd.(Starter); !ok {
+			if _, ok := nd.(BatchWriter); !ok {
+				return false
+			}
 		}
+		seen := false
+		for _, x := range ts.nodes[:nn] {
+			if x == nd {
+				seen = true
+				break
+			}
+		}
+		if !seen {
+			if nn == turnNodesMax {
+				return false
+			}
+			ts.nodes[nn] = nd
+			nn++
+		}
+	}
+	ts.nn = nn
+	ts.reps[j] = reps
+	return true
+}
+
+// replicatedTurn is one turn of WriteBatch on a replicated volume, at
+// most batchWritesMax writes: every write goes to every replica of its
+// chunk, as writeReplicas does it, but node by node: each remote node
+// gets its writes in one StartWrites (one socket write), the local node
+// its own in one WriteBatch while the others are in flight; then the turn
+// waits for them all, and each write settles on its replicas' results.
+func (v *Volume) replicatedTurn(ctx context.Context, ref *placementRef, ws []target.BatchWrite) {
+	ts := turnPool.Get().(*turnScratch)
+	defer func() { ts.reset(); turnPool.Put(ts) }()
+	k := v.admitTurn(ctx, ts, ws, ref)
+	if k > 0 {
+		rs, at, errs, reps, rerrs := &ts.rs, &ts.at, &ts.errs, &ts.reps, &ts.rerrs
+		for j := range k {
+			rs[j].memo = WriteMemo{}
+		}
+		var local Node
+		for _, nd := range ts.nodes[:ts.nn] {
+			if _, ok := nd.(Starter); !ok {
+				local = nd
+				continue
+			}
+			v.startTurn(ts, ws, nd)
+		}
+		if local != nil {
+			v.localTurn(ts, ws, local)
+		}
+		for i := range ts.starts[:ts.used] {
+			sw := &ts.starts[i]
+			err := sw.Err
+			if err == nil {
+				err = sw.P.Wait()
+			}
+			if err != nil {
+				rerrs[ts.jk[i]][ts.ik[i]] = v.writeErr(sw.Block, sw.Data, err)
+			}
+		}
+		v.unlock(&ts.ls)
+		for j := range k {
+			err := errs[j]
+			if err == nil {
+				err = v.settle(rs[j], reps[j], rerrs[j][:len(reps[j])])
+			}
+			ws[at[j]].Err = v.exit(rs[j], err)
+		}
+	}
+	v.restTurn(ctx, ts, ws)
+}
+
+// startTurn starts a replicated turn's writes on nd, a Starter: together
+// (StartWrites) if it is a BatchStarter.
+func (v *Volume) startTurn(ts *turnScratch, ws []target.BatchWrite, nd Node) {
+	base := ts.used
+	for j := range ts.k {
+		if ts.errs[j] != nil {
+			continue
+		}
+		for i, x := range ts.reps[j] {
+			if x != nd {
+				continue
+			}
+			r, bw := ts.rs[j], &ws[ts.at[j]]
+			w := &ts.starts[ts.used]
+			*w = StartedWrite{Ctx: r, Block: uint64(bw.Off >> blockShift), Data: bw.P, Stamp: r.st, Memo: &r.memo}
+			ts.jk[ts.used], ts.ik[ts.used] = uint8(j), uint8(i)
+			ts.used++
+		}
+	}
+	batch := ts.starts[base:ts.used]
+	if bs, ok := nd.(BatchStarter); ok {
+		bs.StartWrites(v.id, batch)
+		return
+	}
+	st := nd.(Starter)
+	for i := range batch {
+		w := &batch[i]
+		w.P, w.Err = st.StartWrite(w.Ctx, v.id, w.Block, w.Data, w.Stamp, false, w.Memo)
 	}
 }
 
+// localTurn writes a replicated turn's writes that have a replica on bn,
+// the volume's one node that is not a Starter (this node's store), with
+// one WriteBatch, the first such request its context.
+func (v *Volume) localTurn(ts *turnScratch, ws []target.BatchWrite, nd Node) {
+	var jm, im [batchWritesMax]uint8
+	sw := &ts.sw
+	m := 0
+	var first *request
+	for j := range ts.k {
+		if ts.errs[j] != nil {
+			continue
+		}
+		for i, x := range ts.reps[j] {
+			if x != nd {
+				continue
+			}
+			w := &ws[ts.at[j]]
+			sw[m] = store.BatchWrite{Block: uint64(w.Off >> blockShift), Data: w.P, Stamp: ts.rs[j].st}
+			jm[m], im[m] = uint8(j), uint8(i)
+			m++
+			if first == nil {
+				first = ts.rs[j]
+			}
+			break
+		}
+	}
+	if m == 0 {
+		return
+	}
+	nd.(BatchWriter).WriteBatch(first, v.id, sw[:m])
+	for x := range sw[:m] {
+		if err := sw[x].Err; err != nil {
+			ts.rerrs[jm[x]][im[x]] = v.writeErr(sw[x].Block, sw[x].Data, err)
+		}
+	}
+}
 func (v *Volume) write(r *request, p []byte, off int64, sync bool) error {
 	first := uint64(off >> blockShift)
 	last := uint64((off + int64(len(p)) - 1) >> blockShift)

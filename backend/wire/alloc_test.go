@@ -7,6 +7,7 @@ import (
 
 	"cairn/backend/store"
 	"cairn/backend/volume"
+	"cairn/target"
 )
 
 // TestHotPathAllocs pins the steady-state allocations of a 4 KiB read and
@@ -112,5 +113,44 @@ func TestReplicatedWriteAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(500, write); n > 0 {
 		t.Errorf("%.2f allocations per replicated write", n)
+	}
+
+	// A batch of eight, the local replica taking it as one (memBatches),
+	// the remote ones in one StartWrites each.
+	nodes[0] = memBatches{newMemBackend()}
+	bv, err := volume.Open(volume.Options{ID: 2, Size: 1 << 20, Generation: 1, Epoch: 1, Placement: threeNodes{nodes}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bv.Close()
+	if !bv.BatchWrites() {
+		t.Fatal("the volume does not take batches")
+	}
+	ws := make([]target.BatchWrite, 8)
+	batch := func() {
+		for i := range ws {
+			ws[i] = target.BatchWrite{P: p, Off: int64(i) * 2 * BlockSize}
+		}
+		bv.WriteBatch(ctx, ws)
+		for _, w := range ws {
+			if w.Err != nil {
+				t.Fatal(w.Err)
+			}
+		}
+	}
+	for range 100 {
+		batch()
+	}
+	if n := testing.AllocsPerRun(200, batch); n > 0 {
+		t.Errorf("%.2f allocations per replicated batch of 8", n)
+	}
+}
+
+// memBatches is a memBackend that takes batches, one write after another.
+type memBatches struct{ *memBackend }
+
+func (m memBatches) WriteBatch(ctx context.Context, vol uint64, ws []store.BatchWrite) {
+	for i := range ws {
+		ws[i].Err = m.Write(ctx, vol, ws[i].Block, ws[i].Data, ws[i].Stamp, false)
 	}
 }

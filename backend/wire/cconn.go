@@ -196,6 +196,10 @@ func (cc *cconn) acquire(ctx context.Context, hasDeadline bool, start time.Time)
 		return s, nil
 	default:
 	}
+	// The frames a corked caller queued may be what frees a slot.
+	if err := cc.w.pushNow(); err != nil {
+		cc.fail(fmt.Errorf("write: %w", err))
+	}
 	t := cc.c.slowTimer(hasDeadline, start)
 	defer stopTimer(t)
 	select {
@@ -218,6 +222,14 @@ func (cc *cconn) send(id uint64, hb, fixed []byte, a *args) {
 	h := Header{Op: a.op, Flags: a.flags, ID: id, Length: uint32(a.fixedLen + len(a.data)), Sum: sum}
 	h.Put(hb)
 	if err := cc.w.write(hb, fixed, a.data); err != nil {
+		cc.fail(fmt.Errorf("write: %w", err))
+	}
+}
+
+// uncork ends the cork of a batch of calls (Client.start); a failed
+// write breaks the connection, which completes the calls.
+func (cc *cconn) uncork() {
+	if err := cc.w.uncork(); err != nil {
 		cc.fail(fmt.Errorf("write: %w", err))
 	}
 }

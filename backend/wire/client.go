@@ -247,12 +247,75 @@ func (c *Client) StartWrite(ctx context.Context, vol, block uint64, data []byte,
 		a.flags = FlagSync
 	}
 	(&WriteRequest{Vol: vol, Block: block, Stamp: st}).Put(a.fixed[:])
-	s, err := c.start(ctx, &a)
+	return c.startWrite(ctx, vol, block, data, &a, nil)
+}
+
+// startWrite starts a write whose request a holds (see start).
+func (c *Client) startWrite(ctx context.Context, vol, block uint64, data []byte, a *args, corked **cconn) (volume.Pending, error) {
+	s, err := c.start(ctx, a, corked)
 	if err != nil {
 		return nil, fmt.Errorf("wire: write vol %d blocks [%d, +%d) to %s: %w", vol, block, len(data)/BlockSize, c.addr, err)
 	}
 	s.vol, s.block, s.blocks = vol, block, uint64(len(data)/BlockSize)
 	return s, nil
+}
+
+var _ volume.BatchStarter = (*Client)(nil)
+
+// StartWrites implements volume.BatchStarter: it starts each write as
+// StartWrite does (none synced), on a connection it corks meanwhile, so
+// that their requests go out together, in one socket write when the
+// window has room for them all. Each gets its own Pending or Err.
+//
+// A call holds its slot until its Wait, so a batch larger than the free
+// window would wait on itself: when the corked connection has no free
+// slot, StartWrites sends what it queued and waits for its own oldest
+// call there, whose Pending then returns that result at once.
+func (c *Client) StartWrites(vol uint64, ws []volume.StartedWrite) {
+	var corked *cconn
+	drained := 0 // ws[:drained] are not corked's to wait for
+	for i := range ws {
+		w := &ws[i]
+		w.P, w.Err = nil, nil
+		if len(w.Data)%BlockSize != 0 || len(w.Data) > RequestBytesMax {
+			w.Err = fmt.Errorf("wire: write vol %d block %d: %w: buffer of %d bytes", vol, w.Block, store.ErrInvalid, len(w.Data))
+			continue
+		}
+		for corked != nil && len(corked.free) == 0 && drained < i {
+			if d := &ws[drained]; d.P != nil {
+				if err := corked.w.pushNow(); err != nil {
+					corked.fail(fmt.Errorf("write: %w", err))
+				}
+				d.P = waited(d.P.Wait())
+			}
+			drained++
+		}
+		a := args{op: OpWrite, fixedLen: WriteRequestSize, data: w.Data, memo: w.Memo}
+		(&WriteRequest{Vol: vol, Block: w.Block, Stamp: w.Stamp}).Put(a.fixed[:])
+		was := corked
+		w.P, w.Err = c.startWrite(w.Ctx, vol, w.Block, w.Data, &a, &corked)
+		if corked != was {
+			drained = i // a new connection: the earlier calls' slots are not its
+		}
+	}
+	if corked != nil {
+		corked.uncork()
+	}
+}
+
+// waitedOK is the Pending of a call StartWrites waited for, that succeeded.
+var waitedOK volume.Pending = waitedPending{}
+
+// waitedPending is a call StartWrites waited for: Wait returns its result.
+type waitedPending struct{ err error }
+
+func (p waitedPending) Wait() error { return p.err }
+
+func waited(err error) volume.Pending {
+	if err == nil {
+		return waitedOK
+	}
+	return waitedPending{err}
 }
 
 // Zero implements volume.Node: blocks [block, block+n) of vol read as zeros
@@ -376,7 +439,7 @@ type args struct {
 // do runs one call: a connection, a slot, the request, the reply or the
 // deadline. It returns the reply's payload length and FlagMore.
 func (c *Client) do(ctx context.Context, a *args) (int, bool, error) {
-	s, err := c.start(ctx, a)
+	s, err := c.start(ctx, a, nil)
 	if err != nil {
 		return 0, false, err
 	}
@@ -385,10 +448,13 @@ func (c *Client) do(ctx context.Context, a *args) (int, bool, error) {
 }
 
 // start counts a call and sends its request; unless it failed, the caller
-// must end it with s.cc.wait and pass the result to ended.
-func (c *Client) start(ctx context.Context, a *args) (*slot, error) {
+// must end it with s.cc.wait and pass the result to ended. corked, if
+// not nil, is the connection a batch of calls has corked (nil before the
+// first): the call goes on it while it is healthy; otherwise on the
+// connection conn picks, corked in its place.
+func (c *Client) start(ctx context.Context, a *args, corked **cconn) (*slot, error) {
 	c.stats.calls.Add(1)
-	s, err := c.start1(ctx, a)
+	s, err := c.start1(ctx, a, corked)
 	return s, c.ended(err)
 }
 
@@ -403,7 +469,7 @@ func (c *Client) ended(err error) error {
 	return err
 }
 
-func (c *Client) start1(ctx context.Context, a *args) (*slot, error) {
+func (c *Client) start1(ctx context.Context, a *args, corked **cconn) (*slot, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -412,9 +478,22 @@ func (c *Client) start1(ctx context.Context, a *args) (*slot, error) {
 	if !hasDeadline {
 		start = time.Now()
 	}
-	cc, err := c.conn(ctx, hasDeadline, start, len(a.data) > inlineBytesMax)
-	if err != nil {
-		return nil, err
+	var cc *cconn
+	if corked != nil && *corked != nil && !(*corked).broken.Load() {
+		cc = *corked // a batch's calls stay on the connection it corked
+	} else {
+		if corked != nil && *corked != nil {
+			(*corked).uncork() // before a redial may wait
+			*corked = nil
+		}
+		var err error
+		if cc, err = c.conn(ctx, hasDeadline, start, len(a.data) > inlineBytesMax); err != nil {
+			return nil, err
+		}
+		if corked != nil {
+			cc.w.cork()
+			*corked = cc
+		}
 	}
 	if len(a.data) > cc.requestBytesMax || len(a.reply) > cc.requestBytesMax && a.op == OpRead {
 		return nil, fmt.Errorf("%w: %d bytes, the node takes at most %d", store.ErrInvalid, max(len(a.data), len(a.reply)), cc.requestBytesMax)

@@ -51,7 +51,8 @@ type frameWriter struct {
 	buf      []byte      // frames not yet written, in order; under mu
 	spare    []byte      // the last written buffer, for reuse; under mu
 	flushing bool        // a writer is writing to the socket; under mu
-	busy     atomic.Bool // flushing, for a look without mu (Client.conn)
+	corks    int         // callers holding frames back (cork); under mu
+	busy     atomic.Bool // flushing or corked, for a look without mu (Client.conn)
 	err      error       // the first write error: sticky; under mu
 
 	dl deadline // the flusher's
@@ -92,7 +93,7 @@ func (w *frameWriter) write(hdr, fixed, data []byte) error {
 		w.buf = append(w.buf, data...)
 		data = nil
 	}
-	if w.flushing {
+	if w.flushing || w.corks > 0 && data == nil {
 		w.mu.Unlock()
 		return nil
 	}
@@ -106,10 +107,62 @@ func (w *frameWriter) write(hdr, fixed, data []byte) error {
 	}
 	err := w.flush(data)
 	w.flushing = false
-	w.busy.Store(false)
+	w.busy.Store(w.corks > 0)
 	w.idle.Broadcast()
 	w.mu.Unlock()
 	return err
+}
+
+// Corking. A caller that sends several frames in a row (Client.StartWrites:
+// a batch of writes the NBD reader found together) corks the writer, so
+// that they go out in one socket write when it uncorks instead of the
+// first alone (its writer becomes the flusher and writes it while the
+// caller builds the next). While corked, small frames of any writer are
+// queued and their writers return at once; a big frame still goes out at
+// once, taking the queue with it. A corked caller that must wait for
+// something the queued frames' replies would free (a slot) pushes first.
+
+// cork holds small frames back until an uncork (or a push).
+func (w *frameWriter) cork() {
+	w.mu.Lock()
+	w.corks++
+	w.busy.Store(true)
+	w.mu.Unlock()
+}
+
+// uncork ends a cork and writes what is queued (the frames of the batch
+// that ends, and any queued with them, even while another batch still
+// corks), unless a flusher is writing (it writes the queue after its own).
+func (w *frameWriter) uncork() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.corks--
+	return w.push()
+}
+
+// push writes what is queued unless a flusher is already writing. Caller
+// holds mu.
+func (w *frameWriter) push() error {
+	if w.flushing {
+		return nil
+	}
+	var err error
+	if len(w.buf) > 0 && w.err == nil {
+		w.flushing = true
+		w.busy.Store(true)
+		err = w.flush(nil)
+		w.flushing = false
+		w.idle.Broadcast()
+	}
+	w.busy.Store(w.corks > 0)
+	return err
+}
+
+// pushNow is push for a caller that does not hold mu.
+func (w *frameWriter) pushNow() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.push()
 }
 
 // flush writes the buffer, then big, then whatever was queued meanwhile,

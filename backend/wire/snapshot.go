@@ -431,7 +431,7 @@ func (c *Client) startTarget(ctx context.Context, op Op, q TargetRequest, reply 
 		return nil, fmt.Errorf("wire: %s on %s: %w: %w", op, c.addr, store.ErrInvalid, err)
 	}
 	a := args{op: op, data: AppendTargetRequest(nil, q), reply: reply}
-	s, err := c.start(ctx, &a)
+	s, err := c.start(ctx, &a, nil)
 	if err != nil {
 		return nil, fmt.Errorf("wire: %s of %d volumes on %s: %w", op, len(q.Volumes), c.addr, err)
 	}

@@ -60,9 +60,10 @@ type meteredNode struct {
 }
 
 var (
-	_ volume.Node    = (*meteredNode)(nil)
-	_ volume.Changer = (*meteredNode)(nil)
-	_ volume.Starter = (*meteredNode)(nil)
+	_ volume.Node         = (*meteredNode)(nil)
+	_ volume.Changer      = (*meteredNode)(nil)
+	_ volume.Starter      = (*meteredNode)(nil)
+	_ volume.BatchStarter = (*meteredNode)(nil)
 )
 
 func (m *rpcMetrics) wrap(name string, c *wire.Client) *meteredNode {
@@ -100,6 +101,23 @@ func (n *meteredNode) StartWrite(ctx context.Context, vol, block uint64, data []
 	m := meteredCallPool.Get().(*meteredCall)
 	m.n, m.p, m.start = n, p, start
 	return m, nil
+}
+
+// StartWrites times each write of a batch as StartWrite does.
+func (n *meteredNode) StartWrites(vol uint64, ws []volume.StartedWrite) {
+	start := time.Now()
+	n.inFlight.Add(float64(len(ws)))
+	n.c.StartWrites(vol, ws)
+	for i := range ws {
+		w := &ws[i]
+		if w.Err != nil {
+			n.end(rpcWrite, start)
+			continue
+		}
+		m := meteredCallPool.Get().(*meteredCall)
+		m.n, m.p, m.start = n, w.P, start
+		w.P = m
+	}
 }
 
 // meteredCall is a write of a meteredNode in flight, pooled so that the
