@@ -1006,19 +1006,15 @@ func (v *Volume) replicatedTurn(ctx context.Context, ref *placementRef, ws []tar
 func (v *Volume) startTurn(ts *turnScratch, ws []target.BatchWrite, nd Node) {
 	base := ts.used
 	for j := range ts.k {
-		if ts.errs[j] != nil {
+		i := ts.replicaOn(j, nd)
+		if i < 0 {
 			continue
 		}
-		for i, x := range ts.reps[j] {
-			if x != nd {
-				continue
-			}
-			r, bw := ts.rs[j], &ws[ts.at[j]]
-			w := &ts.starts[ts.used]
-			*w = StartedWrite{Ctx: r, Block: uint64(bw.Off >> blockShift), Data: bw.P, Stamp: r.st, Memo: &r.memo}
-			ts.jk[ts.used], ts.ik[ts.used] = uint8(j), uint8(i)
-			ts.used++
-		}
+		r, bw := ts.rs[j], &ws[ts.at[j]]
+		w := &ts.starts[ts.used]
+		*w = StartedWrite{Ctx: r, Block: uint64(bw.Off >> blockShift), Data: bw.P, Stamp: r.st, Memo: &r.memo}
+		ts.jk[ts.used], ts.ik[ts.used] = uint8(j), uint8(i)
+		ts.used++
 	}
 	batch := ts.starts[base:ts.used]
 	if bs, ok := nd.(BatchStarter); ok {
@@ -1032,7 +1028,21 @@ func (v *Volume) startTurn(ts *turnScratch, ws []target.BatchWrite, nd Node) {
 	}
 }
 
-// localTurn writes a replicated turn's writes that have a replica on bn,
+// replicaOn returns which replica of a turn's write j nd is, or -1 if it
+// is none of them or the write failed its stamp.
+func (ts *turnScratch) replicaOn(j int, nd Node) int {
+	if ts.errs[j] != nil {
+		return -1
+	}
+	for i, x := range ts.reps[j] {
+		if x == nd {
+			return i
+		}
+	}
+	return -1
+}
+
+// localTurn writes a replicated turn's writes that have a replica on nd,
 // the volume's one node that is not a Starter (this node's store), with
 // one WriteBatch, the first such request its context.
 func (v *Volume) localTurn(ts *turnScratch, ws []target.BatchWrite, nd Node) {
@@ -1041,21 +1051,16 @@ func (v *Volume) localTurn(ts *turnScratch, ws []target.BatchWrite, nd Node) {
 	m := 0
 	var first *request
 	for j := range ts.k {
-		if ts.errs[j] != nil {
+		i := ts.replicaOn(j, nd)
+		if i < 0 {
 			continue
 		}
-		for i, x := range ts.reps[j] {
-			if x != nd {
-				continue
-			}
-			w := &ws[ts.at[j]]
-			sw[m] = store.BatchWrite{Block: uint64(w.Off >> blockShift), Data: w.P, Stamp: ts.rs[j].st}
-			jm[m], im[m] = uint8(j), uint8(i)
-			m++
-			if first == nil {
-				first = ts.rs[j]
-			}
-			break
+		w := &ws[ts.at[j]]
+		sw[m] = store.BatchWrite{Block: uint64(w.Off >> blockShift), Data: w.P, Stamp: ts.rs[j].st}
+		jm[m], im[m] = uint8(j), uint8(i)
+		m++
+		if first == nil {
+			first = ts.rs[j]
 		}
 	}
 	if m == 0 {
