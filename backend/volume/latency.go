@@ -107,10 +107,7 @@ func (l *Latency) WriteBatch(ctx context.Context, vol uint64, ws []store.BatchWr
 		bn.WriteBatch(ctx, vol, ws)
 		return
 	}
-	for i := range ws {
-		w := &ws[i]
-		w.Err = WriteSummed(ctx, l.node, vol, w.Block, w.Data, w.CRCs, w.Stamp, false)
-	}
+	WriteEach(ctx, l.node, vol, ws)
 }
 
 // Read implements Node.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -116,6 +117,15 @@ type WriteMemo struct {
 // and is not retained.
 type SummedWriter interface {
 	WriteSummed(ctx context.Context, vol, block uint64, data []byte, crcs []uint32, st store.Stamp, sync bool) error
+}
+
+// WriteEach writes each of ws to nd with WriteSummed, one after another:
+// a batch for a node that does not take batches.
+func WriteEach(ctx context.Context, nd Node, vol uint64, ws []store.BatchWrite) {
+	for i := range ws {
+		w := &ws[i]
+		w.Err = WriteSummed(ctx, nd, vol, w.Block, w.Data, w.CRCs, w.Stamp, false)
+	}
 }
 
 // WriteSummed writes data to nd with its block CRCs when nd takes them and
@@ -911,8 +921,9 @@ func (ts *turnScratch) reset() {
 
 // turnReplicas reports whether a replicated turn takes w as its j-th
 // write: its blocks are in one chunk, whose replicas (at most fanMax) are
-// among the turn's nodes, or fit there (turnNodesMax), and each is a
-// Starter or the one node that takes batches. It records the replicas.
+// among the turn's nodes, or fit there (turnNodesMax). It records the
+// replicas. (Each is a Starter or the one node that takes batches: ref
+// is replicated.)
 func (v *Volume) turnReplicas(ts *turnScratch, j int, w *target.BatchWrite, ref *placementRef) bool {
 	if target.CheckRange(w.Off, int64(len(w.P)), v.size.Load()) != nil {
 		return false // WriteAt reports it
@@ -928,25 +939,14 @@ func (v *Volume) turnReplicas(ts *turnScratch, j int, w *target.BatchWrite, ref 
 	}
 	nn := ts.nn
 	for _, nd := range reps {
-		if _, ok := nd.(Starter); !ok {
-			if _, ok := nd.(BatchWriter); !ok {
-				return false
-			}
+		if slices.Contains(ts.nodes[:nn], nd) {
+			continue
 		}
-		seen := false
-		for _, x := range ts.nodes[:nn] {
-			if x == nd {
-				seen = true
-				break
-			}
+		if nn == turnNodesMax {
+			return false
 		}
-		if !seen {
-			if nn == turnNodesMax {
-				return false
-			}
-			ts.nodes[nn] = nd
-			nn++
-		}
+		ts.nodes[nn] = nd
+		nn++
 	}
 	ts.nn = nn
 	ts.reps[j] = reps

@@ -239,6 +239,11 @@ func (c *Client) Write(ctx context.Context, vol, block uint64, data []byte, st s
 // replica's StartWrite of this write to the next (volume.WriteMemo): the
 // first computes it and leaves it there, the others send it as is.
 func (c *Client) StartWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool, memo *volume.WriteMemo) (volume.Pending, error) {
+	return c.startWrite(ctx, vol, block, data, st, sync, memo, nil)
+}
+
+// startWrite is StartWrite on the connection a batch corked (see start).
+func (c *Client) startWrite(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool, memo *volume.WriteMemo, corked **cconn) (volume.Pending, error) {
 	if len(data)%BlockSize != 0 || len(data) > RequestBytesMax {
 		return nil, fmt.Errorf("wire: write vol %d block %d: %w: buffer of %d bytes", vol, block, store.ErrInvalid, len(data))
 	}
@@ -247,12 +252,7 @@ func (c *Client) StartWrite(ctx context.Context, vol, block uint64, data []byte,
 		a.flags = FlagSync
 	}
 	(&WriteRequest{Vol: vol, Block: block, Stamp: st}).Put(a.fixed[:])
-	return c.startWrite(ctx, vol, block, data, &a, nil)
-}
-
-// startWrite starts a write whose request a holds (see start).
-func (c *Client) startWrite(ctx context.Context, vol, block uint64, data []byte, a *args, corked **cconn) (volume.Pending, error) {
-	s, err := c.start(ctx, a, corked)
+	s, err := c.start(ctx, &a, corked)
 	if err != nil {
 		return nil, fmt.Errorf("wire: write vol %d blocks [%d, +%d) to %s: %w", vol, block, len(data)/BlockSize, c.addr, err)
 	}
@@ -276,24 +276,18 @@ func (c *Client) StartWrites(vol uint64, ws []volume.StartedWrite) {
 	drained := 0 // ws[:drained] are not corked's to wait for
 	for i := range ws {
 		w := &ws[i]
-		w.P, w.Err = nil, nil
-		if len(w.Data)%BlockSize != 0 || len(w.Data) > RequestBytesMax {
-			w.Err = fmt.Errorf("wire: write vol %d block %d: %w: buffer of %d bytes", vol, w.Block, store.ErrInvalid, len(w.Data))
-			continue
-		}
-		for corked != nil && len(corked.free) == 0 && drained < i {
-			if d := &ws[drained]; d.P != nil {
-				if err := corked.w.pushNow(); err != nil {
-					corked.fail(fmt.Errorf("write: %w", err))
+		if corked != nil && len(corked.free) == 0 && drained < i {
+			// Uncorked while it waits, so that nobody's frames wait with it.
+			corked.uncork()
+			for ; len(corked.free) == 0 && drained < i; drained++ {
+				if d := &ws[drained]; d.P != nil {
+					d.P = waited(d.P.Wait())
 				}
-				d.P = waited(d.P.Wait())
 			}
-			drained++
+			corked.w.cork()
 		}
-		a := args{op: OpWrite, fixedLen: WriteRequestSize, data: w.Data, memo: w.Memo}
-		(&WriteRequest{Vol: vol, Block: w.Block, Stamp: w.Stamp}).Put(a.fixed[:])
 		was := corked
-		w.P, w.Err = c.startWrite(w.Ctx, vol, w.Block, w.Data, &a, &corked)
+		w.P, w.Err = c.startWrite(w.Ctx, vol, w.Block, w.Data, w.Stamp, false, w.Memo, &corked)
 		if corked != was {
 			drained = i // a new connection: the earlier calls' slots are not its
 		}

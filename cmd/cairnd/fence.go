@@ -192,10 +192,7 @@ func (f *fence) WriteBatch(ctx context.Context, vol uint64, ws []store.BatchWrit
 		ok = volume.SeqGeneration(ws[i].Stamp.Seq) == volume.SeqGeneration(ws[0].Stamp.Seq)
 	}
 	if !ok || len(ws) == 0 {
-		for i := range ws {
-			w := &ws[i]
-			w.Err = f.WriteSummed(ctx, vol, w.Block, w.Data, w.CRCs, w.Stamp, false)
-		}
+		volume.WriteEach(ctx, f, vol, ws)
 		return
 	}
 	v, err := f.admitWrite(vol, ws[0].Stamp)
