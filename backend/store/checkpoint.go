@@ -850,6 +850,11 @@ func (s *Store) applyRecord(h *recHeader, first uint32, hdr []byte) {
 // not the end of the file.
 func readRecord(sg *segment, off int64, buf []byte, verify bool) (h recHeader, first uint32, next int64, ok bool, err error) {
 	read := func(p []byte, at int64) (bool, error) {
+		// The mapping first: the relog and the cleaner read every header
+		// of a segment, one system call each otherwise (see view.go).
+		if viewRead(sg.view, p, at) {
+			return true, nil
+		}
 		n, err := sg.f.ReadAt(p, at)
 		if n == len(p) {
 			return true, nil

@@ -119,19 +119,148 @@ type relogEnt struct {
 // relogSegment moves every live record of sg to the head of the log. It
 // reports ok when sg could be emptied that way (every record live whole or
 // dead whole, all of them data records); otherwise it moves nothing.
+//
+// Consecutive small records of one volume are moved together (relogGroup):
+// under 4 KiB random writes the relogged records are 4 KiB ones, and
+// moving them one by one — two write calls each under the log's lock,
+// which the foreground's appends wait for — was 31% of cairnd's CPU (fio
+// nbd randwrite 4 KiB qd32 after a 1 GiB fill, pprof).
 func (s *Store) relogSegment(sg *segment, buf *[]byte) (moved int64, ok bool, err error) {
 	recs, ok, err := s.relogPlan(sg)
 	if err != nil || !ok {
 		return 0, ok, err
 	}
-	for _, r := range recs {
-		n, err := s.relogRecord(sg, r, buf)
+	for i := 0; i < len(recs); {
+		j, size := i+1, relogEntBytes(&recs[i])
+		if size <= groupRecordMax {
+			for j < len(recs) && j-i < batchWritesMax && recs[j].h.vol == recs[i].h.vol {
+				n := relogEntBytes(&recs[j])
+				if n > groupRecordMax || size+n > groupBytesMax {
+					break
+				}
+				size += n
+				j++
+			}
+		}
+		n, err := s.relogGroup(sg, recs[i:j], buf)
+		moved += n
 		if err != nil {
 			return moved, false, err
 		}
-		moved += n
+		i = j
 	}
 	return moved, true, nil
+}
+
+// relogEntBytes is the size of r's copy: header and data.
+func relogEntBytes(r *relogEnt) int {
+	return headerBytes(recData, r.h.n) + int(r.h.n)*BlockSize
+}
+
+// relogGroup appends copies of the data records rs of sg, all of one
+// volume, with their stamps, and points the index at those still live
+// whole; several records (each at most groupRecordMax bytes) go out
+// together in one grouped append, a larger one alone in one write.
+func (s *Store) relogGroup(sg *segment, rs []relogEnt, buf *[]byte) (int64, error) {
+	v := s.lookup(rs[0].h.vol)
+	if v == nil {
+		return 0, nil
+	}
+	// No Zero or DropVolume of the volume from the check to the index
+	// update (see the top of the file).
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if s.lookup(rs[0].h.vol) != v {
+		return 0, nil
+	}
+	total := 0
+	for i := range rs {
+		total += relogEntBytes(&rs[i])
+	}
+	if err := s.checkSpace(int64(total), s.reserve/2); err != nil {
+		return 0, fmt.Errorf("relog segment %s: %w", segName(sg.id), err)
+	}
+	if cap(*buf) < total {
+		*buf = make([]byte, total)
+	}
+	var (
+		hs   [batchWritesMax]recHeader
+		recs [batchWritesMax][]byte
+		at   [batchWritesMax]pos
+		errs [batchWritesMax]error
+		ents [batchWritesMax]*relogEnt
+		vers []version
+	)
+	k, off := 0, 0
+	s.seg.files.RLock()
+	if s.seg.segment(sg.id) != sg {
+		s.seg.files.RUnlock()
+		return 0, nil
+	}
+	for i := range rs {
+		r := &rs[i]
+		if s.liveBlocks(sg, &r.h, r.first) != int(r.h.n) {
+			continue
+		}
+		n, hb := int(r.h.n), headerBytes(recData, r.h.n)
+		rec := (*buf)[off : off+hb+n*BlockSize]
+		clear(rec[:hb])
+		copy(rec[recFixedLen:], r.crcs)
+		vers = vers[:0]
+		for b := range n {
+			vers = append(vers, version{seg: sg.id, page: r.first + uint32(b)*blockUnits, crc: binary.BigEndian.Uint32(r.crcs[4*b:]), kind: kindData})
+		}
+		if err := readRun(sg, rec[hb:], vers); err != nil {
+			s.seg.files.RUnlock()
+			return 0, fmt.Errorf("relog segment %s: vol %d block %d: %w", segName(sg.id), r.h.vol, r.h.block, err)
+		}
+		hs[k] = recHeader{typ: recData, vol: r.h.vol, block: r.h.block, n: r.h.n, epoch: r.h.epoch, seq: r.h.seq}
+		recs[k], ents[k] = rec, r
+		k++
+		off += len(rec)
+	}
+	s.seg.files.RUnlock()
+	if k == 0 {
+		return 0, nil
+	}
+	s.apply.RLock()
+	defer s.apply.RUnlock()
+	if k == 1 && len(recs[0]) > groupRecordMax {
+		at[0], _, errs[0] = s.seg.append(&hs[0], recs[0], nil)
+	} else {
+		s.seg.appendMany(hs[:k], recs[:k], at[:k], errs[:k])
+	}
+	var moved int64
+	var failed error
+	d := liveDelta{log: s.seg}
+	x := &v.idx
+	var dr dirtyRun
+	x.Lock()
+	for i, r := range ents[:k] {
+		if errs[i] != nil {
+			failed = cmp.Or(failed, errs[i]) // that copy is not in the log: the index keeps the original
+			continue
+		}
+		first := uint32((at[i].off + int64(headerBytes(recData, r.h.n))) / recAlign)
+		for b := range r.h.n {
+			cur := x.ref(r.h.block+b, r.h.epoch)
+			if cur == nil || cur.kind != kindData || cur.epoch != r.h.epoch || cur.seq != r.h.seq || cur.seg != sg.id || cur.page != r.first+uint32(b)*blockUnits {
+				continue // overwritten since the check: the copy is dead
+			}
+			d.add(cur.seg, -1)
+			cur.seg, cur.page = at[i].seg, first+uint32(b)*blockUnits
+			d.add(cur.seg, 1)
+			dr.mark(s, x, r.h.block+b, r.h.epoch)
+		}
+		moved += int64(r.h.n) * BlockSize
+	}
+	dr.flush(s, x)
+	x.Unlock()
+	d.flush()
+	if failed != nil {
+		return moved, fmt.Errorf("relog segment %s: %w", segName(sg.id), s.ioErr(failed))
+	}
+	return moved, nil
 }
 
 // relogPlan reads sg's record headers and returns its records with live
@@ -183,71 +312,4 @@ func (s *Store) liveBlocks(sg *segment, h *recHeader, first uint32) int {
 		}
 	}
 	return live
-}
-
-// relogRecord appends a copy of data record r of sg, with its stamp, and
-// points the index at it, if the record is still live whole.
-func (s *Store) relogRecord(sg *segment, r relogEnt, buf *[]byte) (int64, error) {
-	v := s.lookup(r.h.vol)
-	if v == nil {
-		return 0, nil
-	}
-	// No Zero or DropVolume of the volume from the check to the index
-	// update (see the top of the file).
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if s.lookup(r.h.vol) != v || s.liveBlocks(sg, &r.h, r.first) != int(r.h.n) {
-		return 0, nil
-	}
-	n := int(r.h.n)
-	hb := headerBytes(recData, r.h.n)
-	if cap(*buf) < hb+n*BlockSize {
-		*buf = make([]byte, hb+n*BlockSize)
-	}
-	hdr, data := (*buf)[:hb], (*buf)[hb:hb+n*BlockSize]
-	clear(hdr)
-	copy(hdr[recFixedLen:], r.crcs)
-	if err := s.checkSpace(int64(hb+len(data)), s.reserve/2); err != nil {
-		return 0, fmt.Errorf("relog segment %s: %w", segName(sg.id), err)
-	}
-	vers := make([]version, n)
-	for i := range vers {
-		vers[i] = version{seg: sg.id, page: r.first + uint32(i)*blockUnits, crc: binary.BigEndian.Uint32(r.crcs[4*i:]), kind: kindData}
-	}
-	s.seg.files.RLock()
-	if s.seg.segment(sg.id) != sg {
-		s.seg.files.RUnlock()
-		return 0, nil
-	}
-	err := readRun(sg, data, vers)
-	s.seg.files.RUnlock()
-	if err != nil {
-		return 0, fmt.Errorf("relog segment %s: vol %d block %d: %w", segName(sg.id), r.h.vol, r.h.block, err)
-	}
-	h := recHeader{typ: recData, vol: r.h.vol, block: r.h.block, n: r.h.n, epoch: r.h.epoch, seq: r.h.seq}
-	s.apply.RLock()
-	defer s.apply.RUnlock()
-	at, _, err := s.seg.append(&h, hdr, data)
-	if err != nil {
-		return 0, fmt.Errorf("relog segment %s: %w", segName(sg.id), s.ioErr(err))
-	}
-	first := uint32((at.off + int64(hb)) / recAlign)
-	d := liveDelta{log: s.seg}
-	x := &v.idx
-	var dr dirtyRun
-	x.Lock()
-	for i := range r.h.n {
-		cur := x.ref(r.h.block+i, r.h.epoch)
-		if cur == nil || cur.kind != kindData || cur.epoch != r.h.epoch || cur.seq != r.h.seq || cur.seg != sg.id || cur.page != r.first+uint32(i)*blockUnits {
-			continue // overwritten since the check: the copy is dead
-		}
-		d.add(cur.seg, -1)
-		cur.seg, cur.page = h.seg, first+uint32(i)*blockUnits
-		d.add(cur.seg, 1)
-		dr.mark(s, x, r.h.block+i, r.h.epoch)
-	}
-	dr.flush(s, x)
-	x.Unlock()
-	d.flush()
-	return int64(len(data)), nil
 }
