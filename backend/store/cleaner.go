@@ -88,17 +88,18 @@ import (
 //
 // What it costs is in Stats (and cairnd's cairn_store_cleaner_* metrics):
 // bytes read (headers and blocks), bytes appended, blocks copied, segments
-// emptied, and the CPU time of the passes, measured with
-// getrusage(RUSAGE_THREAD) around the pass with the goroutine locked to its
-// thread (but for its throttling sleeps, see cleanTimer.sleep). That is the cleaner's, to a scheduler tick (the kernel brings
-// a running thread's time up to date at ticks and switches; the sum of
-// the deltas loses nothing, it lags): the thread runs nothing else
-// meanwhile, the time it sleeps throttled or waits for a lock or the disk
-// is not counted, and the system time of its reads and writes is (wall
-// time in the loop would mix work with waiting, on 2 shared cores mostly
-// waiting). Where the thread's usage is not available, the wall-clock time
-// of the pass less its throttling sleeps is counted instead (an upper
-// bound).
+// emptied, and the CPU time of its copies (cleanTimer): the reading and
+// checking of the blocks it copies by getrusage(RUSAGE_THREAD), with the
+// goroutine locked to its thread for that span only, and the wall-clock
+// time of the rest of each copy (its append and index update) and of each
+// segment's header scan, which take locks the foreground also takes. A
+// goroutine locked to its thread for the whole pass, as it was, parked on
+// every throttle sleep and contended lock, and each park and wake-up
+// moved a P between threads: under 4 KiB writes that was 4–8% of
+// cairnd's CPU (perf: runtime.stoplockedm, startlockedm). The wall-clock
+// parts are an upper bound of their CPU (they include lock waits, short
+// next to the copies). Where the thread's usage is not available, the
+// read span is counted at wall-clock time too.
 
 // Cleaner settings (variables so that tests can change them).
 var (
@@ -486,11 +487,7 @@ const cleanCheckpointSegments = 4
 func (s *Store) cleanPass(p cleanPolicy) (cleaned int, copied int64, err error) {
 	s.cleanMu.Lock()
 	defer s.cleanMu.Unlock()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	now := time.Now()
-	t := cleanTimer{pass: now, start: now}
-	t.cpu0, t.cpuOK = threadCPU()
+	t := cleanTimer{pass: time.Now()}
 	fg := s.foreground()
 	total, live := s.spaceBytes()
 	if p.ratio > 0 && float64(total) > p.ratio*float64(live) {
@@ -644,67 +641,51 @@ func (s *Store) sealActive(limit float64) error {
 	return nil
 }
 
-// cleanTimer measures a pass's CPU: the calling thread's (the goroutine is
-// locked to it), or without that the wall-clock time less the throttling
-// sleeps.
+// cleanTimer measures a pass's CPU, span by span (see the top of the
+// file), and times the throttle from the pass's start.
 type cleanTimer struct {
-	pass  time.Time // the pass's start
-	start time.Time // the wall-clock count's start
-	slept time.Duration
-	cpu0  time.Duration
-	acc   time.Duration // thread CPU counted before the last sleep
-	cpuOK bool
+	pass time.Time     // the pass's start
+	acc  time.Duration // counted since the last cpu
 }
 
-// sleep waits d, the throttle's, unless done is closed first (false). The
-// goroutine is not locked to its thread while it sleeps: a locked
-// goroutine that parks hands its P to another thread and takes one back
-// when it wakes, two thread switches per throttle sleep, which under
-// 4 KiB writes with the busy cleaner's small batches were 7% of cairnd's
-// CPU (perf: runtime.stoplockedm, startlockedm). The thread's CPU is
-// counted up to the sleep and from its end, on whatever thread the
-// goroutine then runs (locked again).
-func (t *cleanTimer) sleep(d time.Duration, done <-chan struct{}) bool {
-	if t.cpuOK {
-		now, ok := threadCPU()
-		if ok && now > t.cpu0 {
-			t.acc += now - t.cpu0
-		}
+// locked runs fn, which must not block on a lock or a channel, locked to
+// its thread, and counts the thread's CPU time meanwhile (its wall-clock
+// time where that is not available).
+func (t *cleanTimer) locked(fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	start := time.Now()
+	c0, ok0 := threadCPU()
+	err := fn()
+	c1, ok1 := threadCPU()
+	if ok0 && ok1 {
+		t.acc += max(c1-c0, 0)
+	} else {
+		t.acc += time.Since(start)
 	}
-	runtime.UnlockOSThread()
+	return err
+}
+
+// since counts the wall-clock time since start.
+func (t *cleanTimer) since(start time.Time) { t.acc += time.Since(start) }
+
+// sleep waits d, the throttle's, unless done is closed first (false).
+func (t *cleanTimer) sleep(d time.Duration, done <-chan struct{}) bool {
 	tm := time.NewTimer(d)
 	defer tm.Stop()
-	ok := true
 	select {
 	case <-done:
-		ok = false
+		return false
 	case <-tm.C:
+		return true
 	}
-	runtime.LockOSThread()
-	t.slept += d
-	if t.cpuOK {
-		t.cpu0, t.cpuOK = threadCPU()
-	}
-	return ok
 }
 
-// cpu returns the CPU time since the start and restarts the count.
+// cpu returns the CPU time counted since the last call.
 func (t *cleanTimer) cpu() time.Duration {
-	if t.cpuOK {
-		now, ok := threadCPU()
-		d := now - t.cpu0
-		t.cpu0 = now
-		acc := t.acc
-		t.acc = 0
-		if ok && d > 0 {
-			return acc + d
-		}
-		return acc
-	}
-	now := time.Now()
-	d := now.Sub(t.start) - t.slept
-	t.start, t.slept = now, 0
-	return max(d, 0)
+	d := t.acc
+	t.acc = 0
+	return d
 }
 
 // cleanSegment moves the live blocks of sg to the active segment under
@@ -716,6 +697,7 @@ func (t *cleanTimer) cpu() time.Duration {
 func (s *Store) cleanSegment(sg *segment, p cleanPolicy, fg int64, t *cleanTimer, passCopied int64) (copied, appended int64, stopped bool, err error) {
 	start := time.Now()
 	refs, err := s.resumeRefs(sg)
+	t.since(start)
 	if err != nil {
 		return 0, 0, false, err
 	}
@@ -739,7 +721,7 @@ func (s *Store) cleanSegment(sg *segment, p cleanPolicy, fg int64, t *cleanTimer
 		for k < len(refs) && k < batch && refs[k].vol == refs[0].vol {
 			k++
 		}
-		n, a, err := s.copyBatch(sg, refs[:k], buf)
+		n, a, err := s.copyBatch(sg, refs[:k], buf, t)
 		refs = refs[k:]
 		copied += n
 		appended += a
@@ -889,7 +871,7 @@ func (s *Store) eachDataBlock(sg *segment, op string, fn func(vol uint64, e copy
 // copyBatch reads the blocks of batch (one volume) from sg, checks them
 // and appends them as one copy record. It returns the bytes of blocks
 // copied and of the record appended.
-func (s *Store) copyBatch(sg *segment, batch []liveRef, buf []byte) (copied, appended int64, err error) {
+func (s *Store) copyBatch(sg *segment, batch []liveRef, buf []byte, t *cleanTimer) (copied, appended int64, err error) {
 	n := len(batch)
 	hb := headerBytes(recCopy, uint64(n))
 	if err := s.checkSpace(int64(hb+n*BlockSize), s.reserve/2); err != nil {
@@ -901,15 +883,22 @@ func (s *Store) copyBatch(sg *segment, batch []liveRef, buf []byte) (copied, app
 		s.seg.files.RUnlock()
 		return 0, 0, nil // removed meanwhile: nothing in it was live
 	}
-	for i, r := range batch {
-		dst := rec[hb+i*BlockSize : hb+(i+1)*BlockSize]
-		if err := readRun(sg, dst, []version{{seg: sg.id, page: r.page, crc: r.e.crc}}); err != nil {
-			s.seg.files.RUnlock()
-			return 0, 0, fmt.Errorf("clean segment %s: vol %d block %d: %w", segName(sg.id), r.vol, r.e.block, err)
+	err = t.locked(func() error {
+		for i, r := range batch {
+			dst := rec[hb+i*BlockSize : hb+(i+1)*BlockSize]
+			if err := readRun(sg, dst, []version{{seg: sg.id, page: r.page, crc: r.e.crc}}); err != nil {
+				return fmt.Errorf("clean segment %s: vol %d block %d: %w", segName(sg.id), r.vol, r.e.block, err)
+			}
+			putCopyEntry(rec, i, r.e)
 		}
-		putCopyEntry(rec, i, r.e)
-	}
+		return nil
+	})
 	s.seg.files.RUnlock()
+	if err != nil {
+		return 0, 0, err
+	}
+	start := time.Now()
+	defer t.since(start)
 	s.cl.read.Add(int64(n) * BlockSize)
 	h := recHeader{typ: recCopy, vol: batch[0].vol, n: uint64(n)}
 	s.apply.RLock()

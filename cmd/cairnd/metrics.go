@@ -87,7 +87,7 @@ var (
 	storeCleanerReadDesc     = prometheus.NewDesc("cairn_store_cleaner_read_bytes_total", "Bytes the cleaner read from segments (record headers and live blocks).", nil, nil)
 	storeCleanerWrittenDesc  = prometheus.NewDesc("cairn_store_cleaner_written_bytes_total", "Bytes of copy records the cleaner appended to the log (live blocks and their headers).", nil, nil)
 	storeCleanerSegmentsDesc = prometheus.NewDesc("cairn_store_cleaner_segments_total", "Segments the cleaner emptied (deleted by the next checkpoint).", nil, nil)
-	storeCleanerCPUDesc      = prometheus.NewDesc("cairn_store_cleaner_cpu_seconds_total", "CPU time (user and system) of the cleaner's passes, from getrusage(RUSAGE_THREAD) of the thread the pass is locked to.", nil, nil)
+	storeCleanerCPUDesc      = prometheus.NewDesc("cairn_store_cleaner_cpu_seconds_total", "CPU time (user and system) of the cleaner's copies: their block reads and checks by getrusage(RUSAGE_THREAD), their appends, index updates and header scans at wall-clock time (an upper bound).", nil, nil)
 	// The deep idle compaction (store/cleaner.go): emptied less appended is
 	// the space it gave back, copied over that its write amplification.
 	storeCleanerDeepDesc = prometheus.NewDesc("cairn_store_cleaner_deep_bytes_total", "Bytes of the cleaner's deep idle passes: live blocks copied, copy records appended, segments emptied.", []string{"what"}, nil)
