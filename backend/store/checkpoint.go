@@ -449,27 +449,44 @@ func (s *Store) checkpoint() (err error) {
 // counted live that the index did not hold, so the test never settled).
 // The segment's publication happens before the copy's apply, which
 // happens before this apply takes the lock, so the lookup finds it.
+//
+// It keeps two segments' counts, since an apply alternates between the
+// segment it writes to (+1) and the one the displaced version was in (-1):
+// with one, every block of a 1 MiB overwrite was two atomic adds (3.7% of
+// cairnd's CPU under fio nbd 1 MiB writes, pprof).
 type liveDelta struct {
-	log  *segLog
-	last *segment
-	n    int64
+	log *segLog
+	e   [2]liveEnt // e[1] the most recently added
+}
+
+// liveEnt is one segment's count in a liveDelta.
+type liveEnt struct {
+	sg *segment
+	n  int64
 }
 
 func (d *liveDelta) add(seg uint32, n int64) {
-	if d.last != nil && d.last.id == seg {
-		d.n += n
-		return
+	for i := range d.e {
+		if e := &d.e[i]; e.sg != nil && e.sg.id == seg {
+			e.n += n
+			return
+		}
 	}
-	d.flush()
-	d.last = (*d.log.tab.Load())[seg]
-	d.n = n
+	d.e[0].flush()
+	d.e[0] = d.e[1]
+	d.e[1] = liveEnt{sg: (*d.log.tab.Load())[seg], n: n}
 }
 
 func (d *liveDelta) flush() {
-	if d.last != nil && d.n != 0 {
-		d.last.live.Add(d.n)
+	d.e[0].flush()
+	d.e[1].flush()
+}
+
+func (e *liveEnt) flush() {
+	if e.sg != nil && e.n != 0 {
+		e.sg.live.Add(e.n)
 	}
-	d.n = 0
+	e.n = 0
 }
 
 // applyData puts the versions of data record h (its data pages start at
