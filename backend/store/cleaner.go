@@ -669,8 +669,8 @@ func (t *cleanTimer) locked(fn func() error) error {
 // since counts the wall-clock time since start.
 func (t *cleanTimer) since(start time.Time) { t.acc += time.Since(start) }
 
-// sleep waits d, the throttle's, unless done is closed first (false).
-func (t *cleanTimer) sleep(d time.Duration, done <-chan struct{}) bool {
+// sleepUnless waits d unless done is closed first (false).
+func sleepUnless(d time.Duration, done <-chan struct{}) bool {
 	tm := time.NewTimer(d)
 	defer tm.Stop()
 	select {
@@ -737,7 +737,7 @@ func (s *Store) cleanSegment(sg *segment, p cleanPolicy, fg int64, t *cleanTimer
 		}
 		// Throttle: at most p.rate on average over the pass.
 		want := time.Duration(float64(passCopied+copied) / float64(p.rate) * float64(time.Second))
-		if d := want - time.Since(t.pass); d > 0 && !t.sleep(d, s.done) {
+		if d := want - time.Since(t.pass); d > 0 && !sleepUnless(d, s.done) {
 			return copied, appended, true, nil
 		}
 	}
