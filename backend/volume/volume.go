@@ -872,34 +872,15 @@ func (v *Volume) restTurn(ctx context.Context, ts *turnScratch, ws []target.Batc
 func (v *Volume) writeTurn(ctx context.Context, bn BatchWriter, ws []target.BatchWrite) {
 	ts := turnPool.Get().(*turnScratch)
 	defer func() { ts.reset(); turnPool.Put(ts) }()
-	rs, at, sw, errs := &ts.rs, &ts.at, &ts.sw, &ts.errs
 	if k := v.admitTurn(ctx, ts, ws, nil); k > 0 {
-		m := 0
-		var first *request // the first stamped: the node call's context
-		for j := range k {
-			if errs[j] == nil {
-				w := &ws[at[j]]
-				sw[m] = store.BatchWrite{Block: uint64(w.Off >> blockShift), Data: w.P, Stamp: rs[j].st}
-				m++
-				if first == nil {
-					first = rs[j]
-				}
-			}
-		}
-		if m > 0 {
-			bn.WriteBatch(first, v.id, sw[:m])
-		}
+		v.batchTurn(ts, ws, bn, nil)
 		v.unlock(&ts.ls)
-		m = 0
 		for j := range k {
-			err := errs[j]
+			err := ts.errs[j]
 			if err == nil {
-				if err = sw[m].Err; err != nil {
-					err = v.writeErr(sw[m].Block, sw[m].Data, err)
-				}
-				m++
+				err = ts.rerrs[j][0]
 			}
-			ws[at[j]].Err = v.exit(rs[j], err)
+			ws[ts.at[j]].Err = v.exit(ts.rs[j], err)
 		}
 	}
 	v.restTurn(ctx, ts, ws)
@@ -977,7 +958,7 @@ func (v *Volume) replicatedTurn(ctx context.Context, ref *placementRef, ws []tar
 			v.startTurn(ts, ws, nd)
 		}
 		if local != nil {
-			v.localTurn(ts, ws, local)
+			v.batchTurn(ts, ws, local.(BatchWriter), local)
 		}
 		for i := range ts.starts[:ts.used] {
 			sw := &ts.starts[i]
@@ -1042,17 +1023,24 @@ func (ts *turnScratch) replicaOn(j int, nd Node) int {
 	return -1
 }
 
-// localTurn writes a replicated turn's writes that have a replica on nd,
-// the volume's one node that is not a Starter (this node's store), with
-// one WriteBatch, the first such request its context.
-func (v *Volume) localTurn(ts *turnScratch, ws []target.BatchWrite, nd Node) {
+// batchTurn writes a turn's stamped writes to bn with one WriteBatch, the
+// first such request its context, and leaves each one's error in
+// rerrs[j][i], i its replica index: with nd nil every stamped write goes
+// to bn as its only replica (a single node volume: writeTurn); else those
+// with a replica on nd, the replicated volume's one node that is not a
+// Starter (this node's store, bn: replicatedTurn).
+func (v *Volume) batchTurn(ts *turnScratch, ws []target.BatchWrite, bn BatchWriter, nd Node) {
 	var jm, im [batchWritesMax]uint8
 	sw := &ts.sw
 	m := 0
 	var first *request
 	for j := range ts.k {
-		i := ts.replicaOn(j, nd)
-		if i < 0 {
+		i := 0
+		if nd == nil {
+			if ts.errs[j] != nil {
+				continue
+			}
+		} else if i = ts.replicaOn(j, nd); i < 0 {
 			continue
 		}
 		w := &ws[ts.at[j]]
@@ -1066,13 +1054,14 @@ func (v *Volume) localTurn(ts *turnScratch, ws []target.BatchWrite, nd Node) {
 	if m == 0 {
 		return
 	}
-	nd.(BatchWriter).WriteBatch(first, v.id, sw[:m])
+	bn.WriteBatch(first, v.id, sw[:m])
 	for x := range sw[:m] {
 		if err := sw[x].Err; err != nil {
 			ts.rerrs[jm[x]][im[x]] = v.writeErr(sw[x].Block, sw[x].Data, err)
 		}
 	}
 }
+
 func (v *Volume) write(r *request, p []byte, off int64, sync bool) error {
 	first := uint64(off >> blockShift)
 	last := uint64((off + int64(len(p)) - 1) >> blockShift)
