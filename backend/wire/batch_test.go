@@ -49,6 +49,33 @@ func (f *failingBatches) WriteBatch(ctx context.Context, vol uint64, ws []store.
 	}
 }
 
+// Write and WriteSummed refuse the same blocks: a write that arrives
+// alone is executed inline, not batched (TestStartWrites failed now and
+// then when its refused write came alone and was stored).
+func (f *failingBatches) Write(ctx context.Context, vol, block uint64, data []byte, st store.Stamp, sync bool) error {
+	if f.refuse(block) {
+		return errSeventh
+	}
+	return f.Store.Write(ctx, vol, block, data, st, sync)
+}
+
+func (f *failingBatches) WriteSummed(ctx context.Context, vol, block uint64, data []byte, crcs []uint32, st store.Stamp, sync bool) error {
+	if f.refuse(block) {
+		return errSeventh
+	}
+	return f.Store.WriteSummed(ctx, vol, block, data, crcs, st, sync)
+}
+
+func (f *failingBatches) refuse(block uint64) bool {
+	if block%7 != 0 {
+		return false
+	}
+	f.mu.Lock()
+	f.refused[block] = true
+	f.mu.Unlock()
+	return true
+}
+
 var _ volume.BatchWriter = (*failingBatches)(nil)
 
 // TestWriteBatches: plain writes that arrive together are gathered by the

@@ -222,7 +222,11 @@ func TestTargetBudget(t *testing.T) {
 	c := newClient(t, addr, ClientOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	if err := c.TargetHold(ctx, []string{"a"}, 2, time.Second); !errors.Is(err, context.DeadlineExceeded) {
+	// The node's budget ends at the caller's deadline: whichever the
+	// client sees first, its own deadline or the node's reply that it gave
+	// up (CodeCanceled), the call ended at the deadline. (Only the first
+	// was accepted, and the test failed in 2 of 4 runs under -race.)
+	if err := c.TargetHold(ctx, []string{"a"}, 2, time.Second); !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrCanceled) {
 		t.Fatalf("blocked hold: %v, want the deadline", err)
 	}
 	select {
