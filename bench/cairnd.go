@@ -115,6 +115,8 @@ func (c Cairnd) Start(ctx context.Context, o StartOptions) (Instance, error) {
 		return nil, fmt.Errorf("%w: cairnd over %s", ErrUnavailable, o.FrontEnd)
 	case o.Latency < 0 || o.Latency > time.Second:
 		return nil, fmt.Errorf("%w: injected latency %s (cairnd takes 0 to 1s)", ErrUsage, o.Latency)
+	case o.LatencyPerRPC && max(c.Nodes, 1) < 2:
+		return nil, fmt.Errorf("%w: latency per node RPC on one node (it makes no node RPC)", ErrUsage)
 	}
 	if c.Bin == nil {
 		panic("bench: Cairnd without a Binary")
@@ -178,7 +180,10 @@ func startNode(ctx context.Context, o StartOptions, bin, dir, name, cfg string, 
 	}
 	serving := make(chan nodeAddrs, 1)
 	argv := []string{bin, "--config", path}
-	if o.Latency > 0 {
+	switch {
+	case o.Latency > 0 && o.LatencyPerRPC:
+		argv = append(argv, "--inject-rpc-latency", o.Latency.String())
+	case o.Latency > 0:
 		argv = append(argv, "--inject-latency", o.Latency.String())
 	}
 	p, err := startProc(ctx, dir, name, func(line string) {

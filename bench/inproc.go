@@ -41,6 +41,8 @@ func (Embedded) Start(ctx context.Context, o StartOptions) (Instance, error) {
 		return nil, fmt.Errorf("%w: in-process cairn over %s", ErrUnavailable, o.FrontEnd)
 	case o.Latency < 0:
 		return nil, fmt.Errorf("%w: injected latency %s", ErrUsage, o.Latency)
+	case o.LatencyPerRPC:
+		return nil, fmt.Errorf("%w: latency per node RPC in process (one store, no node RPC)", ErrUnavailable)
 	case o.SizeBytes%volume.BlockSize != 0:
 		return nil, fmt.Errorf("%w: size %d is not a multiple of %d", ErrUsage, o.SizeBytes, volume.BlockSize)
 	}

@@ -220,7 +220,10 @@ func printList(w io.Writer, all []Scenario) {
 		if s.Optional {
 			tags = append(tags, "optional")
 		}
-		if s.Latency != 0 {
+		switch {
+		case s.Latency != 0 && s.LatencyPerRPC:
+			tags = append(tags, "latency "+s.Latency.String()+" per node RPC")
+		case s.Latency != 0:
 			tags = append(tags, "latency "+s.Latency.String())
 		}
 		if s.Workloads != nil {

@@ -51,7 +51,10 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 			role = " (subject)"
 		}
 		extra := ""
-		if s.LatencyNs != 0 {
+		switch {
+		case s.LatencyNs != 0 && s.LatencyPerRPC:
+			extra = fmt.Sprintf(", %s injected per node data RPC (each reply from another node taken that long after it arrived)", s.LatencyNs)
+		case s.LatencyNs != 0:
 			extra = fmt.Sprintf(", %s injected per storage operation", s.LatencyNs)
 		}
 		if s.Skipped != "" {
@@ -122,7 +125,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		}
 	}
 	if len(rep.Pipelining) > 0 {
-		b.WriteString("\n## Pipelining under injected latency\n\nWith N requests in flight and L per storage operation at most N/L complete per second; the share of that limit reached shows how well the path pipelines.\n\n| system | workload | latency | in flight | limit IOPS | IOPS | of limit |\n|---|---|---:|---:|---:|---:|---:|\n")
+		b.WriteString("\n## Pipelining under injected latency\n\nWith N requests in flight and L per storage operation (or per node RPC: see the system list) at most N/L complete per second; the share of that limit reached shows how well the path pipelines.\n\n| system | workload | latency | in flight | limit IOPS | IOPS | of limit |\n|---|---|---:|---:|---:|---:|---:|\n")
 		for _, p := range rep.Pipelining {
 			fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %s | %.0f%% |\n", p.System, p.Workload, p.LatencyNs, p.InFlight, fmtNum(p.LimitIOPS), fmtNum(p.IOPS), 100*p.Fraction)
 		}

@@ -171,9 +171,12 @@ type SystemInfo struct {
 	Describe  string        `json:"describe"`
 	FrontEnd  FrontEnd      `json:"front_end"`
 	LatencyNs time.Duration `json:"latency_ns"`
-	Subject   bool          `json:"subject"`
-	Versus    []string      `json:"versus,omitempty"` // see Scenario.Versus
-	Skipped   string        `json:"skipped,omitempty"`
+	// LatencyPerRPC: LatencyNs is per node data RPC, not per storage
+	// operation (Scenario.LatencyPerRPC).
+	LatencyPerRPC bool     `json:"latency_per_rpc,omitempty"`
+	Subject       bool     `json:"subject"`
+	Versus        []string `json:"versus,omitempty"` // see Scenario.Versus
+	Skipped       string   `json:"skipped,omitempty"`
 }
 
 // RunRecord is one measured run.
@@ -240,14 +243,14 @@ func Run(ctx context.Context, all []Scenario, o Options) (rep *Report, err error
 		}
 	}()
 	for _, sc := range scenarios {
-		info := SystemInfo{Name: sc.Name, FrontEnd: sc.frontEnd(), LatencyNs: sc.Latency, Subject: sc.Subject, Versus: sc.Versus}
+		info := SystemInfo{Name: sc.Name, FrontEnd: sc.frontEnd(), LatencyNs: sc.Latency, LatencyPerRPC: sc.LatencyPerRPC, Subject: sc.Subject, Versus: sc.Versus}
 		sdir := filepath.Join(dir, sc.Name)
 		if err := os.MkdirAll(sdir, 0o755); err != nil {
 			return nil, fmt.Errorf("work dir: %w", err)
 		}
 		logf("start %s", sc.Name)
 		inst, err := sc.System.Start(ctx, StartOptions{Dir: sdir, Name: sc.Name, Export: "vol0",
-			SizeBytes: o.SizeBytes, FrontEnd: sc.frontEnd(), Latency: sc.Latency})
+			SizeBytes: o.SizeBytes, FrontEnd: sc.frontEnd(), Latency: sc.Latency, LatencyPerRPC: sc.LatencyPerRPC})
 		info.Describe = sc.System.Describe(ctx)
 		if err != nil {
 			// A missing peer is skipped; a missing subject or a system

@@ -32,7 +32,8 @@ type Cell struct {
 }
 
 // Pipelining is one injected-latency cell against its limit: with
-// InFlight requests in flight and LatencyNs per storage operation, at most
+// InFlight requests in flight and LatencyNs per storage operation (or per
+// node RPC, whose round trip it lengthens by as much), at most
 // InFlight/latency requests complete per second.
 type Pipelining struct {
 	System    string        `json:"system"`
@@ -143,7 +144,7 @@ func summarize(rep *Report) {
 			continue
 		}
 		for _, in := range subjects {
-			if i := rep.system(in); i.FrontEnd == InProc && i.LatencyNs == s.LatencyNs {
+			if i := rep.system(in); i.FrontEnd == InProc && sameLatency(i, s) {
 				rep.FrontEnds = append(rep.FrontEnds, rep.ratios(sub, in, false)...)
 			}
 		}
@@ -168,7 +169,12 @@ func summarize(rep *Report) {
 // comparable reports whether a ratio of a and b means something: the same
 // front end (and so the same drivers) at the same injected latency.
 func comparable(a, b SystemInfo) bool {
-	return a.FrontEnd == b.FrontEnd && a.LatencyNs == b.LatencyNs
+	return a.FrontEnd == b.FrontEnd && sameLatency(a, b)
+}
+
+// sameLatency: the same latency injected at the same place.
+func sameLatency(a, b SystemInfo) bool {
+	return a.LatencyNs == b.LatencyNs && (a.LatencyNs == 0 || a.LatencyPerRPC == b.LatencyPerRPC)
 }
 
 // peersOf returns what subject sub is compared with, in order: the peers
@@ -185,7 +191,7 @@ func (rep *Report) peersOf(sub string) []string {
 		}
 	}
 	for _, v := range s.Versus {
-		if vs := rep.system(v); vs.Name != "" && vs.Skipped == "" && vs.LatencyNs == s.LatencyNs && v != sub && !contains(out, v) {
+		if vs := rep.system(v); vs.Name != "" && vs.Skipped == "" && sameLatency(vs, s) && v != sub && !contains(out, v) {
 			out = append(out, v)
 		}
 	}

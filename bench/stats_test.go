@@ -67,3 +67,24 @@ func TestSummarizeFrontEnds(t *testing.T) {
 		}
 	}
 }
+
+// TestSameLatency: latency per node RPC and per storage operation are
+// different injections, never compared with each other; at no latency
+// the flag means nothing.
+func TestSameLatency(t *testing.T) {
+	ms := time.Millisecond
+	for _, c := range []struct {
+		a, b SystemInfo
+		want bool
+	}{
+		{SystemInfo{LatencyNs: ms}, SystemInfo{LatencyNs: ms}, true},
+		{SystemInfo{LatencyNs: ms, LatencyPerRPC: true}, SystemInfo{LatencyNs: ms, LatencyPerRPC: true}, true},
+		{SystemInfo{LatencyNs: ms, LatencyPerRPC: true}, SystemInfo{LatencyNs: ms}, false},
+		{SystemInfo{LatencyNs: ms}, SystemInfo{LatencyNs: 2 * ms}, false},
+		{SystemInfo{LatencyPerRPC: true}, SystemInfo{}, true},
+	} {
+		if got := sameLatency(c.a, c.b); got != c.want {
+			t.Errorf("sameLatency(%+v, %+v) = %v, want %v", c.a, c.b, got, c.want)
+		}
+	}
+}

@@ -33,9 +33,11 @@ type StartOptions struct {
 	SizeBytes int64
 	// FrontEnd is the protocol to serve.
 	FrontEnd FrontEnd
-	// Latency is injected per storage operation below the front end;
-	// systems without such a knob return ErrUnavailable for non-zero.
-	Latency time.Duration
+	// Latency is injected per storage operation below the front end, or
+	// per node data RPC with LatencyPerRPC (see Scenario); systems without
+	// such a knob return ErrUnavailable for non-zero.
+	Latency       time.Duration
+	LatencyPerRPC bool
 }
 
 // Instance is a running system. Close stops it and everything it started,

@@ -21,10 +21,10 @@ import (
 // has millisecond resolution, so time.Sleep(1ms) under network load sleeps
 // 1.5 ms on average (measured: 1534 µs over 220k sleeps below an iSCSI
 // load at queue depth 32). One delay line per Latency releases waiters from
-// a timerfd that the netpoller watches (see delayLine).
+// a timerfd that the netpoller watches (see DelayLine).
 type Latency struct {
 	node Node
-	line *delayLine
+	line *DelayLine
 
 	waits, waited atomic.Int64 // count and total nanoseconds waited
 }
@@ -46,7 +46,7 @@ func NewLatency(n Node, d time.Duration) (*Latency, error) {
 	if d <= 0 {
 		return nil, fmt.Errorf("volume: latency %v: must be positive", d)
 	}
-	line, err := newDelayLine(d)
+	line, err := NewDelayLine(d)
 	if err != nil {
 		return nil, fmt.Errorf("volume: latency: %w", err)
 	}
@@ -55,7 +55,7 @@ func NewLatency(n Node, d time.Duration) (*Latency, error) {
 
 // Close stops the delay line; waiting and later operations fail with
 // ErrLatencyClosed. It does not close the wrapped node.
-func (l *Latency) Close() error { return l.line.close() }
+func (l *Latency) Close() error { return l.line.Close() }
 
 // Waited returns the operations delayed so far and their mean delay, as
 // measured around the wait.
@@ -69,7 +69,7 @@ func (l *Latency) Waited() (n int64, mean time.Duration) {
 
 func (l *Latency) wait() error {
 	t0 := time.Now()
-	if !l.line.wait(t0) {
+	if !l.line.Wait(t0) {
 		return ErrLatencyClosed
 	}
 	l.waited.Add(int64(time.Since(t0)))
@@ -142,11 +142,16 @@ func (l *Latency) Sync(ctx context.Context) error {
 	return l.node.Sync(ctx)
 }
 
-// delayLine releases each waiter d after it arrived. Because d is the same
-// for all, arrival order is deadline order: one goroutine keeps a FIFO,
-// sleeps on a wake source until the head's deadline and releases every
-// waiter that is due.
-type delayLine struct {
+// DelayLine releases each waiter d after a time it names (its arrival,
+// for Latency; the arrival of a reply, for a wire client that injects
+// latency per node RPC). One goroutine keeps the waiters, sleeps on a
+// wake source until the earliest deadline and releases every waiter that
+// is due. Waiters name times close to their arrival, so the queue is
+// nearly in deadline order; every wake releases all that are due wherever
+// they are queued, and one that arrives with a deadline earlier than the
+// one slept towards is released late by at most the difference (the skew
+// between the times its waiters named). It is for benchmarks.
+type DelayLine struct {
 	d    time.Duration
 	in   chan *waiter
 	stop chan struct{}
@@ -170,20 +175,34 @@ type waker interface {
 	close() error
 }
 
-func newDelayLine(d time.Duration) (*delayLine, error) {
+// NewDelayLine returns a line that delays by d (> 0); Close stops its
+// goroutine.
+func NewDelayLine(d time.Duration) (*DelayLine, error) {
+	if d <= 0 {
+		return nil, fmt.Errorf("volume: delay %v: must be positive", d)
+	}
 	w, err := newWaker()
 	if err != nil {
 		return nil, err
 	}
-	dl := &delayLine{d: d, in: make(chan *waiter, latencyQueueMax), stop: make(chan struct{}), done: make(chan struct{}), wake: w}
+	dl := &DelayLine{d: d, in: make(chan *waiter, latencyQueueMax), stop: make(chan struct{}), done: make(chan struct{}), wake: w}
 	go dl.run()
 	return dl, nil
 }
 
-// wait blocks until d after t0; false if the line was closed.
-func (dl *delayLine) wait(t0 time.Time) bool {
+// Wait blocks until d after t0; false if the line was closed.
+func (dl *DelayLine) Wait(t0 time.Time) bool {
+	at := t0.Add(dl.d)
+	if !at.After(time.Now()) {
+		select {
+		case <-dl.stop:
+			return false
+		default:
+			return true // already due: no hand-off to the line
+		}
+	}
 	w := waiterPool.Get().(*waiter)
-	w.at = t0.Add(dl.d)
+	w.at = at
 	select {
 	case dl.in <- w:
 		dl.arrived.Add(1)
@@ -201,9 +220,9 @@ func (dl *delayLine) wait(t0 time.Time) bool {
 }
 
 // queued reports the waiters handed to the line (tests).
-func (dl *delayLine) queued() int64 { return dl.arrived.Load() }
+func (dl *DelayLine) queued() int64 { return dl.arrived.Load() }
 
-func (dl *delayLine) run() {
+func (dl *DelayLine) run() {
 	defer close(dl.done)
 	q := make([]*waiter, 0, latencyQueueMax)
 	for {
@@ -225,16 +244,25 @@ func (dl *delayLine) run() {
 			}
 		}
 		now := time.Now()
-		n := 0
-		for n < len(q) && !q[n].at.After(now) {
-			q[n].ch <- struct{}{}
-			n++
+		k := 0 // waiters kept
+		next := q[0].at
+		for _, w := range q {
+			if !w.at.After(now) {
+				w.ch <- struct{}{}
+				continue
+			}
+			if k == 0 || w.at.Before(next) {
+				next = w.at
+			}
+			q[k] = w
+			k++
 		}
-		if n > 0 {
-			q = append(q[:0], q[n:]...)
+		if k < len(q) {
+			clear(q[k:])
+			q = q[:k]
 			continue
 		}
-		if err := dl.wake.sleepUntil(q[0].at); err != nil {
+		if err := dl.wake.sleepUntil(next); err != nil {
 			select {
 			case <-dl.stop:
 				return
@@ -242,12 +270,13 @@ func (dl *delayLine) run() {
 			}
 			// The wake source failed: fall back to the runtime's timer
 			// rather than stall the waiters.
-			time.Sleep(time.Until(q[0].at))
+			time.Sleep(time.Until(next))
 		}
 	}
 }
 
-func (dl *delayLine) close() error {
+// Close stops the line: waiting and later Waits return false.
+func (dl *DelayLine) Close() error {
 	var err error
 	dl.once.Do(func() {
 		close(dl.stop)

@@ -78,10 +78,12 @@ type slot struct {
 	vol, block, blocks uint64
 
 	// Written by the completer before done is signalled, read by the
-	// caller after.
+	// caller after. recv is when the reply arrived, set only when the
+	// client injects latency.
 	n    int
 	more bool
 	err  error
+	recv time.Time
 }
 
 func newCconn(c *Client, nc net.Conn, slots int) *cconn {
@@ -168,9 +170,12 @@ func (cc *cconn) wait(s *slot) (int, bool, error) {
 		s.mu.Unlock()
 		<-s.done
 	}
+	if timeout == nil && !s.recv.IsZero() {
+		cc.c.delay.Wait(s.recv) // false once the client closed: taken now
+	}
 	n, more, err := s.n, s.more, s.err
 	s.mu.Lock()
-	s.state, s.p, s.err = slotIdle, nil, nil
+	s.state, s.p, s.err, s.recv = slotIdle, nil, nil, time.Time{}
 	s.mu.Unlock()
 	cc.free <- s
 	return n, more, err
@@ -311,6 +316,9 @@ func (cc *cconn) receive(h Header, msg []byte) error {
 		callErr = fmt.Errorf("%w: %s: %w", ErrDisconnected, cc.c.addr, connErr)
 	}
 	s.n, s.more, s.err = n, h.Flags&FlagMore != 0, callErr
+	if cc.c.delay != nil {
+		s.recv = time.Now()
+	}
 	s.mu.Lock()
 	s.state = slotDone
 	s.mu.Unlock()

@@ -49,6 +49,11 @@ type ClientOptions struct {
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// Logger receives one line per connection event; nil: slog.Default().
 	Logger *slog.Logger
+	// InjectLatency, benchmarks only: every call's reply is taken this
+	// long after it arrived, as over a network whose round trip is that
+	// much longer (one DelayLine for the client; calls in flight together
+	// wait together, so pipelining shows). 0: none; at most 1 s.
+	InjectLatency time.Duration
 }
 
 var _ volume.Starter = (*Client)(nil)
@@ -69,6 +74,7 @@ type Client struct {
 
 	conns []atomic.Pointer[cconn] // nil or broken: redial
 	next  atomic.Uint32           // turns over conns
+	delay *volume.DelayLine       // ClientOptions.InjectLatency, or nil
 
 	mu struct {
 		sync.Mutex
@@ -147,6 +153,8 @@ func NewClient(addr string, opts ClientOptions) (*Client, error) {
 		return nil, fmt.Errorf("wire: RedialBackoffMax %v below RedialBackoffMin %v", opts.RedialBackoffMax, opts.RedialBackoffMin)
 	case len(opts.Name) > NameBytesMax:
 		return nil, fmt.Errorf("wire: client name of %d bytes, at most %d", len(opts.Name), NameBytesMax)
+	case opts.InjectLatency < 0 || opts.InjectLatency > time.Second:
+		return nil, fmt.Errorf("wire: client InjectLatency %v outside [0, 1s]", opts.InjectLatency)
 	}
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -157,6 +165,11 @@ func NewClient(addr string, opts ClientOptions) (*Client, error) {
 		c.tls = opts.TLS.Clone()
 		if c.tls.ServerName == "" {
 			c.tls.ServerName = host
+		}
+	}
+	if opts.InjectLatency > 0 {
+		if c.delay, err = volume.NewDelayLine(opts.InjectLatency); err != nil {
+			return nil, fmt.Errorf("wire: injected latency: %w", err)
 		}
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -184,6 +197,9 @@ func (c *Client) Close() error {
 		}
 	}
 	c.wg.Wait()
+	if c.delay != nil {
+		c.delay.Close() // a reply still delayed is taken at once
+	}
 	return nil
 }
 

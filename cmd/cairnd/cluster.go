@@ -371,7 +371,7 @@ func (d *daemon) peerLocked(name, addr string) (*wire.Client, *meteredNode, erro
 		}
 		d.peers.stale = append(d.peers.stale, c)
 	}
-	c, err := wire.NewClient(addr, wire.ClientOptions{Name: d.cfg.NodeName, Conns: 2, Logger: d.log, TLS: d.tlsClient})
+	c, err := wire.NewClient(addr, wire.ClientOptions{Name: d.cfg.NodeName, Conns: 2, Logger: d.log, TLS: d.tlsClient, InjectLatency: d.rpcLatency})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -74,6 +74,7 @@ type daemon struct {
 
 	nbdAddr, iscsiAddr, adminAddr, storageAddr string
 	latency                                    time.Duration   // injected below the volumes (benchmarks)
+	rpcLatency                                 time.Duration   // injected into the node data RPC's replies (benchmarks)
 	delayed                                    *volume.Latency // the store behind latency, when latency > 0
 
 	reconcileMu sync.Mutex // serializes reconcile
@@ -96,8 +97,8 @@ type daemon struct {
 // the catalog (every process holds it: managers vote, the others follow as
 // non-voters), gossip, and NBD and iSCSI for the volumes attached here
 // (target). On error everything started so far is stopped.
-func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency time.Duration) (_ *daemon, err error) {
-	d := &daemon{cfg: cfg, log: log, start: time.Now(), latency: latency, gossipTiming: gossipTiming}
+func start(ctx context.Context, cfg *configs.Config, log *slog.Logger, latency, rpcLatency time.Duration) (_ *daemon, err error) {
+	d := &daemon{cfg: cfg, log: log, start: time.Now(), latency: latency, rpcLatency: rpcLatency, gossipTiming: gossipTiming}
 	d.mu.vols = map[string]*volume.Volume{}
 	d.rpcMetrics = newRPCMetrics()
 	d.catchupRuns = prometheus.NewCounterVec(prometheus.CounterOpts{

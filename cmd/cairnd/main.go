@@ -44,6 +44,7 @@ func run(args []string, stderr io.Writer) int {
 	raftBind := fs.String("raft-bind", "", "override [raft] bind")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	injectLatency := fs.Duration("inject-latency", 0, "benchmarks only: delay every storage operation below the front ends by this much")
+	injectRPCLatency := fs.Duration("inject-rpc-latency", 0, "benchmarks only: take every reply of a node data RPC this long after it arrived (a longer network round trip)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -92,6 +93,10 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cairnd: --inject-latency %s: want 0 to 1s\n", *injectLatency)
 		return 2
 	}
+	if *injectRPCLatency < 0 || *injectRPCLatency > time.Second {
+		fmt.Fprintf(stderr, "cairnd: --inject-rpc-latency %s: want 0 to 1s\n", *injectRPCLatency)
+		return 2
+	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "cairnd: %v\n", err)
 		return 1
@@ -102,7 +107,10 @@ func run(args []string, stderr io.Writer) int {
 	if *injectLatency > 0 {
 		log.Warn("injecting latency into every storage operation (benchmarks only)", "latency", *injectLatency)
 	}
-	d, err := start(ctx, cfg, log, *injectLatency)
+	if *injectRPCLatency > 0 {
+		log.Warn("injecting latency into every node data RPC (benchmarks only)", "latency", *injectRPCLatency)
+	}
+	d, err := start(ctx, cfg, log, *injectLatency, *injectRPCLatency)
 	if err != nil {
 		fmt.Fprintf(stderr, "cairnd: %v\n", err)
 		return 1
